@@ -1,0 +1,30 @@
+# medseg: every target builds the virtual environment in .venv first (once).
+# TORCH_SPEC / TORCH_INDEX choose the PyTorch build; the default is the CPU wheel.
+#   GPU example: make train TORCH_SPEC="torch==2.9.1" TORCH_INDEX=https://download.pytorch.org/whl/cu128
+PYTHON ?= python3
+VENV := .venv
+TORCH_SPEC ?= torch==2.13.0
+TORCH_INDEX ?=
+TASK ?= liver
+
+.PHONY: venv train test lint clean
+
+venv: $(VENV)/.installed
+
+$(VENV)/.installed: setup.cfg pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/python -m pip install --quiet $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX)) "$(TORCH_SPEC)"
+	$(VENV)/bin/python -m pip install --quiet -e ".[test]"
+	touch $@
+
+train: venv
+	$(VENV)/bin/python -m medseg.train $(TASK)
+
+test: venv
+	$(VENV)/bin/python -m pytest -q
+
+lint: venv
+	$(VENV)/bin/hadolint Dockerfile
+
+clean:
+	rm -rf $(VENV) runs mlflow.db mlruns

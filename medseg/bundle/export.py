@@ -1,0 +1,230 @@
+"""Write a trained model as a MONAI Bundle that runs on stock MONAI (no medseg import needed).
+
+Layout::
+
+    <name>/configs/metadata.json   versions, task, data formats, measured validation metrics
+    <name>/configs/inference.json  the training preprocessing, sliding-window inference, inversion, NIfTI writing
+    <name>/models/model.pt         network state dict (best validation checkpoint)
+    <name>/docs/README.md          data, preprocessing, network, budget, metrics, limitations
+    <name>/LICENSE
+
+The bundle is assembled in a temporary folder beside the target, verified with MONAI's
+``verify_metadata`` (against :data:`SCHEMA_PATH`, written from the MONAI Bundle specification) and
+``verify_net_in_out``, and only then moved into place.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import monai
+import numpy as np
+import torch
+
+from medseg import __version__
+from medseg.engine.inference import largest_component_labels
+from medseg.networks import monai_network_def
+from medseg.transforms import ct_window, preprocess_spec
+
+SCHEMA_PATH = Path(__file__).with_name("metadata_schema.json")
+OFFICIAL_SCHEMA = "https://github.com/Project-MONAI/MONAI-extra-test-data/releases/download/0.8.1/meta_schema_20240725.json"
+IMAGE_GLOBS = ("*.nii.gz", "*.nii", "*.nrrd", "*.mha")
+
+
+def inference_config(cfg: dict[str, Any]) -> dict[str, Any]:
+    """The bundle's ``inference.json``: dataset folder in, one mask per input out, in the input's geometry."""
+    n_classes = len(cfg["data"]["labels"])
+    post = [
+        {"_target_": "Activationsd", "keys": "pred", "softmax": True},
+        {"_target_": "Invertd", "keys": "pred", "transform": "@preprocessing", "orig_keys": "image",
+         "nearest_interp": False, "to_tensor": True},
+        {"_target_": "AsDiscreted", "keys": "pred", "argmax": True},
+    ]
+    for members in largest_component_labels(cfg):
+        post.append({"_target_": "KeepLargestConnectedComponentd", "keys": "pred", "applied_labels": members,
+                     "independent": False})
+    post.append({"_target_": "SaveImaged", "keys": "pred", "output_dir": "@output_dir", "output_postfix": "seg",
+                 "output_dtype": "$numpy.uint8", "resample": False, "separate_folder": False, "print_log": False})
+    globs = " + ".join(f"glob.glob(os.path.join(@dataset_dir, '{g}'))" for g in IMAGE_GLOBS)
+    return {
+        "imports": ["$import glob", "$import os", "$import numpy"],
+        "bundle_root": ".",
+        "checkpoint": "$os.path.join(@bundle_root, 'models', 'model.pt')",
+        "output_dir": "$os.path.join(@bundle_root, 'eval')",
+        "dataset_dir": "data",
+        "datalist": f"$sorted(set({globs}))",
+        "device": "$torch.device('cuda:0' if torch.cuda.is_available() else 'cpu')",
+        "network_def": monai_network_def(cfg["network"], 1, n_classes),
+        "network": "$@network_def.to(@device)",
+        "preprocessing": {"_target_": "Compose", "transforms": preprocess_spec(cfg, ("image",))},
+        "dataset": {"_target_": "Dataset", "data": "$[{'image': i} for i in @datalist]", "transform": "@preprocessing"},
+        "dataloader": {"_target_": "DataLoader", "dataset": "@dataset", "batch_size": 1, "shuffle": False,
+                       "num_workers": 0},
+        "inferer": {"_target_": "SlidingWindowInferer", "roi_size": list(cfg["training"]["patch_size"]),
+                    "sw_batch_size": 2, "overlap": cfg["evaluation"]["sw_overlap"], "mode": "gaussian"},
+        "postprocessing": {"_target_": "Compose", "transforms": post},
+        "handlers": [
+            {"_target_": "CheckpointLoader", "load_path": "@checkpoint", "load_dict": {"model": "@network"},
+             "map_location": "@device"},
+            {"_target_": "StatsHandler", "iteration_log": False},
+        ],
+        "evaluator": {"_target_": "SupervisedEvaluator", "device": "@device", "val_data_loader": "@dataloader",
+                      "network": "@network", "inferer": "@inferer", "postprocessing": "@postprocessing",
+                      "val_handlers": "@handlers"},
+        "initialize": ["$monai.utils.set_determinism(seed=0)", "$os.makedirs(@output_dir, exist_ok=True)"],
+        "run": ["$@evaluator.run()"],
+    }
+
+
+def metadata(cfg: dict[str, Any], summary: dict[str, dict[str, float]]) -> dict[str, Any]:
+    """The bundle's ``metadata.json``."""
+    labels = {int(v): k for k, v in cfg["data"]["labels"].items()}
+    multiple = int(np.prod(cfg["network"]["strides"]))
+    a_min, a_max = ct_window(cfg["preprocessing"]["window"])
+    dims = cfg["network"]["spatial_dims"]
+    return {
+        "schema": OFFICIAL_SCHEMA,
+        "version": "0.1.0",
+        "changelog": {"0.1.0": f"trained and exported by medseg {__version__}"},
+        "monai_version": monai.__version__,
+        "pytorch_version": torch.__version__.split("+")[0],
+        "numpy_version": np.__version__,
+        "required_packages_version": {"nibabel": _version("nibabel"), "scikit-image": _version("scikit-image")},
+        "optional_packages_version": {},
+        "name": cfg["bundle"]["name"],
+        "task": cfg["description"] or cfg["task"],
+        "description": f"{cfg['network']['name']} ({dims}D) trained by medseg on task '{cfg['task']}'",
+        "authors": cfg["bundle"]["authors"],
+        "copyright": f"Copyright (c) {cfg['bundle']['authors']}",
+        "license": cfg["bundle"]["license"],
+        "intended_use": "Research only; not for clinical diagnosis.",
+        "data_source": cfg["data"]["dataset"] or cfg["data"]["sample"],
+        "data_type": "nibabel",
+        "image_classes": f"single channel {cfg['data']['modality']}, intensities windowed to [{a_min:g}, {a_max:g}]"
+        f" and scaled to [0, 1], resampled to {cfg['preprocessing']['spacing']} mm",
+        "label_classes": ", ".join(f"{v}: {k}" for v, k in sorted(labels.items())),
+        "pred_classes": ", ".join(f"{v}: {k}" for v, k in sorted(labels.items())),
+        "eval_metrics": {f"{c}_{m}": round(float(e[m]), 4) for c, e in summary.items() for m in ("dice", "hd95_mm", "assd_mm")},
+        "network_data_format": {
+            "inputs": {"image": {
+                "type": "image", "format": "hounsfield" if cfg["data"]["modality"] == "CT" else "magnitude",
+                "modality": cfg["data"]["modality"], "num_channels": 1,
+                "spatial_shape": [f"{multiple}*n"] * dims, "dtype": "float32", "value_range": [0, 1],
+                "is_patch_data": True, "channel_def": {"0": "image"},
+            }},
+            "outputs": {"pred": {
+                "type": "image", "format": "segmentation", "num_channels": len(labels),
+                "spatial_shape": [f"{multiple}*n"] * dims, "dtype": "float32", "value_range": [],
+                "is_patch_data": True, "channel_def": {str(v): k for v, k in sorted(labels.items())},
+            }},
+        },
+    }
+
+
+def _version(package: str) -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(package)
+    except PackageNotFoundError:
+        return "unknown"
+
+
+def _readme(cfg: dict[str, Any], summary: dict[str, dict[str, float]], run_seconds: float | None) -> str:
+    tr, pre, net = cfg["training"], cfg["preprocessing"], cfg["network"]
+    a_min, a_max = ct_window(pre["window"])
+    rows = "\n".join(
+        f"| {c} | {e['dice']:.3f} | {e['hd95_mm']:.2f} | {e['assd_mm']:.2f} | {int(e['cases'])} |" for c, e in summary.items()
+    )
+    budget = f"{run_seconds / 60:.1f} minutes" if run_seconds else "see the training run"
+    return f"""# {cfg['bundle']['name']}
+
+{cfg['description']}. Exported by medseg {__version__}.
+
+## Data
+Source: {cfg['data']['dataset'] or cfg['data']['sample']}. Labels: {', '.join(f'{v} = {k}' for k, v in cfg['data']['labels'].items())}.
+
+## Preprocessing
+Orientation {pre['orientation']}; resampled to {pre['spacing']} mm; {cfg['data']['modality']} window [{a_min:g}, {a_max:g}]
+mapped to [0, 1] and clipped; cropped to the non-zero foreground. Inference undoes all of it, so each
+mask is written in its input's own grid.
+
+## Network
+MONAI `{net['name']}` ({net['spatial_dims']}D), channels {net['channels']}, strides {net['strides']},
+{net['num_res_units']} residual units, {net['norm']} norm. Sliding-window inference with patches
+{tr['patch_size']} and overlap {cfg['evaluation']['sw_overlap']}.
+
+## Training
+{tr['epochs']} epochs x {tr['iterations_per_epoch']} iterations, batch {tr['batch_size']}, AdamW (lr {tr['learning_rate']}),
+cosine schedule, loss {tr['loss']}; wall time {budget}.
+
+## Validation metrics
+Distances in millimetres from the image spacing.
+
+| class | Dice | HD95 (mm) | ASSD (mm) | cases |
+|---|---|---|---|---|
+{rows}
+
+## Run it
+    python -m monai.bundle run --config_file configs/inference.json --dataset_dir IMAGES --output_dir OUT
+
+## Limitations
+Research use only. Trained on the data above; performance on other scanners, contrast phases or
+populations is unknown until measured. The built-in LiTS sample is one cropped case with nominal
+1 mm spacing: a model trained on it demonstrates the pipeline, it is not a clinical liver model.
+"""
+
+
+LICENSE_TEXT = """The model weights in this bundle were trained on data distributed under the Creative Commons
+Attribution-ShareAlike 4.0 licence (LiTS, as redistributed by the Medical Segmentation Decathlon),
+and are shared under the same terms: https://creativecommons.org/licenses/by-sa/4.0/
+
+The configuration files are provided as is, without warranty of any kind. Not for clinical use.
+"""
+
+
+def verify_bundle(bundle_dir: Path) -> None:
+    """Run MONAI's ``verify_metadata`` (against the project's schema) and ``verify_net_in_out``."""
+    from monai.bundle import verify_metadata, verify_net_in_out
+
+    meta = str(bundle_dir / "configs" / "metadata.json")
+    verify_metadata(meta_file=meta, filepath=str(SCHEMA_PATH))
+    verify_net_in_out(
+        net_id="network_def", meta_file=meta, config_file=str(bundle_dir / "configs" / "inference.json"),
+        device="cpu", n=2,
+    )
+
+
+def export_bundle(
+    cfg: dict[str, Any], run_dir: Path, network: torch.nn.Module, summary: dict[str, dict[str, float]],
+    run_seconds: float | None = None,
+) -> Path:
+    """Write, verify and move into place ``<bundle.dir>/<bundle.name>``; returns its path."""
+    target = Path(cfg["bundle"]["dir"]) / cfg["bundle"]["name"]
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    try:
+        for sub in ("configs", "models", "docs"):
+            (tmp / sub).mkdir()
+        torch.save({k: v.cpu() for k, v in network.state_dict().items()}, tmp / "models" / "model.pt")
+        (tmp / "configs" / "inference.json").write_text(json.dumps(inference_config(cfg), indent=2) + "\n")
+        (tmp / "configs" / "metadata.json").write_text(json.dumps(metadata(cfg, summary), indent=2) + "\n")
+        (tmp / "docs" / "README.md").write_text(_readme(cfg, summary, run_seconds))
+        (tmp / "LICENSE").write_text(LICENSE_TEXT)
+        verify_bundle(tmp)
+        old = None
+        if target.exists():
+            old = target.with_name(f".{target.name}.old")
+            shutil.rmtree(old, ignore_errors=True)
+            target.rename(old)
+        tmp.rename(target)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return target

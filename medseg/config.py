@@ -1,0 +1,262 @@
+"""Task configuration: a pipeline YAML merged over defaults, validated key by key.
+
+Every knob has its default here, in :data:`DEFAULTS`; a task YAML in ``pipelines/`` overrides what it
+names. Unknown keys and wrongly typed values are refused with the file and the dotted key, so a typo
+never silently falls back to a default.
+
+Example:
+    >>> cfg = load_config("liver", overrides=["training.epochs=2"])
+    >>> cfg["network"]["name"]
+    'unet'
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from medseg.errors import MedsegError
+
+#: Where the task YAMLs live: ``pipelines/`` beside the package (editable install / checkout).
+PIPELINES_DIR = Path(__file__).resolve().parent.parent / "pipelines"
+
+DEFAULTS: dict[str, Any] = {
+    "task": "",
+    "description": "",
+    "data": {
+        "layout": "msd",  # Medical Segmentation Decathlon: dataset.json + imagesTr/ + labelsTr/
+        "dataset": "",  # folder under --data-dir (or an absolute path)
+        "sample": "",  # built-in sample used when the dataset folder is absent ("" = none)
+        "labels": {"background": 0},  # label value per name in the label maps
+        "val_fraction": 0.2,
+        "modality": "CT",
+    },
+    "preprocessing": {
+        "orientation": "RAS",
+        "spacing": [1.5, 1.5, 1.5],  # target spacing in mm
+        "window": {"level": 40.0, "width": 400.0},  # CT window in HU, mapped to [0, 1] and clipped
+        "crop_foreground": True,
+    },
+    "augmentation": {
+        "elastic": {"prob": 0.2, "sigma": [5.0, 8.0], "magnitude": [50.0, 150.0]},
+        "rotate_deg": 15.0,
+        "rotate_prob": 0.3,
+        "scale": [0.85, 1.15],
+        "scale_prob": 0.3,
+        "flip_prob": 0.0,
+        "intensity_shift": 0.1,
+        "intensity_prob": 0.5,
+    },
+    "network": {
+        "name": "unet",
+        "spatial_dims": 3,
+        "channels": [16, 32, 64, 128, 256],
+        "strides": [2, 2, 2, 2],
+        "num_res_units": 2,
+        "dropout": 0.0,
+        "norm": "instance",
+    },
+    "training": {
+        "epochs": 40,
+        "iterations_per_epoch": 20,
+        "batch_size": 2,
+        "patch_size": [96, 96, 64],
+        "pos_neg_ratio": 2.0,
+        "loss": "dice_ce",
+        "learning_rate": 3e-3,
+        "weight_decay": 1e-5,
+        "val_every": 2,
+        "seed": 0,
+        "num_workers": 0,
+        "threads": 0,  # torch threads; 0 = all cores
+        "device": "auto",  # auto | cpu | cuda
+    },
+    "evaluation": {
+        "classes": {},  # reported class name -> label values merged into it
+        "keep_largest_component": [],  # class names post-processed to their largest component
+        "sw_overlap": 0.25,
+    },
+    "tracking": {"enabled": True, "experiment": "medseg"},
+    "bundle": {"enabled": True, "name": "", "dir": "bundles", "authors": "medseg", "license": "CC-BY-SA-4.0"},
+}
+
+_CHOICES = {
+    "data.layout": {"msd"},
+    "data.modality": {"CT", "MR"},
+    "network.name": {"unet"},
+    "network.norm": {"instance", "batch"},
+    "training.loss": {"dice_ce", "dice", "ce"},
+    "training.device": {"auto", "cpu", "cuda"},
+    "preprocessing.orientation": {"RAS", "LPS"},
+}
+
+
+def available_tasks() -> list[str]:
+    """Names of the task YAMLs in ``pipelines/``."""
+    return sorted(p.stem for p in PIPELINES_DIR.glob("*.yaml"))
+
+
+def resolve_task(task_or_yaml: str) -> Path:
+    """Return the YAML path for a task name (a file in ``pipelines/``) or a path to a YAML."""
+    candidate = Path(task_or_yaml)
+    if candidate.suffix in {".yaml", ".yml"} or candidate.exists():
+        if not candidate.is_file():
+            raise MedsegError(f"{task_or_yaml}: no such pipeline YAML")
+        return candidate
+    path = PIPELINES_DIR / f"{task_or_yaml}.yaml"
+    if not path.is_file():
+        raise MedsegError(
+            f"unknown task '{task_or_yaml}': available tasks are {', '.join(available_tasks()) or '(none)'};"
+            " or pass a path to a pipeline YAML"
+        )
+    return path
+
+
+def _parse_value(text: str) -> Any:
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
+def _merge(base: dict, update: dict, source: str, prefix: str = "") -> None:
+    """Merge ``update`` into ``base`` in place, refusing keys and types the defaults don't have."""
+    for key, value in update.items():
+        dotted = f"{prefix}{key}"
+        if key not in base:
+            known = ", ".join(sorted(base)) or "(none)"
+            raise MedsegError(f"{source}: unknown key '{dotted}' (known keys here: {known})")
+        default = base[key]
+        if isinstance(default, dict) and default and not _free_form(dotted):
+            if not isinstance(value, dict):
+                raise MedsegError(f"{source}: key '{dotted}' must be a mapping, got {type(value).__name__}")
+            _merge(default, value, source, dotted + ".")
+        else:
+            base[key] = _check_type(dotted, default, value, source)
+
+
+def _free_form(dotted: str) -> bool:
+    return dotted in {"data.labels", "evaluation.classes"}
+
+
+def _check_type(dotted: str, default: Any, value: Any, source: str) -> Any:
+    if isinstance(default, bool):
+        ok = isinstance(value, bool)
+    elif isinstance(default, float):
+        if isinstance(value, str):  # YAML 1.1 reads "1e-3" (no dot) as a string
+            try:
+                value = float(value)
+            except ValueError:
+                pass
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        value = float(value) if ok else value
+    elif isinstance(default, int):
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif isinstance(default, str):
+        ok = isinstance(value, str)
+    elif isinstance(default, list):
+        ok = isinstance(value, list)
+    elif isinstance(default, dict):
+        ok = isinstance(value, dict)
+    else:
+        ok = True
+    if not ok:
+        raise MedsegError(
+            f"{source}: key '{dotted}' must be {type(default).__name__}, got {value!r} ({type(value).__name__})"
+        )
+    choices = _CHOICES.get(dotted)
+    if choices and value not in choices:
+        raise MedsegError(f"{source}: key '{dotted}' is {value!r}; choose one of {', '.join(sorted(choices))}")
+    return value
+
+
+def _validate(cfg: dict, source: str) -> None:
+    if not cfg["task"]:
+        raise MedsegError(f"{source}: key 'task' is missing: name the task, e.g. 'task: liver'")
+    labels = cfg["data"]["labels"]
+    if not all(isinstance(v, int) for v in labels.values()):
+        raise MedsegError(f"{source}: key 'data.labels' must map names to integer label values")
+    values = set(labels.values())
+    for name, members in cfg["evaluation"]["classes"].items():
+        if not isinstance(members, list) or not members or not set(members) <= values:
+            raise MedsegError(
+                f"{source}: key 'evaluation.classes.{name}' must list label values from data.labels {sorted(values)}"
+            )
+    for name in cfg["evaluation"]["keep_largest_component"]:
+        if name not in cfg["evaluation"]["classes"]:
+            raise MedsegError(f"{source}: key 'evaluation.keep_largest_component' names unknown class '{name}'")
+    net, train = cfg["network"], cfg["training"]
+    dims = net["spatial_dims"]
+    for key in ("preprocessing.spacing", "training.patch_size"):
+        section, name = key.split(".")
+        if len(cfg[section][name]) != dims:
+            raise MedsegError(f"{source}: key '{key}' needs {dims} values for network.spatial_dims={dims}")
+    if len(net["strides"]) != len(net["channels"]) - 1:
+        raise MedsegError(f"{source}: key 'network.strides' needs one entry fewer than 'network.channels'")
+    multiple = 1
+    for s in net["strides"]:
+        multiple *= s
+    if any(p % multiple for p in train["patch_size"]):
+        raise MedsegError(
+            f"{source}: key 'training.patch_size' {train['patch_size']} must be multiples of {multiple}"
+            " (the product of network.strides)"
+        )
+    for key in ("epochs", "iterations_per_epoch", "batch_size", "val_every"):
+        if train[key] < 1:
+            raise MedsegError(f"{source}: key 'training.{key}' must be at least 1")
+    if not 0.0 < cfg["data"]["val_fraction"] < 1.0:
+        raise MedsegError(f"{source}: key 'data.val_fraction' must be between 0 and 1")
+    if cfg["preprocessing"]["window"]["width"] <= 0:
+        raise MedsegError(f"{source}: key 'preprocessing.window.width' must be positive")
+
+
+def load_config(task_or_yaml: str, overrides: list[str] | None = None) -> dict[str, Any]:
+    """Load, merge over :data:`DEFAULTS`, apply ``key=value`` overrides and validate a task config.
+
+    Args:
+        task_or_yaml: a task name from ``pipelines/`` or a path to a YAML file.
+        overrides: ``dotted.key=value`` strings (values parsed as YAML), applied after the file.
+
+    Returns:
+        The resolved config as plain dicts, lists and scalars.
+    """
+    path = resolve_task(task_or_yaml)
+    try:
+        loaded = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark else ""
+        raise MedsegError(f"{path}:{where} is not valid YAML ({getattr(err, 'problem', err)})") from err
+    if not isinstance(loaded, dict):
+        raise MedsegError(f"{path}: a pipeline YAML must be a mapping of sections, got {type(loaded).__name__}")
+    cfg = copy.deepcopy(DEFAULTS)
+    _merge(cfg, loaded, str(path))
+    for item in overrides or []:
+        if "=" not in item:
+            raise MedsegError(f"--set {item}: expected key=value, e.g. training.epochs=5")
+        key, text = item.split("=", 1)
+        nested: dict[str, Any] = {}
+        node = nested
+        parts = key.strip().split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+        node[parts[-1]] = _parse_value(text)
+        _merge(cfg, nested, f"--set {key}")
+    _validate(cfg, str(path))
+    if not cfg["bundle"]["name"]:
+        cfg["bundle"]["name"] = f"{cfg['task']}_segmentation"
+    return cfg
+
+
+def flatten(cfg: dict[str, Any], prefix: str = "") -> dict[str, str]:
+    """Flatten a nested config into ``section.key -> str(value)`` (for MLflow params)."""
+    flat: dict[str, str] = {}
+    for key, value in cfg.items():
+        if isinstance(value, dict) and value:
+            flat.update(flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = str(value)
+    return flat

@@ -1,0 +1,79 @@
+"""Medical Segmentation Decathlon layout: ``dataset.json`` with ``imagesTr/`` and ``labelsTr/``."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+from typing import Any
+
+from medseg.errors import MedsegError
+
+
+def _case_list(entries: Any, root: Path, manifest: Path, key: str) -> list[dict[str, str]]:
+    if not isinstance(entries, list) or not entries:
+        raise MedsegError(f"{manifest}: '{key}' must be a non-empty list of {{image, label}} entries")
+    cases = []
+    for i, entry in enumerate(entries):
+        if not isinstance(entry, dict) or not {"image", "label"} <= set(entry):
+            raise MedsegError(f"{manifest}: {key}[{i}] must have 'image' and 'label' paths")
+        case = {}
+        for field in ("image", "label"):
+            path = (root / str(entry[field])).resolve()
+            if not path.exists():
+                raise MedsegError(f"{manifest}: {key}[{i}].{field} points to a missing file {path}")
+            case[field] = str(path)
+        cases.append(case)
+    return cases
+
+
+def load_msd_dataset(
+    root: Path, expected_labels: dict[str, int], val_fraction: float, seed: int
+) -> tuple[list[dict[str, str]], list[dict[str, str]]]:
+    """Read an MSD-style dataset folder and split it into training and validation cases.
+
+    A ``validation`` list in ``dataset.json`` (medseg's extension, used by the built-in sample) fixes
+    the split; otherwise the ``training`` cases are shuffled with ``seed`` and ``val_fraction`` of them
+    (at least one) are held out.
+
+    Args:
+        root: the folder holding ``dataset.json``.
+        expected_labels: label name -> value from the task config; every value must be declared.
+        val_fraction: share of cases held out for validation when the split is not fixed.
+        seed: shuffling seed for the split.
+
+    Returns:
+        ``(train, val)`` lists of ``{"image": path, "label": path}``.
+    """
+    manifest = root / "dataset.json"
+    if not root.is_dir():
+        raise MedsegError(f"dataset folder {root} does not exist: set --data-dir or data.dataset to where it is")
+    if not manifest.is_file():
+        raise MedsegError(f"{manifest}: missing; an MSD dataset folder needs dataset.json, imagesTr/ and labelsTr/")
+    try:
+        meta = json.loads(manifest.read_text())
+    except json.JSONDecodeError as err:
+        raise MedsegError(f"{manifest}: not valid JSON (line {err.lineno}: {err.msg})") from err
+    if not isinstance(meta, dict):
+        raise MedsegError(f"{manifest}: must be a JSON object with 'labels' and 'training'")
+    labels = meta.get("labels")
+    if not isinstance(labels, dict):
+        raise MedsegError(f"{manifest}: 'labels' must map label values to names, e.g. {{\"0\": \"background\"}}")
+    try:
+        declared = {int(k) for k in labels}
+    except ValueError as err:
+        raise MedsegError(f"{manifest}: 'labels' keys must be integer label values ({err})") from err
+    missing = sorted(set(expected_labels.values()) - declared)
+    if missing:
+        raise MedsegError(f"{manifest}: 'labels' lacks values {missing} that the task config expects")
+    train = _case_list(meta.get("training"), root, manifest, "training")
+    if "validation" in meta:
+        val = _case_list(meta["validation"], root, manifest, "validation")
+        return train, val
+    if len(train) < 2:
+        raise MedsegError(f"{manifest}: needs at least 2 training cases to hold one out for validation")
+    order = list(range(len(train)))
+    random.Random(seed).shuffle(order)
+    n_val = max(1, round(val_fraction * len(train)))
+    val_idx = set(order[:n_val])
+    return [c for i, c in enumerate(train) if i not in val_idx], [c for i, c in enumerate(train) if i in val_idx]

@@ -1,0 +1,85 @@
+"""Sliding-window prediction mapped back onto each input's own grid, and the final evaluation."""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import nibabel as nib
+import numpy as np
+import torch
+from monai.data import MetaTensor
+from monai.inferers import SlidingWindowInferer
+from monai.transforms import Invertd, KeepLargestConnectedComponent, LoadImage
+
+from medseg.evaluation import evaluate_case
+from medseg.transforms import build_eval_transforms
+
+logger = logging.getLogger("medseg.evaluate")
+
+
+def predict_case(
+    cfg: dict[str, Any], net: torch.nn.Module, case: dict[str, str], device: torch.device, transforms=None
+) -> MetaTensor:
+    """Predict one case; returns the label map (1, *spatial) on the original image grid, post-processed."""
+    transforms = transforms or build_eval_transforms(cfg)
+    data = transforms(dict(case))
+    inferer = SlidingWindowInferer(
+        roi_size=cfg["training"]["patch_size"], sw_batch_size=2, overlap=cfg["evaluation"]["sw_overlap"], mode="gaussian"
+    )
+    net.eval()
+    with torch.no_grad():
+        logits = inferer(data["image"].unsqueeze(0).to(device), net)[0].cpu()
+    data["pred"] = MetaTensor(torch.softmax(logits, 0), meta=data["image"].meta, applied_operations=data["image"].applied_operations)
+    inverted = Invertd(keys="pred", transform=transforms, orig_keys="image", nearest_interp=False)(data)
+    labels = torch.argmax(inverted["pred"], dim=0, keepdim=True)
+    for members in largest_component_labels(cfg):
+        labels = KeepLargestConnectedComponent(applied_labels=members, is_onehot=False, independent=False)(labels)
+    return MetaTensor(labels.to(torch.uint8), meta=inverted["pred"].meta)
+
+
+def largest_component_labels(cfg: dict[str, Any]) -> list[list[int]]:
+    """Label sets whose union is reduced to its largest connected component after prediction."""
+    classes = cfg["evaluation"]["classes"]
+    return [list(classes[name]) for name in cfg["evaluation"]["keep_largest_component"]]
+
+
+def _write_nifti(array: np.ndarray, affine: np.ndarray, path: Path) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".nii.gz", dir=path.parent)
+    os.close(fd)
+    nib.save(nib.Nifti1Image(array, affine), tmp)
+    os.replace(tmp, path)
+
+
+def case_id(case: dict[str, str]) -> str:
+    name = Path(case["image"]).name
+    for suffix in (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd"):
+        if name.endswith(suffix):
+            return name[: -len(suffix)]
+    return Path(name).stem
+
+
+def evaluate_cases(
+    cfg: dict[str, Any], net: torch.nn.Module, cases: list[dict[str, str]], device: torch.device, pred_dir: Path
+) -> dict[str, dict[str, dict[str, float | str]]]:
+    """Predict each case on its original grid, write the prediction, and compute metrics in mm."""
+    pred_dir.mkdir(parents=True, exist_ok=True)
+    transforms = build_eval_transforms(cfg)
+    loader = LoadImage(image_only=True, ensure_channel_first=True)
+    per_case = {}
+    for i, case in enumerate(cases, 1):
+        cid = case_id(case)
+        pred = predict_case(cfg, net, case, device, transforms)
+        ref = loader(case["label"])
+        if tuple(pred.shape[1:]) != tuple(ref.shape[1:]):
+            raise RuntimeError(f"{cid}: inverted prediction {tuple(pred.shape)} does not match label {tuple(ref.shape)}")
+        affine = np.asarray(ref.affine, dtype=np.float64)
+        spacing = np.sqrt((affine[:3, :3] ** 2).sum(axis=0))
+        per_case[cid] = evaluate_case(pred[0].numpy(), ref[0].numpy().astype(np.int64), spacing, cfg["evaluation"]["classes"])
+        _write_nifti(pred[0].numpy().astype(np.uint8), affine, pred_dir / f"{cid}.nii.gz")
+        dice = ", ".join(f"{k} Dice {v['dice']:.3f}" for k, v in per_case[cid].items())
+        logger.info("evaluated case %d/%d (%s): %s", i, len(cases), cid, dice)
+    return per_case

@@ -1,0 +1,37 @@
+"""User-facing errors and the command-line wrapper that turns them into one line and exit code 2."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Callable, Sequence
+
+logger = logging.getLogger("medseg")
+
+
+class MedsegError(Exception):
+    """A mistake in the user's input: printed as one line, exit code 2, no traceback unless --debug."""
+
+
+def run_cli(main: Callable[[Sequence[str] | None], int | None], argv: Sequence[str] | None = None) -> int:
+    """Run a command's ``main`` and map a :class:`MedsegError` to one line on stderr and exit code 2.
+
+    Args:
+        main: the command's entry point; takes argv, returns an exit code or None.
+        argv: arguments (default ``sys.argv[1:]``).
+
+    Example:
+        >>> raise SystemExit(run_cli(main))
+    """
+    args = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in args
+    try:
+        return int(main(args) or 0)
+    except MedsegError as err:
+        if debug:
+            raise
+        print(f"medseg: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("medseg: interrupted", file=sys.stderr)
+        return 130
