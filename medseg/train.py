@@ -45,6 +45,9 @@ def setup_logging(run_dir: Path | None = None) -> None:
         console.setFormatter(fmt)
         root.addHandler(console)
     if run_dir is not None:
+        for old in [h for h in root.handlers if isinstance(h, logging.FileHandler)]:
+            root.removeHandler(old)
+            old.close()
         file_handler = logging.FileHandler(run_dir / "train.log")
         file_handler.setFormatter(fmt)
         root.addHandler(file_handler)
@@ -75,12 +78,8 @@ def run(argv: Sequence[str] | None = None) -> int:
         overrides.append(f"training.epochs={args.epochs}")
     cfg = load_config(args.task, overrides)
     task = cfg["task"]
-    run_dir = args.output_dir or Path("runs") / task / time.strftime("%Y%m%d-%H%M%S")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    setup_logging(run_dir)
+    setup_logging()
     started = time.monotonic()
-    (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
-    logger.info("run directory %s", run_dir)
 
     from medseg.data import load_msd_dataset
     from medseg.engine import evaluate_cases, train
@@ -92,6 +91,11 @@ def run(argv: Sequence[str] | None = None) -> int:
     train_files, val_files = load_msd_dataset(
         root, cfg["data"]["labels"], cfg["data"]["val_fraction"], cfg["training"]["seed"]
     )
+    run_dir = args.output_dir or Path("runs") / task / time.strftime("%Y%m%d-%H%M%S")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    setup_logging(run_dir)
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+    logger.info("run directory %s", run_dir)
     logger.info("dataset %s: %d training, %d validation cases", root, len(train_files), len(val_files))
 
     tracker = None

@@ -15,6 +15,7 @@ The bundle is assembled in a temporary folder beside the target, verified with M
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 import tempfile
@@ -94,7 +95,6 @@ def metadata(cfg: dict[str, Any], summary: dict[str, dict[str, float]]) -> dict[
         "pytorch_version": torch.__version__.split("+")[0],
         "numpy_version": np.__version__,
         "required_packages_version": {"nibabel": _version("nibabel"), "scikit-image": _version("scikit-image")},
-        "optional_packages_version": {},
         "name": cfg["bundle"]["name"],
         "task": cfg["description"] or cfg["task"],
         "description": f"{cfg['network']['name']} ({dims}D) trained by medseg on task '{cfg['task']}'",
@@ -192,7 +192,8 @@ def verify_bundle(bundle_dir: Path) -> None:
     from monai.bundle import verify_metadata, verify_net_in_out
 
     meta = str(bundle_dir / "configs" / "metadata.json")
-    verify_metadata(meta_file=meta, filepath=str(SCHEMA_PATH))
+    digest = hashlib.sha256(SCHEMA_PATH.read_bytes()).hexdigest()
+    verify_metadata(meta_file=meta, filepath=str(SCHEMA_PATH), hash_val=digest, hash_type="sha256")
     verify_net_in_out(
         net_id="network_def", meta_file=meta, config_file=str(bundle_dir / "configs" / "inference.json"),
         device="cpu", n=2,

@@ -1,0 +1,74 @@
+"""Shared fixtures: small synthetic CT volumes in the MSD layout, and the real LiTS sample (fetched once)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def synthetic_case(shape=(40, 36, 28), spacing=(1.5, 1.5, 2.0), seed=0, origin=(10.0, -20.0, 5.0)):
+    """A CT-like volume in HU with an ellipsoid 'liver' (label 1) holding a spherical 'tumour' (label 2)."""
+    rng = np.random.default_rng(seed)
+    grid = np.stack(np.meshgrid(*[np.arange(n, dtype=np.float32) for n in shape], indexing="ij"))
+    centre = np.array(shape, dtype=np.float32)[:, None, None, None] / 2 + rng.uniform(-2, 2, (3, 1, 1, 1))
+    radii = np.array(shape, dtype=np.float32)[:, None, None, None] * 0.3
+    liver = (((grid - centre) / radii) ** 2).sum(0) <= 1.0
+    tumour = (((grid - centre - 2.0) / 4.0) ** 2).sum(0) <= 1.0
+    label = np.zeros(shape, np.uint8)
+    label[liver] = 1
+    label[liver & tumour] = 2
+    image = rng.normal(-80.0, 20.0, shape).astype(np.float32)
+    image[label == 1] = rng.normal(110.0, 15.0, int((label == 1).sum()))
+    image[label == 2] = rng.normal(40.0, 15.0, int((label == 2).sum()))
+    affine = np.diag([*spacing, 1.0])
+    affine[:3, 3] = origin
+    return image, label, affine
+
+
+def write_msd(root: Path, n_cases: int = 3, **kwargs) -> Path:
+    """Write an MSD-style dataset folder with ``n_cases`` synthetic cases; returns ``root``."""
+    (root / "imagesTr").mkdir(parents=True)
+    (root / "labelsTr").mkdir()
+    training = []
+    for i in range(n_cases):
+        image, label, affine = synthetic_case(seed=i, **kwargs)
+        name = f"case_{i:03d}.nii.gz"
+        nib.save(nib.Nifti1Image(image, affine), root / "imagesTr" / name)
+        nib.save(nib.Nifti1Image(label, affine), root / "labelsTr" / name)
+        training.append({"image": f"./imagesTr/{name}", "label": f"./labelsTr/{name}"})
+    manifest = {"labels": {"0": "background", "1": "liver", "2": "tumour"}, "training": training}
+    (root / "dataset.json").write_text(json.dumps(manifest))
+    return root
+
+
+@pytest.fixture
+def msd_dataset(tmp_path: Path) -> Path:
+    return write_msd(tmp_path / "Synthetic")
+
+
+@pytest.fixture(scope="session")
+def lits_sample(tmp_path_factory) -> Path:
+    """The real built-in sample, prepared once per test session in a temporary data folder."""
+    from medseg.data import prepare_lits_sample
+
+    return prepare_lits_sample(tmp_path_factory.mktemp("data"))
+
+
+# Tiny network and patches so a training run takes seconds on 2 CPU cores.
+FAST = [
+    "preprocessing.spacing=[3.0,3.0,3.0]",
+    "training.patch_size=[16,16,16]",
+    "network.channels=[4,8,16]",
+    "network.strides=[2,2]",
+    "network.num_res_units=1",
+    "training.iterations_per_epoch=2",
+    "training.batch_size=2",
+    "training.val_every=1",
+    "data.val_fraction=0.34",
+]

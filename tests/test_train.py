@@ -1,0 +1,112 @@
+"""End to end: a short training run yields a checkpoint, metrics in mm, an MLflow run and a verified bundle."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+import yaml
+from mlflow.tracking import MlflowClient
+
+from medseg.train import main
+
+from .conftest import FAST, synthetic_case
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    from .conftest import write_msd
+
+    work = tmp_path_factory.mktemp("work")
+    dataset = write_msd(work / "data" / "Synthetic")
+    uri = f"sqlite:///{work / 'mlflow.db'}"
+    mp = pytest.MonkeyPatch()
+    mp.setenv("MLFLOW_TRACKING_URI", uri)
+    mp.chdir(work)
+    args = ["liver", "--epochs", "2", "--data-dir", str(work / "data"), "--output-dir", str(work / "run")]
+    args += [a for o in FAST + ["data.dataset=Synthetic", f"bundle.dir={work / 'bundles'}"] for a in ("--set", o)]
+    try:
+        assert main(args) == 0
+    finally:
+        mp.undo()
+    return {"work": work, "run": work / "run", "uri": uri, "dataset": dataset, "bundle": work / "bundles" / "liver_ct_segmentation"}
+
+
+def test_run_directory_holds_config_log_checkpoint_and_metrics(trained):
+    run = trained["run"]
+    cfg = yaml.safe_load((run / "config.yaml").read_text())
+    assert cfg["training"]["epochs"] == 2 and cfg["network"]["channels"] == [4, 8, 16]
+    log = (run / "train.log").read_text()
+    assert "epoch 1/2" in log and "epoch 2/2" in log
+    state = torch.load(run / "checkpoints" / "best.pt", weights_only=True)
+    assert any(k.endswith("weight") for k in state) and all(isinstance(v, torch.Tensor) for v in state.values())
+    assert (run / "checkpoints" / "last.pt").is_file()
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert set(metrics) == {"liver", "tumour"}
+    for entry in metrics.values():
+        for key in ("dice", "hd95_mm", "assd_mm"):
+            assert math.isfinite(entry[key])
+        assert 0.0 <= entry["dice"] <= 1.0 and entry["cases"] == 1.0
+    rows = (run / "metrics_per_case.csv").read_text().splitlines()
+    assert rows[0].startswith("case,class,dice,hd95_mm,assd_mm") and len(rows) == 3
+
+
+def test_prediction_is_written_in_the_label_geometry(trained):
+    pred_files = sorted((trained["run"] / "predictions").glob("*.nii.gz"))
+    assert len(pred_files) == 1
+    label = nib.load(trained["dataset"] / "labelsTr" / pred_files[0].name)
+    pred = nib.load(pred_files[0])
+    assert pred.shape == label.shape
+    np.testing.assert_allclose(pred.affine, label.affine, atol=1e-5)
+    assert set(np.unique(np.asarray(pred.dataobj))) <= {0, 1, 2}
+
+
+def test_mlflow_run_has_params_metrics_and_artifacts(trained):
+    client = MlflowClient(tracking_uri=trained["uri"])
+    exp = client.get_experiment_by_name("medseg")
+    runs = client.search_runs([exp.experiment_id])
+    assert len(runs) == 1
+    run = runs[0]
+    assert run.info.run_name == "liver-run" and run.info.status == "FINISHED"
+    assert run.data.params["training.epochs"] == "2" and run.data.params["network.name"] == "unet"
+    assert run.data.tags["task"] == "liver"
+    assert len(client.get_metric_history(run.info.run_id, "train_loss")) == 4  # 2 epochs x 2 iterations
+    assert len(client.get_metric_history(run.info.run_id, "val_mean_dice")) == 2
+    assert "final_liver_dice" in run.data.metrics and "final_tumour_hd95_mm" in run.data.metrics
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"config.yaml", "metrics.json", "metrics_per_case.csv", "best.pt", "train.log"} <= artifacts
+
+
+def test_bundle_verifies_and_runs_on_stock_monai(trained, tmp_path: Path):
+    from medseg.bundle import verify_bundle
+
+    bundle = trained["bundle"]
+    for rel in ("configs/metadata.json", "configs/inference.json", "models/model.pt", "docs/README.md", "LICENSE"):
+        assert (bundle / rel).is_file(), rel
+    meta = json.loads((bundle / "configs" / "metadata.json").read_text())
+    assert meta["network_data_format"]["outputs"]["pred"]["channel_def"] == {"0": "background", "1": "liver", "2": "tumour"}
+    assert set(meta["eval_metrics"]) >= {"liver_dice", "liver_hd95_mm", "tumour_assd_mm"}
+    verify_bundle(bundle)
+    assert "| liver |" in (bundle / "docs" / "README.md").read_text()
+
+    images = tmp_path / "images"
+    images.mkdir()
+    image, _, affine = synthetic_case(shape=(30, 34, 26), spacing=(1.2, 1.4, 2.5), seed=7)
+    nib.save(nib.Nifti1Image(image, affine), images / "scan.nii.gz")
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", str(bundle / "configs" / "inference.json"),
+           "--bundle_root", str(bundle), "--dataset_dir", str(images), "--output_dir", str(out)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    written = sorted(out.rglob("*.nii.gz"))
+    assert [p.name for p in written] == ["scan_seg.nii.gz"]
+    seg = nib.load(written[0])
+    assert seg.shape[:3] == image.shape
+    np.testing.assert_allclose(seg.affine, affine, atol=1e-4)
