@@ -78,6 +78,7 @@ DEFAULTS: dict[str, Any] = {
         "classes": {},  # reported class name -> label values merged into it
         "keep_largest_component": [],  # class names post-processed to their largest component
         "sw_overlap": 0.25,
+        "tolerance_mm": 2.0,  # tolerance for normalised surface Dice and boundary F1
     },
     "tracking": {"enabled": True, "experiment": "medseg"},
     "bundle": {"enabled": True, "name": "", "dir": "bundles", "authors": "medseg", "license": "CC-BY-SA-4.0"},

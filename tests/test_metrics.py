@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import csv
 import json
 import math
 from pathlib import Path
@@ -7,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from medseg.evaluation import evaluate_case, summarise, write_reports
+from medseg.evaluation import binary_metrics, evaluate_case, summarise, write_reports
 
 CLASSES = {"liver": [1, 2], "tumour": [2]}
 
@@ -79,18 +80,20 @@ def test_empty_masks_are_defined_and_finite():
 
 
 def test_summary_and_reports(tmp_path: Path):
-    per_case = {
-        "a": {"organ": {"dice": 0.8, "hd95_mm": 2.0, "assd_mm": 1.0, "flag": ""}},
-        "b": {"organ": {"dice": 0.6, "hd95_mm": 4.0, "assd_mm": 3.0, "flag": "prediction empty"}},
-    }
+    ref = np.zeros((20, 20, 20), bool)
+    ref[5:15, 5:15, 5:15] = True
+    good = binary_metrics(ref, ref, (1, 1, 1))
+    missed = binary_metrics(np.zeros_like(ref), ref, (1, 1, 1), worst_mm=50.0)
+    per_case = {"a": {"organ": good}, "b,2": {"organ": missed}}
     summary = summarise(per_case)
-    assert summary["organ"]["dice"] == pytest.approx(0.7)
-    assert summary["organ"]["dice_std"] == pytest.approx(0.1)
-    assert summary["organ"]["hd95_mm_median"] == pytest.approx(3.0)
-    assert summary["organ"]["flagged"] == 1.0
+    assert summary["organ"]["dice"] == pytest.approx(0.5)
+    assert summary["organ"]["dice_std"] == pytest.approx(0.5)
+    assert summary["organ"]["hd95_mm_median"] == pytest.approx(25.0)
+    assert summary["organ"]["flagged"] == 1.0 and summary["organ"]["cases"] == 2.0
     json_path, csv_path = write_reports(per_case, summary, tmp_path)
-    assert json.loads(json_path.read_text())["organ"]["assd_mm"] == pytest.approx(2.0)
-    lines = csv_path.read_text().splitlines()
-    assert lines[0] == "case,class,dice,hd95_mm,assd_mm,flag"
-    assert lines[2] == "b,organ,0.6,4,3,prediction empty"
+    assert json.loads(json_path.read_text())["organ"]["assd_mm"] == pytest.approx(25.0)
+    rows = list(csv.DictReader(csv_path.open()))
+    assert [r["case"] for r in rows] == ["a", "b,2"]
+    assert float(rows[1]["hd_mm"]) == 50.0 and rows[1]["flag"] == "prediction empty"
+    assert float(rows[0]["volume_ref_ml"]) == pytest.approx(1.0)  # 1000 voxels of 1 mm^3
     assert not list(tmp_path.glob(".*"))  # no temporary files left behind

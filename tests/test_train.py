@@ -55,7 +55,7 @@ def test_run_directory_holds_config_log_checkpoint_and_metrics(trained):
             assert math.isfinite(entry[key])
         assert 0.0 <= entry["dice"] <= 1.0 and entry["cases"] == 1.0
     rows = (run / "metrics_per_case.csv").read_text().splitlines()
-    assert rows[0].startswith("case,class,dice,hd95_mm,assd_mm") and len(rows) == 3
+    assert rows[0].startswith("case,class,dice,iou,accuracy,precision,recall,hd_mm,hd95_mm,assd_mm") and len(rows) == 3
 
 
 def test_prediction_is_written_in_the_label_geometry(trained):

@@ -78,7 +78,10 @@ def evaluate_cases(
             raise RuntimeError(f"{cid}: inverted prediction {tuple(pred.shape)} does not match label {tuple(ref.shape)}")
         affine = np.asarray(ref.affine, dtype=np.float64)
         spacing = np.sqrt((affine[:3, :3] ** 2).sum(axis=0))
-        per_case[cid] = evaluate_case(pred[0].numpy(), ref[0].numpy().astype(np.int64), spacing, cfg["evaluation"]["classes"])
+        per_case[cid] = evaluate_case(
+            pred[0].numpy(), ref[0].numpy().astype(np.int64), spacing, cfg["evaluation"]["classes"],
+            tolerance_mm=cfg["evaluation"]["tolerance_mm"],
+        )
         _write_nifti(pred[0].numpy().astype(np.uint8), affine, pred_dir / f"{cid}.nii.gz")
         dice = ", ".join(f"{k} Dice {v['dice']:.3f}" for k, v in per_case[cid].items())
         logger.info("evaluated case %d/%d (%s): %s", i, len(cases), cid, dice)

@@ -2,6 +2,6 @@
 
 from __future__ import annotations
 
-from medseg.evaluation.metrics import METRICS, evaluate_case, summarise, write_reports
+from medseg.evaluation.metrics import METRICS, binary_metrics, evaluate_case, format_table, summarise, write_reports
 
-__all__ = ["METRICS", "evaluate_case", "summarise", "write_reports"]
+__all__ = ["METRICS", "binary_metrics", "evaluate_case", "format_table", "summarise", "write_reports"]

@@ -1,0 +1,129 @@
+"""Label maps from disk with their geometry: NIfTI, NRRD, MHA/MHD, PNG/TIFF (SimpleITK) and DICOM SEG (highdicom).
+
+Every reader returns a :class:`LabelMap`: an integer array indexed ``[i, j, k]`` and the affine that maps
+those indices to patient coordinates in millimetres (LPS, the DICOM/ITK convention). Comparing two label
+maps means comparing those affines, whatever the file format or axis order.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from scipy.ndimage import map_coordinates
+
+from medseg.errors import MedsegError
+
+SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd", ".png", ".tif", ".tiff", ".dcm")
+
+
+@dataclass
+class LabelMap:
+    array: np.ndarray  # integer labels, index order [i, j(, k)]
+    affine: np.ndarray  # (ndim+1, ndim+1): index -> LPS millimetres
+
+    @property
+    def spacing(self) -> tuple[float, ...]:
+        return tuple(float(v) for v in np.linalg.norm(self.affine[:-1, :-1], axis=0))
+
+    def describe(self) -> str:
+        origin = ", ".join(f"{v:.2f}" for v in self.affine[:-1, -1])
+        spacing = ", ".join(f"{v:.3g}" for v in self.spacing)
+        return f"shape {self.array.shape}, spacing ({spacing}) mm, origin ({origin})"
+
+
+def case_name(path: Path) -> str:
+    """File name without its image suffix: the key that matches a prediction to its reference."""
+    name = path.name
+    for suffix in SUFFIXES:
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)]
+    return path.stem
+
+
+def _as_labels(array: np.ndarray, path: Path) -> np.ndarray:
+    if np.issubdtype(array.dtype, np.integer) or array.dtype == bool:
+        return array.astype(np.int64)
+    finite = np.isfinite(array)
+    rounded = np.round(array)
+    bad = ~finite | (np.abs(array - rounded) > 1e-3)
+    if bad.any():
+        example = float(array[bad].flat[0])
+        raise MedsegError(f"{path}: non-integer label value {example:g}; expected a label map of whole numbers")
+    return rounded.astype(np.int64)
+
+
+def _read_sitk(path: Path) -> LabelMap:
+    import SimpleITK as sitk
+
+    try:
+        image = sitk.ReadImage(str(path))
+    except RuntimeError as err:
+        raise MedsegError(f"{path}: cannot be read as an image ({str(err).strip().splitlines()[-1]})") from err
+    if image.GetNumberOfComponentsPerPixel() != 1:
+        raise MedsegError(f"{path}: has {image.GetNumberOfComponentsPerPixel()} channels; a label map has one")
+    array = sitk.GetArrayFromImage(image).transpose()  # ITK's (k, j, i) -> (i, j, k)
+    ndim = image.GetDimension()
+    affine = np.eye(ndim + 1)
+    direction = np.array(image.GetDirection(), dtype=np.float64).reshape(ndim, ndim)
+    affine[:ndim, :ndim] = direction * np.array(image.GetSpacing())
+    affine[:ndim, ndim] = image.GetOrigin()
+    return LabelMap(_as_labels(array, path), affine)
+
+
+def _read_dicom_seg(path: Path) -> LabelMap:
+    import highdicom as hd
+
+    try:
+        seg = hd.seg.segread(str(path))
+    except Exception as err:  # pydicom/highdicom raise many types for a file that is no DICOM SEG
+        raise MedsegError(f"{path}: not a readable DICOM SEG ({type(err).__name__}: {err})") from err
+    volume = seg.get_volume(combine_segments=True, relabel=False, dtype=np.int64)
+    return LabelMap(np.asarray(volume.array, dtype=np.int64), np.asarray(volume.affine, dtype=np.float64))
+
+
+def read_labelmap(path: Path) -> LabelMap:
+    """Read a label map with its geometry; DICOM SEG segment numbers become the label values."""
+    if not path.is_file():
+        raise MedsegError(f"{path}: no such file")
+    if path.name.lower().endswith(".dcm") or _is_dicom(path):
+        return _read_dicom_seg(path)
+    return _read_sitk(path)
+
+
+def _is_dicom(path: Path) -> bool:
+    with open(path, "rb") as fh:
+        head = fh.read(132)
+    return len(head) == 132 and head[128:132] == b"DICM"
+
+
+def same_grid(a: LabelMap, b: LabelMap, atol_mm: float = 1e-3) -> bool:
+    return a.array.shape == b.array.shape and np.allclose(a.affine, b.affine, atol=atol_mm)
+
+
+def onto_grid(src: LabelMap, ref: LabelMap, resample: bool, what: str) -> np.ndarray:
+    """``src``'s labels on ``ref``'s grid.
+
+    Identical grids pass through. Grids that coincide voxel for voxel but with axes permuted or
+    flipped (a DICOM SEG against a NIfTI reference, say) are reordered exactly. Anything else is
+    resampled with nearest neighbour when ``resample`` is set, and refused otherwise.
+    """
+    if same_grid(src, ref):
+        return src.array
+    if src.array.ndim != ref.array.ndim:
+        raise MedsegError(f"{what}: {src.array.ndim}D prediction against a {ref.array.ndim}D reference")
+    mapping = np.linalg.solve(src.affine, ref.affine)  # ref index -> src index
+    lin, shift = mapping[:-1, :-1], mapping[:-1, -1]
+    exact = np.allclose(lin, np.round(lin), atol=1e-4) and np.allclose(shift, np.round(shift), atol=1e-3)
+    signed_permutation = np.abs(np.round(lin))
+    exact = exact and bool((signed_permutation.sum(axis=0) == 1).all() and (signed_permutation.sum(axis=1) == 1).all())
+    if not (exact or resample):
+        raise MedsegError(
+            f"{what}: prediction geometry ({src.describe()}) differs from the reference ({ref.describe()});"
+            " pass --resample to map it onto the reference grid with nearest neighbour"
+        )
+    grid = np.indices(ref.array.shape, dtype=np.float64).reshape(ref.array.ndim, -1)
+    coords = lin @ grid + shift[:, None]
+    out = map_coordinates(src.array, coords, order=0, mode="constant", cval=0)
+    return out.reshape(ref.array.shape)
