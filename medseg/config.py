@@ -41,12 +41,12 @@ DEFAULTS: dict[str, Any] = {
         "crop_foreground": True,
     },
     "augmentation": {
-        "elastic": {"prob": 0.2, "sigma": [5.0, 8.0], "magnitude": [50.0, 150.0]},
+        "elastic": {"prob": 0.3, "sigma": [5.0, 8.0], "magnitude": [50.0, 150.0]},
         "rotate_deg": 15.0,
-        "rotate_prob": 0.3,
+        "rotate_prob": 0.5,
         "scale": [0.85, 1.15],
-        "scale_prob": 0.3,
-        "flip_prob": 0.0,
+        "scale_prob": 0.5,
+        "flip_prob": 0.5,  # mirroring along every axis, as nnU-Net does
         "intensity_shift": 0.1,
         "intensity_prob": 0.5,
     },
@@ -57,7 +57,7 @@ DEFAULTS: dict[str, Any] = {
         "strides": [2, 2, 2, 2],
         "num_res_units": 2,
         "dropout": 0.0,
-        "norm": "instance",
+        "norm": "batch",  # running statistics: eval does not depend on how much of a window is padding
     },
     "training": {
         "epochs": 40,
@@ -66,7 +66,7 @@ DEFAULTS: dict[str, Any] = {
         "patch_size": [96, 96, 64],
         "pos_neg_ratio": 2.0,
         "loss": "dice_ce",
-        "learning_rate": 3e-3,
+        "learning_rate": 1e-3,
         "weight_decay": 1e-5,
         "val_every": 2,
         "seed": 0,
@@ -79,6 +79,7 @@ DEFAULTS: dict[str, Any] = {
         "keep_largest_component": [],  # class names post-processed to their largest component
         "sw_overlap": 0.25,
         "tolerance_mm": 2.0,  # tolerance for normalised surface Dice and boundary F1
+        "worst_mm": 0.0,  # distance given when exactly one mask is empty; 0 = the image diagonal
     },
     "tracking": {"enabled": True, "experiment": "medseg"},
     "bundle": {"enabled": True, "name": "", "dir": "bundles", "authors": "medseg", "license": "CC-BY-SA-4.0"},

@@ -80,7 +80,7 @@ def evaluate_cases(
         spacing = np.sqrt((affine[:3, :3] ** 2).sum(axis=0))
         per_case[cid] = evaluate_case(
             pred[0].numpy(), ref[0].numpy().astype(np.int64), spacing, cfg["evaluation"]["classes"],
-            tolerance_mm=cfg["evaluation"]["tolerance_mm"],
+            tolerance_mm=cfg["evaluation"]["tolerance_mm"], worst_mm=cfg["evaluation"]["worst_mm"] or None,
         )
         _write_nifti(pred[0].numpy().astype(np.uint8), affine, pred_dir / f"{cid}.nii.gz")
         dice = ", ".join(f"{k} Dice {v['dice']:.3f}" for k, v in per_case[cid].items())

@@ -19,7 +19,7 @@ import torch
 from ignite.engine import Events
 from monai.data import CacheDataset, DataLoader
 from monai.engines import SupervisedEvaluator, SupervisedTrainer
-from monai.handlers import CheckpointSaver, LrScheduleHandler, MeanDice, ValidationHandler, from_engine
+from monai.handlers import CheckpointSaver, LrScheduleHandler, MeanDice, StatsHandler, ValidationHandler, from_engine
 from monai.inferers import SimpleInferer, SlidingWindowInferer
 from monai.losses import DiceCELoss, DiceLoss
 from monai.transforms import AsDiscreted, Compose, MapTransform
@@ -63,6 +63,15 @@ def _channel(index: int):
         return [p[index : index + 1] for p in pred], [l[index : index + 1] for l in label]
 
     return select
+
+
+def _stats_handler() -> StatsHandler:
+    """MONAI's StatsHandler for validation metrics, writing through medseg's log (console and train.log)."""
+    handler = StatsHandler(name="medseg.validation", iteration_log=False)
+    validation_logger = logging.getLogger("medseg.validation")
+    validation_logger.handlers.clear()  # MONAI gives it a stdout handler of its own; use medseg's instead
+    validation_logger.propagate = True
+    return handler
 
 
 def pick_device(choice: str) -> torch.device:
@@ -162,7 +171,7 @@ def train(
             f"val_dice_{name}": MeanDice(include_background=True, output_transform=_channel(i))
             for i, name in enumerate(classes)
         },
-        val_handlers=[best_saver],
+        val_handlers=[best_saver, _stats_handler()],
     )
     validation = ValidationHandler(validator=evaluator, interval=tr["val_every"], epoch_level=True)
     trainer = SupervisedTrainer(
