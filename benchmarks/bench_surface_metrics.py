@@ -22,7 +22,7 @@ SPACING = (0.8, 0.8, 2.5)
 
 
 def liver_like_pair(seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """An irregular ellipsoid of about 1.6 L and a perturbed copy (shifted, rescaled, with a bump and a bite)."""
+    """An irregular ellipsoid of about 1.6 L (a liver) and a perturbed copy (shifted, rescaled, with a bump and a bite)."""
     rng = np.random.default_rng(seed)
     axes = [np.arange(n, dtype=np.float32) * s for n, s in zip(SHAPE, SPACING)]
     x, y, z = np.meshgrid(*axes, indexing="ij", sparse=True)
@@ -30,8 +30,8 @@ def liver_like_pair(seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
 
     def organ(dx, dy, dz, scale):
         wobble = 6.0 * np.sin(x / 23.0 + dz) * np.cos(y / 31.0) + 4.0 * np.sin(z / 17.0 + dx)
-        r = np.sqrt(((x - cx - dx) / (110 * scale)) ** 2 + ((y - cy - dy) / (85 * scale)) ** 2
-                    + ((z - cz - dz) / (75 * scale)) ** 2)
+        r = np.sqrt(((x - cx - dx) / (90 * scale)) ** 2 + ((y - cy - dy) / (70 * scale)) ** 2
+                    + ((z - cz - dz) / (61 * scale)) ** 2)
         return r * 100.0 + wobble <= 100.0
 
     ref = organ(0.0, 0.0, 0.0, 1.0)

@@ -228,7 +228,7 @@ def _ct_series(shape=(6, 16, 20), spacing=(2.5, 0.8, 0.7)):
         ds.file_meta = meta
         ds.SOPClassUID, ds.SOPInstanceUID = CTImageStorage, meta.MediaStorageSOPInstanceUID
         ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.FrameOfReferenceUID = study, series, frame
-        ds.Modality, ds.PatientID, ds.PatientName, ds.StudyID = "CT", "ANON", "ANON", "1"
+        ds.Modality, ds.PatientID, ds.PatientName, ds.StudyID = "CT", "SYNTH0001", "Synthetic^Phantom", "1"
         ds.PatientBirthDate, ds.PatientSex, ds.AccessionNumber, ds.ReferringPhysicianName = "", "O", "", ""
         ds.StudyDate, ds.StudyTime, ds.SeriesNumber, ds.InstanceNumber = "20260101", "120000", 1, z + 1
         ds.Manufacturer = "test"

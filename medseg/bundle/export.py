@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import shutil
 import tempfile
 from pathlib import Path
@@ -193,11 +194,19 @@ def verify_bundle(bundle_dir: Path) -> None:
 
     meta = str(bundle_dir / "configs" / "metadata.json")
     digest = hashlib.sha256(SCHEMA_PATH.read_bytes()).hexdigest()
-    verify_metadata(meta_file=meta, filepath=str(SCHEMA_PATH), hash_val=digest, hash_type="sha256")
-    verify_net_in_out(
-        net_id="network_def", meta_file=meta, config_file=str(bundle_dir / "configs" / "inference.json"),
-        device="cpu", n=2,
-    )
+    quiet = [logging.getLogger(name) for name in ("monai.bundle.scripts", "monai.apps.utils", "monai.apps")]
+    levels = [lg.level for lg in quiet]
+    for lg in quiet:  # MONAI logs every argument of both checks at INFO; failures still raise
+        lg.setLevel(logging.WARNING)
+    try:
+        verify_metadata(meta_file=meta, filepath=str(SCHEMA_PATH), hash_val=digest, hash_type="sha256")
+        verify_net_in_out(
+            net_id="network_def", meta_file=meta, config_file=str(bundle_dir / "configs" / "inference.json"),
+            device="cpu", n=2,
+        )
+    finally:
+        for lg, level in zip(quiet, levels):
+            lg.setLevel(level)
 
 
 def export_bundle(
