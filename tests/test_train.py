@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -84,6 +85,65 @@ def test_mlflow_run_has_params_metrics_and_artifacts(trained):
     assert {"config.yaml", "metrics.json", "metrics_per_case.csv", "best.pt", "train.log"} <= artifacts
 
 
+def stock_monai(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
+    """``python -m monai.bundle ARGS`` in a process where importing medseg fails."""
+    blocker = tmp_path / "blocker" / "medseg"
+    blocker.mkdir(parents=True, exist_ok=True)
+    (blocker / "__init__.py").write_text("raise ImportError('the bundle must run without medseg')\n")
+    env = {**os.environ, "PYTHONPATH": str(blocker.parent)}
+    return subprocess.run([sys.executable, "-m", "monai.bundle", *args], capture_output=True, text=True,
+                          timeout=300, cwd=tmp_path, env=env)
+
+
+def test_medseg_is_really_blocked(tmp_path: Path):
+    blocker = tmp_path / "blocker" / "medseg"
+    blocker.mkdir(parents=True)
+    (blocker / "__init__.py").write_text("raise ImportError('blocked')\n")
+    proc = subprocess.run([sys.executable, "-c", "import medseg"], capture_output=True, text=True, cwd=tmp_path,
+                          env={**os.environ, "PYTHONPATH": str(blocker.parent)})
+    assert proc.returncode != 0 and "blocked" in proc.stderr
+
+
+def test_torchscript_matches_the_network(trained):
+    from medseg.networks import build_network
+
+    bundle = trained["bundle"]
+    cfg = json.loads((bundle / "configs" / "medseg_task.json").read_text())
+    net = build_network(cfg["network"], 1, 3)
+    net.load_state_dict(torch.load(bundle / "models" / "model.pt", weights_only=True))
+    net.eval()
+    scripted = torch.jit.load(str(bundle / "models" / "model.ts"))
+    x = torch.rand(1, 1, 16, 16, 16)
+    with torch.no_grad():
+        torch.testing.assert_close(scripted(x), net(x))
+        torch.testing.assert_close(net(x), net(x))  # deterministic in eval mode
+    assert cfg["task"] == "liver" and cfg["training"]["patch_size"] == [16, 16, 16]
+
+
+def test_train_json_retrains_on_stock_monai(trained, tmp_path: Path):
+    bundle = trained["bundle"]
+    proc = stock_monai(tmp_path, "run", "--config_file", str(bundle / "configs" / "train.json"),
+                       "--bundle_root", str(tmp_path / "retrain"), "--dataset_dir", str(trained["dataset"]),
+                       "--epochs", "1", "--iterations_per_epoch", "2", "--val_every", "1")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    weights = tmp_path / "retrain" / "train_output" / "models" / "model.pt"
+    state = torch.load(weights, weights_only=True)
+    reference = torch.load(bundle / "models" / "model.pt", weights_only=True)
+    assert state.keys() == reference.keys()
+
+
+def test_export_command_rewrites_the_bundle(trained, tmp_path: Path):
+    from medseg.export import main as export_main
+
+    out = tmp_path / "again" / "liver_bundle"
+    assert export_main([str(trained["run"]), "--out", str(out)]) == 0
+    assert json.loads((out / "configs" / "metadata.json").read_text())["name"] == "liver_bundle"
+    a = torch.load(out / "models" / "model.pt", weights_only=True)
+    b = torch.load(trained["run"] / "checkpoints" / "best.pt", weights_only=True)
+    assert all(torch.equal(a[k], b[k]) for k in b)
+    assert export_main([str(tmp_path / "nothing")]) == 2
+
+
 def test_bundle_verifies_and_runs_on_stock_monai(trained, tmp_path: Path):
     from medseg.bundle import verify_bundle
 
@@ -101,9 +161,8 @@ def test_bundle_verifies_and_runs_on_stock_monai(trained, tmp_path: Path):
     image, _, affine = synthetic_case(shape=(30, 34, 26), spacing=(1.2, 1.4, 2.5), seed=7)
     nib.save(nib.Nifti1Image(image, affine), images / "scan.nii.gz")
     out = tmp_path / "out"
-    cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", str(bundle / "configs" / "inference.json"),
-           "--bundle_root", str(bundle), "--dataset_dir", str(images), "--output_dir", str(out)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    proc = stock_monai(tmp_path, "run", "--config_file", str(bundle / "configs" / "inference.json"),
+                       "--bundle_root", str(bundle), "--dataset_dir", str(images), "--output_dir", str(out))
     assert proc.returncode == 0, proc.stderr[-2000:]
     written = sorted(out.rglob("*.nii.gz"))
     assert [p.name for p in written] == ["scan_seg.nii.gz"]

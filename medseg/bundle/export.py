@@ -4,7 +4,11 @@ Layout::
 
     <name>/configs/metadata.json   versions, task, data formats, measured validation metrics
     <name>/configs/inference.json  the training preprocessing, sliding-window inference, inversion, NIfTI writing
+    <name>/configs/train.json      retrains from the bundle on an MSD-layout dataset, stock MONAI only
+    <name>/configs/logging.conf    logging for ``monai.bundle run --logging_file``
+    <name>/configs/medseg_task.json  the resolved medseg task config (what ``medseg.predict`` rebuilds from)
     <name>/models/model.pt         network state dict (best validation checkpoint)
+    <name>/models/model.ts         TorchScript, from MONAI's ``ckpt_export``
     <name>/docs/README.md          data, preprocessing, network, budget, metrics, limitations
     <name>/LICENSE
 
@@ -30,7 +34,7 @@ import torch
 from medseg import __version__
 from medseg.engine.inference import largest_component_labels
 from medseg.networks import monai_network_def
-from medseg.transforms import ct_window, preprocess_spec
+from medseg.transforms import augment_spec, ct_window, preprocess_spec
 
 SCHEMA_PATH = Path(__file__).with_name("metadata_schema.json")
 OFFICIAL_SCHEMA = "https://github.com/Project-MONAI/MONAI-extra-test-data/releases/download/0.8.1/meta_schema_20240725.json"
@@ -80,6 +84,112 @@ def inference_config(cfg: dict[str, Any]) -> dict[str, Any]:
         "initialize": ["$monai.utils.set_determinism(seed=0)", "$os.makedirs(@output_dir, exist_ok=True)"],
         "run": ["$@evaluator.run()"],
     }
+
+
+def train_config(cfg: dict[str, Any]) -> dict[str, Any]:
+    """The bundle's ``train.json``: the same preprocessing, augmentation, network, loss and schedule."""
+    tr, ev = cfg["training"], cfg["evaluation"]
+    n_classes = len(cfg["data"]["labels"])
+    keys = ["image", "label"]
+    split = "int(len(@manifest['training']) * (1 - @val_fraction))"
+    datalist = "[{{'image': os.path.join(@dataset_dir, c['image']), 'label': os.path.join(@dataset_dir, c['label'])}} for c in {}]"
+    return {
+        "imports": ["$import glob", "$import json", "$import os", "$import torch"],
+        "bundle_root": ".",
+        "dataset_dir": "data/Task03_Liver",
+        "output_dir": "$os.path.join(@bundle_root, 'train_output')",
+        "manifest": "$json.load(open(os.path.join(@dataset_dir, 'dataset.json')))",
+        "val_fraction": cfg["data"]["val_fraction"],
+        "train_datalist": "$" + datalist.format(
+            f"(@manifest['training'] if 'validation' in @manifest else @manifest['training'][:{split}])"),
+        "val_datalist": "$" + datalist.format(
+            f"@manifest.get('validation') or @manifest['training'][{split}:]"),
+        "device": "$torch.device('cuda:0' if torch.cuda.is_available() else 'cpu')",
+        "epochs": tr["epochs"],
+        "iterations_per_epoch": tr["iterations_per_epoch"],
+        "batch_size": tr["batch_size"],
+        "learning_rate": tr["learning_rate"],
+        "val_every": tr["val_every"],
+        "network_def": monai_network_def(cfg["network"], 1, n_classes),
+        "network": "$@network_def.to(@device)",
+        "loss": {"_target_": "DiceCELoss", "to_onehot_y": True, "softmax": True},
+        "optimizer": {"_target_": "torch.optim.AdamW", "params": "$@network.parameters()", "lr": "@learning_rate",
+                      "weight_decay": tr["weight_decay"]},
+        "lr_scheduler": {"_target_": "torch.optim.lr_scheduler.CosineAnnealingLR", "optimizer": "@optimizer",
+                         "T_max": "@epochs", "eta_min": "$@learning_rate * 0.01"},
+        "train": {
+            "preprocessing": {"_target_": "Compose", "transforms": preprocess_spec(cfg) + augment_spec(cfg)},
+            "dataset": {"_target_": "CacheDataset", "data": "@train_datalist", "transform": "@train#preprocessing",
+                        "cache_rate": 1.0},
+            "sampler": {"_target_": "torch.utils.data.RandomSampler", "data_source": "@train#dataset",
+                        "replacement": True, "num_samples": "$@iterations_per_epoch * @batch_size"},
+            "dataloader": {"_target_": "DataLoader", "dataset": "@train#dataset", "batch_size": "@batch_size",
+                           "sampler": "@train#sampler", "num_workers": 0},
+            "handlers": [
+                {"_target_": "LrScheduleHandler", "lr_scheduler": "@lr_scheduler", "print_lr": False},
+                {"_target_": "ValidationHandler", "validator": "@validate#evaluator", "interval": "@val_every",
+                 "epoch_level": True},
+                {"_target_": "StatsHandler", "tag_name": "train_loss",
+                 "output_transform": "$monai.handlers.from_engine(['loss'], first=True)"},
+            ],
+            "trainer": {"_target_": "SupervisedTrainer", "max_epochs": "@epochs", "device": "@device",
+                        "train_data_loader": "@train#dataloader", "network": "@network", "loss_function": "@loss",
+                        "optimizer": "@optimizer", "inferer": {"_target_": "SimpleInferer"},
+                        "train_handlers": "@train#handlers"},
+        },
+        "validate": {
+            "preprocessing": {"_target_": "Compose", "transforms": preprocess_spec(cfg)},
+            "dataset": {"_target_": "CacheDataset", "data": "@val_datalist", "transform": "@validate#preprocessing",
+                        "cache_rate": 1.0},
+            "dataloader": {"_target_": "DataLoader", "dataset": "@validate#dataset", "batch_size": 1,
+                           "num_workers": 0},
+            "inferer": {"_target_": "SlidingWindowInferer", "roi_size": list(tr["patch_size"]), "sw_batch_size": 2,
+                        "overlap": ev["sw_overlap"], "mode": "gaussian"},
+            "postprocessing": {"_target_": "Compose", "transforms": [
+                {"_target_": "AsDiscreted", "keys": "pred", "argmax": True, "to_onehot": n_classes},
+                {"_target_": "AsDiscreted", "keys": "label", "to_onehot": n_classes},
+            ]},
+            "handlers": [
+                {"_target_": "StatsHandler", "iteration_log": False},
+                {"_target_": "CheckpointSaver", "save_dir": "$os.path.join(@output_dir, 'models')",
+                 "save_dict": {"model": "@network"}, "save_key_metric": True, "key_metric_filename": "model.pt"},
+            ],
+            "evaluator": {
+                "_target_": "SupervisedEvaluator", "device": "@device", "val_data_loader": "@validate#dataloader",
+                "network": "@network", "inferer": "@validate#inferer", "postprocessing": "@validate#postprocessing",
+                "key_val_metric": {"val_mean_dice": {
+                    "_target_": "MeanDice", "include_background": False,
+                    "output_transform": "$monai.handlers.from_engine(['pred', 'label'])"}},
+                "val_handlers": "@validate#handlers",
+            },
+        },
+        "initialize": [f"$monai.utils.set_determinism(seed={tr['seed']})", "$os.makedirs(@output_dir, exist_ok=True)"],
+        "run": ["$@train#trainer.run()"],
+    }
+
+
+LOGGING_CONF = """[loggers]
+keys=root
+
+[handlers]
+keys=consoleHandler
+
+[formatters]
+keys=fullFormatter
+
+[logger_root]
+level=INFO
+handlers=consoleHandler
+
+[handler_consoleHandler]
+class=StreamHandler
+level=INFO
+formatter=fullFormatter
+args=(sys.stdout,)
+
+[formatter_fullFormatter]
+format=%(asctime)s - %(name)s - %(levelname)s - %(message)s
+"""
 
 
 def metadata(cfg: dict[str, Any], summary: dict[str, dict[str, float]]) -> dict[str, Any]:
@@ -209,6 +319,24 @@ def verify_bundle(bundle_dir: Path) -> None:
             lg.setLevel(level)
 
 
+def _torchscript(bundle_dir: Path) -> None:
+    """``models/model.ts`` through MONAI's ``ckpt_export`` (scripting, with the configs embedded)."""
+    from monai.bundle import ckpt_export
+
+    quiet = logging.getLogger("monai.bundle.scripts")
+    level = quiet.level
+    quiet.setLevel(logging.WARNING)
+    try:
+        ckpt_export(
+            net_id="network_def", filepath=str(bundle_dir / "models" / "model.ts"),
+            ckpt_file=str(bundle_dir / "models" / "model.pt"),
+            meta_file=str(bundle_dir / "configs" / "metadata.json"),
+            config_file=str(bundle_dir / "configs" / "inference.json"),
+        )
+    finally:
+        quiet.setLevel(level)
+
+
 def export_bundle(
     cfg: dict[str, Any], run_dir: Path, network: torch.nn.Module, summary: dict[str, dict[str, float]],
     run_seconds: float | None = None,
@@ -222,10 +350,14 @@ def export_bundle(
             (tmp / sub).mkdir()
         torch.save({k: v.cpu() for k, v in network.state_dict().items()}, tmp / "models" / "model.pt")
         (tmp / "configs" / "inference.json").write_text(json.dumps(inference_config(cfg), indent=2) + "\n")
+        (tmp / "configs" / "train.json").write_text(json.dumps(train_config(cfg), indent=2) + "\n")
+        (tmp / "configs" / "logging.conf").write_text(LOGGING_CONF)
+        (tmp / "configs" / "medseg_task.json").write_text(json.dumps(cfg, indent=2) + "\n")
         (tmp / "configs" / "metadata.json").write_text(json.dumps(metadata(cfg, summary), indent=2) + "\n")
         (tmp / "docs" / "README.md").write_text(_readme(cfg, summary, run_seconds))
         (tmp / "LICENSE").write_text(LICENSE_TEXT)
         verify_bundle(tmp)
+        _torchscript(tmp)
         old = None
         if target.exists():
             old = target.with_name(f".{target.name}.old")

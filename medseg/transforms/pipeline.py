@@ -51,48 +51,48 @@ def _instantiate(spec: list[dict[str, Any]]) -> list:
     return [getattr(mt, s["_target_"])(**{a: v for a, v in s.items() if a != "_target_"}) for s in spec]
 
 
-def build_train_transforms(cfg: dict[str, Any]) -> mt.Compose:
-    """Preprocessing, then label-balanced patch sampling and augmentation for training."""
+def augment_spec(cfg: dict[str, Any]) -> list[dict[str, Any]]:
+    """Patch sampling and augmentation after preprocessing, as bundle-style entries (used for ``train.json`` too)."""
     aug, train = cfg["augmentation"], cfg["training"]
-    patch = train["patch_size"]
+    patch = list(train["patch_size"])
     keys = list(KEYS)
-    chain = _instantiate(preprocess_spec(cfg, KEYS))
-    chain += [
-        mt.SpatialPadd(keys=keys, spatial_size=patch),
-        mt.RandCropByPosNegLabeld(
-            keys=keys, label_key="label", spatial_size=patch, pos=train["pos_neg_ratio"], neg=1.0,
-            num_samples=1, image_key="image", image_threshold=0.0,
-        ),
+    both = ["bilinear", "nearest"]
+    spec: list[dict[str, Any]] = [
+        {"_target_": "SpatialPadd", "keys": keys, "spatial_size": patch},
+        {"_target_": "RandCropByPosNegLabeld", "keys": keys, "label_key": "label", "spatial_size": patch,
+         "pos": train["pos_neg_ratio"], "neg": 1.0, "num_samples": 1, "image_key": "image", "image_threshold": 0.0},
     ]
     elastic = aug["elastic"]
     if elastic["prob"] > 0:
-        chain.append(
-            mt.Rand3DElasticd(
-                keys=keys, sigma_range=tuple(elastic["sigma"]), magnitude_range=tuple(elastic["magnitude"]),
-                prob=elastic["prob"], mode=("bilinear", "nearest"), padding_mode="zeros",
-            )
-        )
+        spec.append({"_target_": "Rand3DElasticd" if len(patch) == 3 else "Rand2DElasticd", "keys": keys,
+                     "sigma_range": list(elastic["sigma"]), "magnitude_range": list(elastic["magnitude"]),
+                     "prob": elastic["prob"], "mode": both, "padding_mode": "zeros"}
+                    | ({} if len(patch) == 3 else {"spacing": list(elastic["sigma"])}))
     if aug["rotate_prob"] > 0 or aug["scale_prob"] > 0:
         rot = math.radians(aug["rotate_deg"])
         lo, hi = aug["scale"]
-        chain.append(
-            mt.RandAffined(
-                keys=keys,
-                prob=max(aug["rotate_prob"], aug["scale_prob"]),
-                rotate_range=[(-rot, rot)] * len(patch) if aug["rotate_prob"] > 0 else None,
-                scale_range=[(lo - 1.0, hi - 1.0)] * len(patch) if aug["scale_prob"] > 0 else None,
-                mode=("bilinear", "nearest"),
-                padding_mode="zeros",
-            )
-        )
+        spec.append({
+            "_target_": "RandAffined", "keys": keys, "prob": max(aug["rotate_prob"], aug["scale_prob"]),
+            "rotate_range": [[-rot, rot]] * (len(patch) if len(patch) == 3 else 1) if aug["rotate_prob"] > 0 else None,
+            "scale_range": [[lo - 1.0, hi - 1.0]] * len(patch) if aug["scale_prob"] > 0 else None,
+            "mode": both, "padding_mode": "zeros",
+        })
     if aug["flip_prob"] > 0:
-        chain += [mt.RandFlipd(keys=keys, prob=aug["flip_prob"], spatial_axis=a) for a in range(len(patch))]
+        spec += [{"_target_": "RandFlipd", "keys": keys, "prob": aug["flip_prob"], "spatial_axis": a}
+                 for a in range(len(patch))]
     if aug["intensity_prob"] > 0:
-        chain += [
-            mt.RandShiftIntensityd(keys="image", offsets=aug["intensity_shift"], prob=aug["intensity_prob"]),
-            mt.RandScaleIntensityd(keys="image", factors=aug["intensity_shift"], prob=aug["intensity_prob"]),
+        spec += [
+            {"_target_": "RandShiftIntensityd", "keys": "image", "offsets": aug["intensity_shift"],
+             "prob": aug["intensity_prob"]},
+            {"_target_": "RandScaleIntensityd", "keys": "image", "factors": aug["intensity_shift"],
+             "prob": aug["intensity_prob"]},
         ]
-    return mt.Compose(chain)
+    return spec
+
+
+def build_train_transforms(cfg: dict[str, Any]) -> mt.Compose:
+    """Preprocessing, then label-balanced patch sampling and augmentation for training."""
+    return mt.Compose(_instantiate(preprocess_spec(cfg, KEYS) + augment_spec(cfg)))
 
 
 def build_eval_transforms(cfg: dict[str, Any], with_label: bool = True) -> mt.Compose:
