@@ -87,7 +87,7 @@ def boxplot(per_case: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from medseg.evaluation.metrics import atomic_write_bytes
+    from medseg.fileio import atomic_write_bytes
 
     panels = [("dice", "Dice"), ("hd95_mm", "HD95 (mm)"), ("assd_mm", "ASSD (mm)"), ("nsd", "NSD")]
     classes = list(dict.fromkeys(c for case in per_case.values() for c in case))

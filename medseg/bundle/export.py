@@ -33,6 +33,7 @@ import torch
 
 from medseg import __version__
 from medseg.engine.inference import largest_component_labels
+from medseg.fileio import publish_dir
 from medseg.networks import monai_network_def
 from medseg.transforms import augment_spec, ct_window, preprocess_spec
 
@@ -345,6 +346,7 @@ def export_bundle(
     target = Path(cfg["bundle"]["dir"]) / cfg["bundle"]["name"]
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    publish_dir(tmp)
     try:
         for sub in ("configs", "models", "docs"):
             (tmp / sub).mkdir()

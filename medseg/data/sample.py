@@ -31,6 +31,7 @@ import nibabel as nib
 import numpy as np
 
 from medseg.errors import MedsegError
+from medseg.fileio import publish_dir
 
 logger = logging.getLogger("medseg.data")
 
@@ -135,6 +136,7 @@ def prepare_lits_sample(data_dir: Path) -> Path:
         raise MedsegError(f"sample image {image.shape} and label {label.shape} differ; the wheel is not as expected")
     data_dir.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".lits_sample_", dir=data_dir))
+    publish_dir(tmp)
     try:
         (tmp / "imagesTr").mkdir()
         (tmp / "labelsTr").mkdir()

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
 import logging
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -15,25 +14,48 @@ from monai.data import MetaTensor
 from monai.inferers import SlidingWindowInferer
 from monai.transforms import Invertd, KeepLargestConnectedComponent, LoadImage
 
+from medseg.errors import MedsegError
 from medseg.evaluation import evaluate_case
+from medseg.fileio import atomic_path
 from medseg.transforms import build_eval_transforms
 
 logger = logging.getLogger("medseg.evaluate")
 
 
 def predict_case(
-    cfg: dict[str, Any], net: torch.nn.Module, case: dict[str, str], device: torch.device, transforms=None
+    cfg: dict[str, Any], net: torch.nn.Module, case: dict[str, str], device: torch.device, transforms=None,
+    tta: bool = False,
 ) -> MetaTensor:
-    """Predict one case; returns the label map (1, *spatial) on the original image grid, post-processed."""
+    """Predict one case; returns the label map (1, *spatial) on the original image grid, post-processed.
+
+    Args:
+        cfg: resolved task config.
+        net: the trained network.
+        case: ``{"image": path}`` (a file or a DICOM series folder; a ``label`` key is carried along).
+        device: where the network runs.
+        transforms: the deterministic preprocessing (default: built from ``cfg``).
+        tta: average the softmax over mirrored copies of the input (every combination of axes).
+    """
     transforms = transforms or build_eval_transforms(cfg)
     data = transforms(dict(case))
+    image = data["image"]
+    if image.shape[0] != 1:
+        raise MedsegError(f"{case['image']}: {image.shape[0]} image channels; the network takes 1")
     inferer = SlidingWindowInferer(
         roi_size=cfg["training"]["patch_size"], sw_batch_size=2, overlap=cfg["evaluation"]["sw_overlap"], mode="gaussian"
     )
+    batch = image.unsqueeze(0).to(device)
+    dims = list(range(2, batch.ndim))
+    flips = [list(c) for r in range(len(dims) + 1) for c in itertools.combinations(dims, r)] if tta else [[]]
     net.eval()
+    probs = None
     with torch.no_grad():
-        logits = inferer(data["image"].unsqueeze(0).to(device), net)[0].cpu()
-    data["pred"] = MetaTensor(torch.softmax(logits, 0), meta=data["image"].meta, applied_operations=data["image"].applied_operations)
+        for axes in flips:
+            x = torch.flip(batch, axes) if axes else batch
+            p = torch.softmax(inferer(x, net), 1)
+            p = torch.flip(p, axes) if axes else p
+            probs = p if probs is None else probs + p
+    data["pred"] = MetaTensor((probs / len(flips))[0].cpu(), meta=image.meta, applied_operations=image.applied_operations)
     inverted = Invertd(keys="pred", transform=transforms, orig_keys="image", nearest_interp=False)(data)
     labels = torch.argmax(inverted["pred"], dim=0, keepdim=True)
     for members in largest_component_labels(cfg):
@@ -48,10 +70,8 @@ def largest_component_labels(cfg: dict[str, Any]) -> list[list[int]]:
 
 
 def _write_nifti(array: np.ndarray, affine: np.ndarray, path: Path) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".nii.gz", dir=path.parent)
-    os.close(fd)
-    nib.save(nib.Nifti1Image(array, affine), tmp)
-    os.replace(tmp, path)
+    with atomic_path(path, suffix=".nii.gz") as tmp:
+        nib.save(nib.Nifti1Image(array, affine), str(tmp))
 
 
 def case_id(case: dict[str, str]) -> str:

@@ -29,14 +29,13 @@ import csv
 import io
 import json
 import math
-import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
 from medseg.evaluation.surface import surface_distances
+from medseg.fileio import atomic_write_text
 
 METRICS = (
     "dice", "iou", "accuracy", "precision", "recall",
@@ -151,23 +150,6 @@ def summarise(per_case: dict[str, dict[str, dict[str, float | str]]]) -> dict[st
         entry["flagged"] = float(sum(1 for r in rows if r["flag"] not in ("", "both empty")))
         summary[name] = entry
     return summary
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to a temporary file beside ``path`` and rename it into place."""
-    atomic_write_bytes(path, text.encode())
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to a temporary file beside ``path`` and rename it into place."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def write_reports(per_case: dict, summary: dict, out_dir: Path) -> tuple[Path, Path]:

@@ -1,0 +1,96 @@
+"""Load a MONAI Bundle for ``medseg.predict`` without executing code it carries.
+
+A bundle that medseg wrote holds ``configs/medseg_task.json``, plain data from which medseg rebuilds the
+preprocessing and the network itself; its weights load with ``weights_only=True``. Any other bundle is run
+through MONAI's config parser, which evaluates the bundle's ``$`` expressions and instantiates its
+``_target_`` classes: that is running the author's code, so it needs ``--trust``.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from medseg.errors import MedsegError
+
+
+@dataclass
+class LoadedBundle:
+    name: str
+    cfg: dict[str, Any] | None  # medseg task config, or None for a foreign bundle
+    network: torch.nn.Module
+    preprocessing: Any  # a MONAI Compose over "image"
+    parser: Any = None  # MONAI ConfigParser for a trusted foreign bundle
+
+
+def _foreign_targets(config: Any) -> list[str]:
+    """Every `_target_` and `$` expression in a bundle config that reaches beyond MONAI and torch."""
+    found = []
+    if isinstance(config, dict):
+        for key, value in config.items():
+            if key == "_target_" and isinstance(value, str):
+                root = value.split(".")[0]
+                if "." in value and root not in {"monai", "torch", "scripts"}:
+                    found.append(value)
+            else:
+                found += _foreign_targets(value)
+    elif isinstance(config, list):
+        for item in config:
+            found += _foreign_targets(item)
+    elif isinstance(config, str) and config.startswith("$"):
+        found.append(config[:60])
+    return found
+
+
+def load_bundle(bundle_dir: Path, device: torch.device, trust: bool = False) -> LoadedBundle:
+    """Load the network and preprocessing of ``bundle_dir`` (see the module docstring for the trust rule)."""
+    meta_path = bundle_dir / "configs" / "metadata.json"
+    weights = bundle_dir / "models" / "model.pt"
+    if not meta_path.is_file() or not weights.is_file():
+        raise MedsegError(f"{bundle_dir}: not a MONAI Bundle (needs configs/metadata.json and models/model.pt)")
+    name = json.loads(meta_path.read_text()).get("name", bundle_dir.name)
+    task_path = bundle_dir / "configs" / "medseg_task.json"
+    if task_path.is_file():
+        from medseg.networks import build_network
+        from medseg.transforms import build_eval_transforms
+
+        cfg = json.loads(task_path.read_text())
+        net = build_network(cfg["network"], 1, len(cfg["data"]["labels"]))
+        _load_weights(net, weights, device)
+        return LoadedBundle(name, cfg, net.to(device).eval(), build_eval_transforms(cfg, with_label=False))
+    inference = bundle_dir / "configs" / "inference.json"
+    if not inference.is_file():
+        raise MedsegError(f"{bundle_dir}: not a MONAI Bundle (configs/inference.json is missing)")
+    code = _foreign_targets(json.loads(inference.read_text()))
+    if not trust:
+        example = f" (e.g. {code[0]!r})" if code else ""
+        raise MedsegError(
+            f"{bundle_dir}: was not written by medseg and its inference.json runs code{example}; "
+            "pass --trust if you trust its author"
+        )
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config(str(inference))
+    parser["bundle_root"] = str(bundle_dir)
+    net = parser.get_parsed_content("network_def")
+    _load_weights(net, weights, device)
+    return LoadedBundle(name, None, net.to(device).eval(), parser.get_parsed_content("preprocessing"), parser)
+
+
+def _load_weights(net: torch.nn.Module, weights: Path, device: torch.device) -> None:
+    try:
+        state = torch.load(weights, map_location=device, weights_only=True)
+    except Exception as err:  # pickle errors of many kinds: a file that is not plain tensors
+        raise MedsegError(f"{weights}: cannot be loaded as plain weights ({type(err).__name__}: {err})") from err
+    if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
+        state = state["model"]
+    try:
+        net.load_state_dict(state)
+    except RuntimeError as err:
+        first = str(err).strip().splitlines()[0]
+        raise MedsegError(f"{weights}: weights do not match the bundle's network ({first})") from err
