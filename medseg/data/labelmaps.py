@@ -11,7 +11,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from scipy.ndimage import map_coordinates
 
 from medseg.errors import MedsegError
 
@@ -124,6 +123,10 @@ def onto_grid(src: LabelMap, ref: LabelMap, resample: bool, what: str) -> np.nda
             " pass --resample to map it onto the reference grid with nearest neighbour"
         )
     grid = np.indices(ref.array.shape, dtype=np.float64).reshape(ref.array.ndim, -1)
-    coords = lin @ grid + shift[:, None]
-    out = map_coordinates(src.array, coords, order=0, mode="constant", cval=0)
+    # nearest neighbour by rounding: exact for coinciding grids, where scipy's map_coordinates would
+    # drop the last row when rounding error puts it a hair past the edge
+    index = np.rint(lin @ grid + shift[:, None]).astype(np.int64)
+    inside = np.all((index >= 0) & (index < np.array(src.array.shape)[:, None]), axis=0)
+    out = np.zeros(index.shape[1], dtype=src.array.dtype)
+    out[inside] = src.array[tuple(index[:, inside])]
     return out.reshape(ref.array.shape)

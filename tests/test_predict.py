@@ -1,0 +1,173 @@
+"""medseg.predict against the stock-MONAI bundle run, geometry of outputs, DICOM in and DICOM SEG out, bad input."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from medseg.data.dicom_seg import read_series, series_grid
+from medseg.evaluation import evaluate_case
+from medseg.predict import main as predict_main
+
+from .conftest import synthetic_case
+from .test_evaluate import _ct_series
+from .test_train import stock_monai, trained  # noqa: F401  (module-scoped training fixture)
+
+CLASSES = {"liver": [1, 2], "tumour": [2]}
+
+
+def oblique_affine(spacing=(1.3, 1.1, 2.4), angle=0.35):
+    c, s = np.cos(angle), np.sin(angle)
+    rot = np.array([[c, -s, 0], [s, c, 0], [0, 0, 1.0]]) @ np.array([[1, 0, 0], [0, np.cos(0.2), -np.sin(0.2)],
+                                                                      [0, np.sin(0.2), np.cos(0.2)]])
+    affine = np.eye(4)
+    affine[:3, :3] = rot * np.array(spacing)
+    affine[:3, 3] = (-40.0, 12.5, 80.0)
+    return affine
+
+
+@pytest.fixture(scope="module")
+def scans(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("scans")
+    image, _, _ = synthetic_case(shape=(34, 30, 22), seed=11)
+    nib.save(nib.Nifti1Image(image, oblique_affine()), folder / "oblique.nii.gz")
+    image2, _, affine2 = synthetic_case(shape=(28, 32, 20), spacing=(0.9, 0.9, 3.0), seed=12)
+    nib.save(nib.Nifti1Image(image2, affine2), folder / "second.nii.gz")
+    return folder
+
+
+def test_predict_keeps_geometry_and_matches_the_stock_bundle_run(trained, scans, tmp_path: Path):
+    out = tmp_path / "medseg"
+    assert predict_main(["--bundle", str(trained["bundle"]), "--input", str(scans), "--output", str(out)]) == 0
+    stock = tmp_path / "stock"
+    proc = stock_monai(tmp_path, "run", "--config_file", str(trained["bundle"] / "configs" / "inference.json"),
+                       "--bundle_root", str(trained["bundle"]), "--dataset_dir", str(scans), "--output_dir", str(stock))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    for name in ("oblique", "second"):
+        source = nib.load(scans / f"{name}.nii.gz")
+        ours = nib.load(out / f"{name}_seg.nii.gz")
+        theirs = nib.load(stock / f"{name}_seg.nii.gz")
+        assert ours.shape == source.shape
+        np.testing.assert_array_equal(ours.affine, source.affine)  # bit for bit, oblique included
+        a, b = np.asarray(ours.dataobj), np.asarray(theirs.dataobj).reshape(ours.shape)
+        for cls, m in evaluate_case(a, b, (1, 1, 1), CLASSES).items():
+            assert m["dice"] >= 0.999, (name, cls)
+
+
+def test_tta_runs_and_changes_little(trained, scans, tmp_path: Path):
+    plain, tta = tmp_path / "plain", tmp_path / "tta"
+    args = ["--bundle", str(trained["bundle"]), "--input", str(scans / "second.nii.gz")]
+    assert predict_main(args + ["--output", str(plain)]) == 0
+    assert predict_main(args + ["--output", str(tta), "--tta"]) == 0
+    a = np.asarray(nib.load(plain / "second_seg.nii.gz").dataobj)
+    b = np.asarray(nib.load(tta / "second_seg.nii.gz").dataobj)
+    assert a.shape == b.shape and set(np.unique(b)) <= {0, 1, 2}
+
+
+def _write_series(folder: Path, hu: np.ndarray, spacing=(2.5, 0.8, 0.7)) -> None:
+    """A CT series whose pixels are ``hu`` (slice, row, column), files named in shuffled order."""
+    folder.mkdir(parents=True)
+    series = _ct_series(hu.shape, spacing)
+    order = np.random.default_rng(0).permutation(len(series))
+    for i, ds in zip(order, series):
+        ds.PixelData = (hu[int(ds.InstanceNumber) - 1] + 1024).astype(np.int16).tobytes()
+        ds.save_as(folder / f"im{i:03d}.dcm", enforce_file_format=True)
+
+
+def seg_on_series(seg, grid):
+    """A DICOM SEG's label map on its source series grid (highdicom leaves out empty frames)."""
+    from medseg.data.labelmaps import LabelMap, onto_grid
+
+    volume = seg.get_volume(combine_segments=True, relabel=False, dtype=np.int64)
+    return onto_grid(LabelMap(volume.array, volume.affine), grid, False, "seg")
+
+
+def test_dicom_series_in_nifti_and_dicom_seg_out(trained, tmp_path: Path):
+    import highdicom as hd
+    from monai.transforms import LoadImage
+
+    from medseg.data.labelmaps import LabelMap, onto_grid
+
+    image, _, _ = synthetic_case(shape=(12, 40, 44), seed=5)
+    _write_series(tmp_path / "in" / "study1", image)
+    args = ["--bundle", str(trained["bundle"]), "--input", str(tmp_path / "in")]
+    assert predict_main(args + ["--output", str(tmp_path / "nii")]) == 0
+    nifti = nib.load(tmp_path / "nii" / "study1_seg.nii.gz")
+    loaded = LoadImage(image_only=True)(str(tmp_path / "in" / "study1"))
+    np.testing.assert_allclose(nifti.affine, loaded.affine.numpy(), atol=1e-5)
+    assert nifti.shape == tuple(loaded.shape)
+
+    assert predict_main(args + ["--output", str(tmp_path / "seg"), "--format", "dicom-seg"]) == 0
+    seg = hd.seg.segread(str(tmp_path / "seg" / "study1_seg.dcm"))
+    assert [s.segment_label for s in seg.SegmentSequence] == ["liver", "tumour"]
+    assert seg.SegmentSequence[0].SegmentedPropertyTypeCodeSequence[0].CodeMeaning == "Liver"
+    refs = {r.ReferencedSOPInstanceUID for r in seg.ReferencedSeriesSequence[0].ReferencedInstanceSequence}
+    assert len(refs) == 12
+    lps = np.diag([-1.0, -1.0, 1.0, 1.0]) @ nifti.affine
+    grid = series_grid(read_series(tmp_path / "in" / "study1"))
+    expected = onto_grid(LabelMap(np.asarray(nifti.dataobj).astype(np.int64), lps), grid, False, "test")
+    np.testing.assert_array_equal(seg_on_series(seg, grid), expected)
+
+
+def test_dicom_seg_round_trip_of_a_known_mask(tmp_path: Path):
+    import highdicom as hd
+
+    from medseg.data.dicom_seg import write_dicom_seg
+
+    image = np.zeros((6, 16, 20), np.float32)
+    _write_series(tmp_path / "ct", image)
+    labels_src = np.zeros((6, 16, 20), np.int64)  # (slice, row, column)
+    labels_src[1:5, 3:12, 4:15] = 1
+    labels_src[2:4, 5:8, 6:9] = 2
+    # the same mask indexed (column, row, slice) with an RAS affine, as MONAI returns it
+    ras = np.array([[-0.7, 0, 0, 10.0], [0, -0.8, 0, 20.0], [0, 0, 2.5, 30.0], [0, 0, 0, 1]])
+    out = write_dicom_seg(labels_src.transpose(2, 1, 0), ras, tmp_path / "ct", tmp_path / "mask.dcm",
+                          {1: "liver", 2: "tumour"}, "test-model", "0.1")
+    grid = series_grid(read_series(tmp_path / "ct"))
+    np.testing.assert_array_equal(seg_on_series(hd.seg.segread(str(out)), grid), labels_src)
+
+
+def test_foreign_bundle_needs_trust(trained, scans, tmp_path: Path, capsys):
+    foreign = tmp_path / "foreign"
+    shutil.copytree(trained["bundle"], foreign)
+    (foreign / "configs" / "medseg_task.json").unlink()
+    args = ["--bundle", str(foreign), "--input", str(scans / "second.nii.gz"), "--output", str(tmp_path / "o")]
+    assert predict_main(args) == 2
+    err = capsys.readouterr().err
+    assert "was not written by medseg" in err and "--trust" in err and not (tmp_path / "o").exists()
+    assert predict_main(args + ["--trust"]) == 0
+    trusted = np.asarray(nib.load(tmp_path / "o" / "second_seg.nii.gz").dataobj)
+    assert predict_main(["--bundle", str(trained["bundle"]), "--input", str(scans / "second.nii.gz"),
+                         "--output", str(tmp_path / "own")]) == 0
+    own = np.asarray(nib.load(tmp_path / "own" / "second_seg.nii.gz").dataobj)
+    assert np.mean(trusted == own) > 0.999
+
+
+def test_bad_inputs(trained, scans, tmp_path: Path, capsys):
+    out = str(tmp_path / "o")
+    assert predict_main(["--bundle", str(tmp_path), "--input", str(scans), "--output", out]) == 2
+    assert "not a MONAI Bundle" in capsys.readouterr().err
+    broken = tmp_path / "broken"
+    shutil.copytree(trained["bundle"], broken)
+    task = json.loads((broken / "configs" / "medseg_task.json").read_text())
+    task["network"]["channels"] = [8, 16, 32]
+    (broken / "configs" / "medseg_task.json").write_text(json.dumps(task))
+    assert predict_main(["--bundle", str(broken), "--input", str(scans), "--output", out]) == 2
+    assert "weights do not match the bundle's network" in capsys.readouterr().err
+    two = tmp_path / "two.nii.gz"
+    nib.save(nib.Nifti1Image(np.zeros((20, 20, 12, 2), np.float32), np.eye(4)), two)
+    assert predict_main(["--bundle", str(trained["bundle"]), "--input", str(two), "--output", out]) == 2
+    assert "2 image channels; the network takes 1" in capsys.readouterr().err
+    mixed = tmp_path / "mixed"
+    mixed.mkdir()
+    shutil.copy(scans / "second.nii.gz", mixed / "good.nii.gz")
+    (mixed / "bad.nii.gz").write_bytes(b"not a nifti file")
+    assert predict_main(["--bundle", str(trained["bundle"]), "--input", str(mixed), "--output", out]) == 1
+    captured = capsys.readouterr()
+    assert "case 'bad' skipped" in captured.err and "1 failed: bad" in captured.out
+    assert (tmp_path / "o" / "good_seg.nii.gz").is_file()
