@@ -42,6 +42,26 @@ OFFICIAL_SCHEMA = "https://github.com/Project-MONAI/MONAI-extra-test-data/releas
 IMAGE_GLOBS = ("*.nii.gz", "*.nii", "*.nrrd", "*.mha")
 
 
+SCRIPT_MODULE = "medseg_transforms"
+
+
+def _bundle_spec(spec: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Point medseg's own transforms at the copy shipped in the bundle's ``scripts/`` folder."""
+    from medseg.transforms.pipeline import OWN_TRANSFORMS
+
+    return [{**s, "_target_": f"scripts.{SCRIPT_MODULE}.{s['_target_']}"} if s["_target_"] in OWN_TRANSFORMS else s
+            for s in spec]
+
+
+def _write_scripts(bundle_dir: Path) -> None:
+    from medseg.transforms import resample
+
+    scripts = bundle_dir / "scripts"
+    scripts.mkdir()
+    (scripts / "__init__.py").write_text('"""Code this bundle needs that MONAI does not provide (written by medseg)."""\n')
+    shutil.copyfile(resample.__file__, scripts / f"{SCRIPT_MODULE}.py")
+
+
 def inference_config(cfg: dict[str, Any]) -> dict[str, Any]:
     """The bundle's ``inference.json``: dataset folder in, one mask per input out, in the input's geometry."""
     n_classes = len(cfg["data"]["labels"])
@@ -67,7 +87,7 @@ def inference_config(cfg: dict[str, Any]) -> dict[str, Any]:
         "device": "$torch.device('cuda:0' if torch.cuda.is_available() else 'cpu')",
         "network_def": monai_network_def(cfg["network"], 1, n_classes),
         "network": "$@network_def.to(@device)",
-        "preprocessing": {"_target_": "Compose", "transforms": preprocess_spec(cfg, ("image",))},
+        "preprocessing": {"_target_": "Compose", "transforms": _bundle_spec(preprocess_spec(cfg, ("image",)))},
         "dataset": {"_target_": "Dataset", "data": "$[{'image': i} for i in @datalist]", "transform": "@preprocessing"},
         "dataloader": {"_target_": "DataLoader", "dataset": "@dataset", "batch_size": 1, "shuffle": False,
                        "num_workers": 0},
@@ -119,7 +139,7 @@ def train_config(cfg: dict[str, Any]) -> dict[str, Any]:
         "lr_scheduler": {"_target_": "torch.optim.lr_scheduler.CosineAnnealingLR", "optimizer": "@optimizer",
                          "T_max": "@epochs", "eta_min": "$@learning_rate * 0.01"},
         "train": {
-            "preprocessing": {"_target_": "Compose", "transforms": preprocess_spec(cfg) + augment_spec(cfg)},
+            "preprocessing": {"_target_": "Compose", "transforms": _bundle_spec(preprocess_spec(cfg) + augment_spec(cfg))},
             "dataset": {"_target_": "CacheDataset", "data": "@train_datalist", "transform": "@train#preprocessing",
                         "cache_rate": 1.0},
             "sampler": {"_target_": "torch.utils.data.RandomSampler", "data_source": "@train#dataset",
@@ -139,7 +159,7 @@ def train_config(cfg: dict[str, Any]) -> dict[str, Any]:
                         "train_handlers": "@train#handlers"},
         },
         "validate": {
-            "preprocessing": {"_target_": "Compose", "transforms": preprocess_spec(cfg)},
+            "preprocessing": {"_target_": "Compose", "transforms": _bundle_spec(preprocess_spec(cfg))},
             "dataset": {"_target_": "CacheDataset", "data": "@val_datalist", "transform": "@validate#preprocessing",
                         "cache_rate": 1.0},
             "dataloader": {"_target_": "DataLoader", "dataset": "@validate#dataset", "batch_size": 1,
@@ -350,6 +370,7 @@ def export_bundle(
     try:
         for sub in ("configs", "models", "docs"):
             (tmp / sub).mkdir()
+        _write_scripts(tmp)
         torch.save({k: v.cpu() for k, v in network.state_dict().items()}, tmp / "models" / "model.pt")
         (tmp / "configs" / "inference.json").write_text(json.dumps(inference_config(cfg), indent=2) + "\n")
         (tmp / "configs" / "train.json").write_text(json.dumps(train_config(cfg), indent=2) + "\n")

@@ -9,6 +9,7 @@ through MONAI's config parser, which evaluates the bundle's ``$`` expressions an
 from __future__ import annotations
 
 import json
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -74,6 +75,10 @@ def load_bundle(bundle_dir: Path, device: torch.device, trust: bool = False) -> 
         )
     from monai.bundle import ConfigParser
 
+    # as `monai.bundle run` does: the bundle's own scripts/ package is importable from its root
+    for module in [m for m in sys.modules if m == "scripts" or m.startswith("scripts.")]:
+        del sys.modules[module]
+    sys.path.insert(1, str(bundle_dir.resolve()))
     parser = ConfigParser()
     parser.read_config(str(inference))
     parser["bundle_root"] = str(bundle_dir)

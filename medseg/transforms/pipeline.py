@@ -13,6 +13,8 @@ from typing import Any
 
 from monai import transforms as mt
 
+from medseg.transforms.resample import ScaleSpacingd
+
 KEYS = ("image", "label")
 
 
@@ -37,7 +39,7 @@ def preprocess_spec(cfg: dict[str, Any], keys: tuple[str, ...] = KEYS) -> list[d
         {"_target_": "LoadImaged", "keys": k, "image_only": True},
         {"_target_": "EnsureChannelFirstd", "keys": k},
         {"_target_": "Orientationd", "keys": k, "axcodes": pre["orientation"], "labels": None},
-        {"_target_": "Spacingd", "keys": k, "pixdim": list(pre["spacing"]), "mode": modes},
+        {"_target_": "ScaleSpacingd", "keys": k, "pixdim": list(pre["spacing"]), "mode": modes},
         {"_target_": "ScaleIntensityRanged", "keys": "image", "a_min": a_min, "a_max": a_max,
          "b_min": 0.0, "b_max": 1.0, "clip": True},
     ]
@@ -47,8 +49,15 @@ def preprocess_spec(cfg: dict[str, Any], keys: tuple[str, ...] = KEYS) -> list[d
     return spec
 
 
+#: medseg's own transforms, by the name the specs use (bundles import them from their scripts/ folder)
+OWN_TRANSFORMS = {"ScaleSpacingd": ScaleSpacingd}
+
+
 def _instantiate(spec: list[dict[str, Any]]) -> list:
-    return [getattr(mt, s["_target_"])(**{a: v for a, v in s.items() if a != "_target_"}) for s in spec]
+    return [
+        (OWN_TRANSFORMS.get(s["_target_"]) or getattr(mt, s["_target_"]))(**{a: v for a, v in s.items() if a != "_target_"})
+        for s in spec
+    ]
 
 
 def augment_spec(cfg: dict[str, Any]) -> list[dict[str, Any]]:

@@ -1,0 +1,82 @@
+"""End-to-end prediction time for one 512x512x100 CT on this machine, and the share outside the network.
+
+Builds a synthetic abdominal-like CT (0.8 x 0.8 x 2.5 mm), runs ``medseg.predict``'s per-case path
+(load, preprocess, sliding windows, invert, post-process, write NIfTI) with the liver task's network,
+and times the network's forward passes separately. Weights do not change the time, so a bundle is
+used when given and an untrained network of the same shape otherwise. Target (bundle issue): the
+share outside the forward passes is at most 30 %.
+
+    .venv/bin/python benchmarks/bench_predict.py [--bundle bundles/liver_ct_segmentation] [--tta]
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import torch
+
+from medseg.config import load_config
+from medseg.engine.inference import predict_case
+from medseg.networks import build_network
+from medseg.predict import _write_nifti
+from medseg.transforms import build_eval_transforms
+
+
+def synthetic_ct(path: Path) -> None:
+    shape, spacing = (512, 512, 100), (0.8, 0.8, 2.5)
+    rng = np.random.default_rng(0)
+    x, y, z = np.meshgrid(*[np.arange(n, dtype=np.float32) * s for n, s in zip(shape, spacing)], indexing="ij", sparse=True)
+    body = ((x - 205) / 170) ** 2 + ((y - 205) / 130) ** 2 <= 1.0
+    liver = ((x - 150) / 80) ** 2 + ((y - 190) / 60) ** 2 + ((z - 125) / 90) ** 2 <= 1.0
+    ct = np.where(body, 40.0, -1000.0) + np.where(liver & body, 60.0, 0.0)
+    ct = (ct + rng.normal(0, 15, shape)).astype(np.int16)
+    affine = np.diag([*spacing, 1.0])
+    nib.save(nib.Nifti1Image(ct, affine), str(path))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--bundle", type=Path, help="a medseg bundle (default: untrained liver network)")
+    parser.add_argument("--tta", action="store_true")
+    args = parser.parse_args()
+    torch.set_num_threads(torch.get_num_threads())
+    if args.bundle:
+        from medseg.bundle.load import load_bundle
+
+        bundle = load_bundle(args.bundle, torch.device("cpu"))
+        cfg, net = bundle.cfg, bundle.network
+    else:
+        cfg = load_config("liver")
+        net = build_network(cfg["network"], 1, len(cfg["data"]["labels"])).eval()
+    forward = {"seconds": 0.0, "calls": 0}
+
+    def before(module, inputs):
+        forward["t0"] = time.perf_counter()
+
+    def after(module, inputs, output):
+        forward["seconds"] += time.perf_counter() - forward["t0"]
+        forward["calls"] += 1
+
+    net.register_forward_pre_hook(before)
+    net.register_forward_hook(after)
+    with tempfile.TemporaryDirectory() as tmp:
+        source = Path(tmp) / "ct.nii.gz"
+        synthetic_ct(source)
+        transforms = build_eval_transforms(cfg, with_label=False)
+        t0 = time.perf_counter()
+        pred = predict_case(cfg, net, {"image": str(source)}, torch.device("cpu"), transforms, tta=args.tta)
+        _write_nifti(pred[0].numpy(), pred.affine.numpy(), source, Path(tmp) / "ct_seg.nii.gz")
+        total = time.perf_counter() - t0
+    outside = total - forward["seconds"]
+    print(f"input 512x512x100 CT at 0.8x0.8x2.5 mm, {torch.get_num_threads()} threads, tta={args.tta}")
+    print(f"end to end: {total:.1f} s; network forward: {forward['seconds']:.1f} s in {forward['calls']} calls")
+    print(f"outside the forward passes: {outside:.1f} s = {100 * outside / total:.0f} % (target <= 30 %)")
+
+
+if __name__ == "__main__":
+    main()
