@@ -71,6 +71,23 @@ def locate_dataset(cfg: dict, data_dir: Path, explicit: bool) -> Path:
     raise MedsegError(f"dataset folder {root} does not exist: put the dataset there or pass --data-dir")
 
 
+def write_cases(run_dir: Path, train_files: list[dict], val_files: list[dict]) -> None:
+    """The split, stored with the run (``cases.json``) so it can be reproduced and reported on."""
+    from medseg.engine.inference import case_id
+    from medseg.fileio import atomic_write_text
+
+    split = {part: [{"case": case_id(c), **c} for c in files] for part, files in (("train", train_files), ("val", val_files))}
+    atomic_write_text(run_dir / "cases.json", json.dumps(split, indent=1))
+
+
+def augmentation_preview_png(cfg: dict, case: dict, run_dir: Path) -> Path:
+    from medseg.reporting import augmentation_preview
+    from medseg.transforms.preview import preview_samples
+
+    image, label, augmented = preview_samples(cfg, case, n=3, seed=cfg["training"]["seed"])
+    return augmentation_preview(image, label, augmented, run_dir / "augmentation_preview.png")
+
+
 def run(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     overrides = list(args.overrides)
@@ -97,6 +114,7 @@ def run(argv: Sequence[str] | None = None) -> int:
     (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
     logger.info("run directory %s", run_dir)
     logger.info("dataset %s: %d training, %d validation cases", root, len(train_files), len(val_files))
+    write_cases(run_dir, train_files, val_files)
 
     tracker = None
     if cfg["tracking"]["enabled"]:
@@ -105,6 +123,9 @@ def run(argv: Sequence[str] | None = None) -> int:
         tracker = Tracker(cfg, run_name=f"{task}-{run_dir.name}")
     status = "FAILED"
     try:
+        preview = augmentation_preview_png(cfg, train_files[0], run_dir)
+        if tracker is not None:
+            tracker.log_artifact(preview)
         result = train(cfg, run_dir, train_files, val_files, tracker)
         logger.info(
             "training done in %.0fs; best validation mean Dice %.3f at epoch %d",
@@ -125,12 +146,18 @@ def run(argv: Sequence[str] | None = None) -> int:
         (run_dir / "run.json").write_text(json.dumps(
             {"task": task, "seconds": round(elapsed, 1), "best_val_mean_dice": result.best_val_dice,
              "best_epoch": result.best_epoch, "bundle": str(bundle_dir) if bundle_dir else None}, indent=2))
+        from medseg.reporting import redraw
+
+        figures = redraw(run_dir, cfg)
         if tracker is not None:
             tracker.log_metrics({f"final_{c}_{m}": v for c, e in summary.items() for m, v in e.items()
                                  if not m.endswith(("_std", "_median"))})
             tracker.log_metrics({"run_seconds": elapsed})
-            for path in (run_dir / "config.yaml", json_path, csv_path, result.best_checkpoint, run_dir / "train.log"):
+            for path in (run_dir / "config.yaml", json_path, csv_path, result.best_checkpoint, run_dir / "train.log",
+                         run_dir / "history.json", *figures):
                 tracker.log_artifact(path)
+            if bundle_dir is not None:
+                tracker.log_artifact(bundle_dir, "bundle")
         logger.info("finished in %.0fs; results in %s", elapsed, run_dir)
         status = "FINISHED"
     finally:

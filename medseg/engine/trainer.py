@@ -8,6 +8,7 @@ checkpoint with the best validation mean Dice (foreground labels) is kept as ``c
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import time
@@ -20,12 +21,14 @@ from ignite.engine import Events
 from monai.data import CacheDataset, DataLoader
 from monai.engines import SupervisedEvaluator, SupervisedTrainer
 from monai.handlers import CheckpointSaver, LrScheduleHandler, MeanDice, StatsHandler, ValidationHandler, from_engine
+from monai.handlers import MeanIoUHandler
 from monai.inferers import SimpleInferer, SlidingWindowInferer
 from monai.losses import DiceCELoss, DiceLoss
 from monai.transforms import AsDiscreted, Compose, MapTransform
 from monai.utils import set_determinism
 from torch.utils.data import RandomSampler
 
+from medseg.fileio import atomic_write_text
 from medseg.networks import build_network
 from medseg.transforms import build_eval_transforms, build_train_transforms
 
@@ -88,13 +91,21 @@ def _loss(name: str) -> torch.nn.Module:
     return DiceCELoss(to_onehot_y=True, softmax=True)
 
 
-def _progress(trainer: SupervisedTrainer, evaluator: SupervisedEvaluator, started: float) -> None:
-    """Log one line per epoch: loss, learning rate, last validation Dice, elapsed time and ETA."""
+def _progress(trainer: SupervisedTrainer, evaluator: SupervisedEvaluator, started: float, history_path: Path) -> None:
+    """One log line per epoch (loss, learning rate, last validation Dice, elapsed time, ETA), and the same
+    values in ``history.json`` so reports can be redrawn without MLflow."""
     losses: list[float] = []
+    history: dict[str, Any] = {"epoch": [], "loss": [], "lr": [], "seconds": [], "val_epoch": [], "val": {}}
 
     @trainer.on(Events.ITERATION_COMPLETED)
     def _collect(engine: SupervisedTrainer) -> None:
         losses.append(float(engine.state.output[0]["loss"]))
+
+    @evaluator.on(Events.EPOCH_COMPLETED)
+    def _record_validation(engine: SupervisedEvaluator) -> None:
+        history["val_epoch"].append(int(trainer.state.epoch))
+        for key, value in engine.state.metrics.items():
+            history["val"].setdefault(key, []).append(float(value))
 
     @trainer.on(Events.EPOCH_COMPLETED)
     def _line(engine: SupervisedTrainer) -> None:
@@ -107,10 +118,16 @@ def _progress(trainer: SupervisedTrainer, evaluator: SupervisedEvaluator, starte
         if "val_mean_dice" in metrics:
             per_class = ", ".join(f"{k[9:]} {v:.3f}" for k, v in metrics.items() if k.startswith("val_dice_"))
             val_txt = f" | val Dice {per_class} (best mean {evaluator.state.best_metric:.3f})"
+        mean_loss = sum(losses) / max(len(losses), 1)
         logger.info(
             "epoch %d/%d | loss %.4f | lr %.2e%s | %.0fs elapsed, ~%.0fs left",
-            epoch, total, sum(losses) / max(len(losses), 1), lr, val_txt, elapsed, eta,
+            epoch, total, mean_loss, lr, val_txt, elapsed, eta,
         )
+        history["epoch"].append(epoch)
+        history["loss"].append(mean_loss)
+        history["lr"].append(float(lr))
+        history["seconds"].append(round(elapsed, 2))
+        atomic_write_text(history_path, json.dumps(history, indent=1))
         losses.clear()
 
 
@@ -168,8 +185,10 @@ def train(
             "val_mean_dice": MeanDice(include_background=True, output_transform=from_engine(["pred", "label"]))
         },
         additional_metrics={
-            f"val_dice_{name}": MeanDice(include_background=True, output_transform=_channel(i))
-            for i, name in enumerate(classes)
+            **{f"val_dice_{name}": MeanDice(include_background=True, output_transform=_channel(i))
+               for i, name in enumerate(classes)},
+            **{f"val_iou_{name}": MeanIoUHandler(include_background=True, output_transform=_channel(i))
+               for i, name in enumerate(classes)},
         },
         val_handlers=[best_saver, _stats_handler()],
     )
@@ -205,7 +224,7 @@ def train(
         def _final_validation(engine: SupervisedTrainer) -> None:
             evaluator.run(engine.state.epoch)
 
-    _progress(trainer, evaluator, started)
+    _progress(trainer, evaluator, started, run_dir / "history.json")
     logger.info(
         "training %s on %s: %d epochs x %d iterations, batch %d, patch %s",
         cfg["network"]["name"], device, tr["epochs"], tr["iterations_per_epoch"], tr["batch_size"], tr["patch_size"],
