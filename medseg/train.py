@@ -31,6 +31,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override any config key, e.g. --set training.learning_rate=1e-3 (repeatable)")
     parser.add_argument("--no-export", action="store_true", help="skip writing the MONAI Bundle")
+    parser.add_argument("--register", action="store_true",
+                        help="register the bundle in the MLflow model registry under the task's name")
+    parser.add_argument("--tracking-optional", action="store_true",
+                        help="if the MLflow server is unreachable at the start, train without tracking")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
     return parser
 
@@ -120,7 +124,10 @@ def run(argv: Sequence[str] | None = None) -> int:
     if cfg["tracking"]["enabled"]:
         from medseg.tracking import Tracker
 
-        tracker = Tracker(cfg, run_name=f"{task}-{run_dir.name}")
+        from medseg.tracking import dataset_fingerprint
+
+        tracker = Tracker(cfg, run_name=f"{task}-{run_dir.name}", run_dir=run_dir, optional=args.tracking_optional)
+        tracker.log_params(dataset_fingerprint(train_files, val_files))
     status = "FAILED"
     try:
         preview = augmentation_preview_png(cfg, train_files[0], run_dir)
@@ -158,6 +165,8 @@ def run(argv: Sequence[str] | None = None) -> int:
                 tracker.log_artifact(path)
             if bundle_dir is not None:
                 tracker.log_artifact(bundle_dir, "bundle")
+                if args.register:
+                    tracker.register(task, {f"{c}_{m}": e[m] for c, e in summary.items() for m in ("dice", "hd95_mm")})
         logger.info("finished in %.0fs; results in %s", elapsed, run_dir)
         status = "FINISHED"
     finally:
