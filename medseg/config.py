@@ -71,6 +71,7 @@ DEFAULTS: dict[str, Any] = {
         "val_every": 2,
         "seed": 0,
         "num_workers": 0,
+        "cache_rate": 1.0,  # share of preprocessed volumes kept in memory (lower it for large datasets)
         "threads": 0,  # torch threads; 0 = all cores
         "device": "auto",  # auto | cpu | cuda
     },
@@ -209,6 +210,8 @@ def _validate(cfg: dict, source: str) -> None:
     for key in ("epochs", "iterations_per_epoch", "batch_size", "val_every"):
         if train[key] < 1:
             raise MedsegError(f"{source}: key 'training.{key}' must be at least 1")
+    if not 0.0 <= train["cache_rate"] <= 1.0:
+        raise MedsegError(f"{source}: key 'training.cache_rate' must be between 0 and 1")
     if not 0.0 < cfg["data"]["val_fraction"] < 1.0:
         raise MedsegError(f"{source}: key 'data.val_fraction' must be between 0 and 1")
     if cfg["preprocessing"]["window"]["width"] <= 0:

@@ -110,6 +110,12 @@ def boxplot(per_case: dict, path: Path) -> None:
     atomic_write_bytes(path, buf.getvalue())
 
 
+def _advance(bar, case: str, done: int, total: int) -> None:
+    bar.update()
+    if bar.disable:  # no terminal, no bar: a line per case for logs
+        print(f"[{done}/{total}] {case}", flush=True)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m medseg.evaluate", description=__doc__.splitlines()[0])
     p.add_argument("--pred", type=Path, required=True, help="folder of predicted label maps")
@@ -147,12 +153,12 @@ def run(argv: Sequence[str] | None = None) -> int:
             with ProcessPoolExecutor(max_workers=min(args.jobs, len(jobs))) as pool:
                 for case, result in pool.map(score_case, jobs):
                     per_case[case] = result
-                    bar.update()
+                    _advance(bar, case, len(per_case), len(jobs))
         else:
             for job in jobs:
                 case, result = score_case(job)
                 per_case[case] = result
-                bar.update()
+                _advance(bar, case, len(per_case), len(jobs))
     summary = summarise(per_case)
     json_path, csv_path = write_reports(per_case, summary, args.output)
     boxplot(per_case, args.output / "metrics_boxplot.png")

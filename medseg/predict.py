@@ -111,6 +111,7 @@ def run(argv: Sequence[str] | None = None) -> int:
     args.output.mkdir(parents=True, exist_ok=True)
     names = {v: k for k, v in cfg["data"]["labels"].items() if v != 0}
     failed: list[str] = []
+    done_cases: list[str] = []
     with tqdm(cases, desc="predicting", unit="case", file=sys.stderr, disable=None) as bar:
         for name, path in bar:
             try:
@@ -124,9 +125,13 @@ def run(argv: Sequence[str] | None = None) -> int:
                 continue
             labels, affine = pred[0].numpy(), pred.affine.numpy()
             if args.format == "dicom-seg":
-                write_dicom_seg(labels, affine, path, args.output / f"{name}_seg.dcm", names, bundle.name, __version__)
+                out = write_dicom_seg(labels, affine, path, args.output / f"{name}_seg.dcm", names, bundle.name, __version__)
             else:
-                _write_nifti(labels, affine, path, args.output / f"{name}_seg.nii.gz")
+                out = args.output / f"{name}_seg.nii.gz"
+                _write_nifti(labels, affine, path, out)
+            if bar.disable:  # no terminal, no bar: a line per case for logs
+                print(f"[{len(done_cases) + len(failed) + 1}/{len(cases)}] {name} -> {out.name}", flush=True)
+            done_cases.append(name)
     done = len(cases) - len(failed)
     print(f"wrote {done} segmentation(s) to {args.output}" + (f"; {len(failed)} failed: {', '.join(failed)}" if failed else ""))
     return 1 if failed else 0

@@ -155,8 +155,8 @@ def train(
     started = time.monotonic()
 
     logger.info("caching %d training and %d validation volumes (preprocessing once)", len(train_files), len(val_files))
-    train_ds = CacheDataset(train_files, build_train_transforms(cfg), cache_rate=1.0, progress=False)
-    val_ds = CacheDataset(val_files, build_eval_transforms(cfg), cache_rate=1.0, progress=False)
+    train_ds = CacheDataset(train_files, build_train_transforms(cfg), cache_rate=tr["cache_rate"], progress=False)
+    val_ds = CacheDataset(val_files, build_eval_transforms(cfg), cache_rate=tr["cache_rate"], progress=False)
     sampler = RandomSampler(train_ds, replacement=True, num_samples=tr["iterations_per_epoch"] * tr["batch_size"])
     train_loader = DataLoader(train_ds, batch_size=tr["batch_size"], sampler=sampler, num_workers=tr["num_workers"])
     val_loader = DataLoader(val_ds, batch_size=1, num_workers=0)
