@@ -21,9 +21,9 @@ import numpy as np
 import torch
 
 from medseg.config import load_config
+from medseg.data.labelmaps import write_label_nifti
 from medseg.engine.inference import predict_case
 from medseg.networks import build_network
-from medseg.predict import _write_nifti
 from medseg.transforms import build_eval_transforms
 
 
@@ -70,7 +70,7 @@ def main() -> None:
         transforms = build_eval_transforms(cfg, with_label=False)
         t0 = time.perf_counter()
         pred = predict_case(cfg, net, {"image": str(source)}, torch.device("cpu"), transforms, tta=args.tta)
-        _write_nifti(pred[0].numpy(), pred.affine.numpy(), source, Path(tmp) / "ct_seg.nii.gz")
+        write_label_nifti(pred[0].numpy(), pred.affine.numpy(), Path(tmp) / "ct_seg.nii.gz", source=source)
         total = time.perf_counter() - t0
     outside = total - forward["seconds"]
     print(f"input 512x512x100 CT at 0.8x0.8x2.5 mm, {torch.get_num_threads()} threads, tta={args.tta}")

@@ -58,22 +58,6 @@ def _foreign_cfg(bundle) -> dict:
     }
 
 
-def _write_nifti(labels, affine, source: Path, out_path: Path) -> None:
-    import nibabel as nib
-    import numpy as np
-
-    if source.is_file() and source.name.lower().endswith((".nii", ".nii.gz")):
-        original = nib.load(str(source))
-        if original.shape[:3] == labels.shape and np.allclose(original.affine, affine, atol=1e-4):
-            affine = original.affine  # keep the input's header affine bit for bit
-    from medseg.fileio import atomic_path
-
-    image = nib.Nifti1Image(labels.astype(np.uint8), affine)
-    image.header.set_xyzt_units("mm")
-    with atomic_path(out_path, suffix=".nii.gz") as tmp:
-        nib.save(image, str(tmp))
-
-
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m medseg.predict", description=__doc__.splitlines()[0])
     p.add_argument("--bundle", type=Path, required=True, help="MONAI Bundle folder (bundles/<name>)")
@@ -94,6 +78,7 @@ def run(argv: Sequence[str] | None = None) -> int:
 
     from medseg import __version__
     from medseg.bundle.load import load_bundle
+    from medseg.data.labelmaps import write_label_nifti
     from medseg.engine.inference import predict_case
 
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -128,7 +113,7 @@ def run(argv: Sequence[str] | None = None) -> int:
                 out = write_dicom_seg(labels, affine, path, args.output / f"{name}_seg.dcm", names, bundle.name, __version__)
             else:
                 out = args.output / f"{name}_seg.nii.gz"
-                _write_nifti(labels, affine, path, out)
+                write_label_nifti(labels, affine, out, source=path)
             if bar.disable:  # no terminal, no bar: a line per case for logs
                 print(f"[{len(done_cases) + len(failed) + 1}/{len(cases)}] {name} -> {out.name}", flush=True)
             done_cases.append(name)

@@ -19,6 +19,7 @@ import logging
 import os
 import platform
 import subprocess
+import time
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
@@ -191,7 +192,7 @@ class Tracker:
             self.guard("params", lambda b=batch: self.client.log_batch(self.run_id, params=b), dict(items[start:start + 90]))
 
     def log_metrics(self, metrics: dict[str, float], step: int = 0) -> None:
-        batch = [mlflow.entities.Metric(k, float(v), int(__import__("time").time() * 1000), step) for k, v in metrics.items()]
+        batch = [mlflow.entities.Metric(k, float(v), int(time.time() * 1000), step) for k, v in metrics.items()]
         self.guard("metrics", lambda: self.client.log_batch(self.run_id, metrics=batch), metrics)
 
     def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:

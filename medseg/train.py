@@ -122,9 +122,7 @@ def run(argv: Sequence[str] | None = None) -> int:
 
     tracker = None
     if cfg["tracking"]["enabled"]:
-        from medseg.tracking import Tracker
-
-        from medseg.tracking import dataset_fingerprint
+        from medseg.tracking import Tracker, dataset_fingerprint
 
         tracker = Tracker(cfg, run_name=f"{task}-{run_dir.name}", run_dir=run_dir, optional=args.tracking_optional)
         tracker.log_params(dataset_fingerprint(train_files, val_files))

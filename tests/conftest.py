@@ -72,3 +72,24 @@ FAST = [
     "training.val_every=1",
     "data.val_fraction=0.34",
 ]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A short training run on synthetic cases (once per test module): run folder, MLflow store, bundle."""
+    from medseg.train import main
+
+    work = tmp_path_factory.mktemp("work")
+    dataset = write_msd(work / "data" / "Synthetic")
+    uri = f"sqlite:///{work / 'mlflow.db'}"
+    mp = pytest.MonkeyPatch()
+    mp.setenv("MLFLOW_TRACKING_URI", uri)
+    mp.chdir(work)
+    args = ["liver", "--epochs", "2", "--data-dir", str(work / "data"), "--output-dir", str(work / "run")]
+    args += [a for o in FAST + ["data.dataset=Synthetic", f"bundle.dir={work / 'bundles'}"] for a in ("--set", o)]
+    try:
+        assert main(args) == 0
+    finally:
+        mp.undo()
+    return {"work": work, "run": work / "run", "uri": uri, "dataset": dataset,
+            "bundle": work / "bundles" / "liver_ct_segmentation"}

@@ -16,7 +16,7 @@ from medseg.predict import main as predict_main
 
 from .conftest import synthetic_case
 from .test_evaluate import _ct_series
-from .test_train import stock_monai, trained  # noqa: F401  (module-scoped training fixture)
+from .test_train import stock_monai
 
 CLASSES = {"liver": [1, 2], "tumour": [2]}
 

@@ -19,7 +19,6 @@ from PIL import Image
 from medseg.train import main as train_main
 
 from .conftest import FAST, write_msd
-from .test_train import trained  # noqa: F401  (module-scoped training fixture)
 
 
 def free_port() -> int:

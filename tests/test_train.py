@@ -11,33 +11,12 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
-import pytest
 import torch
 import yaml
 from mlflow.tracking import MlflowClient
 
-from medseg.train import main
 
-from .conftest import FAST, synthetic_case
-
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    from .conftest import write_msd
-
-    work = tmp_path_factory.mktemp("work")
-    dataset = write_msd(work / "data" / "Synthetic")
-    uri = f"sqlite:///{work / 'mlflow.db'}"
-    mp = pytest.MonkeyPatch()
-    mp.setenv("MLFLOW_TRACKING_URI", uri)
-    mp.chdir(work)
-    args = ["liver", "--epochs", "2", "--data-dir", str(work / "data"), "--output-dir", str(work / "run")]
-    args += [a for o in FAST + ["data.dataset=Synthetic", f"bundle.dir={work / 'bundles'}"] for a in ("--set", o)]
-    try:
-        assert main(args) == 0
-    finally:
-        mp.undo()
-    return {"work": work, "run": work / "run", "uri": uri, "dataset": dataset, "bundle": work / "bundles" / "liver_ct_segmentation"}
+from .conftest import synthetic_case
 
 
 def test_run_directory_holds_config_log_checkpoint_and_metrics(trained):

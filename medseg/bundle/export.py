@@ -24,6 +24,8 @@ import json
 import logging
 import shutil
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -111,7 +113,6 @@ def train_config(cfg: dict[str, Any]) -> dict[str, Any]:
     """The bundle's ``train.json``: the same preprocessing, augmentation, network, loss and schedule."""
     tr, ev = cfg["training"], cfg["evaluation"]
     n_classes = len(cfg["data"]["labels"])
-    keys = ["image", "label"]
     split = "int(len(@manifest['training']) * (1 - @val_fraction))"
     datalist = "[{{'image': os.path.join(@dataset_dir, c['image']), 'label': os.path.join(@dataset_dir, c['label'])}} for c in {}]"
     return {
@@ -319,43 +320,45 @@ The configuration files are provided as is, without warranty of any kind. Not fo
 """
 
 
+@contextmanager
+def _quiet_monai() -> Iterator[None]:
+    """MONAI's bundle scripts log every argument at INFO; keep warnings and errors (failures still raise)."""
+    loggers = [logging.getLogger(n) for n in ("monai.bundle.scripts", "monai.apps.utils", "monai.apps")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
+
+
 def verify_bundle(bundle_dir: Path) -> None:
     """Run MONAI's ``verify_metadata`` (against the project's schema) and ``verify_net_in_out``."""
     from monai.bundle import verify_metadata, verify_net_in_out
 
     meta = str(bundle_dir / "configs" / "metadata.json")
     digest = hashlib.sha256(SCHEMA_PATH.read_bytes()).hexdigest()
-    quiet = [logging.getLogger(name) for name in ("monai.bundle.scripts", "monai.apps.utils", "monai.apps")]
-    levels = [lg.level for lg in quiet]
-    for lg in quiet:  # MONAI logs every argument of both checks at INFO; failures still raise
-        lg.setLevel(logging.WARNING)
-    try:
+    with _quiet_monai():
         verify_metadata(meta_file=meta, filepath=str(SCHEMA_PATH), hash_val=digest, hash_type="sha256")
         verify_net_in_out(
             net_id="network_def", meta_file=meta, config_file=str(bundle_dir / "configs" / "inference.json"),
             device="cpu", n=2,
         )
-    finally:
-        for lg, level in zip(quiet, levels):
-            lg.setLevel(level)
 
 
 def _torchscript(bundle_dir: Path) -> None:
     """``models/model.ts`` through MONAI's ``ckpt_export`` (scripting, with the configs embedded)."""
     from monai.bundle import ckpt_export
 
-    quiet = logging.getLogger("monai.bundle.scripts")
-    level = quiet.level
-    quiet.setLevel(logging.WARNING)
-    try:
+    with _quiet_monai():
         ckpt_export(
             net_id="network_def", filepath=str(bundle_dir / "models" / "model.ts"),
             ckpt_file=str(bundle_dir / "models" / "model.pt"),
             meta_file=str(bundle_dir / "configs" / "metadata.json"),
             config_file=str(bundle_dir / "configs" / "inference.json"),
         )
-    finally:
-        quiet.setLevel(level)
 
 
 def export_bundle(

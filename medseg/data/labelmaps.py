@@ -130,3 +130,20 @@ def onto_grid(src: LabelMap, ref: LabelMap, resample: bool, what: str) -> np.nda
     out = np.zeros(index.shape[1], dtype=src.array.dtype)
     out[inside] = src.array[tuple(index[:, inside])]
     return out.reshape(ref.array.shape)
+
+
+def write_label_nifti(labels: np.ndarray, affine: np.ndarray, path: Path, source: Path | None = None) -> None:
+    """Write a label map as uint8 NIfTI, atomically; when ``source`` is the NIfTI it was predicted from and
+    the grids agree, its header affine is copied bit for bit."""
+    import nibabel as nib
+
+    from medseg.fileio import atomic_path
+
+    if source is not None and source.is_file() and source.name.lower().endswith((".nii", ".nii.gz")):
+        original = nib.load(str(source))
+        if original.shape[:3] == labels.shape and np.allclose(original.affine, affine, atol=1e-4):
+            affine = original.affine
+    image = nib.Nifti1Image(np.asarray(labels).astype(np.uint8), affine)
+    image.header.set_xyzt_units("mm")
+    with atomic_path(path, suffix=".nii.gz") as tmp:
+        nib.save(image, str(tmp))

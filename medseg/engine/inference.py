@@ -7,16 +7,15 @@ import logging
 from pathlib import Path
 from typing import Any
 
-import nibabel as nib
 import numpy as np
 import torch
 from monai.data import MetaTensor
 from monai.inferers import SlidingWindowInferer
 from monai.transforms import Invertd, KeepLargestConnectedComponent, LoadImage
 
+from medseg.data.labelmaps import case_name, write_label_nifti
 from medseg.errors import MedsegError
 from medseg.evaluation import evaluate_case
-from medseg.fileio import atomic_path
 from medseg.transforms import build_eval_transforms
 
 logger = logging.getLogger("medseg.evaluate")
@@ -41,9 +40,7 @@ def predict_case(
     image = data["image"]
     if image.shape[0] != 1:
         raise MedsegError(f"{case['image']}: {image.shape[0]} image channels; the network takes 1")
-    inferer = SlidingWindowInferer(
-        roi_size=cfg["training"]["patch_size"], sw_batch_size=2, overlap=cfg["evaluation"]["sw_overlap"], mode="gaussian"
-    )
+    inferer = sliding_window_inferer(cfg)
     batch = image.unsqueeze(0).to(device)
     dims = list(range(2, batch.ndim))
     flips = [list(c) for r in range(len(dims) + 1) for c in itertools.combinations(dims, r)] if tta else [[]]
@@ -70,17 +67,16 @@ def largest_component_labels(cfg: dict[str, Any]) -> list[list[int]]:
     return [list(classes[name]) for name in cfg["evaluation"]["keep_largest_component"]]
 
 
-def _write_nifti(array: np.ndarray, affine: np.ndarray, path: Path) -> None:
-    with atomic_path(path, suffix=".nii.gz") as tmp:
-        nib.save(nib.Nifti1Image(array, affine), str(tmp))
-
-
 def case_id(case: dict[str, str]) -> str:
-    name = Path(case["image"]).name
-    for suffix in (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd"):
-        if name.endswith(suffix):
-            return name[: -len(suffix)]
-    return Path(name).stem
+    """A case's name: its image file name without the image suffix."""
+    return case_name(Path(case["image"]))
+
+
+def sliding_window_inferer(cfg: dict[str, Any]) -> SlidingWindowInferer:
+    """Training-patch-sized windows, Gaussian blending, the configured overlap."""
+    return SlidingWindowInferer(
+        roi_size=cfg["training"]["patch_size"], sw_batch_size=2, overlap=cfg["evaluation"]["sw_overlap"], mode="gaussian"
+    )
 
 
 def evaluate_cases(
@@ -103,7 +99,7 @@ def evaluate_cases(
             pred[0].numpy(), ref[0].numpy().astype(np.int64), spacing, cfg["evaluation"]["classes"],
             tolerance_mm=cfg["evaluation"]["tolerance_mm"], worst_mm=cfg["evaluation"]["worst_mm"] or None,
         )
-        _write_nifti(pred[0].numpy().astype(np.uint8), affine, pred_dir / f"{cid}.nii.gz")
+        write_label_nifti(pred[0].numpy(), affine, pred_dir / f"{cid}.nii.gz", source=Path(case["image"]))
         dice = ", ".join(f"{k} Dice {v['dice']:.3f}" for k, v in per_case[cid].items())
         logger.info("evaluated case %d/%d (%s): %s", i, len(cases), cid, dice)
     return per_case

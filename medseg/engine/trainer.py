@@ -20,14 +20,22 @@ import torch
 from ignite.engine import Events
 from monai.data import CacheDataset, DataLoader
 from monai.engines import SupervisedEvaluator, SupervisedTrainer
-from monai.handlers import CheckpointSaver, LrScheduleHandler, MeanDice, StatsHandler, ValidationHandler, from_engine
-from monai.handlers import MeanIoUHandler
-from monai.inferers import SimpleInferer, SlidingWindowInferer
+from monai.handlers import (
+    CheckpointSaver,
+    LrScheduleHandler,
+    MeanDice,
+    MeanIoUHandler,
+    StatsHandler,
+    ValidationHandler,
+    from_engine,
+)
+from monai.inferers import SimpleInferer
 from monai.losses import DiceCELoss, DiceLoss
 from monai.transforms import AsDiscreted, Compose, MapTransform
 from monai.utils import set_determinism
 from torch.utils.data import RandomSampler
 
+from medseg.engine.inference import sliding_window_inferer
 from medseg.fileio import atomic_write_text
 from medseg.networks import build_network
 from medseg.transforms import build_eval_transforms, build_train_transforms
@@ -177,9 +185,7 @@ def train(
         device=device,
         val_data_loader=val_loader,
         network=net,
-        inferer=SlidingWindowInferer(
-            roi_size=tr["patch_size"], sw_batch_size=2, overlap=cfg["evaluation"]["sw_overlap"], mode="gaussian"
-        ),
+        inferer=sliding_window_inferer(cfg),
         postprocessing=val_post,
         key_val_metric={
             "val_mean_dice": MeanDice(include_background=True, output_transform=from_engine(["pred", "label"]))
