@@ -3,7 +3,12 @@
 One epoch is ``training.iterations_per_epoch`` batches drawn with replacement from the cached training
 volumes (each draw is a fresh random patch), so a dataset of one volume and one of a hundred train on
 the same schedule. Validation runs every ``training.val_every`` epochs and on the last epoch; the
-checkpoint with the best validation mean Dice (foreground labels) is kept as ``checkpoints/best.pt``.
+network with the best validation mean Dice (foreground labels) is kept as ``checkpoints/best.pt``, and
+``checkpoints/last.pt`` holds the full training state for ``--resume`` (see ``medseg.engine.checkpoint``).
+
+Loss, optimiser and schedule come from ``medseg.engine.losses`` / ``medseg.engine.optim``; mixed
+precision, gradient accumulation and clipping, early stopping, a time budget and a stop on a non-finite
+loss are handlers and arguments of MONAI's SupervisedTrainer, not a loop of our own.
 """
 
 from __future__ import annotations
@@ -18,10 +23,12 @@ from typing import Any
 
 import torch
 from ignite.engine import Events
+from ignite.handlers import EarlyStopping
 from monai.data import CacheDataset, DataLoader
+from monai.data.samplers import DistributedSampler as EvalDistributedSampler
 from monai.engines import SupervisedEvaluator, SupervisedTrainer
+from monai.engines.utils import IterationEvents
 from monai.handlers import (
-    CheckpointSaver,
     LrScheduleHandler,
     MeanDice,
     MeanIoUHandler,
@@ -30,15 +37,20 @@ from monai.handlers import (
     from_engine,
 )
 from monai.inferers import SimpleInferer
-from monai.losses import DiceCELoss, DiceLoss
 from monai.transforms import AsDiscreted, Compose, MapTransform
 from monai.utils import set_determinism
-from torch.utils.data import RandomSampler
 
+from medseg.engine import distributed
+from medseg.engine.checkpoint import (
+    FORMAT, load_checkpoint, random_transforms, rng_state, save_checkpoint, set_rng_state,
+)
 from medseg.engine.inference import sliding_window_inferer
+from medseg.engine.losses import build_loss
+from medseg.engine.optim import attach_grad_clip, build_optimizer, build_scheduler
+from medseg.errors import MedsegError
 from medseg.fileio import atomic_write_text
-from medseg.networks import build_network
-from medseg.transforms import build_eval_transforms, build_train_transforms
+from medseg.networks import build_network, wrap_deep_supervision
+from medseg.transforms import build_eval_transforms, build_train_transforms, data_generator, input_channels
 
 logger = logging.getLogger("medseg.train")
 
@@ -51,6 +63,12 @@ class TrainResult:
     best_epoch: int
     seconds: float
     device: torch.device
+    stop_reason: str = ""  # "" (all epochs), "early stopping", "time budget"
+    epochs_run: int = 0
+
+
+class LossNotFinite(MedsegError):
+    """The training loss became NaN or infinite; the run stops before the optimiser takes the step."""
 
 
 class ClassMasksd(MapTransform):
@@ -91,19 +109,88 @@ def pick_device(choice: str) -> torch.device:
     return torch.device("cpu")
 
 
-def _loss(name: str) -> torch.nn.Module:
-    if name == "dice":
-        return DiceLoss(to_onehot_y=True, softmax=True)
-    if name == "ce":
-        return DiceCELoss(to_onehot_y=True, softmax=True, lambda_dice=0.0, lambda_ce=1.0)
-    return DiceCELoss(to_onehot_y=True, softmax=True)
+class AutocastInferer(SimpleInferer):
+    """The forward pass under ``torch.autocast`` (bf16 on CPU or GPU), returned in float32 so the loss and its
+    reductions run in full precision. MONAI's ``amp=True`` autocasts on CUDA only and always adds an fp16
+    gradient scaler; bf16 needs no scaler."""
+
+    def __init__(self, device_type: str, dtype: torch.dtype) -> None:
+        super().__init__()
+        self.device_type, self.dtype = device_type, dtype
+
+    def __call__(self, inputs: torch.Tensor, network: Any, *args: Any, **kwargs: Any) -> Any:
+        with torch.autocast(self.device_type, dtype=self.dtype):
+            out = super().__call__(inputs, network, *args, **kwargs)
+        return [o.float() for o in out] if isinstance(out, (list, tuple)) else out.float()
 
 
-def _progress(trainer: SupervisedTrainer, evaluator: SupervisedEvaluator, started: float, history_path: Path) -> None:
+def _precision(amp: str, device: torch.device) -> tuple[Any, dict[str, Any]]:
+    """(train inferer, SupervisedTrainer amp arguments) for ``training.amp``."""
+    if amp == "bf16":
+        return AutocastInferer(device.type, torch.bfloat16), {}
+    if amp == "fp16":
+        if device.type != "cuda":
+            raise MedsegError("training.amp: fp16 needs a GPU (the CPU has no fp16 autocast); use bf16 on CPU")
+        return SimpleInferer(), {"amp": True, "amp_kwargs": {"dtype": torch.float16}}
+    return SimpleInferer(), {}
+
+
+def enable_activation_checkpointing(net: torch.nn.Module) -> None:
+    """Recompute activations in the backward pass instead of keeping them (less memory, about a third more time).
+
+    Networks with a ``use_checkpoint`` switch (MONAI's SwinUNETR) get it turned on; in MONAI's UNet each
+    residual/convolution block of the encoder and decoder is run through ``torch.utils.checkpoint`` (MONAI's
+    UNet has no switch of its own). The state dict keeps its keys. With batch norm, a checkpointed block's
+    running statistics are updated twice per step (forward and recomputation).
+    """
+    from functools import partial
+
+    from monai.networks.blocks import Convolution, ResidualUnit
+    from torch.utils.checkpoint import checkpoint
+
+    switches = [m for m in net.modules() if hasattr(m, "use_checkpoint")]
+    if switches:
+        for m in switches:
+            m.use_checkpoint = True
+        return
+    blocks = [m for m in net.modules() if isinstance(m, (ResidualUnit, Convolution))]
+    outer = [m for m in blocks if not any(m is not b and any(c is m for c in b.modules()) for b in blocks)]
+    if not outer:
+        raise MedsegError(
+            f"training.activation_checkpointing: network '{type(net).__name__}' does not support it; set it to false"
+        )
+
+    def run(module: torch.nn.Module, forward: Any, x: torch.Tensor) -> torch.Tensor:
+        if module.training and torch.is_grad_enabled():
+            return checkpoint(forward, x, use_reentrant=False)
+        return forward(x)
+
+    for block in outer:
+        block.forward = partial(run, block, block.forward)
+
+
+def disable_activation_checkpointing(net: torch.nn.Module) -> None:
+    """Undo :func:`enable_activation_checkpointing` (before TorchScript export)."""
+    for m in net.modules():
+        if hasattr(m, "use_checkpoint"):
+            m.use_checkpoint = False
+        m.__dict__.pop("forward", None)
+
+
+def _progress(
+    trainer: SupervisedTrainer,
+    evaluator: SupervisedEvaluator,
+    started: float,
+    history_path: Path | None,
+    history: dict[str, Any] | None = None,
+) -> dict[str, Any]:
     """One log line per epoch (loss, learning rate, last validation Dice, elapsed time, ETA), and the same
-    values in ``history.json`` so reports can be redrawn without MLflow."""
+    values in ``history.json`` so reports can be redrawn without MLflow. Returns the history (updated in
+    place); a resumed run passes the checkpoint's history in and its seconds go on from there."""
     losses: list[float] = []
-    history: dict[str, Any] = {"epoch": [], "loss": [], "lr": [], "seconds": [], "val_epoch": [], "val": {}}
+    history = history or {"epoch": [], "loss": [], "lr": [], "seconds": [], "val_epoch": [], "val": {}}
+    offset = history["seconds"][-1] if history["seconds"] else 0.0
+    first_epoch = trainer.state.epoch
 
     @trainer.on(Events.ITERATION_COMPLETED)
     def _collect(engine: SupervisedTrainer) -> None:
@@ -119,7 +206,7 @@ def _progress(trainer: SupervisedTrainer, evaluator: SupervisedEvaluator, starte
     def _line(engine: SupervisedTrainer) -> None:
         epoch, total = engine.state.epoch, engine.state.max_epochs
         elapsed = time.monotonic() - started
-        eta = elapsed / epoch * (total - epoch)
+        eta = elapsed / max(epoch - first_epoch, 1) * (total - epoch)
         lr = engine.optimizer.param_groups[0]["lr"]
         metrics = evaluator.state.metrics if evaluator.state.epoch else {}
         val_txt = ""
@@ -134,9 +221,19 @@ def _progress(trainer: SupervisedTrainer, evaluator: SupervisedEvaluator, starte
         history["epoch"].append(epoch)
         history["loss"].append(mean_loss)
         history["lr"].append(float(lr))
-        history["seconds"].append(round(elapsed, 2))
-        atomic_write_text(history_path, json.dumps(history, indent=1))
+        history["seconds"].append(round(offset + elapsed, 2))
+        if history_path is not None:
+            atomic_write_text(history_path, json.dumps(history, indent=1))
         losses.clear()
+
+    return history
+
+
+class _Stop:
+    """Why training stops early: set by the handlers, read after ``trainer.run()``."""
+
+    def __init__(self) -> None:
+        self.reason = ""
 
 
 def train(
@@ -145,6 +242,8 @@ def train(
     train_files: list[dict[str, str]],
     val_files: list[dict[str, str]],
     tracker: Any = None,
+    resume: bool = False,
+    max_minutes: float = 0.0,
 ) -> TrainResult:
     """Train the task's network and keep the best checkpoint by validation mean Dice.
 
@@ -154,32 +253,44 @@ def train(
         train_files: training cases (``{"image", "label"}`` paths).
         val_files: validation cases.
         tracker: a :class:`medseg.tracking.Tracker` whose MONAI handlers are attached, or None.
+        resume: continue from ``run_dir/checkpoints/last.pt`` (weights, optimiser, schedule, position,
+            random states) instead of starting afresh.
+        max_minutes: stop after the epoch during which this much time has passed (0 = no limit); the run
+            is then checkpointed and validated like a finished one.
     """
     tr = cfg["training"]
-    set_determinism(seed=tr["seed"])
+    ctx = distributed.current()
+    set_determinism(seed=tr["seed"] + ctx.rank)  # per-rank augmentation; DDP copies rank 0's initial weights
     torch.set_num_threads(tr["threads"] or os.cpu_count() or 1)
-    device = pick_device(tr["device"])
+    device = distributed.device_for(ctx, pick_device(tr["device"]))
     n_classes = len(cfg["data"]["labels"])
     started = time.monotonic()
+    ckpt_dir = run_dir / "checkpoints"
+    last_path, best_path = ckpt_dir / "last.pt", ckpt_dir / "best.pt"
+    state = load_checkpoint(last_path, device) if resume else None
 
     logger.info("caching %d training and %d validation volumes (preprocessing once)", len(train_files), len(val_files))
     train_ds = CacheDataset(train_files, build_train_transforms(cfg), cache_rate=tr["cache_rate"], progress=False)
     val_ds = CacheDataset(val_files, build_eval_transforms(cfg), cache_rate=tr["cache_rate"], progress=False)
-    sampler = RandomSampler(train_ds, replacement=True, num_samples=tr["iterations_per_epoch"] * tr["batch_size"])
-    train_loader = DataLoader(train_ds, batch_size=tr["batch_size"], sampler=sampler, num_workers=tr["num_workers"])
-    val_loader = DataLoader(val_ds, batch_size=1, num_workers=0)
+    sampler = distributed.ReplacementSampler(train_ds, tr["iterations_per_epoch"] * tr["batch_size"], ctx, tr["seed"])
+    train_loader = DataLoader(train_ds, batch_size=tr["batch_size"], sampler=sampler, num_workers=tr["num_workers"],
+                              generator=data_generator(tr["seed"] + ctx.rank))  # seeds every random transform, workers too
+    val_sampler = EvalDistributedSampler(val_ds, even_divisible=False, shuffle=False) if ctx.distributed else None
+    val_loader = DataLoader(val_ds, batch_size=1, num_workers=0, sampler=val_sampler)
 
-    net = build_network(cfg["network"], 1, n_classes).to(device)
-    optimizer = torch.optim.AdamW(net.parameters(), lr=tr["learning_rate"], weight_decay=tr["weight_decay"])
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=tr["epochs"], eta_min=tr["learning_rate"] * 0.01)
+    net = build_network(cfg["network"], input_channels(cfg), n_classes).to(device)
+    if tr["activation_checkpointing"]:
+        enable_activation_checkpointing(net)
+    model = distributed.wrap(net, ctx, device)
+    optimizer = build_optimizer(model.parameters(), tr)
+    scheduler = build_scheduler(optimizer, tr)
+    # [main, aux...] outputs in training (network.deep_supervision): MONAI's DeepSupervisionLoss, YAML weights
+    loss_function = wrap_deep_supervision(build_loss(tr), cfg["network"])
+    train_inferer, amp_args = _precision(tr["amp"], device)
 
-    ckpt_dir = run_dir / "checkpoints"
     classes = cfg["evaluation"]["classes"] or {k: [v] for k, v in cfg["data"]["labels"].items() if v != 0}
     val_post = Compose(
         [AsDiscreted(keys="pred", argmax=True), ClassMasksd(keys=("pred", "label"), classes=list(classes.values()))]
-    )
-    best_saver = CheckpointSaver(
-        save_dir=str(ckpt_dir), save_dict={"network": net}, save_key_metric=True, key_metric_filename="best.pt"
     )
     evaluator = SupervisedEvaluator(
         device=device,
@@ -196,53 +307,151 @@ def train(
             **{f"val_iou_{name}": MeanIoUHandler(include_background=True, output_transform=_channel(i))
                for i, name in enumerate(classes)},
         },
-        val_handlers=[best_saver, _stats_handler()],
+        val_handlers=[_stats_handler()] if ctx.main else [],
     )
-    validation = ValidationHandler(validator=evaluator, interval=tr["val_every"], epoch_level=True)
     trainer = SupervisedTrainer(
         device=device,
         max_epochs=tr["epochs"],
         train_data_loader=train_loader,
-        network=net,
+        network=model,
         optimizer=optimizer,
-        loss_function=_loss(tr["loss"]),
-        inferer=SimpleInferer(),
+        loss_function=loss_function,
+        inferer=train_inferer,
+        accumulation_steps=tr["accumulation_steps"],
         train_handlers=[
             LrScheduleHandler(lr_scheduler=scheduler, print_lr=False),
-            validation,
-            CheckpointSaver(
-                save_dir=str(ckpt_dir),
-                save_dict={"network": net, "optimizer": optimizer, "scheduler": scheduler},
-                save_final=True,
-                final_filename="last.pt",
-            ),
+            ValidationHandler(validator=evaluator, interval=tr["val_every"], epoch_level=True),
         ],
+        **amp_args,
     )
-    if tracker is not None:
+    stop = _Stop()
+
+    @trainer.on(Events.EPOCH_COMPLETED)
+    def _validate_last(engine: SupervisedTrainer) -> None:
+        """Validate the last epoch (and one cut short by the time budget) when the interval skipped it."""
+        epoch = engine.state.epoch
+        if epoch % tr["val_every"] and (epoch == engine.state.max_epochs or stop.reason):
+            evaluator.run(epoch)
+
+    @evaluator.on(Events.EPOCH_COMPLETED)
+    def _save_best(engine: SupervisedEvaluator) -> None:
+        if ctx.main and engine.state.best_metric_epoch == trainer.state.epoch:
+            save_checkpoint(best_path, net.state_dict())
+
+    early = None
+    if tr["early_stopping_patience"]:
+        early = EarlyStopping(
+            patience=tr["early_stopping_patience"], threshold=tr["early_stopping_min_delta"], trainer=trainer,
+            score_function=lambda engine: float(engine.state.metrics["val_mean_dice"]),
+        )
+        evaluator.add_event_handler(Events.COMPLETED, early)
+
+        @evaluator.on(Events.COMPLETED)
+        def _note_early_stop(engine: SupervisedEvaluator) -> None:
+            if early.counter >= early.patience and not stop.reason:
+                stop.reason = "early stopping"
+                logger.info("early stopping: no gain of %g in validation mean Dice for %d validations",
+                            tr["early_stopping_min_delta"], early.patience)
+
+    if tr["grad_clip"] > 0:
+        attach_grad_clip(trainer, tr["grad_clip"])
+
+    @trainer.on(IterationEvents.LOSS_COMPLETED)
+    def _finite_loss(engine: SupervisedTrainer) -> None:
+        loss = engine.state.output["loss"]
+        (bad,) = distributed.any_rank([not bool(torch.isfinite(loss).all())], ctx, device)
+        if bad:
+            step = (engine.state.iteration - 1) % engine.state.epoch_length + 1
+            kept = f"the last good checkpoint is {last_path}" if last_path.is_file() else "no checkpoint was written yet"
+            raise LossNotFinite(
+                f"training loss is {float(loss)} at epoch {engine.state.epoch}, step {step}/{engine.state.epoch_length}"
+                f" (iteration {engine.state.iteration}); stopped before the update, {kept}; lower"
+                " training.learning_rate, set training.grad_clip, or check the labels"
+            )
+
+    if max_minutes > 0:
+        budget_s = max_minutes * 60.0
+
+        @trainer.on(Events.ITERATION_COMPLETED)
+        def _time_budget(engine: SupervisedTrainer) -> None:
+            (over,) = distributed.any_rank([time.monotonic() - started > budget_s], ctx, device)
+            if over and not stop.reason:
+                stop.reason = "time budget"
+                logger.info("time budget of %g min reached at epoch %d: stopping after this epoch's validation",
+                            max_minutes, engine.state.epoch)
+                engine.terminate_epoch()
+
+    if tracker is not None and ctx.main:
         train_handlers, val_handlers = tracker.handlers(lambda _: trainer.state.epoch)
         for handler in train_handlers:
             handler.attach(trainer)
         for handler in val_handlers:
             handler.attach(evaluator)
-    if tr["epochs"] % tr["val_every"]:  # always validate after the last epoch
 
-        @trainer.on(Events.COMPLETED)
-        def _final_validation(engine: SupervisedTrainer) -> None:
-            evaluator.run(engine.state.epoch)
+    history = _progress(trainer, evaluator, started, run_dir / "history.json" if ctx.main else None,
+                        state["history"] if state else None)
+    transforms = random_transforms(train_ds.transform)
+    scaler = getattr(trainer, "scaler", None)
 
-    _progress(trainer, evaluator, started, run_dir / "history.json")
+    def snapshot() -> dict[str, Any]:
+        return {
+            "format": FORMAT,
+            "network": net.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "scaler": scaler.state_dict() if scaler is not None else {},
+            "trainer": dict(trainer.state_dict()),
+            "evaluator": {"best_metric": float(evaluator.state.best_metric),
+                          "best_metric_epoch": int(evaluator.state.best_metric_epoch)},
+            "early_stopping": early.state_dict() if early is not None else {},
+            "stop_reason": stop.reason,
+            "history": history,
+            "rng": rng_state(transforms),
+        }
+
+    @trainer.on(Events.EPOCH_COMPLETED)
+    def _checkpoint(engine: SupervisedTrainer) -> None:
+        epoch = engine.state.epoch
+        if ctx.main and (epoch % tr["checkpoint_every"] == 0 or epoch == engine.state.max_epochs or stop.reason):
+            save_checkpoint(last_path, snapshot())
+        if stop.reason:
+            engine.terminate()
+
+    if state is not None:
+        net.load_state_dict(state["network"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        if scaler is not None and state["scaler"]:
+            scaler.load_state_dict(state["scaler"])
+        trainer.load_state_dict(state["trainer"])
+        evaluator.state.best_metric = state["evaluator"]["best_metric"]
+        evaluator.state.best_metric_epoch = state["evaluator"]["best_metric_epoch"]
+        if early is not None and state["early_stopping"]:
+            early.load_state_dict(state["early_stopping"])
+        stop.reason = state["stop_reason"] if state["stop_reason"] == "early stopping" else ""  # a new time budget
+        set_rng_state(state["rng"], transforms)
+        logger.info("resuming from %s at epoch %d/%d", last_path, trainer.state.epoch, tr["epochs"])
+
     logger.info(
-        "training %s on %s: %d epochs x %d iterations, batch %d, patch %s",
-        cfg["network"]["name"], device, tr["epochs"], tr["iterations_per_epoch"], tr["batch_size"], tr["patch_size"],
+        "training %s on %s: %d epochs x %d iterations, batch %d%s, patch %s, %s, %s, amp %s",
+        cfg["network"]["name"], device, tr["epochs"], tr["iterations_per_epoch"], tr["batch_size"],
+        f" x {ctx.world} processes" if ctx.distributed else "", tr["patch_size"], tr["optimizer"], tr["loss"], tr["amp"],
     )
-    trainer.run()
-    best = ckpt_dir / "best.pt"
-    net.load_state_dict(torch.load(best, map_location=device, weights_only=True))
+    if trainer.state.epoch < tr["epochs"] and not stop.reason:
+        trainer.run()
+    if tr["activation_checkpointing"]:
+        disable_activation_checkpointing(net)
+    distributed.barrier(ctx)
+    if not best_path.is_file():
+        raise MedsegError(f"{best_path}: no validation improved on the start; nothing to keep")
+    net.load_state_dict(torch.load(best_path, map_location=device, weights_only=True))
     return TrainResult(
         network=net,
-        best_checkpoint=best,
+        best_checkpoint=best_path,
         best_val_dice=float(evaluator.state.best_metric),
         best_epoch=int(evaluator.state.best_metric_epoch),
         seconds=time.monotonic() - started,
         device=device,
+        stop_reason=stop.reason,
+        epochs_run=int(trainer.state.epoch),
     )

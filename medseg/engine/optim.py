@@ -1,0 +1,120 @@
+"""Optimisers, learning-rate schedules and gradient clipping from the ``training`` section (torch classes).
+
+Optimisers: ``adamw`` (decoupled weight decay), ``adam`` (L2 weight decay), ``sgd`` (Nesterov momentum
+``momentum``). Schedules, stepped once per epoch (``E`` = ``training.epochs``, ``W`` =
+``warmup_epochs``, ``lr`` = ``learning_rate``):
+
+- ``cosine``: cosine annealing from ``lr`` to ``min_lr_ratio * lr`` over ``E - W`` epochs;
+- ``step``: ``lr * step_gamma ** (epoch // step_size)``;
+- ``cosine_restarts``: cosine annealing restarted after ``restart_epochs``, cycles growing by ``restart_mult``;
+- ``poly``: ``lr * (1 - epoch / (E - W)) ** poly_power`` (nnU-Net's schedule);
+- ``constant``.
+
+``warmup_epochs > 0`` puts a linear warm-up from ``warmup_start_ratio * lr`` to ``lr`` in front of any of
+them (``SequentialLR``); the schedule then starts after the warm-up.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from ignite.engine import Engine
+
+from medseg.errors import MedsegError
+
+OPTIMISERS = ("adamw", "adam", "sgd")
+SCHEDULES = ("cosine", "step", "cosine_restarts", "poly", "constant")
+
+
+def optimizer_def(tr: dict[str, Any]) -> dict[str, Any]:
+    """The optimiser as a MONAI config entry without ``params`` (``_target_`` + arguments)."""
+    name = tr["optimizer"]
+    lr, wd = float(tr["learning_rate"]), float(tr["weight_decay"])
+    if name == "adamw":
+        return {"_target_": "torch.optim.AdamW", "lr": lr, "weight_decay": wd}
+    if name == "adam":
+        return {"_target_": "torch.optim.Adam", "lr": lr, "weight_decay": wd}
+    if name == "sgd":
+        return {"_target_": "torch.optim.SGD", "lr": lr, "weight_decay": wd, "momentum": float(tr["momentum"]),
+                "nesterov": True}
+    raise MedsegError(f"training.optimizer '{name}' is not known; choose one of {', '.join(OPTIMISERS)}")
+
+
+def build_optimizer(params: Any, tr: dict[str, Any]) -> torch.optim.Optimizer:
+    entry = optimizer_def(tr)
+    cls = getattr(torch.optim, entry.pop("_target_").rsplit(".", 1)[1])
+    return cls(params, **entry)
+
+
+def scheduler_defs(tr: dict[str, Any]) -> list[dict[str, Any]]:
+    """The schedule as MONAI config entries without ``optimizer``: ``[main]``, or ``[warm-up, main]``
+    to be chained by ``SequentialLR`` at ``milestones=[warmup_epochs]``."""
+    name, lr = tr["schedule"], float(tr["learning_rate"])
+    warm = int(tr["warmup_epochs"])
+    span = max(int(tr["epochs"]) - warm, 1)
+    floor = lr * float(tr["min_lr_ratio"])
+    p = "torch.optim.lr_scheduler."
+    if name == "cosine":
+        main = {"_target_": p + "CosineAnnealingLR", "T_max": span, "eta_min": floor}
+    elif name == "step":
+        main = {"_target_": p + "StepLR", "step_size": int(tr["step_size"]), "gamma": float(tr["step_gamma"])}
+    elif name == "cosine_restarts":
+        main = {"_target_": p + "CosineAnnealingWarmRestarts", "T_0": int(tr["restart_epochs"]),
+                "T_mult": int(tr["restart_mult"]), "eta_min": floor}
+    elif name == "poly":
+        main = {"_target_": p + "PolynomialLR", "total_iters": span, "power": float(tr["poly_power"])}
+    elif name == "constant":
+        main = {"_target_": p + "ConstantLR", "factor": 1.0, "total_iters": 0}
+    else:
+        raise MedsegError(f"training.schedule '{name}' is not known; choose one of {', '.join(SCHEDULES)}")
+    if warm == 0:
+        return [main]
+    return [{"_target_": p + "LinearLR", "start_factor": float(tr["warmup_start_ratio"]), "end_factor": 1.0,
+             "total_iters": warm}, main]
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, tr: dict[str, Any]) -> torch.optim.lr_scheduler.LRScheduler:
+    """The epoch-level learning-rate schedule of ``tr`` on ``optimizer`` (warm-up chained in front)."""
+    made = []
+    for entry in scheduler_defs(tr):
+        entry = dict(entry)
+        cls = getattr(torch.optim.lr_scheduler, entry.pop("_target_").rsplit(".", 1)[1])
+        made.append(cls(optimizer, **entry))
+    if len(made) == 1:
+        return made[0]
+    return torch.optim.lr_scheduler.SequentialLR(optimizer, made, milestones=[int(tr["warmup_epochs"])])
+
+
+def is_step_iteration(engine: Engine) -> bool:
+    """Whether the optimiser steps after this iteration (SupervisedTrainer's gradient-accumulation rule)."""
+    acc = engine.accumulation_steps
+    local = (engine.state.iteration - 1) % engine.state.epoch_length
+    return (local + 1) % acc == 0 or local + 1 == engine.state.epoch_length
+
+
+def attach_grad_clip(trainer: Engine, max_norm: float) -> None:
+    """Clip the gradient norm to ``max_norm`` before each optimiser step.
+
+    MONAI's SupervisedTrainer has no clipping argument; this runs on its BACKWARD_COMPLETED event, after
+    the last accumulated backward pass and before ``optimizer.step()`` (gradients unscaled first with fp16).
+    """
+    from monai.engines.utils import IterationEvents
+
+    @trainer.on(IterationEvents.BACKWARD_COMPLETED)
+    def _clip(engine: Engine) -> None:
+        if not is_step_iteration(engine):
+            return
+        if engine.scaler is not None:
+            engine.scaler.unscale_(engine.optimizer)
+        params = [p for group in engine.optimizer.param_groups for p in group["params"]]
+        engine.state.grad_norm = float(torch.nn.utils.clip_grad_norm_(params, max_norm))
+
+
+def bundle_scheduler_def(tr: dict[str, Any]) -> dict[str, Any]:
+    """The schedule as one MONAI Bundle config entry on ``@optimizer`` (``SequentialLR`` with a warm-up)."""
+    made = [{**entry, "optimizer": "@optimizer"} for entry in scheduler_defs(tr)]
+    if len(made) == 1:
+        return made[0]
+    return {"_target_": "torch.optim.lr_scheduler.SequentialLR", "optimizer": "@optimizer", "schedulers": made,
+            "milestones": [int(tr["warmup_epochs"])]}

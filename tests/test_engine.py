@@ -1,0 +1,148 @@
+"""Training engine: losses on hand-made tensors, optimisers, schedules, clipping, mixed precision, bad input."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from medseg.config import DEFAULTS
+from medseg.engine.losses import build_loss
+from medseg.engine.optim import build_optimizer, build_scheduler
+from medseg.errors import MedsegError
+
+
+def tr(**kw) -> dict:
+    return {**DEFAULTS["training"], **kw}
+
+
+def one_hot_logits(classes: torch.Tensor, n: int, big: float = 30.0) -> torch.Tensor:
+    """Logits (1, n, *spatial) whose softmax is (to 1e-13) the one-hot of ``classes`` (spatial)."""
+    return (F.one_hot(classes, n).movedim(-1, 0)[None].float() * 2 - 1) * big
+
+
+def hand_dice(logits: torch.Tensor, label: torch.Tensor, eps: float, background: bool) -> torch.Tensor:
+    p = logits.softmax(1)
+    g = F.one_hot(label[:, 0], p.shape[1]).movedim(-1, 1).float()
+    dims = tuple(range(2, p.ndim))
+    per = 1 - (2 * (p * g).sum(dims) + eps) / (p.sum(dims) + g.sum(dims) + eps)  # (B, C)
+    return (per if background else per[:, 1:]).mean()
+
+
+# 2 x 2 x 1 volume: ground truth class 1 at voxel a only; prediction class 1 at voxels a and b
+LABEL = torch.tensor([[[1], [0]], [[0], [0]]])
+PRED = torch.tensor([[[1], [1]], [[0], [0]]])
+
+
+def test_dice_by_hand_with_and_without_background():
+    logits, label = one_hot_logits(PRED, 2), LABEL[None, None]
+    # class 1: 2*1 / (2 + 1) -> loss 1/3; class 0: 2*2 / (2 + 3) -> loss 1/5
+    with_bg = build_loss(tr(loss="dice", dice_smooth=0.0))(logits, label)
+    assert float(with_bg) == pytest.approx((1 / 3 + 1 / 5) / 2, abs=1e-6)
+    no_bg = build_loss(tr(loss="dice", dice_smooth=0.0, include_background=False))(logits, label)
+    assert float(no_bg) == pytest.approx(1 / 3, abs=1e-6)
+    smoothed = build_loss(tr(loss="dice", dice_smooth=1.0, include_background=False))(logits, label)
+    assert float(smoothed) == pytest.approx(1 - (2 + 1) / (3 + 1), abs=1e-6)
+
+
+def test_cross_entropy_by_hand():
+    logits = torch.zeros(1, 3, 2, 2, 1)
+    label = torch.zeros(1, 1, 2, 2, 1, dtype=torch.long)
+    assert float(build_loss(tr(loss="ce"))(logits, label)) == pytest.approx(math.log(3), abs=1e-6)
+    logits = torch.zeros(1, 2, 1, 1, 2)
+    logits[0, 0, 0, 0, 0] = 2.0  # voxel 1: class 0 scores 2, truth 0; voxel 2: tie, truth 1
+    label = torch.tensor([0, 1]).view(1, 1, 1, 1, 2)
+    expected = (-math.log(math.e**2 / (math.e**2 + 1)) + math.log(2)) / 2
+    assert float(build_loss(tr(loss="ce", ce_weight=1.0))(logits, label)) == pytest.approx(expected, abs=1e-6)
+    assert float(build_loss(tr(loss="ce", ce_weight=0.5))(logits, label)) == pytest.approx(expected / 2, abs=1e-6)
+
+
+@pytest.mark.parametrize("alpha,beta", [(1.0, 1.0), (0.3, 2.0), (0.0, 1.0)])
+def test_combined_weights(alpha, beta):
+    g = torch.Generator().manual_seed(1)
+    logits = torch.randn(2, 3, 4, 4, 3, generator=g)
+    label = torch.randint(0, 3, (2, 1, 4, 4, 3), generator=g)
+    loss = build_loss(tr(loss="dice_ce", ce_weight=alpha, dice_weight=beta, dice_smooth=1e-5))(logits, label)
+    expected = alpha * F.cross_entropy(logits, label[:, 0]) + beta * hand_dice(logits, label, 1e-5, True)
+    assert float(loss) == pytest.approx(float(expected), abs=1e-5)
+
+
+def test_dice_focal_by_hand():
+    g = torch.Generator().manual_seed(2)
+    logits = torch.randn(1, 3, 4, 3, 2, generator=g)
+    label = torch.randint(0, 3, (1, 1, 4, 3, 2), generator=g)
+    onehot = F.one_hot(label[:, 0], 3).movedim(-1, 1).float()
+    # gamma 0: the focal term is the per-class binary cross-entropy on the logits (MONAI's sigmoid focal loss)
+    loss = build_loss(tr(loss="dice_focal", focal_gamma=0.0, ce_weight=0.7, dice_weight=1.5))(logits, label)
+    bce = F.binary_cross_entropy_with_logits(logits, onehot)
+    assert float(loss) == pytest.approx(float(0.7 * bce + 1.5 * hand_dice(logits, label, 1e-5, True)), abs=1e-5)
+    # gamma 2 down-weights confident voxels: strictly smaller focal term
+    focal2 = build_loss(tr(loss="dice_focal", focal_gamma=2.0, dice_weight=0.0))(logits, label)
+    assert 0 < float(focal2) < float(bce)
+
+
+def test_default_loss_is_monai_dice_ce():
+    from monai.losses import DiceCELoss
+
+    g = torch.Generator().manual_seed(3)
+    logits = torch.randn(2, 3, 5, 4, 3, generator=g)
+    label = torch.randint(0, 3, (2, 1, 5, 4, 3), generator=g)
+    ours = build_loss(dict(DEFAULTS["training"]))(logits, label)
+    assert torch.equal(ours, DiceCELoss(to_onehot_y=True, softmax=True)(logits, label))
+
+
+def lrs(cfg: dict, epochs: int) -> list[float]:
+    opt = build_optimizer([torch.nn.Parameter(torch.zeros(1))], cfg)
+    sched = build_scheduler(opt, cfg)
+    out = []
+    for _ in range(epochs + 1):
+        out.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    return out
+
+
+def test_schedules_at_known_epochs():
+    base = tr(learning_rate=1.0, epochs=10, min_lr_ratio=0.0)
+    cos = lrs({**base, "schedule": "cosine"}, 10)
+    assert cos[0] == pytest.approx(1.0) and cos[5] == pytest.approx(0.5) and cos[10] == pytest.approx(0.0, abs=1e-12)
+    warm = lrs({**base, "schedule": "cosine", "warmup_epochs": 2, "warmup_start_ratio": 0.1}, 10)
+    assert warm[:3] == pytest.approx([0.1, 0.55, 1.0])
+    assert warm[6] == pytest.approx(0.5) and warm[10] == pytest.approx(0.0, abs=1e-12)  # cosine over 8 epochs
+    step = lrs({**base, "schedule": "step", "step_size": 3, "step_gamma": 0.1}, 7)
+    assert step == pytest.approx([1, 1, 1, 0.1, 0.1, 0.1, 0.01, 0.01])
+    poly = lrs({**base, "schedule": "poly", "poly_power": 0.9}, 10)
+    assert poly == pytest.approx([(1 - k / 10) ** 0.9 for k in range(11)])
+    restarts = lrs({**base, "schedule": "cosine_restarts", "restart_epochs": 4, "restart_mult": 2}, 12)
+    assert restarts[2] == pytest.approx(0.5) and restarts[4] == pytest.approx(1.0)  # restart after 4 epochs
+    assert restarts[8] == pytest.approx(0.5) and restarts[12] == pytest.approx(1.0)  # then an 8-epoch cycle
+    const = lrs({**base, "schedule": "constant", "warmup_epochs": 1, "warmup_start_ratio": 0.5}, 3)
+    assert const == pytest.approx([0.5, 1.0, 1.0, 1.0])
+
+
+def test_optimisers():
+    p = [torch.nn.Parameter(torch.zeros(2))]
+    sgd = build_optimizer(p, tr(optimizer="sgd", momentum=0.9, weight_decay=1e-4, learning_rate=0.01))
+    assert isinstance(sgd, torch.optim.SGD)
+    assert sgd.defaults["nesterov"] and sgd.defaults["momentum"] == 0.9 and sgd.defaults["weight_decay"] == 1e-4
+    assert type(build_optimizer(p, tr(optimizer="adam"))) is torch.optim.Adam
+    adamw = build_optimizer(p, tr(optimizer="adamw", weight_decay=0.05))
+    assert type(adamw) is torch.optim.AdamW and adamw.defaults["weight_decay"] == 0.05
+    with pytest.raises(MedsegError, match="adamw, adam, sgd"):
+        build_optimizer(p, tr(optimizer="rmsprop"))
+
+
+@pytest.mark.parametrize("key,value,known", [
+    ("training.loss", "tversky", "ce, dice, dice_ce, dice_focal"),
+    ("training.optimizer", "rmsprop", "adam, adamw, sgd"),
+    ("training.schedule", "exp", "constant, cosine, cosine_restarts, poly, step"),
+    ("training.amp", "fp8", "bf16, fp16, none"),
+])
+def test_unknown_names_are_one_line_with_the_known_ones(key, value, known, capsys):
+    from medseg.train import main
+
+    assert main(["liver", "--set", f"{key}={value}"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and key in err and known in err and value in err
