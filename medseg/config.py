@@ -65,9 +65,32 @@ DEFAULTS: dict[str, Any] = {
         "batch_size": 2,
         "patch_size": [96, 96, 64],
         "pos_neg_ratio": 2.0,
-        "loss": "dice_ce",
+        "loss": "dice_ce",  # dice_ce | dice | ce | dice_focal (MONAI losses; medseg/engine/losses.py)
+        "ce_weight": 1.0,  # alpha in alpha*CE + beta*Dice (dice_ce); the focal term's weight in dice_focal
+        "dice_weight": 1.0,  # beta
+        "dice_smooth": 1e-5,  # smoothing eps added to numerator and denominator of the soft Dice
+        "include_background": True,  # background channel in the Dice term
+        "focal_gamma": 2.0,
+        "optimizer": "adamw",  # adamw | adam | sgd (SGD with Nesterov momentum)
+        "momentum": 0.99,  # sgd only
         "learning_rate": 1e-3,
         "weight_decay": 1e-5,
+        "schedule": "cosine",  # cosine | step | cosine_restarts | poly | constant; stepped once per epoch
+        "min_lr_ratio": 0.01,  # cosine / cosine_restarts floor, as a share of learning_rate
+        "warmup_epochs": 0,  # linear warm-up from warmup_start_ratio * learning_rate, before the schedule
+        "warmup_start_ratio": 0.1,
+        "step_size": 10,  # step: epochs between decays
+        "step_gamma": 0.1,  # step: decay factor
+        "restart_epochs": 10,  # cosine_restarts: epochs of the first cycle
+        "restart_mult": 1,  # cosine_restarts: cycle length multiplier
+        "poly_power": 0.9,  # poly: lr * (1 - epoch / epochs) ** power
+        "grad_clip": 0.0,  # clip the gradient norm to this value; 0 = no clipping
+        "amp": "none",  # none | bf16 | fp16 (fp16 on GPU only, with a gradient scaler)
+        "accumulation_steps": 1,  # optimiser step every N batches (effective batch = N x batch_size)
+        "activation_checkpointing": False,  # recompute activations in backward (less memory, more time)
+        "early_stopping_patience": 0,  # validations without improvement before stopping; 0 = off
+        "early_stopping_min_delta": 0.0,  # improvement in validation mean Dice that counts
+        "checkpoint_every": 1,  # epochs between resumable checkpoints (checkpoints/last.pt)
         "val_every": 2,
         "seed": 0,
         "num_workers": 0,
@@ -91,7 +114,10 @@ _CHOICES = {
     "data.modality": {"CT", "MR"},
     "network.name": {"unet"},
     "network.norm": {"instance", "batch"},
-    "training.loss": {"dice_ce", "dice", "ce"},
+    "training.loss": {"dice_ce", "dice", "ce", "dice_focal"},
+    "training.optimizer": {"adamw", "adam", "sgd"},
+    "training.schedule": {"cosine", "step", "cosine_restarts", "poly", "constant"},
+    "training.amp": {"none", "bf16", "fp16"},
     "training.device": {"auto", "cpu", "cuda"},
     "preprocessing.orientation": {"RAS", "LPS"},
 }
@@ -210,6 +236,22 @@ def _validate(cfg: dict, source: str) -> None:
     for key in ("epochs", "iterations_per_epoch", "batch_size", "val_every"):
         if train[key] < 1:
             raise MedsegError(f"{source}: key 'training.{key}' must be at least 1")
+    for key in ("accumulation_steps", "checkpoint_every", "step_size", "restart_epochs", "restart_mult"):
+        if train[key] < 1:
+            raise MedsegError(f"{source}: key 'training.{key}' must be at least 1")
+    for key in ("ce_weight", "dice_weight", "dice_smooth", "focal_gamma", "momentum", "weight_decay", "grad_clip",
+                "early_stopping_min_delta", "warmup_epochs", "early_stopping_patience", "poly_power"):
+        if train[key] < 0:
+            raise MedsegError(f"{source}: key 'training.{key}' must not be negative")
+    if train["learning_rate"] <= 0:
+        raise MedsegError(f"{source}: key 'training.learning_rate' must be positive")
+    for key in ("min_lr_ratio", "warmup_start_ratio", "step_gamma"):
+        if not 0.0 < train[key] <= 1.0 and not (key == "min_lr_ratio" and train[key] == 0.0):
+            raise MedsegError(f"{source}: key 'training.{key}' must be in (0, 1]")
+    if train["ce_weight"] == 0 and train["dice_weight"] == 0:
+        raise MedsegError(f"{source}: keys 'training.ce_weight' and 'training.dice_weight' are both 0; give one a weight")
+    if train["warmup_epochs"] >= train["epochs"]:
+        raise MedsegError(f"{source}: key 'training.warmup_epochs' must be less than training.epochs")
     if not 0.0 <= train["cache_rate"] <= 1.0:
         raise MedsegError(f"{source}: key 'training.cache_rate' must be between 0 and 1")
     if not 0.0 < cfg["data"]["val_fraction"] < 1.0:
