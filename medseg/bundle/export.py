@@ -35,6 +35,8 @@ import torch
 
 from medseg import __version__
 from medseg.engine.inference import largest_component_labels
+from medseg.engine.losses import monai_loss_def
+from medseg.engine.optim import bundle_scheduler_def, optimizer_def
 from medseg.fileio import publish_dir
 from medseg.networks import monai_network_def
 from medseg.transforms import augment_spec, ct_window, preprocess_spec
@@ -134,11 +136,9 @@ def train_config(cfg: dict[str, Any]) -> dict[str, Any]:
         "val_every": tr["val_every"],
         "network_def": monai_network_def(cfg["network"], 1, n_classes),
         "network": "$@network_def.to(@device)",
-        "loss": {"_target_": "DiceCELoss", "to_onehot_y": True, "softmax": True},
-        "optimizer": {"_target_": "torch.optim.AdamW", "params": "$@network.parameters()", "lr": "@learning_rate",
-                      "weight_decay": tr["weight_decay"]},
-        "lr_scheduler": {"_target_": "torch.optim.lr_scheduler.CosineAnnealingLR", "optimizer": "@optimizer",
-                         "T_max": "@epochs", "eta_min": "$@learning_rate * 0.01"},
+        "loss": monai_loss_def(tr),
+        "optimizer": {**optimizer_def(tr), "params": "$@network.parameters()", "lr": "@learning_rate"},
+        "lr_scheduler": bundle_scheduler_def(tr),
         "train": {
             "preprocessing": {"_target_": "Compose", "transforms": _bundle_spec(preprocess_spec(cfg) + augment_spec(cfg))},
             "dataset": {"_target_": "CacheDataset", "data": "@train_datalist", "transform": "@train#preprocessing",
@@ -292,8 +292,8 @@ MONAI `{net['name']}` ({net['spatial_dims']}D), channels {net['channels']}, stri
 {tr['patch_size']} and overlap {cfg['evaluation']['sw_overlap']}.
 
 ## Training
-{tr['epochs']} epochs x {tr['iterations_per_epoch']} iterations, batch {tr['batch_size']}, AdamW (lr {tr['learning_rate']}),
-cosine schedule, loss {tr['loss']}; wall time {budget}.
+{tr['epochs']} epochs x {tr['iterations_per_epoch']} iterations, batch {tr['batch_size']}, {tr['optimizer']} (lr {tr['learning_rate']}),
+{tr['schedule']} schedule, loss {tr['loss']}; wall time {budget}.
 
 ## Validation metrics
 Distances in millimetres from the image spacing.
