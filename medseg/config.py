@@ -27,12 +27,14 @@ DEFAULTS: dict[str, Any] = {
     "task": "",
     "description": "",
     "data": {
-        "layout": "msd",  # Medical Segmentation Decathlon: dataset.json + imagesTr/ + labelsTr/
+        "layout": "msd",  # msd | nnunet | csv | folders (medseg/data/layouts.py)
         "dataset": "",  # folder under --data-dir (or an absolute path)
         "sample": "",  # built-in sample used when the dataset folder is absent ("" = none)
         "labels": {"background": 0},  # label value per name in the label maps
         "val_fraction": 0.2,
         "modality": "CT",
+        "label_map": {},  # value in the label files -> label value, e.g. {255: 1} (set for 0/255 masks)
+        "skip_bad": False,  # leave out (and list) cases that fail the header checks instead of stopping
     },
     "preprocessing": {
         "orientation": "RAS",
@@ -110,7 +112,7 @@ DEFAULTS: dict[str, Any] = {
 }
 
 _CHOICES = {
-    "data.layout": {"msd"},
+    "data.layout": {"msd", "nnunet", "csv", "folders"},
     "data.modality": {"CT", "MR"},
     "network.name": {"unet"},
     "network.norm": {"instance", "batch"},
@@ -168,7 +170,7 @@ def _merge(base: dict, update: dict, source: str, prefix: str = "") -> None:
 
 
 def _free_form(dotted: str) -> bool:
-    return dotted in {"data.labels", "evaluation.classes"}
+    return dotted in {"data.labels", "evaluation.classes", "data.label_map"}
 
 
 def _check_type(dotted: str, default: Any, value: Any, source: str) -> Any:
@@ -209,6 +211,8 @@ def _validate(cfg: dict, source: str) -> None:
     if not all(isinstance(v, int) for v in labels.values()):
         raise MedsegError(f"{source}: key 'data.labels' must map names to integer label values")
     values = set(labels.values())
+    if not all(isinstance(k, int) and isinstance(v, int) for k, v in cfg["data"]["label_map"].items()):
+        raise MedsegError(f"{source}: key 'data.label_map' must map integer file values to integer labels, e.g. {{255: 1}}")
     for name, members in cfg["evaluation"]["classes"].items():
         if not isinstance(members, list) or not members or not set(members) <= values:
             raise MedsegError(

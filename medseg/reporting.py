@@ -65,6 +65,10 @@ def _window(image: np.ndarray, window: tuple[float, float]) -> np.ndarray:
     return np.clip((image - lo) / (hi - lo), 0, 1)
 
 
+def _first(image: Any) -> Path:
+    return Path(image[0] if isinstance(image, list) else image)
+
+
 def overlay_montage(cases: list[dict[str, Any]], members: list[int], window: tuple[float, float], path: Path,
                     n_slices: int = 3) -> Path:
     """Image with reference (green) and prediction (red) contours of one class, for each given case.
@@ -78,11 +82,14 @@ def overlay_montage(cases: list[dict[str, Any]], members: list[int], window: tup
     """
     import nibabel as nib
 
+    from medseg.data.images import read_image
+
     plt, fig, axes = _figure(len(cases), n_slices, (3.2 * n_slices, 3.2 * len(cases)))
     for row, case in enumerate(cases):
-        image = np.asarray(nib.load(case["image"]).dataobj, dtype=np.float32)
-        ref = np.isin(np.asarray(nib.load(case["label"]).dataobj), members)
+        image = np.asarray(read_image(_first(case["image"])).array, dtype=np.float32)  # any format, DICOM too
+        ref = np.isin(read_image(case["label"]).array, members)
         pred = np.isin(np.asarray(nib.load(case["pred"]).dataobj), members)
+        image, ref, pred = (a.reshape(a.shape[:2] + (-1,)) for a in (image, ref, pred))  # 2D: one slice
         area = ref.reshape(-1, ref.shape[-1]).sum(0)
         present = np.flatnonzero(area) if area.any() else np.arange(ref.shape[-1])
         picks = np.unique(np.percentile(present, np.linspace(25, 75, n_slices)).astype(int))
@@ -109,6 +116,8 @@ def augmentation_preview(original: np.ndarray, original_label: np.ndarray, augme
     plt, fig, axes = _figure(1, cols, (3 * cols, 3.2))
     for ax, (img, lab), title in zip(axes[0], [(original, original_label), *augmented],
                                       ["preprocessed"] + [f"augmented {i + 1}" for i in range(len(augmented))]):
+        if img.ndim == 2:  # 2D network: the patch itself is the slice
+            img, lab = img[..., None], lab[..., None]
         z = img.shape[-1] // 2
         ax.imshow(img[..., z].T, cmap="gray", origin="lower", vmin=0, vmax=1)
         for value, colour in zip(sorted(v for v in np.unique(lab) if v > 0), COLOURS):

@@ -35,6 +35,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="register the bundle in the MLflow model registry under the task's name")
     parser.add_argument("--tracking-optional", action="store_true",
                         help="if the MLflow server is unreachable at the start, train without tracking")
+    parser.add_argument("--skip-bad", action="store_true",
+                        help="leave out and list cases whose files are unreadable or off the image grid (data.skip_bad)")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
     return parser
 
@@ -97,21 +99,21 @@ def run(argv: Sequence[str] | None = None) -> int:
     overrides = list(args.overrides)
     if args.epochs is not None:
         overrides.append(f"training.epochs={args.epochs}")
+    if args.skip_bad:
+        overrides.append("data.skip_bad=true")
     cfg = load_config(args.task, overrides)
     task = cfg["task"]
     setup_logging()
     started = time.monotonic()
 
-    from medseg.data import load_msd_dataset
+    from medseg.data.layouts import load_dataset
     from medseg.engine import evaluate_cases, train
     from medseg.evaluation import summarise, write_reports
     from medseg.evaluation.metrics import format_table
 
     data_dir = args.data_dir or Path("data")
     root = locate_dataset(cfg, data_dir, explicit=args.data_dir is not None)
-    train_files, val_files = load_msd_dataset(
-        root, cfg["data"]["labels"], cfg["data"]["val_fraction"], cfg["training"]["seed"]
-    )
+    train_files, val_files = load_dataset(cfg, root, cfg["training"]["seed"])
     run_dir = args.output_dir or Path("runs") / task / time.strftime("%Y%m%d-%H%M%S")
     run_dir.mkdir(parents=True, exist_ok=True)
     setup_logging(run_dir)

@@ -228,3 +228,156 @@ def test_bad_files_named(tmp_path):
     ds.save_as(tmp_path / "nopix.dcm")
     with pytest.raises(MedsegError, match=r"nopix\.dcm: no pixel data"):
         read_dicom(tmp_path / "nopix.dcm")
+
+
+# --- images in other formats, conversion, privacy -------------------------------------------------------------
+
+@pytest.mark.parametrize("suffix", [".nii.gz", ".nii", ".nrrd", ".mha", ".mhd"])
+def test_image_round_trip_keeps_geometry(tmp_path, suffix):
+    from medseg.data.images import read_image, write_image
+
+    vol, affine = volume(5).astype(np.int16), oblique_affine()
+    out = write_image(vol, affine, tmp_path / f"img{suffix}")
+    back = read_image(out)
+    np.testing.assert_array_equal(back.array, vol)
+    np.testing.assert_allclose(back.affine, affine, atol=1e-5)
+    np.testing.assert_allclose(back.affine @ corners(SHAPE), affine @ corners(SHAPE), atol=1e-4)
+    if suffix.startswith(".nii"):  # what NIfTI tools (and 3D Slicer) see: the RAS affine in the header
+        import nibabel as nib
+
+        np.testing.assert_allclose(nib.load(out).affine, np.diag([-1.0, -1.0, 1.0, 1.0]) @ affine, atol=1e-5)
+
+
+@pytest.mark.parametrize("suffix", [".png", ".tif"])
+def test_2d_round_trip_and_refusals(tmp_path, suffix):
+    from medseg.data.images import read_image, write_image
+
+    mask = (np.random.default_rng(6).random((20, 14)) > 0.5).astype(np.uint8) * 255
+    affine = np.diag([0.5, 0.25, 1.0])
+    back = read_image(write_image(mask, affine, tmp_path / f"m{suffix}"))
+    np.testing.assert_array_equal(back.array, mask)
+    np.testing.assert_allclose(back.spacing, (0.5, 0.25), atol=1e-6)
+    shifted = affine.copy()
+    shifted[:2, 2] = (3.0, 4.0)
+    with pytest.raises(MedsegError, match="cannot store origin"):
+        write_image(mask, shifted, tmp_path / f"shifted{suffix}")
+    with pytest.raises(MedsegError, match="PNG/TIFF hold 2D"):
+        write_image(volume().astype(np.int16), oblique_affine(), tmp_path / f"v{suffix}")
+
+
+def test_convert_dicom_to_nifti_and_nrrd_keeps_geometry_and_no_identifiers(tmp_path, capsys):
+    import nibabel as nib
+
+    from medseg.convert import main as convert
+    from medseg.data.__main__ import main as check
+
+    vol, affine = volume(7), oblique_affine()
+    series = tmp_path / "export" / "case01"
+    write_series(series, vol, affine, patient_name="DOE^JANE", patient_id="PID-4711", file_order=[3, 1, 0, 6, 2, 5, 4])
+    with caplog_all() as records:
+        assert convert([str(series), str(tmp_path / "ct.nii.gz")]) == 0
+        assert convert([str(series), str(tmp_path / "ct.nrrd")]) == 0
+    nii = nib.load(tmp_path / "ct.nii.gz")
+    np.testing.assert_array_equal(np.asarray(nii.dataobj), vol)
+    np.testing.assert_allclose(nii.affine, np.diag([-1.0, -1.0, 1.0, 1.0]) @ affine, atol=1e-5)
+    nrrd = sitk.ReadImage(str(tmp_path / "ct.nrrd"))
+    np.testing.assert_allclose(sitk_world(nrrd, SHAPE), (affine @ corners(SHAPE))[:3], atol=1e-4)
+    # a label on the series' grid makes a dataset; check must pass and say nothing identifying either
+    (tmp_path / "ds" / "images").mkdir(parents=True)
+    (tmp_path / "ds" / "labels").mkdir()
+    shutil.copytree(series, tmp_path / "ds" / "images" / "case01")
+    from medseg.data.images import write_image
+
+    write_image((vol > 500).astype(np.uint8), affine, tmp_path / "ds" / "labels" / "case01.nii.gz")
+    with caplog_all() as more:
+        assert check(["check", str(tmp_path / "ds"), "--json", str(tmp_path / "report.json")]) == 0
+    out = capsys.readouterr()
+    written = b"".join(p.read_bytes() for p in (tmp_path / "ct.nii.gz", tmp_path / "ct.nrrd", tmp_path / "report.json"))
+    import gzip
+
+    written += gzip.decompress((tmp_path / "ct.nii.gz").read_bytes())
+    text = out.out + out.err + "".join(r.getMessage() for r in records + more) + written.decode("latin-1")
+    for secret in ("DOE", "JANE", "PID-4711", "19700101", "ACCPID-4711", "General Hospital"):
+        assert secret not in text
+    import json
+
+    assert "OK: 0 of 1" in out.out
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["cases"][0]["case"] == "case01" and report["cases"][0]["orientation"] == "".join(
+        nib.orientations.aff2axcodes(nii.affine))
+
+
+class caplog_all:
+    """Collect every log record from every logger while the block runs."""
+
+    def __enter__(self):
+        import logging
+
+        self.records: list = []
+        self.handler = logging.Handler(level=logging.DEBUG)
+        self.handler.emit = self.records.append
+        logging.getLogger().addHandler(self.handler)
+        self._level = logging.getLogger().level
+        logging.getLogger().setLevel(logging.DEBUG)
+        return self.records
+
+    def __exit__(self, *exc):
+        import logging
+
+        logging.getLogger().removeHandler(self.handler)
+        logging.getLogger().setLevel(self._level)
+
+
+def test_convert_bad_input_exit_2_without_traceback(tmp_path, capsys):
+    from medseg.convert import main as convert
+
+    write_series(tmp_path / "s", volume(), oblique_affine())
+    (tmp_path / "s" / "empty.dcm").write_bytes(b"")
+    before = {p.name: p.read_bytes() for p in (tmp_path / "s").iterdir()}
+    assert convert([str(tmp_path / "s"), str(tmp_path / "out.nii.gz")]) == 2
+    err = capsys.readouterr().err
+    assert "empty.dcm: zero-length file" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "out.nii.gz").exists()
+    assert {p.name: p.read_bytes() for p in (tmp_path / "s").iterdir()} == before  # input untouched
+    (tmp_path / "junk.nii.gz").write_bytes(b"not an image at all")
+    assert convert([str(tmp_path / "junk.nii.gz"), str(tmp_path / "o.nrrd")]) == 2
+    assert "junk.nii.gz: cannot be read as an image" in capsys.readouterr().err
+    with pytest.raises(MedsegError):
+        convert([str(tmp_path / "junk.nii.gz"), str(tmp_path / "o.nrrd"), "--debug"])
+
+
+def test_convert_picks_series_and_dicom_seg_to_labels(tmp_path):
+    import highdicom as hd
+    import pydicom
+    from pydicom.sr.codedict import codes
+
+    from medseg.convert import main as convert
+    from medseg.data.images import read_image
+
+    vol, affine = volume(8), oblique_affine()
+    write_series(tmp_path / "f", vol, affine, series_uid="1.2.3.10", prefix="a")
+    write_series(tmp_path / "f", volume(9), np.diag([1.0, 1.0, 2.0, 1.0]), series_uid="1.2.3.11", prefix="b")
+    assert convert([str(tmp_path / "f"), str(tmp_path / "a.mha")]) == 2
+    assert convert([str(tmp_path / "f"), str(tmp_path / "a.mha"), "--series", "1.2.3.10"]) == 0
+    np.testing.assert_array_equal(read_image(tmp_path / "a.mha").array, vol)
+    # a DICOM SEG made by highdicom on that series converts to a label map on the series' grid
+    sources = sorted((pydicom.dcmread(p) for p in (tmp_path / "f").glob("a*.dcm")), key=lambda d: d.InstanceNumber)
+    mask = (vol > 800).transpose(2, 1, 0)  # (slice, row, column) in the order of `sources` (k = 0..)
+    desc = hd.seg.SegmentDescription(
+        segment_number=1, segment_label="hot", segmented_property_category=codes.SCT.Tissue,
+        segmented_property_type=codes.SCT.Tissue, algorithm_type=hd.seg.SegmentAlgorithmTypeValues.MANUAL)
+    seg = hd.seg.Segmentation(
+        source_images=sources, pixel_array=mask.astype(np.uint8), segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
+        segment_descriptions=[desc], series_instance_uid=hd.UID(), series_number=5, sop_instance_uid=hd.UID(),
+        instance_number=1, manufacturer="t", manufacturer_model_name="t", software_versions="1", device_serial_number="1")
+    seg.save_as(tmp_path / "seg.dcm")
+    assert convert([str(tmp_path / "seg.dcm"), str(tmp_path / "seg.nii.gz")]) == 0
+    labels = read_image(tmp_path / "seg.nii.gz")
+    from medseg.data.check import Header, grids_match
+
+    assert grids_match(Header(vol.shape, affine, False), Header(labels.array.shape, labels.affine, False), allow_reorder=True)
+    # same voxels once the axis order is matched: world position of every labelled voxel agrees
+    lab_world = labels.affine @ np.vstack([np.argwhere(labels.array > 0).T, np.ones((1, int((labels.array > 0).sum())))])
+    ref_world = affine @ np.vstack([np.argwhere(vol > 800).T, np.ones((1, int((vol > 800).sum())))])
+    key = lambda w: sorted(map(tuple, np.round(w[:3].T, 2)))  # noqa: E731
+    assert key(lab_world) == key(ref_world)

@@ -71,9 +71,19 @@ def largest_component_labels(cfg: dict[str, Any]) -> list[list[int]]:
     return [list(classes[name]) for name in cfg["evaluation"]["keep_largest_component"]]
 
 
+def mapped_labels(labels: np.ndarray, cfg: dict[str, Any]) -> np.ndarray:
+    """Label values as stored -> as trained (``data.label_map``, e.g. 0/255 masks -> 0/1)."""
+    out = np.asarray(labels).astype(np.int64)
+    source = out.copy()
+    for stored, value in (cfg["data"].get("label_map") or {}).items():
+        out[source == int(stored)] = int(value)
+    return out
+
+
 def case_id(case: dict[str, str]) -> str:
     """A case's name: its image file name without the image suffix."""
-    return case_name(Path(case["image"]))
+    image = case["image"]
+    return case_name(Path(image[0] if isinstance(image, list) else image))  # first channel of a multi-channel case
 
 
 def sliding_window_inferer(cfg: dict[str, Any]) -> SlidingWindowInferer:
@@ -98,9 +108,10 @@ def evaluate_cases(
         if tuple(pred.shape[1:]) != tuple(ref.shape[1:]):
             raise RuntimeError(f"{cid}: inverted prediction {tuple(pred.shape)} does not match label {tuple(ref.shape)}")
         affine = np.asarray(ref.affine, dtype=np.float64)
-        spacing = np.sqrt((affine[:3, :3] ** 2).sum(axis=0))
+        nd = ref.ndim - 1  # spatial dims (2D images carry a 3x3 or 4x4 affine)
+        spacing = np.sqrt((affine[:nd, :nd] ** 2).sum(axis=0))
         per_case[cid] = evaluate_case(
-            pred[0].numpy(), ref[0].numpy().astype(np.int64), spacing, cfg["evaluation"]["classes"],
+            pred[0].numpy(), mapped_labels(ref[0].numpy(), cfg), spacing, cfg["evaluation"]["classes"],
             tolerance_mm=cfg["evaluation"]["tolerance_mm"], worst_mm=cfg["evaluation"]["worst_mm"] or None,
         )
         write_label_nifti(pred[0].numpy(), affine, pred_dir / f"{cid}.nii.gz", source=Path(case["image"]))

@@ -43,6 +43,10 @@ def preprocess_spec(cfg: dict[str, Any], keys: tuple[str, ...] = KEYS) -> list[d
         {"_target_": "ScaleIntensityRanged", "keys": "image", "a_min": a_min, "a_max": a_max,
          "b_min": 0.0, "b_max": 1.0, "clip": True},
     ]
+    label_map = cfg["data"].get("label_map") or {}
+    if "label" in keys and label_map:  # file values -> label values, e.g. 0/255 masks (medseg.data.layouts)
+        spec.insert(1, {"_target_": "MapLabelValued", "keys": "label", "orig_labels": [int(v) for v in label_map],
+                        "target_labels": [int(v) for v in label_map.values()]})
     if pre["crop_foreground"]:
         spec.append({"_target_": "CropForegroundd", "keys": k, "source_key": "image", "allow_smaller": True})
     spec.append({"_target_": "EnsureTyped", "keys": k, "track_meta": True})

@@ -1,0 +1,236 @@
+"""Dataset layouts chosen by ``data.layout``: ``msd``, ``nnunet`` (v2 raw), ``csv`` and ``folders``.
+
+Every layout yields the same cases: ``{"image": path | [path per channel], "label": path}``, where a path
+may be a DICOM series folder. Before training, :func:`load_dataset` checks each case from the file
+headers (image and label on the same grid, readable files) and stops with both geometries in the
+message, or with ``data.skip_bad: true`` (``--skip-bad``) leaves the bad cases out and lists them.
+
+- ``msd``: ``dataset.json`` with ``training`` (and medseg's optional fixed ``validation``) lists.
+- ``nnunet``: ``dataset.json`` with ``channel_names``, ``labels`` and ``file_ending``; ``imagesTr/CASE_0000<ending>``
+  (``_0001`` ... for more channels) and ``labelsTr/CASE<ending>``.
+- ``csv``: ``data.dataset`` is a CSV file with ``image`` and ``label`` columns (paths relative to the CSV;
+  several channels separated by ``;``).
+- ``folders``: ``images/`` and ``labels/`` matched by file stem, any readable format, 2D or 3D, files or
+  DICOM series folders. 8-bit masks stored as 0/255 map to 0/1 (``data.label_map``).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import random
+from pathlib import Path
+from typing import Any
+
+from medseg.errors import MedsegError
+
+logger = logging.getLogger("medseg.data")
+
+LAYOUTS = ("msd", "nnunet", "csv", "folders")
+
+
+def _read_json(path: Path) -> dict:
+    if not path.is_file():
+        raise MedsegError(f"{path}: missing; this layout needs a dataset.json")
+    try:
+        meta = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise MedsegError(f"{path}: not valid JSON (line {err.lineno}: {err.msg})") from err
+    if not isinstance(meta, dict):
+        raise MedsegError(f"{path}: must be a JSON object")
+    return meta
+
+
+def detect_layout(root: Path) -> str:
+    """Guess the layout of a dataset path (used by ``medseg.data check`` when given a folder, not a task)."""
+    if root.is_file() and root.suffix.lower() == ".csv":
+        return "csv"
+    if (root / "dataset.json").is_file():
+        meta = _read_json(root / "dataset.json")
+        return "nnunet" if "channel_names" in meta or "file_ending" in meta else "msd"
+    if (root / "images").is_dir() and (root / "labels").is_dir():
+        return "folders"
+    raise MedsegError(f"{root}: not a dataset: expected dataset.json (MSD or nnU-Net), images/ + labels/, or a .csv file")
+
+
+def _nnunet_cases(root: Path) -> list[dict[str, Any]]:
+    manifest = root / "dataset.json"
+    meta = _read_json(manifest)
+    channels = meta.get("channel_names") or meta.get("modality")
+    if not isinstance(channels, dict) or not channels:
+        raise MedsegError(f"{manifest}: 'channel_names' must map channel numbers to names, e.g. {{\"0\": \"CT\"}}")
+    ending = str(meta.get("file_ending", ".nii.gz"))
+    n_channels = len(channels)
+    images, labels = root / "imagesTr", root / "labelsTr"
+    if not images.is_dir() or not labels.is_dir():
+        raise MedsegError(f"{root}: an nnU-Net raw dataset needs imagesTr/ and labelsTr/")
+    cases = []
+    for label in sorted(labels.iterdir()):
+        if not label.name.endswith(ending) or label.name.startswith("."):
+            continue
+        name = label.name[: -len(ending)]
+        paths = [images / f"{name}_{c:04d}{ending}" for c in range(n_channels)]
+        missing = [p.name for p in paths if not p.exists()]
+        if missing:
+            raise MedsegError(f"{images}: case '{name}' lacks {', '.join(missing)} ({n_channels} channel(s) declared)")
+        image: Any = str(paths[0]) if n_channels == 1 else [str(p) for p in paths]
+        cases.append({"image": image, "label": str(label)})
+    stray = sorted({p.name for p in images.iterdir() if p.name.endswith(ending)}
+                   - {Path(p).name for c in cases for p in ([c["image"]] if isinstance(c["image"], str) else c["image"])})
+    if stray:
+        raise MedsegError(f"{images}: images without a label in labelsTr/: {', '.join(stray[:5])}"
+                          f"{' ...' if len(stray) > 5 else ''}")
+    expected = meta.get("numTraining")
+    if isinstance(expected, int) and expected != len(cases):
+        raise MedsegError(f"{manifest}: numTraining is {expected} but labelsTr/ holds {len(cases)} cases")
+    if not cases:
+        raise MedsegError(f"{labels}: no label files ending in {ending}")
+    return cases
+
+
+def _csv_cases(path: Path) -> list[dict[str, Any]]:
+    if not path.is_file():
+        raise MedsegError(f"{path}: no such CSV file (data.dataset names the CSV for layout csv)")
+    with open(path, newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    if not rows or not {"image", "label"} <= set(rows[0]):
+        raise MedsegError(f"{path}: needs a header row with 'image' and 'label' columns and at least one case")
+    cases = []
+    for n, row in enumerate(rows, start=2):
+        parts = [p.strip() for p in (row["image"] or "").split(";") if p.strip()]
+        label = (row["label"] or "").strip()
+        if not parts or not label:
+            raise MedsegError(f"{path}: line {n}: empty image or label path")
+        resolved = [(path.parent / p).resolve() for p in parts] + [(path.parent / label).resolve()]
+        for p in resolved:
+            if not p.exists():
+                raise MedsegError(f"{path}: line {n}: {p} does not exist")
+        image: Any = str(resolved[0]) if len(parts) == 1 else [str(p) for p in resolved[:-1]]
+        cases.append({"image": image, "label": str(resolved[-1])})
+    return cases
+
+
+def _stem_map(folder: Path) -> dict[str, Path]:
+    from medseg.data.labelmaps import case_name
+
+    found: dict[str, Path] = {}
+    for child in sorted(folder.iterdir()):
+        if child.name.startswith("."):
+            continue
+        name = child.name if child.is_dir() else case_name(child)
+        if name in found:
+            raise MedsegError(f"{folder}: two entries share the stem '{name}' ({found[name].name}, {child.name})")
+        found[name] = child
+    return found
+
+
+def _folder_cases(root: Path) -> list[dict[str, Any]]:
+    images, labels = root / "images", root / "labels"
+    if not images.is_dir() or not labels.is_dir():
+        raise MedsegError(f"{root}: layout 'folders' needs images/ and labels/ sub-folders")
+    image_map, label_map = _stem_map(images), _stem_map(labels)
+    unlabelled = sorted(set(image_map) - set(label_map))
+    orphans = sorted(set(label_map) - set(image_map))
+    if orphans:
+        raise MedsegError(f"{labels}: labels without an image of the same stem in images/: {', '.join(orphans[:5])}")
+    if unlabelled:
+        logger.info("%s: %d image(s) without a label left out (%s)", images, len(unlabelled), ", ".join(unlabelled[:5]))
+    cases = [{"image": str(image_map[k].resolve()), "label": str(label_map[k].resolve())} for k in sorted(label_map)]
+    if not cases:
+        raise MedsegError(f"{root}: no image/label pairs with matching stems in images/ and labels/")
+    return cases
+
+
+def _root_for(cfg: dict[str, Any], root: Path) -> Path:
+    if not root.exists():
+        raise MedsegError(f"dataset {root} does not exist: set --data-dir or data.dataset to where it is")
+    return root
+
+
+def all_cases(cfg: dict[str, Any], root: Path) -> list[dict[str, Any]]:
+    """Every labelled case of the dataset at ``root`` in a stable order (file names), per ``data.layout``."""
+    from medseg.data.msd import load_msd_dataset
+
+    layout = cfg["data"]["layout"]
+    root = _root_for(cfg, Path(root))
+    if layout == "msd":
+        train, val = load_msd_dataset(root, cfg["data"]["labels"], 0.5, 0)  # checks the manifest and labels
+        return sorted(train + val, key=lambda c: c["image"])
+    if layout == "nnunet":
+        return _nnunet_cases(root)
+    if layout == "csv":
+        return _csv_cases(root)
+    if layout == "folders":
+        return _folder_cases(root)
+    raise MedsegError(f"data.layout '{layout}': choose one of {', '.join(LAYOUTS)}")
+
+
+def load_dataset(cfg: dict[str, Any], root: Path, seed: int) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Training and validation cases, checked from their headers before any training starts.
+
+    A fixed split (MSD ``validation`` list) is kept; otherwise ``data.val_fraction`` of the cases (at least
+    one) are held out after a shuffle with ``seed``. Bad cases stop with a message, or with
+    ``data.skip_bad`` are left out and listed. Detects 0/255 masks and sets ``data.label_map`` to {255: 1}.
+    """
+    from medseg.data.check import header_problems
+    from medseg.data.msd import load_msd_dataset
+
+    root = _root_for(cfg, Path(root))
+    data = cfg["data"]
+    fixed_val = None
+    if data["layout"] == "msd" and "validation" in _read_json(root / "dataset.json"):
+        cases, fixed_val = load_msd_dataset(root, data["labels"], data["val_fraction"], seed)
+    else:
+        cases = all_cases(cfg, root)
+    good, bad = [], []
+    for group in (cases, fixed_val or []):
+        kept = []
+        for case in group:
+            problems = header_problems(case)
+            if problems:
+                bad.append((case, problems))
+            else:
+                kept.append(case)
+        good.append(kept)
+    if bad:
+        listing = "; ".join(f"{Path(_first(c['image'])).name}: {p[0]}" for c, p in bad[:10])
+        if not data["skip_bad"]:
+            raise MedsegError(f"{len(bad)} bad case(s) in {root}: {listing}; fix them or set data.skip_bad: true"
+                              " (--skip-bad) to leave them out")
+        logger.warning("skipping %d bad case(s): %s", len(bad), listing)
+    _detect_255_masks(cfg, good[0] + good[1])
+    cases, fixed_val = good[0], (good[1] if fixed_val is not None else None)
+    if fixed_val is not None:
+        if not cases or not fixed_val:
+            raise MedsegError(f"{root}: no training or no validation case left after skipping bad cases")
+        return cases, fixed_val
+    if len(cases) < 2:
+        raise MedsegError(f"{root}: needs at least 2 good labelled cases to hold one out for validation, found {len(cases)}")
+    order = list(range(len(cases)))
+    random.Random(seed).shuffle(order)
+    n_val = max(1, round(data["val_fraction"] * len(cases)))
+    val_idx = set(order[:n_val])
+    return [c for i, c in enumerate(cases) if i not in val_idx], [c for i, c in enumerate(cases) if i in val_idx]
+
+
+def _first(image: Any) -> str:
+    return image[0] if isinstance(image, list) else image
+
+
+def _detect_255_masks(cfg: dict[str, Any], cases: list[dict[str, Any]]) -> None:
+    """8-bit PNG/TIFF masks stored as 0/255 (microscopy, e.g. EM membranes) become 0/1 through ``data.label_map``."""
+    import numpy as np
+
+    from medseg.data.images import read_image
+
+    data = cfg["data"]
+    if data["label_map"] or 255 in data["labels"].values():
+        return
+    two_d = [c for c in cases if Path(c["label"]).suffix.lower() in (".png", ".tif", ".tiff")]
+    if not two_d:
+        return
+    values = np.unique(read_image(Path(two_d[0]["label"])).array)
+    if set(values.tolist()) <= {0, 255} and 255 in values:
+        data["label_map"] = {255: 1}
+        logger.info("labels are 0/255 masks: mapping 255 to 1 (data.label_map)")
