@@ -31,7 +31,9 @@ def export_run(run_dir: Path, out: Path | None = None) -> Path:
     if out is not None:
         cfg["bundle"]["dir"] = str(out.parent)
         cfg["bundle"]["name"] = out.name
-    net = build_network(cfg["network"], 1, len(cfg["data"]["labels"]))
+    from medseg.transforms import input_channels
+
+    net = build_network(cfg["network"], input_channels(cfg), len(cfg["data"]["labels"]))
     try:
         net.load_state_dict(torch.load(needed[1], map_location="cpu", weights_only=True))
     except RuntimeError as err:

@@ -39,7 +39,7 @@ from medseg.engine.losses import monai_loss_def
 from medseg.engine.optim import bundle_scheduler_def, optimizer_def
 from medseg.fileio import publish_dir
 from medseg.networks import monai_network_def
-from medseg.transforms import augment_spec, ct_window, preprocess_spec
+from medseg.transforms import augment_spec, ct_window, input_channels, preprocess_spec
 
 SCHEMA_PATH = Path(__file__).with_name("metadata_schema.json")
 OFFICIAL_SCHEMA = "https://github.com/Project-MONAI/MONAI-extra-test-data/releases/download/0.8.1/meta_schema_20240725.json"
@@ -51,19 +51,23 @@ SCRIPT_MODULE = "medseg_transforms"
 
 def _bundle_spec(spec: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Point medseg's own transforms at the copy shipped in the bundle's ``scripts/`` folder."""
-    from medseg.transforms.pipeline import OWN_TRANSFORMS
+    from medseg.transforms.pipeline import OWN_TRANSFORMS, script_module
 
-    return [{**s, "_target_": f"scripts.{SCRIPT_MODULE}.{s['_target_']}"} if s["_target_"] in OWN_TRANSFORMS else s
-            for s in spec]
+    return [{**s, "_target_": f"scripts.{script_module(s['_target_'])}.{s['_target_']}"}
+            if s["_target_"] in OWN_TRANSFORMS else s for s in spec]
 
 
 def _write_scripts(bundle_dir: Path) -> None:
-    from medseg.transforms import resample
+    import importlib
+
+    from medseg.transforms.pipeline import BUNDLE_SCRIPTS
 
     scripts = bundle_dir / "scripts"
     scripts.mkdir()
     (scripts / "__init__.py").write_text('"""Code this bundle needs that MONAI does not provide (written by medseg)."""\n')
-    shutil.copyfile(resample.__file__, scripts / f"{SCRIPT_MODULE}.py")
+    for stem, module in BUNDLE_SCRIPTS.items():  # SCRIPT_MODULE (resampling) and medseg's other own transforms
+        shutil.copyfile(importlib.import_module(module).__file__, scripts / f"{stem}.py")
+    write_network_script(scripts)  # medseg's own networks and the size-padding wrapper
 
 
 def inference_config(cfg: dict[str, Any]) -> dict[str, Any]:
@@ -89,7 +93,7 @@ def inference_config(cfg: dict[str, Any]) -> dict[str, Any]:
         "dataset_dir": "data",
         "datalist": f"$sorted(set({globs}))",
         "device": "$torch.device('cuda:0' if torch.cuda.is_available() else 'cpu')",
-        "network_def": monai_network_def(cfg["network"], 1, n_classes),
+        "network_def": monai_network_def(cfg["network"], input_channels(cfg), n_classes),
         "network": "$@network_def.to(@device)",
         "preprocessing": {"_target_": "Compose", "transforms": _bundle_spec(preprocess_spec(cfg, ("image",)))},
         "dataset": {"_target_": "Dataset", "data": "$[{'image': i} for i in @datalist]", "transform": "@preprocessing"},
@@ -134,7 +138,7 @@ def train_config(cfg: dict[str, Any]) -> dict[str, Any]:
         "batch_size": tr["batch_size"],
         "learning_rate": tr["learning_rate"],
         "val_every": tr["val_every"],
-        "network_def": monai_network_def(cfg["network"], 1, n_classes),
+        "network_def": monai_network_def(cfg["network"], input_channels(cfg), n_classes),
         "network": "$@network_def.to(@device)",
         "loss": monai_loss_def(tr),
         "optimizer": {**optimizer_def(tr), "params": "$@network.parameters()", "lr": "@learning_rate"},
@@ -245,7 +249,7 @@ def metadata(cfg: dict[str, Any], summary: dict[str, dict[str, float]]) -> dict[
         "network_data_format": {
             "inputs": {"image": {
                 "type": "image", "format": "hounsfield" if cfg["data"]["modality"] == "CT" else "magnitude",
-                "modality": cfg["data"]["modality"], "num_channels": 1,
+                "modality": cfg["data"]["modality"], "num_channels": input_channels(cfg),
                 "spatial_shape": [f"{multiple}*n"] * dims, "dtype": "float32", "value_range": [0, 1],
                 "is_patch_data": True, "channel_def": {"0": "image"},
             }},

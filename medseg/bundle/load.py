@@ -57,10 +57,10 @@ def load_bundle(bundle_dir: Path, device: torch.device, trust: bool = False) -> 
     task_path = bundle_dir / "configs" / "medseg_task.json"
     if task_path.is_file():
         from medseg.networks import build_network
-        from medseg.transforms import build_eval_transforms
+        from medseg.transforms import build_eval_transforms, input_channels
 
         cfg = json.loads(task_path.read_text())
-        net = build_network(cfg["network"], 1, len(cfg["data"]["labels"]))
+        net = build_network(cfg["network"], input_channels(cfg), len(cfg["data"]["labels"]))
         _load_weights(net, weights, device)
         return LoadedBundle(name, cfg, net.to(device).eval(), build_eval_transforms(cfg, with_label=False))
     inference = bundle_dir / "configs" / "inference.json"
