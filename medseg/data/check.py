@@ -182,7 +182,13 @@ def check_case(case: dict[str, Any], expected: set[int] | None, label_map: dict[
             if read_header(path).floating:
                 from medseg.data.images import read_image
 
-                array = read_image(path).array
+                if path.name.lower().endswith((".nii", ".nii.gz")):
+                    import nibabel as nib
+
+                    # nibabel gives the stored values; SimpleITK's NIfTI reader turned a NaN voxel into 0 here
+                    array = np.asanyarray(nib.load(str(path)).dataobj)
+                else:
+                    array = read_image(path).array
                 bad = int((~np.isfinite(array)).sum())
                 if bad:
                     result.problems.append(f"{path.name}: {bad} NaN/inf voxel(s)")
