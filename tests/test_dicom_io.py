@@ -381,3 +381,23 @@ def test_convert_picks_series_and_dicom_seg_to_labels(tmp_path):
     ref_world = affine @ np.vstack([np.argwhere(vol > 800).T, np.ones((1, int((vol > 800).sum())))])
     key = lambda w: sorted(map(tuple, np.round(w[:3].T, 2)))  # noqa: E731
     assert key(lab_world) == key(ref_world)
+
+
+@pytest.mark.parametrize("signed", [1, 0])
+def test_12_bit_pixels_match_pydicom(tmp_path, signed):
+    """The uncompressed fast path masks / sign-extends BitsStored < BitsAllocated exactly as pydicom does."""
+    import pydicom
+
+    write_series(tmp_path / "s", volume(10), oblique_affine(), intercept=0.0 if signed else -1024.0)
+    expected = []
+    for path in sorted((tmp_path / "s").iterdir()):
+        ds = pydicom.dcmread(path)
+        raw = np.frombuffer(ds.PixelData, dtype="<i2" if signed else "<u2").copy()
+        raw = (raw & 0x0FFF) | (0x5000 if not signed else 0)  # 12 stored bits, junk in the unused high bits
+        ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 12, 11, signed
+        ds.PixelData = raw.astype("<u2").tobytes()
+        ds.save_as(path)
+        expected.append((ds.InstanceNumber, pydicom.dcmread(path).pixel_array.astype(np.int64) + int(ds.RescaleIntercept)))
+    got = read_dicom(tmp_path / "s")
+    reference = np.stack([plane for _, plane in sorted(expected)]).transpose(2, 1, 0)
+    np.testing.assert_array_equal(got.array, reference)

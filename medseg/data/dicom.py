@@ -298,24 +298,60 @@ def _pixels(path: Path, ds) -> np.ndarray:
         raise MedsegError(f"{path}: pixel data cannot be decoded{syntax}: {str(err).splitlines()[0]}") from err
 
 
+_NATIVE_LE = {"1.2.840.10008.1.2", "1.2.840.10008.1.2.1"}  # implicit / explicit VR little endian
+
+
+def _native_plane(ds, rows: int, cols: int) -> np.ndarray | None:
+    """Uncompressed little-endian greyscale with all allocated bits stored: the pixel bytes viewed in place.
+
+    Own fast path: pydicom's ``pixel_array`` spends ~1 ms per 512x512 slice on checks and a copy, which made
+    reading a 300-slice CT ~1.3x slower than SimpleITK; anything else goes through pydicom's decoders.
+    """
+    meta = getattr(ds, "file_meta", None)
+    syntax = str(meta.get("TransferSyntaxUID", "")) if meta is not None else ""
+    if syntax not in _NATIVE_LE or "PixelData" not in ds or int(ds.get("SamplesPerPixel", 1) or 1) != 1:
+        return None
+    bits, stored_bits = int(ds.get("BitsAllocated", 0) or 0), int(ds.get("BitsStored", 0) or 0)
+    if bits not in (8, 16, 32) or not 0 < stored_bits <= bits:
+        return None
+    signed = bool(int(ds.get("PixelRepresentation", 0) or 0))
+    dtype = np.dtype(f"<{'i' if signed else 'u'}{bits // 8}")
+    data = ds.PixelData
+    if len(data) < rows * cols * dtype.itemsize:
+        return None  # short data: pydicom's decoder names the problem
+    plane = np.frombuffer(data, dtype=dtype, count=rows * cols).reshape(rows, cols)
+    unused = bits - stored_bits
+    if unused and signed:  # e.g. 12 of 16 bits: sign-extend from the highest stored bit
+        plane = (plane << unused) >> unused
+    elif unused:
+        plane = plane & dtype.type((1 << stored_bits) - 1)
+    return plane
+
+
 def _read_single_frames(where: Path, info: SeriesInfo, members: list) -> DicomVolume:
     order, affine, notes = _check_series_geometry(where, info, members)
     first = members[order[0]]
     slopes = [float(members[i].get("RescaleSlope", 1) or 1) for i in order]
     intercepts = [float(members[i].get("RescaleIntercept", 0) or 0) for i in order]
     integral = all(s == 1.0 for s in slopes) and all(float(b).is_integer() for b in intercepts)
-    planes = []
-    for i in order:
-        raw = _pixels(info.files[i], members[i])
-        if raw.shape != (int(first.Rows), int(first.Columns)):
-            raise MedsegError(f"{info.files[i]}: pixel data is {raw.shape}, header says {int(first.Rows)}x{int(first.Columns)}")
-        planes.append(raw)
-    stored = np.stack(planes)  # (slice, row, column)
+    rows, cols = int(first.Rows), int(first.Columns)
+    stored = None
+    for n, i in enumerate(order):
+        raw = _native_plane(members[i], rows, cols)
+        if raw is None:
+            raw = _pixels(info.files[i], members[i])
+        if raw.shape != (rows, cols):
+            raise MedsegError(f"{info.files[i]}: pixel data is {raw.shape}, header says {rows}x{cols}")
+        if stored is None:
+            stored = np.empty((len(order), rows, cols), dtype=raw.dtype)  # (slice, row, column)
+        elif raw.dtype != stored.dtype:
+            stored = stored.astype(np.result_type(stored.dtype, raw.dtype))
+        stored[n] = raw
     if integral:
         lo = int(stored.min()) + int(min(intercepts))
         hi = int(stored.max()) + int(max(intercepts))
         dtype = np.int16 if -32768 <= lo and hi <= 32767 else np.int32
-        volume = stored.astype(dtype)
+        volume = stored.astype(dtype, copy=False)
         if any(intercepts):
             volume += np.asarray(intercepts, dtype=dtype)[:, None, None]
     else:
