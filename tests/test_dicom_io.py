@@ -360,6 +360,13 @@ def test_convert_picks_series_and_dicom_seg_to_labels(tmp_path):
     assert convert([str(tmp_path / "f"), str(tmp_path / "a.mha")]) == 2
     assert convert([str(tmp_path / "f"), str(tmp_path / "a.mha"), "--series", "1.2.3.10"]) == 0
     np.testing.assert_array_equal(read_image(tmp_path / "a.mha").array, vol)
+    # a folder as output: every series, named by a hash of its UID (no patient data in file names)
+    from medseg.data.dicom import hashed_uid
+
+    assert convert([str(tmp_path / "f"), str(tmp_path / "all") + "/"]) == 0
+    assert sorted(p.name for p in (tmp_path / "all").iterdir()) == sorted(
+        f"{hashed_uid(u)}.nii.gz" for u in ("1.2.3.10", "1.2.3.11"))
+    np.testing.assert_array_equal(read_image(tmp_path / "all" / f"{hashed_uid('1.2.3.11')}.nii.gz").array, volume(9))
     # a DICOM SEG made by highdicom on that series converts to a label map on the series' grid
     sources = sorted((pydicom.dcmread(p) for p in (tmp_path / "f").glob("a*.dcm")), key=lambda d: d.InstanceNumber)
     mask = (vol > 800).transpose(2, 1, 0)  # (slice, row, column) in the order of `sources` (k = 0..)
