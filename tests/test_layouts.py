@@ -50,6 +50,25 @@ def test_msd_layout_matches_the_msd_loader(tmp_path):
     assert load_dataset(cfg, root, seed=3) == load_msd_dataset(root, cfg["data"]["labels"], 0.2, 3)
 
 
+def test_unexpected_label_values_stop_training_with_one_line(tmp_path, capsys, monkeypatch):
+    from medseg.train import main
+
+    root = write_msd(tmp_path / "data" / "Task", n_cases=3, shape=(16, 14, 10))
+    _, label, affine = synthetic_case(shape=(16, 14, 10), seed=1)
+    label[2, 2, 2] = 5
+    nib.save(nib.Nifti1Image(label, affine), root / "labelsTr" / "case_001.nii.gz")
+    monkeypatch.chdir(tmp_path)
+    args = ["liver", "--data-dir", str(tmp_path / "data"), "--set", "data.dataset=Task", "--set", "tracking.enabled=false",
+            "--output-dir", str(tmp_path / "run")]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert "case_001.nii.gz: case_001.nii.gz: unexpected label value(s) [5]; expected [0, 1, 2]" in err
+    assert len(err.splitlines()) == 1 and "Traceback" not in err and not (tmp_path / "run").exists()
+    cfg = config("msd", skip_bad=True)
+    train, val = load_dataset(cfg, root, seed=0)
+    assert sorted(Path(c["label"]).name for c in train + val) == ["case_000.nii.gz", "case_002.nii.gz"]
+
+
 def test_nnunet_multichannel(tmp_path):
     root = write_nnunet(tmp_path / "Dataset001_Liver")
     cfg = config("nnunet")

@@ -128,6 +128,27 @@ def header_problems(case: dict[str, Any]) -> list[str]:
     return problems
 
 
+def label_values(case: dict[str, Any], expected: set[int] | None,
+                 label_map: dict[int, int] | None = None) -> tuple[list[int], list[str]]:
+    """The label values of a case's label file (after ``label_map``) and the problems with them."""
+    from medseg.data.labelmaps import read_labelmap
+
+    path = Path(case["label"])
+    if not path.is_file():
+        return [], []
+    try:
+        values = np.unique(read_labelmap(path).array)
+    except MedsegError as err:
+        return [], [str(err)]
+    if label_map:
+        values = np.unique([label_map.get(int(v), int(v)) for v in values])
+    found = [int(v) for v in values]
+    if expected is not None and not set(found) <= expected:
+        extra = sorted(set(found) - expected)
+        return found, [f"{path.name}: unexpected label value(s) {extra}; expected {sorted(expected)} (data.labels)"]
+    return found, []
+
+
 @dataclass
 class CaseResult:
     case: str
@@ -149,7 +170,7 @@ def axcodes(affine: np.ndarray) -> str:
 
 def check_case(case: dict[str, Any], expected: set[int] | None, label_map: dict[int, int] | None = None) -> CaseResult:
     """Every check on one case: headers, then label values and emptiness, then NaN/inf in floating images."""
-    from medseg.data.labelmaps import case_name, read_labelmap
+    from medseg.data.labelmaps import case_name
 
     images = _images(case)
     result = CaseResult(case_name(images[0]) if images[0].is_file() else images[0].name)
@@ -162,21 +183,11 @@ def check_case(case: dict[str, Any], expected: set[int] | None, label_map: dict[
     result.spacing = tuple(float(v) for v in np.linalg.norm(header.affine[:-1, :-1], axis=0))
     result.axcodes = axcodes(header.affine)
     result.problems += [p for p in header_problems(case) if "DICOM SEG" not in p]
-    try:
-        label = read_labelmap(Path(case["label"])) if Path(case["label"]).is_file() else None
-    except MedsegError as err:
-        result.problems.append(str(err))
-        label = None
-    if label is not None:
-        values = np.unique(label.array)
-        if label_map:
-            values = np.unique([label_map.get(int(v), int(v)) for v in values])
-        result.label_values = [int(v) for v in values]
-        if expected is not None and not set(result.label_values) <= expected:
-            extra = sorted(set(result.label_values) - expected)
-            result.problems.append(f"{Path(case['label']).name}: unexpected label value(s) {extra}; expected {sorted(expected)}")
-        if result.label_values == [0] or not result.label_values:
-            result.problems.append(f"{Path(case['label']).name}: empty label (background only)")
+    values, problems = label_values(case, expected, label_map)
+    result.label_values = values
+    result.problems += problems
+    if values == [0]:
+        result.problems.append(f"{Path(case['label']).name}: empty label (background only)")
     for path in images:
         try:
             if read_header(path).floating:

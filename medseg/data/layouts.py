@@ -167,13 +167,13 @@ def all_cases(cfg: dict[str, Any], root: Path) -> list[dict[str, Any]]:
 
 
 def load_dataset(cfg: dict[str, Any], root: Path, seed: int) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """Training and validation cases, checked from their headers before any training starts.
+    """Training and validation cases, checked before any training starts: headers (grids), then label values.
 
     A fixed split (MSD ``validation`` list) is kept; otherwise ``data.val_fraction`` of the cases (at least
     one) are held out after a shuffle with ``seed``. Bad cases stop with a message, or with
     ``data.skip_bad`` are left out and listed. Detects 0/255 masks and sets ``data.label_map`` to {255: 1}.
     """
-    from medseg.data.check import header_problems
+    from medseg.data.check import header_problems, label_values
     from medseg.data.msd import load_msd_dataset
 
     root = _root_for(cfg, Path(root))
@@ -183,23 +183,26 @@ def load_dataset(cfg: dict[str, Any], root: Path, seed: int) -> tuple[list[dict[
         cases, fixed_val = load_msd_dataset(root, data["labels"], data["val_fraction"], seed)
     else:
         cases = all_cases(cfg, root)
-    good, bad = [], []
-    for group in (cases, fixed_val or []):
-        kept = []
-        for case in group:
-            problems = header_problems(case)
-            if problems:
-                bad.append((case, problems))
-            else:
-                kept.append(case)
-        good.append(kept)
+    groups = [cases, fixed_val or []]
+    bad: list[tuple[dict[str, Any], list[str]]] = []
+    found = _problems(groups, header_problems)
+    _detect_255_masks(cfg, [c for g, f in zip(groups, found) for c, p in zip(g, f) if not p])
+    expected = set(data["labels"].values())
+    label_map = {int(k): int(v) for k, v in data["label_map"].items()}
+    # label values: every label file is read once (threads: decompression releases the GIL)
+    readable = [[c for c, p in zip(g, f) if not p] for g, f in zip(groups, found)]
+    values = [iter(v) for v in _problems(readable, lambda c: label_values(c, expected, label_map)[1])]
+    found = [[p or next(v) for p in f] for f, v in zip(found, values)]
+    good = []
+    for group, problems in zip(groups, found):
+        good.append([c for c, p in zip(group, problems) if not p])
+        bad += [(c, p) for c, p in zip(group, problems) if p]
     if bad:
         listing = "; ".join(f"{Path(_first(c['image'])).name}: {p[0]}" for c, p in bad[:10])
         if not data["skip_bad"]:
             raise MedsegError(f"{len(bad)} bad case(s) in {root}: {listing}; fix them or set data.skip_bad: true"
                               " (--skip-bad) to leave them out")
         logger.warning("skipping %d bad case(s): %s", len(bad), listing)
-    _detect_255_masks(cfg, good[0] + good[1])
     cases, fixed_val = good[0], (good[1] if fixed_val is not None else None)
     if fixed_val is not None:
         if not cases or not fixed_val:
@@ -212,6 +215,14 @@ def load_dataset(cfg: dict[str, Any], root: Path, seed: int) -> tuple[list[dict[
     n_val = max(1, round(data["val_fraction"] * len(cases)))
     val_idx = set(order[:n_val])
     return [c for i, c in enumerate(cases) if i not in val_idx], [c for i, c in enumerate(cases) if i in val_idx]
+
+
+def _problems(groups: list[list[dict[str, Any]]], check) -> list[list[list[str]]]:
+    """``check(case)`` for every case of every group, on a few threads (file reading and zlib release the GIL)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        return [list(pool.map(check, group)) for group in groups]
 
 
 def _first(image: Any) -> str:
