@@ -93,6 +93,7 @@ DEFAULTS: dict[str, Any] = {
         "early_stopping_patience": 0,  # validations without improvement before stopping; 0 = off
         "early_stopping_min_delta": 0.0,  # improvement in validation mean Dice that counts
         "checkpoint_every": 1,  # epochs between resumable checkpoints (checkpoints/last.pt)
+        "folds": 5,  # k of k-fold cross-validation (--fold K / --folds all)
         "val_every": 2,
         "seed": 0,
         "num_workers": 0,
@@ -240,6 +241,8 @@ def _validate(cfg: dict, source: str) -> None:
     for key in ("epochs", "iterations_per_epoch", "batch_size", "val_every"):
         if train[key] < 1:
             raise MedsegError(f"{source}: key 'training.{key}' must be at least 1")
+    if train["folds"] < 2:
+        raise MedsegError(f"{source}: key 'training.folds' must be at least 2")
     for key in ("accumulation_steps", "checkpoint_every", "step_size", "restart_epochs", "restart_mult"):
         if train[key] < 1:
             raise MedsegError(f"{source}: key 'training.{key}' must be at least 1")

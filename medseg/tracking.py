@@ -123,9 +123,12 @@ class Tracker:
         run_name: unique name, so MONAI's handlers attach to this run and no other.
         run_dir: where failed calls are recorded (``mlflow_unlogged.jsonl``).
         optional: with an unreachable server, train without tracking instead of stopping.
+        run_id: continue this existing MLflow run (``--resume``) instead of creating one.
     """
 
-    def __init__(self, cfg: dict[str, Any], run_name: str, run_dir: Path, optional: bool = False) -> None:
+    def __init__(
+        self, cfg: dict[str, Any], run_name: str, run_dir: Path, optional: bool = False, run_id: str | None = None
+    ) -> None:
         self.uri = tracking_uri()
         _check_uri(self.uri)
         self.run_name, self.run_dir = run_name, run_dir
@@ -159,7 +162,11 @@ class Tracker:
                 exp = self.client.get_experiment_by_name(self.experiment_name)
             self.experiment = exp
             tags = {"task": cfg["task"], "network": cfg["network"]["name"], "fold": "none", **system_info()}
-            self.run = self.client.create_run(exp.experiment_id, run_name=run_name, tags=tags)
+            if run_id:  # --resume: go on in the run the interrupted training started
+                self.run = self.client.get_run(run_id)
+                self.client.update_run(run_id, status="RUNNING")
+            else:
+                self.run = self.client.create_run(exp.experiment_id, run_name=run_name, tags=tags)
         except MedsegError:
             raise
         except Exception as err:  # MLflow raises many types for a broken or unreachable store

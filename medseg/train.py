@@ -13,6 +13,7 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -24,7 +25,14 @@ logger = logging.getLogger("medseg")
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m medseg.train", description=__doc__.splitlines()[0])
-    parser.add_argument("task", help=f"task name in pipelines/ ({', '.join(available_tasks())}) or a path to a YAML")
+    parser.add_argument("task", nargs="?",
+                        help=f"task name in pipelines/ ({', '.join(available_tasks())}) or a path to a YAML")
+    parser.add_argument("--resume", type=Path, metavar="RUN_DIR",
+                        help="continue an interrupted run from its last checkpoint (same config, same MLflow run)")
+    parser.add_argument("--fold", type=int, metavar="K", help="train fold K (0-based) of training.folds-fold CV")
+    parser.add_argument("--folds", choices=["all"], help="train every fold of the cross-validation, then summarise")
+    parser.add_argument("--max-minutes", type=float, default=0.0, metavar="M",
+                        help="stop training after M minutes (after that epoch's validation), then evaluate and export")
     parser.add_argument("--epochs", type=int, help="override training.epochs")
     parser.add_argument("--data-dir", type=Path, help="folder holding the datasets (default: ./data)")
     parser.add_argument("--output-dir", type=Path, help="run directory (default: runs/<task>/<timestamp>)")
@@ -86,12 +94,11 @@ def write_cases(run_dir: Path, train_files: list[dict], val_files: list[dict]) -
     atomic_write_text(run_dir / "cases.json", json.dumps(split, indent=1))
 
 
-def augmentation_preview_png(cfg: dict, case: dict, run_dir: Path) -> Path:
-    from medseg.reporting import augmentation_preview
-    from medseg.transforms.preview import preview_samples
+def augmentation_preview_png(cfg: dict, cases: list[dict], run_dir: Path) -> Path:
+    """The grid ``python -m medseg.preview`` draws: training patches before and after augmentation."""
+    from medseg.transforms.preview import write_preview
 
-    image, label, augmented = preview_samples(cfg, case, n=3, seed=cfg["training"]["seed"])
-    return augmentation_preview(image, label, augmented, run_dir / "augmentation_preview.png")
+    return write_preview(cfg, cases, run_dir / "augmentation_preview.png", n=8, seed=cfg["training"]["seed"])
 
 
 def run(argv: Sequence[str] | None = None) -> int:
@@ -101,39 +108,158 @@ def run(argv: Sequence[str] | None = None) -> int:
         overrides.append(f"training.epochs={args.epochs}")
     if args.skip_bad:
         overrides.append("data.skip_bad=true")
-    cfg = load_config(args.task, overrides)
-    task = cfg["task"]
-    setup_logging()
-    started = time.monotonic()
+    if args.fold is not None and args.folds:
+        raise MedsegError("--fold and --folds: give one of them")
+    if args.resume is not None:
+        from medseg.engine.resume import resume_config
 
-    from medseg.data.layouts import load_dataset
-    from medseg.engine import evaluate_cases, train
+        cfg, requested = resume_config(args.resume, args.task, overrides)
+    elif not args.task:
+        raise MedsegError("a task is needed: python -m medseg.train TASK_OR_YAML (or --resume RUN_DIR)")
+    else:
+        cfg = load_config(args.task, overrides)
+        requested = cfg
+    setup_logging()
+    from medseg.engine import distributed
+
+    ctx = distributed.setup(cfg["training"]["device"])
+    if not ctx.main:
+        logging.getLogger("medseg").setLevel(logging.WARNING)  # one log: rank 0's
+    try:
+        return _run_task(args, cfg, requested, ctx)
+    finally:
+        distributed.teardown()
+
+
+def _run_task(args: argparse.Namespace, cfg: dict, requested: dict, ctx: Any) -> int:
+    """One run, one fold (``--fold``), every fold (``--folds all``), or the continuation of any of them."""
+    from medseg.data.layouts import all_cases, load_dataset
+    from medseg.engine import distributed
+    from medseg.engine.folds import fold_split, make_folds, summarise_folds
+
+    task = cfg["task"]
+    k = cfg["training"]["folds"]
+    data_dir = args.data_dir or Path("data")
+    if args.resume is not None:
+        from medseg.engine.resume import read_state
+
+        state = read_state(args.resume)
+        if state.get("folds") == "all":  # the parent of fold_0 ... fold_{k-1}: finish the folds not finished
+            root = locate_dataset(cfg, data_dir, explicit=args.data_dir is not None)
+            cases = all_cases(cfg, root)
+            parts = make_folds(cases, k, cfg["training"]["seed"], args.resume)
+            for fold in range(k):
+                fold_dir = args.resume / f"fold_{fold}"
+                if (fold_dir / "run.json").is_file():
+                    continue
+                train_files, val_files = fold_split(cases, parts, fold)
+                _train_run(args, cfg, requested, train_files, val_files, fold_dir, ctx,
+                           resume=(fold_dir / "checkpoints" / "last.pt").is_file(), fold=fold)
+            return _fold_summary(args.resume, k, ctx, summarise_folds)
+        split = json.loads((args.resume / "cases.json").read_text())
+        train_files, val_files = ([{k2: v for k2, v in c.items() if k2 != "case"} for c in split[p]]
+                                  for p in ("train", "val"))
+        return _train_run(args, cfg, requested, train_files, val_files, args.resume, ctx,
+                          resume=(args.resume / "checkpoints" / "last.pt").is_file(), fold=state.get("fold"))
+
+    root = locate_dataset(cfg, data_dir, explicit=args.data_dir is not None)
+    run_dir = args.output_dir or Path("runs") / task / time.strftime("%Y%m%d-%H%M%S")
+    run_dir = distributed.broadcast(run_dir, ctx)  # the time stamp of rank 0
+    if args.fold is None and not args.folds:
+        train_files, val_files = load_dataset(cfg, root, cfg["training"]["seed"])
+        return _train_run(args, cfg, requested, train_files, val_files, run_dir, ctx)
+    cases = all_cases(cfg, root)
+    if ctx.main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    distributed.barrier(ctx)
+    parts = make_folds(cases, k, cfg["training"]["seed"], run_dir) if ctx.main else None
+    parts = distributed.broadcast(parts, ctx)
+    if args.fold is not None:
+        train_files, val_files = fold_split(cases, parts, args.fold)
+        return _train_run(args, cfg, requested, train_files, val_files, run_dir, ctx, fold=args.fold)
+    if ctx.main:
+        from medseg.engine.resume import write_state
+
+        write_state(run_dir, requested, folds="all")
+    for fold in range(k):
+        train_files, val_files = fold_split(cases, parts, fold)
+        _train_run(args, cfg, requested, train_files, val_files, run_dir / f"fold_{fold}", ctx, fold=fold)
+    return _fold_summary(run_dir, k, ctx, summarise_folds)
+
+
+def _fold_summary(parent: Path, k: int, ctx: Any, summarise_folds: Any) -> int:
+    if ctx.main:
+        summary = summarise_folds(parent, k)
+        for cls, entry in summary.items():
+            logger.info("cross-validation %s: Dice %.3f ± %.3f over %d folds", cls, entry["dice"]["mean"],
+                        entry["dice"]["std"], k)
+        logger.info("cross-validation summary in %s", parent / "cv_summary.md")
+    return 0
+
+
+def _train_run(
+    args: argparse.Namespace,
+    cfg: dict,
+    requested: dict,
+    train_files: list[dict],
+    val_files: list[dict],
+    run_dir: Path,
+    ctx: Any,
+    resume: bool = False,
+    fold: int | None = None,
+) -> int:
+    """Train (or continue), evaluate, report and export one run in ``run_dir``."""
+    from medseg.engine import distributed, evaluate_cases, train
+    from medseg.engine.resume import read_state, write_state
     from medseg.evaluation import summarise, write_reports
     from medseg.evaluation.metrics import format_table
 
-    data_dir = args.data_dir or Path("data")
-    root = locate_dataset(cfg, data_dir, explicit=args.data_dir is not None)
-    train_files, val_files = load_dataset(cfg, root, cfg["training"]["seed"])
-    run_dir = args.output_dir or Path("runs") / task / time.strftime("%Y%m%d-%H%M%S")
+    task = cfg["task"]
+    started = time.monotonic()
+    if not ctx.main:  # the other ranks train their share with rank 0's fitted config; rank 0 writes everything
+        distributed.barrier(ctx)
+        cfg = yaml.safe_load((run_dir / "config.yaml").read_text())
+        train(cfg, run_dir, train_files, val_files, None, resume=resume, max_minutes=args.max_minutes)
+        return 0
     run_dir.mkdir(parents=True, exist_ok=True)
     setup_logging(run_dir)
-    (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
-    logger.info("run directory %s", run_dir)
-    logger.info("dataset %s: %d training, %d validation cases", root, len(train_files), len(val_files))
-    write_cases(run_dir, train_files, val_files)
+    if resume:
+        logger.info("resuming run %s", run_dir)
+    else:
+        from medseg.transforms import fit_preprocessing
+
+        cfg = fit_preprocessing(cfg, train_files)  # spacing: auto, histogram landmarks: learned on the training set
+        (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+        logger.info("run directory %s", run_dir)
+        logger.info("dataset: %d training, %d validation cases%s", len(train_files), len(val_files),
+                    "" if fold is None else f" (fold {fold})")
+        write_cases(run_dir, train_files, val_files)
+        write_state(run_dir, requested, fold=fold)
+    distributed.barrier(ctx)
 
     tracker = None
     if cfg["tracking"]["enabled"]:
         from medseg.tracking import Tracker, dataset_fingerprint
 
-        tracker = Tracker(cfg, run_name=f"{task}-{run_dir.name}", run_dir=run_dir, optional=args.tracking_optional)
-        tracker.log_params(dataset_fingerprint(train_files, val_files))
+        run_name = f"{task}-{run_dir.name}" if fold is None else f"{task}-{run_dir.resolve().parent.name}-{run_dir.name}"
+        run_id = read_state(run_dir).get("mlflow_run_id") if resume else None
+        tracker = Tracker(cfg, run_name=run_name, run_dir=run_dir, optional=args.tracking_optional, run_id=run_id)
+        if tracker.active:
+            write_state(run_dir, requested, mlflow_run_id=tracker.run_id)
+            if fold is not None:
+                tracker.guard("tag", lambda: tracker.client.set_tag(tracker.run_id, "fold", str(fold)))
+        if not resume:
+            tracker.log_params(dataset_fingerprint(train_files, val_files))
     status = "FAILED"
     try:
-        preview = augmentation_preview_png(cfg, train_files[0], run_dir)
-        if tracker is not None:
-            tracker.log_artifact(preview)
-        result = train(cfg, run_dir, train_files, val_files, tracker)
+        if not resume:
+            preview = augmentation_preview_png(cfg, train_files, run_dir)
+            if tracker is not None:
+                tracker.log_artifact(preview)
+        result = train(cfg, run_dir, train_files, val_files, tracker, resume=resume, max_minutes=args.max_minutes)
+        if result.stop_reason:
+            logger.info("training stopped at epoch %d/%d by the %s", result.epochs_run, cfg["training"]["epochs"],
+                        result.stop_reason)
         logger.info(
             "training done in %.0fs; best validation mean Dice %.3f at epoch %d",
             result.seconds, result.best_val_dice, result.best_epoch,
@@ -152,7 +278,8 @@ def run(argv: Sequence[str] | None = None) -> int:
         elapsed = time.monotonic() - started
         (run_dir / "run.json").write_text(json.dumps(
             {"task": task, "seconds": round(elapsed, 1), "best_val_mean_dice": result.best_val_dice,
-             "best_epoch": result.best_epoch, "bundle": str(bundle_dir) if bundle_dir else None}, indent=2))
+             "best_epoch": result.best_epoch, "epochs_run": result.epochs_run, "stop_reason": result.stop_reason,
+             "fold": fold, "bundle": str(bundle_dir) if bundle_dir else None}, indent=2))
         from medseg.reporting import redraw
 
         figures = redraw(run_dir, cfg)

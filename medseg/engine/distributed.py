@@ -95,6 +95,14 @@ def any_rank(flags: list[bool], ctx: Context, device: torch.device) -> list[bool
     return [bool(v) for v in t.tolist()]
 
 
+def mean_over_ranks(value: float, ctx: Context, device: torch.device) -> float:
+    if not ctx.distributed:
+        return value
+    t = torch.tensor([value], dtype=torch.float64, device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    return float(t.item()) / ctx.world
+
+
 def barrier(ctx: Context) -> None:
     if ctx.distributed:
         dist.barrier()

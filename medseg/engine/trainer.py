@@ -260,7 +260,7 @@ def train(
     """
     tr = cfg["training"]
     ctx = distributed.current()
-    set_determinism(seed=tr["seed"] + ctx.rank)  # per-rank augmentation; DDP copies rank 0's initial weights
+    set_determinism(seed=tr["seed"])  # the same initial weights on every rank; data streams differ per rank
     torch.set_num_threads(tr["threads"] or os.cpu_count() or 1)
     device = distributed.device_for(ctx, pick_device(tr["device"]))
     n_classes = len(cfg["data"]["labels"])
@@ -325,6 +325,14 @@ def train(
         **amp_args,
     )
     stop = _Stop()
+    if ctx.distributed:
+
+        @trainer.on(Events.ITERATION_COMPLETED)
+        def _global_loss(engine: SupervisedTrainer) -> None:
+            """The loss over all ranks' batches (attached first: the log, history and MLflow all see it)."""
+            mean = distributed.mean_over_ranks(float(engine.state.output[0]["loss"]), ctx, device)
+            for item in engine.state.output:
+                item["loss"] = torch.tensor(mean)
 
     @trainer.on(Events.EPOCH_COMPLETED)
     def _validate_last(engine: SupervisedTrainer) -> None:
@@ -407,6 +415,7 @@ def train(
             "stop_reason": stop.reason,
             "history": history,
             "rng": rng_state(transforms),
+            "data_generator": train_loader.generator.get_state(),
         }
 
     @trainer.on(Events.EPOCH_COMPLETED)
@@ -430,6 +439,7 @@ def train(
             early.load_state_dict(state["early_stopping"])
         stop.reason = state["stop_reason"] if state["stop_reason"] == "early stopping" else ""  # a new time budget
         set_rng_state(state["rng"], transforms)
+        train_loader.generator.set_state(state["data_generator"])
         logger.info("resuming from %s at epoch %d/%d", last_path, trainer.state.epoch, tr["epochs"])
 
     logger.info(

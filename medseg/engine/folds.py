@@ -1,0 +1,86 @@
+"""k-fold cross-validation: reproducible splits stored with the run, and the summary across folds.
+
+The labelled cases (``medseg.data.layouts.all_cases``, stable order) are shuffled once with
+``training.seed`` and cut into ``training.folds`` near-equal parts; fold k validates on part k and trains
+on the rest. ``folds.json`` in the run folder lists every fold's validation cases, so the split can be
+reproduced and checked without re-deriving it. ``--folds all`` trains fold_0 ... fold_{k-1} as
+sub-runs and writes ``cv_summary.json`` / ``cv_summary.md``: per class and metric, the mean and sample
+standard deviation over the folds of each fold's mean.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from medseg.errors import MedsegError
+from medseg.fileio import atomic_write_text
+
+FOLDS_FILE = "folds.json"
+
+
+def kfold_parts(n: int, k: int, seed: int) -> list[list[int]]:
+    """Indices 0..n-1, shuffled with ``seed``, cut into ``k`` parts whose sizes differ by at most one."""
+    if k < 2 or k > n:
+        raise MedsegError(f"training.folds: {k} folds need between 2 and {n} cases (the dataset has {n})")
+    order = np.random.RandomState(seed).permutation(n)
+    return [sorted(int(i) for i in part) for part in np.array_split(order, k)]
+
+
+def make_folds(cases: list[dict[str, Any]], k: int, seed: int, run_dir: Path) -> list[list[int]]:
+    """The fold parts, written to (or, when present, read back from and checked against) ``run_dir/folds.json``."""
+    from medseg.engine.inference import case_id
+
+    ids = [case_id(c) for c in cases]
+    path = run_dir / FOLDS_FILE
+    if path.is_file():
+        stored = json.loads(path.read_text())
+        if sorted(ids) != sorted(i for part in stored["val_cases"] for i in part):
+            raise MedsegError(f"{path}: its cases differ from the dataset's; use a new run folder")
+        index = {cid: n for n, cid in enumerate(ids)}
+        return [sorted(index[c] for c in part) for part in stored["val_cases"]]
+    parts = kfold_parts(len(cases), k, seed)
+    atomic_write_text(path, json.dumps({"k": k, "seed": seed, "val_cases": [[ids[i] for i in p] for p in parts]},
+                                       indent=1))
+    return parts
+
+
+def fold_split(cases: list[dict[str, Any]], parts: list[list[int]], fold: int) -> tuple[list[dict], list[dict]]:
+    """(training cases, validation cases) of ``fold``."""
+    if not 0 <= fold < len(parts):
+        raise MedsegError(f"--fold {fold}: choose 0 to {len(parts) - 1} (training.folds = {len(parts)})")
+    val = set(parts[fold])
+    return [c for i, c in enumerate(cases) if i not in val], [cases[i] for i in sorted(val)]
+
+
+def summarise_folds(parent: Path, k: int) -> dict[str, dict[str, dict[str, float]]]:
+    """``{class: {metric: {"mean", "std", "folds"}}}`` over the folds' ``metrics.json``; written as
+    ``cv_summary.json`` and a Markdown table ``cv_summary.md`` in ``parent``."""
+    per_fold = []
+    for fold in range(k):
+        path = parent / f"fold_{fold}" / "metrics.json"
+        if not path.is_file():
+            raise MedsegError(f"{path}: missing; fold {fold} did not finish (resume it with --resume {parent})")
+        per_fold.append(json.loads(path.read_text()))
+    summary: dict[str, dict[str, dict[str, float]]] = {}
+    for cls, metrics in per_fold[0].items():
+        for metric in metrics:
+            if metric.endswith(("_std", "_median")) or metric == "cases":
+                continue
+            values = [float(f[cls][metric]) for f in per_fold if metric in f.get(cls, {})]
+            finite = [v for v in values if math.isfinite(v)]
+            mean = float(np.mean(finite)) if finite else float("nan")
+            std = float(np.std(finite, ddof=1)) if len(finite) > 1 else 0.0
+            summary.setdefault(cls, {})[metric] = {"mean": mean, "std": std, "folds": values}
+    atomic_write_text(parent / "cv_summary.json", json.dumps(summary, indent=1))
+    metrics = list(next(iter(summary.values())))
+    lines = [f"# Cross-validation: {k} folds", "", "| class | " + " | ".join(metrics) + " |",
+             "|---|" + "---|" * len(metrics)]
+    for cls, entry in summary.items():
+        lines.append(f"| {cls} | " + " | ".join(f"{entry[m]['mean']:.3f} ± {entry[m]['std']:.3f}" for m in metrics) + " |")
+    atomic_write_text(parent / "cv_summary.md", "\n".join(lines) + "\n")
+    return summary

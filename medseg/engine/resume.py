@@ -1,0 +1,92 @@
+"""``--resume RUN_DIR``: what a run folder must hold to be continued, and the config check.
+
+A run folder records, besides ``config.yaml`` (the resolved, fitted config) and ``cases.json`` (the split),
+``resume.json``: the config as requested (before preprocessing was fitted to the data), the MLflow run id
+and the fold. ``--resume`` takes the config from there; a TASK or ``--set`` given with it must resolve to
+the same config, or the run stops naming the keys that differ.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from medseg.config import load_config
+from medseg.errors import MedsegError
+from medseg.fileio import atomic_write_text
+
+STATE = "resume.json"
+
+
+def write_state(run_dir: Path, requested: dict[str, Any], **extra: Any) -> None:
+    """Record (or update) ``resume.json`` in ``run_dir``."""
+    path = run_dir / STATE
+    state = json.loads(path.read_text()) if path.is_file() else {}
+    state.update({"requested_config": requested, **extra})
+    atomic_write_text(path, json.dumps(state, indent=1))
+
+
+def read_state(run_dir: Path) -> dict[str, Any]:
+    return json.loads((run_dir / STATE).read_text())
+
+
+def differing_keys(a: Any, b: Any, prefix: str = "") -> list[str]:
+    """Dotted keys whose values differ between two nested configs."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        keys: list[str] = []
+        for k in sorted(set(a) | set(b), key=str):
+            dotted = f"{prefix}{k}"
+            if k not in a or k not in b:
+                keys.append(dotted)
+            else:
+                keys += differing_keys(a[k], b[k], dotted + ".")
+        return keys
+    return [] if a == b else [prefix.rstrip(".") or "(root)"]
+
+
+def check_run_dir(run_dir: Path) -> None:
+    """Refuse a folder that is not a resumable medseg run."""
+    if not run_dir.is_dir():
+        raise MedsegError(f"--resume {run_dir}: no such folder")
+    missing = [name for name in ("config.yaml", STATE, "cases.json") if not (run_dir / name).is_file()]
+    if missing:
+        raise MedsegError(
+            f"--resume {run_dir}: not a medseg run folder (no {', '.join(missing)}); pass the folder a run of"
+            " python -m medseg.train wrote (runs/<task>/<time stamp>, or its --output-dir)"
+        )
+
+
+def resume_config(run_dir: Path, task: str | None, overrides: list[str]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(the run's fitted config, its requested config) for ``--resume run_dir``.
+
+    With ``task`` or ``overrides``, the config they resolve to must equal the recorded one.
+    """
+    check_run_dir(run_dir)
+    state = read_state(run_dir)
+    requested = state["requested_config"]
+    if task or overrides:
+        if task:
+            fresh = load_config(task, overrides)
+        else:  # --set on top of the recorded config: any key it changes (or adds) differs
+            fresh = copy.deepcopy(requested)
+            for item in overrides:
+                key, _, text = item.partition("=")
+                *parents, last = key.strip().split(".")
+                node = fresh
+                for part in parents:
+                    node = node.setdefault(part, {}) if isinstance(node, dict) else {}
+                if isinstance(node, dict):
+                    node[last] = yaml.safe_load(text) if text else text
+        differ = differing_keys(requested, fresh)
+        if differ:
+            shown = ", ".join(differ[:12]) + (f" (+{len(differ) - 12} more)" if len(differ) > 12 else "")
+            raise MedsegError(
+                f"--resume {run_dir}: the config differs from the run's in {shown}; resume without a task and"
+                " --set (the run's own config is used), or start a new run"
+            )
+    fitted = yaml.safe_load((run_dir / "config.yaml").read_text())
+    return fitted, requested
