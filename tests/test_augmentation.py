@@ -1,0 +1,144 @@
+"""Augmentation: elastic deformation bounds, image/label alignment, seeded batches with workers, preview."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from monai.data import CacheDataset, DataLoader, MetaTensor
+from monai.networks.layers import GaussianFilter
+from monai.transforms import Compose
+from torch.utils.data import RandomSampler
+
+from medseg.config import load_config
+from medseg.transforms import build_train_transforms, data_generator
+from medseg.transforms.pipeline import instantiate, random_spec
+
+from .conftest import FAST, write_msd
+
+ONLY = ["augmentation.rotate_prob=0", "augmentation.scale_prob=0", "augmentation.flip_prob=0",
+        "augmentation.intensity_prob=0", "augmentation.elastic.prob=0"]
+
+
+def _chain(overrides: list[str]) -> Compose:
+    return Compose(instantiate(random_spec(load_config("liver", overrides))))
+
+
+def _cube(shape, centre, half=2):
+    label = torch.zeros((1, *shape), dtype=torch.float32)
+    label[(0, *[slice(c - half, c + half + 1) for c in centre])] = 1
+    return label
+
+
+def _centroid(label: torch.Tensor) -> np.ndarray:
+    return np.argwhere(label[0].numpy() > 0.5).mean(0)
+
+
+@pytest.mark.parametrize("dims", [3, 2])
+def test_elastic_keeps_the_label_binary_and_moves_a_point_within_the_field_bound(dims):
+    shape, centre = (32,) * dims, (16,) * dims
+    overrides = ONLY + ["augmentation.elastic.prob=1", "augmentation.elastic.sigma=[3,3]",
+                        "augmentation.elastic.magnitude=[300,300]"]
+    if dims == 2:
+        overrides += ["network.spatial_dims=2", "training.patch_size=[32,32]", "preprocessing.spacing=[1,1]"]
+    chain = _chain(overrides)
+    assert type(chain.transforms[0]).__name__ == ("Rand3DElasticd" if dims == 3 else "RandElastic2Dd")
+    chain.set_random_state(seed=3)
+    label = _cube(shape, centre)
+    out = chain({"image": MetaTensor(label.clone()), "label": MetaTensor(label.clone())})
+    assert set(torch.unique(out["label"]).tolist()) <= {0.0, 1.0} and out["label"].sum() > 0
+    t = chain.transforms[0]
+    if dims == 3:
+        el = t.rand_3d_elastic
+        field = GaussianFilter(3, el.sigma, 3.0)(torch.as_tensor(el.rand_offset)[None])[0] * el.magnitude
+    else:
+        field = torch.from_numpy(t.offset)
+    longest = float(field.norm(dim=0).max())
+    assert 0.5 < longest <= 300 * np.sqrt(dims)  # it deforms, by no more than magnitude per axis
+    moved = np.linalg.norm(_centroid(out["label"]) - np.array(centre))
+    assert moved <= longest + 1.0
+    # the image (same content as the label) is deformed with the label
+    assert float(((out["image"] > 0.5) == (out["label"] > 0.5)).float().mean()) > 0.995
+
+
+def test_rotation_and_scaling_keep_image_and_label_aligned():
+    chain = _chain(ONLY + ["augmentation.rotate_prob=1", "augmentation.scale_prob=1", "augmentation.rotate_deg=15"])
+    grid = np.stack(np.meshgrid(*[np.arange(40)] * 3, indexing="ij")).astype(np.float32)
+    # test pattern: an off-centre ellipsoid (label) whose image is a smooth ramp across its boundary
+    r = np.sqrt(((grid[0] - 11) / 7) ** 2 + ((grid[1] - 28) / 6) ** 2 + ((grid[2] - 20) / 10) ** 2)
+    image = torch.from_numpy(np.clip(1.5 - r, 0, 1))[None]
+    label = (image > 0.5).float()
+    moved = []
+    for seed in range(4):
+        chain.set_random_state(seed=seed)
+        out = chain({"image": MetaTensor(image.clone()), "label": MetaTensor(label.clone())})
+        img, lab = out["image"] > 0.5, out["label"] > 0.5
+        dice = 2 * float((img & lab).sum()) / float(img.sum() + lab.sum())
+        assert dice > 0.9, seed  # half-voxel boundary differences only
+        # same place: centroids of the thresholded image and of the label agree to a fraction of a voxel
+        # (a label one voxel off would be 1.0 away)
+        assert np.linalg.norm(_centroid(img.float()) - _centroid(lab.float())) < 0.2, seed
+        moved.append(float(np.linalg.norm(_centroid(lab.float()) - _centroid(label))))
+    assert max(moved) > 2.0  # the pattern did move (rotation about the centre moves an off-centre object)
+
+
+def _batches(cfg, cases, workers: int, seed: int) -> list[torch.Tensor]:
+    ds = CacheDataset(cases, build_train_transforms(cfg), progress=False)
+    gen = data_generator(seed)
+    sampler = RandomSampler(ds, replacement=True, num_samples=4, generator=gen)
+    loader = DataLoader(ds, batch_size=2, sampler=sampler, num_workers=workers, generator=gen)
+    return [torch.cat([b["image"].as_tensor(), b["label"].as_tensor()], 1) for _ in range(2) for b in loader]
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_a_seed_gives_identical_augmented_batches_with_and_without_workers(tmp_path, workers):
+    root = write_msd(tmp_path / "ds", n_cases=2)
+    cases = [{"image": str(p), "label": str(root / "labelsTr" / p.name)} for p in sorted((root / "imagesTr").iterdir())]
+    cfg = load_config("liver", FAST + ["augmentation.elastic.prob=1"])
+    torch.manual_seed(123)  # the global stream must not matter
+    first = _batches(cfg, cases, workers, seed=5)
+    torch.manual_seed(999)
+    second = _batches(cfg, cases, workers, seed=5)
+    other = _batches(cfg, cases, workers, seed=6)
+    assert len(first) == 4 and first[0].shape == (2, 2, 16, 16, 16)
+    for a, b in zip(first, second):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    assert not all(torch.equal(a, b) for a, b in zip(first, other))
+    assert not torch.equal(first[0], first[2])  # the second epoch draws new patches
+
+
+def test_mri_and_random_crop_chains_run_every_intensity_augmentation():
+    overrides = FAST + ["data.modality=MR", "augmentation.crop.mode=random", "augmentation.contrast.prob=1",
+                        "augmentation.gamma.prob=1", "augmentation.noise.prob=1", "augmentation.blur.prob=1",
+                        "augmentation.bias_field.prob=1"]
+    cfg = load_config("liver", overrides)
+    names = [t["_target_"] for t in random_spec(cfg)]
+    assert names[-5:] == ["RandScaleIntensityFixedMeand", "RandAdjustContrastd", "RandBiasFieldd",
+                          "RandGaussianNoised", "RandGaussianSmoothd"]
+    rng = np.random.default_rng(0)
+    image = MetaTensor(torch.from_numpy(rng.normal(0, 1, (1, 16, 16, 16)).astype(np.float32)))
+    label = MetaTensor(torch.zeros((1, 16, 16, 16)))
+    chain = Compose(instantiate(random_spec(cfg)))
+    chain.set_random_state(seed=0)
+    out = chain({"image": image, "label": label})
+    assert out["image"].shape == (1, 16, 16, 16) and torch.isfinite(out["image"]).all()
+    assert not torch.allclose(out["image"], image)
+
+
+def test_preview_command_writes_the_grid_training_logs(tmp_path, monkeypatch, capsys):
+    from PIL import Image
+
+    from medseg.preview import main
+
+    write_msd(tmp_path / "data" / "Synthetic", n_cases=2)
+    monkeypatch.chdir(tmp_path)
+    args = ["liver", "--n", "4", "--data-dir", str(tmp_path / "data"), "--out", str(tmp_path / "p.png")]
+    args += [a for o in FAST + ["data.dataset=Synthetic"] for a in ("--set", o)]
+    assert main(args) == 0
+    with Image.open(tmp_path / "p.png") as img:
+        assert img.size == (1040, 560)  # 4 columns x 2.6 in, 5.6 in, at 100 dpi
+        pixels = np.asarray(img.convert("RGB")).astype(int)
+    # label contours in colour (lime / red) are drawn on the grey patches
+    assert ((pixels[..., 1] > 200) & (pixels[..., 0] < 100) & (pixels[..., 2] < 100)).sum() > 20
+    assert main(args[:-2 * len(FAST) - 2] + ["--n", "0"]) == 2
+    assert "--n 0: give between 1 and 64" in capsys.readouterr().err
