@@ -36,21 +36,38 @@ DEFAULTS: dict[str, Any] = {
         "label_map": {},  # value in the label files -> label value, e.g. {255: 1} (set for 0/255 masks)
         "skip_bad": False,  # leave out (and list) cases that fail the header checks instead of stopping
     },
+    # preprocessing/augmentation: per-modality defaults in medseg/transforms/settings.py (MODALITY_DEFAULTS)
     "preprocessing": {
         "orientation": "RAS",
-        "spacing": [1.5, 1.5, 1.5],  # target spacing in mm
-        "window": {"level": 40.0, "width": 400.0},  # CT window in HU, mapped to [0, 1] and clipped
+        "spacing": [1.5, 1.5, 1.5],  # target spacing in mm, or "auto": the training set's median spacing
+        # CT window in HU, mapped to [0, 1] and clipped: a preset name (liver, abdomen, soft_tissue, lung, bone,
+        # brain, mediastinum), {level, width}, {min, max}, or a list of these (stacked as input channels)
+        "window": "soft_tissue",
+        "intensity": "window",  # window | zscore | percentile | histogram | none
+        "zscore": {"region": "nonzero"},  # image | nonzero | mask (Otsu foreground)
+        "percentile": {"lower": 0.5, "upper": 99.5},  # clipped, scaled to [0, 1]
+        # Nyul standardisation: landmarks at these percentiles are learned on the training set when empty
+        "histogram": {"percentiles": [1.0, 10.0, 20.0, 30.0, 40.0, 50.0, 60.0, 70.0, 80.0, 90.0, 99.0],
+                      "landmarks": []},
+        "bias_correction": {"enabled": False, "shrink": 4, "iterations": [50, 50, 30], "cache_dir": ".cache/n4"},
         "crop_foreground": True,
+        "pad_to_multiple": False,  # pad to a multiple of the network's total stride (product of network.strides)
     },
     "augmentation": {
-        "elastic": {"prob": 0.3, "sigma": [5.0, 8.0], "magnitude": [50.0, 150.0]},
+        "elastic": {"prob": 0.3, "sigma": [5.0, 8.0], "magnitude": [50.0, 150.0]},  # sigma: smoothness, magnitude: alpha
         "rotate_deg": 15.0,
         "rotate_prob": 0.5,
-        "scale": [0.85, 1.15],
+        "scale": [0.8, 1.2],
         "scale_prob": 0.5,
         "flip_prob": 0.5,  # mirroring along every axis, as nnU-Net does
-        "intensity_shift": 0.1,
+        "intensity_shift": 0.1,  # brightness: add and multiply by up to +-intensity_shift
         "intensity_prob": 0.5,
+        "contrast": {"prob": 0.0, "range": [0.75, 1.25]},  # scale around the mean
+        "gamma": {"prob": 0.0, "range": [0.7, 1.5]},
+        "noise": {"prob": 0.0, "std": 0.05},  # Gaussian
+        "blur": {"prob": 0.0, "sigma": [0.5, 1.0]},  # Gaussian, voxels
+        "bias_field": {"prob": 0.0, "coeff": [0.0, 0.3], "degree": 3},  # MRI smooth multiplicative field
+        "crop": {"mode": "balanced", "pad_to_patch": True},  # balanced (training.pos_neg_ratio) | random
     },
     "network": {
         "name": "unet",
@@ -114,7 +131,7 @@ DEFAULTS: dict[str, Any] = {
 
 _CHOICES = {
     "data.layout": {"msd", "nnunet", "csv", "folders"},
-    "data.modality": {"CT", "MR"},
+    "data.modality": {"CT", "MR", "XR", "microscopy"},
     "network.name": {"unet"},
     "network.norm": {"instance", "batch"},
     "training.loss": {"dice_ce", "dice", "ce", "dice_focal"},
@@ -162,12 +179,19 @@ def _merge(base: dict, update: dict, source: str, prefix: str = "") -> None:
             known = ", ".join(sorted(base)) or "(none)"
             raise MedsegError(f"{source}: unknown key '{dotted}' (known keys here: {known})")
         default = base[key]
+        if dotted in _SHAPED:  # several shapes allowed; checked by medseg.transforms.settings.validate
+            partial = isinstance(default, dict) and isinstance(value, dict) and set(value) < set(default)
+            base[key] = {**default, **value} if partial else value  # window.level=50 keeps the width
+            continue
         if isinstance(default, dict) and default and not _free_form(dotted):
             if not isinstance(value, dict):
                 raise MedsegError(f"{source}: key '{dotted}' must be a mapping, got {type(value).__name__}")
             _merge(default, value, source, dotted + ".")
         else:
             base[key] = _check_type(dotted, default, value, source)
+
+
+_SHAPED = {"preprocessing.window", "preprocessing.spacing"}
 
 
 def _free_form(dotted: str) -> bool:
@@ -224,7 +248,7 @@ def _validate(cfg: dict, source: str) -> None:
             raise MedsegError(f"{source}: key 'evaluation.keep_largest_component' names unknown class '{name}'")
     net, train = cfg["network"], cfg["training"]
     dims = net["spatial_dims"]
-    for key in ("preprocessing.spacing", "training.patch_size"):
+    for key in ("training.patch_size",):  # preprocessing.spacing: medseg.transforms.settings.validate
         section, name = key.split(".")
         if len(cfg[section][name]) != dims:
             raise MedsegError(f"{source}: key '{key}' needs {dims} values for network.spatial_dims={dims}")
@@ -263,8 +287,21 @@ def _validate(cfg: dict, source: str) -> None:
         raise MedsegError(f"{source}: key 'training.cache_rate' must be between 0 and 1")
     if not 0.0 < cfg["data"]["val_fraction"] < 1.0:
         raise MedsegError(f"{source}: key 'data.val_fraction' must be between 0 and 1")
-    if cfg["preprocessing"]["window"]["width"] <= 0:
-        raise MedsegError(f"{source}: key 'preprocessing.window.width' must be positive")
+    from medseg.transforms.settings import validate as validate_transforms
+
+    validate_transforms(cfg, source)
+
+
+def _modality_defaults(loaded: dict, overrides: list[str]) -> dict:
+    """Per-modality preprocessing/augmentation defaults for the modality the YAML or an override names."""
+    from medseg.transforms.settings import modality_overlay
+
+    data = loaded.get("data")
+    modality = data.get("modality", DEFAULTS["data"]["modality"]) if isinstance(data, dict) else "CT"
+    for item in overrides:
+        if item.split("=", 1)[0].strip() == "data.modality":
+            modality = _parse_value(item.split("=", 1)[1])
+    return modality_overlay(modality) if isinstance(modality, str) else {}
 
 
 def load_config(task_or_yaml: str, overrides: list[str] | None = None) -> dict[str, Any]:
@@ -287,6 +324,7 @@ def load_config(task_or_yaml: str, overrides: list[str] | None = None) -> dict[s
     if not isinstance(loaded, dict):
         raise MedsegError(f"{path}: a pipeline YAML must be a mapping of sections, got {type(loaded).__name__}")
     cfg = copy.deepcopy(DEFAULTS)
+    _merge(cfg, _modality_defaults(loaded, overrides or []), "medseg/transforms/settings.py")
     _merge(cfg, loaded, str(path))
     for item in overrides or []:
         if "=" not in item:

@@ -1,9 +1,16 @@
-"""MONAI transform chains for a task: loading, orientation, resampling, CT windowing, augmentation.
+"""MONAI transform chains for a task: loading, orientation, resampling, intensity, cropping, augmentation.
 
 The deterministic part is written once as data (:func:`preprocess_spec`: MONAI class names and
 arguments) and used twice: instantiated here for training and validation, and written verbatim into
 the exported bundle's ``inference.json``, so deployment sees exactly the intensities and grid that
-training saw. ``CacheDataset`` caches everything up to the first random transform.
+training saw (learned values, such as histogram landmarks or an ``auto`` spacing, are in the spec's
+arguments). ``CacheDataset`` caches everything up to the first random transform; the random part
+(:func:`augment_spec`) runs per draw, in the DataLoader's workers when there are any.
+
+Order: load, channel first, orientation, resampling, [N4 bias correction], intensity (CT window(s),
+z-score, percentile scaling or histogram standardisation), foreground crop (before the intensity step
+for MRI-style normalisations, whose background is no longer 0 afterwards), [padding to the network's
+multiple]. Everything spatial is invertible, so ``Invertd`` maps predictions back to the input grid.
 """
 
 from __future__ import annotations
@@ -13,86 +20,186 @@ from typing import Any
 
 from monai import transforms as mt
 
+from medseg.errors import MedsegError
+from medseg.transforms import bundled
+from medseg.transforms.bundled import (
+    ForegroundZScored,
+    HistogramStandardized,
+    N4BiasFieldd,
+    RandElastic2Dd,
+    StackWindowsd,
+)
 from medseg.transforms.resample import ScaleSpacingd
+from medseg.transforms.settings import ct_window, windows  # noqa: F401  (ct_window re-exported)
 
 KEYS = ("image", "label")
 
+#: medseg's own transforms, by the name the specs use (bundles import them from their scripts/ folder)
+OWN_TRANSFORMS = {
+    "ScaleSpacingd": ScaleSpacingd,
+    "StackWindowsd": StackWindowsd,
+    "ForegroundZScored": ForegroundZScored,
+    "HistogramStandardized": HistogramStandardized,
+    "N4BiasFieldd": N4BiasFieldd,
+    "RandElastic2Dd": RandElastic2Dd,
+}
 
-def ct_window(window: dict[str, float]) -> tuple[float, float]:
-    """Return ``(a_min, a_max)`` in HU for a ``{level, width}`` window."""
-    level, width = float(window["level"]), float(window["width"])
-    return level - width / 2.0, level + width / 2.0
+#: the modules holding OWN_TRANSFORMS, by the file name they get in a bundle's scripts/ folder
+BUNDLE_SCRIPTS = {"medseg_transforms": ScaleSpacingd.__module__, "medseg_bundled": bundled.__name__}
 
 
-def preprocess_spec(cfg: dict[str, Any], keys: tuple[str, ...] = KEYS) -> list[dict[str, Any]]:
+def script_module(name: str) -> str:
+    """The bundle ``scripts/`` module (file stem) that holds own transform ``name``."""
+    module = OWN_TRANSFORMS[name].__module__
+    return next(stem for stem, mod in BUNDLE_SCRIPTS.items() if mod == module)
+
+
+def network_multiple(cfg: dict[str, Any]) -> int:
+    """The factor every spatial size must divide by for the network (medseg.networks knows it per network)."""
+    from medseg.networks import input_multiple
+
+    return input_multiple(cfg["network"])
+
+
+def _intensity_spec(cfg: dict[str, Any]) -> list[dict[str, Any]]:
+    pre = cfg["preprocessing"]
+    method = pre["intensity"]
+    if method == "window":
+        wins = windows(cfg)
+        if len(wins) == 1:
+            a_min, a_max = wins[0]
+            return [{"_target_": "ScaleIntensityRanged", "keys": "image", "a_min": a_min, "a_max": a_max,
+                     "b_min": 0.0, "b_max": 1.0, "clip": True}]
+        return [{"_target_": "StackWindowsd", "keys": "image", "windows": [list(w) for w in wins]}]
+    if method == "zscore":
+        region = pre["zscore"]["region"]
+        if region == "mask":
+            return [{"_target_": "ForegroundZScored", "keys": "image"}]
+        return [{"_target_": "NormalizeIntensityd", "keys": "image", "nonzero": region == "nonzero",
+                 "channel_wise": True}]
+    if method == "percentile":
+        pct = pre["percentile"]
+        return [{"_target_": "ScaleIntensityRangePercentilesd", "keys": "image", "lower": pct["lower"],
+                 "upper": pct["upper"], "b_min": 0.0, "b_max": 1.0, "clip": True, "channel_wise": True}]
+    if method == "histogram":
+        hist = pre["histogram"]
+        if not hist["landmarks"]:
+            raise MedsegError("preprocessing.histogram.landmarks: not learned yet; medseg.train learns them on the"
+                              " training set (medseg.transforms.fit_preprocessing), or list them in the YAML")
+        return [{"_target_": "HistogramStandardized", "keys": "image", "percentiles": list(hist["percentiles"]),
+                 "landmarks": list(hist["landmarks"])}]
+    return []
+
+
+def preprocess_spec(cfg: dict[str, Any], keys: tuple[str, ...] = KEYS, *,
+                    before_intensity: bool = False) -> list[dict[str, Any]]:
     """The deterministic preprocessing as MONAI-bundle style entries ``{"_target_": name, **kwargs}``.
+
+    Args:
+        cfg: resolved task config (``spacing: auto`` and empty histogram landmarks must have been fitted).
+        keys: ``("image", "label")`` for training data, ``("image",)`` for inference.
+        before_intensity: stop before the intensity normalisation (what histogram landmarks are learned on).
 
     Example:
         >>> [t["_target_"] for t in preprocess_spec(cfg, ("image",))][:3]
         ['LoadImaged', 'EnsureChannelFirstd', 'Orientationd']
     """
     pre = cfg["preprocessing"]
-    a_min, a_max = ct_window(pre["window"])
+    if pre["spacing"] == "auto":
+        raise MedsegError("preprocessing.spacing: 'auto' is resolved from the training set's headers by medseg.train"
+                          " (medseg.transforms.fit_preprocessing); give the spacing in mm to use it elsewhere")
     k = list(keys)
     modes = ["bilinear" if key == "image" else "nearest" for key in keys]
-    spec = [
+    spec: list[dict[str, Any]] = [
         {"_target_": "LoadImaged", "keys": k, "image_only": True},
         {"_target_": "EnsureChannelFirstd", "keys": k},
         {"_target_": "Orientationd", "keys": k, "axcodes": pre["orientation"], "labels": None},
         {"_target_": "ScaleSpacingd", "keys": k, "pixdim": list(pre["spacing"]), "mode": modes},
-        {"_target_": "ScaleIntensityRanged", "keys": "image", "a_min": a_min, "a_max": a_max,
-         "b_min": 0.0, "b_max": 1.0, "clip": True},
     ]
     label_map = cfg["data"].get("label_map") or {}
     if "label" in keys and label_map:  # file values -> label values, e.g. 0/255 masks (medseg.data.layouts)
         spec.insert(1, {"_target_": "MapLabelValued", "keys": "label", "orig_labels": [int(v) for v in label_map],
                         "target_labels": [int(v) for v in label_map.values()]})
-    if pre["crop_foreground"]:
-        spec.append({"_target_": "CropForegroundd", "keys": k, "source_key": "image", "allow_smaller": True})
+    n4 = pre["bias_correction"]
+    if n4["enabled"]:
+        # cached on disk for training data only; a deployed bundle does not write caches
+        spec.append({"_target_": "N4BiasFieldd", "keys": "image", "shrink": n4["shrink"],
+                     "iterations": list(n4["iterations"]), "cache_dir": n4["cache_dir"] if "label" in keys else ""})
+    crop = [{"_target_": "CropForegroundd", "keys": k, "source_key": "image", "allow_smaller": True}]
+    crop_first = pre["intensity"] in ("zscore", "histogram", "none")  # their output has no zero background
+    if pre["crop_foreground"] and crop_first:
+        spec += crop
+    if before_intensity:
+        return spec
+    spec += _intensity_spec(cfg)
+    if pre["crop_foreground"] and not crop_first:
+        spec += crop
+    if pre["pad_to_multiple"]:
+        spec.append({"_target_": "DivisiblePadd", "keys": k, "k": network_multiple(cfg)})
     spec.append({"_target_": "EnsureTyped", "keys": k, "track_meta": True})
     return spec
 
 
-#: medseg's own transforms, by the name the specs use (bundles import them from their scripts/ folder)
-OWN_TRANSFORMS = {"ScaleSpacingd": ScaleSpacingd}
-
-
-def _instantiate(spec: list[dict[str, Any]]) -> list:
+def instantiate(spec: list[dict[str, Any]]) -> list:
+    """MONAI (or medseg's own) transform objects from bundle-style entries."""
     return [
         (OWN_TRANSFORMS.get(s["_target_"]) or getattr(mt, s["_target_"]))(**{a: v for a, v in s.items() if a != "_target_"})
         for s in spec
     ]
 
 
-def augment_spec(cfg: dict[str, Any]) -> list[dict[str, Any]]:
-    """Patch sampling and augmentation after preprocessing, as bundle-style entries (used for ``train.json`` too)."""
+_instantiate = instantiate
+
+
+def crop_spec(cfg: dict[str, Any]) -> list[dict[str, Any]]:
+    """Padding to the patch size and patch sampling (label-balanced or uniform)."""
+    if cfg["network"].get("slice_mode"):  # 2D slices of 3D volumes for a 2D network
+        from medseg.transforms.slices import slice_crop_spec
+
+        return slice_crop_spec(cfg)
     aug, train = cfg["augmentation"], cfg["training"]
     patch = list(train["patch_size"])
     keys = list(KEYS)
+    spec: list[dict[str, Any]] = []
+    if aug["crop"]["pad_to_patch"]:
+        spec.append({"_target_": "SpatialPadd", "keys": keys, "spatial_size": patch})
+    if aug["crop"]["mode"] == "random":
+        spec.append({"_target_": "RandSpatialCropd", "keys": keys, "roi_size": patch, "random_size": False})
+    else:
+        spec.append({"_target_": "RandCropByPosNegLabeld", "keys": keys, "label_key": "label", "spatial_size": patch,
+                     "pos": train["pos_neg_ratio"], "neg": 1.0, "num_samples": 1, "image_key": "image",
+                     "image_threshold": 0.0})
+    return spec
+
+
+def random_spec(cfg: dict[str, Any]) -> list[dict[str, Any]]:
+    """The augmentation applied to a sampled patch: spatial (both keys), then intensity (image only)."""
+    aug = cfg["augmentation"]
+    dims = len(cfg["training"]["patch_size"])
+    keys = list(KEYS)
     both = ["bilinear", "nearest"]
-    spec: list[dict[str, Any]] = [
-        {"_target_": "SpatialPadd", "keys": keys, "spatial_size": patch},
-        {"_target_": "RandCropByPosNegLabeld", "keys": keys, "label_key": "label", "spatial_size": patch,
-         "pos": train["pos_neg_ratio"], "neg": 1.0, "num_samples": 1, "image_key": "image", "image_threshold": 0.0},
-    ]
+    spec: list[dict[str, Any]] = []
     elastic = aug["elastic"]
     if elastic["prob"] > 0:
-        spec.append({"_target_": "Rand3DElasticd" if len(patch) == 3 else "Rand2DElasticd", "keys": keys,
-                     "sigma_range": list(elastic["sigma"]), "magnitude_range": list(elastic["magnitude"]),
-                     "prob": elastic["prob"], "mode": both, "padding_mode": "zeros"}
-                    | ({} if len(patch) == 3 else {"spacing": list(elastic["sigma"])}))
+        if dims == 3:
+            spec.append({"_target_": "Rand3DElasticd", "keys": keys, "sigma_range": list(elastic["sigma"]),
+                         "magnitude_range": list(elastic["magnitude"]), "prob": elastic["prob"], "mode": both,
+                         "padding_mode": "zeros"})
+        else:
+            spec.append({"_target_": "RandElastic2Dd", "keys": keys, "sigma_range": list(elastic["sigma"]),
+                         "magnitude_range": list(elastic["magnitude"]), "prob": elastic["prob"], "mode": both})
     if aug["rotate_prob"] > 0 or aug["scale_prob"] > 0:
         rot = math.radians(aug["rotate_deg"])
         lo, hi = aug["scale"]
         spec.append({
             "_target_": "RandAffined", "keys": keys, "prob": max(aug["rotate_prob"], aug["scale_prob"]),
-            "rotate_range": [[-rot, rot]] * (len(patch) if len(patch) == 3 else 1) if aug["rotate_prob"] > 0 else None,
-            "scale_range": [[lo - 1.0, hi - 1.0]] * len(patch) if aug["scale_prob"] > 0 else None,
+            "rotate_range": [[-rot, rot]] * (dims if dims == 3 else 1) if aug["rotate_prob"] > 0 else None,
+            "scale_range": [[lo - 1.0, hi - 1.0]] * dims if aug["scale_prob"] > 0 else None,
             "mode": both, "padding_mode": "zeros",
         })
     if aug["flip_prob"] > 0:
         spec += [{"_target_": "RandFlipd", "keys": keys, "prob": aug["flip_prob"], "spatial_axis": a}
-                 for a in range(len(patch))]
+                 for a in range(dims)]
     if aug["intensity_prob"] > 0:
         spec += [
             {"_target_": "RandShiftIntensityd", "keys": "image", "offsets": aug["intensity_shift"],
@@ -100,14 +207,36 @@ def augment_spec(cfg: dict[str, Any]) -> list[dict[str, Any]]:
             {"_target_": "RandScaleIntensityd", "keys": "image", "factors": aug["intensity_shift"],
              "prob": aug["intensity_prob"]},
         ]
+    if aug["contrast"]["prob"] > 0:
+        lo, hi = aug["contrast"]["range"]
+        spec.append({"_target_": "RandScaleIntensityFixedMeand", "keys": "image", "factors": [lo - 1.0, hi - 1.0],
+                     "prob": aug["contrast"]["prob"]})
+    if aug["gamma"]["prob"] > 0:
+        spec.append({"_target_": "RandAdjustContrastd", "keys": "image", "gamma": list(aug["gamma"]["range"]),
+                     "prob": aug["gamma"]["prob"]})
+    if aug["bias_field"]["prob"] > 0:
+        spec.append({"_target_": "RandBiasFieldd", "keys": "image", "degree": aug["bias_field"]["degree"],
+                     "coeff_range": list(aug["bias_field"]["coeff"]), "prob": aug["bias_field"]["prob"]})
+    if aug["noise"]["prob"] > 0:
+        spec.append({"_target_": "RandGaussianNoised", "keys": "image", "mean": 0.0, "std": aug["noise"]["std"],
+                     "prob": aug["noise"]["prob"]})
+    if aug["blur"]["prob"] > 0:
+        sigma = list(aug["blur"]["sigma"])
+        spec.append({"_target_": "RandGaussianSmoothd", "keys": "image", "sigma_x": sigma, "sigma_y": sigma,
+                     "sigma_z": sigma, "prob": aug["blur"]["prob"]})
     return spec
+
+
+def augment_spec(cfg: dict[str, Any]) -> list[dict[str, Any]]:
+    """Patch sampling and augmentation after preprocessing, as bundle-style entries (used for ``train.json`` too)."""
+    return crop_spec(cfg) + random_spec(cfg)
 
 
 def build_train_transforms(cfg: dict[str, Any]) -> mt.Compose:
     """Preprocessing, then label-balanced patch sampling and augmentation for training."""
-    return mt.Compose(_instantiate(preprocess_spec(cfg, KEYS) + augment_spec(cfg)))
+    return mt.Compose(instantiate(preprocess_spec(cfg, KEYS) + augment_spec(cfg)))
 
 
 def build_eval_transforms(cfg: dict[str, Any], with_label: bool = True) -> mt.Compose:
     """Deterministic preprocessing for validation and inference (invertible with ``Invertd``)."""
-    return mt.Compose(_instantiate(preprocess_spec(cfg, KEYS if with_label else ("image",))))
+    return mt.Compose(instantiate(preprocess_spec(cfg, KEYS if with_label else ("image",))))
