@@ -408,3 +408,15 @@ def test_12_bit_pixels_match_pydicom(tmp_path, signed):
     got = read_dicom(tmp_path / "s")
     reference = np.stack([plane for _, plane in sorted(expected)]).transpose(2, 1, 0)
     np.testing.assert_array_equal(got.array, reference)
+
+
+def test_non_image_objects_beside_a_series_are_ignored(tmp_path):
+    import pydicom
+
+    vol, affine = volume(11), oblique_affine()
+    write_series(tmp_path / "s", vol, affine)
+    report = pydicom.dcmread(get_testdata_file("test-SR.dcm"))  # a structured report in the same export folder
+    report.save_as(tmp_path / "s" / "report.dcm")
+    got = read_dicom(tmp_path / "s")
+    np.testing.assert_array_equal(got.array, vol)
+    assert len(find_series(tmp_path / "s")) == 1

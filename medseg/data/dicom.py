@@ -136,8 +136,8 @@ def _scan(folder: Path, headers_only: bool) -> tuple[dict[str, SeriesInfo], dict
     datasets: dict[Path, object] = {}
     for path in files:
         ds = _dcmread(path, headers_only)
-        if str(ds.get("SOPClassUID", "")) == "1.2.840.10008.1.3.10":  # Media Storage Directory (DICOMDIR)
-            continue
+        if str(ds.get("SOPClassUID", "")) == "1.2.840.10008.1.3.10" or "Rows" not in ds:
+            continue  # DICOMDIR, structured reports, RT structures, presentation states: not images
         uid = str(ds.SeriesInstanceUID)
         info = series.setdefault(uid, SeriesInfo(uid, str(ds.get("SeriesDescription", "") or ""), str(ds.get("Modality", ""))))
         info.files.append(path)

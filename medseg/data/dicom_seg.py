@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
+from medseg.data.dicom import is_dicom_file
 from medseg.data.labelmaps import LabelMap, onto_grid
 from medseg.errors import MedsegError
 from medseg.fileio import atomic_path
@@ -18,17 +19,6 @@ _CODES = {
     "tumor": ("MorphologicallyAbnormalStructure", "Neoplasm"),
     "lesion": ("MorphologicallyAbnormalStructure", "Neoplasm"),
 }
-
-
-def is_dicom_file(path: Path) -> bool:
-    if path.suffix.lower() == ".dcm":
-        return True
-    try:
-        with open(path, "rb") as fh:
-            head = fh.read(132)
-    except OSError:
-        return False
-    return len(head) == 132 and head[128:132] == b"DICM"
 
 
 def is_dicom_series(folder: Path) -> bool:
