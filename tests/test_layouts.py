@@ -225,3 +225,37 @@ def test_check_reports_problems_and_exit_codes(tmp_path, capsys):
     assert main(["check", str(root)]) == 2
     err = capsys.readouterr().err
     assert "dataset.json: not valid JSON" in err and "Traceback" not in err
+
+
+def test_training_on_dicom_series_folders_keeps_patient_data_out(tmp_path, monkeypatch):
+    """A folders dataset whose images are DICOM series trains; no identifier reaches logs, run files or MLflow."""
+    from medseg.data.dicom import write_series
+    from medseg.train import main
+
+    root = tmp_path / "data" / "DS"
+    (root / "images").mkdir(parents=True)
+    (root / "labels").mkdir()
+    for i in range(3):
+        image, label, affine_ras = synthetic_case(shape=(24, 22, 16), seed=i)
+        write_series(root / "images" / f"case{i}", np.round(image), LPS @ affine_ras, patient_name="DOE^JANE",
+                     patient_id="PID-4711")
+        write_image(label, LPS @ affine_ras, root / "labels" / f"case{i}.nii.gz")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    args = ["liver", "--epochs", "1", "--data-dir", str(tmp_path / "data"), "--output-dir", str(tmp_path / "run"),
+            "--no-export"]
+    for item in ("data.dataset=DS", "data.layout=folders", 'data.sample=""', "preprocessing.spacing=[3.0,3.0,3.0]",
+                 "training.patch_size=[16,16,16]", "network.channels=[4,8,16]", "network.strides=[2,2]",
+                 "training.iterations_per_epoch=2", "training.val_every=1", "data.val_fraction=0.34"):
+        args += ["--set", item]
+    assert main(args) == 0
+    cases = json.loads((tmp_path / "run" / "cases.json").read_text())
+    assert sorted(c["case"] for part in cases.values() for c in part) == ["case0", "case1", "case2"]
+    (pred,) = (tmp_path / "run" / "predictions").iterdir()
+    assert nib.load(pred).shape == (24, 22, 16)  # on the series' own grid
+    written = [p for p in tmp_path.rglob("*") if p.is_file() and "data" not in p.relative_to(tmp_path).parts]
+    assert any(p.name == "mlflow.db" for p in written)
+    for path in written:
+        content = path.read_bytes()
+        for secret in (b"DOE^JANE", b"PID-4711", b"General Hospital"):
+            assert secret not in content, f"{secret!r} in {path}"
