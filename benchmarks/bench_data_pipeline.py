@@ -1,0 +1,103 @@
+"""Does the data pipeline keep up with training? Time spent waiting for a batch vs the whole training step.
+
+Runs the default liver task's training step (network, loss, optimiser, patch size, batch size, augmentation
+as configured) on its dataset (the built-in LiTS sample when data/Task03_Liver is absent), with the same
+CacheDataset (deterministic preprocessing cached once) and seeded DataLoader as medseg.engine.trainer, once
+per worker setting, in one process so the settings are compared on the same machine state. Per step it
+measures the wait for the next batch and the whole step (wait + forward + backward + optimiser step).
+Target: waiting <= 10% of the step time with the random part in workers.
+
+Usage:
+    .venv/bin/python benchmarks/bench_data_pipeline.py [--task liver] [--steps 10] [--workers 0 2] [--data-dir data]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import time
+from pathlib import Path
+
+import torch
+from monai.data import CacheDataset, DataLoader
+from monai.losses import DiceCELoss
+from torch.utils.data import RandomSampler
+
+from medseg.config import load_config
+from medseg.networks import build_network
+from medseg.train import locate_dataset
+from medseg.transforms import build_train_transforms, data_generator, fit_preprocessing, input_channels
+
+
+def _cases(cfg: dict, root: Path) -> list[dict]:
+    try:
+        from medseg.data.layouts import load_dataset
+    except ImportError:
+        from medseg.data import load_msd_dataset
+
+        return load_msd_dataset(root, cfg["data"]["labels"], cfg["data"]["val_fraction"], cfg["training"]["seed"])[0]
+    return load_dataset(cfg, root, cfg["training"]["seed"])[0]
+
+
+def measure(cfg: dict, ds: CacheDataset, workers: int, steps: int, warmup: int) -> dict:
+    tr = cfg["training"]
+    torch.manual_seed(tr["seed"])
+    net = build_network(cfg["network"], input_channels(cfg), len(cfg["data"]["labels"]))
+    net.train()
+    opt = torch.optim.AdamW(net.parameters(), lr=tr["learning_rate"])
+    loss_fn = DiceCELoss(to_onehot_y=True, softmax=True)
+    gen = data_generator(tr["seed"])
+    n = (steps + warmup) * tr["batch_size"]
+    sampler = RandomSampler(ds, replacement=True, num_samples=n, generator=gen)
+    loader = DataLoader(ds, batch_size=tr["batch_size"], sampler=sampler, num_workers=workers, generator=gen)
+    waits, totals = [], []
+    it = iter(loader)
+    for i in range(steps + warmup):
+        t0 = time.perf_counter()
+        batch = next(it)
+        t1 = time.perf_counter()
+        opt.zero_grad()
+        out = net(batch["image"])
+        out = out[0] if isinstance(out, (list, tuple)) else out
+        loss = loss_fn(out, batch["label"])
+        loss.backward()
+        opt.step()
+        t2 = time.perf_counter()
+        if i >= warmup:  # the first batches include worker start-up
+            waits.append(t1 - t0)
+            totals.append(t2 - t0)
+    return {"workers": workers, "wait_s": sum(waits), "step_s": sum(totals),
+            "median_wait_s": statistics.median(waits), "median_step_s": statistics.median(totals)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--task", default="liver")
+    parser.add_argument("--steps", type=int, default=10, help="timed steps per setting (after --warmup)")
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--workers", type=int, nargs="+", default=[0, 2])
+    parser.add_argument("--data-dir", type=Path, default=Path("data"))
+    parser.add_argument("--set", dest="overrides", action="append", default=[])
+    args = parser.parse_args()
+    cfg = load_config(args.task, args.overrides)
+    torch.set_num_threads(cfg["training"]["threads"] or os.cpu_count() or 1)
+    root = locate_dataset(cfg, args.data_dir, explicit=False)
+    cases = _cases(cfg, root)
+    cfg = fit_preprocessing(cfg, cases)
+    t = time.perf_counter()
+    ds = CacheDataset(cases, build_train_transforms(cfg), cache_rate=1.0, progress=False)
+    cache_s = time.perf_counter() - t
+    tr = cfg["training"]
+    print(f"task {cfg['task']}: {len(cases)} training case(s), patch {tr['patch_size']}, batch {tr['batch_size']},"
+          f" {os.cpu_count()} CPU cores, torch threads {torch.get_num_threads()};"
+          f" deterministic preprocessing cached once in {cache_s:.1f} s")
+    print(f"{'workers':>7} {'wait s':>8} {'step s':>8} {'wait/step':>9} {'median wait':>11} {'median step':>11}")
+    for workers in args.workers:
+        r = measure(cfg, ds, workers, args.steps, args.warmup)
+        print(f"{r['workers']:>7} {r['wait_s']:>8.2f} {r['step_s']:>8.2f} {r['wait_s'] / r['step_s']:>9.1%}"
+              f" {r['median_wait_s']:>11.3f} {r['median_step_s']:>11.3f}")
+
+
+if __name__ == "__main__":
+    main()
