@@ -60,8 +60,9 @@ def training_curves(history: dict[str, Any], path: Path) -> Path:
     return _save(plt, fig, path)
 
 
-def _window(image: np.ndarray, window: tuple[float, float]) -> np.ndarray:
-    lo, hi = window
+def _window(image: np.ndarray, window: tuple[float, float] | None) -> np.ndarray:
+    lo, hi = window if window is not None else np.percentile(image, [0.5, 99.5])  # no CT window: percentiles
+    hi = hi if hi > lo else lo + 1.0
     return np.clip((image - lo) / (hi - lo), 0, 1)
 
 
@@ -69,14 +70,14 @@ def _first(image: Any) -> Path:
     return Path(image[0] if isinstance(image, list) else image)
 
 
-def overlay_montage(cases: list[dict[str, Any]], members: list[int], window: tuple[float, float], path: Path,
+def overlay_montage(cases: list[dict[str, Any]], members: list[int], window: tuple[float, float] | None, path: Path,
                     n_slices: int = 3) -> Path:
     """Image with reference (green) and prediction (red) contours of one class, for each given case.
 
     Args:
         cases: ``{"case", "image", "label", "pred", "dice"}`` (paths on the same grid).
         members: label values merged into the class shown.
-        window: intensity range for display (HU for CT).
+        window: intensity range for display (HU for CT); None: each slice's 0.5-99.5th percentiles
         path: the PNG to write.
         n_slices: slices per case, along the last array axis, through the class's largest extent.
     """
@@ -165,7 +166,7 @@ def report_markdown(run_dir: Path) -> Path:
 
 def redraw(run_dir: Path, cfg: dict[str, Any]) -> list[Path]:
     """Training curves, validation overlays and report.md from the files of a finished run."""
-    from medseg.transforms import ct_window
+    from medseg.transforms.settings import display_window
 
     written = []
     history = run_dir / "history.json"
@@ -183,7 +184,7 @@ def redraw(run_dir: Path, cfg: dict[str, Any]) -> list[Path]:
                  for c in json.loads(cases_file.read_text())["val"] if c["case"] in dice]
         cases.sort(key=lambda c: c["dice"])
         chosen = cases if len(cases) <= 4 else cases[:2] + cases[-2:]
-        window = ct_window(cfg["preprocessing"]["window"])
+        window = display_window(cfg)
         written.append(overlay_montage(chosen, classes[first], window, run_dir / "validation_overlays.png"))
     if (run_dir / "metrics.json").is_file():
         written.append(report_markdown(run_dir))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 import json
+import sys
 from pathlib import Path
 
 import nibabel as nib
@@ -221,3 +222,32 @@ def test_cli_refuses_bad_input_with_one_line_and_exit_2(tmp_path, capsys, monkey
     assert main(base + ["--set", "preprocessing.window=brian"]) == 2
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 1 and "key 'preprocessing.window' names unknown preset 'brian'" in lines[0]
+
+
+def test_bundle_preprocessing_with_stacked_windows_runs_from_its_scripts_folder(tmp_path, monkeypatch):
+    from monai.bundle import ConfigParser
+
+    from medseg.bundle.export import _bundle_spec, _write_scripts, metadata
+
+    image, _, affine = synthetic_case(shape=(24, 20, 10))
+    nib.save(nib.Nifti1Image(image, affine), tmp_path / "ct.nii.gz")
+    cfg = load_config("liver", ["preprocessing.window=[liver, bone]"])
+    bundle = tmp_path / "bundle"
+    bundle.mkdir()
+    _write_scripts(bundle)
+    assert {"medseg_bundled.py", "medseg_transforms.py"} <= {p.name for p in (bundle / "scripts").iterdir()}
+    monkeypatch.syspath_prepend(str(bundle))
+    for name in [m for m in sys.modules if m == "scripts" or m.startswith("scripts.")]:
+        monkeypatch.delitem(sys.modules, name)
+    parser = ConfigParser({"pre": {"_target_": "Compose", "transforms": _bundle_spec(preprocess_spec(cfg, ("image",)))}})
+    chain = parser.get_parsed_content("pre")
+    assert type(chain.transforms[4]).__module__ == "scripts.medseg_bundled"
+    ours = build_eval_transforms(cfg, with_label=False)({"image": str(tmp_path / "ct.nii.gz")})["image"]
+    theirs = chain({"image": str(tmp_path / "ct.nii.gz")})["image"]
+    assert theirs.shape[0] == 2
+    torch.testing.assert_close(theirs.as_tensor(), ours.as_tensor())
+    meta = metadata(cfg, {})
+    assert meta["network_data_format"]["inputs"]["image"]["num_channels"] == 2
+    assert "CT windows [-45, 105], [-500, 1300] HU" in meta["image_classes"]
+    mr = metadata(load_config("liver", ["data.modality=MR"]), {})
+    assert mr["network_data_format"]["inputs"]["image"]["value_range"] == []

@@ -39,7 +39,8 @@ from medseg.engine.losses import monai_loss_def
 from medseg.engine.optim import bundle_scheduler_def, optimizer_def
 from medseg.fileio import publish_dir
 from medseg.networks import monai_network_def
-from medseg.transforms import augment_spec, ct_window, input_channels, preprocess_spec
+from medseg.transforms import augment_spec, input_channels, preprocess_spec
+from medseg.transforms.settings import describe_intensity, value_range
 
 SCHEMA_PATH = Path(__file__).with_name("metadata_schema.json")
 OFFICIAL_SCHEMA = "https://github.com/Project-MONAI/MONAI-extra-test-data/releases/download/0.8.1/meta_schema_20240725.json"
@@ -222,7 +223,6 @@ def metadata(cfg: dict[str, Any], summary: dict[str, dict[str, float]]) -> dict[
     """The bundle's ``metadata.json``."""
     labels = {int(v): k for k, v in cfg["data"]["labels"].items()}
     multiple = int(np.prod(cfg["network"]["strides"]))
-    a_min, a_max = ct_window(cfg["preprocessing"]["window"])
     dims = cfg["network"]["spatial_dims"]
     return {
         "schema": OFFICIAL_SCHEMA,
@@ -241,8 +241,8 @@ def metadata(cfg: dict[str, Any], summary: dict[str, dict[str, float]]) -> dict[
         "intended_use": "Research only; not for clinical diagnosis.",
         "data_source": cfg["data"]["dataset"] or cfg["data"]["sample"],
         "data_type": "nibabel",
-        "image_classes": f"single channel {cfg['data']['modality']}, intensities windowed to [{a_min:g}, {a_max:g}]"
-        f" and scaled to [0, 1], resampled to {cfg['preprocessing']['spacing']} mm",
+        "image_classes": f"{input_channels(cfg)} channel(s) {cfg['data']['modality']}: {describe_intensity(cfg)};"
+        f" resampled to {cfg['preprocessing']['spacing']} mm",
         "label_classes": ", ".join(f"{v}: {k}" for v, k in sorted(labels.items())),
         "pred_classes": ", ".join(f"{v}: {k}" for v, k in sorted(labels.items())),
         "eval_metrics": {f"{c}_{m}": round(float(e[m]), 4) for c, e in summary.items() for m in ("dice", "hd95_mm", "assd_mm")},
@@ -250,7 +250,7 @@ def metadata(cfg: dict[str, Any], summary: dict[str, dict[str, float]]) -> dict[
             "inputs": {"image": {
                 "type": "image", "format": "hounsfield" if cfg["data"]["modality"] == "CT" else "magnitude",
                 "modality": cfg["data"]["modality"], "num_channels": input_channels(cfg),
-                "spatial_shape": [f"{multiple}*n"] * dims, "dtype": "float32", "value_range": [0, 1],
+                "spatial_shape": [f"{multiple}*n"] * dims, "dtype": "float32", "value_range": value_range(cfg),
                 "is_patch_data": True, "channel_def": {"0": "image"},
             }},
             "outputs": {"pred": {
@@ -273,7 +273,6 @@ def _version(package: str) -> str:
 
 def _readme(cfg: dict[str, Any], summary: dict[str, dict[str, float]], run_seconds: float | None) -> str:
     tr, pre, net = cfg["training"], cfg["preprocessing"], cfg["network"]
-    a_min, a_max = ct_window(pre["window"])
     rows = "\n".join(
         f"| {c} | {e['dice']:.3f} | {e['hd95_mm']:.2f} | {e['assd_mm']:.2f} | {int(e['cases'])} |" for c, e in summary.items()
     )
@@ -286,8 +285,8 @@ def _readme(cfg: dict[str, Any], summary: dict[str, dict[str, float]], run_secon
 Source: {cfg['data']['dataset'] or cfg['data']['sample']}. Labels: {', '.join(f'{v} = {k}' for k, v in cfg['data']['labels'].items())}.
 
 ## Preprocessing
-Orientation {pre['orientation']}; resampled to {pre['spacing']} mm; {cfg['data']['modality']} window [{a_min:g}, {a_max:g}]
-mapped to [0, 1] and clipped; cropped to the non-zero foreground. Inference undoes all of it, so each
+Orientation {pre['orientation']}; resampled to {pre['spacing']} mm; {describe_intensity(cfg)}
+{'; cropped to the foreground' if pre['crop_foreground'] else ''}. Inference undoes the spatial steps, so each
 mask is written in its input's own grid.
 
 ## Network

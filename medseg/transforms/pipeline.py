@@ -148,9 +148,6 @@ def instantiate(spec: list[dict[str, Any]]) -> list:
     ]
 
 
-_instantiate = instantiate
-
-
 def crop_spec(cfg: dict[str, Any]) -> list[dict[str, Any]]:
     """Padding to the patch size and patch sampling (label-balanced or uniform)."""
     if cfg["network"].get("slice_mode"):  # 2D slices of 3D volumes for a 2D network

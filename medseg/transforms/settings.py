@@ -196,3 +196,44 @@ def _validate(cfg: dict[str, Any]) -> None:
     if crop["mode"] == "random" and any(p < 1 or p & (p - 1) for p in patch):
         raise MedsegError(f"key 'training.patch_size' is {patch}; random crops (augmentation.crop.mode: random) take"
                           " powers of two, e.g. 32, 64, 128")
+
+
+def describe_intensity(cfg: dict[str, Any]) -> str:
+    """One line on the intensity preprocessing (bundle README and metadata).
+
+    Example:
+        >>> describe_intensity(load_config("liver"))
+        'CT window [-140, 260] HU mapped to [0, 1] and clipped'
+    """
+    pre = cfg["preprocessing"]
+    method = pre["intensity"]
+    if method == "window":
+        wins = windows(cfg)
+        ranges = ", ".join(f"[{lo:g}, {hi:g}]" for lo, hi in wins)
+        text = (f"CT window {ranges} HU mapped to [0, 1] and clipped" if len(wins) == 1 else
+                f"CT windows {ranges} HU, each mapped to [0, 1] and clipped, stacked as {len(wins)} channels")
+    elif method == "zscore":
+        region = {"image": "the whole image", "nonzero": "the non-zero voxels",
+                  "mask": "the Otsu foreground"}[pre["zscore"]["region"]]
+        text = f"z-score normalised (mean and std of {region})"
+    elif method == "percentile":
+        text = (f"clipped to the {pre['percentile']['lower']:g}th-{pre['percentile']['upper']:g}th percentile"
+                " and scaled to [0, 1]")
+    elif method == "histogram":
+        text = ("Nyul histogram standardisation onto landmarks learned on the training set (in inference.json) at"
+                f" percentiles {pre['histogram']['percentiles']}")
+    else:
+        text = "intensities as stored"
+    if pre["bias_correction"]["enabled"]:
+        text = "N4 bias-field corrected, " + text
+    return text
+
+
+def value_range(cfg: dict[str, Any]) -> list[float]:
+    """The network input's value range ([] when unbounded, e.g. after z-scoring)."""
+    return [0.0, 1.0] if cfg["preprocessing"]["intensity"] in ("window", "percentile") else []
+
+
+def display_window(cfg: dict[str, Any]) -> tuple[float, float] | None:
+    """Intensity range for showing original images: the (first) CT window, or None (use percentiles)."""
+    return windows(cfg)[0] if cfg["preprocessing"]["intensity"] == "window" else None
