@@ -52,6 +52,7 @@ DEFAULTS: dict[str, Any] = {
         "bias_correction": {"enabled": False, "shrink": 4, "iterations": [50, 50, 30], "cache_dir": ".cache/n4"},
         "crop_foreground": True,
         "pad_to_multiple": False,  # pad to a multiple of the network's total stride (product of network.strides)
+        "image_channels": 0,  # image files per case (nnU-Net _0000, _0001, ...); 0 = counted on the training cases
     },
     "augmentation": {
         "elastic": {"prob": 0.3, "sigma": [5.0, 8.0], "magnitude": [50.0, 150.0]},  # sigma: smoothness, magnitude: alpha

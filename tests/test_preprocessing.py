@@ -251,3 +251,26 @@ def test_bundle_preprocessing_with_stacked_windows_runs_from_its_scripts_folder(
     assert "CT windows [-45, 105], [-500, 1300] HU" in meta["image_classes"]
     mr = metadata(load_config("liver", ["data.modality=MR"]), {})
     assert mr["network_data_format"]["inputs"]["image"]["value_range"] == []
+
+
+def test_fit_counts_channel_files_and_learns_landmarks_into_the_spec(tmp_path):
+    cases = []
+    for i in range(2):
+        image, label, affine = synthetic_case(shape=(20, 18, 10), seed=i)
+        paths = []
+        for c in range(2):  # two channel files per case, as nnU-Net's CASE_0000 / CASE_0001
+            nib.save(nib.Nifti1Image(image + 100.0 * c + 1000.0, affine), tmp_path / f"c{i}_{c}.nii.gz")
+            paths.append(str(tmp_path / f"c{i}_{c}.nii.gz"))
+        nib.save(nib.Nifti1Image(label, affine), tmp_path / f"l{i}.nii.gz")
+        cases.append({"image": paths, "label": str(tmp_path / f"l{i}.nii.gz")})
+    cfg = load_config("liver", ["preprocessing.window=[liver, lung]"])
+    assert input_channels(cfg) == 2
+    fitted = fit_preprocessing(cfg, cases)
+    assert fitted["preprocessing"]["image_channels"] == 2 and input_channels(fitted) == 4
+    with pytest.raises(MedsegError, match=r"have \[1, 2\] image files each"):
+        fit_preprocessing(cfg, cases + [{"image": cases[0]["image"][0], "label": cases[0]["label"]}])
+    hist = fit_preprocessing(load_config("liver", ["data.modality=MR", "preprocessing.intensity=histogram"]), cases)
+    landmarks = hist["preprocessing"]["histogram"]["landmarks"]
+    assert len(landmarks) == 11 and landmarks[0] == 0.0 and landmarks[-1] == 1.0
+    entry = next(s for s in preprocess_spec(hist, ("image",)) if s["_target_"] == "HistogramStandardized")
+    assert entry["landmarks"] == landmarks  # what the bundle's inference.json carries

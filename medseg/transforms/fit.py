@@ -91,9 +91,15 @@ def check_patch_fits(cfg: dict[str, Any], cases: list[dict[str, Any]]) -> None:
 
 
 def fit_preprocessing(cfg: dict[str, Any], train_cases: list[dict[str, Any]]) -> dict[str, Any]:
-    """Return a copy of ``cfg`` with ``spacing: auto`` and empty histogram landmarks learned on ``train_cases``."""
+    """Return a copy of ``cfg`` with the image files per case counted, and ``spacing: auto`` and empty histogram
+    landmarks learned on ``train_cases``."""
     cfg = copy.deepcopy(cfg)
     pre = cfg["preprocessing"]
+    counts = {len(c["image"]) if isinstance(c["image"], (list, tuple)) else 1 for c in train_cases}
+    if len(counts) > 1 or (pre["image_channels"] and counts != {pre["image_channels"]}):
+        raise MedsegError(f"training cases have {sorted(counts)} image files each; preprocessing.image_channels is"
+                          f" {pre['image_channels']}: every case needs the same number of channel files")
+    pre["image_channels"] = counts.pop() if counts else (pre["image_channels"] or 1)
     if pre["spacing"] == "auto":
         pre["spacing"] = median_spacing(train_cases, pre["orientation"])
         logger.info("preprocessing.spacing auto: median spacing of %d training cases is %s mm",

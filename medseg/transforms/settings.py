@@ -106,9 +106,9 @@ def input_channels(cfg: dict[str, Any]) -> int:
 
 
 def image_files(cfg: dict[str, Any]) -> int:
-    """Image files (channels) per case: ``data.channels`` when the data section lists them, else 1."""
-    channels = cfg.get("data", {}).get("channels")
-    return len(channels) if isinstance(channels, (list, dict)) and channels else 1
+    """Image files (channels) per case: ``preprocessing.image_channels``, counted on the training cases by
+    :func:`medseg.transforms.fit_preprocessing` (1 until then)."""
+    return int(cfg["preprocessing"].get("image_channels") or 1)
 
 
 def modality_overlay(modality: str) -> dict[str, Any]:
@@ -169,6 +169,8 @@ def _validate(cfg: dict[str, Any]) -> None:
                               or any(a >= b for a, b in zip(hist["landmarks"], hist["landmarks"][1:]))):
         raise MedsegError("key 'preprocessing.histogram.landmarks' must hold one increasing value per percentile"
                           " (leave it empty: training learns them)")
+    if pre["image_channels"] < 0:
+        raise MedsegError(f"key 'preprocessing.image_channels' is {pre['image_channels']}; give 0 (count them) or more")
     n4 = pre["bias_correction"]
     if n4["shrink"] < 1 or not n4["iterations"] or any(not isinstance(i, int) or i < 1 for i in n4["iterations"]):
         raise MedsegError("keys 'preprocessing.bias_correction.shrink/iterations' need shrink >= 1 and a list of"
