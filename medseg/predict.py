@@ -52,6 +52,7 @@ def _foreign_cfg(bundle) -> dict:
     meta = json.loads((Path(bundle.parser["bundle_root"]) / "configs" / "metadata.json").read_text())
     channels = meta["network_data_format"]["outputs"]["pred"]["channel_def"]
     return {
+        "input_channels": int(meta["network_data_format"]["inputs"]["image"].get("num_channels", 1)),
         "training": {"patch_size": list(inferer.roi_size)},
         "evaluation": {"sw_overlap": float(inferer.overlap), "classes": {}, "keep_largest_component": []},
         "data": {"labels": {name: int(k) for k, name in channels.items()}},
@@ -78,6 +79,7 @@ def run(argv: Sequence[str] | None = None) -> int:
 
     from medseg import __version__
     from medseg.bundle.load import load_bundle
+    from medseg.data.dicom import series_headers_ok
     from medseg.data.labelmaps import write_label_nifti
     from medseg.engine.inference import predict_case
 
@@ -100,9 +102,15 @@ def run(argv: Sequence[str] | None = None) -> int:
     with tqdm(cases, desc="predicting", unit="case", file=sys.stderr, disable=None) as bar:
         for name, path in bar:
             try:
+                if path.is_dir():  # medseg's series checks (order, spacing, tilt, gaps) before MONAI's reader
+                    series_headers_ok(path)
                 pred = predict_case(cfg, bundle.network, {"image": str(path)}, device, bundle.preprocessing, args.tta)
-            except MedsegError:
-                raise
+            except MedsegError as err:
+                if len(cases) == 1:
+                    raise
+                print(f"medseg: case '{name}' skipped: {err}", file=sys.stderr)
+                failed.append(name)
+                continue
             except Exception as err:  # one unreadable case must not stop the others
                 reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
                 print(f"medseg: case '{name}' skipped: {reason[:300]}", file=sys.stderr)

@@ -171,3 +171,23 @@ def test_bad_inputs(trained, scans, tmp_path: Path, capsys):
     captured = capsys.readouterr()
     assert "case 'bad' skipped" in captured.err and "1 failed: bad" in captured.out
     assert (tmp_path / "o" / "good_seg.nii.gz").is_file()
+
+
+def test_tilted_series_refused_alone_and_skipped_among_others(trained, scans, tmp_path: Path, capsys):
+    from medseg.data.dicom import write_series
+
+    affine = np.diag([-0.9, -0.9, 2.5, 1.0])
+    affine[:3, 3] = (100.0, 80.0, -30.0)
+    shape = (24, 20, 8)
+    tilt = np.array([affine[:3, 3] + k * affine[:3, 2] + [0.0, 0.6 * k, 0.0] for k in range(shape[2])])
+    folder = tmp_path / "cases"
+    write_series(folder / "tilted", np.full(shape, 40.0, np.float32), affine, positions=tilt)
+    out = tmp_path / "o"
+    assert predict_main(["--bundle", str(trained["bundle"]), "--input", str(folder / "tilted"), "--output", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "gantry tilt" in err and "Traceback" not in err
+    shutil.copy(scans / "second.nii.gz", folder / "good.nii.gz")
+    assert predict_main(["--bundle", str(trained["bundle"]), "--input", str(folder), "--output", str(out)]) == 1
+    captured = capsys.readouterr()
+    assert "case 'tilted' skipped" in captured.err and "gantry tilt" in captured.err
+    assert (out / "good_seg.nii.gz").is_file() and not (out / "tilted_seg.nii.gz").exists()
