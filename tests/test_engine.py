@@ -146,3 +146,82 @@ def test_unknown_names_are_one_line_with_the_known_ones(key, value, known, capsy
     assert main(["liver", "--set", f"{key}={value}"]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and key in err and known in err and value in err
+
+
+def toy_trainer(loss_fn, n_iter: int, max_norm: float, accumulation: int = 1, lr: float = 1.0):
+    """MONAI's SupervisedTrainer on a 4-weight linear 'network' with medseg's gradient guard attached."""
+    from monai.engines import SupervisedTrainer
+
+    from medseg.engine.optim import attach_gradient_guard
+
+    net = torch.nn.Linear(4, 1, bias=False)
+    torch.nn.init.zeros_(net.weight)
+    data = [{"image": torch.ones(1, 4), "label": torch.zeros(1, 1)} for _ in range(n_iter)]
+    trainer = SupervisedTrainer(device="cpu", max_epochs=1, train_data_loader=data, network=net, decollate=False,
+                                optimizer=torch.optim.SGD(net.parameters(), lr=lr), loss_function=loss_fn,
+                                accumulation_steps=accumulation)
+    attach_gradient_guard(trainer, max_norm)
+    return trainer, net
+
+
+def test_gradient_clipping_and_accumulation():
+    # loss = 100 * sum(w): gradient (100, 100, 100, 100), norm 200; one SGD step (lr 1) moves w by the gradient
+    trainer, net = toy_trainer(lambda pred, label: 100 * pred.sum(), 1, max_norm=0.0)
+    trainer.run()
+    assert torch.allclose(net.weight, torch.full((1, 4), -100.0)) and trainer.state.grad_norm == pytest.approx(200)
+    trainer, net = toy_trainer(lambda pred, label: 100 * pred.sum(), 1, max_norm=1.0)
+    trainer.run()
+    assert float(net.weight.norm()) == pytest.approx(1.0, rel=1e-5)  # clipped to norm 1
+    # accumulation over 2 batches: one step with the mean gradient, clipped once, at the second batch
+    trainer, net = toy_trainer(lambda pred, label: 100 * pred.sum(), 2, max_norm=1.0, accumulation=2)
+    trainer.run()
+    assert float(net.weight.norm()) == pytest.approx(1.0, rel=1e-5)
+    trainer, net = toy_trainer(lambda pred, label: 100 * pred.sum(), 2, max_norm=0.0, accumulation=2, lr=0.5)
+    trainer.run()
+    assert torch.allclose(net.weight, torch.full((1, 4), -50.0))  # (100 + 100) / 2 per weight, lr 0.5
+
+
+def test_non_finite_gradient_skips_the_step():
+    # sqrt at 0: the loss is 0, its gradient infinite
+    trainer, net = toy_trainer(lambda pred, label: torch.sqrt(pred - pred.detach()).sum(), 2, max_norm=0.0)
+    trainer.run()
+    assert torch.equal(net.weight, torch.zeros(1, 4)) and trainer.state.skipped_steps == 2
+
+
+def test_bf16_autocast_forward_and_float32_output():
+    from medseg.engine.precision import AutocastInferer, precision_arguments
+
+    seen = []
+    conv = torch.nn.Conv3d(1, 2, 3, padding=1)
+    conv.register_forward_hook(lambda m, i, o: seen.append(o.dtype))
+    inferer, amp_args = precision_arguments("bf16", torch.device("cpu"))
+    assert isinstance(inferer, AutocastInferer) and amp_args == {}
+    out = inferer(torch.rand(1, 1, 4, 4, 4), conv)
+    assert seen == [torch.bfloat16] and out.dtype == torch.float32
+    with pytest.raises(MedsegError, match="fp16 needs a GPU"):
+        precision_arguments("fp16", torch.device("cpu"))
+    inferer, amp_args = precision_arguments("fp16", torch.device("cuda"))
+    assert amp_args == {"amp": True, "amp_kwargs": {"dtype": torch.float16}}
+
+
+def test_activation_checkpointing_keeps_outputs_gradients_and_keys():
+    from monai.networks.nets import UNet
+
+    from medseg.engine.precision import disable_activation_checkpointing, enable_activation_checkpointing
+
+    torch.manual_seed(0)
+    net = UNet(3, 1, 2, channels=(4, 8, 16), strides=(2, 2), num_res_units=1, norm="instance")
+    x = torch.rand(1, 1, 16, 16, 16)
+    ref_out = net(x)
+    ref_out.sum().backward()
+    ref_grads = [p.grad.clone() for p in net.parameters()]
+    keys = list(net.state_dict())
+    net.zero_grad()
+    enable_activation_checkpointing(net)
+    assert sum("forward" in vars(m) for m in net.modules()) == 7  # 2 down, 1 bottom, 2 x (up-conv, residual)
+    out = net(x)
+    out.sum().backward()
+    assert torch.allclose(out, ref_out, atol=1e-6) and list(net.state_dict()) == keys
+    assert all(torch.allclose(g, p.grad, atol=1e-5) for g, p in zip(ref_grads, net.parameters()))
+    disable_activation_checkpointing(net)
+    assert torch.jit.script(net) is not None  # TorchScript export works again

@@ -16,12 +16,15 @@ them (``SequentialLR``); the schedule then starts after the warm-up.
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import torch
 from ignite.engine import Engine
 
 from medseg.errors import MedsegError
+
+logger = logging.getLogger("medseg.train")
 
 OPTIMISERS = ("adamw", "adam", "sgd")
 SCHEDULES = ("cosine", "step", "cosine_restarts", "poly", "constant")
@@ -93,22 +96,38 @@ def is_step_iteration(engine: Engine) -> bool:
     return (local + 1) % acc == 0 or local + 1 == engine.state.epoch_length
 
 
-def attach_grad_clip(trainer: Engine, max_norm: float) -> None:
-    """Clip the gradient norm to ``max_norm`` before each optimiser step.
+def attach_gradient_guard(trainer: Engine, max_norm: float) -> None:
+    """Before each optimiser step: measure the gradient norm (``engine.state.grad_norm``), skip the step if it
+    is not finite, and clip it to ``max_norm`` when that is positive.
 
-    MONAI's SupervisedTrainer has no clipping argument; this runs on its BACKWARD_COMPLETED event, after
-    the last accumulated backward pass and before ``optimizer.step()`` (gradients unscaled first with fp16).
+    MONAI's SupervisedTrainer has no clipping argument; this runs on its BACKWARD_COMPLETED event, after the
+    last accumulated backward pass and before ``optimizer.step()``. With fp16 the gradients are unscaled
+    first and MONAI's GradScaler skips non-finite steps itself; in float32 and bf16 a non-finite gradient
+    (with a finite loss) has its step skipped the same way: the gradients are dropped, so the optimiser
+    leaves weights and moments as they are (``engine.state.skipped_steps`` counts them).
     """
     from monai.engines.utils import IterationEvents
 
     @trainer.on(IterationEvents.BACKWARD_COMPLETED)
-    def _clip(engine: Engine) -> None:
+    def _guard(engine: Engine) -> None:
         if not is_step_iteration(engine):
             return
+        params = [p for group in engine.optimizer.param_groups for p in group["params"] if p.grad is not None]
         if engine.scaler is not None:
-            engine.scaler.unscale_(engine.optimizer)
-        params = [p for group in engine.optimizer.param_groups for p in group["params"]]
-        engine.state.grad_norm = float(torch.nn.utils.clip_grad_norm_(params, max_norm))
+            if max_norm > 0:
+                engine.scaler.unscale_(engine.optimizer)
+                engine.state.grad_norm = float(torch.nn.utils.clip_grad_norm_(params, max_norm))
+            return
+        norm = torch.nn.utils.get_total_norm([p.grad for p in params])
+        engine.state.grad_norm = float(norm)
+        if not torch.isfinite(norm):
+            for p in params:
+                p.grad = None
+            engine.state.skipped_steps = getattr(engine.state, "skipped_steps", 0) + 1
+            logger.warning("non-finite gradient norm at epoch %d, iteration %d: optimiser step skipped (%d so far)",
+                           engine.state.epoch, engine.state.iteration, engine.state.skipped_steps)
+        elif max_norm > 0:
+            torch.nn.utils.clip_grads_with_norm_(params, max_norm, norm)
 
 
 def bundle_scheduler_def(tr: dict[str, Any]) -> dict[str, Any]:

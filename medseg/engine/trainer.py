@@ -36,7 +36,6 @@ from monai.handlers import (
     ValidationHandler,
     from_engine,
 )
-from monai.inferers import SimpleInferer
 from monai.transforms import AsDiscreted, Compose, MapTransform
 from monai.utils import set_determinism
 
@@ -46,7 +45,10 @@ from medseg.engine.checkpoint import (
 )
 from medseg.engine.inference import sliding_window_inferer
 from medseg.engine.losses import build_loss
-from medseg.engine.optim import attach_grad_clip, build_optimizer, build_scheduler
+from medseg.engine.optim import attach_gradient_guard, build_optimizer, build_scheduler
+from medseg.engine.precision import (
+    disable_activation_checkpointing, enable_activation_checkpointing, precision_arguments,
+)
 from medseg.errors import MedsegError
 from medseg.fileio import atomic_write_text
 from medseg.networks import build_network, wrap_deep_supervision
@@ -107,74 +109,6 @@ def pick_device(choice: str) -> torch.device:
     if choice == "cuda" or (choice == "auto" and torch.cuda.is_available()):
         return torch.device("cuda")
     return torch.device("cpu")
-
-
-class AutocastInferer(SimpleInferer):
-    """The forward pass under ``torch.autocast`` (bf16 on CPU or GPU), returned in float32 so the loss and its
-    reductions run in full precision. MONAI's ``amp=True`` autocasts on CUDA only and always adds an fp16
-    gradient scaler; bf16 needs no scaler."""
-
-    def __init__(self, device_type: str, dtype: torch.dtype) -> None:
-        super().__init__()
-        self.device_type, self.dtype = device_type, dtype
-
-    def __call__(self, inputs: torch.Tensor, network: Any, *args: Any, **kwargs: Any) -> Any:
-        with torch.autocast(self.device_type, dtype=self.dtype):
-            out = super().__call__(inputs, network, *args, **kwargs)
-        return [o.float() for o in out] if isinstance(out, (list, tuple)) else out.float()
-
-
-def _precision(amp: str, device: torch.device) -> tuple[Any, dict[str, Any]]:
-    """(train inferer, SupervisedTrainer amp arguments) for ``training.amp``."""
-    if amp == "bf16":
-        return AutocastInferer(device.type, torch.bfloat16), {}
-    if amp == "fp16":
-        if device.type != "cuda":
-            raise MedsegError("training.amp: fp16 needs a GPU (the CPU has no fp16 autocast); use bf16 on CPU")
-        return SimpleInferer(), {"amp": True, "amp_kwargs": {"dtype": torch.float16}}
-    return SimpleInferer(), {}
-
-
-def enable_activation_checkpointing(net: torch.nn.Module) -> None:
-    """Recompute activations in the backward pass instead of keeping them (less memory, about a third more time).
-
-    Networks with a ``use_checkpoint`` switch (MONAI's SwinUNETR) get it turned on; in MONAI's UNet each
-    residual/convolution block of the encoder and decoder is run through ``torch.utils.checkpoint`` (MONAI's
-    UNet has no switch of its own). The state dict keeps its keys. With batch norm, a checkpointed block's
-    running statistics are updated twice per step (forward and recomputation).
-    """
-    from functools import partial
-
-    from monai.networks.blocks import Convolution, ResidualUnit
-    from torch.utils.checkpoint import checkpoint
-
-    switches = [m for m in net.modules() if hasattr(m, "use_checkpoint")]
-    if switches:
-        for m in switches:
-            m.use_checkpoint = True
-        return
-    blocks = [m for m in net.modules() if isinstance(m, (ResidualUnit, Convolution))]
-    outer = [m for m in blocks if not any(m is not b and any(c is m for c in b.modules()) for b in blocks)]
-    if not outer:
-        raise MedsegError(
-            f"training.activation_checkpointing: network '{type(net).__name__}' does not support it; set it to false"
-        )
-
-    def run(module: torch.nn.Module, forward: Any, x: torch.Tensor) -> torch.Tensor:
-        if module.training and torch.is_grad_enabled():
-            return checkpoint(forward, x, use_reentrant=False)
-        return forward(x)
-
-    for block in outer:
-        block.forward = partial(run, block, block.forward)
-
-
-def disable_activation_checkpointing(net: torch.nn.Module) -> None:
-    """Undo :func:`enable_activation_checkpointing` (before TorchScript export)."""
-    for m in net.modules():
-        if hasattr(m, "use_checkpoint"):
-            m.use_checkpoint = False
-        m.__dict__.pop("forward", None)
 
 
 def _progress(
@@ -286,7 +220,7 @@ def train(
     scheduler = build_scheduler(optimizer, tr)
     # [main, aux...] outputs in training (network.deep_supervision): MONAI's DeepSupervisionLoss, YAML weights
     loss_function = wrap_deep_supervision(build_loss(tr), cfg["network"])
-    train_inferer, amp_args = _precision(tr["amp"], device)
+    train_inferer, amp_args = precision_arguments(tr["amp"], device)
 
     classes = cfg["evaluation"]["classes"] or {k: [v] for k, v in cfg["data"]["labels"].items() if v != 0}
     val_post = Compose(
@@ -361,8 +295,7 @@ def train(
                 logger.info("early stopping: no gain of %g in validation mean Dice for %d validations",
                             tr["early_stopping_min_delta"], early.patience)
 
-    if tr["grad_clip"] > 0:
-        attach_grad_clip(trainer, tr["grad_clip"])
+    attach_gradient_guard(trainer, tr["grad_clip"])  # clipping, and a skipped step on a non-finite gradient
 
     @trainer.on(IterationEvents.LOSS_COMPLETED)
     def _finite_loss(engine: SupervisedTrainer) -> None:
