@@ -3,8 +3,8 @@
 - ``training_curves.png``: loss and learning rate per epoch; validation Dice and IoU per class.
 - ``validation_overlays.png``: the best and worst validation cases, image with the reference (green)
   and predicted (red) contours on the slices where the first class is largest.
-- ``augmentation_preview.png``: one training case after preprocessing, and the same after random
-  augmentation, with its label contours (made at the start of training).
+- ``augmentation_preview.png``: training patches before and after random augmentation, with label
+  contours (made at the start of training by :mod:`medseg.transforms.preview`, as ``python -m medseg.preview``).
 - ``report.md``: the metrics table, the training budget and links to the figures.
 """
 
@@ -106,27 +106,6 @@ def overlay_montage(cases: list[dict[str, Any]], members: list[int], window: tup
                     ax.contour(mask[..., z].T.astype(float), levels=[0.5], colors=colour, linewidths=1)
             ax.set_title(f"{case['case']}  slice {z}  Dice {case['dice']:.3f}", fontsize=8)
     fig.suptitle("reference: green, prediction: red", fontsize=9)
-    fig.tight_layout()
-    return _save(plt, fig, path)
-
-
-def augmentation_preview(original: np.ndarray, original_label: np.ndarray, augmented: list[tuple[np.ndarray, np.ndarray]],
-                         path: Path) -> Path:
-    """Middle slices of a preprocessed patch and of its augmented versions, label contours in colour."""
-    cols = 1 + len(augmented)
-    plt, fig, axes = _figure(1, cols, (3 * cols, 3.2))
-    for ax, (img, lab), title in zip(axes[0], [(original, original_label), *augmented],
-                                      ["preprocessed"] + [f"augmented {i + 1}" for i in range(len(augmented))]):
-        if img.ndim == 2:  # 2D network: the patch itself is the slice
-            img, lab = img[..., None], lab[..., None]
-        z = img.shape[-1] // 2
-        ax.imshow(img[..., z].T, cmap="gray", origin="lower", vmin=0, vmax=1)
-        for value, colour in zip(sorted(v for v in np.unique(lab) if v > 0), COLOURS):
-            mask = lab[..., z] == value
-            if mask.any() and not mask.all():
-                ax.contour(mask.T.astype(float), levels=[0.5], colors=colour, linewidths=1)
-        ax.set_title(title, fontsize=9)
-        ax.axis("off")
     fig.tight_layout()
     return _save(plt, fig, path)
 
