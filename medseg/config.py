@@ -70,14 +70,21 @@ DEFAULTS: dict[str, Any] = {
         "bias_field": {"prob": 0.0, "coeff": [0.0, 0.3], "degree": 3},  # MRI smooth multiplicative field
         "crop": {"mode": "balanced", "pad_to_patch": True},  # balanced (training.pos_neg_ratio) | random
     },
-    "network": {
-        "name": "unet",
+    "network": {  # medseg/networks: `python -m medseg.networks` lists the names, sizes and papers
+        "name": "resunet",  # MONAI UNet with residual units
         "spatial_dims": 3,
-        "channels": [16, 32, 64, 128, 256],
-        "strides": [2, 2, 2, 2],
-        "num_res_units": 2,
-        "dropout": 0.0,
-        "norm": "batch",  # running statistics: eval does not depend on how much of a window is padding
+        # shorthand for the network's arguments of the same meaning; null = the network's own default
+        # (resunet's: channels [16, 32, 64, 128, 256], strides [2, 2, 2, 2], 2 residual units, batch norm)
+        "channels": None,
+        "strides": None,
+        "num_res_units": None,
+        "dropout": None,
+        "norm": None,
+        "args": {},  # any other constructor argument of the network, e.g. {prune_depth: 3} (unknown ones refused)
+        "deep_supervision": False,  # train on [main, aux...] outputs (unetpp, unet3p); inference uses main
+        "ds_weights": [],  # loss weight per output, main first; [] = 1, 0.5, 0.25, ...
+        "slice_mode": False,  # a 2D network on 3D volumes: train on 2D slices, predict slice by slice
+        "slice_axis": 2,  # the axis slices are taken across (2 = axial in RAS)
     },
     "training": {
         "epochs": 40,
@@ -133,7 +140,7 @@ DEFAULTS: dict[str, Any] = {
 _CHOICES = {
     "data.layout": {"msd", "nnunet", "csv", "folders"},
     "data.modality": {"CT", "MR", "XR", "microscopy"},
-    "network.name": {"unet"},
+    "network.name": {"unet", "resunet", "attention_unet", "unetpp", "unet3p", "unetr", "swin_unetr", "light_unet"},
     "network.norm": {"instance", "batch"},
     "training.loss": {"dice_ce", "dice", "ce", "dice_focal"},
     "training.optimizer": {"adamw", "adam", "sgd"},
@@ -188,6 +195,8 @@ def _merge(base: dict, update: dict, source: str, prefix: str = "") -> None:
             if not isinstance(value, dict):
                 raise MedsegError(f"{source}: key '{dotted}' must be a mapping, got {type(value).__name__}")
             _merge(default, value, source, dotted + ".")
+        elif dotted == "network.args" and isinstance(value, dict):  # free-form, but merged key by key
+            base[key] = {**default, **value}
         else:
             base[key] = _check_type(dotted, default, value, source)
 
@@ -249,20 +258,10 @@ def _validate(cfg: dict, source: str) -> None:
             raise MedsegError(f"{source}: key 'evaluation.keep_largest_component' names unknown class '{name}'")
     net, train = cfg["network"], cfg["training"]
     dims = net["spatial_dims"]
-    for key in ("training.patch_size",):  # preprocessing.spacing: medseg.transforms.settings.validate
-        section, name = key.split(".")
-        if len(cfg[section][name]) != dims:
-            raise MedsegError(f"{source}: key '{key}' needs {dims} values for network.spatial_dims={dims}")
-    if len(net["strides"]) != len(net["channels"]) - 1:
-        raise MedsegError(f"{source}: key 'network.strides' needs one entry fewer than 'network.channels'")
-    multiple = 1
-    for s in net["strides"]:
-        multiple *= s
-    if any(p % multiple for p in train["patch_size"]):
-        raise MedsegError(
-            f"{source}: key 'training.patch_size' {train['patch_size']} must be multiples of {multiple}"
-            " (the product of network.strides)"
-        )
+    from medseg.networks import check_network
+
+    # name, arguments, training.patch_size (values and multiple), slice mode, deep supervision weights
+    check_network(cfg, source)
     for key in ("epochs", "iterations_per_epoch", "batch_size", "val_every"):
         if train[key] < 1:
             raise MedsegError(f"{source}: key 'training.{key}' must be at least 1")

@@ -48,7 +48,7 @@ def test_a_yaml_path_works_and_unknown_keys_are_named(tmp_path: Path):
     [
         ("training.epochs=many", r"'training\.epochs' must be int"),
         ("training.epochs=0", r"'training\.epochs' must be at least 1"),
-        ("network.name=vnet", r"'network\.name' is 'vnet'; choose one of unet"),
+        ("network.name=vnet", r"'network\.name' is 'vnet'; choose one of attention_unet, .*unet"),
         ("training.patch_size=[30,32,32]", r"must be multiples of 16"),
         ("preprocessing.spacing=[1,1]", r"needs 3 values"),
         ("evaluation.classes={liver: [7]}", r"evaluation\.classes\.liver"),

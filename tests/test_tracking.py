@@ -81,7 +81,7 @@ def test_training_against_a_real_server_logs_everything(server, tmp_path: Path, 
     assert run.info.status == "FINISHED" and run.info.run_name == "liver-run"
     params, tags = run.data.params, run.data.tags
     assert params["training.epochs"] == "2" and params["data.n_train"] == "2" and params["data.n_val"] == "1"
-    assert "data.median_spacing_mm" in params and tags["network"] == "unet" and tags["fold"] == "none"
+    assert "data.median_spacing_mm" in params and tags["network"] == "resunet" and tags["fold"] == "none"
     assert tags["monai.version"] and tags["torch.version"] and tags["medseg.git_commit"]
     assert len(client.get_metric_history(run.info.run_id, "train_loss")) == 4
     assert len(client.get_metric_history(run.info.run_id, "lr_group_0")) == 4

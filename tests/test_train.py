@@ -55,7 +55,7 @@ def test_mlflow_run_has_params_metrics_and_artifacts(trained):
     assert len(runs) == 1
     run = runs[0]
     assert run.info.run_name == "liver-run" and run.info.status == "FINISHED"
-    assert run.data.params["training.epochs"] == "2" and run.data.params["network.name"] == "unet"
+    assert run.data.params["training.epochs"] == "2" and run.data.params["network.name"] == "resunet"
     assert run.data.tags["task"] == "liver"
     assert len(client.get_metric_history(run.info.run_id, "train_loss")) == 4  # 2 epochs x 2 iterations
     assert len(client.get_metric_history(run.info.run_id, "val_mean_dice")) == 2

@@ -38,7 +38,9 @@ from medseg.engine.inference import largest_component_labels
 from medseg.engine.losses import monai_loss_def
 from medseg.engine.optim import bundle_scheduler_def, optimizer_def
 from medseg.fileio import publish_dir
-from medseg.networks import monai_network_def
+from medseg.networks import describe, monai_network_def
+from medseg.networks.bundle import bundle_scripts, export_torchscript, inferer_def, loss_def, write_network_script
+from medseg.networks.bundle import spatial_shape as network_spatial_shape
 from medseg.transforms import augment_spec, input_channels, preprocess_spec
 from medseg.transforms.settings import describe_intensity, value_range
 
@@ -100,8 +102,7 @@ def inference_config(cfg: dict[str, Any]) -> dict[str, Any]:
         "dataset": {"_target_": "Dataset", "data": "$[{'image': i} for i in @datalist]", "transform": "@preprocessing"},
         "dataloader": {"_target_": "DataLoader", "dataset": "@dataset", "batch_size": 1, "shuffle": False,
                        "num_workers": 0},
-        "inferer": {"_target_": "SlidingWindowInferer", "roi_size": list(cfg["training"]["patch_size"]),
-                    "sw_batch_size": 2, "overlap": cfg["evaluation"]["sw_overlap"], "mode": "gaussian"},
+        "inferer": inferer_def(cfg),  # sliding windows, or slice by slice for a 2D network in slice mode
         "postprocessing": {"_target_": "Compose", "transforms": post},
         "handlers": [
             {"_target_": "CheckpointLoader", "load_path": "@checkpoint", "load_dict": {"model": "@network"},
@@ -141,7 +142,7 @@ def train_config(cfg: dict[str, Any]) -> dict[str, Any]:
         "val_every": tr["val_every"],
         "network_def": monai_network_def(cfg["network"], input_channels(cfg), n_classes),
         "network": "$@network_def.to(@device)",
-        "loss": monai_loss_def(tr),
+        "loss": loss_def(cfg, monai_loss_def(tr)),  # DeepSupervisionLoss around it for aux outputs
         "optimizer": {**optimizer_def(tr), "params": "$@network.parameters()", "lr": "@learning_rate"},
         "lr_scheduler": bundle_scheduler_def(tr),
         "train": {
@@ -170,8 +171,7 @@ def train_config(cfg: dict[str, Any]) -> dict[str, Any]:
                         "cache_rate": 1.0},
             "dataloader": {"_target_": "DataLoader", "dataset": "@validate#dataset", "batch_size": 1,
                            "num_workers": 0},
-            "inferer": {"_target_": "SlidingWindowInferer", "roi_size": list(tr["patch_size"]), "sw_batch_size": 2,
-                        "overlap": ev["sw_overlap"], "mode": "gaussian"},
+            "inferer": inferer_def(cfg),
             "postprocessing": {"_target_": "Compose", "transforms": [
                 {"_target_": "AsDiscreted", "keys": "pred", "argmax": True, "to_onehot": n_classes},
                 {"_target_": "AsDiscreted", "keys": "label", "to_onehot": n_classes},
@@ -222,7 +222,7 @@ format=%(asctime)s - %(name)s - %(levelname)s - %(message)s
 def metadata(cfg: dict[str, Any], summary: dict[str, dict[str, float]]) -> dict[str, Any]:
     """The bundle's ``metadata.json``."""
     labels = {int(v): k for k, v in cfg["data"]["labels"].items()}
-    multiple = int(np.prod(cfg["network"]["strides"]))
+    shape = network_spatial_shape(cfg)
     dims = cfg["network"]["spatial_dims"]
     return {
         "schema": OFFICIAL_SCHEMA,
@@ -250,12 +250,12 @@ def metadata(cfg: dict[str, Any], summary: dict[str, dict[str, float]]) -> dict[
             "inputs": {"image": {
                 "type": "image", "format": "hounsfield" if cfg["data"]["modality"] == "CT" else "magnitude",
                 "modality": cfg["data"]["modality"], "num_channels": input_channels(cfg),
-                "spatial_shape": [f"{multiple}*n"] * dims, "dtype": "float32", "value_range": value_range(cfg),
+                "spatial_shape": shape, "dtype": "float32", "value_range": value_range(cfg),
                 "is_patch_data": True, "channel_def": {"0": "image"},
             }},
             "outputs": {"pred": {
                 "type": "image", "format": "segmentation", "num_channels": len(labels),
-                "spatial_shape": [f"{multiple}*n"] * dims, "dtype": "float32", "value_range": [],
+                "spatial_shape": shape, "dtype": "float32", "value_range": [],
                 "is_patch_data": True, "channel_def": {str(v): k for v, k in sorted(labels.items())},
             }},
         },
@@ -290,8 +290,7 @@ Orientation {pre['orientation']}; resampled to {pre['spacing']} mm; {describe_in
 mask is written in its input's own grid.
 
 ## Network
-MONAI `{net['name']}` ({net['spatial_dims']}D), channels {net['channels']}, strides {net['strides']},
-{net['num_res_units']} residual units, {net['norm']} norm. Sliding-window inference with patches
+{describe(net)}. {'Slice-by-slice' if net.get('slice_mode') else 'Sliding-window'} inference with patches
 {tr['patch_size']} and overlap {cfg['evaluation']['sw_overlap']}.
 
 ## Training
@@ -343,7 +342,7 @@ def verify_bundle(bundle_dir: Path) -> None:
 
     meta = str(bundle_dir / "configs" / "metadata.json")
     digest = hashlib.sha256(SCHEMA_PATH.read_bytes()).hexdigest()
-    with _quiet_monai():
+    with _quiet_monai(), bundle_scripts(bundle_dir):  # network_def may name scripts.medseg_networks classes
         verify_metadata(meta_file=meta, filepath=str(SCHEMA_PATH), hash_val=digest, hash_type="sha256")
         verify_net_in_out(
             net_id="network_def", meta_file=meta, config_file=str(bundle_dir / "configs" / "inference.json"),
@@ -351,17 +350,11 @@ def verify_bundle(bundle_dir: Path) -> None:
         )
 
 
-def _torchscript(bundle_dir: Path) -> None:
-    """``models/model.ts`` through MONAI's ``ckpt_export`` (scripting, with the configs embedded)."""
-    from monai.bundle import ckpt_export
-
-    with _quiet_monai():
-        ckpt_export(
-            net_id="network_def", filepath=str(bundle_dir / "models" / "model.ts"),
-            ckpt_file=str(bundle_dir / "models" / "model.pt"),
-            meta_file=str(bundle_dir / "configs" / "metadata.json"),
-            config_file=str(bundle_dir / "configs" / "inference.json"),
-        )
+def _torchscript(bundle_dir: Path, cfg: dict[str, Any]) -> None:
+    """``models/model.ts`` through MONAI's ``ckpt_export`` (scripted; traced where the network cannot be
+    scripted, see :mod:`medseg.networks.bundle`), with the configs embedded."""
+    with _quiet_monai(), bundle_scripts(bundle_dir):
+        export_torchscript(bundle_dir, cfg)
 
 
 def export_bundle(
@@ -386,7 +379,7 @@ def export_bundle(
         (tmp / "docs" / "README.md").write_text(_readme(cfg, summary, run_seconds))
         (tmp / "LICENSE").write_text(LICENSE_TEXT)
         verify_bundle(tmp)
-        _torchscript(tmp)
+        _torchscript(tmp, cfg)
         old = None
         if target.exists():
             old = target.with_name(f".{target.name}.old")

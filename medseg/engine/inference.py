@@ -87,10 +87,11 @@ def case_id(case: dict[str, str]) -> str:
 
 
 def sliding_window_inferer(cfg: dict[str, Any]) -> SlidingWindowInferer:
-    """Training-patch-sized windows, Gaussian blending, the configured overlap."""
-    return SlidingWindowInferer(
-        roi_size=cfg["training"]["patch_size"], sw_batch_size=2, overlap=cfg["evaluation"]["sw_overlap"], mode="gaussian"
-    )
+    """Training-patch-sized windows, Gaussian blending, the configured overlap; with ``network.slice_mode``
+    MONAI's SliceInferer (a 2D network slice by slice through the volume; the bundle uses the same entry)."""
+    from medseg.networks.bundle import build_inferer
+
+    return build_inferer(cfg)
 
 
 def evaluate_cases(

@@ -1,54 +1,336 @@
-"""Network registry: a config's ``network`` section to a ``torch.nn.Module``."""
+"""Network registry: the config's ``network`` section to a ``torch.nn.Module`` (the U-Net family, 2D and 3D).
+
+The YAML names a network and, optionally, its arguments::
+
+    network:
+      name: unetpp              # python -m medseg.networks lists them all
+      spatial_dims: 3
+      channels: [16, 32, 64, 128, 256]   # shorthand keys: channels, strides, num_res_units, norm, dropout
+      args: {prune_depth: 3}    # any other constructor argument of that network
+      deep_supervision: true
+      ds_weights: [1.0, 0.5, 0.25, 0.125]
+
+A shorthand key left at ``null`` (the default) takes the network's own default; a key or argument the
+network does not take is refused, naming it and listing the ones it takes. Every network is wrapped in
+:class:`~medseg.networks.own.PadToMultiple`, so any input size works (zero-padded to the multiple the
+network needs, the output cropped back); training patches must still be multiples (checked up front).
+"""
 
 from __future__ import annotations
 
-from typing import Any
+import copy
+import inspect
+from dataclasses import dataclass, field
+from typing import Any, Callable
 
 import torch
-from monai.networks.nets import UNet
+from monai.networks import nets as monai_nets
 
 from medseg.errors import MedsegError
+from medseg.networks import own
+
+#: shorthand keys of the ``network`` section that map onto a network's constructor arguments
+SHORTHAND = ("channels", "strides", "num_res_units", "norm", "dropout")
+#: module name of own.py inside an exported bundle's scripts/ folder
+SCRIPT_MODULE = "medseg_networks"
+_RESERVED = {"self", "spatial_dims", "in_channels", "out_channels", "deep_supervision"}
 
 
-def build_network(net_cfg: dict[str, Any], in_channels: int, out_channels: int) -> torch.nn.Module:
-    """Build the network named by ``net_cfg['name']`` (MONAI's classes, configured from the YAML).
+def _prod(values: Any) -> int:
+    out = 1
+    for v in values:
+        out *= int(v)
+    return out
+
+
+@dataclass(frozen=True)
+class NetSpec:
+    """How one registry name is built, exported and sized."""
+
+    name: str
+    cls: type
+    paper: str
+    defaults: dict[str, Any]
+    multiple: Callable[[dict[str, Any]], int]
+    aliases: dict[str, str] = field(default_factory=dict)  # shorthand key -> constructor argument
+    deep_supervision: bool = False  # has auxiliary outputs
+    n_outputs: Callable[[dict[str, Any]], int] = lambda a: 1  # main + aux outputs with deep supervision
+    fixed_size: str | None = None  # constructor argument holding a fixed input size
+    minimum: Callable[[dict[str, Any]], int] = lambda a: 0  # smallest input size per axis (inputs padded up)
+    dims: tuple[int, ...] = (2, 3)
+
+    @property
+    def target(self) -> str:
+        """The class as a bundle config ``_target_`` (own classes live in the bundle's ``scripts/``)."""
+        if self.cls.__module__ == own.__name__:
+            return f"scripts.{SCRIPT_MODULE}.{self.cls.__name__}"
+        return f"monai.networks.nets.{self.cls.__name__}"
+
+    def arguments(self) -> list[str]:
+        return [p for p in inspect.signature(self.cls.__init__).parameters if p not in _RESERVED]
+
+
+def _levels(args: dict[str, Any]) -> int:
+    return 2 ** (len(args["channels"]) - 1)
+
+
+REGISTRY: dict[str, NetSpec] = {
+    s.name: s
+    for s in [
+        NetSpec("unet", own.OriginalUNet, "Ronneberger et al., U-Net, MICCAI 2015",
+                {"channels": [64, 128, 256, 512, 1024], "norm": None}, _levels,
+                aliases={"channels": "channels", "norm": "norm", "dropout": "dropout"}),
+        NetSpec("resunet", monai_nets.UNet, "Kerfoot et al., Left-Ventricle Quantification Using Residual U-Net, STACOM 2018",
+                {"channels": [16, 32, 64, 128, 256], "strides": [2, 2, 2, 2], "num_res_units": 2, "norm": "batch",
+                 "dropout": 0.0},
+                lambda a: _prod(a["strides"]),
+                aliases={k: k for k in SHORTHAND}),
+        NetSpec("attention_unet", monai_nets.AttentionUnet, "Oktay et al., Attention U-Net, MIDL 2018",
+                {"channels": [16, 32, 64, 128, 256], "strides": [2, 2, 2, 2]},
+                lambda a: _prod(a["strides"]),
+                aliases={"channels": "channels", "strides": "strides", "dropout": "dropout"}),
+        NetSpec("unetpp", own.UNetPlusPlus, "Zhou et al., UNet++, DLMIA 2018",
+                {"channels": [32, 32, 64, 128, 256]}, lambda a: 16,
+                aliases={"channels": "channels", "norm": "norm", "dropout": "dropout"},
+                deep_supervision=True, n_outputs=lambda a: 4),
+        NetSpec("unet3p", own.UNet3Plus, "Huang et al., UNet 3+, ICASSP 2020",
+                {"channels": [64, 128, 256, 512, 1024]}, _levels,
+                aliases={"channels": "channels", "norm": "norm"},
+                deep_supervision=True, n_outputs=lambda a: len(a["channels"])),
+        NetSpec("unetr", monai_nets.UNETR, "Hatamizadeh et al., UNETR, WACV 2022",
+                {}, lambda a: 16, aliases={"norm": "norm_name", "dropout": "dropout_rate"}, fixed_size="img_size"),
+        NetSpec("swin_unetr", monai_nets.SwinUNETR, "Hatamizadeh et al., Swin UNETR, BrainLes 2021",
+                {}, lambda a: int(a.get("patch_size", 2)) * 16,
+                aliases={"norm": "norm_name", "dropout": "drop_rate"}, minimum=lambda a: int(a.get("patch_size", 2)) * 32),
+        NetSpec("light_unet", own.LightUNet,
+                "Howard et al., MobileNets (depthwise-separable convolutions), arXiv:1704.04861, 2017",
+                {"channels": [16, 32, 64, 128, 256], "norm": "batch"}, _levels,
+                aliases={"channels": "channels", "norm": "norm"}),
+    ]
+}
+
+
+def network_names() -> list[str]:
+    return list(REGISTRY)
+
+
+def _spec(net_cfg: dict[str, Any]) -> NetSpec:
+    name = net_cfg.get("name")
+    if name not in REGISTRY:
+        raise MedsegError(f"network.name: '{name}' is not a known network; choose one of {', '.join(REGISTRY)}")
+    return REGISTRY[name]
+
+
+def _legacy(net_cfg: dict[str, Any]) -> bool:
+    """A ``network`` section written before the registry (no ``args``): MONAI's UNet with its keys, as then."""
+    return "args" not in net_cfg
+
+
+def network_args(net_cfg: dict[str, Any], patch_size: list[int] | None = None) -> dict[str, Any]:
+    """The constructor arguments (besides dims and channels in/out) the section resolves to, checked by name.
 
     Args:
         net_cfg: the config's ``network`` section.
+        patch_size: the training patch; fills a fixed-size network's input size (UNETR's ``img_size``).
+    """
+    spec = _spec(net_cfg)
+    args = copy.deepcopy(spec.defaults)
+    known = spec.arguments()
+    for key in SHORTHAND:
+        value = net_cfg.get(key)
+        if value is None:
+            continue
+        if key not in spec.aliases:
+            takes = ", ".join(k for k in SHORTHAND if k in spec.aliases) or "none of them"
+            raise MedsegError(
+                f"network.{key}: network '{spec.name}' does not take it (of the shorthand keys it takes {takes});"
+                f" remove it or set it to null"
+            )
+        args[spec.aliases[key]] = value
+    for key, value in (net_cfg.get("args") or {}).items():
+        if key not in known:
+            hint = " (use network.deep_supervision)" if key == "deep_supervision" else ""
+            raise MedsegError(
+                f"network.args.{key}: not an argument of network '{spec.name}'{hint}; it takes {', '.join(known)}"
+            )
+        args[key] = value
+    if spec.fixed_size and spec.fixed_size not in args:
+        if patch_size is None:
+            raise MedsegError(f"network.args.{spec.fixed_size}: network '{spec.name}' needs its input size")
+        args[spec.fixed_size] = list(patch_size)
+    return args
+
+
+def input_multiple(net_cfg: dict[str, Any]) -> int:
+    """The factor each spatial input size must be divisible by (after padding, inputs always are)."""
+    if _legacy(net_cfg):
+        return _prod(net_cfg["strides"])
+    return int(_spec(net_cfg).multiple(network_args(net_cfg, [0])))
+
+
+def n_outputs(net_cfg: dict[str, Any]) -> int:
+    """How many outputs the network returns in training (1 without deep supervision)."""
+    if _legacy(net_cfg) or not net_cfg.get("deep_supervision"):
+        return 1
+    return int(_spec(net_cfg).n_outputs(network_args(net_cfg, [0])))
+
+
+def _constructor(net_cfg: dict[str, Any], in_channels: int, out_channels: int,
+                 deep_supervision: bool | None = None) -> tuple[NetSpec, dict[str, Any]]:
+    spec = _spec(net_cfg)
+    dims = int(net_cfg.get("spatial_dims", 3))
+    if dims not in spec.dims:
+        raise MedsegError(f"network.spatial_dims: network '{spec.name}' is {' or '.join(map(str, spec.dims))}D only")
+    ds = bool(net_cfg.get("deep_supervision", False)) if deep_supervision is None else deep_supervision
+    if net_cfg.get("deep_supervision") and not spec.deep_supervision:
+        with_ds = ", ".join(n for n, s in REGISTRY.items() if s.deep_supervision)
+        raise MedsegError(f"network.deep_supervision: network '{spec.name}' has no auxiliary outputs ({with_ds} have)")
+    kwargs = {"spatial_dims": dims, "in_channels": in_channels, "out_channels": out_channels,
+              **network_args(net_cfg)}
+    if spec.deep_supervision:
+        kwargs["deep_supervision"] = ds
+    return spec, kwargs
+
+
+def build_network(net_cfg: dict[str, Any], in_channels: int, out_channels: int,
+                  deep_supervision: bool | None = None) -> torch.nn.Module:
+    """Build the network named by ``net_cfg['name']``, wrapped so that any input size works.
+
+    Args:
+        net_cfg: the config's ``network`` section (``args`` must hold a fixed-size network's input size;
+            :func:`check_network` fills it from the training patch when the config is loaded).
         in_channels: image channels.
         out_channels: number of label values (background included).
+        deep_supervision: override ``net_cfg['deep_supervision']`` (exports build without auxiliary heads
+            only where they own no weights).
 
     Example:
-        >>> net = build_network({"name": "unet", "spatial_dims": 3, "channels": [8, 16], "strides": [2],
-        ...                      "num_res_units": 1, "dropout": 0.0, "norm": "instance"}, 1, 3)
+        >>> net = build_network({"name": "unet", "spatial_dims": 2, "args": {"channels": [8, 16, 32]}}, 1, 3)
     """
-    name = net_cfg["name"]
-    if name == "unet":
-        return UNet(
-            spatial_dims=net_cfg["spatial_dims"],
-            in_channels=in_channels,
-            out_channels=out_channels,
-            channels=tuple(net_cfg["channels"]),
-            strides=tuple(net_cfg["strides"]),
-            num_res_units=net_cfg["num_res_units"],
-            norm=net_cfg["norm"],
-            dropout=net_cfg["dropout"],
+    if _legacy(net_cfg):  # configs and bundles written before the registry: the plain MONAI UNet
+        return monai_nets.UNet(
+            spatial_dims=net_cfg["spatial_dims"], in_channels=in_channels, out_channels=out_channels,
+            channels=tuple(net_cfg["channels"]), strides=tuple(net_cfg["strides"]),
+            num_res_units=net_cfg["num_res_units"], norm=net_cfg["norm"], dropout=net_cfg["dropout"],
         )
-    raise MedsegError(f"network.name '{name}' is not known; available: unet")
+    spec, kwargs = _constructor(net_cfg, in_channels, out_channels, deep_supervision)
+    try:
+        net = spec.cls(**kwargs)
+    except (TypeError, ValueError, AssertionError, KeyError) as err:
+        shown = {k: v for k, v in kwargs.items() if k not in ("in_channels", "out_channels")}
+        raise MedsegError(f"network '{spec.name}': cannot be built with {shown} ({err})") from err
+    size = kwargs.get(spec.fixed_size) if spec.fixed_size else None
+    return own.PadToMultiple(net, spec.multiple(kwargs), size, spec.minimum(kwargs))
+
+
+def build_on_meta(net_cfg: dict[str, Any], in_channels: int, out_channels: int) -> torch.nn.Module:
+    """:func:`build_network` on the ``meta`` device (shapes only: no weights in memory, no arithmetic)."""
+    try:
+        with torch.device("meta"):
+            return build_network(net_cfg, in_channels, out_channels)
+    except RuntimeError:  # a constructor that reads tensor values (SwinUNETR's drop-path schedule): build, then move
+        return build_network(net_cfg, in_channels, out_channels).to("meta")
 
 
 def monai_network_def(net_cfg: dict[str, Any], in_channels: int, out_channels: int) -> dict[str, Any]:
-    """The same network as a MONAI Bundle config entry (``_target_`` + arguments)."""
-    if net_cfg["name"] != "unet":
-        raise MedsegError(f"network.name '{net_cfg['name']}' cannot be exported yet")
-    return {
-        "_target_": "monai.networks.nets.UNet",
-        "spatial_dims": net_cfg["spatial_dims"],
-        "in_channels": in_channels,
-        "out_channels": out_channels,
-        "channels": list(net_cfg["channels"]),
-        "strides": list(net_cfg["strides"]),
-        "num_res_units": net_cfg["num_res_units"],
-        "norm": net_cfg["norm"],
-        "dropout": net_cfg["dropout"],
-    }
+    """The same network as a MONAI Bundle config entry (``_target_`` + arguments); state dicts match."""
+    if _legacy(net_cfg):
+        return {"_target_": "monai.networks.nets.UNet", "spatial_dims": net_cfg["spatial_dims"],
+                "in_channels": in_channels, "out_channels": out_channels, "channels": list(net_cfg["channels"]),
+                "strides": list(net_cfg["strides"]), "num_res_units": net_cfg["num_res_units"],
+                "norm": net_cfg["norm"], "dropout": net_cfg["dropout"]}
+    spec, kwargs = _constructor(net_cfg, in_channels, out_channels)
+    size = kwargs.get(spec.fixed_size) if spec.fixed_size else None
+    return {"_target_": f"scripts.{SCRIPT_MODULE}.PadToMultiple",
+            "net": {"_target_": spec.target, **_jsonable(kwargs)},
+            "multiple": spec.multiple(kwargs), "size": list(size) if size is not None else None,
+            "minimum": spec.minimum(kwargs)}
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    return value
+
+
+def describe(net_cfg: dict[str, Any]) -> str:
+    """One line for reports: the network, its paper and its arguments."""
+    if _legacy(net_cfg):
+        return (f"MONAI UNet ({net_cfg['spatial_dims']}D), channels {net_cfg['channels']}, strides {net_cfg['strides']},"
+                f" {net_cfg['num_res_units']} residual units, {net_cfg['norm']} norm")
+    spec = _spec(net_cfg)
+    args = ", ".join(f"{k}={v}" for k, v in network_args(net_cfg, [0]).items() if k != spec.fixed_size)
+    ds = ", deep supervision" if net_cfg.get("deep_supervision") else ""
+    return f"`{spec.name}` ({net_cfg['spatial_dims']}D; {spec.paper}): {args}{ds}"
+
+
+def check_network(cfg: dict[str, Any], source: str) -> None:
+    """Validate (and complete) a loaded config's ``network`` section; called by :func:`medseg.config.load_config`.
+
+    Refuses unknown names, arguments the network does not take, values it cannot be built with, deep
+    supervision weights of the wrong length, training patches that are not a multiple of what the network
+    needs, and 2D networks on 3D data without slice mode. Fills a fixed-size network's input size
+    (UNETR's ``img_size``) from ``training.patch_size``.
+    """
+    net, patch = cfg["network"], cfg["training"]["patch_size"]
+    spec = _spec(net)
+    dims = net["spatial_dims"]
+    spacing = cfg["preprocessing"]["spacing"]
+    data_dims = dims if spacing == "auto" else len(spacing)  # auto: the training set's, fitted before training
+    if net["slice_mode"]:
+        if dims != 2:
+            raise MedsegError(f"{source}: key 'network.slice_mode' needs network.spatial_dims: 2 (2D slices of 3D data)")
+        if data_dims != 3:
+            raise MedsegError(f"{source}: key 'network.slice_mode' needs 3 values in preprocessing.spacing (3D volumes)")
+        if not 0 <= net["slice_axis"] <= 2:
+            raise MedsegError(f"{source}: key 'network.slice_axis' must be 0, 1 or 2 (2 = axial in RAS)")
+    elif dims != data_dims or len(patch) != dims:
+        raise MedsegError(
+            f"{source}: network.spatial_dims is {dims} but training.patch_size has {len(patch)} and"
+            f" preprocessing.spacing {data_dims} values; each needs {dims} values"
+            + (", or set network.slice_mode: true to train the 2D network on slices of 3D volumes" if dims == 2 else "")
+        )
+    if len(patch) != dims:
+        raise MedsegError(f"{source}: key 'training.patch_size' needs {dims} values (the 2D slice size in slice mode)")
+    try:
+        if spec.fixed_size and spec.fixed_size not in (net["args"] or {}):
+            net["args"] = {**(net["args"] or {}), spec.fixed_size: list(patch)}
+        build_on_meta(net, 1, 2)  # checks every argument without allocating weights
+    except MedsegError as err:
+        raise MedsegError(f"{source}: {err}") from err
+    multiple = input_multiple(net)
+    if any(p % multiple for p in patch):
+        raise MedsegError(
+            f"{source}: key 'training.patch_size' {patch} must be multiples of {multiple}"
+            f" (what network '{spec.name}' with these settings needs)"
+        )
+    size = network_args(net).get(spec.fixed_size) if spec.fixed_size else None
+    if size is not None and list(size) != list(patch):
+        raise MedsegError(f"{source}: key 'network.args.{spec.fixed_size}' {size} must equal training.patch_size {patch}")
+    weights = net["ds_weights"]
+    if weights:
+        if not net["deep_supervision"]:
+            raise MedsegError(f"{source}: key 'network.ds_weights' is set but network.deep_supervision is false")
+        n = n_outputs(net)
+        if len(weights) != n or any(w < 0 for w in weights) or not weights[0] > 0:
+            raise MedsegError(
+                f"{source}: key 'network.ds_weights' needs {n} non-negative weights (main output first, positive)"
+                f" for network '{spec.name}', got {weights}"
+            )
+
+
+def wrap_deep_supervision(loss_fn: torch.nn.Module, net_cfg: dict[str, Any]) -> torch.nn.Module:
+    """The training loss over ``[main, aux...]`` outputs: MONAI's ``DeepSupervisionLoss`` with the YAML's
+    ``network.ds_weights`` (default: halving per output, 1, 0.5, 0.25, ...); ``loss_fn`` itself otherwise."""
+    if not net_cfg.get("deep_supervision"):
+        return loss_fn
+    from monai.losses import DeepSupervisionLoss
+
+    weights = [float(w) for w in net_cfg.get("ds_weights") or []] or None
+    return DeepSupervisionLoss(loss_fn, weight_mode="exp", weights=weights)
+
+
+__all__ = ["REGISTRY", "build_network", "check_network", "describe", "input_multiple", "monai_network_def",
+           "n_outputs", "network_args", "network_names", "wrap_deep_supervision"]
