@@ -209,6 +209,8 @@ def _free_form(dotted: str) -> bool:
 
 
 def _check_type(dotted: str, default: Any, value: Any, source: str) -> Any:
+    if value is None and DEFAULTS["network"].get(dotted.removeprefix("network."), 0) is None:
+        return None  # network shorthand keys: null = the network's own default (medseg/networks), even over a YAML value
     if isinstance(default, bool):
         ok = isinstance(value, bool)
     elif isinstance(default, float):
