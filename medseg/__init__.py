@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import warnings
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 # MONAI probes for a GPU DICOM decoder whenever LoadImage builds its readers and says so on every
 # call; on machines without one that is noise, not news.

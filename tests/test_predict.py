@@ -191,3 +191,15 @@ def test_tilted_series_refused_alone_and_skipped_among_others(trained, scans, tm
     captured = capsys.readouterr()
     assert "case 'tilted' skipped" in captured.err and "gantry tilt" in captured.err
     assert (out / "good_seg.nii.gz").is_file() and not (out / "tilted_seg.nii.gz").exists()
+
+
+def test_bundle_from_an_older_medseg_gets_one_line(trained, scans, tmp_path: Path, capsys):
+    old = tmp_path / "old"
+    shutil.copytree(trained["bundle"], old)
+    task = json.loads((old / "configs" / "medseg_task.json").read_text())
+    del task["preprocessing"]["intensity"]  # a key this medseg needs and an older one did not write
+    (old / "configs" / "medseg_task.json").write_text(json.dumps(task))
+    args = ["--bundle", str(old), "--input", str(scans / "second.nii.gz"), "--output", str(tmp_path / "o")]
+    assert predict_main(args) == 2
+    err = capsys.readouterr().err
+    assert "does not fit medseg" in err and "python -m medseg.export" in err and "Traceback" not in err

@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 
+from medseg import __version__
 from medseg.errors import MedsegError
 
 
@@ -60,9 +61,19 @@ def load_bundle(bundle_dir: Path, device: torch.device, trust: bool = False) -> 
         from medseg.transforms import build_eval_transforms, input_channels
 
         cfg = json.loads(task_path.read_text())
-        net = build_network(cfg["network"], input_channels(cfg), len(cfg["data"]["labels"]))
+        try:
+            net = build_network(cfg["network"], input_channels(cfg), len(cfg["data"]["labels"]))
+            preprocessing = build_eval_transforms(cfg, with_label=False)
+        except (KeyError, TypeError, MedsegError) as err:
+            changelog = json.loads(meta_path.read_text()).get("changelog", {})
+            written = next(iter(changelog.values()), "an unknown medseg version")
+            raise MedsegError(
+                f"{task_path}: this task config ({written}) does not fit medseg {__version__} ({type(err).__name__}: "
+                f"{err}); re-export the bundle from its run with python -m medseg.export RUN_DIR, or run it on stock "
+                "MONAI with its configs/inference.json"
+            ) from err
         _load_weights(net, weights, device)
-        return LoadedBundle(name, cfg, net.to(device).eval(), build_eval_transforms(cfg, with_label=False))
+        return LoadedBundle(name, cfg, net.to(device).eval(), preprocessing)
     inference = bundle_dir / "configs" / "inference.json"
     if not inference.is_file():
         raise MedsegError(f"{bundle_dir}: not a MONAI Bundle (configs/inference.json is missing)")
