@@ -217,8 +217,7 @@ def _train_run(
     task = cfg["task"]
     started = time.monotonic()
     if not ctx.main:  # the other ranks train their share with rank 0's fitted config; rank 0 writes everything
-        distributed.barrier(ctx)
-        cfg = yaml.safe_load((run_dir / "config.yaml").read_text())
+        cfg = distributed.broadcast(None, ctx)
         train(cfg, run_dir, train_files, val_files, None, resume=resume, max_minutes=args.max_minutes)
         return 0
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -235,14 +234,15 @@ def _train_run(
                     "" if fold is None else f" (fold {fold})")
         write_cases(run_dir, train_files, val_files)
         write_state(run_dir, requested, fold=fold)
-    distributed.barrier(ctx)
+    distributed.broadcast(cfg, ctx)
 
     tracker = None
     if cfg["tracking"]["enabled"]:
         from medseg.tracking import Tracker, dataset_fingerprint
 
         run_name = f"{task}-{run_dir.name}" if fold is None else f"{task}-{run_dir.resolve().parent.name}-{run_dir.name}"
-        run_id = read_state(run_dir).get("mlflow_run_id") if resume else None
+        # --resume goes on in the run's MLflow run (also when it was killed before its first checkpoint)
+        run_id = read_state(run_dir).get("mlflow_run_id") if args.resume is not None else None
         tracker = Tracker(cfg, run_name=run_name, run_dir=run_dir, optional=args.tracking_optional, run_id=run_id)
         if tracker.active:
             write_state(run_dir, requested, mlflow_run_id=tracker.run_id)

@@ -209,7 +209,9 @@ def train(
     sampler = distributed.ReplacementSampler(train_ds, tr["iterations_per_epoch"] * tr["batch_size"], ctx, tr["seed"])
     train_loader = DataLoader(train_ds, batch_size=tr["batch_size"], sampler=sampler, num_workers=tr["num_workers"],
                               generator=data_generator(tr["seed"] + ctx.rank))  # seeds every random transform, workers too
-    val_sampler = EvalDistributedSampler(val_ds, even_divisible=False, shuffle=False) if ctx.distributed else None
+    # each rank validates its share; with fewer cases than ranks some are repeated, as no rank may be left empty
+    val_sampler = (EvalDistributedSampler(val_ds, even_divisible=len(val_ds) < ctx.world, shuffle=False)
+                   if ctx.distributed else None)
     val_loader = DataLoader(val_ds, batch_size=1, num_workers=0, sampler=val_sampler)
 
     net = build_network(cfg["network"], input_channels(cfg), n_classes).to(device)
