@@ -139,11 +139,14 @@ def _run_task(args: argparse.Namespace, cfg: dict, requested: dict, ctx: Any) ->
 
     task = cfg["task"]
     k = cfg["training"]["folds"]
-    data_dir = args.data_dir or Path("data")
     if args.resume is not None:
         from medseg.engine.resume import read_state
 
         state = read_state(args.resume)
+        if args.data_dir is None and state.get("data_dir"):  # the run's own data folder
+            args.data_dir = Path(state["data_dir"])
+    data_dir = args.data_dir or Path("data")
+    if args.resume is not None:
         if state.get("folds") == "all":  # the parent of fold_0 ... fold_{k-1}: finish the folds not finished
             root = locate_dataset(cfg, data_dir, explicit=args.data_dir is not None)
             cases = all_cases(cfg, root)
@@ -153,12 +156,13 @@ def _run_task(args: argparse.Namespace, cfg: dict, requested: dict, ctx: Any) ->
                 if (fold_dir / "run.json").is_file():
                     continue
                 train_files, val_files = fold_split(cases, parts, fold)
-                _train_run(args, cfg, requested, train_files, val_files, fold_dir, ctx,
-                           resume=(fold_dir / "checkpoints" / "last.pt").is_file(), fold=fold)
+                started = (fold_dir / "checkpoints" / "last.pt").is_file()
+                fold_cfg = yaml.safe_load((fold_dir / "config.yaml").read_text()) if started else cfg
+                _train_run(args, fold_cfg, requested, train_files, val_files, fold_dir, ctx, resume=started, fold=fold)
             return _fold_summary(args.resume, k, ctx, summarise_folds)
         split = json.loads((args.resume / "cases.json").read_text())
-        train_files, val_files = ([{k2: v for k2, v in c.items() if k2 != "case"} for c in split[p]]
-                                  for p in ("train", "val"))
+        train_files, val_files = ([{k2: _under(v, state.get("cwd")) for k2, v in c.items() if k2 != "case"}
+                                   for c in split[p]] for p in ("train", "val"))
         return _train_run(args, cfg, requested, train_files, val_files, args.resume, ctx,
                           resume=(args.resume / "checkpoints" / "last.pt").is_file(), fold=state.get("fold"))
 
@@ -180,11 +184,20 @@ def _run_task(args: argparse.Namespace, cfg: dict, requested: dict, ctx: Any) ->
     if ctx.main:
         from medseg.engine.resume import write_state
 
-        write_state(run_dir, requested, folds="all")
+        write_state(run_dir, requested, folds="all", data_dir=str(data_dir.resolve()), cwd=str(Path.cwd()))
     for fold in range(k):
         train_files, val_files = fold_split(cases, parts, fold)
         _train_run(args, cfg, requested, train_files, val_files, run_dir / f"fold_{fold}", ctx, fold=fold)
     return _fold_summary(run_dir, k, ctx, summarise_folds)
+
+
+def _under(path: Any, cwd: str | None) -> Any:
+    """A case path recorded relative to the working directory of the run's start, made absolute."""
+    if isinstance(path, list):
+        return [_under(p, cwd) for p in path]
+    if isinstance(path, str) and cwd and not Path(path).is_absolute():
+        return str(Path(cwd) / path)
+    return path
 
 
 def _fold_summary(parent: Path, k: int, ctx: Any, summarise_folds: Any) -> int:
@@ -233,7 +246,8 @@ def _train_run(
         logger.info("dataset: %d training, %d validation cases%s", len(train_files), len(val_files),
                     "" if fold is None else f" (fold {fold})")
         write_cases(run_dir, train_files, val_files)
-        write_state(run_dir, requested, fold=fold)
+        write_state(run_dir, requested, fold=fold, data_dir=str((args.data_dir or Path("data")).resolve()),
+                    cwd=str(Path.cwd()))
     distributed.broadcast(cfg, ctx)
 
     tracker = None

@@ -215,6 +215,13 @@ def test_all_folds_and_their_summary(data, tmp_path):
     assert summary["liver"]["dice"]["mean"] == pytest.approx(sum(dice) / 2)
     assert summary["liver"]["dice"]["std"] == pytest.approx(abs(dice[0] - dice[1]) / 2 ** 0.5)
     assert "± " in (run / "cv_summary.md").read_text()
+    # an interrupted cross-validation: --resume on its folder trains the missing fold, the same way again
+    import shutil
+
+    shutil.rmtree(run / "fold_1")
+    (run / "cv_summary.json").unlink()
+    assert main(["--resume", str(run)]) == 0
+    assert json.loads((run / "cv_summary.json").read_text())["liver"]["dice"]["folds"] == dice
     # one fold alone: the same split
     assert main(cli(data, tmp_path / "one", "--epochs", "1", "--fold", "1", sets=BASE + ["training.folds=2"])) == 0
     one = json.loads((tmp_path / "one" / "cases.json").read_text())

@@ -52,7 +52,10 @@ def check_run_dir(run_dir: Path) -> None:
     """Refuse a folder that is not a resumable medseg run."""
     if not run_dir.is_dir():
         raise MedsegError(f"--resume {run_dir}: no such folder")
-    missing = [name for name in ("config.yaml", STATE, "cases.json") if not (run_dir / name).is_file()]
+    needed = ("config.yaml", STATE, "cases.json")
+    if (run_dir / "folds.json").is_file() and (run_dir / STATE).is_file() and read_state(run_dir).get("folds") == "all":
+        needed = (STATE, "folds.json")  # the parent of fold_0 ... fold_{k-1}
+    missing = [name for name in needed if not (run_dir / name).is_file()]
     if missing:
         raise MedsegError(
             f"--resume {run_dir}: not a medseg run folder (no {', '.join(missing)}); pass the folder a run of"
@@ -88,5 +91,7 @@ def resume_config(run_dir: Path, task: str | None, overrides: list[str]) -> tupl
                 f"--resume {run_dir}: the config differs from the run's in {shown}; resume without a task and"
                 " --set (the run's own config is used), or start a new run"
             )
+    if state.get("folds") == "all":  # each fold keeps its own fitted config
+        return requested, requested
     fitted = yaml.safe_load((run_dir / "config.yaml").read_text())
     return fitted, requested
