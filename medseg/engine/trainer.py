@@ -168,6 +168,7 @@ class _Stop:
 
     def __init__(self) -> None:
         self.reason = ""
+        self.error: Exception | None = None
 
 
 def train(
@@ -306,11 +307,12 @@ def train(
         if bad:
             step = (engine.state.iteration - 1) % engine.state.epoch_length + 1
             kept = f"the last good checkpoint is {last_path}" if last_path.is_file() else "no checkpoint was written yet"
-            raise LossNotFinite(
+            stop.error = LossNotFinite(
                 f"training loss is {float(loss)} at epoch {engine.state.epoch}, step {step}/{engine.state.epoch_length}"
                 f" (iteration {engine.state.iteration}); stopped before the update, {kept}; lower"
                 " training.learning_rate, set training.grad_clip, or check the labels"
             )
+            raise stop.error
 
     if max_minutes > 0:
         budget_s = max_minutes * 60.0
@@ -384,6 +386,8 @@ def train(
     )
     if trainer.state.epoch < tr["epochs"] and not stop.reason:
         trainer.run()
+        if stop.error is not None:  # raised in the engine; re-raised here should a handler have swallowed it
+            raise stop.error
     if tr["activation_checkpointing"]:
         disable_activation_checkpointing(net)
     distributed.barrier(ctx)
