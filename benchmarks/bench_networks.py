@@ -48,9 +48,9 @@ WIDTHS = {
     "swin_unetr": ["network.args={feature_size: 24}"],
     "light_unet": ["network.channels=[16,32,64,128,256]"],
 }
-#: settings shared by every network; patches of 64 fit every network's multiple and minimum (SwinUNETR: 64)
+#: settings shared by every network; sizes fit every network's multiple and minimum (SwinUNETR: 64; 2D: liver_2d's slices)
 COMMON = {3: ["training.patch_size=[64,64,64]", "training.batch_size=2"],
-          2: ["training.patch_size=[64,96]", "training.batch_size=16"]}
+          2: ["training.patch_size=[80,128]", "training.batch_size=16"]}
 
 
 def dice(pred: torch.Tensor, ref: torch.Tensor) -> float:

@@ -235,7 +235,7 @@ def test_slice_sampling_gives_whole_2d_slices_with_foreground(lits_sample):
     volume = build_eval_transforms(cfg)(dict(case))
     for _ in range(3):
         sample = chain(dict(case))[0]
-        assert tuple(sample["image"].shape) == (1, 64, 96) and tuple(sample["label"].shape) == (1, 64, 96)
+        assert tuple(sample["image"].shape) == (1, 80, 128) and tuple(sample["label"].shape) == (1, 80, 128)
         # the whole slice (x by y) of the volume fits in the patch: all its foreground is there
         assert sample["label"].max() > 0
     best = largest_slice(volume, cfg)
