@@ -49,13 +49,26 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _ConsoleHandler(logging.StreamHandler):
+    """Writes to whatever ``sys.stdout`` is when a record comes, so a replaced or captured stdout that has
+    since been closed (a notebook cell, a test) is never written to."""
+
+    @property
+    def stream(self):  # type: ignore[override]
+        return sys.stdout
+
+    @stream.setter
+    def stream(self, value) -> None:
+        pass
+
+
 def setup_logging(run_dir: Path | None = None) -> None:
     fmt = logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S")
     root = logging.getLogger("medseg")
     root.setLevel(logging.INFO)
     root.propagate = False
-    if not any(isinstance(h, logging.StreamHandler) and not isinstance(h, logging.FileHandler) for h in root.handlers):
-        console = logging.StreamHandler(sys.stdout)
+    if not any(isinstance(h, _ConsoleHandler) for h in root.handlers):
+        console = _ConsoleHandler()
         console.setFormatter(fmt)
         root.addHandler(console)
     if run_dir is not None:
