@@ -44,6 +44,15 @@ OVERFIT = {
 ODD = {2: (37, 29), 3: (19, 13, 11)}  # UNETR's fixed input size below covers them; the rest pad to their multiple
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny networks: one thread is as fast, and two spin-wait badly when other processes hold the cores."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def tiny_cfg(name: str, dims: int, size=None, **extra) -> dict:
     args = dict(TINY[name])
     if name == "unetr":
