@@ -42,8 +42,9 @@ def predict_case(
         transforms, case = preloaded
     data = transforms(dict(case))
     image = data["image"]
-    if image.shape[0] != input_channels(cfg):
-        raise MedsegError(f"{case['image']}: {image.shape[0]} image channels; the network takes {input_channels(cfg)}")
+    expected = input_channels(cfg) if "preprocessing" in cfg else cfg["input_channels"]  # the latter: foreign bundles
+    if image.shape[0] != expected:
+        raise MedsegError(f"{case['image']}: {image.shape[0]} image channels; the network takes {expected}")
     inferer = sliding_window_inferer(cfg)
     batch = image.unsqueeze(0).to(device)
     dims = list(range(2, batch.ndim))
