@@ -71,7 +71,7 @@ FAST = [
     "training.batch_size=2",
     "training.val_every=1",
     "data.val_fraction=0.34",
-    "training.num_workers=0",  # liver.yaml uses 2; worker start-up would dominate these tiny runs
+    "training.num_workers=0",  # worker start-up would dominate these tiny runs
 ]
 
 

@@ -59,7 +59,24 @@ class SeparableConv(nn.Sequential):
                          *_conv_norm_act(spatial_dims, cin, cout, norm, act, kernel_size=1))
 
 
-class OriginalUNet(nn.Module):
+class _EncoderDecoder(nn.Module):
+    """The U-Net pass shared by :class:`OriginalUNet` and :class:`LightUNet`: encoders with max pooling
+    between them, then transposed-convolution up, concatenated skip, decoder, and a 1x1 head."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        skips: List[torch.Tensor] = []
+        n = len(self.encoders)
+        for i, enc in enumerate(self.encoders):
+            x = enc(x)
+            if i < n - 1:
+                skips.append(x)
+                x = self.pool(x)
+        for i, (up, dec) in enumerate(zip(self.ups, self.decoders)):
+            x = dec(torch.cat([skips[n - 2 - i], up(x)], dim=1))
+        return self.head(x)
+
+
+class OriginalUNet(_EncoderDecoder):
     """U-Net: Ronneberger, Fischer, Brox, "U-Net: Convolutional Networks for Biomedical Image Segmentation", MICCAI 2015.
 
     Per level two 3x3 convolutions with ReLU (batch norm optional), 2x2 max pooling down, 2x2 transposed
@@ -93,20 +110,9 @@ class OriginalUNet(nn.Module):
             [DoubleConv(spatial_dims, 2 * ch[i], ch[i], norm, act) for i in reversed(range(len(ch) - 1))])
         self.head = Conv[Conv.CONV, spatial_dims](ch[0], out_channels, kernel_size=1)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        skips: List[torch.Tensor] = []
-        n = len(self.encoders)
-        for i, enc in enumerate(self.encoders):
-            x = enc(x)
-            if i < n - 1:
-                skips.append(x)
-                x = self.pool(x)
-        for i, (up, dec) in enumerate(zip(self.ups, self.decoders)):
-            x = dec(torch.cat([skips[n - 2 - i], up(x)], dim=1))
-        return self.head(x)
 
 
-class LightUNet(nn.Module):
+class LightUNet(_EncoderDecoder):
     """Lightweight U-Net with depthwise-separable convolutions, after Howard et al., "MobileNets: Efficient Convolutional Neural Networks for Mobile Vision Applications", arXiv:1704.04861, 2017.
 
     The U-Net layout (max pooling, transposed-convolution up, concatenated skips) with every 3x3
@@ -134,17 +140,6 @@ class LightUNet(nn.Module):
                            SeparableConv(spatial_dims, ch[i], ch[i], norm, act)) for i in reversed(range(len(ch) - 1))])
         self.head = Conv[Conv.CONV, spatial_dims](ch[0], out_channels, kernel_size=1)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        skips: List[torch.Tensor] = []
-        n = len(self.encoders)
-        for i, enc in enumerate(self.encoders):
-            x = enc(x)
-            if i < n - 1:
-                skips.append(x)
-                x = self.pool(x)
-        for i, (up, dec) in enumerate(zip(self.ups, self.decoders)):
-            x = dec(torch.cat([skips[n - 2 - i], up(x)], dim=1))
-        return self.head(x)
 
 
 class _FullScaleBranch(nn.Module):
