@@ -33,12 +33,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _training_cases(cfg: dict, root: Path) -> list[dict]:
-    try:
-        from medseg.data.layouts import load_dataset
-    except ImportError:  # before the data layouts module: the MSD reader
-        from medseg.data import load_msd_dataset
+    from medseg.data.layouts import load_dataset
 
-        return load_msd_dataset(root, cfg["data"]["labels"], cfg["data"]["val_fraction"], cfg["training"]["seed"])[0]
     return load_dataset(cfg, root, cfg["training"]["seed"])[0]
 
 
