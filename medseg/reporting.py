@@ -71,7 +71,7 @@ def _first(image: Any) -> Path:
 
 
 def overlay_montage(cases: list[dict[str, Any]], members: list[int], window: tuple[float, float] | None, path: Path,
-                    n_slices: int = 3) -> Path:
+                    n_slices: int = 3, label_map: dict | None = None) -> Path:
     """Image with reference (green) and prediction (red) contours of one class, for each given case.
 
     Args:
@@ -80,6 +80,7 @@ def overlay_montage(cases: list[dict[str, Any]], members: list[int], window: tup
         window: intensity range for display (HU for CT); None: each slice's 0.5-99.5th percentiles
         path: the PNG to write.
         n_slices: slices per case, along the last array axis, through the class's largest extent.
+        label_map: stored label value -> trained value (``data.label_map``, e.g. 0/255 masks).
     """
     import nibabel as nib
 
@@ -88,7 +89,11 @@ def overlay_montage(cases: list[dict[str, Any]], members: list[int], window: tup
     plt, fig, axes = _figure(len(cases), n_slices, (3.2 * n_slices, 3.2 * len(cases)))
     for row, case in enumerate(cases):
         image = np.asarray(read_image(_first(case["image"])).array, dtype=np.float32)  # any format, DICOM too
-        ref = np.isin(read_image(case["label"]).array, members)
+        stored = np.asarray(read_image(case["label"]).array)
+        ref_values = stored.copy()
+        for value_as_stored, value in (label_map or {}).items():
+            ref_values[stored == int(value_as_stored)] = int(value)
+        ref = np.isin(ref_values, members)
         pred = np.isin(np.asarray(nib.load(case["pred"]).dataobj), members)
         image, ref, pred = (a.reshape(a.shape[:2] + (-1,)) for a in (image, ref, pred))  # 2D: one slice
         area = ref.reshape(-1, ref.shape[-1]).sum(0)
@@ -164,7 +169,8 @@ def redraw(run_dir: Path, cfg: dict[str, Any]) -> list[Path]:
         cases.sort(key=lambda c: c["dice"])
         chosen = cases if len(cases) <= 4 else cases[:2] + cases[-2:]
         window = display_window(cfg)
-        written.append(overlay_montage(chosen, classes[first], window, run_dir / "validation_overlays.png"))
+        written.append(overlay_montage(chosen, classes[first], window, run_dir / "validation_overlays.png",
+                                       label_map=cfg["data"].get("label_map")))
     if (run_dir / "metrics.json").is_file():
         written.append(report_markdown(run_dir))
     return written

@@ -97,3 +97,27 @@ def test_summary_and_reports(tmp_path: Path):
     assert float(rows[1]["hd_mm"]) == 50.0 and rows[1]["flag"] == "prediction empty"
     assert float(rows[0]["volume_ref_ml"]) == pytest.approx(1.0)  # 1000 voxels of 1 mm^3
     assert not list(tmp_path.glob(".*"))  # no temporary files left behind
+
+
+def test_overlay_draws_the_reference_of_0_255_masks(tmp_path):
+    """A mask stored as 0/255 (data.label_map {255: 1}) still gets its green reference contour."""
+    import nibabel as nib
+    from PIL import Image
+
+    from medseg.reporting import overlay_montage
+
+    image = np.zeros((24, 24, 6), np.float32)
+    label = np.zeros((24, 24, 6), np.uint8)
+    label[6:18, 6:18, 1:5] = 255
+    for name, array in (("img", image), ("lab", label), ("pred", np.zeros_like(label))):
+        nib.save(nib.Nifti1Image(array, np.eye(4)), tmp_path / f"{name}.nii.gz")
+    case = {"case": "c", "image": str(tmp_path / "img.nii.gz"), "label": str(tmp_path / "lab.nii.gz"),
+            "pred": str(tmp_path / "pred.nii.gz"), "dice": 0.0}
+
+    def green_pixels(label_map):
+        out = overlay_montage([case], [1], (0.0, 1.0), tmp_path / "o.png", n_slices=1, label_map=label_map)
+        rgb = np.asarray(Image.open(out).convert("RGB")).astype(int)
+        return int(((rgb[..., 1] > 150) & (rgb[..., 0] < 100) & (rgb[..., 2] < 100)).sum())
+
+    assert green_pixels(None) == 0  # 255 is not label 1: nothing to draw
+    assert green_pixels({255: 1}) > 20
