@@ -42,13 +42,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _path_config(root: Path, layout: str | None) -> tuple[dict[str, Any], set[int] | None]:
     """A minimal config for a dataset given as a path; expected labels from its dataset.json when it has one."""
-    from medseg.data.layouts import _read_json, detect_layout
+    from medseg.data.layouts import detect_layout
+    from medseg.data.msd import read_manifest
 
     layout = layout or detect_layout(root)
     expected: set[int] | None = None
     labels: dict[str, int] = {"background": 0}
     if layout in ("msd", "nnunet"):
-        declared = _read_json(root / "dataset.json").get("labels")
+        declared = read_manifest(root / "dataset.json").get("labels")
         if isinstance(declared, dict):
             try:
                 if layout == "msd":

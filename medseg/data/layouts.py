@@ -17,12 +17,12 @@ message, or with ``data.skip_bad: true`` (``--skip-bad``) leaves the bad cases o
 from __future__ import annotations
 
 import csv
-import json
 import logging
 import random
 from pathlib import Path
 from typing import Any
 
+from medseg.data.msd import read_manifest
 from medseg.errors import MedsegError
 
 logger = logging.getLogger("medseg.data")
@@ -30,24 +30,12 @@ logger = logging.getLogger("medseg.data")
 LAYOUTS = ("msd", "nnunet", "csv", "folders")
 
 
-def _read_json(path: Path) -> dict:
-    if not path.is_file():
-        raise MedsegError(f"{path}: missing; this layout needs a dataset.json")
-    try:
-        meta = json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise MedsegError(f"{path}: not valid JSON (line {err.lineno}: {err.msg})") from err
-    if not isinstance(meta, dict):
-        raise MedsegError(f"{path}: must be a JSON object")
-    return meta
-
-
 def detect_layout(root: Path) -> str:
     """Guess the layout of a dataset path (used by ``medseg.data check`` when given a folder, not a task)."""
     if root.is_file() and root.suffix.lower() == ".csv":
         return "csv"
     if (root / "dataset.json").is_file():
-        meta = _read_json(root / "dataset.json")
+        meta = read_manifest(root / "dataset.json")
         return "nnunet" if "channel_names" in meta or "file_ending" in meta else "msd"
     if (root / "images").is_dir() and (root / "labels").is_dir():
         return "folders"
@@ -56,7 +44,7 @@ def detect_layout(root: Path) -> str:
 
 def _nnunet_cases(root: Path) -> list[dict[str, Any]]:
     manifest = root / "dataset.json"
-    meta = _read_json(manifest)
+    meta = read_manifest(manifest)
     channels = meta.get("channel_names") or meta.get("modality")
     if not isinstance(channels, dict) or not channels:
         raise MedsegError(f"{manifest}: 'channel_names' must map channel numbers to names, e.g. {{\"0\": \"CT\"}}")
@@ -179,7 +167,7 @@ def load_dataset(cfg: dict[str, Any], root: Path, seed: int) -> tuple[list[dict[
     root = _root_for(cfg, Path(root))
     data = cfg["data"]
     fixed_val = None
-    if data["layout"] == "msd" and "validation" in _read_json(root / "dataset.json"):
+    if data["layout"] == "msd" and "validation" in read_manifest(root / "dataset.json"):
         cases, fixed_val = load_msd_dataset(root, data["labels"], data["val_fraction"], seed)
     else:
         cases = all_cases(cfg, root)

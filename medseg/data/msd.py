@@ -27,6 +27,19 @@ def _case_list(entries: Any, root: Path, manifest: Path, key: str) -> list[dict[
     return cases
 
 
+def read_manifest(path: Path, needs: str = "this layout needs a dataset.json", holding: str = "") -> dict:
+    """A ``dataset.json`` as a dict, or one line naming the file and what is wrong with it."""
+    if not path.is_file():
+        raise MedsegError(f"{path}: missing; {needs}")
+    try:
+        meta = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise MedsegError(f"{path}: not valid JSON (line {err.lineno}: {err.msg})") from err
+    if not isinstance(meta, dict):
+        raise MedsegError(f"{path}: must be a JSON object" + (f" {holding}" if holding else ""))
+    return meta
+
+
 def load_msd_dataset(
     root: Path, expected_labels: dict[str, int], val_fraction: float, seed: int
 ) -> tuple[list[dict[str, str]], list[dict[str, str]]]:
@@ -48,14 +61,8 @@ def load_msd_dataset(
     manifest = root / "dataset.json"
     if not root.is_dir():
         raise MedsegError(f"dataset folder {root} does not exist: set --data-dir or data.dataset to where it is")
-    if not manifest.is_file():
-        raise MedsegError(f"{manifest}: missing; an MSD dataset folder needs dataset.json, imagesTr/ and labelsTr/")
-    try:
-        meta = json.loads(manifest.read_text())
-    except json.JSONDecodeError as err:
-        raise MedsegError(f"{manifest}: not valid JSON (line {err.lineno}: {err.msg})") from err
-    if not isinstance(meta, dict):
-        raise MedsegError(f"{manifest}: must be a JSON object with 'labels' and 'training'")
+    meta = read_manifest(manifest, "an MSD dataset folder needs dataset.json, imagesTr/ and labelsTr/",
+                         "with 'labels' and 'training'")
     labels = meta.get("labels")
     if not isinstance(labels, dict):
         raise MedsegError(f"{manifest}: 'labels' must map label values to names, e.g. {{\"0\": \"background\"}}")
