@@ -38,6 +38,15 @@ def _tensor(img: Any) -> torch.Tensor:
     return img.as_tensor() if isinstance(img, MetaTensor) else torch.as_tensor(img)
 
 
+def _per_channel(transform: MapTransform, data: Mapping[Hashable, Any], fn) -> dict[Hashable, Any]:
+    """Apply ``fn`` to each channel (as float) of each of ``transform``'s keys; metadata is kept."""
+    d = dict(data)
+    for key in transform.key_iterator(d):
+        x = _tensor(d[key]).float()
+        d[key] = _replace(d[key], torch.stack([fn(x[c]) for c in range(x.shape[0])]))
+    return d
+
+
 class StackWindowsd(MapTransform):
     """Map each channel through every window ``[a_min, a_max]`` to [0, 1] (clipped); channels become C x W.
 
@@ -80,16 +89,13 @@ class ForegroundZScored(MapTransform):
     or organ mask); the whole image is transformed, only the statistics come from the mask."""
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
-        d = dict(data)
-        for key in self.key_iterator(d):
-            x = _tensor(d[key]).float()
-            out = torch.empty_like(x)
-            for c in range(x.shape[0]):
-                inside = x[c][x[c] > otsu_threshold(x[c])]
-                inside = inside if inside.numel() > 1 else x[c].flatten()
-                out[c] = (x[c] - inside.mean()) / inside.std().clamp(min=1e-8)
-            d[key] = _replace(d[key], out)
-        return d
+        return _per_channel(self, data, self._normalise)
+
+    @staticmethod
+    def _normalise(x: torch.Tensor) -> torch.Tensor:
+        inside = x[x > otsu_threshold(x)]
+        inside = inside if inside.numel() > 1 else x.flatten()
+        return (x - inside.mean()) / inside.std().clamp(min=1e-8)
 
 
 def foreground_percentiles(x: torch.Tensor, percentiles: Sequence[float]) -> np.ndarray:
@@ -131,16 +137,12 @@ class HistogramStandardized(MapTransform):
         self.landmarks = np.asarray(landmarks, dtype=np.float64)
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
-        d = dict(data)
-        for key in self.key_iterator(d):
-            x = _tensor(d[key]).float()
-            out = torch.empty_like(x)
-            for c in range(x.shape[0]):
-                src = foreground_percentiles(x[c], self.percentiles)
-                src = np.maximum.accumulate(src + np.arange(len(src)) * 1e-6)  # strictly increasing knots
-                out[c] = _piecewise_linear(x[c], src, self.landmarks)
-            d[key] = _replace(d[key], out)
-        return d
+        return _per_channel(self, data, self._standardise)
+
+    def _standardise(self, x: torch.Tensor) -> torch.Tensor:
+        src = foreground_percentiles(x, self.percentiles)
+        src = np.maximum.accumulate(src + np.arange(len(src)) * 1e-6)  # strictly increasing knots
+        return _piecewise_linear(x, src, self.landmarks)
 
 
 def _piecewise_linear(x: torch.Tensor, src: np.ndarray, dst: np.ndarray) -> torch.Tensor:
