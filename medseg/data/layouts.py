@@ -173,6 +173,8 @@ def load_dataset(cfg: dict[str, Any], root: Path, seed: int) -> tuple[list[dict[
         cases = all_cases(cfg, root)
     groups = [cases, fixed_val or []]
     bad: list[tuple[dict[str, Any], list[str]]] = []
+    logger.info("checking %d case(s): image/label headers, then every label's values",
+                sum(len(g) for g in groups))
     found = _problems(groups, header_problems)
     _detect_255_masks(cfg, [c for g, f in zip(groups, found) for c, p in zip(g, f) if not p])
     expected = set(data["labels"].values())

@@ -106,6 +106,7 @@ def fit_preprocessing(cfg: dict[str, Any], train_cases: list[dict[str, Any]]) ->
                     len(train_cases), pre["spacing"])
     check_patch_fits(cfg, train_cases)
     if pre["intensity"] == "histogram" and not pre["histogram"]["landmarks"]:
+        logger.info("preprocessing.histogram: reading %d training images to learn the landmarks", len(train_cases))
         pre["histogram"]["landmarks"] = learn_histogram_landmarks(cfg, train_cases)
         logger.info("preprocessing.histogram: learned landmarks %s on %d training cases",
                     pre["histogram"]["landmarks"], len(train_cases))
