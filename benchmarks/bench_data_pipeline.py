@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 import torch
-from monai.data import CacheDataset, DataLoader
+from monai.data import CacheDataset, DataLoader, ThreadDataLoader
 from monai.losses import DiceCELoss
 from torch.utils.data import RandomSampler
 
@@ -50,7 +50,10 @@ def measure(cfg: dict, ds: CacheDataset, workers: int, steps: int, warmup: int) 
     gen = data_generator(tr["seed"])
     n = (steps + warmup) * tr["batch_size"]
     sampler = RandomSampler(ds, replacement=True, num_samples=n, generator=gen)
-    loader = DataLoader(ds, batch_size=tr["batch_size"], sampler=sampler, num_workers=workers, generator=gen)
+    if workers == "thread":  # augmentation of the next batch in a background thread, during this step
+        loader = ThreadDataLoader(ds, batch_size=tr["batch_size"], sampler=sampler, num_workers=0, buffer_size=1)
+    else:
+        loader = DataLoader(ds, batch_size=tr["batch_size"], sampler=sampler, num_workers=int(workers), generator=gen)
     waits, totals = [], []
     it = iter(loader)
     for i in range(steps + warmup):
@@ -76,7 +79,7 @@ def main() -> None:
     parser.add_argument("--task", default="liver")
     parser.add_argument("--steps", type=int, default=10, help="timed steps per setting (after --warmup)")
     parser.add_argument("--warmup", type=int, default=2)
-    parser.add_argument("--workers", type=int, nargs="+", default=[0, 2])
+    parser.add_argument("--workers", nargs="+", default=["0", "2"], help="worker processes per setting, or 'thread'")
     parser.add_argument("--data-dir", type=Path, default=Path("data"))
     parser.add_argument("--set", dest="overrides", action="append", default=[])
     args = parser.parse_args()
@@ -95,7 +98,7 @@ def main() -> None:
     print(f"{'workers':>7} {'wait s':>8} {'step s':>8} {'wait/step':>9} {'median wait':>11} {'median step':>11}")
     for workers in args.workers:
         r = measure(cfg, ds, workers, args.steps, args.warmup)
-        print(f"{r['workers']:>7} {r['wait_s']:>8.2f} {r['step_s']:>8.2f} {r['wait_s'] / r['step_s']:>9.1%}"
+        print(f"{str(r['workers']):>7} {r['wait_s']:>8.2f} {r['step_s']:>8.2f} {r['wait_s'] / r['step_s']:>9.1%}"
               f" {r['median_wait_s']:>11.3f} {r['median_step_s']:>11.3f}")
 
 

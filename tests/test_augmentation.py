@@ -42,23 +42,64 @@ def test_elastic_keeps_the_label_binary_and_moves_a_point_within_the_field_bound
     if dims == 2:
         overrides += ["network.spatial_dims=2", "training.patch_size=[32,32]", "preprocessing.spacing=[1,1]"]
     chain = _chain(overrides)
-    assert type(chain.transforms[0]).__name__ == ("Rand3DElasticd" if dims == 3 else "RandElastic2Dd")
+    assert [type(t).__name__ for t in chain.transforms] == ["RandDeformd"]
     chain.set_random_state(seed=3)
     label = _cube(shape, centre)
     out = chain({"image": MetaTensor(label.clone()), "label": MetaTensor(label.clone())})
     assert set(torch.unique(out["label"]).tolist()) <= {0.0, 1.0} and out["label"].sum() > 0
     t = chain.transforms[0]
-    if dims == 3:
-        el = t.rand_3d_elastic
-        field = GaussianFilter(3, el.sigma, 3.0)(torch.as_tensor(el.rand_offset)[None])[0] * el.magnitude
-    else:
-        field = torch.from_numpy(t.offset)
+    assert t.matrix is None and t.flips == [] and t.offset.shape == (dims, *shape)
+    field = t.offset
     longest = float(field.norm(dim=0).max())
     assert 0.5 < longest <= 300 * np.sqrt(dims)  # it deforms, by no more than magnitude per axis
     moved = np.linalg.norm(_centroid(out["label"]) - np.array(centre))
     assert moved <= longest + 1.0
     # the image (same content as the label) is deformed with the label
     assert float(((out["image"] > 0.5) == (out["label"] > 0.5)).float().mean()) > 0.995
+
+
+@pytest.mark.parametrize("sigma", [4.0, 7.0])
+def test_coarse_elastic_field_has_the_statistics_of_the_full_resolution_field(sigma):
+    """RandDeformd draws its noise on a grid sigma/2 apart; its displacements must match MONAI's model
+    (full-resolution uniform noise smoothed by a Gaussian of sigma), in size and in smoothness."""
+    from medseg.transforms.bundled import RandDeformd
+
+    shape, magnitude = (56, 64, 56), 100.0
+    t = RandDeformd(keys="image", elastic_prob=1.0, sigma_range=(sigma, sigma), magnitude_range=(magnitude, magnitude))
+    t.set_random_state(seed=0)
+    ours = [t._elastic_field(shape, sigma, magnitude) for _ in range(12)]
+    rng = np.random.default_rng(0)
+    smooth = GaussianFilter(3, sigma, 3.0)
+    full = [smooth(torch.from_numpy(rng.uniform(-1, 1, (3, *shape))).float()[None])[0] * magnitude for _ in range(12)]
+    inner = (slice(None), *[slice(16, n - 16) for n in shape])  # away from the zero padding at the borders
+
+    def stats(fields):
+        f = torch.stack([x[inner] for x in fields])
+        step = (f[..., 2:] - f[..., :-2]).std() / f.std()  # relative change over 2 voxels: smoothness
+        return float(f.std()), float(step)
+
+    (std_ours, step_ours), (std_full, step_full) = stats(ours), stats(full)
+    assert std_full > 0.3  # a deformation of a voxel or more, not a vanishing one
+    assert std_ours == pytest.approx(std_full, rel=0.12)
+    assert step_ours == pytest.approx(step_full, rel=0.12)
+
+
+def test_flips_are_exact_with_and_without_a_resampling():
+    from medseg.transforms.bundled import RandDeformd
+
+    x = torch.arange(2 * 5 * 6 * 7, dtype=torch.float32).reshape(2, 5, 6, 7)
+    label = (x[:1] % 3 == 0).float()
+    for affine_prob in (0.0, 1.0):  # 1.0 with no rotation and no scaling: flips folded into the resampling
+        t = RandDeformd(keys=["image", "label"], affine_prob=affine_prob, flip_prob=0.5, mode=["bilinear", "nearest"])
+        seen = set()
+        for seed in range(12):
+            t.set_random_state(seed=seed)
+            out = t({"image": MetaTensor(x.clone()), "label": MetaTensor(label.clone())})
+            axes = [a + 1 for a in t.flips]
+            seen.add(tuple(t.flips))
+            torch.testing.assert_close(out["image"].as_tensor(), torch.flip(x, axes), rtol=0, atol=1e-3)
+            assert torch.equal(out["label"].as_tensor(), torch.flip(label, axes))
+        assert len(seen) >= 4  # several flip combinations were drawn
 
 
 def test_rotation_and_scaling_keep_image_and_label_aligned():

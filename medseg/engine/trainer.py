@@ -117,18 +117,32 @@ def _progress(
     started: float,
     history_path: Path | None,
     history: dict[str, Any] | None = None,
+    tracker: Any = None,
 ) -> dict[str, Any]:
-    """One log line per epoch (loss, learning rate, last validation Dice, elapsed time, ETA), and the same
-    values in ``history.json`` so reports can be redrawn without MLflow. Returns the history (updated in
-    place); a resumed run passes the checkpoint's history in and its seconds go on from there."""
+    """One log line per epoch (loss, learning rate, last validation Dice, share of the step time spent
+    waiting for data, elapsed time, ETA), and the same values in ``history.json`` so reports can be redrawn
+    without MLflow (the data wait also goes to MLflow as ``data_wait_share``). Returns the history (updated
+    in place); a resumed run passes the checkpoint's history in and its seconds go on from there."""
     losses: list[float] = []
+    timing = {"wait": 0.0, "step": 0.0, "t0": 0.0, "t1": 0.0}
     history = history or {"epoch": [], "loss": [], "lr": [], "seconds": [], "val_epoch": [], "val": {}}
+    history.setdefault("data_wait", [])
     offset = history["seconds"][-1] if history["seconds"] else 0.0
     first_epoch = trainer.state.epoch
+
+    @trainer.on(Events.GET_BATCH_STARTED)
+    def _batch_started(engine: SupervisedTrainer) -> None:
+        timing["t0"] = time.perf_counter()
+
+    @trainer.on(Events.GET_BATCH_COMPLETED)
+    def _batch_ready(engine: SupervisedTrainer) -> None:
+        timing["t1"] = time.perf_counter()
+        timing["wait"] += timing["t1"] - timing["t0"]
 
     @trainer.on(Events.ITERATION_COMPLETED)
     def _collect(engine: SupervisedTrainer) -> None:
         losses.append(float(engine.state.output[0]["loss"]))
+        timing["step"] += time.perf_counter() - timing["t0"]  # batch wait + forward, backward, update
 
     @evaluator.on(Events.EPOCH_COMPLETED)
     def _record_validation(engine: SupervisedEvaluator) -> None:
@@ -148,10 +162,15 @@ def _progress(
             per_class = ", ".join(f"{k[9:]} {v:.3f}" for k, v in metrics.items() if k.startswith("val_dice_"))
             val_txt = f" | val Dice {per_class} (best mean {evaluator.state.best_metric:.3f})"
         mean_loss = sum(losses) / max(len(losses), 1)
+        wait = timing["wait"] / timing["step"] if timing["step"] > 0 else 0.0
+        timing["wait"] = timing["step"] = 0.0
         logger.info(
-            "epoch %d/%d | loss %.4f | lr %.2e%s | %.0fs elapsed, ~%.0fs left",
-            epoch, total, mean_loss, lr, val_txt, elapsed, eta,
+            "epoch %d/%d | loss %.4f | lr %.2e%s | data wait %.0f%% | %.0fs elapsed, ~%.0fs left",
+            epoch, total, mean_loss, lr, val_txt, 100 * wait, elapsed, eta,
         )
+        if tracker is not None:
+            tracker.log_metrics({"data_wait_share": round(wait, 4)}, step=epoch)
+        history["data_wait"].append(round(wait, 4))
         history["epoch"].append(epoch)
         history["loss"].append(mean_loss)
         history["lr"].append(float(lr))
@@ -334,7 +353,7 @@ def train(
             handler.attach(evaluator)
 
     history = _progress(trainer, evaluator, started, run_dir / "history.json" if ctx.main else None,
-                        state["history"] if state else None)
+                        state["history"] if state else None, tracker if ctx.main else None)
     transforms = random_transforms(train_ds.transform)
     scaler = getattr(trainer, "scaler", None)
 

@@ -26,7 +26,8 @@ from medseg.transforms.bundled import (
     ForegroundZScored,
     HistogramStandardized,
     N4BiasFieldd,
-    RandElastic2Dd,
+    FgBgSampleIndicesd,
+    RandDeformd,
     StackWindowsd,
 )
 from medseg.transforms.resample import ScaleSpacingd
@@ -41,7 +42,8 @@ OWN_TRANSFORMS = {
     "ForegroundZScored": ForegroundZScored,
     "HistogramStandardized": HistogramStandardized,
     "N4BiasFieldd": N4BiasFieldd,
-    "RandElastic2Dd": RandElastic2Dd,
+    "RandDeformd": RandDeformd,
+    "FgBgSampleIndicesd": FgBgSampleIndicesd,
 }
 
 #: the modules holding OWN_TRANSFORMS, by the file name they get in a bundle's scripts/ folder
@@ -163,40 +165,46 @@ def crop_spec(cfg: dict[str, Any]) -> list[dict[str, Any]]:
     if aug["crop"]["mode"] == "random":
         spec.append({"_target_": "RandSpatialCropd", "keys": keys, "roi_size": patch, "random_size": False})
     else:
-        spec.append({"_target_": "RandCropByPosNegLabeld", "keys": keys, "label_key": "label", "spatial_size": patch,
-                     "pos": train["pos_neg_ratio"], "neg": 1.0, "num_samples": 1, "image_key": "image",
-                     "image_threshold": 0.0})
+        spec += balanced_crop_spec(cfg, patch)
     return spec
+
+
+def balanced_crop_spec(cfg: dict[str, Any], size: list[int]) -> list[dict[str, Any]]:
+    """Label-balanced patch sampling: a foreground voxel is the centre with probability pos/(pos+neg).
+
+    The voxel lists are made once per volume and cached with it (:class:`FgBgSampleIndicesd`); searching
+    the label on every draw costs more than the draw (~0.4 s per slice on the liver sample in slice mode).
+    """
+    keys = list(KEYS)
+    fg, bg = "label_fg_indices", "label_bg_indices"
+    return [
+        {"_target_": "FgBgSampleIndicesd", "keys": "label", "image_key": "image", "image_threshold": 0.0,
+         "max_samples": 20000, "seed": int(cfg["training"]["seed"])},
+        {"_target_": "RandCropByPosNegLabeld", "keys": keys, "label_key": "label", "spatial_size": size,
+         "pos": cfg["training"]["pos_neg_ratio"], "neg": 1.0, "num_samples": 1, "image_key": "image",
+         "image_threshold": 0.0, "fg_indices_key": fg, "bg_indices_key": bg},
+        {"_target_": "DeleteItemsd", "keys": [fg, bg]},
+    ]
 
 
 def random_spec(cfg: dict[str, Any]) -> list[dict[str, Any]]:
     """The augmentation applied to a sampled patch: spatial (both keys), then intensity (image only)."""
     aug = cfg["augmentation"]
-    dims = len(cfg["training"]["patch_size"])
     keys = list(KEYS)
     both = ["bilinear", "nearest"]
     spec: list[dict[str, Any]] = []
     elastic = aug["elastic"]
-    if elastic["prob"] > 0:
-        if dims == 3:
-            spec.append({"_target_": "Rand3DElasticd", "keys": keys, "sigma_range": list(elastic["sigma"]),
-                         "magnitude_range": list(elastic["magnitude"]), "prob": elastic["prob"], "mode": both,
-                         "padding_mode": "zeros"})
-        else:
-            spec.append({"_target_": "RandElastic2Dd", "keys": keys, "sigma_range": list(elastic["sigma"]),
-                         "magnitude_range": list(elastic["magnitude"]), "prob": elastic["prob"], "mode": both})
-    if aug["rotate_prob"] > 0 or aug["scale_prob"] > 0:
-        rot = math.radians(aug["rotate_deg"])
-        lo, hi = aug["scale"]
+    affine_prob = max(aug["rotate_prob"], aug["scale_prob"])  # rotation and scaling are drawn together
+    if elastic["prob"] > 0 or affine_prob > 0 or aug["flip_prob"] > 0:
+        # one resampling for elastic + rotation + scaling + flips (medseg.transforms.bundled.RandDeformd)
         spec.append({
-            "_target_": "RandAffined", "keys": keys, "prob": max(aug["rotate_prob"], aug["scale_prob"]),
-            "rotate_range": [[-rot, rot]] * (dims if dims == 3 else 1) if aug["rotate_prob"] > 0 else None,
-            "scale_range": [[lo - 1.0, hi - 1.0]] * dims if aug["scale_prob"] > 0 else None,
-            "mode": both, "padding_mode": "zeros",
+            "_target_": "RandDeformd", "keys": keys, "mode": both,
+            "elastic_prob": elastic["prob"], "sigma_range": list(elastic["sigma"]),
+            "magnitude_range": list(elastic["magnitude"]), "affine_prob": affine_prob,
+            "rotate_range": math.radians(aug["rotate_deg"]) if aug["rotate_prob"] > 0 else 0.0,
+            "scale_range": list(aug["scale"]) if aug["scale_prob"] > 0 else [1.0, 1.0],
+            "flip_prob": aug["flip_prob"],
         })
-    if aug["flip_prob"] > 0:
-        spec += [{"_target_": "RandFlipd", "keys": keys, "prob": aug["flip_prob"], "spatial_axis": a}
-                 for a in range(dims)]
     if aug["intensity_prob"] > 0:
         spec += [
             {"_target_": "RandShiftIntensityd", "keys": "image", "offsets": aug["intensity_shift"],

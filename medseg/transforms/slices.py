@@ -6,7 +6,7 @@ sample a one-slice-thick patch across ``network.slice_axis`` (label-balanced, as
 foreground voxel is the centre with probability ``pos/(pos+neg)``), and drop that axis. The 2D
 augmentation that follows is the usual one for 2-value patches. Inference runs the network slice by
 slice with MONAI's ``SliceInferer`` (:func:`medseg.networks.bundle.inferer_def`), so metrics stay 3D.
-Only MONAI transforms are used, so the bundle's ``train.json`` runs the same chain on stock MONAI.
+The bundle's ``train.json`` runs the same chain on stock MONAI (medseg's own transforms ship in ``scripts/``).
 """
 
 from __future__ import annotations
@@ -14,7 +14,6 @@ from __future__ import annotations
 from typing import Any
 
 KEYS = ("image", "label")
-INDICES = ("label_fg_indices", "label_bg_indices")  # FgBgToIndicesd's output keys for key "label"
 
 
 def slice_crop_spec(cfg: dict[str, Any]) -> list[dict[str, Any]]:
@@ -22,7 +21,7 @@ def slice_crop_spec(cfg: dict[str, Any]) -> list[dict[str, Any]]:
 
     Example:
         >>> [s["_target_"] for s in slice_crop_spec(cfg)]
-        ['SpatialPadd', 'FgBgToIndicesd', 'RandCropByPosNegLabeld', 'DeleteItemsd', 'SqueezeDimd']
+        ['SpatialPadd', 'FgBgSampleIndicesd', 'RandCropByPosNegLabeld', 'DeleteItemsd', 'SqueezeDimd']
     """
     axis = int(cfg["network"]["slice_axis"])
     patch = [int(p) for p in cfg["training"]["patch_size"]]
@@ -33,15 +32,9 @@ def slice_crop_spec(cfg: dict[str, Any]) -> list[dict[str, Any]]:
     if cfg["augmentation"]["crop"]["mode"] == "random":
         spec.append({"_target_": "RandSpatialCropd", "keys": keys, "roi_size": thin, "random_size": False})
     else:
-        # foreground/background voxel lists once per volume (cached with it): searching the volume on every
-        # draw costs ~0.4 s per slice on 2 cores for the liver sample, more than the network step per slice
-        spec += [
-            {"_target_": "FgBgToIndicesd", "keys": "label", "image_key": "image", "image_threshold": 0.0},
-            {"_target_": "RandCropByPosNegLabeld", "keys": keys, "label_key": "label", "spatial_size": thin,
-             "pos": cfg["training"]["pos_neg_ratio"], "neg": 1.0, "num_samples": 1, "image_key": "image",
-             "image_threshold": 0.0, "fg_indices_key": INDICES[0], "bg_indices_key": INDICES[1]},
-            {"_target_": "DeleteItemsd", "keys": list(INDICES)},
-        ]
+        from medseg.transforms.pipeline import balanced_crop_spec
+
+        spec += balanced_crop_spec(cfg, thin)
     spec.append({"_target_": "SqueezeDimd", "keys": keys, "dim": axis + 1})  # +1: the channel axis comes first
     return spec
 
