@@ -87,6 +87,11 @@ def test_killed_and_resumed_run_ends_with_the_same_weights(data, tmp_path):
     assert json.loads((run / "resume.json").read_text())["mlflow_run_id"] == runs[0].info.run_id
     steps = {m.step for m in client.get_metric_history(runs[0].info.run_id, "train_loss")}
     assert steps == {1, 2, 3, 4, 5, 6}
+    # the share of each epoch's step time spent waiting for the data loader, per epoch, resumed run included
+    waits = client.get_metric_history(runs[0].info.run_id, "data_wait_share")
+    assert sorted(m.step for m in waits) == [1, 2, 3] and all(0.0 < m.value < 1.0 for m in waits)
+    assert [round(m.value, 4) for m in sorted(waits, key=lambda m: m.step)] == b["history"]["data_wait"]
+    assert "data wait" in proc.stdout
 
     # the same folder with another config is refused, naming the key
     assert main(["--resume", str(run), "--set", "training.learning_rate=0.5"]) == 2
