@@ -233,7 +233,6 @@ def test_listing_command_counts_parameters_and_macs(capsys):
 
 def test_slice_sampling_gives_whole_2d_slices_with_foreground(lits_sample):
     from medseg.transforms import build_eval_transforms, build_train_transforms
-    from medseg.transforms.slices import largest_slice
 
     cfg = load_config("liver_2d", ["augmentation.rotate_prob=0", "augmentation.scale_prob=0",
                                    "augmentation.flip_prob=0", "augmentation.intensity_prob=0"])
@@ -247,9 +246,7 @@ def test_slice_sampling_gives_whole_2d_slices_with_foreground(lits_sample):
         assert tuple(sample["image"].shape) == (1, 80, 128) and tuple(sample["label"].shape) == (1, 80, 128)
         # the whole slice (x by y) of the volume fits in the patch: all its foreground is there
         assert sample["label"].max() > 0
-    best = largest_slice(volume, cfg)
-    assert best["image"].ndim == 3 and float((best["label"] > 0).sum()) == max(
-        float((volume["label"][..., z] > 0).sum()) for z in range(volume["label"].shape[-1]))
+    assert tuple(volume["image"].shape[1:3]) == (80, 128)  # the x-y plane the patches above were cut from
 
 
 def test_slice_inference_and_bundle_on_stock_monai(tmp_path: Path, monkeypatch):

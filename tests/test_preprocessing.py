@@ -251,6 +251,10 @@ def test_bundle_preprocessing_with_stacked_windows_runs_from_its_scripts_folder(
     assert "CT windows [-45, 105], [-500, 1300] HU" in meta["image_classes"]
     mr = metadata(load_config("liver", ["data.modality=MR"]), {})
     assert mr["network_data_format"]["inputs"]["image"]["value_range"] == []
+    # N4 in inference.json needs SimpleITK on the deploying machine: the metadata says so
+    assert "SimpleITK" not in mr["required_packages_version"] and "SimpleITK" not in meta["required_packages_version"]
+    n4 = metadata(load_config("liver", ["data.modality=MR", "preprocessing.bias_correction.enabled=true"]), {})
+    assert n4["required_packages_version"]["SimpleITK"].split(".")[0] == "2"
 
 
 def test_fit_counts_channel_files_and_learns_landmarks_into_the_spec(tmp_path):

@@ -231,7 +231,9 @@ def metadata(cfg: dict[str, Any], summary: dict[str, dict[str, float]]) -> dict[
         "monai_version": monai.__version__,
         "pytorch_version": torch.__version__.split("+")[0],
         "numpy_version": np.__version__,
-        "required_packages_version": {"nibabel": _version("nibabel"), "scikit-image": _version("scikit-image")},
+        "required_packages_version": {"nibabel": _version("nibabel"), "scikit-image": _version("scikit-image"),
+                                      **({"SimpleITK": _version("SimpleITK")}  # N4 bias correction
+                                         if cfg["preprocessing"]["bias_correction"]["enabled"] else {})},
         "name": cfg["bundle"]["name"],
         "task": cfg["description"] or cfg["task"],
         "description": f"{cfg['network']['name']} ({dims}D) trained by medseg on task '{cfg['task']}'",

@@ -38,11 +38,3 @@ def slice_crop_spec(cfg: dict[str, Any]) -> list[dict[str, Any]]:
     spec.append({"_target_": "SqueezeDimd", "keys": keys, "dim": axis + 1})  # +1: the channel axis comes first
     return spec
 
-
-def largest_slice(data: dict[str, Any], cfg: dict[str, Any]) -> dict[str, Any]:
-    """The slice across ``network.slice_axis`` holding the most foreground, as (C, H, W) per key (for previews)."""
-    axis = int(cfg["network"]["slice_axis"]) + 1
-    label = data["label"]
-    other = tuple(d for d in range(label.ndim) if d != axis)
-    index = int((label > 0).sum(dim=other).argmax())
-    return {**data, **{k: data[k].select(axis, index) for k in KEYS if k in data}}
