@@ -111,6 +111,21 @@ def test_train_json_retrains_on_stock_monai(trained, tmp_path: Path):
     assert state.keys() == reference.keys()
 
 
+def test_train_json_carries_mixed_precision_and_accumulation():
+    from monai.bundle import ConfigParser
+
+    from medseg.bundle.export import train_config
+    from medseg.config import load_config
+
+    plain = train_config(load_config("liver"))["train"]["trainer"]
+    assert plain["accumulation_steps"] == 1 and "amp" not in plain
+    cfg = load_config("liver", ["training.amp=bf16", "training.accumulation_steps=2"])
+    trainer = train_config(cfg)["train"]["trainer"]
+    assert trainer["accumulation_steps"] == 2 and trainer["amp"] is True
+    parser = ConfigParser({"imports": ["$import torch"], "kwargs": trainer["amp_kwargs"]})
+    assert parser.get_parsed_content("kwargs") == {"dtype": torch.bfloat16}
+
+
 def test_export_command_rewrites_the_bundle(trained, tmp_path: Path):
     from medseg.export import main as export_main
 

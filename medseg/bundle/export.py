@@ -163,7 +163,8 @@ def train_config(cfg: dict[str, Any]) -> dict[str, Any]:
             "trainer": {"_target_": "SupervisedTrainer", "max_epochs": "@epochs", "device": "@device",
                         "train_data_loader": "@train#dataloader", "network": "@network", "loss_function": "@loss",
                         "optimizer": "@optimizer", "inferer": {"_target_": "SimpleInferer"},
-                        "train_handlers": "@train#handlers"},
+                        "train_handlers": "@train#handlers", "accumulation_steps": tr["accumulation_steps"],
+                        **_amp_args(tr["amp"])},
         },
         "validate": {
             "preprocessing": {"_target_": "Compose", "transforms": _bundle_spec(preprocess_spec(cfg))},
@@ -193,6 +194,14 @@ def train_config(cfg: dict[str, Any]) -> dict[str, Any]:
         "initialize": [f"$monai.utils.set_determinism(seed={tr['seed']})", "$os.makedirs(@output_dir, exist_ok=True)"],
         "run": ["$@train#trainer.run()"],
     }
+
+
+def _amp_args(amp: str) -> dict[str, Any]:
+    """SupervisedTrainer's mixed precision for ``training.amp`` (MONAI autocasts on CUDA only; medseg's own
+    trainer also autocasts bf16 on CPU)."""
+    if amp == "none":
+        return {}
+    return {"amp": True, "amp_kwargs": {"dtype": "$torch.bfloat16" if amp == "bf16" else "$torch.float16"}}
 
 
 LOGGING_CONF = """[loggers]
