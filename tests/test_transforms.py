@@ -41,6 +41,22 @@ def test_scale_spacing_geometry_and_inverse():
     assert (back["label"] == data["label"]).float().mean() > 0.97
 
 
+def test_scale_spacing_of_column_major_input():
+    """NIfTI data as nibabel reads it (column-major) is resampled through its transposed view: same values."""
+    data = _volume()
+    column_major = {k: MetaTensor(v.as_tensor()[0].permute(2, 1, 0).contiguous().permute(2, 1, 0)[None], affine=v.affine)
+                    for k, v in data.items()}
+    assert not column_major["image"].is_contiguous()
+    t = ScaleSpacingd(keys=["image", "label"], pixdim=[1.5, 1.3, 1.7], mode=["bilinear", "nearest"])
+    rows, cols = t(dict(data)), t(column_major)
+    assert cols["image"].shape == rows["image"].shape == (1, 21, 21, 18)
+    torch.testing.assert_close(cols["image"].as_tensor(), rows["image"].as_tensor(), atol=1e-6, rtol=1e-6)
+    assert torch.equal(cols["label"].as_tensor(), rows["label"].as_tensor()) and cols["label"].dtype == torch.uint8
+    torch.testing.assert_close(cols["image"].affine, rows["image"].affine)
+    back = t.inverse(cols)
+    assert back["label"].shape == data["label"].shape and (back["label"] == data["label"]).float().mean() > 0.97
+
+
 def _error_against_truth(img: MetaTensor) -> float:
     """Mean |value - analytic value| over interior voxels, at each voxel centre's world position."""
     n = img.shape[1:]
