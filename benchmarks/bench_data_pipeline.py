@@ -8,12 +8,17 @@ measures the wait for the next batch and the whole step (wait + forward + backwa
 Target: waiting <= 10% of the step time with the random part in workers.
 
 Usage:
-    .venv/bin/python benchmarks/bench_data_pipeline.py [--task liver] [--steps 10] [--workers 0 2] [--data-dir data]
+    .venv/bin/python benchmarks/bench_data_pipeline.py [--task liver] [--steps 10] [--workers monai 0 2 thread]
+
+``monai`` is the baseline: the same chain with MONAI's Rand3DElasticd, RandAffined and RandFlipd instead of
+medseg's RandDeformd, and a balanced crop without cached voxel lists, in the training process.
+``thread`` is MONAI's ThreadDataLoader: the next batch is augmented in a background thread during the step.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import statistics
 import time
@@ -21,23 +26,39 @@ from pathlib import Path
 
 import torch
 from monai.data import CacheDataset, DataLoader, ThreadDataLoader
+from monai import transforms as mt
 from monai.losses import DiceCELoss
+from monai.transforms import Compose
 from torch.utils.data import RandomSampler
 
 from medseg.config import load_config
 from medseg.networks import build_network
 from medseg.train import locate_dataset
+from medseg.data.layouts import load_dataset
 from medseg.transforms import build_train_transforms, data_generator, fit_preprocessing, input_channels
+from medseg.transforms.pipeline import instantiate, preprocess_spec, random_spec
 
 
-def _cases(cfg: dict, root: Path) -> list[dict]:
-    try:
-        from medseg.data.layouts import load_dataset
-    except ImportError:
-        from medseg.data import load_msd_dataset
-
-        return load_msd_dataset(root, cfg["data"]["labels"], cfg["data"]["val_fraction"], cfg["training"]["seed"])[0]
-    return load_dataset(cfg, root, cfg["training"]["seed"])[0]
+def monai_reference(cfg: dict) -> Compose:
+    """The baseline: the same chain with MONAI's own spatial augmentation, as medseg had it before
+    RandDeformd (Rand3DElasticd, then RandAffined, then RandFlipd per axis) and a balanced crop that
+    searches the label on every draw. 3D tasks only."""
+    aug = cfg["augmentation"]
+    keys, both = ["image", "label"], ["bilinear", "nearest"]
+    rot, (lo, hi) = math.radians(aug["rotate_deg"]), aug["scale"]
+    spatial = [
+        mt.Rand3DElasticd(keys, sigma_range=aug["elastic"]["sigma"], magnitude_range=aug["elastic"]["magnitude"],
+                          prob=aug["elastic"]["prob"], mode=both, padding_mode="zeros"),
+        mt.RandAffined(keys, prob=max(aug["rotate_prob"], aug["scale_prob"]), rotate_range=[[-rot, rot]] * 3,
+                       scale_range=[[lo - 1.0, hi - 1.0]] * 3, mode=both, padding_mode="zeros"),
+        *[mt.RandFlipd(keys, prob=aug["flip_prob"], spatial_axis=a) for a in range(3)],
+    ]
+    crop = [mt.SpatialPadd(keys, spatial_size=cfg["training"]["patch_size"]),
+            mt.RandCropByPosNegLabeld(keys, label_key="label", spatial_size=cfg["training"]["patch_size"],
+                                      pos=cfg["training"]["pos_neg_ratio"], neg=1.0, num_samples=1,
+                                      image_key="image", image_threshold=0.0)]
+    intensity = [s for s in random_spec(cfg) if s["_target_"] != "RandDeformd"]
+    return mt.Compose(instantiate(preprocess_spec(cfg)) + crop + spatial + instantiate(intensity))
 
 
 def measure(cfg: dict, ds: CacheDataset, workers: int, steps: int, warmup: int) -> dict:
@@ -50,7 +71,9 @@ def measure(cfg: dict, ds: CacheDataset, workers: int, steps: int, warmup: int) 
     gen = data_generator(tr["seed"])
     n = (steps + warmup) * tr["batch_size"]
     sampler = RandomSampler(ds, replacement=True, num_samples=n, generator=gen)
-    if workers == "thread":  # augmentation of the next batch in a background thread, during this step
+    if workers == "monai":  # the stock-MONAI augmentation chain, in the training process
+        loader = DataLoader(ds, batch_size=tr["batch_size"], sampler=sampler, num_workers=0, generator=gen)
+    elif workers == "thread":  # augmentation of the next batch in a background thread, during this step
         loader = ThreadDataLoader(ds, batch_size=tr["batch_size"], sampler=sampler, num_workers=0, buffer_size=1)
     else:
         loader = DataLoader(ds, batch_size=tr["batch_size"], sampler=sampler, num_workers=int(workers), generator=gen)
@@ -79,14 +102,15 @@ def main() -> None:
     parser.add_argument("--task", default="liver")
     parser.add_argument("--steps", type=int, default=10, help="timed steps per setting (after --warmup)")
     parser.add_argument("--warmup", type=int, default=2)
-    parser.add_argument("--workers", nargs="+", default=["0", "2"], help="worker processes per setting, or 'thread'")
+    parser.add_argument("--workers", nargs="+", default=["monai", "0", "2"],
+                        help="per setting: worker processes, 'thread', or 'monai' (MONAI's spatial augmentation, 0 workers)")
     parser.add_argument("--data-dir", type=Path, default=Path("data"))
     parser.add_argument("--set", dest="overrides", action="append", default=[])
     args = parser.parse_args()
     cfg = load_config(args.task, args.overrides)
     torch.set_num_threads(cfg["training"]["threads"] or os.cpu_count() or 1)
     root = locate_dataset(cfg, args.data_dir, explicit=False)
-    cases = _cases(cfg, root)
+    cases = load_dataset(cfg, root, cfg["training"]["seed"])[0]
     cfg = fit_preprocessing(cfg, cases)
     t = time.perf_counter()
     ds = CacheDataset(cases, build_train_transforms(cfg), cache_rate=1.0, progress=False)
@@ -96,8 +120,11 @@ def main() -> None:
           f" {os.cpu_count()} CPU cores, torch threads {torch.get_num_threads()};"
           f" deterministic preprocessing cached once in {cache_s:.1f} s")
     print(f"{'workers':>7} {'wait s':>8} {'step s':>8} {'wait/step':>9} {'median wait':>11} {'median step':>11}")
+    reference = None
     for workers in args.workers:
-        r = measure(cfg, ds, workers, args.steps, args.warmup)
+        if workers == "monai" and reference is None:
+            reference = CacheDataset(cases, monai_reference(cfg), cache_rate=1.0, progress=False)
+        r = measure(cfg, reference if workers == "monai" else ds, workers, args.steps, args.warmup)
         print(f"{str(r['workers']):>7} {r['wait_s']:>8.2f} {r['step_s']:>8.2f} {r['wait_s'] / r['step_s']:>9.1%}"
               f" {r['median_wait_s']:>11.3f} {r['median_step_s']:>11.3f}")
 
