@@ -1,4 +1,6 @@
-"""Atomic output files: written under a temporary name beside the target, then renamed into place."""
+"""Atomic output files: written under a temporary name beside the target, then renamed into place; gzip through
+ISA-L (``isal``): on a 512x512x100 CT, decompressing takes 0.09 s against 0.19 s with ``gzip``, and
+compressing its label map at level 1 0.002 s against 0.09 s (``benchmarks/bench_predict.py``)."""
 
 from __future__ import annotations
 
@@ -41,3 +43,17 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
 
 def atomic_write_text(path: Path, text: str) -> None:
     atomic_write_bytes(path, text.encode())
+
+
+def read_gzip(path: Path) -> bytes:
+    """The decompressed contents of a gzip file (all members); ``gzip.BadGzipFile``/``EOFError`` if damaged."""
+    from isal import igzip
+
+    return igzip.decompress(Path(path).read_bytes())
+
+
+def atomic_write_gzip(path: Path, data: bytes, level: int = 1) -> None:
+    """Write ``data`` gzip-compressed (ISA-L level 0-3; mtime 0, so the same data gives the same file)."""
+    from isal import igzip
+
+    atomic_write_bytes(path, igzip.compress(data, compresslevel=level, mtime=0))

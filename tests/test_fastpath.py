@@ -1,4 +1,4 @@
-"""medseg's faster NIfTI loading and largest-component step give exactly what MONAI's versions give."""
+"""medseg's faster NIfTI loading, inverse resampling + argmax and largest-component step give what MONAI's give."""
 
 from __future__ import annotations
 
@@ -6,9 +6,28 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from monai.transforms import Compose, EnsureChannelFirstd, KeepLargestConnectedComponent, LoadImage, LoadImaged
+from monai.data import MetaTensor
+from monai.transforms import (
+    Compose,
+    EnsureChannelFirstd,
+    KeepLargestConnectedComponent,
+    LoadImage,
+    LoadImaged,
+    Orientationd,
+)
 
-from medseg.engine.fastpath import keep_largest_component_, load_nifti_channel_first, split_loading
+from medseg.config import load_config
+from medseg.engine.fastpath import (
+    faster_steps,
+    invert_to_labels,
+    keep_largest_component_,
+    load_nifti_channel_first,
+    resize_argmax,
+    split_loading,
+)
+from medseg.engine.inference import invert_argmax
+from medseg.transforms import build_eval_transforms
+from medseg.transforms.resample import ScaleSpacingd
 
 
 @pytest.mark.parametrize("dtype,slope", [(np.int16, None), (np.int16, 2.0), (np.float32, None), (np.uint8, None)])
@@ -81,3 +100,222 @@ def test_largest_component_tie_and_empty():
     assert int(ours.sum()) == 1 and torch.equal(ours, torch.as_tensor(expected).to(torch.uint8))
     empty = torch.zeros((1, 4, 4, 4), dtype=torch.uint8)
     assert torch.equal(keep_largest_component_(empty.clone(), [1]), empty)
+
+
+@pytest.mark.parametrize("members", [[1], [1, 2]])
+def test_largest_component_of_column_major_labels_matches_monai(members):
+    """resize_argmax returns NIfTI-ordered (column-major) label maps; those are labelled through the transposed view."""
+    for seed in range(6):
+        labels = torch.from_numpy(np.asfortranarray(_blobs(seed)))[None]
+        assert not labels.is_contiguous() and labels[0].permute(2, 1, 0).is_contiguous()
+        expected = KeepLargestConnectedComponent(applied_labels=members, is_onehot=False, independent=False)(labels.clone())
+        ours = keep_largest_component_(labels.clone(memory_format=torch.preserve_format), members)
+        assert torch.equal(torch.as_tensor(ours), torch.as_tensor(expected).to(ours.dtype)), seed
+
+
+def test_largest_component_tie_in_column_major_order():
+    # two single voxels: raster order (x, y, z) puts (1, 5, 1) first, the transposed order (z, y, x) puts (6, 1, 1) first
+    labels = torch.zeros((1, 9, 7, 3), dtype=torch.uint8)
+    labels[0, 1, 5, 1] = 1
+    labels[0, 6, 1, 1] = 1
+    column_major = labels[0].permute(2, 1, 0).contiguous().permute(2, 1, 0)[None]
+    expected = KeepLargestConnectedComponent(applied_labels=[1], is_onehot=False, independent=False)(labels.clone())
+    ours = keep_largest_component_(column_major.clone(memory_format=torch.preserve_format), [1])
+    assert int(ours.sum()) == 1 and torch.equal(ours, torch.as_tensor(expected).to(torch.uint8))
+
+
+def test_nifti_gz_read_errors_are_nibabels(tmp_path):
+    """ISA-L decompression falls back to nib.load for files it can't read, so errors read as before."""
+    data = np.random.default_rng(0).normal(0, 100, (40, 30, 20)).astype(np.int16)
+    path = tmp_path / "ct.nii.gz"
+    nib.save(nib.Nifti1Image(data, np.eye(4)), path)
+    whole = path.read_bytes()
+    path.write_bytes(whole[: len(whole) // 2])  # truncated
+    with pytest.raises(EOFError) as ours:
+        load_nifti_channel_first(path)
+    with pytest.raises(EOFError) as monai:
+        LoadImage(image_only=True)(str(path))
+    assert str(ours.value) == str(monai.value) and "ended before the end-of-stream" in str(ours.value)
+    plain = tmp_path / "plain.nii"  # uncompressed: nibabel reads it as before
+    nib.save(nib.Nifti1Image(data, np.eye(4)), plain)
+    assert torch.equal(load_nifti_channel_first(plain).as_tensor()[0], torch.from_numpy(data).float())
+
+
+def _blob_probabilities(shape, channels=3, seed=0, cells=5, sharpness=6.0):
+    """Softmax of smooth random logits: class regions with boundaries through the volume."""
+    g = torch.Generator().manual_seed(seed)
+    coarse = torch.randn((1, channels, *[cells] * len(shape)), generator=g) * sharpness
+    mode = {2: "bilinear", 3: "trilinear"}[len(shape)]
+    logits = torch.nn.functional.interpolate(coarse, size=tuple(shape), mode=mode, align_corners=False)[0]
+    return torch.softmax(logits, 0)
+
+
+def _reference_labels(probs, size):
+    mode = {2: "bilinear", 3: "trilinear"}[probs.ndim - 1]
+    resized = torch.nn.functional.interpolate(probs[None], size=tuple(size), mode=mode, align_corners=False)[0]
+    return torch.max(resized, dim=0).indices.to(torch.uint8)
+
+
+@pytest.mark.parametrize("shape,size", [((21, 17, 9), (40, 30, 23)), ((30, 26, 20), (12, 41, 20)), ((15, 9), (31, 4))])
+def test_resize_argmax_matches_interpolate_then_argmax(shape, size):
+    probs = _blob_probabilities(shape, seed=len(size))
+    probs[(slice(None), *[slice(0, 3)] * len(shape))] = 0.25  # a tie between all classes: the first one wins
+    probs[(slice(None), *[slice(-2, None)] * len(shape))] = 0.0  # zero padding, as an inverted crop leaves it
+    expected = _reference_labels(probs, size)
+    for planes in (3, 8, 1000):  # slabs of 3 planes (the last one shorter), of 8, all planes in one
+        ours = resize_argmax(probs, size, planes=planes)
+        assert ours.shape == expected.shape and ours.dtype == torch.uint8
+        assert (ours == expected).double().mean() >= 0.9999
+        assert set(torch.unique(ours).tolist()) == {0, 1, 2}
+    assert ours.permute(*range(len(size) - 1, -1, -1)).is_contiguous()  # column-major, as NIfTI stores it
+    assert int(ours[(0,) * len(size)]) == 0
+
+
+def test_resize_argmax_of_noise():
+    """Class boundaries between every pair of voxels, four classes."""
+    probs = torch.softmax(torch.randn((4, 9, 8, 7), generator=torch.Generator().manual_seed(3)), 0)
+    expected = _reference_labels(probs, (20, 5, 15))
+    assert (resize_argmax(probs, (20, 5, 15)) == expected).double().mean() >= 0.999
+
+
+def _spy_resize(monkeypatch) -> list:
+    """Record how invert_to_labels calls resize_argmax (grid None: MONAI inverted the probabilities)."""
+    import medseg.engine.fastpath as fastpath
+
+    calls, original = [], fastpath.resize_argmax
+
+    def spy(probs, size, grid=None, offset=None, **kw):
+        calls.append({"shape": tuple(probs.shape[1:]), "grid": grid and tuple(grid), "offset": offset})
+        return original(probs, size, grid, offset, **kw)
+
+    monkeypatch.setattr(fastpath, "resize_argmax", spy)
+    return calls
+
+
+@pytest.mark.parametrize("pad_to_multiple", [False, True])
+def test_fused_inverse_equals_invertd_then_argmax(tmp_path, pad_to_multiple, monkeypatch):
+    """An oblique, anisotropic, non-RAS image through the eval chain (reorient, resample, crop, [pad]): the label
+    map from invert_to_labels equals argmax(Invertd(probabilities)), on the same grid with the same affine."""
+    from .conftest import synthetic_case
+    from .test_predict import oblique_affine
+
+    image, _, _ = synthetic_case(shape=(34, 30, 22), seed=4)
+    image[:5], image[:, -4:], image[..., :3] = -1000.0, -1000.0, -1000.0  # air around the body: the crop removes it
+    swap_flip = np.array([[0, 1, 0, 0], [-1, 0, 0, 0], [0, 0, -1, 0], [0, 0, 0, 1.0]])  # array axes: -y, x, -z
+    affine = oblique_affine(spacing=(1.3, 0.9, 2.4)) @ swap_flip
+    path = tmp_path / "ct.nii.gz"
+    nib.save(nib.Nifti1Image(image, affine), path)
+    cfg = load_config("liver", [f"preprocessing.pad_to_multiple={str(pad_to_multiple).lower()}"])
+    chain = build_eval_transforms(cfg, with_label=False)
+    for transforms, case in (split_loading(chain, {"image": str(path)}), (chain, {"image": str(path)})):
+        data = transforms(dict(case))
+        image_t = data["image"]
+        assert [op["class"] for op in image_t.applied_operations][:2] == ["Orientation", "ScaleSpacingd"]
+        probs = _blob_probabilities(image_t.shape[1:], seed=7)
+        expected = invert_argmax(probs, data, transforms)
+        calls = _spy_resize(monkeypatch)
+        ours = invert_to_labels(probs, image_t, transforms)
+        # the probabilities were read in place: the inverted crop (and pad) is an integer shift with zeros around
+        assert calls[0]["grid"] is not None and calls[0]["grid"] != calls[0]["shape"]
+        assert ours.shape == expected.shape == (1, *image.shape) and ours.dtype == torch.uint8
+        assert torch.equal(ours.affine, expected.affine)
+        np.testing.assert_allclose(ours.affine.numpy(), affine, atol=1e-6)
+        assert (ours.as_tensor() == expected.as_tensor()).double().mean() >= 0.999
+        assert set(torch.unique(ours.as_tensor()).tolist()) == {0, 1, 2}
+        assert [op["class"] for op in image_t.applied_operations][:2] == ["Orientation", "ScaleSpacingd"]  # untouched
+
+
+def test_fused_inverse_after_a_flip_inverts_the_probabilities(tmp_path, monkeypatch):
+    """A step after the resampling that is no zero padding/crop (a flip): MONAI inverts the probabilities."""
+    from monai.transforms import CropForegroundd, Flipd
+
+    from .conftest import synthetic_case
+
+    image, _, affine = synthetic_case(shape=(30, 26, 14), spacing=(0.9, 1.1, 2.5), seed=2)
+    path = tmp_path / "ct.nii.gz"
+    nib.save(nib.Nifti1Image(image + 100.0, affine), path)
+    chain = Compose([LoadImaged(keys="image", image_only=True), EnsureChannelFirstd(keys="image"),
+                     Orientationd(keys="image", axcodes="LPS"), ScaleSpacingd(keys="image", pixdim=[1.5, 1.5, 1.5]),
+                     Flipd(keys="image", spatial_axis=0),
+                     CropForegroundd(keys="image", source_key="image", select_fn=lambda x: x > 0, margin=1)])
+    data = chain({"image": str(path)})
+    probs = _blob_probabilities(data["image"].shape[1:], seed=5)
+    expected = invert_argmax(probs, data, chain)
+    calls = _spy_resize(monkeypatch)
+    ours = invert_to_labels(probs, data["image"], chain)
+    assert calls[0]["grid"] is None
+    assert ours.shape == expected.shape == (1, 30, 26, 14) and torch.equal(ours.affine, expected.affine)
+    assert (ours.as_tensor() == expected.as_tensor()).double().mean() >= 0.999
+
+
+def test_fused_inverse_of_a_2d_image(monkeypatch):
+    from monai.transforms import CropForegroundd
+
+    affine = torch.tensor([[0.7, 0.0, 0.0, 3.0], [0.0, 0.6, 0.0, -2.0], [0.0, 0.0, 1.0, 0.0], [0, 0, 0, 1.0]], dtype=torch.float64)
+    pixels = torch.zeros((1, 50, 44))
+    pixels[0, 6:41, 9:40] = torch.rand((35, 31), generator=torch.Generator().manual_seed(0)) + 0.1
+    chain = Compose([ScaleSpacingd(keys="image", pixdim=[1.1, 0.9]), CropForegroundd(keys="image", source_key="image")])
+    data = chain({"image": MetaTensor(pixels, affine=affine)})
+    probs = _blob_probabilities(data["image"].shape[1:], seed=9)
+    expected = invert_argmax(probs, data, chain)
+    calls = _spy_resize(monkeypatch)
+    ours = invert_to_labels(probs, data["image"], chain)
+    assert calls[0]["grid"] is not None and calls[0]["grid"] != calls[0]["shape"]  # read in place
+    assert ours.shape == expected.shape == (1, 50, 44) and torch.equal(ours.affine, expected.affine)
+    assert (ours.as_tensor() == expected.as_tensor()).double().mean() >= 0.999
+
+
+def test_fused_inverse_declines_other_chains(tmp_path):
+    from monai.transforms import Spacingd
+
+    path = tmp_path / "ct.nii.gz"
+    nib.save(nib.Nifti1Image(np.random.default_rng(0).normal(0, 1, (12, 10, 8)).astype(np.float32), np.eye(4)), path)
+    chain = Compose([LoadImaged(keys="image", image_only=True), EnsureChannelFirstd(keys="image"),
+                     Spacingd(keys="image", pixdim=(1.5, 1.5, 1.5))])  # MONAI's resampling: Invertd's job
+    data = chain({"image": str(path)})
+    assert invert_to_labels(_blob_probabilities(data["image"].shape[1:]), data["image"], chain) is None
+
+
+def test_label_nifti_written_through_isal_is_what_nibabel_writes(tmp_path):
+    import gzip
+
+    from medseg.data.labelmaps import write_label_nifti
+
+    labels = np.asfortranarray(_blobs(2))
+    affine = np.array([[0.0, -0.7, 0.1, 12.5], [0.8, 0.0, 0.0, -40.0], [0.0, 0.05, 2.5, 7.0], [0, 0, 0, 1]])
+    out = tmp_path / "case_seg.nii.gz"
+    write_label_nifti(labels, affine, out)
+    reference = nib.Nifti1Image(labels, affine)
+    reference.header.set_xyzt_units("mm")
+    nib.save(reference, tmp_path / "reference.nii.gz")
+    assert out.read_bytes()[:2] == b"\x1f\x8b"  # gzip
+    assert gzip.decompress(out.read_bytes()) == gzip.decompress((tmp_path / "reference.nii.gz").read_bytes())
+    back = nib.load(out)
+    assert back.get_data_dtype() == np.uint8 and back.shape == labels.shape
+    np.testing.assert_array_equal(np.asarray(back.dataobj), labels)
+    np.testing.assert_array_equal(back.affine, nib.load(tmp_path / "reference.nii.gz").affine)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["case_seg.nii.gz", "reference.nii.gz"]  # no temporary left
+    write_label_nifti(labels, affine, tmp_path / "plain.nii")  # uncompressed where the name says so
+    assert (tmp_path / "plain.nii").read_bytes() == gzip.decompress(out.read_bytes())
+
+
+@pytest.mark.parametrize("clip", [True, False])
+def test_intensity_window_in_one_pass_equals_monai(clip):
+    from monai.transforms import ScaleIntensityRanged
+
+    affine = torch.diag(torch.tensor([0.8, 0.9, 2.5, 1.0], dtype=torch.float64))
+    values = torch.from_numpy(np.random.default_rng(0).normal(0, 300, (1, 23, 17, 9)).astype(np.float32))
+    image = MetaTensor(values.permute(0, 3, 2, 1).contiguous().permute(0, 3, 2, 1), affine=affine)  # column-major
+    monai_step = ScaleIntensityRanged(keys="image", a_min=-140.0, a_max=260.0, b_min=0.0, b_max=1.0, clip=clip)
+    chain = Compose([Orientationd(keys="image", axcodes="RAS"), monai_step])
+    fast = faster_steps(chain)
+    assert [type(t).__name__ for t in fast.transforms] == ["Orientationd", "ScaleIntensityRangedOnce"]
+    assert fast.transforms[0] is chain.transforms[0] and faster_steps(Compose([chain.transforms[0]])).transforms[0] is chain.transforms[0]
+    expected = chain({"image": image.clone()})["image"]
+    ours = fast({"image": image})["image"]
+    assert torch.equal(ours.as_tensor(), expected.as_tensor()) and ours.dtype == torch.float32  # bit for bit
+    assert torch.equal(ours.affine, expected.affine) and len(ours.applied_operations) == 1
+    assert float(values.min()) < -140 and (float(ours.min()) == 0.0) == clip
+    assert torch.equal(image.as_tensor(), values)  # the input is left as it was
+    double = MetaTensor(values.double(), affine=affine)  # not float32: MONAI's own code runs
+    assert torch.equal(fast({"image": double})["image"].as_tensor(), chain({"image": double})["image"].as_tensor())

@@ -137,13 +137,16 @@ def write_label_nifti(labels: np.ndarray, affine: np.ndarray, path: Path, source
     the grids agree, its header affine is copied bit for bit."""
     import nibabel as nib
 
-    from medseg.fileio import atomic_path
+    from medseg.fileio import atomic_path, atomic_write_gzip
 
     if source is not None and source.is_file() and source.name.lower().endswith((".nii", ".nii.gz")):
         original = nib.load(str(source))
         if original.shape[:3] == labels.shape and np.allclose(original.affine, affine, atol=1e-4):
             affine = original.affine
-    image = nib.Nifti1Image(np.asarray(labels).astype(np.uint8), affine)
+    image = nib.Nifti1Image(np.asarray(labels).astype(np.uint8, copy=False), affine)
     image.header.set_xyzt_units("mm")
-    with atomic_path(path, suffix=".nii.gz") as tmp:
+    if path.name.lower().endswith(".nii.gz"):  # what nib.save writes, compressed by ISA-L (see medseg.fileio)
+        atomic_write_gzip(path, image.to_bytes())
+        return
+    with atomic_path(path, suffix=".nii") as tmp:
         nib.save(image, str(tmp))
