@@ -6,12 +6,13 @@ and times the network's forward passes separately. Weights do not change the tim
 used when given and an untrained network of the same shape otherwise. Target (bundle issue): the
 share outside the forward passes is at most 30 %.
 
-    .venv/bin/python benchmarks/bench_predict.py [--bundle bundles/liver_ct_segmentation] [--tta]
+    .venv/bin/python benchmarks/bench_predict.py [--bundle bundles/liver_ct_segmentation] [--tta] [--repeats 3]
 """
 
 from __future__ import annotations
 
 import argparse
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -43,6 +44,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--bundle", type=Path, help="a medseg bundle (default: untrained liver network)")
     parser.add_argument("--tta", action="store_true")
+    parser.add_argument("--repeats", type=int, default=3, help="cases predicted in a row (the first is cold)")
     args = parser.parse_args()
     torch.set_num_threads(torch.get_num_threads())
     if args.bundle:
@@ -64,18 +66,24 @@ def main() -> None:
 
     net.register_forward_pre_hook(before)
     net.register_forward_hook(after)
+    print(f"input 512x512x100 CT at 0.8x0.8x2.5 mm, {torch.get_num_threads()} threads, tta={args.tta}")
+    print(f"{'case':>4} {'end to end s':>12} {'forward s':>9} {'calls':>5} {'outside s':>9} {'outside':>7}")
+    shares = []
     with tempfile.TemporaryDirectory() as tmp:
         source = Path(tmp) / "ct.nii.gz"
         synthetic_ct(source)
         transforms = build_eval_transforms(cfg, with_label=False)
-        t0 = time.perf_counter()
-        pred = predict_case(cfg, net, {"image": str(source)}, torch.device("cpu"), transforms, tta=args.tta)
-        write_label_nifti(pred[0].numpy(), pred.affine.numpy(), Path(tmp) / "ct_seg.nii.gz", source=source)
-        total = time.perf_counter() - t0
-    outside = total - forward["seconds"]
-    print(f"input 512x512x100 CT at 0.8x0.8x2.5 mm, {torch.get_num_threads()} threads, tta={args.tta}")
-    print(f"end to end: {total:.1f} s; network forward: {forward['seconds']:.1f} s in {forward['calls']} calls")
-    print(f"outside the forward passes: {outside:.1f} s = {100 * outside / total:.0f} % (target <= 30 %)")
+        for case in range(args.repeats):
+            forward.update(seconds=0.0, calls=0)
+            t0 = time.perf_counter()
+            pred = predict_case(cfg, net, {"image": str(source)}, torch.device("cpu"), transforms, tta=args.tta)
+            write_label_nifti(pred[0].numpy(), pred.affine.numpy(), Path(tmp) / "ct_seg.nii.gz", source=source)
+            total = time.perf_counter() - t0
+            outside = total - forward["seconds"]
+            shares.append(outside / total)
+            print(f"{case + 1:>4} {total:>12.2f} {forward['seconds']:>9.2f} {forward['calls']:>5} {outside:>9.2f}"
+                  f" {outside / total:>7.1%}")
+    print(f"outside the forward passes: median {statistics.median(shares):.1%} of end to end (target <= 30 %)")
 
 
 if __name__ == "__main__":
