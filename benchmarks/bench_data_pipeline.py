@@ -35,6 +35,7 @@ from medseg.config import load_config
 from medseg.networks import build_network
 from medseg.train import locate_dataset
 from medseg.data.layouts import load_dataset
+from medseg.engine.trainer import collate_plain
 from medseg.transforms import build_train_transforms, data_generator, fit_preprocessing, input_channels
 from medseg.transforms.pipeline import instantiate, preprocess_spec, random_spec
 
@@ -74,9 +75,11 @@ def measure(cfg: dict, ds: CacheDataset, workers: int, steps: int, warmup: int) 
     if workers == "monai":  # the stock-MONAI augmentation chain, in the training process
         loader = DataLoader(ds, batch_size=tr["batch_size"], sampler=sampler, num_workers=0, generator=gen)
     elif workers == "thread":  # augmentation of the next batch in a background thread, during this step
-        loader = ThreadDataLoader(ds, batch_size=tr["batch_size"], sampler=sampler, num_workers=0, buffer_size=1)
-    else:
-        loader = DataLoader(ds, batch_size=tr["batch_size"], sampler=sampler, num_workers=int(workers), generator=gen)
+        loader = ThreadDataLoader(ds, batch_size=tr["batch_size"], sampler=sampler, num_workers=0, buffer_size=1,
+                                  collate_fn=collate_plain)
+    else:  # as medseg.engine.trainer builds it
+        loader = DataLoader(ds, batch_size=tr["batch_size"], sampler=sampler, num_workers=int(workers), generator=gen,
+                            collate_fn=collate_plain, persistent_workers=int(workers) > 0)
     waits, totals = [], []
     it = iter(loader)
     for i in range(steps + warmup):

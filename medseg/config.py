@@ -122,6 +122,9 @@ DEFAULTS: dict[str, Any] = {
         "val_every": 2,
         "seed": 0,
         "num_workers": 0,
+        # keep the worker processes from epoch to epoch (with num_workers > 0): no start-up per epoch; a
+        # resumed run then draws a new augmentation stream (bit-identical resumes need this off or 0 workers)
+        "persistent_workers": True,
         "cache_rate": 1.0,  # share of preprocessed volumes kept in memory (lower it for large datasets)
         "threads": 0,  # torch threads; 0 = all cores
         "device": "auto",  # auto | cpu | cuda

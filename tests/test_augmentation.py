@@ -205,3 +205,21 @@ def test_grid_sampling_in_slabs_equals_one_call(threads):
                 assert ours.shape == x.shape and torch.equal(ours, ref), (shape, mode)
         finally:
             torch.set_num_threads(before)
+
+
+def test_training_batches_are_plain_tensors_with_the_collated_values(tmp_path):
+    from monai.data import list_data_collate
+
+    from medseg.engine.trainer import collate_plain
+
+    root = write_msd(tmp_path / "ds", n_cases=2)
+    cases = [{"image": str(p), "label": str(root / "labelsTr" / p.name)} for p in sorted((root / "imagesTr").iterdir())]
+    chain = build_train_transforms(load_config("liver", FAST))
+    chain.set_random_state(seed=0)
+    items = [chain(dict(c)) for c in cases]  # each a list of one patch (the balanced crop's num_samples)
+    ours, monai_batch = collate_plain(items), list_data_collate(items)
+    assert set(ours) == set(monai_batch) >= {"image", "label"}  # other keys (e.g. crop coordinates) as MONAI's
+    for key in ("image", "label"):
+        assert type(ours[key]) is torch.Tensor and isinstance(monai_batch[key], MetaTensor)
+        assert ours[key].shape == (2, 1, 16, 16, 16)
+        assert torch.equal(ours[key], monai_batch[key].as_tensor())

@@ -24,7 +24,7 @@ from typing import Any
 import torch
 from ignite.engine import Events
 from ignite.handlers import EarlyStopping
-from monai.data import CacheDataset, DataLoader
+from monai.data import CacheDataset, DataLoader, MetaTensor, list_data_collate
 from monai.data.samplers import DistributedSampler as EvalDistributedSampler
 from monai.engines import SupervisedEvaluator, SupervisedTrainer
 from monai.engines.utils import IterationEvents
@@ -103,6 +103,16 @@ def _stats_handler() -> StatsHandler:
     validation_logger.handlers.clear()  # MONAI gives it a stdout handler of its own; use medseg's instead
     validation_logger.propagate = True
     return handler
+
+
+def collate_plain(items: list) -> dict[str, Any]:
+    """MONAI's ``list_data_collate`` with MetaTensors as plain tensors, for the training loader.
+
+    Training reads no metadata, and a worker's batch of MetaTensors is slow to unpickle in the training
+    process: 16 ms against 3 ms for plain tensors (a 2x64x96x96 liver batch, 2 workers, 2 CPU cores).
+    """
+    batch = list_data_collate(items)
+    return {k: v.as_tensor() if isinstance(v, MetaTensor) else v for k, v in batch.items()}
 
 
 def pick_device(choice: str) -> torch.device:
@@ -228,6 +238,8 @@ def train(
     val_ds = CacheDataset(val_files, build_eval_transforms(cfg), cache_rate=tr["cache_rate"], progress=False)
     sampler = distributed.ReplacementSampler(train_ds, tr["iterations_per_epoch"] * tr["batch_size"], ctx, tr["seed"])
     train_loader = DataLoader(train_ds, batch_size=tr["batch_size"], sampler=sampler, num_workers=tr["num_workers"],
+                              persistent_workers=bool(tr["persistent_workers"] and tr["num_workers"] > 0),
+                              collate_fn=collate_plain,
                               generator=data_generator(tr["seed"] + ctx.rank))  # seeds every random transform, workers too
     # each rank validates its share; with fewer cases than ranks some are repeated, as no rank may be left empty
     val_sampler = (EvalDistributedSampler(val_ds, even_divisible=len(val_ds) < ctx.world, shuffle=False)
