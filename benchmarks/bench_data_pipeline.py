@@ -35,8 +35,8 @@ from medseg.config import load_config
 from medseg.networks import build_network
 from medseg.train import locate_dataset
 from medseg.data.layouts import load_dataset
-from medseg.engine.trainer import collate_plain
-from medseg.transforms import build_train_transforms, data_generator, fit_preprocessing, input_channels
+from medseg.engine.trainer import collate_plain, training_dataset
+from medseg.transforms import data_generator, fit_preprocessing, input_channels
 from medseg.transforms.pipeline import instantiate, preprocess_spec, random_spec
 
 
@@ -116,7 +116,7 @@ def main() -> None:
     cases = load_dataset(cfg, root, cfg["training"]["seed"])[0]
     cfg = fit_preprocessing(cfg, cases)
     t = time.perf_counter()
-    ds = CacheDataset(cases, build_train_transforms(cfg), cache_rate=1.0, progress=False)
+    ds = training_dataset(cases, {**cfg, "training": {**cfg["training"], "cache_rate": 1.0}})
     cache_s = time.perf_counter() - t
     tr = cfg["training"]
     print(f"task {cfg['task']}: {len(cases)} training case(s), patch {tr['patch_size']}, batch {tr['batch_size']},"
@@ -124,6 +124,9 @@ def main() -> None:
           f" deterministic preprocessing cached once in {cache_s:.1f} s")
     print(f"{'workers':>7} {'wait s':>8} {'step s':>8} {'wait/step':>9} {'median wait':>11} {'median step':>11}")
     reference = None
+    if "monai" in args.workers and (len(tr["patch_size"]) != 3 or cfg["network"].get("slice_mode")):
+        print("the 'monai' baseline is written for 3D patches; skipped for this task")
+        args.workers = [w for w in args.workers if w != "monai"]
     for workers in args.workers:
         if workers == "monai" and reference is None:
             reference = CacheDataset(cases, monai_reference(cfg), cache_rate=1.0, progress=False)

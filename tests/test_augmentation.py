@@ -223,3 +223,35 @@ def test_training_batches_are_plain_tensors_with_the_collated_values(tmp_path):
         assert type(ours[key]) is torch.Tensor and isinstance(monai_batch[key], MetaTensor)
         assert ours[key].shape == (2, 1, 16, 16, 16)
         assert torch.equal(ours[key], monai_batch[key].as_tensor())
+
+
+ALL_ON = ["augmentation.elastic.prob=1", "augmentation.rotate_prob=1", "augmentation.scale_prob=1",
+          "augmentation.flip_prob=0.5", "augmentation.intensity_prob=1", "augmentation.contrast.prob=1",
+          "augmentation.gamma.prob=1", "augmentation.noise.prob=1", "augmentation.blur.prob=1",
+          "augmentation.bias_field.prob=1"]
+
+
+@pytest.mark.parametrize("mode", ["3d", "slices", "none"])
+def test_draws_never_write_to_the_uncopied_cache(tmp_path, mode):
+    """The training dataset hands its cached volumes to the random steps without a copy: no draw, with
+    every augmentation on (or none, where the crop's view is all that is returned), may change them."""
+    from medseg.engine.trainer import collate_plain, training_dataset
+
+    root = write_msd(tmp_path / "ds", n_cases=2)
+    cases = [{"image": str(p), "label": str(root / "labelsTr" / p.name)} for p in sorted((root / "imagesTr").iterdir())]
+    overrides = FAST + (ALL_ON if mode != "none" else ONLY)
+    if mode == "slices":
+        overrides += ["network.spatial_dims=2", "network.slice_mode=true", "network.slice_axis=2",
+                      "training.patch_size=[16,16]"]
+    ds = training_dataset(cases, load_config("liver", overrides))
+    ds.transform.set_random_state(seed=0)
+    before = [{k: v.clone() if isinstance(v, torch.Tensor) else np.copy(v) for k, v in item.items()
+               if isinstance(v, (torch.Tensor, np.ndarray))} for item in ds._cache]
+    ops = [{k: len(v.applied_operations) for k, v in item.items() if isinstance(v, MetaTensor)} for item in ds._cache]
+    batches = [collate_plain([ds[i % 2] for i in range(2)]) for _ in range(6)]
+    assert batches[0]["image"].shape[:2] == (2, 1) and batches[0]["image"].ndim == (4 if mode == "slices" else 5)
+    for item, saved, n_ops in zip(ds._cache, before, ops):
+        for key, value in saved.items():
+            now = item[key]
+            assert (torch.equal(now, value) if isinstance(value, torch.Tensor) else np.array_equal(now, value)), key
+        assert {k: len(v.applied_operations) for k, v in item.items() if isinstance(v, MetaTensor)} == n_ops
