@@ -25,10 +25,9 @@ import time
 from pathlib import Path
 
 import torch
-from monai.data import CacheDataset, DataLoader, ThreadDataLoader
 from monai import transforms as mt
+from monai.data import CacheDataset, DataLoader, ThreadDataLoader
 from monai.losses import DiceCELoss
-from monai.transforms import Compose
 from torch.utils.data import RandomSampler
 
 from medseg.config import load_config
@@ -40,7 +39,7 @@ from medseg.transforms import data_generator, fit_preprocessing, input_channels
 from medseg.transforms.pipeline import instantiate, preprocess_spec, random_spec
 
 
-def monai_reference(cfg: dict) -> Compose:
+def monai_reference(cfg: dict) -> mt.Compose:
     """The baseline: the same chain with MONAI's own spatial augmentation, as medseg had it before
     RandDeformd (Rand3DElasticd, then RandAffined, then RandFlipd per axis) and a balanced crop that
     searches the label on every draw. 3D tasks only."""
@@ -62,7 +61,7 @@ def monai_reference(cfg: dict) -> Compose:
     return mt.Compose(instantiate(preprocess_spec(cfg)) + crop + spatial + instantiate(intensity))
 
 
-def measure(cfg: dict, ds: CacheDataset, workers: int, steps: int, warmup: int) -> dict:
+def measure(cfg: dict, ds: CacheDataset, workers: str, steps: int, warmup: int) -> dict:
     tr = cfg["training"]
     torch.manual_seed(tr["seed"])
     net = build_network(cfg["network"], input_channels(cfg), len(cfg["data"]["labels"]))

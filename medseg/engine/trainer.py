@@ -146,7 +146,7 @@ def _progress(
     without MLflow (the data wait also goes to MLflow as ``data_wait_share``). Returns the history (updated
     in place); a resumed run passes the checkpoint's history in and its seconds go on from there."""
     losses: list[float] = []
-    timing = {"wait": 0.0, "step": 0.0, "t0": 0.0, "t1": 0.0}
+    timing = {"wait": 0.0, "step": 0.0, "t0": 0.0}
     history = history or {"epoch": [], "loss": [], "lr": [], "seconds": [], "val_epoch": [], "val": {}}
     history.setdefault("data_wait", [])
     offset = history["seconds"][-1] if history["seconds"] else 0.0
@@ -158,8 +158,7 @@ def _progress(
 
     @trainer.on(Events.GET_BATCH_COMPLETED)
     def _batch_ready(engine: SupervisedTrainer) -> None:
-        timing["t1"] = time.perf_counter()
-        timing["wait"] += timing["t1"] - timing["t0"]
+        timing["wait"] += time.perf_counter() - timing["t0"]
 
     @trainer.on(Events.ITERATION_COMPLETED)
     def _collect(engine: SupervisedTrainer) -> None:

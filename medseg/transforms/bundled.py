@@ -6,9 +6,10 @@
 - :class:`HistogramStandardized` and :func:`learn_landmarks`: Nyul-Udupa histogram standardisation
   (MONAI's HistogramNormalize equalises each image on its own; nothing learned across a training set).
 - :class:`N4BiasFieldd`: SimpleITK's N4 bias-field correction with an optional on-disk cache.
-- :class:`RandDeformd`: elastic deformation (a Gaussian-smoothed displacement field), rotation and scaling
-  in one resampling, 2D and 3D (MONAI's Rand3DElasticd plus RandAffined resample twice and smooth a
-  full-resolution field; its Rand2DElastic interpolates a control-point grid instead).
+- :class:`RandDeformd`: elastic deformation (a Gaussian-smoothed displacement field), rotation, scaling
+  and flips in one resampling, 2D and 3D (MONAI's Rand3DElasticd plus RandAffined resample twice and
+  smooth a full-resolution field; its Rand2DElastic interpolates a control-point grid instead).
+- :class:`FgBgSampleIndicesd`: subsampled foreground/background voxel lists for balanced crops.
 
 All are intensity-only or training-only, so nothing here needs inverting. The module imports only MONAI,
 torch, numpy, scipy and SimpleITK, so exported bundles ship it unchanged in their ``scripts/`` folder.
@@ -240,7 +241,7 @@ class RandDeformd(RandomizableTransform, MapTransform):
         self.rotate_range, self.scale_range = float(rotate_range), tuple(scale_range)
         self.flip_prob = float(flip_prob)
         self.flips: list[int] = []  # the axes mirrored this draw
-        self._base: dict[tuple[int, ...], torch.Tensor] = {}  # voxel coordinates about the centre, per shape
+        self._base: tuple[tuple[int, ...], torch.Tensor] | None = None  # (shape, its voxel coordinates about the centre)
         self.mode = [mode] * len(self.keys) if isinstance(mode, str) else list(mode)
         self.offset: torch.Tensor | None = None  # (dims, *shape) voxels, or None: no elastic this draw
         self.matrix: torch.Tensor | None = None  # (dims, dims), or None: no rotation/scaling this draw
@@ -285,17 +286,15 @@ class RandDeformd(RandomizableTransform, MapTransform):
                     d[key] = _replace(d[key], torch.flip(_tensor(d[key]), [a + 1 for a in self.flips]))
             return d
         half = [(n - 1) / 2.0 for n in shape]
-        if shape not in self._base:
+        if self._base is None or self._base[0] != shape:
             axes = [torch.arange(n, dtype=torch.float32) - h for n, h in zip(shape, half)]
-            self._base = {shape: torch.stack(torch.meshgrid(*axes, indexing="ij"))}  # the last shape only
-        pos = self._base[shape]
+            self._base = (shape, torch.stack(torch.meshgrid(*axes, indexing="ij")))
+        pos = self._base[1]
         if self.offset is not None:
             pos = pos + self.offset
         matrix = self.matrix if self.matrix is not None else torch.eye(len(shape), dtype=torch.float64)
-        if self.flips:
-            matrix = matrix @ torch.diag(torch.tensor([-1.0 if a in self.flips else 1.0 for a in range(len(shape))],
-                                                      dtype=torch.float64))
-        pos = torch.einsum("ij,j...->i...", matrix.float(), pos)
+        signs = torch.tensor([-1.0 if a in self.flips else 1.0 for a in range(len(shape))], dtype=torch.float64)
+        pos = torch.einsum("ij,j...->i...", (matrix * signs).float(), pos)  # matrix @ diag(signs): flips first
         # grid_sample wants the last spatial axis first, normalised to [-1, 1] (align_corners=True)
         grid = torch.stack([pos[i] / max(h, 0.5) for i, h in reversed(list(enumerate(half)))], -1)[None]
         for key, mode in zip(self.key_iterator(d), self.mode):
