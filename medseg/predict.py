@@ -49,10 +49,17 @@ def _foreign_cfg(bundle) -> dict:
     import json
 
     inferer = bundle.parser.get_parsed_content("inferer")
-    meta = json.loads((Path(bundle.parser["bundle_root"]) / "configs" / "metadata.json").read_text())
-    channels = meta["network_data_format"]["outputs"]["pred"]["channel_def"]
+    meta_path = Path(bundle.parser["bundle_root"]) / "configs" / "metadata.json"
+    meta = json.loads(meta_path.read_text())
+    try:
+        channels = meta["network_data_format"]["outputs"]["pred"]["channel_def"]
+        n_inputs = int(meta["network_data_format"]["inputs"]["image"].get("num_channels", 1))
+    except (KeyError, AttributeError, TypeError, ValueError) as err:
+        raise MedsegError(f"{meta_path}: network_data_format lacks {err} (inputs.image, outputs.pred.channel_def);"
+                          " medseg.predict cannot run this bundle, run its inference.json with MONAI") from None
     return {
-        "input_channels": int(meta["network_data_format"]["inputs"]["image"].get("num_channels", 1)),
+        # the channel count as input_channels() reads it: image files x 1 (no CT windows of medseg's)
+        "preprocessing": {"intensity": "none", "image_channels": n_inputs},
         "training": {"patch_size": list(inferer.roi_size)},
         "evaluation": {"sw_overlap": float(inferer.overlap), "classes": {}, "keep_largest_component": []},
         "data": {"labels": {name: int(k) for k, name in channels.items()}},
@@ -105,15 +112,14 @@ def run(argv: Sequence[str] | None = None) -> int:
                 if path.is_dir():  # medseg's series checks (order, spacing, tilt, gaps) before MONAI's reader
                     series_headers_ok(path)
                 pred = predict_case(cfg, bundle.network, {"image": str(path)}, device, bundle.preprocessing, args.tta)
-            except MedsegError as err:
-                if len(cases) == 1:
-                    raise
-                print(f"medseg: case '{name}' skipped: {err}", file=sys.stderr)
-                failed.append(name)
-                continue
             except Exception as err:  # one unreadable case must not stop the others
-                reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-                print(f"medseg: case '{name}' skipped: {reason[:300]}", file=sys.stderr)
+                if isinstance(err, MedsegError):
+                    if len(cases) == 1:
+                        raise
+                    reason = str(err)
+                else:
+                    reason = str(err).strip().splitlines()[0][:300] if str(err).strip() else type(err).__name__
+                print(f"medseg: case '{name}' skipped: {reason}", file=sys.stderr)
                 failed.append(name)
                 continue
             labels, affine = pred[0].numpy(), pred.affine.numpy()

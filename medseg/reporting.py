@@ -85,15 +85,12 @@ def overlay_montage(cases: list[dict[str, Any]], members: list[int], window: tup
     import nibabel as nib
 
     from medseg.data.images import read_image
+    from medseg.data.labelmaps import mapped_labels
 
     plt, fig, axes = _figure(len(cases), n_slices, (3.2 * n_slices, 3.2 * len(cases)))
     for row, case in enumerate(cases):
         image = np.asarray(read_image(_first(case["image"])).array, dtype=np.float32)  # any format, DICOM too
-        stored = np.asarray(read_image(case["label"]).array)
-        ref_values = stored.copy()
-        for value_as_stored, value in (label_map or {}).items():
-            ref_values[stored == int(value_as_stored)] = int(value)
-        ref = np.isin(ref_values, members)
+        ref = np.isin(mapped_labels(read_image(case["label"]).array, label_map), members)
         pred = np.isin(np.asarray(nib.load(case["pred"]).dataobj), members)
         image, ref, pred = (a.reshape(a.shape[:2] + (-1,)) for a in (image, ref, pred))  # 2D: one slice
         area = ref.reshape(-1, ref.shape[-1]).sum(0)

@@ -159,6 +159,10 @@ def test_bad_inputs(trained, scans, tmp_path: Path, capsys):
     (broken / "configs" / "medseg_task.json").write_text(json.dumps(task))
     assert predict_main(["--bundle", str(broken), "--input", str(scans), "--output", out]) == 2
     assert "weights do not match the bundle's network" in capsys.readouterr().err
+    (broken / "configs" / "medseg_task.json").write_text("{ cut off")  # a damaged config: one line, no traceback
+    assert predict_main(["--bundle", str(broken), "--input", str(scans), "--output", out]) == 2
+    err = capsys.readouterr().err
+    assert "medseg_task.json: not valid JSON" in err and "Traceback" not in err
     two = tmp_path / "two.nii.gz"
     nib.save(nib.Nifti1Image(np.zeros((20, 20, 12, 2), np.float32), np.eye(4)), two)
     assert predict_main(["--bundle", str(trained["bundle"]), "--input", str(two), "--output", out]) == 2

@@ -48,24 +48,32 @@ def _foreign_targets(config: Any) -> list[str]:
     return found
 
 
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError) as err:
+        raise MedsegError(f"{path}: not valid JSON ({err}); restore the file or re-export the bundle") from None
+
+
 def load_bundle(bundle_dir: Path, device: torch.device, trust: bool = False) -> LoadedBundle:
     """Load the network and preprocessing of ``bundle_dir`` (see the module docstring for the trust rule)."""
     meta_path = bundle_dir / "configs" / "metadata.json"
     weights = bundle_dir / "models" / "model.pt"
     if not meta_path.is_file() or not weights.is_file():
         raise MedsegError(f"{bundle_dir}: not a MONAI Bundle (needs configs/metadata.json and models/model.pt)")
-    name = json.loads(meta_path.read_text()).get("name", bundle_dir.name)
+    meta = _read_json(meta_path)
+    name = meta.get("name", bundle_dir.name) if isinstance(meta, dict) else bundle_dir.name
     task_path = bundle_dir / "configs" / "medseg_task.json"
     if task_path.is_file():
         from medseg.networks import build_network
         from medseg.transforms import build_eval_transforms, input_channels
 
-        cfg = json.loads(task_path.read_text())
+        cfg = _read_json(task_path)
         try:
             net = build_network(cfg["network"], input_channels(cfg), len(cfg["data"]["labels"]))
             preprocessing = build_eval_transforms(cfg, with_label=False)
         except (KeyError, TypeError, MedsegError) as err:
-            changelog = json.loads(meta_path.read_text()).get("changelog", {})
+            changelog = meta.get("changelog", {}) if isinstance(meta, dict) else {}
             written = next(iter(changelog.values()), "an unknown medseg version")
             raise MedsegError(
                 f"{task_path}: this task config ({written}) does not fit medseg {__version__} ({type(err).__name__}: "
@@ -77,7 +85,7 @@ def load_bundle(bundle_dir: Path, device: torch.device, trust: bool = False) -> 
     inference = bundle_dir / "configs" / "inference.json"
     if not inference.is_file():
         raise MedsegError(f"{bundle_dir}: not a MONAI Bundle (configs/inference.json is missing)")
-    code = _foreign_targets(json.loads(inference.read_text()))
+    code = _foreign_targets(_read_json(inference))
     if not trust:
         example = f" (e.g. {code[0]!r})" if code else ""
         raise MedsegError(

@@ -17,6 +17,16 @@ from medseg.errors import MedsegError
 SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd", ".png", ".tif", ".tiff", ".dcm")
 
 
+
+def mapped_labels(labels: np.ndarray, label_map: dict | None) -> np.ndarray:
+    """Label values as stored -> as trained (``data.label_map``, e.g. 0/255 masks -> 0/1), as int64."""
+    out = np.asarray(labels).astype(np.int64)
+    source = out.copy()
+    for stored, value in (label_map or {}).items():
+        out[source == int(stored)] = int(value)
+    return out
+
+
 @dataclass
 class LabelMap:
     array: np.ndarray  # integer labels, index order [i, j(, k)]

@@ -10,10 +10,10 @@ from typing import Any
 import numpy as np
 import torch
 from monai.data import MetaTensor
-from monai.inferers import SlidingWindowInferer
+from monai.inferers import Inferer
 from monai.transforms import Invertd, LoadImage
 
-from medseg.data.labelmaps import case_name, write_label_nifti
+from medseg.data.labelmaps import case_name, mapped_labels, write_label_nifti
 from medseg.engine.fastpath import faster_steps, invert_to_labels, keep_largest_component_, split_loading
 from medseg.errors import MedsegError
 from medseg.evaluation import evaluate_case
@@ -43,7 +43,7 @@ def predict_case(
     transforms = faster_steps(transforms)
     data = transforms(dict(case))
     image = data["image"]
-    expected = input_channels(cfg) if "preprocessing" in cfg else cfg["input_channels"]  # the latter: foreign bundles
+    expected = input_channels(cfg)
     if image.shape[0] != expected:
         raise MedsegError(f"{case['image']}: {image.shape[0]} image channels; the network takes {expected}")
     inferer = sliding_window_inferer(cfg)
@@ -83,22 +83,13 @@ def largest_component_labels(cfg: dict[str, Any]) -> list[list[int]]:
     return [list(classes[name]) for name in cfg["evaluation"]["keep_largest_component"]]
 
 
-def mapped_labels(labels: np.ndarray, cfg: dict[str, Any]) -> np.ndarray:
-    """Label values as stored -> as trained (``data.label_map``, e.g. 0/255 masks -> 0/1)."""
-    out = np.asarray(labels).astype(np.int64)
-    source = out.copy()
-    for stored, value in (cfg["data"].get("label_map") or {}).items():
-        out[source == int(stored)] = int(value)
-    return out
-
-
 def case_id(case: dict[str, str]) -> str:
     """A case's name: its image file name without the image suffix."""
     image = case["image"]
     return case_name(Path(image[0] if isinstance(image, list) else image))  # first channel of a multi-channel case
 
 
-def sliding_window_inferer(cfg: dict[str, Any]) -> SlidingWindowInferer:
+def sliding_window_inferer(cfg: dict[str, Any]) -> Inferer:
     """Training-patch-sized windows, Gaussian blending, the configured overlap; with ``network.slice_mode``
     MONAI's SliceInferer (a 2D network slice by slice through the volume; the bundle uses the same entry)."""
     from medseg.networks.bundle import build_inferer
@@ -124,7 +115,7 @@ def evaluate_cases(
         nd = ref.ndim - 1  # spatial dims (2D images carry a 3x3 or 4x4 affine)
         spacing = np.sqrt((affine[:nd, :nd] ** 2).sum(axis=0))
         per_case[cid] = evaluate_case(
-            pred[0].numpy(), mapped_labels(ref[0].numpy(), cfg), spacing, cfg["evaluation"]["classes"],
+            pred[0].numpy(), mapped_labels(ref[0].numpy(), cfg["data"].get("label_map")), spacing, cfg["evaluation"]["classes"],
             tolerance_mm=cfg["evaluation"]["tolerance_mm"], worst_mm=cfg["evaluation"]["worst_mm"] or None,
         )
         write_label_nifti(pred[0].numpy(), affine, pred_dir / f"{cid}.nii.gz", source=Path(case["image"]))

@@ -62,7 +62,9 @@ def export_torchscript(bundle_dir: Path, cfg: dict[str, Any]) -> str:
     traced = cfg["network"]["name"] in TRACED and not _legacy(cfg["network"])
     extra: dict[str, Any] = {}
     if traced:
-        extra = {"use_trace": True, "input_shape": [1, _in_channels(cfg), *cfg["training"]["patch_size"]]}
+        from medseg.transforms.settings import input_channels
+
+        extra = {"use_trace": True, "input_shape": [1, input_channels(cfg), *cfg["training"]["patch_size"]]}
     ckpt_export(
         net_id="network_def", filepath=str(bundle_dir / "models" / "model.ts"),
         ckpt_file=str(bundle_dir / "models" / "model.pt"),
@@ -70,14 +72,6 @@ def export_torchscript(bundle_dir: Path, cfg: dict[str, Any]) -> str:
         config_file=str(bundle_dir / "configs" / "inference.json"), **extra,
     )
     return "trace" if traced else "script"
-
-
-def _in_channels(cfg: dict[str, Any]) -> int:
-    try:
-        from medseg.transforms.settings import input_channels
-    except ImportError:  # before multi-window inputs existed
-        return 1
-    return int(input_channels(cfg))
 
 
 def spatial_shape(cfg: dict[str, Any]) -> list[str | int]:

@@ -51,9 +51,9 @@ def header_geometry(path: str, axcodes: str = "RAS") -> tuple[list[int], list[fl
     return out_shape, out_spacing
 
 
-def median_spacing(cases: list[dict[str, Any]], axcodes: str = "RAS") -> list[float]:
-    """Median voxel spacing per axis over ``cases`` (mm, 3 decimals)."""
-    spacings = np.array([header_geometry(_first_image(c), axcodes)[1] for c in cases])
+def median_spacing(geometries: list[tuple[list[int], list[float]]]) -> list[float]:
+    """Median voxel spacing per axis over ``(shape, spacing)`` header geometries (mm, 3 decimals)."""
+    spacings = np.array([spacing for _, spacing in geometries])
     return [round(float(s), 3) for s in np.median(spacings, axis=0)]
 
 
@@ -69,10 +69,9 @@ def learn_histogram_landmarks(cfg: dict[str, Any], cases: list[dict[str, Any]]) 
     return learn_landmarks(images, cfg["preprocessing"]["histogram"]["percentiles"])
 
 
-def check_patch_fits(cfg: dict[str, Any], cases: list[dict[str, Any]]) -> None:
-    """Without padding to the patch size, every resampled training image must hold a whole patch."""
-    if cfg["augmentation"]["crop"]["pad_to_patch"]:
-        return
+def check_patch_fits(cfg: dict[str, Any], geometries: list[tuple[list[int], list[float]]]) -> None:
+    """Without padding to the patch size, every resampled training image (``(shape, spacing)`` from its
+    header) must hold a whole patch."""
     patch = cfg["training"]["patch_size"]
     target = cfg["preprocessing"]["spacing"]
     multiple = 1
@@ -80,8 +79,7 @@ def check_patch_fits(cfg: dict[str, Any], cases: list[dict[str, Any]]) -> None:
         from medseg.transforms.pipeline import network_multiple
 
         multiple = network_multiple(cfg)
-    for i, case in enumerate(cases):
-        shape, spacing = header_geometry(_first_image(case), cfg["preprocessing"]["orientation"])
+    for i, (shape, spacing) in enumerate(geometries):
         size = [max(1, round(n * s / t)) for n, s, t in zip(shape, spacing, target)]
         padded = [-(-n // multiple) * multiple for n in size]
         if any(p > n for p, n in zip(patch, padded)):
@@ -100,11 +98,16 @@ def fit_preprocessing(cfg: dict[str, Any], train_cases: list[dict[str, Any]]) ->
         raise MedsegError(f"training cases have {sorted(counts)} image files each; preprocessing.image_channels is"
                           f" {pre['image_channels']}: every case needs the same number of channel files")
     pre["image_channels"] = counts.pop() if counts else (pre["image_channels"] or 1)
+    check_fit = not cfg["augmentation"]["crop"]["pad_to_patch"]
+    if pre["spacing"] == "auto" or check_fit:  # each header read once, for both
+        logger.info("reading the headers of %d training cases", len(train_cases))
+        geometries = [header_geometry(_first_image(c), pre["orientation"]) for c in train_cases]
     if pre["spacing"] == "auto":
-        pre["spacing"] = median_spacing(train_cases, pre["orientation"])
+        pre["spacing"] = median_spacing(geometries)
         logger.info("preprocessing.spacing auto: median spacing of %d training cases is %s mm",
                     len(train_cases), pre["spacing"])
-    check_patch_fits(cfg, train_cases)
+    if check_fit:
+        check_patch_fits(cfg, geometries)
     if pre["intensity"] == "histogram" and not pre["histogram"]["landmarks"]:
         logger.info("preprocessing.histogram: reading %d training images to learn the landmarks", len(train_cases))
         pre["histogram"]["landmarks"] = learn_histogram_landmarks(cfg, train_cases)
