@@ -28,13 +28,13 @@ from ignite.engine import Events  # noqa: E402
 from monai.engines import SupervisedTrainer  # noqa: E402
 from monai.networks.nets import UNet  # noqa: E402
 
+from medseg.config import DEFAULTS  # noqa: E402
 from medseg.engine.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
 from medseg.engine.losses import build_loss  # noqa: E402
 from medseg.engine.optim import attach_gradient_guard, build_optimizer  # noqa: E402
 from medseg.engine.precision import enable_activation_checkpointing, precision_arguments  # noqa: E402
 
-TRAINING = {"loss": "dice_ce", "ce_weight": 1.0, "dice_weight": 1.0, "dice_smooth": 1e-5, "include_background": True,
-            "focal_gamma": 2.0, "optimizer": "adamw", "learning_rate": 1e-3, "weight_decay": 1e-5, "momentum": 0.99}
+TRAINING = {**DEFAULTS["training"]}  # loss and optimiser settings as a default training run has them
 
 
 def run(setting: str, device: torch.device, steps: int, patch: list[int], batch: int) -> dict:

@@ -91,9 +91,10 @@ def run_one(name: str, dims: int, seconds: float, data_dir: Path) -> dict:
     net.eval()
     scores = {"liver": [], "tumour": []}
     inferer = sliding_window_inferer(cfg)
+    transforms = build_eval_transforms(cfg)
     with torch.no_grad():
         for case in val_files:
-            data = build_eval_transforms(cfg)(dict(case))
+            data = transforms(dict(case))
             pred = inferer(data["image"].unsqueeze(0).as_tensor(), net).argmax(1)[0]
             ref = data["label"][0].as_tensor().long()
             scores["liver"].append(dice(pred > 0, ref > 0))

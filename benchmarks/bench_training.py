@@ -35,10 +35,7 @@ SETTINGS = {
 }
 
 
-def run(name: str, args: argparse.Namespace, work: Path) -> dict:
-    from medseg.config import load_config
-
-    batch = load_config("liver")["training"]["batch_size"]
+def run(name: str, args: argparse.Namespace, work: Path, batch: int) -> dict:
     sets = ["tracking.enabled=false", "bundle.enabled=false", f"training.iterations_per_epoch={args.iterations}",
             f"training.device={args.device}", f"training.val_every={args.epochs}"]
     for item in SETTINGS[name]:
@@ -51,6 +48,7 @@ def run(name: str, args: argparse.Namespace, work: Path) -> dict:
     out = work / name
     cmd = [sys.executable, "-m", "medseg.train", "liver", "--epochs", str(args.epochs), "--output-dir", str(out),
            "--data-dir", str(args.data_dir), *[a for s in sets for a in ("--set", s)]]
+    print(f"{name}: training {args.epochs} epochs ...", file=sys.stderr, flush=True)
     proc = subprocess.run(cmd, cwd=work, capture_output=True, text=True)
     if proc.returncode:
         raise SystemExit(f"{name} failed:\n{proc.stderr[-3000:]}")
@@ -82,12 +80,15 @@ def main() -> None:
         raise SystemExit(f"unknown setting(s) {unknown}; choose from {', '.join(SETTINGS)}")
     import torch
 
+    from medseg.config import load_config
+
+    batch = load_config("liver")["training"]["batch_size"]
     print(f"liver task, {args.epochs} epochs x {args.iterations} iterations, device {args.device}, "
           f"torch {torch.__version__}, {torch.get_num_threads()} threads")
     results = []
     with tempfile.TemporaryDirectory() as tmp:
         for name in names:
-            results.append(run(name, args, Path(tmp)))
+            results.append(run(name, args, Path(tmp), batch))
             base = results[0]["s_per_epoch"]
             results[-1]["speedup_vs_first"] = round(base / results[-1]["s_per_epoch"], 2)
             print(json.dumps(results[-1]), flush=True)

@@ -261,8 +261,7 @@ def _validate(cfg: dict, source: str) -> None:
     for name in cfg["evaluation"]["keep_largest_component"]:
         if name not in cfg["evaluation"]["classes"]:
             raise MedsegError(f"{source}: key 'evaluation.keep_largest_component' names unknown class '{name}'")
-    net, train = cfg["network"], cfg["training"]
-    dims = net["spatial_dims"]
+    train = cfg["training"]
     from medseg.networks import check_network
 
     # name, arguments, training.patch_size (values and multiple), slice mode, deep supervision weights

@@ -194,6 +194,8 @@ def test_config_selects_networks_and_refuses_bad_input(tmp_path: Path):
         "network.deep_supervision=true": r"network\.deep_supervision: network 'resunet' has no auxiliary outputs",
         "network.name=unet3p --- network.deep_supervision=true --- network.ds_weights=[1, 0.5]":
             r"network\.ds_weights' needs 5 non-negative weights",
+        "network.name=unet3p --- network.deep_supervision=true --- network.ds_weights=[a, b, c, d, e]":
+            r"network\.ds_weights' needs 5 non-negative weights",
         "network.spatial_dims=2 --- training.patch_size=[64,96,96]":
             r"network\.spatial_dims is 2 but training\.patch_size has 3.*network\.slice_mode: true",
         "training.patch_size=[30,32,32]": r"must be multiples of 16",
@@ -229,6 +231,12 @@ def test_listing_command_counts_parameters_and_macs(capsys):
     macs = hw * 9 * (1 * 4 + 4 * 4) + q * 9 * (4 * 8 + 8 * 8) + hw * 4 * 8 + hw * 9 * (8 * 4 + 4 * 4) + hw * 4 * 2
     assert row["macs"] == macs
     assert main(["--dims", "3", "--size", "32", "32"]) == 2
+    assert main(["--classes", "0"]) == 2
+    assert "--classes 0: give 1 or more" in capsys.readouterr().err
+    assert main(["--dims", "3", "--size", "8", "8", "8"]) == 0  # too small for some: their rows say why
+    rows = {line.split()[0]: line for line in capsys.readouterr().out.splitlines()[2:]}
+    assert "not available" in rows["unetr"] and "not available" in rows["unetpp"]
+    assert "not available" not in rows["resunet"]
 
 
 def test_slice_sampling_gives_whole_2d_slices_with_foreground(lits_sample):

@@ -57,7 +57,6 @@ class NetSpec:
     n_outputs: Callable[[dict[str, Any]], int] = lambda a: 1  # main + aux outputs with deep supervision
     fixed_size: str | None = None  # constructor argument holding a fixed input size
     minimum: Callable[[dict[str, Any]], int] = lambda a: 0  # smallest input size per axis (inputs padded up)
-    dims: tuple[int, ...] = (2, 3)
 
     @property
     def target(self) -> str:
@@ -110,10 +109,6 @@ REGISTRY: dict[str, NetSpec] = {
 }
 
 
-def network_names() -> list[str]:
-    return list(REGISTRY)
-
-
 def _spec(net_cfg: dict[str, Any]) -> NetSpec:
     name = net_cfg.get("name")
     if name not in REGISTRY:
@@ -126,12 +121,11 @@ def _legacy(net_cfg: dict[str, Any]) -> bool:
     return "args" not in net_cfg
 
 
-def network_args(net_cfg: dict[str, Any], patch_size: list[int] | None = None) -> dict[str, Any]:
+def network_args(net_cfg: dict[str, Any]) -> dict[str, Any]:
     """The constructor arguments (besides dims and channels in/out) the section resolves to, checked by name.
 
-    Args:
-        net_cfg: the config's ``network`` section.
-        patch_size: the training patch; fills a fixed-size network's input size (UNETR's ``img_size``).
+    A fixed-size network's input size (UNETR's ``img_size``) is among them once :func:`check_network` has
+    filled it from the training patch; building the network needs it.
     """
     spec = _spec(net_cfg)
     args = copy.deepcopy(spec.defaults)
@@ -154,10 +148,6 @@ def network_args(net_cfg: dict[str, Any], patch_size: list[int] | None = None) -
                 f"network.args.{key}: not an argument of network '{spec.name}'{hint}; it takes {', '.join(known)}"
             )
         args[key] = value
-    if spec.fixed_size and spec.fixed_size not in args:
-        if patch_size is None:
-            raise MedsegError(f"network.args.{spec.fixed_size}: network '{spec.name}' needs its input size")
-        args[spec.fixed_size] = list(patch_size)
     return args
 
 
@@ -165,35 +155,35 @@ def input_multiple(net_cfg: dict[str, Any]) -> int:
     """The factor each spatial input size must be divisible by (after padding, inputs always are)."""
     if _legacy(net_cfg):
         return _prod(net_cfg["strides"])
-    return int(_spec(net_cfg).multiple(network_args(net_cfg, [0])))
+    return int(_spec(net_cfg).multiple(network_args(net_cfg)))
 
 
 def n_outputs(net_cfg: dict[str, Any]) -> int:
     """How many outputs the network returns in training (1 without deep supervision)."""
     if _legacy(net_cfg) or not net_cfg.get("deep_supervision"):
         return 1
-    return int(_spec(net_cfg).n_outputs(network_args(net_cfg, [0])))
+    return int(_spec(net_cfg).n_outputs(network_args(net_cfg)))
 
 
-def _constructor(net_cfg: dict[str, Any], in_channels: int, out_channels: int,
-                 deep_supervision: bool | None = None) -> tuple[NetSpec, dict[str, Any]]:
+def _constructor(net_cfg: dict[str, Any], in_channels: int, out_channels: int) -> tuple[NetSpec, dict[str, Any]]:
     spec = _spec(net_cfg)
     dims = int(net_cfg.get("spatial_dims", 3))
-    if dims not in spec.dims:
-        raise MedsegError(f"network.spatial_dims: network '{spec.name}' is {' or '.join(map(str, spec.dims))}D only")
-    ds = bool(net_cfg.get("deep_supervision", False)) if deep_supervision is None else deep_supervision
-    if net_cfg.get("deep_supervision") and not spec.deep_supervision:
+    if dims not in (2, 3):
+        raise MedsegError(f"network.spatial_dims: {dims}; the networks are 2D or 3D")
+    ds = bool(net_cfg.get("deep_supervision", False))
+    if ds and not spec.deep_supervision:
         with_ds = ", ".join(n for n, s in REGISTRY.items() if s.deep_supervision)
         raise MedsegError(f"network.deep_supervision: network '{spec.name}' has no auxiliary outputs ({with_ds} have)")
     kwargs = {"spatial_dims": dims, "in_channels": in_channels, "out_channels": out_channels,
               **network_args(net_cfg)}
+    if spec.fixed_size and spec.fixed_size not in kwargs:
+        raise MedsegError(f"network.args.{spec.fixed_size}: network '{spec.name}' needs its input size")
     if spec.deep_supervision:
         kwargs["deep_supervision"] = ds
     return spec, kwargs
 
 
-def build_network(net_cfg: dict[str, Any], in_channels: int, out_channels: int,
-                  deep_supervision: bool | None = None) -> torch.nn.Module:
+def build_network(net_cfg: dict[str, Any], in_channels: int, out_channels: int) -> torch.nn.Module:
     """Build the network named by ``net_cfg['name']``, wrapped so that any input size works.
 
     Args:
@@ -201,8 +191,6 @@ def build_network(net_cfg: dict[str, Any], in_channels: int, out_channels: int,
             :func:`check_network` fills it from the training patch when the config is loaded).
         in_channels: image channels.
         out_channels: number of label values (background included).
-        deep_supervision: override ``net_cfg['deep_supervision']`` (exports build without auxiliary heads
-            only where they own no weights).
 
     Example:
         >>> net = build_network({"name": "unet", "spatial_dims": 2, "args": {"channels": [8, 16, 32]}}, 1, 3)
@@ -213,7 +201,7 @@ def build_network(net_cfg: dict[str, Any], in_channels: int, out_channels: int,
             channels=tuple(net_cfg["channels"]), strides=tuple(net_cfg["strides"]),
             num_res_units=net_cfg["num_res_units"], norm=net_cfg["norm"], dropout=net_cfg["dropout"],
         )
-    spec, kwargs = _constructor(net_cfg, in_channels, out_channels, deep_supervision)
+    spec, kwargs = _constructor(net_cfg, in_channels, out_channels)
     try:
         net = spec.cls(**kwargs)
     except (TypeError, ValueError, AssertionError, KeyError) as err:
@@ -261,7 +249,7 @@ def describe(net_cfg: dict[str, Any]) -> str:
         return (f"MONAI UNet ({net_cfg['spatial_dims']}D), channels {net_cfg['channels']}, strides {net_cfg['strides']},"
                 f" {net_cfg['num_res_units']} residual units, {net_cfg['norm']} norm")
     spec = _spec(net_cfg)
-    args = ", ".join(f"{k}={v}" for k, v in network_args(net_cfg, [0]).items() if k != spec.fixed_size)
+    args = ", ".join(f"{k}={v}" for k, v in network_args(net_cfg).items() if k != spec.fixed_size)
     ds = ", deep supervision" if net_cfg.get("deep_supervision") else ""
     return f"`{spec.name}` ({net_cfg['spatial_dims']}D; {spec.paper}): {args}{ds}"
 
@@ -314,7 +302,8 @@ def check_network(cfg: dict[str, Any], source: str) -> None:
         if not net["deep_supervision"]:
             raise MedsegError(f"{source}: key 'network.ds_weights' is set but network.deep_supervision is false")
         n = n_outputs(net)
-        if len(weights) != n or any(w < 0 for w in weights) or not weights[0] > 0:
+        numbers = all(isinstance(w, (int, float)) and not isinstance(w, bool) for w in weights)
+        if len(weights) != n or not numbers or any(w < 0 for w in weights) or not weights[0] > 0:
             raise MedsegError(
                 f"{source}: key 'network.ds_weights' needs {n} non-negative weights (main output first, positive)"
                 f" for network '{spec.name}', got {weights}"
@@ -333,4 +322,4 @@ def wrap_deep_supervision(loss_fn: torch.nn.Module, net_cfg: dict[str, Any]) -> 
 
 
 __all__ = ["REGISTRY", "build_network", "check_network", "describe", "input_multiple", "monai_network_def",
-           "n_outputs", "network_args", "network_names", "wrap_deep_supervision"]
+           "n_outputs", "network_args", "wrap_deep_supervision"]

@@ -60,13 +60,16 @@ def run(argv: Sequence[str] | None = None) -> int:
     size = args.size or DEFAULT_SIZE[args.dims]
     if len(size) != args.dims or any(s < 1 for s in size):
         raise MedsegError(f"--size {' '.join(map(str, size))}: give {args.dims} positive values for --dims {args.dims}")
+    for flag, value in (("--classes", args.classes), ("--in-channels", args.in_channels)):
+        if value < 1:
+            raise MedsegError(f"{flag} {value}: give 1 or more")
     print(f"{args.dims}D networks at their default widths, input {args.in_channels} x {' x '.join(map(str, size))},"
           f" {args.classes} classes (MACs = multiply-accumulates, FLOPs / 2)")
     print(f"{'network':<16}{'parameters':>14}{'MACs':>12}{'multiple':>10}  paper")
     for name in REGISTRY:
         try:
             row = count(name, args.dims, list(size), args.in_channels, args.classes)
-        except MedsegError as err:
+        except (MedsegError, RuntimeError, ValueError) as err:  # e.g. a size too small for its norm or patches
             print(f"{name:<16}{'-':>14}{'-':>12}{'-':>10}  not available: {err}")
             continue
         print(f"{name:<16}{row['params'] / 1e6:>12.2f} M{_human(row['macs']):>12}{row['multiple']:>10}  {row['paper']}")
