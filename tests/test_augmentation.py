@@ -12,6 +12,7 @@ from torch.utils.data import RandomSampler
 
 from medseg.config import load_config
 from medseg.transforms import build_train_transforms, data_generator
+from medseg.transforms.deform import RandDeformd, grid_sample_slabs
 from medseg.transforms.pipeline import instantiate, random_spec
 
 from .conftest import FAST, write_msd
@@ -62,8 +63,6 @@ def test_elastic_keeps_the_label_binary_and_moves_a_point_within_the_field_bound
 def test_coarse_elastic_field_has_the_statistics_of_the_full_resolution_field(sigma):
     """RandDeformd draws its noise on a grid sigma/2 apart; its displacements must match MONAI's model
     (full-resolution uniform noise smoothed by a Gaussian of sigma), in size and in smoothness."""
-    from medseg.transforms.bundled import RandDeformd
-
     shape, magnitude = (56, 64, 56), 100.0
     t = RandDeformd(keys="image", elastic_prob=1.0, sigma_range=(sigma, sigma), magnitude_range=(magnitude, magnitude))
     t.set_random_state(seed=0)
@@ -85,8 +84,6 @@ def test_coarse_elastic_field_has_the_statistics_of_the_full_resolution_field(si
 
 
 def test_flips_are_exact_with_and_without_a_resampling():
-    from medseg.transforms.bundled import RandDeformd
-
     x = torch.arange(2 * 5 * 6 * 7, dtype=torch.float32).reshape(2, 5, 6, 7)
     label = (x[:1] % 3 == 0).float()
     for affine_prob in (0.0, 1.0):  # 1.0 with no rotation and no scaling: flips folded into the resampling
@@ -189,8 +186,6 @@ def test_preview_command_writes_the_grid_training_logs(tmp_path, monkeypatch, ca
 def test_grid_sampling_in_slabs_equals_one_call(threads):
     """RandDeformd samples in one slab per torch thread (torch's CPU sampler is parallel over the batch
     only); the result must be the very same as one grid_sample call, for sizes the slabs do not divide."""
-    from medseg.transforms.bundled import _grid_sample
-
     gen = torch.Generator().manual_seed(0)
     for shape in [(7, 6, 5), (9, 8)]:
         x = torch.rand((2, *shape), generator=gen)
@@ -199,7 +194,7 @@ def test_grid_sampling_in_slabs_equals_one_call(threads):
         torch.set_num_threads(threads)
         try:
             for mode in ("bilinear", "nearest"):
-                ours = _grid_sample(x, grid, mode)
+                ours = grid_sample_slabs(x, grid, mode)
                 ref = torch.nn.functional.grid_sample(x[None], grid, mode=mode, padding_mode="zeros",
                                                       align_corners=True)[0]
                 assert ours.shape == x.shape and torch.equal(ours, ref), (shape, mode)

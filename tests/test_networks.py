@@ -288,7 +288,7 @@ def test_slice_inference_and_bundle_on_stock_monai(tmp_path: Path, monkeypatch):
     assert inference["network_def"]["net"]["_target_"] == "scripts.medseg_networks.UNet3Plus"
     train_json = json.loads((bundle / "configs" / "train.json").read_text())
     assert train_json["loss"]["_target_"] == "DeepSupervisionLoss" and train_json["loss"]["weights"] == [1.0, 0.5, 0.25]
-    assert (bundle / "scripts" / "medseg_networks.py").is_file()
+    assert (bundle / "scripts" / "medseg_networks" / "unet3p.py").is_file()
 
     scripted = torch.jit.load(str(bundle / "models" / "model.ts"))
     net = build_network(cfg["network"], 1, 3)
@@ -314,3 +314,27 @@ def test_check_network_fills_and_checks_in_place():
     assert cfg["network"]["args"] == {}
     with pytest.raises(MedsegError, match=r"must be multiples of 32"):
         load_config("liver", ["network.name=swin_unetr", "training.patch_size=[48,48,48]"])
+
+
+STATE_DICTS = json.loads((Path(__file__).parent / "fixtures" / "network_state_dicts.json").read_text())
+
+
+@pytest.mark.parametrize("case", sorted(STATE_DICTS))
+def test_own_networks_keep_the_state_dict_and_outputs_of_old_checkpoints(case):
+    """Old checkpoints load: the state-dict names and shapes of each own network (2D and 3D, with and without
+    deep supervision) are those recorded from medseg/networks/own.py before the split into one file per
+    architecture, and the same weights give the same outputs."""
+    entry = STATE_DICTS[case]
+    net = build_network(entry["config"], 2, 3)
+    state = {k: "x".join(map(str, v.shape)) for k, v in net.state_dict().items()}
+    assert state == entry["state"]
+    with torch.no_grad():  # the deterministic weights the fixture was recorded with
+        for i, (key, t) in enumerate(sorted(net.state_dict().items())):
+            if t.is_floating_point():
+                values = torch.sin(torch.arange(t.numel(), dtype=torch.float64) * 0.37 + i).reshape(t.shape) * 0.5
+                t.copy_(values.to(t.dtype) + (1.0 if "running_var" in key else 0.0))
+    dims = entry["config"]["spatial_dims"]
+    x = torch.linspace(-1, 1, 2 * 20 ** dims).reshape(1, 2, *[20] * dims)
+    with torch.no_grad():
+        y = net.eval()(x).double()
+    assert [float(y.mean()), float(y.std())] == pytest.approx(entry["output"], rel=1e-4, abs=1e-5)

@@ -12,12 +12,17 @@ import numpy as np
 import pytest
 import torch
 from monai.data import MetaTensor
+from monai.bundle import ConfigParser
 from monai.transforms import Compose, Invertd
 
 from medseg.config import load_config
 from medseg.errors import MedsegError
 from medseg.transforms import build_eval_transforms, fit_preprocessing, input_channels, windows
-from medseg.transforms.bundled import HistogramStandardized, N4BiasFieldd, foreground_percentiles, learn_landmarks
+from medseg import networks
+from medseg.bundle.export import _bundle_spec, _write_scripts, inference_config, metadata
+from medseg.transforms import pipeline
+from medseg.transforms.bias import N4BiasFieldd
+from medseg.transforms.intensity import HistogramStandardized, foreground_percentiles, learn_landmarks
 from medseg.transforms.pipeline import _intensity_spec, instantiate, preprocess_spec
 from medseg.transforms.settings import PRESETS
 
@@ -59,8 +64,6 @@ def test_several_windows_are_stacked_as_channels_and_set_the_network_input():
     np.testing.assert_allclose(out[0].flatten().numpy(), [0.0, 1.0, 95 / 150], atol=1e-6)
     np.testing.assert_allclose(out[1].flatten().numpy(), [0.4775, 0.5525, 0.525], atol=1e-6)
     np.testing.assert_allclose(out[2].flatten().numpy(), [0.0, 1.0, 0.5], atol=1e-6)
-    from medseg.bundle.export import inference_config
-
     assert "\"in_channels\": 3," in json.dumps(inference_config(cfg)["network_def"])
 
 
@@ -173,20 +176,27 @@ def test_inverse_restores_shape_spacing_and_affine_after_crop_and_padding(tmp_pa
     assert float(back[0, 20, 19, 13]) > 0.99  # the body centre comes back as 1
 
 
-def test_own_transforms_ship_to_bundles_without_medseg():
-    from medseg.bundle.export import _bundle_spec
-    from medseg.transforms import bundled, resample
-
-    for module in (bundled, resample):
+@pytest.mark.parametrize("modules", [pipeline.SCRIPT_MODULES, networks.SCRIPT_MODULES], ids=["transforms", "networks"])
+def test_shipped_modules_import_only_monai_torch_and_their_shipped_siblings(modules):
+    """What a bundle's scripts/ holds must run on stock MONAI: no medseg import, siblings by relative import."""
+    stems = {m.__name__.rsplit(".", 1)[-1] for m in modules}
+    for module in modules:
         tree = ast.parse(Path(module.__file__).read_text())
         imported = {a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
-        imported |= {n.module.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
-        assert "medseg" not in imported and imported <= {"__future__", "collections", "typing", "hashlib", "pathlib",
-                                                         "numpy", "torch", "monai", "scipy", "SimpleITK"}
+        imported |= {n.module.split(".")[0] for n in ast.walk(tree)
+                     if isinstance(n, ast.ImportFrom) and n.module and n.level == 0}
+        siblings = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.level > 0}
+        assert imported <= {"__future__", "collections", "typing", "hashlib", "pathlib", "numpy", "torch", "monai",
+                            "scipy", "SimpleITK"}, module.__name__
+        assert siblings <= stems and all(n.level == 1 for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)
+                                         and n.level), module.__name__
+
+
+def test_bundle_targets_name_the_shipped_package():
     cfg = load_config("liver", ["preprocessing.window=[liver, lung]"])
     spec = preprocess_spec(cfg)
     targets = [s["_target_"] for s in _bundle_spec(spec)]
-    assert "scripts.medseg_bundled.StackWindowsd" in targets and "scripts.medseg_transforms.ScaleSpacingd" in targets
+    assert "scripts.medseg_transforms.StackWindowsd" in targets and "scripts.medseg_transforms.ScaleSpacingd" in targets
     assert spec[4]["windows"] == [[-45.0, 105.0], [-1350.0, 150.0]]
 
 
@@ -225,9 +235,6 @@ def test_cli_refuses_bad_input_with_one_line_and_exit_2(tmp_path, capsys, monkey
 
 
 def test_bundle_preprocessing_with_stacked_windows_runs_from_its_scripts_folder(tmp_path, monkeypatch):
-    from monai.bundle import ConfigParser
-
-    from medseg.bundle.export import _bundle_spec, _write_scripts, metadata
 
     image, _, affine = synthetic_case(shape=(24, 20, 10))
     nib.save(nib.Nifti1Image(image, affine), tmp_path / "ct.nii.gz")
@@ -235,13 +242,14 @@ def test_bundle_preprocessing_with_stacked_windows_runs_from_its_scripts_folder(
     bundle = tmp_path / "bundle"
     bundle.mkdir()
     _write_scripts(bundle)
-    assert {"medseg_bundled.py", "medseg_transforms.py"} <= {p.name for p in (bundle / "scripts").iterdir()}
+    shipped = {p.relative_to(bundle / "scripts").as_posix() for p in (bundle / "scripts").rglob("*.py")}
+    assert {"medseg_transforms/intensity.py", "medseg_transforms/resample.py", "medseg_networks/unet.py"} <= shipped
     monkeypatch.syspath_prepend(str(bundle))
     for name in [m for m in sys.modules if m == "scripts" or m.startswith("scripts.")]:
         monkeypatch.delitem(sys.modules, name)
     parser = ConfigParser({"pre": {"_target_": "Compose", "transforms": _bundle_spec(preprocess_spec(cfg, ("image",)))}})
     chain = parser.get_parsed_content("pre")
-    assert type(chain.transforms[4]).__module__ == "scripts.medseg_bundled"
+    assert type(chain.transforms[4]).__module__ == "scripts.medseg_transforms.intensity"
     ours = build_eval_transforms(cfg, with_label=False)({"image": str(tmp_path / "ct.nii.gz")})["image"]
     theirs = chain({"image": str(tmp_path / "ct.nii.gz")})["image"]
     assert theirs.shape[0] == 2

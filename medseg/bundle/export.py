@@ -34,14 +34,16 @@ import numpy as np
 import torch
 
 from medseg import __version__
+from medseg.bundle.scripts import write_scripts
 from medseg.engine.inference import largest_component_labels
 from medseg.engine.losses import monai_loss_def
 from medseg.engine.optim import bundle_scheduler_def, optimizer_def
 from medseg.fileio import publish_dir
 from medseg.networks import describe, monai_network_def
-from medseg.networks.bundle import bundle_scripts, export_torchscript, inferer_def, loss_def, write_network_script
+from medseg.networks.bundle import bundle_scripts, export_torchscript, inferer_def, loss_def
 from medseg.networks.bundle import spatial_shape as network_spatial_shape
 from medseg.transforms import augment_spec, input_channels, preprocess_spec
+from medseg.transforms.pipeline import OWN_TRANSFORMS, script_target
 from medseg.transforms.settings import describe_intensity, value_range
 
 SCHEMA_PATH = Path(__file__).with_name("metadata_schema.json")
@@ -49,28 +51,13 @@ OFFICIAL_SCHEMA = "https://github.com/Project-MONAI/MONAI-extra-test-data/releas
 IMAGE_GLOBS = ("*.nii.gz", "*.nii", "*.nrrd", "*.mha")
 
 
-SCRIPT_MODULE = "medseg_transforms"
-
-
 def _bundle_spec(spec: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Point medseg's own transforms at the copy shipped in the bundle's ``scripts/`` folder."""
-    from medseg.transforms.pipeline import OWN_TRANSFORMS, script_module
-
-    return [{**s, "_target_": f"scripts.{script_module(s['_target_'])}.{s['_target_']}"}
-            if s["_target_"] in OWN_TRANSFORMS else s for s in spec]
+    return [{**s, "_target_": script_target(s["_target_"])} if s["_target_"] in OWN_TRANSFORMS else s for s in spec]
 
 
 def _write_scripts(bundle_dir: Path) -> None:
-    import importlib
-
-    from medseg.transforms.pipeline import BUNDLE_SCRIPTS
-
-    scripts = bundle_dir / "scripts"
-    scripts.mkdir()
-    (scripts / "__init__.py").write_text('"""Code this bundle needs that MONAI does not provide (written by medseg)."""\n')
-    for stem, module in BUNDLE_SCRIPTS.items():  # SCRIPT_MODULE (resampling) and medseg's other own transforms
-        shutil.copyfile(importlib.import_module(module).__file__, scripts / f"{stem}.py")
-    write_network_script(scripts)  # medseg's own networks and the size-padding wrapper
+    write_scripts(bundle_dir)  # medseg's own transforms and networks (with the size-padding wrapper)
 
 
 def inference_config(cfg: dict[str, Any]) -> dict[str, Any]:

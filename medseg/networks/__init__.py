@@ -12,7 +12,7 @@ The YAML names a network and, optionally, its arguments::
 
 A shorthand key left at ``null`` (the default) takes the network's own default; a key or argument the
 network does not take is refused, naming it and listing the ones it takes. Every network is wrapped in
-:class:`~medseg.networks.own.PadToMultiple`, so any input size works (zero-padded to the multiple the
+:class:`~medseg.networks.padding.PadToMultiple`, so any input size works (zero-padded to the multiple the
 network needs, the output cropped back); training patches must still be multiples (checked up front).
 """
 
@@ -27,12 +27,20 @@ import torch
 from monai.networks import nets as monai_nets
 
 from medseg.errors import MedsegError
-from medseg.networks import own
+from medseg.networks import blocks, light_unet, padding, unet, unet3p, unetpp
+from medseg.networks.light_unet import LightUNet
+from medseg.networks.padding import PadToMultiple
+from medseg.networks.unet import OriginalUNet
+from medseg.networks.unet3p import UNet3Plus
+from medseg.networks.unetpp import UNetPlusPlus
 
 #: shorthand keys of the ``network`` section that map onto a network's constructor arguments
 SHORTHAND = ("channels", "strides", "num_res_units", "norm", "dropout")
-#: module name of own.py inside an exported bundle's scripts/ folder
-SCRIPT_MODULE = "medseg_networks"
+#: the package of an exported bundle's scripts/ folder that holds medseg's own networks, the modules it
+#: holds (torch and MONAI only, with relative imports between them) and the classes configs name from it
+SCRIPT_PACKAGE = "medseg_networks"
+SCRIPT_MODULES = (blocks, unet, light_unet, unet3p, unetpp, padding)
+SCRIPT_CLASSES = (OriginalUNet, LightUNet, UNet3Plus, UNetPlusPlus, PadToMultiple)
 _RESERVED = {"self", "spatial_dims", "in_channels", "out_channels", "deep_supervision"}
 
 
@@ -61,8 +69,8 @@ class NetSpec:
     @property
     def target(self) -> str:
         """The class as a bundle config ``_target_`` (own classes live in the bundle's ``scripts/``)."""
-        if self.cls.__module__ == own.__name__:
-            return f"scripts.{SCRIPT_MODULE}.{self.cls.__name__}"
+        if self.cls in SCRIPT_CLASSES:
+            return f"scripts.{SCRIPT_PACKAGE}.{self.cls.__name__}"
         return f"monai.networks.nets.{self.cls.__name__}"
 
     def arguments(self) -> list[str]:
@@ -76,7 +84,7 @@ def _levels(args: dict[str, Any]) -> int:
 REGISTRY: dict[str, NetSpec] = {
     s.name: s
     for s in [
-        NetSpec("unet", own.OriginalUNet, "Ronneberger et al., U-Net, MICCAI 2015",
+        NetSpec("unet", OriginalUNet, "Ronneberger et al., U-Net, MICCAI 2015",
                 {"channels": [64, 128, 256, 512, 1024], "norm": None}, _levels,
                 aliases={"channels": "channels", "norm": "norm", "dropout": "dropout"}),
         NetSpec("resunet", monai_nets.UNet, "Kerfoot et al., Left-Ventricle Quantification Using Residual U-Net, STACOM 2018",
@@ -88,11 +96,11 @@ REGISTRY: dict[str, NetSpec] = {
                 {"channels": [16, 32, 64, 128, 256], "strides": [2, 2, 2, 2]},
                 lambda a: _prod(a["strides"]),
                 aliases={"channels": "channels", "strides": "strides", "dropout": "dropout"}),
-        NetSpec("unetpp", own.UNetPlusPlus, "Zhou et al., UNet++, DLMIA 2018",
+        NetSpec("unetpp", UNetPlusPlus, "Zhou et al., UNet++, DLMIA 2018",
                 {"channels": [32, 32, 64, 128, 256]}, lambda a: 16,
                 aliases={"channels": "channels", "norm": "norm", "dropout": "dropout"},
                 deep_supervision=True, n_outputs=lambda a: 4),
-        NetSpec("unet3p", own.UNet3Plus, "Huang et al., UNet 3+, ICASSP 2020",
+        NetSpec("unet3p", UNet3Plus, "Huang et al., UNet 3+, ICASSP 2020",
                 {"channels": [64, 128, 256, 512, 1024]}, _levels,
                 aliases={"channels": "channels", "norm": "norm"},
                 deep_supervision=True, n_outputs=lambda a: len(a["channels"])),
@@ -101,7 +109,7 @@ REGISTRY: dict[str, NetSpec] = {
         NetSpec("swin_unetr", monai_nets.SwinUNETR, "Hatamizadeh et al., Swin UNETR, BrainLes 2021",
                 {}, lambda a: int(a.get("patch_size", 2)) * 16,
                 aliases={"norm": "norm_name", "dropout": "drop_rate"}, minimum=lambda a: int(a.get("patch_size", 2)) * 32),
-        NetSpec("light_unet", own.LightUNet,
+        NetSpec("light_unet", LightUNet,
                 "Howard et al., MobileNets (depthwise-separable convolutions), arXiv:1704.04861, 2017",
                 {"channels": [16, 32, 64, 128, 256], "norm": "batch"}, _levels,
                 aliases={"channels": "channels", "norm": "norm"}),
@@ -208,7 +216,7 @@ def build_network(net_cfg: dict[str, Any], in_channels: int, out_channels: int) 
         shown = {k: v for k, v in kwargs.items() if k not in ("in_channels", "out_channels")}
         raise MedsegError(f"network '{spec.name}': cannot be built with {shown} ({err})") from err
     size = kwargs.get(spec.fixed_size) if spec.fixed_size else None
-    return own.PadToMultiple(net, spec.multiple(kwargs), size, spec.minimum(kwargs))
+    return PadToMultiple(net, spec.multiple(kwargs), size, spec.minimum(kwargs))
 
 
 def build_on_meta(net_cfg: dict[str, Any], in_channels: int, out_channels: int) -> torch.nn.Module:
@@ -229,7 +237,7 @@ def monai_network_def(net_cfg: dict[str, Any], in_channels: int, out_channels: i
                 "norm": net_cfg["norm"], "dropout": net_cfg["dropout"]}
     spec, kwargs = _constructor(net_cfg, in_channels, out_channels)
     size = kwargs.get(spec.fixed_size) if spec.fixed_size else None
-    return {"_target_": f"scripts.{SCRIPT_MODULE}.PadToMultiple",
+    return {"_target_": f"scripts.{SCRIPT_PACKAGE}.PadToMultiple",
             "net": {"_target_": spec.target, **_jsonable(kwargs)},
             "multiple": spec.multiple(kwargs), "size": list(size) if size is not None else None,
             "minimum": spec.minimum(kwargs)}

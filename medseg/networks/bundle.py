@@ -8,22 +8,20 @@ wrapper takes ``**kwargs``); that one is TorchScript by tracing at the training 
 
 from __future__ import annotations
 
-import shutil
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from medseg.networks import SCRIPT_MODULE, _legacy, own
+from monai import inferers
+from monai.bundle import ckpt_export
+
+from medseg.networks import REGISTRY, _legacy, input_multiple, network_args
+from medseg.transforms.settings import input_channels
 
 #: networks exported by ``torch.jit.trace`` (scripting fails in MONAI's class); the rest are scripted
 TRACED = {"swin_unetr"}
-
-
-def write_network_script(scripts_dir: Path) -> None:
-    """Copy medseg's own network classes (torch + MONAI only) into a bundle's ``scripts/`` folder."""
-    shutil.copyfile(own.__file__, scripts_dir / f"{SCRIPT_MODULE}.py")
 
 
 def inferer_def(cfg: dict[str, Any], sw_batch_size: int = 2) -> dict[str, Any]:
@@ -40,8 +38,6 @@ def inferer_def(cfg: dict[str, Any], sw_batch_size: int = 2) -> dict[str, Any]:
 
 def build_inferer(cfg: dict[str, Any], sw_batch_size: int = 2):
     """:func:`inferer_def` instantiated (MONAI's ``SlidingWindowInferer`` or ``SliceInferer``)."""
-    from monai import inferers
-
     entry = inferer_def(cfg, sw_batch_size)
     return getattr(inferers, entry.pop("_target_"))(**entry)
 
@@ -57,13 +53,9 @@ def loss_def(cfg: dict[str, Any], loss: dict[str, Any]) -> dict[str, Any]:
 
 def export_torchscript(bundle_dir: Path, cfg: dict[str, Any]) -> str:
     """Write ``models/model.ts`` with MONAI's ``ckpt_export``; returns ``"script"`` or ``"trace"``."""
-    from monai.bundle import ckpt_export
-
     traced = cfg["network"]["name"] in TRACED and not _legacy(cfg["network"])
     extra: dict[str, Any] = {}
     if traced:
-        from medseg.transforms.settings import input_channels
-
         extra = {"use_trace": True, "input_shape": [1, input_channels(cfg), *cfg["training"]["patch_size"]]}
     ckpt_export(
         net_id="network_def", filepath=str(bundle_dir / "models" / "model.ts"),
@@ -76,8 +68,6 @@ def export_torchscript(bundle_dir: Path, cfg: dict[str, Any]) -> str:
 
 def spatial_shape(cfg: dict[str, Any]) -> list[str | int]:
     """``network_data_format`` spatial shape: ``"k*n"`` per axis, or the fixed size (UNETR)."""
-    from medseg.networks import REGISTRY, input_multiple, network_args
-
     net = cfg["network"]
     dims = int(net["spatial_dims"])
     if not _legacy(net):

@@ -61,7 +61,7 @@ def learn_histogram_landmarks(cfg: dict[str, Any], cases: list[dict[str, Any]]) 
     """Nyul landmarks from the training images after the spatial preprocessing (and N4 when enabled)."""
     from monai.transforms import Compose
 
-    from medseg.transforms.bundled import learn_landmarks
+    from medseg.transforms.intensity import learn_landmarks
     from medseg.transforms.pipeline import instantiate, preprocess_spec
 
     chain = Compose(instantiate(preprocess_spec(cfg, ("image",), before_intensity=True)))

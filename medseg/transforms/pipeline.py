@@ -21,19 +21,14 @@ from typing import Any
 from monai import transforms as mt
 
 from medseg.errors import MedsegError
-from medseg.transforms import bundled
-from medseg.transforms.bundled import (
-    ForegroundZScored,
-    HistogramStandardized,
-    N4BiasFieldd,
-    FgBgSampleIndicesd,
-    RandDeformd,
-    StackWindowsd,
-)
+from medseg.transforms import bias, deform, intensity, metatensors, resample, sampling
+from medseg.transforms.bias import N4BiasFieldd
+from medseg.transforms.crops import KEYS, balanced_crop_spec, crop_spec  # noqa: F401  (balanced_crop_spec re-exported)
+from medseg.transforms.deform import RandDeformd
+from medseg.transforms.intensity import ForegroundZScored, HistogramStandardized, StackWindowsd
 from medseg.transforms.resample import ScaleSpacingd
+from medseg.transforms.sampling import FgBgSampleIndicesd
 from medseg.transforms.settings import ct_window, windows  # noqa: F401  (ct_window re-exported)
-
-KEYS = ("image", "label")
 
 #: medseg's own transforms, by the name the specs use (bundles import them from their scripts/ folder)
 OWN_TRANSFORMS = {
@@ -46,14 +41,15 @@ OWN_TRANSFORMS = {
     "FgBgSampleIndicesd": FgBgSampleIndicesd,
 }
 
-#: the modules holding OWN_TRANSFORMS, by the file name they get in a bundle's scripts/ folder
-BUNDLE_SCRIPTS = {"medseg_transforms": ScaleSpacingd.__module__, "medseg_bundled": bundled.__name__}
+#: the package a bundle's ``scripts/`` folder holds medseg's own transforms in, and the modules it holds
+#: (each imports only torch, numpy, scipy, MONAI, SimpleITK and its siblings here, by relative imports)
+SCRIPT_PACKAGE = "medseg_transforms"
+SCRIPT_MODULES = (metatensors, resample, intensity, bias, deform, sampling)
 
 
-def script_module(name: str) -> str:
-    """The bundle ``scripts/`` module (file stem) that holds own transform ``name``."""
-    module = OWN_TRANSFORMS[name].__module__
-    return next(stem for stem, mod in BUNDLE_SCRIPTS.items() if mod == module)
+def script_target(name: str) -> str:
+    """The bundle config ``_target_`` of own transform ``name`` (its copy in the bundle's ``scripts/``)."""
+    return f"scripts.{SCRIPT_PACKAGE}.{OWN_TRANSFORMS[name].__name__}"
 
 
 def network_multiple(cfg: dict[str, Any]) -> int:
@@ -150,43 +146,6 @@ def instantiate(spec: list[dict[str, Any]]) -> list:
     ]
 
 
-def crop_spec(cfg: dict[str, Any]) -> list[dict[str, Any]]:
-    """Padding to the patch size and patch sampling (label-balanced or uniform)."""
-    if cfg["network"].get("slice_mode"):  # 2D slices of 3D volumes for a 2D network
-        from medseg.transforms.slices import slice_crop_spec
-
-        return slice_crop_spec(cfg)
-    aug, train = cfg["augmentation"], cfg["training"]
-    patch = list(train["patch_size"])
-    keys = list(KEYS)
-    spec: list[dict[str, Any]] = []
-    if aug["crop"]["pad_to_patch"]:
-        spec.append({"_target_": "SpatialPadd", "keys": keys, "spatial_size": patch})
-    if aug["crop"]["mode"] == "random":
-        spec.append({"_target_": "RandSpatialCropd", "keys": keys, "roi_size": patch, "random_size": False})
-    else:
-        spec += balanced_crop_spec(cfg, patch)
-    return spec
-
-
-def balanced_crop_spec(cfg: dict[str, Any], size: list[int]) -> list[dict[str, Any]]:
-    """Label-balanced patch sampling: a foreground voxel is the centre with probability pos/(pos+neg).
-
-    The voxel lists are made once per volume and cached with it (:class:`FgBgSampleIndicesd`); searching
-    the label on every draw costs more than the draw (~0.4 s per slice on the liver sample in slice mode).
-    """
-    keys = list(KEYS)
-    fg, bg = "label_fg_indices", "label_bg_indices"
-    return [
-        {"_target_": "FgBgSampleIndicesd", "keys": "label", "image_key": "image", "image_threshold": 0.0,
-         "max_samples": 20000, "seed": int(cfg["training"]["seed"])},
-        {"_target_": "RandCropByPosNegLabeld", "keys": keys, "label_key": "label", "spatial_size": size,
-         "pos": cfg["training"]["pos_neg_ratio"], "neg": 1.0, "num_samples": 1, "image_key": "image",
-         "image_threshold": 0.0, "fg_indices_key": fg, "bg_indices_key": bg},
-        {"_target_": "DeleteItemsd", "keys": [fg, bg]},
-    ]
-
-
 def random_spec(cfg: dict[str, Any]) -> list[dict[str, Any]]:
     """The augmentation applied to a sampled patch: spatial (both keys), then intensity (image only)."""
     aug = cfg["augmentation"]
@@ -196,7 +155,7 @@ def random_spec(cfg: dict[str, Any]) -> list[dict[str, Any]]:
     elastic = aug["elastic"]
     affine_prob = max(aug["rotate_prob"], aug["scale_prob"])  # rotation and scaling are drawn together
     if elastic["prob"] > 0 or affine_prob > 0 or aug["flip_prob"] > 0:
-        # one resampling for elastic + rotation + scaling + flips (medseg.transforms.bundled.RandDeformd)
+        # one resampling for elastic + rotation + scaling + flips (medseg.transforms.deform.RandDeformd)
         spec.append({
             "_target_": "RandDeformd", "keys": keys, "mode": both,
             "elastic_prob": elastic["prob"], "sigma_range": list(elastic["sigma"]),
