@@ -14,8 +14,15 @@ file) into an array indexed ``[column, row, slice]`` with its index -> patient a
   series or file; a single slice is read with its thickness as third spacing;
 - compressed transfer syntaxes decode through pydicom's pixel handlers (pylibjpeg-openjpeg for JPEG 2000,
   pylibjpeg-libjpeg for JPEG baseline/extended/lossless, pyjpegls for JPEG-LS, pylibjpeg-rle for RLE);
-- enhanced multi-frame images go through highdicom, whose volume code reads the per-frame functional
-  groups and checks their spacing.
+- enhanced multi-frame images (one file, many frames) are read from their per-frame and shared functional
+  groups (plane position, plane orientation, pixel measures, pixel value transformation), with or without
+  a FrameOfReferenceUID or DimensionIndexSequence, and pass the same ordering and spacing checks; several
+  stacks, 4D series (time points, b-values, echoes at repeated positions) and mixed orientations are refused;
+- a folder whose files belong to more than one patient is refused (series named by a hash of their UID).
+
+The same code (:func:`slice_order`) orders the slices for reading, for the header-only checks before
+training and prediction, for MONAI's loader (:class:`medseg.data.dicom_reader.DicomSeriesReader`) and
+for the DICOM SEG writer (:func:`series_datasets`).
 
 No patient identifier (name, ID, birth date, accession number, institution) is ever put in a message.
 """
@@ -66,6 +73,7 @@ class DicomVolume:
     description: str = ""
     modality: str = ""
     notes: list[str] = field(default_factory=list)
+    order: list[int] = field(default_factory=list)  # stored file/frame index of each slice k
 
     @property
     def affine_ras(self) -> np.ndarray:
@@ -108,13 +116,15 @@ def _dcmread(path: Path, headers_only: bool):
 
     if path.stat().st_size == 0:
         raise MedsegError(f"{path}: zero-length file; remove it or re-export the series")
+    # headers only: large values (the pixel data) are skipped, not read, but their presence stays visible
+    defer = {"defer_size": 4096} if headers_only else {}
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             try:
-                ds = pydicom.dcmread(path, stop_before_pixels=headers_only)
+                ds = pydicom.dcmread(path, **defer)
             except InvalidDicomError:  # no preamble: accept only what parses as an image instance
-                ds = pydicom.dcmread(path, stop_before_pixels=headers_only, force=True)
+                ds = pydicom.dcmread(path, force=True, **defer)
                 if "SOPInstanceUID" not in ds or "SeriesInstanceUID" not in ds:
                     raise MedsegError(f"{path}: not a DICOM file; remove it from the series folder") from None
     except MedsegError:
@@ -134,18 +144,37 @@ def _scan(folder: Path, headers_only: bool) -> tuple[dict[str, SeriesInfo], dict
         raise MedsegError(f"{folder}: empty folder; expected DICOM files of one or more series")
     series: dict[str, SeriesInfo] = {}
     datasets: dict[Path, object] = {}
+    patients: dict[str, set[str]] = {}  # hashed patient identity -> series UIDs (never shown)
     for path in files:
         ds = _dcmread(path, headers_only)
         if str(ds.get("SOPClassUID", "")) == "1.2.840.10008.1.3.10" or "Rows" not in ds:
             continue  # DICOMDIR, structured reports, RT structures, presentation states: not images
+        _require_pixels(path, ds)
         uid = str(ds.SeriesInstanceUID)
+        patients.setdefault(_patient_key(ds), set()).add(uid)
         info = series.setdefault(uid, SeriesInfo(uid, str(ds.get("SeriesDescription", "") or ""), str(ds.get("Modality", ""))))
         info.files.append(path)
         info.frames += int(ds.get("NumberOfFrames", 1) or 1)
         datasets[path] = ds
     if not series:
         raise MedsegError(f"{folder}: no DICOM image files in it")
+    if len(patients) > 1:
+        listing = "; ".join(f"patient {n}: {', '.join(hashed_uid(u) for u in sorted(uids))}"
+                            for n, uids in enumerate(sorted(patients.values(), key=sorted), 1))
+        raise MedsegError(f"{folder}: holds series of {len(patients)} different patients ({listing}); put each"
+                          " patient's series in its own folder")
     return series, datasets
+
+
+def _patient_key(ds) -> str:
+    """A hash of who the file belongs to (PatientID, PatientName, PatientBirthDate): compared, never printed."""
+    fields = [str(ds.get(k, "") or "") for k in ("PatientID", "PatientName", "PatientBirthDate")]
+    return hashlib.sha256("\x00".join(fields).encode()).hexdigest()
+
+
+def _require_pixels(path: Path, ds) -> None:
+    if not any(k in ds for k in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")):
+        raise MedsegError(f"{path}: no pixel data (a DICOM image file without its image); remove it or re-export the series")
 
 
 def find_series(folder: Path) -> dict[str, SeriesInfo]:
@@ -165,6 +194,29 @@ def _pick(series: dict[str, SeriesInfo], folder: Path, series_uid: str | None) -
     return next(iter(series.values()))
 
 
+def _select(path: Path, series_uid: str | None, headers_only: bool) -> tuple[SeriesInfo, list]:
+    """The series to read under ``path`` (a folder, or one DICOM file) and its datasets, in file order."""
+    path = Path(path)
+    if path.is_file():
+        ds = _dcmread(path, headers_only)
+        _require_pixels(path, ds)
+        info = SeriesInfo(str(ds.SeriesInstanceUID), str(ds.get("SeriesDescription", "") or ""),
+                          str(ds.get("Modality", "")), [path], int(ds.get("NumberOfFrames", 1) or 1))
+        return info, [ds]
+    series, datasets = _scan(path, headers_only)
+    info = _pick(series, path, series_uid)
+    members = [datasets[p] for p in info.files]
+    multi = [p for p, d in zip(info.files, members) if int(d.get("NumberOfFrames", 1) or 1) > 1]
+    if multi and len(info.files) > 1:
+        raise MedsegError(f"{path}: series {info.uid} mixes a multi-frame file ({multi[0].name}) with other files;"
+                          " put the multi-frame file in its own folder")
+    return info, members
+
+
+def _is_multiframe(members: list) -> bool:
+    return len(members) == 1 and int(members[0].get("NumberOfFrames", 1) or 1) > 1
+
+
 def read_dicom(path: Path, series_uid: str | None = None) -> DicomVolume:
     """Read a DICOM series folder (or one DICOM file) as a checked volume.
 
@@ -173,62 +225,89 @@ def read_dicom(path: Path, series_uid: str | None = None) -> DicomVolume:
         series_uid: which series when the folder holds several (otherwise several series is an error).
     """
     path = Path(path)
-    if path.is_file():
-        ds = _dcmread(path, headers_only=False)
-        info = SeriesInfo(str(ds.SeriesInstanceUID), str(ds.get("SeriesDescription", "") or ""),
-                          str(ds.get("Modality", "")), [path], int(ds.get("NumberOfFrames", 1) or 1))
-        datasets = {path: ds}
-        where = path
+    info, members = _select(path, series_uid, headers_only=False)
+    if _is_multiframe(members):
+        return _read_multiframe(info.files[0], members[0], info)
+    return _read_single_frames(path, info, members)
+
+
+def series_headers_ok(path: Path, series_uid: str | None = None) -> DicomVolume:
+    """Run every geometry check on a series (folder or multi-frame file) from its headers alone (no pixel decoding).
+
+    Returns a volume whose ``array`` is an empty placeholder of the right shape ``(i, j, k)`` with dtype
+    ``uint8`` and zero strides (no memory); used by dataset checks before training and by prediction.
+    """
+    return series_datasets(path, series_uid)[1]
+
+
+def series_datasets(path: Path, series_uid: str | None = None) -> tuple[list, DicomVolume]:
+    """The series' datasets (headers) in slice order (a multi-frame file: its one dataset) and its checked
+    geometry as a placeholder volume (see :func:`series_headers_ok`); what the DICOM SEG writer references."""
+    path = Path(path)
+    info, members = _select(path, series_uid, headers_only=True)
+    if _is_multiframe(members):
+        planes = _frame_planes(info.files[0], members[0])[0]
+        order, affine, notes = slice_order(info.files[0], info.uid, planes)
+        ordered = members
     else:
-        series, datasets = _scan(path, headers_only=False)
-        info = _pick(series, path, series_uid)
-        where = path
-    members = [datasets[p] for p in info.files]
-    multi = [p for p, d in zip(info.files, members) if int(d.get("NumberOfFrames", 1) or 1) > 1]
-    if multi:
-        if len(info.files) > 1:
-            raise MedsegError(f"{where}: series {info.uid} mixes a multi-frame file ({multi[0].name}) with other files;"
-                              " put the multi-frame file in its own folder")
-        return _read_multiframe(multi[0], members[0], info)
-    return _read_single_frames(where, info, members)
+        order, affine, notes = _check_series_geometry(path, info, members)
+        ordered = [members[i] for i in order]
+    first = members[0]
+    shape = (int(first.Columns), int(first.Rows), len(order))
+    placeholder = np.broadcast_to(np.zeros((), np.uint8), shape)
+    return ordered, DicomVolume(placeholder, affine, info.uid, info.description, info.modality, notes, order)
 
 
 def _geometry(path: Path, ds) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     for key in ("ImageOrientationPatient", "ImagePositionPatient", "PixelSpacing"):
         if key not in ds or ds[key].value in (None, ""):
             raise MedsegError(f"{path}: no {key}; a volume needs the position, orientation and pixel spacing of every slice")
-    iop = np.asarray([float(v) for v in ds.ImageOrientationPatient], dtype=np.float64)
-    ipp = np.asarray([float(v) for v in ds.ImagePositionPatient], dtype=np.float64)
-    spacing = np.asarray([float(v) for v in ds.PixelSpacing], dtype=np.float64)  # (between rows, between columns)
+    return _vectors(path, ds.ImageOrientationPatient, ds.ImagePositionPatient, ds.PixelSpacing)
+
+
+def _vectors(where, iop, ipp, spacing) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    try:
+        iop = np.asarray([float(v) for v in iop], dtype=np.float64)
+        ipp = np.asarray([float(v) for v in ipp], dtype=np.float64)
+        spacing = np.asarray([float(v) for v in spacing], dtype=np.float64)  # (between rows, between columns)
+    except (TypeError, ValueError):
+        raise MedsegError(f"{where}: non-numeric ImageOrientationPatient, ImagePositionPatient or PixelSpacing") from None
     if iop.shape != (6,) or ipp.shape != (3,) or spacing.shape != (2,) or (spacing <= 0).any():
-        raise MedsegError(f"{path}: malformed ImageOrientationPatient, ImagePositionPatient or PixelSpacing")
+        raise MedsegError(f"{where}: malformed ImageOrientationPatient, ImagePositionPatient or PixelSpacing")
     return iop, ipp, spacing
 
 
-def _check_series_geometry(where: Path, info: SeriesInfo, members: list) -> tuple[list[int], np.ndarray, list[str]]:
-    """Slice order along the normal and the LPS affine; refuses what a regular grid cannot describe."""
-    files = info.files
-    if len(files) == 1 and not {"ImageOrientationPatient", "ImagePositionPatient"} <= set(members[0].dir()):
-        # one 2D image without patient geometry (secondary capture, photo): pixel grid at the origin
-        d = members[0]
-        spacing = d.get("PixelSpacing") or d.get("ImagerPixelSpacing") or [1.0, 1.0]
-        affine = np.diag([float(spacing[1]), float(spacing[0]), 1.0, 1.0])
-        return [0], affine, ["no ImagePositionPatient/ImageOrientationPatient: pixel grid placed at the origin"]
-    geo = [_geometry(p, d) for p, d in zip(files, members)]
-    iop0, _, spacing0 = geo[0]
-    for (iop, _, spacing), p, d in zip(geo, files, members):
+@dataclass
+class Planes:
+    """The geometry of each slice (a file of a series, or a frame of a multi-frame file), in stored order."""
+
+    names: list[str]  # file names or "frame N", for messages
+    orientation: np.ndarray  # (n, 6) ImageOrientationPatient: row then column direction cosines
+    position: np.ndarray  # (n, 3) ImagePositionPatient of the first stored pixel
+    spacing: np.ndarray  # (n, 2) PixelSpacing: between rows, between columns
+    matrix: list[tuple[int, int]]  # (Rows, Columns)
+    thickness: float = 0.0  # SpacingBetweenSlices or SliceThickness (the third spacing of a single slice)
+
+
+def slice_order(where: Path, uid: str, planes: Planes) -> tuple[list[int], np.ndarray, list[str]]:
+    """The one slice sorter: stored slices in order along the slice normal, and the index -> LPS affine.
+
+    Refuses mixed orientations, matrix sizes or pixel spacings, duplicate positions, gantry tilt, missing
+    slices and uneven spacing, naming the series and the slices; a regular grid is all that passes.
+    """
+    names, iop0, spacing0 = planes.names, planes.orientation[0], planes.spacing[0]
+    for n, iop, spacing, matrix in zip(names, planes.orientation, planes.spacing, planes.matrix):
         if not np.allclose(iop, iop0, atol=ORIENT_ATOL):
-            raise MedsegError(f"{where}: mixed orientations in series {info.uid} ({files[0].name} and {p.name} differ in"
+            raise MedsegError(f"{where}: mixed orientations in series {uid} ({names[0]} and {n} differ in"
                               " ImageOrientationPatient); split the series or pick one orientation")
-        if not np.allclose(spacing, spacing0, rtol=1e-4) or (int(d.Rows), int(d.Columns)) != (int(members[0].Rows), int(members[0].Columns)):
-            raise MedsegError(f"{where}: slices of series {info.uid} differ in matrix size or pixel spacing"
-                              f" ({files[0].name} and {p.name})")
+        if not np.allclose(spacing, spacing0, rtol=1e-4) or matrix != planes.matrix[0]:
+            raise MedsegError(f"{where}: slices of series {uid} differ in matrix size or pixel spacing ({names[0]} and {n})")
     row, col = iop0[:3], iop0[3:]
     if abs(np.dot(row, col)) > 1e-3 or not np.allclose([np.linalg.norm(row), np.linalg.norm(col)], 1.0, atol=1e-3):
-        raise MedsegError(f"{files[0]}: ImageOrientationPatient cosines are not orthonormal")
+        raise MedsegError(f"{where}: ImageOrientationPatient cosines of {names[0]} are not orthonormal")
     normal = np.cross(row, col)
     normal /= np.linalg.norm(normal)
-    positions = np.stack([g[1] for g in geo])
+    positions = planes.position
     depth = positions @ normal
     order = [int(i) for i in np.argsort(depth, kind="stable")]
     notes: list[str] = []
@@ -237,31 +316,26 @@ def _check_series_geometry(where: Path, info: SeriesInfo, members: list) -> tupl
     affine[:3, 1] = col * spacing0[0]
     affine[:3, 3] = positions[order[0]]
     if len(order) == 1:
-        d = members[0]
-        thickness = float(d.get("SpacingBetweenSlices", 0) or 0) or float(d.get("SliceThickness", 0) or 0)
+        thickness = planes.thickness
         if thickness <= 0:
             thickness = 1.0
             notes.append("single slice without SliceThickness: third spacing set to 1 mm")
         affine[:3, 2] = normal * thickness
         return order, affine, notes
-    sorted_depth = depth[order]
-    steps = np.diff(sorted_depth)
+    steps = np.diff(depth[order])
     dup = np.flatnonzero(steps < STEP_ATOL_MM)
     if dup.size:
-        a, b = files[order[dup[0]]], files[order[dup[0] + 1]]
-        raise MedsegError(
-            f"{where}: slices of series {info.uid} share a position"
-            f" (e.g. {a.name} and {b.name}); several echoes, phases or acquisitions in one series are not one volume"
-        )
+        a, b = names[order[dup[0]]], names[order[dup[0] + 1]]
+        raise MedsegError(f"{where}: slices of series {uid} share a position (e.g. {a} and {b}); several echoes,"
+                          " phases or acquisitions in one series are not one volume")
     step = float(np.median(steps))
     # in-plane shift from one slice to the next: zero for an orthogonal grid, non-zero for a tilted gantry
     deltas = np.diff(positions[order], axis=0)
-    in_plane = deltas - np.outer(deltas @ normal, normal)
-    shift = np.linalg.norm(in_plane, axis=1)
+    shift = np.linalg.norm(deltas - np.outer(deltas @ normal, normal), axis=1)
     if (shift > STEP_ATOL_MM + 1e-3 * step).any():
         tilt = float(np.degrees(np.arctan2(np.median(shift), step)))
         raise MedsegError(
-            f"{where}: gantry tilt / sheared slices in series {info.uid} (slice positions move {np.median(shift):.3g} mm"
+            f"{where}: gantry tilt / sheared slices in series {uid} (slice positions move {np.median(shift):.3g} mm"
             f" in-plane per slice, about {tilt:.1f} degrees); a regular grid cannot hold it: resample it to an"
             " untilted grid (e.g. dcm2niix's tilt correction) first"
         )
@@ -270,18 +344,129 @@ def _check_series_geometry(where: Path, info: SeriesInfo, members: list) -> tupl
     if off.size:
         k = int(off[0])
         ratio = steps[k] / step
-        a, b = files[order[k]], files[order[k + 1]]
+        a, b = names[order[k]], names[order[k + 1]]
         if abs(ratio - round(ratio)) * step <= tol and round(ratio) >= 2:
             raise MedsegError(
-                f"{where}: missing slices in series {info.uid}: {steps[k]:.4g} mm between {a.name} and {b.name}"
+                f"{where}: missing slices in series {uid}: {steps[k]:.4g} mm between {a} and {b}"
                 f" where the spacing is {step:.4g} mm ({round(ratio) - 1} slice(s) absent); re-export the full series"
             )
         raise MedsegError(
-            f"{where}: uneven slice spacing in series {info.uid}: steps from {steps.min():.4g} to {steps.max():.4g} mm"
-            f" (first irregular step between {a.name} and {b.name}); resample it to even spacing first"
+            f"{where}: uneven slice spacing in series {uid}: steps from {steps.min():.4g} to {steps.max():.4g} mm"
+            f" (first irregular step between {a} and {b}); resample it to even spacing first"
         )
     affine[:3, 2] = (positions[order[-1]] - positions[order[0]]) / (len(order) - 1)
     return order, affine, notes
+
+
+def _thickness(item) -> float:
+    if item is None:
+        return 0.0
+    return float(item.get("SpacingBetweenSlices", 0) or 0) or float(item.get("SliceThickness", 0) or 0)
+
+
+def _check_series_geometry(where: Path, info: SeriesInfo, members: list) -> tuple[list[int], np.ndarray, list[str]]:
+    """Slice order along the normal and the LPS affine of single-frame files; see :func:`slice_order`."""
+    files = info.files
+    if len(files) == 1 and not {"ImageOrientationPatient", "ImagePositionPatient"} <= set(members[0].dir()):
+        # one 2D image without patient geometry (secondary capture, photo): pixel grid at the origin
+        d = members[0]
+        spacing = d.get("PixelSpacing") or d.get("ImagerPixelSpacing") or [1.0, 1.0]
+        affine = np.diag([float(spacing[1]), float(spacing[0]), 1.0, 1.0])
+        return [0], affine, ["no ImagePositionPatient/ImageOrientationPatient: pixel grid placed at the origin"]
+    geo = [_geometry(p, d) for p, d in zip(files, members)]
+    planes = Planes([p.name for p in files], np.stack([g[0] for g in geo]), np.stack([g[1] for g in geo]),
+                    np.stack([g[2] for g in geo]), [(int(d.Rows), int(d.Columns)) for d in members],
+                    _thickness(members[0]))
+    return slice_order(where, info.uid, planes)
+
+
+def _functional_group(ds, shared, per_frame, i: int, sequence: str):
+    """Frame ``i``'s item of functional group ``sequence``: its per-frame one, else the shared one."""
+    for groups in ((per_frame[i] if per_frame else None), shared):
+        if groups is not None and sequence in groups and groups[sequence].value:
+            return groups[sequence][0]
+    return None
+
+
+def _frame_value(ds, item, key):
+    """``key`` from a functional group item, else from the top-level dataset (legacy-style exports)."""
+    for where in (item, ds):
+        if where is not None and key in where and where[key].value not in (None, ""):
+            return where[key].value
+    return None
+
+
+def _frame_planes(path: Path, ds) -> tuple[Planes, np.ndarray, np.ndarray]:
+    """Per-frame geometry and rescale of an enhanced multi-frame image, from its functional groups.
+
+    Own code: highdicom's volume API needs a FrameOfReferenceUID and a DimensionIndexSequence, which real
+    exports (e.g. Philips enhanced MR) lack although their plane positions define a clean volume.
+    Returns the planes and per-frame RescaleSlope and RescaleIntercept.
+    """
+    n = int(ds.get("NumberOfFrames", 1) or 1)
+    shared_seq = ds.get("SharedFunctionalGroupsSequence")
+    shared = shared_seq[0] if shared_seq else None
+    per_frame = ds.get("PerFrameFunctionalGroupsSequence") or []
+    if per_frame and len(per_frame) != n:
+        raise MedsegError(f"{path}: PerFrameFunctionalGroupsSequence has {len(per_frame)} items for {n} frames")
+    group = lambda i, name: _functional_group(ds, shared, per_frame, i, name)  # noqa: E731
+    iops, ipps, spacings, slopes, intercepts, dims = [], [], [], [], [], []
+    for i in range(n):
+        position = _frame_value(ds, group(i, "PlanePositionSequence"), "ImagePositionPatient")
+        if position is None:
+            groups = "its functional groups have no PlanePositionSequence" if (per_frame or shared) else \
+                "it has no per-frame or shared functional groups"
+            raise MedsegError(f"{path}: multi-frame image without frame positions ({groups}); its {n} frames cannot be"
+                              " placed in a volume")
+        orientation = _frame_value(ds, group(i, "PlaneOrientationSequence"), "ImageOrientationPatient")
+        measures = group(i, "PixelMeasuresSequence")
+        spacing = _frame_value(ds, measures, "PixelSpacing")
+        if orientation is None or spacing is None:
+            missing = "ImageOrientationPatient (PlaneOrientationSequence)" if orientation is None else \
+                "PixelSpacing (PixelMeasuresSequence)"
+            raise MedsegError(f"{path}: frame {i + 1} has no {missing}; a volume needs it for every frame")
+        iop, ipp, sp = _vectors(f"{path} frame {i + 1}", orientation, position, spacing)
+        iops.append(iop), ipps.append(ipp), spacings.append(sp)
+        rescale = group(i, "PixelValueTransformationSequence")
+        slopes.append(float(_frame_value(ds, rescale, "RescaleSlope") or 1.0))
+        intercepts.append(float(_frame_value(ds, rescale, "RescaleIntercept") or 0.0))
+        content, diffusion = group(i, "FrameContentSequence"), group(i, "MRDiffusionSequence")
+        echo = group(i, "MREchoSequence")
+        direction = None
+        if diffusion is not None and "DiffusionGradientDirectionSequence" in diffusion \
+                and diffusion.DiffusionGradientDirectionSequence:
+            direction = tuple(diffusion.DiffusionGradientDirectionSequence[0].get("DiffusionGradientOrientation") or ())
+        dims.append({
+            "stack": None if content is None else content.get("StackID"),
+            "time point": None if content is None else content.get("TemporalPositionIndex"),
+            "b-value": None if diffusion is None else (diffusion.get("DiffusionBValue"), direction),
+            "echo": None if echo is None else echo.get("EffectiveEchoTime"),
+        })
+    rows, cols = int(ds.Rows), int(ds.Columns)
+    planes = Planes([f"frame {i + 1}" for i in range(n)], np.stack(iops), np.stack(ipps), np.stack(spacings),
+                    [(rows, cols)] * n, _thickness(group(0, "PixelMeasuresSequence")) or _thickness(ds))
+    _refuse_non_volumes(path, planes, dims)
+    return planes, np.asarray(slopes), np.asarray(intercepts)
+
+
+def _refuse_non_volumes(path: Path, planes: Planes, dims: list[dict]) -> None:
+    """Several stacks, or a 4D series (frames repeating positions over time, b-values or echoes): one line each."""
+    n = len(planes.names)
+    stacks = sorted({str(d["stack"]) for d in dims if d["stack"] not in (None, "")})
+    if len(stacks) > 1:
+        raise MedsegError(f"{path}: not one volume: {len(stacks)} stacks (StackID {', '.join(stacks[:5])}) in one"
+                          " multi-frame file; export each stack as its own series")
+    if not np.allclose(planes.orientation, planes.orientation[0], atol=ORIENT_ATOL):
+        return  # slice_order names the mixed orientations
+    distinct = len(np.unique(np.round(planes.position / STEP_ATOL_MM).astype(np.int64), axis=0))
+    if distinct == n:
+        return
+    varying = [name for name in ("time point", "b-value", "echo")
+               if len({repr(d[name]) for d in dims if d[name] is not None}) > 1]
+    what = f"{len({repr(d[varying[0]]) for d in dims})} {varying[0]}s" if varying else \
+        "repeated positions (time points, b-values or echoes)"
+    raise MedsegError(f"{path}: not one volume: a 4D series with {what}, {n} frames at {distinct} positions;"
+                      " medseg reads 3D volumes: export one time point / b-value / echo as its own series")
 
 
 def _pixels(path: Path, ds) -> np.ndarray:
@@ -328,12 +513,28 @@ def _native_plane(ds, rows: int, cols: int) -> np.ndarray | None:
     return plane
 
 
+def _rescaled(stored: np.ndarray, slopes, intercepts) -> np.ndarray:
+    """Stored values (slice, row, column) to real values, slice by slice: whole numbers stay integers."""
+    slopes, intercepts = [float(s) for s in slopes], [float(b) for b in intercepts]
+    if all(s == 1.0 for s in slopes) and all(b.is_integer() for b in intercepts):
+        lo = int(stored.min()) + int(min(intercepts))
+        hi = int(stored.max()) + int(max(intercepts))
+        dtype = np.int16 if -32768 <= lo and hi <= 32767 else np.int32
+        volume = stored.astype(dtype, copy=False)
+        if any(intercepts):
+            volume += np.asarray(intercepts, dtype=dtype)[:, None, None]
+        return volume
+    volume = stored.astype(np.float32)
+    volume *= np.asarray(slopes, dtype=np.float32)[:, None, None]
+    volume += np.asarray(intercepts, dtype=np.float32)[:, None, None]
+    return volume
+
+
 def _read_single_frames(where: Path, info: SeriesInfo, members: list) -> DicomVolume:
     order, affine, notes = _check_series_geometry(where, info, members)
     first = members[order[0]]
     slopes = [float(members[i].get("RescaleSlope", 1) or 1) for i in order]
     intercepts = [float(members[i].get("RescaleIntercept", 0) or 0) for i in order]
-    integral = all(s == 1.0 for s in slopes) and all(float(b).is_integer() for b in intercepts)
     rows, cols = int(first.Rows), int(first.Columns)
     stored = None
     for n, i in enumerate(order):
@@ -347,50 +548,24 @@ def _read_single_frames(where: Path, info: SeriesInfo, members: list) -> DicomVo
         elif raw.dtype != stored.dtype:
             stored = stored.astype(np.result_type(stored.dtype, raw.dtype))
         stored[n] = raw
-    if integral:
-        lo = int(stored.min()) + int(min(intercepts))
-        hi = int(stored.max()) + int(max(intercepts))
-        dtype = np.int16 if -32768 <= lo and hi <= 32767 else np.int32
-        volume = stored.astype(dtype, copy=False)
-        if any(intercepts):
-            volume += np.asarray(intercepts, dtype=dtype)[:, None, None]
-    else:
-        volume = stored.astype(np.float32)
-        volume *= np.asarray(slopes, dtype=np.float32)[:, None, None]
-        volume += np.asarray(intercepts, dtype=np.float32)[:, None, None]
+    volume = _rescaled(stored, slopes, intercepts)
     if str(first.get("PhotometricInterpretation", "")) == "MONOCHROME1":
         notes.append("MONOCHROME1: values kept as stored (bright = low)")
-    return DicomVolume(volume.transpose(2, 1, 0), affine, info.uid, info.description, info.modality, notes)
+    return DicomVolume(volume.transpose(2, 1, 0), affine, info.uid, info.description, info.modality, notes, order)
 
 
 def _read_multiframe(path: Path, ds, info: SeriesInfo) -> DicomVolume:
-    """Enhanced (and legacy-converted enhanced) multi-frame images through highdicom's volume code."""
-    import highdicom as hd
-
-    if "PixelData" not in ds and "FloatPixelData" not in ds:
-        raise MedsegError(f"{path}: no pixel data (a DICOM image file without its image)")
-    if "PerFrameFunctionalGroupsSequence" not in ds and "SharedFunctionalGroupsSequence" not in ds:
-        raise MedsegError(f"{path}: multi-frame image without functional groups (not an enhanced image); its frames"
-                          " carry no positions to build a volume from")
-    try:
-        image = hd.Image.from_dataset(ds, copy=False)
-        vol = image.get_volume(dtype=np.float32)
-    except Exception as err:  # highdicom raises ValueError/RuntimeError when frames do not form a regular volume
-        raise MedsegError(f"{path}: enhanced multi-frame frames do not form a regular volume ({err})") from err
-    # highdicom indexes (slice, row, column) with an LPS affine; reorder to (column, row, slice)
-    array = np.asarray(vol.array)
-    affine = np.asarray(vol.affine, dtype=np.float64)[:, [2, 1, 0, 3]]
-    if array.ndim == 4:
-        array = array[..., 0]
-    values = array.transpose(2, 1, 0)
-    normal = np.cross(affine[:3, 0], affine[:3, 1])
-    if values.shape[2] > 1 and np.dot(affine[:3, 2], normal) < 0:  # same convention as single frames: +normal
-        affine[:3, 3] += (values.shape[2] - 1) * affine[:3, 2]
-        affine[:3, 2] *= -1
-        values = values[:, :, ::-1]
-    if np.all(np.mod(values, 1) == 0) and values.min() >= -32768 and values.max() <= 32767:
-        values = values.astype(np.int16)
-    return DicomVolume(values, affine, info.uid, info.description, info.modality, [])
+    """An enhanced (or legacy-converted enhanced) multi-frame image: frames placed by their functional groups."""
+    planes, slopes, intercepts = _frame_planes(path, ds)
+    order, affine, notes = slice_order(path, info.uid, planes)
+    frames = _pixels(path, ds)
+    if frames.ndim == 2:
+        frames = frames[None]
+    if frames.shape != (len(planes.names), *planes.matrix[0]):
+        raise MedsegError(f"{path}: pixel data is {frames.shape}, header says {len(planes.names)} frames of"
+                          f" {planes.matrix[0][0]}x{planes.matrix[0][1]}")
+    volume = _rescaled(frames[order], slopes[order], intercepts[order])
+    return DicomVolume(volume.transpose(2, 1, 0), affine, info.uid, info.description, info.modality, notes, order)
 
 
 def write_series(
@@ -453,23 +628,3 @@ def write_series(
         ds.save_as(path, enforce_file_format=True)
         paths.append(path)
     return paths
-
-
-def series_headers_ok(folder: Path, series_uid: str | None = None) -> DicomVolume:
-    """Run every geometry check on a single-frame series from its headers alone (no pixel decoding).
-
-    Returns a volume whose ``array`` is an empty placeholder of the right shape ``(i, j, k)`` with dtype
-    ``uint8`` and zero strides (no memory); used by dataset checks before training.
-    """
-    series, datasets = _scan(folder, headers_only=True)
-    info = _pick(series, folder, series_uid)
-    members = [datasets[p] for p in info.files]
-    if any(int(d.get("NumberOfFrames", 1) or 1) > 1 for d in members):
-        vol = read_dicom(folder, series_uid)  # enhanced multi-frame: geometry lives in the functional groups
-        return vol
-    order, affine, notes = _check_series_geometry(folder, info, members)
-    first = members[order[0]]
-    shape = (int(first.Columns), int(first.Rows), len(order))
-    placeholder = np.broadcast_to(np.zeros((), np.uint8), shape)
-    return DicomVolume(placeholder, affine, info.uid, info.description, info.modality, notes)
-
