@@ -34,6 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
+from medseg.evaluation.classes import class_mask
 from medseg.evaluation.surface import surface_distances
 from medseg.fileio import atomic_write_text
 
@@ -64,7 +65,7 @@ def binary_metrics(
         raise ValueError(f"spacing {tuple(spacing)} has {len(spacing)} values for a {ref.ndim}D mask")
     worst = diagonal_mm(ref.shape, spacing) if worst_mm is None else float(worst_mm)
     voxel_ml = float(np.prod(spacing)) / 1000.0
-    n_p, n_r = int(pred.sum()), int(ref.sum())
+    n_p, n_r = int(np.count_nonzero(pred)), int(np.count_nonzero(ref))
     tp = int(np.count_nonzero(pred & ref))
     total = pred.size
     out: dict[str, float | str] = {
@@ -129,7 +130,7 @@ def evaluate_case(
     if pred.shape != ref.shape:
         raise ValueError(f"prediction shape {pred.shape} differs from reference shape {ref.shape}")
     return {
-        name: binary_metrics(np.isin(pred, members), np.isin(ref, members), spacing, tolerance_mm, worst_mm)
+        name: binary_metrics(class_mask(pred, members), class_mask(ref, members), spacing, tolerance_mm, worst_mm)
         for name, members in classes.items()
     }
 

@@ -1,0 +1,71 @@
+"""``python -m medseg.evaluate``: score a folder of predictions against a folder of references.
+
+Cases are matched by file name without the image suffix (``case_001.nii.gz`` ↔ ``case_001.nrrd``);
+a prediction named ``<case>_seg.*`` (as MONAI bundles write them) matches ``<case>`` too. Writes
+``metrics_per_case.csv``, ``metrics.json`` (mean, std, median per class) and ``metrics_boxplot.png``.
+
+Example:
+    python -m medseg.evaluate --pred runs/liver/x/predictions --ref data/Task03_Liver/labelsTr \\
+        --labels liver=1+2,tumour=2 --tolerance-mm 2 --output eval/
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from tqdm import tqdm
+
+from medseg.errors import run_cli
+from medseg.evaluation import format_table
+from medseg.evaluation.classes import parse_classes
+from medseg.workflows import evaluate
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m medseg.evaluate", description=__doc__.splitlines()[0])
+    p.add_argument("--pred", type=Path, required=True, help="folder of predicted label maps")
+    p.add_argument("--ref", type=Path, required=True, help="folder of reference label maps")
+    p.add_argument("--labels", help="classes as NAME=VALUE[+VALUE], e.g. liver=1+2,tumour=2 (default: each label)")
+    p.add_argument("--tolerance-mm", type=float, default=2.0, help="tolerance for NSD and boundary F1 (mm)")
+    p.add_argument("--worst-mm", type=float, help="distance given when one mask is empty (default: image diagonal)")
+    p.add_argument("--resample", action="store_true", help="map predictions on another grid to the reference grid")
+    p.add_argument("--missing-as-empty", action="store_true", help="score a missing prediction as an empty mask")
+    p.add_argument("--output", type=Path, default=Path("evaluation"), help="output folder (default ./evaluation)")
+    p.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="parallel processes, one case each")
+    p.add_argument("--debug", action="store_true", help="show tracebacks")
+    return p
+
+
+def run(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    classes = parse_classes(args.labels)
+    # the bar shows on a terminal only (a line per case otherwise); it is closed before any error line is printed
+    with tqdm(desc="evaluating", unit="case", file=sys.stderr, disable=None) as bar:
+        def advance(case: str, done: int, total: int) -> None:
+            bar.total = total
+            bar.update()
+            if bar.disable:
+                print(f"[{done}/{total}] {case}", flush=True)
+
+        try:
+            result = evaluate.run(args.pred, args.ref, labels=classes, tolerance_mm=args.tolerance_mm,
+                                  output=args.output, resample=args.resample, missing_as_empty=args.missing_as_empty,
+                                  worst_mm=args.worst_mm, jobs=args.jobs, on_case=advance)
+        except evaluate.MissingPredictions as err:
+            bar.close()
+            print(f"medseg: error: {err}", file=sys.stderr)
+            return 1
+    print(format_table(result.summary))
+    if result.missing:
+        print(f"{len(result.missing)} missing prediction(s) scored as empty: {', '.join(result.missing)}")
+    files = result.files
+    print(f"wrote {files['csv']}, {files['json']} and {files['boxplot']}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return run_cli(run, argv)

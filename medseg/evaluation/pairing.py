@@ -1,0 +1,36 @@
+"""Prediction and reference label files paired by case: ``case_001.nii.gz`` <-> ``case_001.nrrd``.
+
+A prediction named ``<case>_seg.*`` (as MONAI bundles write them) matches ``<case>`` too.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from medseg.data.labelmaps import SUFFIXES, case_name
+from medseg.errors import MedsegError
+
+
+def find_cases(folder: Path, what: str) -> dict[str, Path]:
+    """Case name -> label file in ``folder`` (``what`` names the folder in messages: "prediction", "reference")."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise MedsegError(f"{what} folder {folder} does not exist")
+    found: dict[str, Path] = {}
+    for path in sorted(folder.iterdir()):
+        if path.is_file() and path.name.lower().endswith(SUFFIXES):
+            name = case_name(path)
+            if name in found:
+                raise MedsegError(f"{what} folder {folder}: two files for case '{name}' ({found[name].name}, {path.name})")
+            found[name] = path
+    if not found:
+        raise MedsegError(f"{what} folder {folder} holds no label files ({', '.join(SUFFIXES)})")
+    return found
+
+
+def match(preds: dict[str, Path], refs: dict[str, Path]) -> tuple[dict[str, Path | None], list[str]]:
+    """Reference case -> prediction path (None when missing), and the missing case names."""
+    matched: dict[str, Path | None] = {}
+    for case in refs:
+        matched[case] = preds.get(case) or preds.get(f"{case}_seg")
+    return matched, [c for c, p in matched.items() if p is None]
