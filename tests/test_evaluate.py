@@ -289,3 +289,138 @@ def test_dicom_seg_reference_against_nifti_prediction(tmp_path: Path):
     rows = list(csv.DictReader((out / "metrics_per_case.csv").open()))
     assert [float(r["dice"]) for r in rows] == [1.0, 1.0]
     assert float(rows[0]["volume_ref_ml"]) == pytest.approx(4 * 8 * 10 * 2.5 * 0.8 * 0.7 / 1000)
+
+
+# ---------------------------------------------------------------- fast paths give the np.isin / SimpleITK answers
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.int16])
+@pytest.mark.parametrize("order", ["C", "F"])
+def test_class_masks_equal_np_isin_on_random_label_maps(dtype, order):
+    from medseg.evaluation import evaluate_case
+    from medseg.evaluation.classes import class_mask
+
+    rng = np.random.default_rng(7)
+    low = -5 if dtype == np.int16 else 0
+    labels = np.asarray(rng.integers(low, 40, (30, 26, 12)), dtype=dtype, order=order)  # values 9..39 undeclared
+    member_sets = [[1], [1, 2], [0, 3, 5], list(range(1, 10)), [2, 300, -1], [-3, -5, 4], [1000], list(range(0, 36, 3))]
+    for members in member_sets:
+        expected = np.isin(labels.astype(np.int64), members)
+        got = class_mask(labels, members)
+        assert got.dtype == bool and got.shape == labels.shape
+        assert np.array_equal(got, expected), members
+    assert np.array_equal(class_mask(labels[::2, 1:, ::-1], [1, 2]), np.isin(labels[::2, 1:, ::-1], [1, 2]))
+    pred = np.roll(labels, 2, axis=0)
+    classes = {"a": [1, 2], "b": [3], "many": list(range(1, 10)), "outside": [500]}
+    fast = evaluate_case(pred, labels, (0.8, 1.1, 2.5), classes)
+    slow = {name: binary_metrics(np.isin(pred.astype(np.int64), m), np.isin(labels.astype(np.int64), m),
+                                 (0.8, 1.1, 2.5)) for name, m in classes.items()}
+    assert fast == slow
+    assert fast["outside"]["flag"] == "both empty"
+
+
+@pytest.mark.parametrize("suffix", [".nii", ".nii.gz", ".nrrd"])
+@pytest.mark.parametrize("dtype", [np.uint8, np.int16, np.float32])
+def test_fast_label_reader_matches_simpleitk_reader(tmp_path, suffix, dtype):
+    from medseg.data.labelmaps import read_labelmap
+    from medseg.data.labels_io import read_labels
+
+    rng = np.random.default_rng(3)
+    array = rng.integers(0, 4, (20, 18, 7)).astype(dtype)
+    path = tmp_path / f"lab{suffix}"
+    if suffix == ".nrrd":
+        _save_sitk(array, path, spacing=(0.7, 0.9, 2.5), origin=(3.0, -4.0, 10.0))
+    else:  # an oblique affine, so that the qform/sform reading is exercised
+        c, s = np.cos(0.3), np.sin(0.3)
+        rotation = np.array([[0.0, -c, s], [1.0, 0.0, 0.0], [0.0, s, c]])  # axes swapped, flipped and tilted
+        affine = np.eye(4)
+        affine[:3, :3], affine[:3, 3] = rotation * np.array([0.7, 0.9, 2.5]), (5.0, -3.0, 12.0)
+        nib.save(nib.Nifti1Image(array, affine), path)
+    fast, slow = read_labels(path), read_labelmap(path)
+    assert np.array_equal(fast.array, slow.array) and fast.array.shape == slow.array.shape
+    assert np.array_equal(fast.affine, slow.affine)
+    assert fast.array.dtype == (np.int64 if dtype == np.float32 else dtype)  # stored integers stay as they are
+
+
+def test_fast_label_reader_refusals(tmp_path):
+    from medseg.data.labels_io import read_labels
+    from medseg.errors import MedsegError
+
+    path = tmp_path / "lab.nii"
+    nib.save(nib.Nifti1Image(np.ones((16, 16, 8), np.int16), np.eye(4)), path)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) - 500])  # header intact, voxel data cut short
+    with pytest.raises(MedsegError, match=r"lab.nii: voxel data cannot be read .*truncated") as err:
+        read_labels(path)
+    assert "\n" not in str(err.value)
+    gz = tmp_path / "lab.nii.gz"
+    nib.save(nib.Nifti1Image(np.ones((16, 16, 8), np.int16), np.eye(4)), gz)
+    gz.write_bytes(gz.read_bytes()[:-40])
+    with pytest.raises(MedsegError, match="lab.nii.gz: "):
+        read_labels(gz)
+    four = tmp_path / "four.nii"
+    nib.save(nib.Nifti1Image(np.ones((8, 8, 4, 3), np.uint8), np.eye(4)), four)
+    with pytest.raises(MedsegError, match=r"four.nii: 4D image of shape \(8, 8, 4, 3\); a label map is 2D or 3D"):
+        read_labels(four)
+    single = tmp_path / "single.nii"  # a trailing length-1 dimension is the 3D map it describes
+    nib.save(nib.Nifti1Image(np.ones((8, 8, 4, 1), np.uint8), np.eye(4)), single)
+    assert read_labels(single).array.shape == (8, 8, 4)
+
+
+# ---------------------------------------------------------------- outputs written atomically and complete
+
+
+def test_command_outputs_are_replaced_atomically_and_complete(folders, monkeypatch):
+    from PIL import Image
+
+    pred, ref, out = folders
+    argv = ["--pred", str(pred), "--ref", str(ref), "--labels", "organ=1+2,core=2", "--output", str(out), "--jobs", "1"]
+    assert evaluate_main(argv) == 0
+    names = ("metrics_per_case.csv", "metrics.json", "metrics_boxplot.png")
+    old = {}
+    for name in names:  # a second link to each first-run file: an in-place rewrite would change it
+        os_link = out.parent / f"first_{name}"
+        os_link.hardlink_to(out / name)
+        old[name] = os_link.read_bytes()
+    # the second run writes different numbers (one prediction emptied); its box plot fails half-way
+    _save_nifti(np.zeros((24, 22, 10), np.uint8), pred / "case_1.nii.gz")
+    from matplotlib.figure import Figure
+
+    def broken_savefig(self, fname, **kw):
+        fname.write(b"\x89PNG partial")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(Figure, "savefig", broken_savefig)
+    with pytest.raises(OSError, match="disk full"):
+        evaluate_main(argv)
+    assert (out / "metrics_boxplot.png").read_bytes() == old["metrics_boxplot.png"]  # untouched, not partial
+    monkeypatch.undo()
+    assert evaluate_main(argv) == 0
+    for name in names:
+        assert (out.parent / f"first_{name}").read_bytes() == old[name]  # first run's files never written into
+        assert (out / name).read_bytes() != old[name]
+    assert sorted(p.name for p in out.iterdir()) == sorted(names)  # no temporary file left behind
+    rows = list(csv.DictReader((out / "metrics_per_case.csv").open()))
+    assert [(r["case"], r["class"]) for r in rows] == [(f"case_{i}", c) for i in range(3) for c in ("organ", "core")]
+    emptied = next(r for r in rows if r["case"] == "case_1" and r["class"] == "organ")
+    assert emptied["flag"] == "prediction empty" and float(emptied["dice"]) == 0.0
+    summary = json.loads((out / "metrics.json").read_text())
+    assert set(summary) == {"organ", "core"} and summary["organ"]["cases"] == 3.0
+    assert summary["organ"]["dice"] == pytest.approx(np.mean([float(r["dice"]) for r in rows if r["class"] == "organ"]))
+    with Image.open(out / "metrics_boxplot.png") as png:
+        png.load()  # decodes every byte: a truncated file fails here
+        assert png.size == (1600, 400)
+
+
+def test_workflow_run_is_callable_from_python(folders):
+    from medseg.workflows import evaluate
+
+    pred, ref, out = folders
+    result = evaluate.run(pred, ref, labels="organ=1+2", output=out, jobs=1)
+    assert set(result.per_case) == {"case_0", "case_1", "case_2"}
+    assert result.summary["organ"]["cases"] == 3.0 and result.missing == []
+    assert json.loads(result.files["json"].read_text())["organ"]["dice"] == pytest.approx(result.summary["organ"]["dice"])
+    (pred / "case_2.nii.gz").unlink()
+    with pytest.raises(evaluate.MissingPredictions, match="case_2") as err:
+        evaluate.run(pred, ref, output=out, jobs=1)
+    assert err.value.cases == ["case_2"]

@@ -82,8 +82,9 @@ def _nifti_voxels(path: Path, size: tuple[int, ...]) -> np.ndarray:
         scaled = getattr(proxy, "slope", 1.0) != 1.0 or getattr(proxy, "inter", 0.0) != 0.0
         array = np.asarray(proxy) if scaled else proxy.get_unscaled()
     except (gzip.BadGzipFile, EOFError, OSError, ValueError, nib.filebasedimages.ImageFileError) as err:
-        raise MedsegError(f"{path}: voxel data cannot be read ({type(err).__name__}: {err}); "
-                          "the file may be truncated or damaged") from err
+        reason = (str(err).strip().splitlines() or [""])[0].replace(str(path), "the file")
+        raise MedsegError(f"{path}: voxel data cannot be read ({type(err).__name__}: {reason}); "
+                          "the file is truncated or damaged: copy or export it again") from err
     if array.shape != size:  # ITK drops trailing dimensions of length 1 (x, y, z, 1 -> x, y, z)
         if tuple(n for n in array.shape[len(size):] if n != 1) or array.shape[: len(size)] != size:
             raise MedsegError(f"{path}: voxel array {array.shape} does not match its header size {size}")
