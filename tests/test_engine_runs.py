@@ -40,14 +40,14 @@ def subprocess_env(**extra: str) -> dict[str, str]:
 KILLER = """
 import os, signal, sys
 from ignite.engine import Events
-import medseg.engine.trainer as t
+import medseg.engine.builders as b
 
-class Killed(t.SupervisedTrainer):  # SIGKILL at a fixed iteration, mid-epoch
+class Killed(b.SupervisedTrainer):  # SIGKILL at a fixed iteration, mid-epoch
     def __init__(self, *a, **k):
         super().__init__(*a, **k)
         self.add_event_handler(Events.ITERATION_COMPLETED(once=int(os.environ["KILL_AT"])),
                                lambda _: os.kill(os.getpid(), signal.SIGKILL))
-t.SupervisedTrainer = Killed
+b.SupervisedTrainer = Killed
 from medseg.train import main
 raise SystemExit(main(sys.argv[1:]))
 """
@@ -192,10 +192,10 @@ def test_time_budget_stops_saves_validates_and_exports_with_bf16_accumulation_an
 
 
 def test_non_finite_loss_stops_with_epoch_and_step_keeping_the_last_checkpoint(data, tmp_path, monkeypatch, capsys):
-    import medseg.engine.trainer as trainer_module
+    import medseg.engine.builders as builders
     from medseg.train import main
 
-    real = trainer_module.build_loss
+    real = builders.build_loss
     calls = {"n": 0}
 
     def poisoned(tr):
@@ -208,7 +208,7 @@ def test_non_finite_loss_stops_with_epoch_and_step_keeping_the_last_checkpoint(d
 
         return forward
 
-    monkeypatch.setattr(trainer_module, "build_loss", poisoned)
+    monkeypatch.setattr(builders, "build_loss", poisoned)
     run = tmp_path / "run"
     assert main(cli(data, run, "--epochs", "3")) == 2
     err = capsys.readouterr().err.strip()

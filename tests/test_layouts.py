@@ -79,9 +79,7 @@ def test_nnunet_multichannel(tmp_path):
     assert Path(cases[1]["label"]).name == "pt01.nii.gz"
     train, val = load_dataset(cfg, root, seed=0)
     assert len(train) == 2 and len(val) == 1 and sorted(map(str, train + val)) == sorted(map(str, cases))
-    from medseg.engine.inference import case_id
-
-    assert case_id(cases[1]) == "pt01_0000"
+    assert cases[1].name == "pt01_0000"
     (root / "imagesTr" / "pt02_0001.nii.gz").unlink()
     with pytest.raises(MedsegError, match=r"case 'pt02' lacks pt02_0001.nii.gz \(2 channel"):
         all_cases(cfg, root)
@@ -107,8 +105,10 @@ def test_csv_layout(tmp_path):
     rows.append("ds/imagesTr/case_002.nii.gz;ds/imagesTr/case_002.nii.gz,ds/labelsTr/case_002.nii.gz")
     (tmp_path / "cases.csv").write_text("\n".join(rows) + "\n")
     cases = all_cases(config("csv"), tmp_path / "cases.csv")
-    assert cases[0] == {"image": str(msd / "imagesTr" / "case_000.nii.gz"), "label": str(msd / "labelsTr" / "case_000.nii.gz")}
-    assert cases[2]["image"] == [str(msd / "imagesTr" / "case_002.nii.gz")] * 2
+    assert cases[0].item() == {"image": str(msd / "imagesTr" / "case_000.nii.gz"),
+                               "label": str(msd / "labelsTr" / "case_000.nii.gz")}
+    assert cases[2].images == (msd / "imagesTr" / "case_002.nii.gz",) * 2 and cases[2].name == "case_002"
+    assert cases[2].item()["image"] == [str(msd / "imagesTr" / "case_002.nii.gz")] * 2
     (tmp_path / "bad.csv").write_text("image,label\nds/imagesTr/nope.nii.gz,ds/labelsTr/case_000.nii.gz\n")
     with pytest.raises(MedsegError, match=r"bad.csv: line 2: .*nope.nii.gz does not exist"):
         all_cases(config("csv"), tmp_path / "bad.csv")

@@ -1,7 +1,7 @@
 """Dataset layouts chosen by ``data.layout``: ``msd``, ``nnunet`` (v2 raw), ``csv`` and ``folders``.
 
-Every layout yields the same cases: ``{"image": path | [path per channel], "label": path}``, where a path
-may be a DICOM series folder. Before training, :func:`load_dataset` checks each case from the file
+Every layout yields the same cases: :class:`medseg.data.case.Case` (name, one image path per channel, label
+path), where a path may be a DICOM series folder. Before training, :func:`load_dataset` checks each case from the file
 headers (image and label on the same grid, readable files) and stops with both geometries in the
 message, or with ``data.skip_bad: true`` (``--skip-bad``) leaves the bad cases out and lists them.
 
@@ -18,11 +18,18 @@ from __future__ import annotations
 
 import csv
 import logging
-import random
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from medseg.data.msd import read_manifest
+import numpy as np
+
+from medseg.data.case import Case
+from medseg.data.check import header_problems, label_values
+from medseg.data.images import read_image
+from medseg.data.labelmaps import case_name
+from medseg.data.msd import msd_cases, read_manifest
+from medseg.data.split import train_val_split
 from medseg.errors import MedsegError
 
 logger = logging.getLogger("medseg.data")
@@ -42,7 +49,7 @@ def detect_layout(root: Path) -> str:
     raise MedsegError(f"{root}: not a dataset: expected dataset.json (MSD or nnU-Net), images/ + labels/, or a .csv file")
 
 
-def _nnunet_cases(root: Path) -> list[dict[str, Any]]:
+def _nnunet_cases(root: Path) -> list[Case]:
     manifest = root / "dataset.json"
     meta = read_manifest(manifest)
     channels = meta.get("channel_names") or meta.get("modality")
@@ -62,10 +69,9 @@ def _nnunet_cases(root: Path) -> list[dict[str, Any]]:
         missing = [p.name for p in paths if not p.exists()]
         if missing:
             raise MedsegError(f"{images}: case '{name}' lacks {', '.join(missing)} ({n_channels} channel(s) declared)")
-        image: Any = str(paths[0]) if n_channels == 1 else [str(p) for p in paths]
-        cases.append({"image": image, "label": str(label)})
+        cases.append(Case.of(paths, label))
     stray = sorted({p.name for p in images.iterdir() if p.name.endswith(ending)}
-                   - {Path(p).name for c in cases for p in ([c["image"]] if isinstance(c["image"], str) else c["image"])})
+                   - {p.name for c in cases for p in c.images})
     if stray:
         raise MedsegError(f"{images}: images without a label in labelsTr/: {', '.join(stray[:5])}"
                           f"{' ...' if len(stray) > 5 else ''}")
@@ -77,7 +83,7 @@ def _nnunet_cases(root: Path) -> list[dict[str, Any]]:
     return cases
 
 
-def _csv_cases(path: Path) -> list[dict[str, Any]]:
+def _csv_cases(path: Path) -> list[Case]:
     if not path.is_file():
         raise MedsegError(f"{path}: no such CSV file (data.dataset names the CSV for layout csv)")
     with open(path, newline="") as fh:
@@ -94,14 +100,11 @@ def _csv_cases(path: Path) -> list[dict[str, Any]]:
         for p in resolved:
             if not p.exists():
                 raise MedsegError(f"{path}: line {n}: {p} does not exist")
-        image: Any = str(resolved[0]) if len(parts) == 1 else [str(p) for p in resolved[:-1]]
-        cases.append({"image": image, "label": str(resolved[-1])})
+        cases.append(Case.of(resolved[:-1], resolved[-1]))
     return cases
 
 
 def _stem_map(folder: Path) -> dict[str, Path]:
-    from medseg.data.labelmaps import case_name
-
     found: dict[str, Path] = {}
     for child in sorted(folder.iterdir()):
         if child.name.startswith("."):
@@ -113,7 +116,7 @@ def _stem_map(folder: Path) -> dict[str, Path]:
     return found
 
 
-def _folder_cases(root: Path) -> list[dict[str, Any]]:
+def _folder_cases(root: Path) -> list[Case]:
     images, labels = root / "images", root / "labels"
     if not images.is_dir() or not labels.is_dir():
         raise MedsegError(f"{root}: layout 'folders' needs images/ and labels/ sub-folders")
@@ -124,7 +127,7 @@ def _folder_cases(root: Path) -> list[dict[str, Any]]:
         raise MedsegError(f"{labels}: labels without an image of the same stem in images/: {', '.join(orphans[:5])}")
     if unlabelled:
         logger.info("%s: %d image(s) without a label left out (%s)", images, len(unlabelled), ", ".join(unlabelled[:5]))
-    cases = [{"image": str(image_map[k].resolve()), "label": str(label_map[k].resolve())} for k in sorted(label_map)]
+    cases = [Case.of(image_map[k].resolve(), label_map[k].resolve()) for k in sorted(label_map)]
     if not cases:
         raise MedsegError(f"{root}: no image/label pairs with matching stems in images/ and labels/")
     return cases
@@ -136,15 +139,13 @@ def _root_for(cfg: dict[str, Any], root: Path) -> Path:
     return root
 
 
-def all_cases(cfg: dict[str, Any], root: Path) -> list[dict[str, Any]]:
+def all_cases(cfg: dict[str, Any], root: Path) -> list[Case]:
     """Every labelled case of the dataset at ``root`` in a stable order (file names), per ``data.layout``."""
-    from medseg.data.msd import load_msd_dataset
-
     layout = cfg["data"]["layout"]
     root = _root_for(cfg, Path(root))
     if layout == "msd":
-        train, val = load_msd_dataset(root, cfg["data"]["labels"], 0.5, 0)  # checks the manifest and labels
-        return sorted(train + val, key=lambda c: c["image"])
+        train, val = msd_cases(root, cfg["data"]["labels"])  # checks the manifest and labels
+        return sorted(train + (val or []), key=lambda c: str(c.image))
     if layout == "nnunet":
         return _nnunet_cases(root)
     if layout == "csv":
@@ -154,25 +155,39 @@ def all_cases(cfg: dict[str, Any], root: Path) -> list[dict[str, Any]]:
     raise MedsegError(f"data.layout '{layout}': choose one of {', '.join(LAYOUTS)}")
 
 
-def load_dataset(cfg: dict[str, Any], root: Path, seed: int) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+def load_dataset(cfg: dict[str, Any], root: Path, seed: int) -> tuple[list[Case], list[Case]]:
     """Training and validation cases, checked before any training starts: headers (grids), then label values.
 
     A fixed split (MSD ``validation`` list) is kept; otherwise ``data.val_fraction`` of the cases (at least
-    one) are held out after a shuffle with ``seed``. Bad cases stop with a message, or with
-    ``data.skip_bad`` are left out and listed. Detects 0/255 masks and sets ``data.label_map`` to {255: 1}.
+    one) are held out (:func:`medseg.data.split.train_val_split` with ``seed``). Bad cases stop with a
+    message, or with ``data.skip_bad`` are left out and listed. Detects 0/255 masks and sets
+    ``data.label_map`` to {255: 1}.
     """
-    from medseg.data.check import header_problems, label_values
-    from medseg.data.msd import load_msd_dataset
-
     root = _root_for(cfg, Path(root))
     data = cfg["data"]
     fixed_val = None
-    if data["layout"] == "msd" and "validation" in read_manifest(root / "dataset.json"):
-        cases, fixed_val = load_msd_dataset(root, data["labels"], data["val_fraction"], seed)
+    if data["layout"] == "msd":
+        cases, fixed_val = msd_cases(root, data["labels"])
+        if fixed_val is None:
+            cases = sorted(cases, key=lambda c: str(c.image))  # as all_cases orders them
     else:
         cases = all_cases(cfg, root)
+    cases, fixed_val = _good_cases(cfg, root, cases, fixed_val)
+    if fixed_val is not None:
+        if not cases or not fixed_val:
+            raise MedsegError(f"{root}: no training or no validation case left after skipping bad cases")
+        return cases, fixed_val
+    if len(cases) < 2:
+        raise MedsegError(f"{root}: needs at least 2 good labelled cases to hold one out for validation, found {len(cases)}")
+    return train_val_split(cases, data["val_fraction"], seed)
+
+
+def _good_cases(cfg: dict[str, Any], root: Path, cases: list[Case],
+                fixed_val: list[Case] | None) -> tuple[list[Case], list[Case] | None]:
+    """``cases`` and ``fixed_val`` without the bad ones (headers first, then every label's values), or a stop
+    naming them unless ``data.skip_bad``."""
+    data = cfg["data"]
     groups = [cases, fixed_val or []]
-    bad: list[tuple[dict[str, Any], list[str]]] = []
     logger.info("checking %d case(s): image/label headers, then every label's values",
                 sum(len(g) for g in groups))
     found = _problems(groups, header_problems)
@@ -183,55 +198,32 @@ def load_dataset(cfg: dict[str, Any], root: Path, seed: int) -> tuple[list[dict[
     readable = [[c for c, p in zip(g, f) if not p] for g, f in zip(groups, found)]
     values = [iter(v) for v in _problems(readable, lambda c: label_values(c, expected, label_map)[1])]
     found = [[p or next(v) for p in f] for f, v in zip(found, values)]
-    good = []
-    for group, problems in zip(groups, found):
-        good.append([c for c, p in zip(group, problems) if not p])
-        bad += [(c, p) for c, p in zip(group, problems) if p]
+    good = [[c for c, p in zip(g, f) if not p] for g, f in zip(groups, found)]
+    bad = [(c, p) for g, f in zip(groups, found) for c, p in zip(g, f) if p]
     if bad:
-        listing = "; ".join(f"{Path(_first(c['image'])).name}: {p[0]}" for c, p in bad[:10])
+        listing = "; ".join(f"{c.image.name}: {p[0]}" for c, p in bad[:10])
         if not data["skip_bad"]:
             raise MedsegError(f"{len(bad)} bad case(s) in {root}: {listing}; fix them or set data.skip_bad: true"
                               " (--skip-bad) to leave them out")
         logger.warning("skipping %d bad case(s): %s", len(bad), listing)
-    cases, fixed_val = good[0], (good[1] if fixed_val is not None else None)
-    if fixed_val is not None:
-        if not cases or not fixed_val:
-            raise MedsegError(f"{root}: no training or no validation case left after skipping bad cases")
-        return cases, fixed_val
-    if len(cases) < 2:
-        raise MedsegError(f"{root}: needs at least 2 good labelled cases to hold one out for validation, found {len(cases)}")
-    order = list(range(len(cases)))
-    random.Random(seed).shuffle(order)
-    n_val = max(1, round(data["val_fraction"] * len(cases)))
-    val_idx = set(order[:n_val])
-    return [c for i, c in enumerate(cases) if i not in val_idx], [c for i, c in enumerate(cases) if i in val_idx]
+    return good[0], (good[1] if fixed_val is not None else None)
 
 
-def _problems(groups: list[list[dict[str, Any]]], check) -> list[list[list[str]]]:
+def _problems(groups: list[list[Case]], check) -> list[list[list[str]]]:
     """``check(case)`` for every case of every group, on a few threads (file reading and zlib release the GIL)."""
-    from concurrent.futures import ThreadPoolExecutor
-
     with ThreadPoolExecutor(max_workers=4) as pool:
         return [list(pool.map(check, group)) for group in groups]
 
 
-def _first(image: Any) -> str:
-    return image[0] if isinstance(image, list) else image
-
-
-def _detect_255_masks(cfg: dict[str, Any], cases: list[dict[str, Any]]) -> None:
+def _detect_255_masks(cfg: dict[str, Any], cases: list[Case]) -> None:
     """8-bit PNG/TIFF masks stored as 0/255 (microscopy, e.g. EM membranes) become 0/1 through ``data.label_map``."""
-    import numpy as np
-
-    from medseg.data.images import read_image
-
     data = cfg["data"]
     if data["label_map"] or 255 in data["labels"].values():
         return
-    two_d = [c for c in cases if Path(c["label"]).suffix.lower() in (".png", ".tif", ".tiff")]
+    two_d = [c for c in cases if c.label is not None and c.label.suffix.lower() in (".png", ".tif", ".tiff")]
     if not two_d:
         return
-    values = np.unique(read_image(Path(two_d[0]["label"])).array)
+    values = np.unique(read_image(two_d[0].label).array)
     if set(values.tolist()) <= {0, 255} and 255 in values:
         data["label_map"] = {255: 1}
         logger.info("labels are 0/255 masks: mapping 255 to 1 (data.label_map)")

@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import json
-import random
 from pathlib import Path
 from typing import Any
 
+from medseg.data.case import Case
+from medseg.data.split import train_val_split
 from medseg.errors import MedsegError
 
 
-def _case_list(entries: Any, root: Path, manifest: Path, key: str) -> list[dict[str, str]]:
+def _case_list(entries: Any, root: Path, manifest: Path, key: str) -> list[Case]:
     if not isinstance(entries, list) or not entries:
         raise MedsegError(f"{manifest}: '{key}' must be a non-empty list of {{image, label}} entries")
     cases = []
@@ -23,7 +24,7 @@ def _case_list(entries: Any, root: Path, manifest: Path, key: str) -> list[dict[
             if not path.exists():
                 raise MedsegError(f"{manifest}: {key}[{i}].{field} points to a missing file {path}")
             case[field] = str(path)
-        cases.append(case)
+        cases.append(Case.of(case["image"], case["label"]))
     return cases
 
 
@@ -40,24 +41,10 @@ def read_manifest(path: Path, needs: str = "this layout needs a dataset.json", h
     return meta
 
 
-def load_msd_dataset(
-    root: Path, expected_labels: dict[str, int], val_fraction: float, seed: int
-) -> tuple[list[dict[str, str]], list[dict[str, str]]]:
-    """Read an MSD-style dataset folder and split it into training and validation cases.
-
-    A ``validation`` list in ``dataset.json`` (medseg's extension, used by the built-in sample) fixes
-    the split; otherwise the ``training`` cases are shuffled with ``seed`` and ``val_fraction`` of them
-    (at least one) are held out.
-
-    Args:
-        root: the folder holding ``dataset.json``.
-        expected_labels: label name -> value from the task config; every value must be declared.
-        val_fraction: share of cases held out for validation when the split is not fixed.
-        seed: shuffling seed for the split.
-
-    Returns:
-        ``(train, val)`` lists of ``{"image": path, "label": path}``.
-    """
+def msd_cases(root: Path, expected_labels: dict[str, int]) -> tuple[list[Case], list[Case] | None]:
+    """The ``training`` cases of an MSD-style folder and its fixed ``validation`` list (medseg's extension, used
+    by the built-in sample), or None without one; checks the manifest and that every expected label value is
+    declared."""
     manifest = root / "dataset.json"
     if not root.is_dir():
         raise MedsegError(f"dataset folder {root} does not exist: set --data-dir or data.dataset to where it is")
@@ -75,12 +62,30 @@ def load_msd_dataset(
         raise MedsegError(f"{manifest}: 'labels' lacks values {missing} that the task config expects")
     train = _case_list(meta.get("training"), root, manifest, "training")
     if "validation" in meta:
-        val = _case_list(meta["validation"], root, manifest, "validation")
+        return train, _case_list(meta["validation"], root, manifest, "validation")
+    return train, None
+
+
+def load_msd_dataset(
+    root: Path, expected_labels: dict[str, int], val_fraction: float, seed: int
+) -> tuple[list[Case], list[Case]]:
+    """Read an MSD-style dataset folder and split it into training and validation cases.
+
+    A ``validation`` list in ``dataset.json`` fixes the split; otherwise ``val_fraction`` of the ``training``
+    cases (at least one) are held out (:func:`medseg.data.split.train_val_split` with ``seed``).
+
+    Args:
+        root: the folder holding ``dataset.json``.
+        expected_labels: label name -> value from the task config; every value must be declared.
+        val_fraction: share of cases held out for validation when the split is not fixed.
+        seed: shuffling seed for the split.
+
+    Returns:
+        ``(train, val)`` lists of :class:`medseg.data.case.Case` (each also reads as ``{"image", "label"}``).
+    """
+    train, val = msd_cases(root, expected_labels)
+    if val is not None:
         return train, val
     if len(train) < 2:
-        raise MedsegError(f"{manifest}: needs at least 2 training cases to hold one out for validation")
-    order = list(range(len(train)))
-    random.Random(seed).shuffle(order)
-    n_val = max(1, round(val_fraction * len(train)))
-    val_idx = set(order[:n_val])
-    return [c for i, c in enumerate(train) if i not in val_idx], [c for i, c in enumerate(train) if i in val_idx]
+        raise MedsegError(f"{root / 'dataset.json'}: needs at least 2 training cases to hold one out for validation")
+    return train_val_split(train, val_fraction, seed)

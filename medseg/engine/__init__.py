@@ -1,14 +1,15 @@
-"""Training and validation under MONAI's engines.
+"""Training and validation under MONAI's engines: builders of the parts (``builders``), handler classes
+(``handlers``), and ``train`` assembling them (``trainer``).
 
-``train`` and ``evaluate_cases`` load on first use, so the engine's light modules (losses, optimisers,
-precision, checkpoints, distributed) import without the I/O and evaluation stack.
+``train`` and ``TrainResult`` load on first use (deferred: the engine's light modules, losses, optimisers,
+precision, checkpoints, distributed, import without the I/O and transform stack).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["TrainResult", "train", "evaluate_cases"]
+__all__ = ["TrainResult", "train"]
 
 
 def __getattr__(name: str) -> Any:
@@ -16,8 +17,4 @@ def __getattr__(name: str) -> Any:
         from medseg.engine import trainer
 
         return getattr(trainer, name)
-    if name == "evaluate_cases":
-        from medseg.engine.inference import evaluate_cases
-
-        return evaluate_cases
     raise AttributeError(f"module 'medseg.engine' has no attribute {name!r}")

@@ -13,29 +13,22 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-from typing import Any
-
 import numpy as np
 
+from medseg.data.case import Case
+from medseg.data.split import fold_split, kfold_parts
 from medseg.errors import MedsegError
 from medseg.fileio import atomic_write_text
+
+__all__ = ["FOLDS_FILE", "fold_split", "kfold_parts", "make_folds", "summarise_folds"]
 
 FOLDS_FILE = "folds.json"
 
 
-def kfold_parts(n: int, k: int, seed: int) -> list[list[int]]:
-    """Indices 0..n-1, shuffled with ``seed``, cut into ``k`` parts whose sizes differ by at most one."""
-    if k < 2 or k > n:
-        raise MedsegError(f"training.folds: {k} folds need between 2 and {n} cases (the dataset has {n})")
-    order = np.random.RandomState(seed).permutation(n)
-    return [sorted(int(i) for i in part) for part in np.array_split(order, k)]
-
-
-def make_folds(cases: list[dict[str, Any]], k: int, seed: int, run_dir: Path) -> list[list[int]]:
-    """The fold parts, written to (or, when present, read back from and checked against) ``run_dir/folds.json``."""
-    from medseg.engine.inference import case_id
-
-    ids = [case_id(c) for c in cases]
+def make_folds(cases: list[Case], k: int, seed: int, run_dir: Path) -> list[list[int]]:
+    """The fold parts (:func:`medseg.data.split.kfold_parts`), written to (or, when present, read back from and
+    checked against) ``run_dir/folds.json``."""
+    ids = [c.name for c in cases]
     path = run_dir / FOLDS_FILE
     if path.is_file():
         stored = json.loads(path.read_text())
@@ -47,14 +40,6 @@ def make_folds(cases: list[dict[str, Any]], k: int, seed: int, run_dir: Path) ->
     atomic_write_text(path, json.dumps({"k": k, "seed": seed, "val_cases": [[ids[i] for i in p] for p in parts]},
                                        indent=1))
     return parts
-
-
-def fold_split(cases: list[dict[str, Any]], parts: list[list[int]], fold: int) -> tuple[list[dict], list[dict]]:
-    """(training cases, validation cases) of ``fold``."""
-    if not 0 <= fold < len(parts):
-        raise MedsegError(f"--fold {fold}: choose 0 to {len(parts) - 1} (training.folds = {len(parts)})")
-    val = set(parts[fold])
-    return [c for i, c in enumerate(cases) if i not in val], [cases[i] for i in sorted(val)]
 
 
 def summarise_folds(parent: Path, k: int) -> dict[str, dict[str, dict[str, float]]]:

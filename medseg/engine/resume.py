@@ -15,23 +15,32 @@ from typing import Any
 
 import yaml
 
-from medseg.config import load_config
+from medseg.config import TaskConfig, load_config
 from medseg.errors import MedsegError
 from medseg.fileio import atomic_write_text
 
 STATE = "resume.json"
 
 
-def write_state(run_dir: Path, requested: dict[str, Any], **extra: Any) -> None:
+def _plain(cfg: Any) -> dict[str, Any]:
+    return cfg.to_dict() if hasattr(cfg, "to_dict") else cfg
+
+
+def write_state(run_dir: Path, requested: Any, **extra: Any) -> None:
     """Record (or update) ``resume.json`` in ``run_dir``."""
     path = run_dir / STATE
     state = json.loads(path.read_text()) if path.is_file() else {}
-    state.update({"requested_config": requested, **extra})
+    state.update({"requested_config": _plain(requested), **extra})
     atomic_write_text(path, json.dumps(state, indent=1))
 
 
 def read_state(run_dir: Path) -> dict[str, Any]:
     return json.loads((run_dir / STATE).read_text())
+
+
+def stored_config(path: Path) -> TaskConfig:
+    """A run folder's ``config.yaml`` (the resolved, fitted config), validated."""
+    return TaskConfig.from_dict(yaml.safe_load(path.read_text()), source=str(path))
 
 
 def differing_keys(a: Any, b: Any, prefix: str = "") -> list[str]:
@@ -63,7 +72,7 @@ def check_run_dir(run_dir: Path) -> None:
         )
 
 
-def resume_config(run_dir: Path, task: str | None, overrides: list[str]) -> tuple[dict[str, Any], dict[str, Any]]:
+def resume_config(run_dir: Path, task: str | None, overrides: list[str]) -> tuple[TaskConfig, TaskConfig]:
     """(the run's fitted config, its requested config) for ``--resume run_dir``.
 
     With ``task`` or ``overrides``, the config they resolve to must equal the recorded one.
@@ -71,9 +80,11 @@ def resume_config(run_dir: Path, task: str | None, overrides: list[str]) -> tupl
     check_run_dir(run_dir)
     state = read_state(run_dir)
     requested = state["requested_config"]
+    source = str(run_dir / STATE)
     if task or overrides:
-        if task:
-            fresh = load_config(task, overrides)
+        if task:  # both as the schema writes them (a run folder older than a new key holds its default)
+            requested = TaskConfig.from_dict(requested, source=source).to_dict()
+            fresh = load_config(task, overrides).to_dict()
         else:  # --set on top of the recorded config: any key it changes (or adds) differs
             fresh = copy.deepcopy(requested)
             for item in overrides:
@@ -91,7 +102,7 @@ def resume_config(run_dir: Path, task: str | None, overrides: list[str]) -> tupl
                 f"--resume {run_dir}: the config differs from the run's in {shown}; resume without a task and"
                 " --set (the run's own config is used), or start a new run"
             )
+    as_requested = TaskConfig.from_dict(requested, source=source)
     if state.get("folds") == "all":  # each fold keeps its own fitted config
-        return requested, requested
-    fitted = yaml.safe_load((run_dir / "config.yaml").read_text())
-    return fitted, requested
+        return as_requested, as_requested
+    return stored_config(run_dir / "config.yaml"), as_requested

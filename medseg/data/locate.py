@@ -1,0 +1,34 @@
+"""Where a task's dataset is: ``data.dataset`` under the data folder, or the built-in sample."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from medseg.data.sample import prepare_lits_sample
+from medseg.errors import MedsegError
+
+logger = logging.getLogger("medseg")
+
+
+def locate_dataset(cfg: Any, data_dir: Path, explicit: bool) -> Path:
+    """The dataset folder, or the built-in sample when the task allows it and no dataset is there.
+
+    Args:
+        cfg: the task config (``data.dataset``, ``data.sample``).
+        data_dir: the folder holding the datasets (a relative ``data.dataset`` is taken under it).
+        explicit: ``data_dir`` was given by the user (``--data-dir``): it must exist.
+    """
+    if explicit and not data_dir.is_dir():
+        raise MedsegError(f"--data-dir {data_dir}: no such folder")
+    root = Path(cfg["data"]["dataset"])
+    root = root if root.is_absolute() else data_dir / root
+    if cfg["data"]["dataset"] and root.exists():
+        return root
+    if cfg["data"]["sample"] == "lits117":
+        sample = prepare_lits_sample(data_dir)
+        where = f"no dataset at {root}" if cfg["data"]["dataset"] else "no dataset configured"
+        logger.info("%s: using the built-in LiTS sample (case 117, 128^3 CT crop) at %s", where, sample)
+        return sample
+    raise MedsegError(f"dataset folder {root} does not exist: put the dataset there or pass --data-dir")
