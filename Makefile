@@ -7,7 +7,7 @@ TORCH_SPEC ?= torch==2.13.0
 TORCH_INDEX ?=
 TASK ?= liver
 
-.PHONY: venv train test lint clean
+.PHONY: venv train test test-fast lint-imports lint clean
 
 venv: $(VENV)/.installed
 
@@ -20,8 +20,17 @@ $(VENV)/.installed: setup.cfg pyproject.toml
 train: venv
 	$(VENV)/bin/python -m medseg.train $(TASK)
 
+# everything (CI): the layer contract and the whole suite; both always run, either failing fails the target
 test: venv
-	$(VENV)/bin/python -m pytest -q
+	@status=0; $(VENV)/bin/lint-imports || status=1; $(VENV)/bin/python -m pytest -q || status=1; exit $$status
+
+# the suite without trainings, servers and subprocess runs (pytest marker `slow`)
+test-fast: venv
+	$(VENV)/bin/python -m pytest -q -m "not slow"
+
+# the import layers of medseg (setup.cfg [importlinter]): a lower layer never imports a higher one
+lint-imports: venv
+	$(VENV)/bin/lint-imports
 
 lint: venv
 	$(VENV)/bin/hadolint Dockerfile

@@ -104,7 +104,7 @@ def test_overlay_draws_the_reference_of_0_255_masks(tmp_path):
     import nibabel as nib
     from PIL import Image
 
-    from medseg.reporting import overlay_montage
+    from medseg.evaluation.figures import overlay_montage
 
     image = np.zeros((24, 24, 6), np.float32)
     label = np.zeros((24, 24, 6), np.uint8)

@@ -14,7 +14,9 @@ from monai.losses import DiceCELoss
 from medseg.config import load_config
 from medseg.errors import MedsegError
 from medseg.networks import REGISTRY, build_network, build_on_meta, check_network, n_outputs, wrap_deep_supervision
+from medseg.networks.__main__ import main as networks_main
 from medseg.networks.bundle import TRACED
+from medseg.workflows.networks import count
 
 from .conftest import FAST, write_msd
 
@@ -217,9 +219,7 @@ def test_cli_exit_code_2_for_a_2d_network_on_3d_patches(tmp_path: Path, capsys):
 
 
 def test_listing_command_counts_parameters_and_macs(capsys):
-    from medseg.networks.__main__ import count, main
-
-    assert main(["--dims", "2", "--size", "64", "64"]) == 0
+    assert networks_main(["--dims", "2", "--size", "64", "64"]) == 0
     out = capsys.readouterr().out
     for name in REGISTRY:
         assert f"\n{name} " in out
@@ -230,10 +230,10 @@ def test_listing_command_counts_parameters_and_macs(capsys):
     hw, q = 64 * 64, 32 * 32
     macs = hw * 9 * (1 * 4 + 4 * 4) + q * 9 * (4 * 8 + 8 * 8) + hw * 4 * 8 + hw * 9 * (8 * 4 + 4 * 4) + hw * 4 * 2
     assert row["macs"] == macs
-    assert main(["--dims", "3", "--size", "32", "32"]) == 2
-    assert main(["--classes", "0"]) == 2
+    assert networks_main(["--dims", "3", "--size", "32", "32"]) == 2
+    assert networks_main(["--classes", "0"]) == 2
     assert "--classes 0: give 1 or more" in capsys.readouterr().err
-    assert main(["--dims", "3", "--size", "8", "8", "8"]) == 0  # too small for some: their rows say why
+    assert networks_main(["--dims", "3", "--size", "8", "8", "8"]) == 0  # too small for some: their rows say why
     rows = {line.split()[0]: line for line in capsys.readouterr().out.splitlines()[2:]}
     assert "not available" in rows["unetr"] and "not available" in rows["unetpp"]
     assert "not available" not in rows["resunet"]

@@ -352,7 +352,7 @@ def _torchscript(bundle_dir: Path, cfg: dict[str, Any]) -> None:
     """``models/model.ts`` through MONAI's ``ckpt_export`` (scripted; traced where the network cannot be
     scripted, see :mod:`medseg.networks.bundle`), with the configs embedded."""
     with _quiet_monai(), bundle_scripts(bundle_dir):
-        export_torchscript(bundle_dir, cfg)
+        export_torchscript(bundle_dir, cfg, input_channels(cfg))
 
 
 def export_bundle(

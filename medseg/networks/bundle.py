@@ -18,7 +18,6 @@ from monai import inferers
 from monai.bundle import ckpt_export
 
 from medseg.networks import REGISTRY, _legacy, input_multiple, network_args
-from medseg.transforms.settings import input_channels
 
 #: networks exported by ``torch.jit.trace`` (scripting fails in MONAI's class); the rest are scripted
 TRACED = {"swin_unetr"}
@@ -51,12 +50,13 @@ def loss_def(cfg: dict[str, Any], loss: dict[str, Any]) -> dict[str, Any]:
             "weights": [float(w) for w in net["ds_weights"]] or None}
 
 
-def export_torchscript(bundle_dir: Path, cfg: dict[str, Any]) -> str:
-    """Write ``models/model.ts`` with MONAI's ``ckpt_export``; returns ``"script"`` or ``"trace"``."""
+def export_torchscript(bundle_dir: Path, cfg: dict[str, Any], in_channels: int) -> str:
+    """Write ``models/model.ts`` with MONAI's ``ckpt_export`` (a traced network sees one patch of ``in_channels``);
+    returns ``"script"`` or ``"trace"``."""
     traced = cfg["network"]["name"] in TRACED and not _legacy(cfg["network"])
     extra: dict[str, Any] = {}
     if traced:
-        extra = {"use_trace": True, "input_shape": [1, input_channels(cfg), *cfg["training"]["patch_size"]]}
+        extra = {"use_trace": True, "input_shape": [1, in_channels, *cfg["training"]["patch_size"]]}
     ckpt_export(
         net_id="network_def", filepath=str(bundle_dir / "models" / "model.ts"),
         ckpt_file=str(bundle_dir / "models" / "model.pt"),

@@ -21,6 +21,7 @@ from typing import Any
 from monai import transforms as mt
 
 from medseg.errors import MedsegError
+from medseg.networks import input_multiple
 from medseg.transforms import bias, deform, intensity, metatensors, resample, sampling
 from medseg.transforms.bias import N4BiasFieldd
 from medseg.transforms.crops import KEYS, balanced_crop_spec, crop_spec  # noqa: F401  (balanced_crop_spec re-exported)
@@ -54,8 +55,6 @@ def script_target(name: str) -> str:
 
 def network_multiple(cfg: dict[str, Any]) -> int:
     """The factor every spatial size must divide by for the network (medseg.networks knows it per network)."""
-    from medseg.networks import input_multiple
-
     return input_multiple(cfg["network"])
 
 

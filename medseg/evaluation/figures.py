@@ -1,0 +1,150 @@
+"""The figures of a run: training curves, validation overlays, and the augmentation preview.
+
+- :func:`training_curves` (``training_curves.png``): loss and learning rate per epoch; validation Dice
+  and IoU per class.
+- :func:`overlay_montage` (``validation_overlays.png``): image with the reference (green) and predicted
+  (red) contours on the slices where a class is largest.
+- :func:`write_preview` (``augmentation_preview.png``, also ``python -m medseg.preview``): training
+  patches before (top) and after (bottom) the random augmentation, labels as contours, so a person can
+  check that the deformed anatomy is still plausible and that the label follows the image.
+
+Every PNG is written atomically (:mod:`medseg.fileio`).
+"""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+from typing import Any
+
+import nibabel as nib
+import numpy as np
+
+from medseg.data.case import Case
+from medseg.data.images import read_image
+from medseg.data.labelmaps import mapped_labels
+from medseg.fileio import atomic_write_bytes
+from medseg.transforms.preview import preview_pairs
+
+COLOURS = ("tab:green", "tab:red", "tab:blue", "tab:orange", "tab:purple")
+PREVIEW_COLOURS = ("lime", "red", "deepskyblue", "orange", "magenta")
+
+
+def figure(rows: int, cols: int, size: tuple[float, float]) -> tuple[Any, np.ndarray]:
+    """A matplotlib figure with a ``rows`` x ``cols`` array of axes on the Agg canvas (no pyplot state)."""
+    # deferred: start-up time (matplotlib costs ~0.5 s to import; commands that draw nothing skip it)
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=size)
+    FigureCanvasAgg(fig)
+    return fig, fig.subplots(rows, cols, squeeze=False)
+
+
+def save_png(fig: Any, path: Path) -> Path:
+    """Write ``fig`` as a 100 dpi PNG at ``path`` (atomically); returns ``path``."""
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100)
+    atomic_write_bytes(path, buf.getvalue())
+    return path
+
+
+def training_curves(history: dict[str, Any], path: Path) -> Path:
+    """Loss/lr, Dice and IoU per epoch, as a paper's training-curve figure (1500 x 400 px)."""
+    fig, axes = figure(1, 3, (15, 4))
+    ax = axes[0, 0]
+    ax.plot(history["epoch"], history["loss"], color="black", label="training loss")
+    ax.set_xlabel("epoch"), ax.set_ylabel("loss"), ax.set_title("Training loss")
+    twin = ax.twinx()
+    twin.plot(history["epoch"], history["lr"], color="tab:gray", linestyle="--", label="learning rate")
+    twin.set_ylabel("learning rate")
+    ax.legend(loc="upper right", fontsize=8)
+    for ax, prefix, title in ((axes[0, 1], "val_dice_", "Validation Dice"), (axes[0, 2], "val_iou_", "Validation IoU")):
+        for i, (key, values) in enumerate(k for k in history["val"].items() if k[0].startswith(prefix)):
+            ax.plot(history["val_epoch"], values, marker="o", markersize=3, color=COLOURS[i % len(COLOURS)],
+                    label=key[len(prefix):])
+        ax.set_xlabel("epoch"), ax.set_ylim(0, 1), ax.set_title(title), ax.grid(alpha=0.3)
+        ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    return save_png(fig, path)
+
+
+def _window(image: np.ndarray, window: tuple[float, float] | None) -> np.ndarray:
+    lo, hi = window if window is not None else np.percentile(image, [0.5, 99.5])  # no CT window: percentiles
+    hi = hi if hi > lo else lo + 1.0
+    return np.clip((image - lo) / (hi - lo), 0, 1)
+
+
+def overlay_montage(cases: list[dict[str, Any]], members: list[int], window: tuple[float, float] | None, path: Path,
+                    n_slices: int = 3, label_map: dict | None = None) -> Path:
+    """Image with reference (green) and prediction (red) contours of one class, for each given case.
+
+    Args:
+        cases: ``{"case", "image", "label", "pred", "dice"}`` (paths on the same grid).
+        members: label values merged into the class shown.
+        window: intensity range for display (HU for CT); None: each slice's 0.5-99.5th percentiles
+        path: the PNG to write.
+        n_slices: slices per case, along the last array axis, through the class's largest extent.
+        label_map: stored label value -> trained value (``data.label_map``, e.g. 0/255 masks).
+    """
+    fig, axes = figure(len(cases), n_slices, (3.2 * n_slices, 3.2 * len(cases)))
+    for row, case in enumerate(cases):
+        image = np.asarray(read_image(Case.from_item(case).image).array, dtype=np.float32)  # any format, DICOM too
+        ref = np.isin(mapped_labels(read_image(case["label"]).array, label_map), members)
+        pred = np.isin(np.asarray(nib.load(case["pred"]).dataobj), members)
+        image, ref, pred = (a.reshape(a.shape[:2] + (-1,)) for a in (image, ref, pred))  # 2D: one slice
+        area = ref.reshape(-1, ref.shape[-1]).sum(0)
+        present = np.flatnonzero(area) if area.any() else np.arange(ref.shape[-1])
+        picks = np.unique(np.percentile(present, np.linspace(25, 75, n_slices)).astype(int))
+        for col in range(n_slices):
+            ax = axes[row, col]
+            ax.axis("off")
+            if col >= len(picks):
+                continue
+            z = picks[col]
+            ax.imshow(_window(image[..., z], window).T, cmap="gray", origin="lower")
+            for mask, colour in ((ref, "lime"), (pred, "red")):
+                if mask[..., z].any() and not mask[..., z].all():
+                    ax.contour(mask[..., z].T.astype(float), levels=[0.5], colors=colour, linewidths=1)
+            ax.set_title(f"{case['case']}  slice {z}  Dice {case['dice']:.3f}", fontsize=8)
+    fig.suptitle("reference: green, prediction: red", fontsize=9)
+    fig.tight_layout()
+    return save_png(fig, path)
+
+
+def _slice(volume: np.ndarray, index: int | None) -> np.ndarray:
+    return volume if volume.ndim == 2 else volume[..., index]
+
+
+def preview_figure(pairs: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]], path: Path,
+                   title: str = "") -> Path:
+    """Draw the 2 x n grid (top: sampled patch, bottom: augmented) with label contours; 3D patches show the
+    slice (last axis) where each patch's label is largest."""
+    fig, axes = figure(2, len(pairs), (2.6 * len(pairs), 5.6))
+    for col, (img, lab, aug_img, aug_lab) in enumerate(pairs):
+        lo, hi = np.percentile(img, [0.5, 99.5]) if img.size else (0.0, 1.0)
+        for row, (im, lb, name) in enumerate(((img, lab, "patch"), (aug_img, aug_lab, "augmented"))):
+            z = None
+            if im.ndim == 3:
+                area = (lb > 0).reshape(-1, lb.shape[-1]).sum(0)
+                z = int(np.argmax(area)) if area.any() else lb.shape[-1] // 2
+            ax = axes[row, col]
+            ax.imshow(_slice(im, z).T, cmap="gray", origin="lower", vmin=lo, vmax=hi if hi > lo else lo + 1)
+            sl = _slice(lb, z)
+            for value, colour in zip(sorted(v for v in np.unique(lb) if v > 0), PREVIEW_COLOURS):
+                mask = sl == value
+                if mask.any() and not mask.all():
+                    ax.contour(mask.T.astype(float), levels=[0.5], colors=colour, linewidths=1)
+            ax.set_title(f"{name} {col + 1}" + (f" (slice {z})" if z is not None else ""), fontsize=8)
+            ax.axis("off")
+    if title:
+        fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    return save_png(fig, path)
+
+
+def write_preview(cfg: dict[str, Any], cases: list[dict[str, Any]], path: Path, n: int = 8, seed: int = 0) -> Path:
+    """The preview grid of ``n`` patches of ``cases`` (training cases) as a PNG at ``path`` (written atomically)."""
+    pairs = preview_pairs(cfg, cases, n=n, seed=seed)
+    title = f"{cfg['task']}: sampled patches (top) and after augmentation (bottom), seed {seed}; labels as contours"
+    return preview_figure(pairs, path, title)

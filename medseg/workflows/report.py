@@ -1,0 +1,31 @@
+"""A finished run's figures and ``report.md`` redrawn from its run directory, as a plain function (the body of
+``python -m medseg.report``; no MLflow needed).
+
+Example (a notebook):
+    >>> from medseg.workflows import report
+    >>> report.run("runs/liver/20260101-120000")
+    [PosixPath('runs/liver/20260101-120000/training_curves.png'), ...]
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+
+from medseg.errors import MedsegError
+from medseg.evaluation.reports import redraw
+
+
+def run(run_dir: str | Path) -> list[Path]:
+    """Write ``training_curves.png``, ``validation_overlays.png`` and ``report.md`` into ``run_dir`` from its
+    ``history.json``, ``cases.json``, ``metrics.json``, ``metrics_per_case.csv`` and predictions; returns the
+    paths written. A folder that is not a finished run raises :class:`medseg.errors.MedsegError` (one line)."""
+    run_dir = Path(run_dir)
+    config = run_dir / "config.yaml"
+    if not config.is_file():
+        raise MedsegError(f"{run_dir}: not a medseg run directory (no config.yaml)")
+    for needed in ("history.json", "metrics.json"):
+        if not (run_dir / needed).is_file():
+            raise MedsegError(f"{run_dir / needed}: missing; the run did not finish, so there is nothing to report")
+    return redraw(run_dir, yaml.safe_load(config.read_text()))
