@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import sys
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ from typing import Any
 import torch
 
 from medseg import __version__
+from medseg.bundle.safety import check_bundle_folder, extract_bundle_zip, weights_error
 from medseg.errors import MedsegError
 
 
@@ -27,6 +29,7 @@ class LoadedBundle:
     network: torch.nn.Module
     preprocessing: Any  # a MONAI Compose over "image"
     parser: Any = None  # MONAI ConfigParser for a trusted foreign bundle
+    extracted: Any = None  # the TemporaryDirectory a .zip bundle was extracted into (lives as long as this)
 
 
 def _foreign_targets(config: Any) -> list[str]:
@@ -56,11 +59,28 @@ def _read_json(path: Path) -> Any:
 
 
 def load_bundle(bundle_dir: Path, device: torch.device, trust: bool = False) -> LoadedBundle:
-    """Load the network and preprocessing of ``bundle_dir`` (see the module docstring for the trust rule)."""
+    """Load the network and preprocessing of ``bundle_dir``, a folder or a ``.zip`` (see the module docstring for
+    the trust rule; :mod:`medseg.bundle.safety` for what is refused before anything is read)."""
+    bundle_dir = Path(bundle_dir)
+    if bundle_dir.is_file() and bundle_dir.name.lower().endswith(".zip"):
+        extracted = tempfile.TemporaryDirectory(prefix="medseg_bundle_")
+        try:
+            loaded = _load_bundle_folder(extract_bundle_zip(bundle_dir, Path(extracted.name)), device, trust)
+        except BaseException:
+            extracted.cleanup()
+            raise
+        loaded.extracted = extracted
+        return loaded
+    return _load_bundle_folder(bundle_dir, device, trust)
+
+
+def _load_bundle_folder(bundle_dir: Path, device: torch.device, trust: bool) -> LoadedBundle:
     meta_path = bundle_dir / "configs" / "metadata.json"
     weights = bundle_dir / "models" / "model.pt"
     if not meta_path.is_file() or not weights.is_file():
         raise MedsegError(f"{bundle_dir}: not a MONAI Bundle (needs configs/metadata.json and models/model.pt)")
+    check_bundle_folder(bundle_dir)
+    state = _read_weights(weights, device)  # before any config is parsed: a hostile pickle stops here
     meta = _read_json(meta_path)
     name = meta.get("name", bundle_dir.name) if isinstance(meta, dict) else bundle_dir.name
     task_path = bundle_dir / "configs" / "medseg_task.json"
@@ -80,7 +100,7 @@ def load_bundle(bundle_dir: Path, device: torch.device, trust: bool = False) -> 
                 f"{err}); re-export the bundle from its run with python -m medseg.export RUN_DIR, or run it on stock "
                 "MONAI with its configs/inference.json"
             ) from err
-        _load_weights(net, weights, device)
+        _load_weights(net, state, weights)
         return LoadedBundle(name, cfg, net.to(device).eval(), preprocessing)
     inference = bundle_dir / "configs" / "inference.json"
     if not inference.is_file():
@@ -102,15 +122,18 @@ def load_bundle(bundle_dir: Path, device: torch.device, trust: bool = False) -> 
     parser.read_config(str(inference))
     parser["bundle_root"] = str(bundle_dir)
     net = parser.get_parsed_content("network_def")
-    _load_weights(net, weights, device)
+    _load_weights(net, state, weights)
     return LoadedBundle(name, None, net.to(device).eval(), parser.get_parsed_content("preprocessing"), parser)
 
 
-def _load_weights(net: torch.nn.Module, weights: Path, device: torch.device) -> None:
+def _read_weights(weights: Path, device: torch.device) -> Any:
     try:
-        state = torch.load(weights, map_location=device, weights_only=True)
+        return torch.load(weights, map_location=device, weights_only=True)
     except Exception as err:  # pickle errors of many kinds: a file that is not plain tensors
-        raise MedsegError(f"{weights}: cannot be loaded as plain weights ({type(err).__name__}: {err})") from err
+        raise weights_error(weights, err) from err
+
+
+def _load_weights(net: torch.nn.Module, state: Any, weights: Path) -> None:
     if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
         state = state["model"]
     try:
