@@ -1,14 +1,15 @@
 """Training-step speed and memory of the liver network under each ``training.amp`` setting, on CPU or GPU.
 
-Runs MONAI's SupervisedTrainer (medseg's loss, optimiser, precision and clipping pieces) on random
-liver-sized patches (liver.yaml: 64 x 96 x 96 voxels, batch 2, the default residual UNet) and reports, per
+Runs the SupervisedTrainer training builds (``medseg.engine.builders``: the liver task's network, loss,
+optimiser, precision and clipping) on random liver-sized patches (liver.yaml: 64 x 96 x 96 voxels, batch 2)
+and reports, per
 setting, seconds per step and peak GPU memory, as ratios to float32 in the same run. It also checks what
 only a GPU can show: fp16 runs with a gradient scaler (clipping unscales first), the scaler's state
 survives a checkpoint round trip, and activation checkpointing lowers peak memory.
 
     python benchmarks/bench_amp_step.py [--device cuda] [--steps 20] [--settings none,bf16,fp16,none+ckpt]
 
-Needs only torch, MONAI and ignite (not medseg's I/O stack), so it runs on a bare GPU machine too.
+Reads no data (random patches), so it runs on a GPU machine without any dataset.
 """
 
 from __future__ import annotations
@@ -25,33 +26,25 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from ignite.engine import Events  # noqa: E402
-from monai.engines import SupervisedTrainer  # noqa: E402
-from monai.networks.nets import UNet  # noqa: E402
 
-from medseg.config import DEFAULTS  # noqa: E402
+from medseg.config import load_config  # noqa: E402
+from medseg.engine import builders  # noqa: E402
 from medseg.engine.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
-from medseg.engine.losses import build_loss  # noqa: E402
-from medseg.engine.optim import attach_gradient_guard, build_optimizer  # noqa: E402
-from medseg.engine.precision import enable_activation_checkpointing, precision_arguments  # noqa: E402
-
-TRAINING = {**DEFAULTS["training"]}  # loss and optimiser settings as a default training run has them
 
 
 def run(setting: str, device: torch.device, steps: int, patch: list[int], batch: int) -> dict:
     amp, _, extra = setting.partition("+")
+    cfg = load_config("liver", [f"training.amp={amp}", "training.epochs=1", "training.grad_clip=1.0",
+                                "training.accumulation_steps=1", f"training.device={device.type}",
+                                f"training.activation_checkpointing={str(extra == 'ckpt').lower()}"])
     torch.manual_seed(0)
-    net = UNet(3, 1, 3, channels=(16, 32, 64, 128, 256), strides=(2, 2, 2, 2), num_res_units=2, norm="batch").to(device)
-    if extra == "ckpt":
-        enable_activation_checkpointing(net)
+    net, model = builders.build_model(cfg, device)
     g = torch.Generator().manual_seed(1)
     batches = [{"image": torch.rand(batch, 1, *patch, generator=g),
                 "label": torch.randint(0, 3, (batch, 1, *patch), generator=g)} for _ in range(4)]
     data = [batches[i % 4] for i in range(steps + 2)]
-    inferer, amp_args = precision_arguments(amp, device)
-    opt = build_optimizer(net.parameters(), TRAINING)
-    trainer = SupervisedTrainer(device=device, max_epochs=1, train_data_loader=data, network=net, optimizer=opt,
-                                loss_function=build_loss(TRAINING), inferer=inferer, decollate=False, **amp_args)
-    attach_gradient_guard(trainer, 1.0)
+    opt, _ = builders.optimiser_and_schedule(model.parameters(), cfg)
+    trainer = builders.build_trainer(cfg, model, data, opt, builders.training_loss(cfg), device, decollate=False)
     losses, marks = [], {}
 
     @trainer.on(Events.ITERATION_COMPLETED)

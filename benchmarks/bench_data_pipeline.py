@@ -2,8 +2,8 @@
 
 Runs the default liver task's training step (network, loss, optimiser, patch size, batch size, augmentation
 as configured) on its dataset (the built-in LiTS sample when data/Task03_Liver is absent), with the same
-CacheDataset (deterministic preprocessing cached once) and seeded DataLoader as medseg.engine.trainer, once
-per worker setting, in one process so the settings are compared on the same machine state. Per step it
+CacheDataset (deterministic preprocessing cached once), seeded loader, network, loss and optimiser as
+training builds them (medseg.engine.builders), once per worker setting, in one process so the settings are compared on the same machine state. Per step it
 measures the wait for the next batch and the whole step (wait + forward + backward + optimiser step).
 Target: waiting <= 10% of the step time with the random part in workers.
 
@@ -26,16 +26,14 @@ from pathlib import Path
 
 import torch
 from monai import transforms as mt
-from monai.data import CacheDataset, DataLoader, ThreadDataLoader
-from monai.losses import DiceCELoss
-from torch.utils.data import RandomSampler
+from monai.data import CacheDataset, ThreadDataLoader
 
 from medseg.config import load_config
-from medseg.networks import build_network
-from medseg.train import locate_dataset
+from medseg.data.case import items
 from medseg.data.layouts import load_dataset
-from medseg.engine.trainer import collate_plain, training_dataset
-from medseg.transforms import data_generator, fit_preprocessing, input_channels
+from medseg.data.locate import locate_dataset
+from medseg.engine import builders
+from medseg.transforms import fit_preprocessing
 from medseg.transforms.pipeline import instantiate, preprocess_spec, random_spec
 
 
@@ -64,21 +62,15 @@ def monai_reference(cfg: dict) -> mt.Compose:
 def measure(cfg: dict, ds: CacheDataset, workers: str, steps: int, warmup: int) -> dict:
     tr = cfg["training"]
     torch.manual_seed(tr["seed"])
-    net = build_network(cfg["network"], input_channels(cfg), len(cfg["data"]["labels"]))
-    net.train()
-    opt = torch.optim.AdamW(net.parameters(), lr=tr["learning_rate"])
-    loss_fn = DiceCELoss(to_onehot_y=True, softmax=True)
-    gen = data_generator(tr["seed"])
-    n = (steps + warmup) * tr["batch_size"]
-    sampler = RandomSampler(ds, replacement=True, num_samples=n, generator=gen)
-    if workers == "monai":  # the stock-MONAI augmentation chain, in the training process
-        loader = DataLoader(ds, batch_size=tr["batch_size"], sampler=sampler, num_workers=0, generator=gen)
-    elif workers == "thread":  # augmentation of the next batch in a background thread, during this step
-        loader = ThreadDataLoader(ds, batch_size=tr["batch_size"], sampler=sampler, num_workers=0, buffer_size=1,
-                                  collate_fn=collate_plain)
-    else:  # as medseg.engine.trainer builds it
-        loader = DataLoader(ds, batch_size=tr["batch_size"], sampler=sampler, num_workers=int(workers), generator=gen,
-                            collate_fn=collate_plain, persistent_workers=int(workers) > 0)
+    _, model = builders.build_model(cfg, torch.device("cpu"))
+    model.train()
+    opt, _ = builders.optimiser_and_schedule(model.parameters(), cfg)
+    loss_fn = builders.training_loss(cfg)
+    n_workers = int(workers) if workers.isdigit() else 0  # monai: the stock-MONAI chain, in the training process
+    loader = builders.training_loader(ds, cfg, num_workers=n_workers, batches=steps + warmup)
+    if workers == "thread":  # augmentation of the next batch in a background thread, during this step
+        loader = ThreadDataLoader(ds, batch_size=tr["batch_size"], sampler=loader.sampler, num_workers=0,
+                                  buffer_size=1, collate_fn=builders.collate_plain)
     waits, totals = [], []
     it = iter(loader)
     for i in range(steps + warmup):
@@ -86,9 +78,7 @@ def measure(cfg: dict, ds: CacheDataset, workers: str, steps: int, warmup: int) 
         batch = next(it)
         t1 = time.perf_counter()
         opt.zero_grad()
-        out = net(batch["image"])
-        out = out[0] if isinstance(out, (list, tuple)) else out
-        loss = loss_fn(out, batch["label"])
+        loss = loss_fn(model(batch["image"]), batch["label"])  # [main, aux...] with deep supervision
         loss.backward()
         opt.step()
         t2 = time.perf_counter()
@@ -115,7 +105,7 @@ def main() -> None:
     cases = load_dataset(cfg, root, cfg["training"]["seed"])[0]
     cfg = fit_preprocessing(cfg, cases)
     t = time.perf_counter()
-    ds = training_dataset(cases, {**cfg, "training": {**cfg["training"], "cache_rate": 1.0}})
+    ds = builders.training_dataset(cases, cfg, cache_rate=1.0)
     cache_s = time.perf_counter() - t
     tr = cfg["training"]
     print(f"task {cfg['task']}: {len(cases)} training case(s), patch {tr['patch_size']}, batch {tr['batch_size']},"
@@ -128,7 +118,7 @@ def main() -> None:
         args.workers = [w for w in args.workers if w != "monai"]
     for workers in args.workers:
         if workers == "monai" and reference is None:
-            reference = CacheDataset(cases, monai_reference(cfg), cache_rate=1.0, progress=False)
+            reference = CacheDataset(items(cases), monai_reference(cfg), cache_rate=1.0, progress=False)
         r = measure(cfg, reference if workers == "monai" else ds, workers, args.steps, args.warmup)
         print(f"{str(r['workers']):>7} {r['wait_s']:>8.2f} {r['step_s']:>8.2f} {r['wait_s'] / r['step_s']:>9.1%}"
               f" {r['median_wait_s']:>11.3f} {r['median_step_s']:>11.3f}")
