@@ -35,6 +35,9 @@ import torch
 
 from medseg import __version__
 from medseg.bundle.scripts import write_scripts
+from medseg.data.dicom_reader import BUNDLE_READER
+from medseg.data.dicom_reader import READER_PATH as DICOM_READER
+from medseg.data.formats import BUNDLE_SUFFIXES
 from medseg.engine.inference import largest_component_labels
 from medseg.engine.losses import monai_loss_def
 from medseg.engine.optim import bundle_scheduler_def, optimizer_def
@@ -48,11 +51,14 @@ from medseg.transforms.settings import describe_intensity, value_range
 
 SCHEMA_PATH = Path(__file__).with_name("metadata_schema.json")
 OFFICIAL_SCHEMA = "https://github.com/Project-MONAI/MONAI-extra-test-data/releases/download/0.8.1/meta_schema_20240725.json"
-IMAGE_GLOBS = ("*.nii.gz", "*.nii", "*.nrrd", "*.mha")
+IMAGE_GLOBS = tuple(f"*{s}" for s in BUNDLE_SUFFIXES)
 
 
 def _bundle_spec(spec: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Point medseg's own transforms at the copy shipped in the bundle's ``scripts/`` folder."""
+    """Point medseg's own transforms and DICOM reader at the copies shipped in the bundle's ``scripts/`` folder."""
+    shipped = {DICOM_READER: BUNDLE_READER}
+    spec = [{**s, "reader": [shipped.get(r, r) for r in s["reader"]] if isinstance(s["reader"], list)
+             else shipped.get(s["reader"], s["reader"])} if "reader" in s else s for s in spec]
     return [{**s, "_target_": script_target(s["_target_"])} if s["_target_"] in OWN_TRANSFORMS else s for s in spec]
 
 

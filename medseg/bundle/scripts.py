@@ -14,7 +14,8 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from types import ModuleType
 
-from medseg import networks
+from medseg import errors, networks
+from medseg.data import dicom_reader
 from medseg.transforms import pipeline
 
 README = '"""Code this bundle needs that MONAI does not provide (written by medseg)."""\n'
@@ -41,10 +42,13 @@ def write_package(scripts_dir: Path, package: str, modules: Sequence[ModuleType]
 
 
 def write_scripts(bundle_dir: Path) -> Path:
-    """``bundle_dir/scripts/``: the own transforms and the own networks (with the size-padding wrapper)."""
+    """``bundle_dir/scripts/``: the own transforms, the own networks (with the size-padding wrapper) and the
+    DICOM series reader that LoadImaged uses (with medseg.errors, which it imports)."""
     scripts = bundle_dir / "scripts"
     scripts.mkdir()
     (scripts / "__init__.py").write_text(README)
     write_package(scripts, pipeline.SCRIPT_PACKAGE, pipeline.SCRIPT_MODULES, pipeline.OWN_TRANSFORMS.values())
     write_package(scripts, networks.SCRIPT_PACKAGE, networks.SCRIPT_MODULES, networks.SCRIPT_CLASSES)
+    write_package(scripts, dicom_reader.SCRIPT_PACKAGE, dicom_reader.SCRIPT_MODULES, dicom_reader.SCRIPT_CLASSES)
+    shutil.copyfile(errors.__file__, scripts / "errors.py")  # the shipped DICOM modules import it as ..errors
     return scripts

@@ -14,6 +14,8 @@ from typing import Any
 
 import numpy as np
 
+from medseg.data.formats import NIFTI_SUFFIXES, PLAIN_2D_SUFFIXES, has_suffix, sitk_affine, suffix_of
+from medseg.data.images import _sitk_error, check_file, read_image
 from medseg.errors import MedsegError
 
 SEG_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.66.4"
@@ -56,14 +58,14 @@ def read_header(path: Path) -> Header:
 
             lm = read_labelmap(path)
             return Header(lm.array.shape, lm.affine, False, seg=True)
-        from medseg.data.dicom import read_dicom
-
-        vol = read_dicom(path)
-        return Header(vol.array.shape, vol.affine, vol.array.dtype.kind == "f")
+        vol = series_headers_ok(path)  # a single-frame or enhanced multi-frame image, from its headers
+        return Header(vol.array.shape, vol.affine, False)  # rescaled DICOM integers hold no NaN/inf
     import SimpleITK as sitk
 
-    from medseg.data.images import _sitk_error
-
+    components = check_file(path)[1]  # claimed size, truncation, cut gzip, 4D, a single voxel
+    if components > 1:
+        raise MedsegError(f"{path}: colour image ({components} components per pixel); medseg reads greyscale images"
+                          " and label maps: save it with one grey channel")
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(path))
     try:
@@ -72,12 +74,11 @@ def read_header(path: Path) -> Header:
         raise _sitk_error(path, err) from err
     ndim = reader.GetDimension()
     size = tuple(int(v) for v in reader.GetSize())
-    if ndim == 3 and size[2] == 1 and path.suffix.lower() in (".png", ".tif", ".tiff"):
+    if ndim == 3 and size[2] == 1 and suffix_of(path) in PLAIN_2D_SUFFIXES:
         ndim, size = 2, size[:2]
-    affine = np.eye(ndim + 1)
-    direction = np.array(reader.GetDirection(), dtype=np.float64).reshape(reader.GetDimension(), -1)[:ndim, :ndim]
-    affine[:ndim, :ndim] = direction * np.array(reader.GetSpacing()[:ndim])
-    affine[:ndim, ndim] = reader.GetOrigin()[:ndim]
+    if ndim > 3:  # trailing dimensions of 1 (check_file refuses the rest)
+        ndim, size = 3, size[:3]
+    affine = sitk_affine(reader, ndim)
     floating = "float" in sitk.GetPixelIDValueAsString(reader.GetPixelID()) or "double" in sitk.GetPixelIDValueAsString(reader.GetPixelID())
     return Header(size, affine, floating)
 
@@ -188,24 +189,36 @@ def check_case(case: dict[str, Any], expected: set[int] | None, label_map: dict[
     result.problems += problems
     if values == [0]:
         result.problems.append(f"{Path(case['label']).name}: empty label (background only)")
-    for path in images:
-        try:
-            if read_header(path).floating:
-                from medseg.data.images import read_image
-
-                if path.name.lower().endswith((".nii", ".nii.gz")):
-                    import nibabel as nib
-
-                    # nibabel gives the stored values; SimpleITK's NIfTI reader turned a NaN voxel into 0 here
-                    array = np.asanyarray(nib.load(str(path)).dataobj)
-                else:
-                    array = read_image(path).array
-                bad = int((~np.isfinite(array)).sum())
-                if bad:
-                    result.problems.append(f"{path.name}: {bad} NaN/inf voxel(s)")
-        except MedsegError:
-            pass  # already reported by the header checks
+    result.problems += nonfinite_problems(case)
     return result
+
+
+def nonfinite_problems(case: dict[str, Any]) -> list[str]:
+    """NaN/inf voxels in a case's floating-point images (integer pixel types cannot hold them; not read)."""
+    problems = []
+    for path in _images(case):
+        try:
+            if not read_header(path).floating:
+                continue
+            if has_suffix(path, NIFTI_SUFFIXES):
+                import nibabel as nib
+
+                # nibabel gives the stored values; SimpleITK's NIfTI reader turned a NaN voxel into 0 here
+                array = np.asanyarray(nib.load(str(path)).dataobj)
+            else:
+                array = read_image(path).array
+            bad = int(array.size - np.count_nonzero(np.isfinite(array)))
+            if bad:
+                problems.append(f"{path.name}: {bad} NaN/inf voxel(s); replace them (e.g. by the background value)"
+                                " before training or prediction")
+        except MedsegError:
+            pass  # reported by the header checks
+    return problems
+
+
+def data_problems(case: dict[str, Any], expected: set[int] | None, label_map: dict[int, int] | None = None) -> list[str]:
+    """What the voxels say, after the headers passed: label values (see :func:`label_values`), NaN/inf images."""
+    return label_values(case, expected, label_map)[1] + nonfinite_problems(case)
 
 
 def summarise(results: list[CaseResult]) -> list[str]:

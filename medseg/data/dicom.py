@@ -37,7 +37,7 @@ from pathlib import Path
 
 import numpy as np
 
-from medseg.errors import MedsegError
+from ..errors import MedsegError  # relative: bundles ship this module (medseg.data.dicom_reader)
 
 logger = logging.getLogger("medseg.data")
 
@@ -628,3 +628,11 @@ def write_series(
         ds.save_as(path, enforce_file_format=True)
         paths.append(path)
     return paths
+
+
+def stack_affine(datasets: list) -> tuple[list[int], np.ndarray]:
+    """Slice order and index (column, row, slice) -> LPS affine of single-frame datasets, by :func:`slice_order`."""
+    files = [Path(str(getattr(d, "filename", "") or f"slice {n + 1}")) for n, d in enumerate(datasets)]
+    info = SeriesInfo(str(datasets[0].get("SeriesInstanceUID", "?")), files=files)
+    order, affine, _ = _check_series_geometry(files[0].parent, info, datasets)
+    return order, affine

@@ -1,4 +1,8 @@
-"""DICOM series geometry and DICOM SEG writing (highdicom) for predicted label maps."""
+"""DICOM SEG writing (highdicom) for predicted label maps, on the source series' own grid.
+
+The source series is read with :mod:`medseg.data.dicom` (the one slice sorter and its checks): single-frame
+files in slice order, or one enhanced multi-frame file, whose frames the SEG keeps in their stored order.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from medseg.data.dicom import is_dicom_file
+from medseg.data.dicom import LPS_TO_RAS, is_dicom_file, series_datasets, stack_affine
 from medseg.data.labelmaps import LabelMap, onto_grid
 from medseg.errors import MedsegError
 from medseg.fileio import atomic_path
@@ -26,37 +30,35 @@ def is_dicom_series(folder: Path) -> bool:
 
 
 def read_series(folder: Path) -> list:
-    """The image datasets of a one-series folder, sorted along the slice normal (not by file name)."""
-    import pydicom
+    """The image datasets (headers) of a one-series folder, in slice order along the normal."""
+    return series_datasets(folder)[0]
 
-    datasets = [pydicom.dcmread(p) for p in sorted(folder.iterdir()) if p.is_file() and is_dicom_file(p)]
-    datasets = [d for d in datasets if "ImagePositionPatient" in d and "PixelData" in d]
-    if not datasets:
-        raise MedsegError(f"{folder}: no DICOM images with ImagePositionPatient")
-    uids = {d.SeriesInstanceUID for d in datasets}
-    if len(uids) > 1:
-        raise MedsegError(f"{folder}: holds {len(uids)} series; put each series in its own folder")
-    iop = np.array(datasets[0].ImageOrientationPatient, dtype=np.float64)
-    normal = np.cross(iop[:3], iop[3:])
-    return sorted(datasets, key=lambda d: float(np.dot(normal, np.array(d.ImagePositionPatient, dtype=np.float64))))
+
+def _seg_grid(shape_ijk: tuple[int, ...], affine_ijk: np.ndarray) -> LabelMap:
+    """An empty label map indexed (slice, row, column), as highdicom takes SEG frames, from the (column, row,
+    slice) grid that :mod:`medseg.data.dicom` gives."""
+    return LabelMap(np.zeros(tuple(shape_ijk)[::-1], np.int64), np.asarray(affine_ijk)[:, [2, 1, 0, 3]])
 
 
 def series_grid(datasets: list) -> LabelMap:
-    """An empty label map on the series' own grid, indexed (slice, row, column), with its LPS affine."""
-    first = datasets[0]
-    iop = np.array(first.ImageOrientationPatient, dtype=np.float64)
-    row_spacing, col_spacing = (float(v) for v in first.PixelSpacing)
-    affine = np.eye(4)
-    if len(datasets) > 1:
-        step = (np.array(datasets[-1].ImagePositionPatient, float) - np.array(first.ImagePositionPatient, float))
-        affine[:3, 0] = step / (len(datasets) - 1)
-    else:
-        affine[:3, 0] = np.cross(iop[:3], iop[3:]) * float(getattr(first, "SliceThickness", 1.0) or 1.0)
-    affine[:3, 1] = iop[3:] * row_spacing
-    affine[:3, 2] = iop[:3] * col_spacing
-    affine[:3, 3] = np.array(first.ImagePositionPatient, dtype=np.float64)
-    shape = (len(datasets), int(first.Rows), int(first.Columns))
-    return LabelMap(np.zeros(shape, np.int64), affine)
+    """An empty label map on single-frame datasets' grid, indexed (slice, row, column), with its LPS affine."""
+    order, affine = stack_affine(datasets)
+    first = datasets[order[0]]
+    return _seg_grid((int(first.Columns), int(first.Rows), len(order)), affine)
+
+
+def _with_sop_class(datasets: list) -> list:
+    """Datasets whose SOPClassUID is present but empty (as some anonymisers leave it) get the class from the
+    file meta's MediaStorageSOPClassUID, in memory (the files are not touched); highdicom needs it."""
+    for ds in datasets:
+        if not str(ds.get("SOPClassUID", "") or "").strip():
+            meta = getattr(ds, "file_meta", None)
+            media = str(meta.get("MediaStorageSOPClassUID", "") or "") if meta is not None else ""
+            if not media:
+                raise MedsegError(f"{getattr(ds, 'filename', 'source image')}: no SOPClassUID, neither in the dataset"
+                                  " nor in the file meta; a DICOM SEG must name its source images' class")
+            ds.SOPClassUID = media
+    return datasets
 
 
 def write_dicom_seg(
@@ -68,7 +70,7 @@ def write_dicom_seg(
     Args:
         labels: predicted label map on the series' voxels.
         affine_ras: its index -> RAS mm affine (as MONAI and nibabel give it).
-        series_dir: the source DICOM series folder.
+        series_dir: the source DICOM series folder (or enhanced multi-frame file).
         out_path: the ``.dcm`` file to write (atomically).
         names: label value -> segment name (background excluded).
         model_name: the algorithm's name in the segment descriptions.
@@ -77,28 +79,41 @@ def write_dicom_seg(
     import highdicom as hd
     from pydicom.sr.codedict import codes
 
-    datasets = read_series(series_dir)
-    grid = series_grid(datasets)
-    lps = np.diag([-1.0, -1.0, 1.0, 1.0]) @ np.asarray(affine_ras, dtype=np.float64)
+    datasets, vol = series_datasets(series_dir)
+    datasets = _with_sop_class(datasets)
+    grid = _seg_grid(vol.array.shape, vol.affine)
+    lps = LPS_TO_RAS @ np.asarray(affine_ras, dtype=np.float64)  # its own inverse
     pixels = onto_grid(LabelMap(np.asarray(labels, np.int64), lps), grid, resample=False, what=str(series_dir))
-    algorithm = hd.AlgorithmIdentificationSequence(name=model_name, version=version, family=codes.cid7162.ArtificialIntelligence)
+    if len(datasets) == 1 and int(datasets[0].get("NumberOfFrames", 1) or 1) > 1:
+        stored = np.empty_like(pixels)  # one multi-frame source: SEG frames follow its stored frame order
+        stored[vol.order] = pixels
+        pixels = stored
     descriptions = []
-    for number, value in enumerate(sorted(names), start=1):
-        if value != number:
-            raise MedsegError(f"labels {sorted(names)} must be 1..N to become DICOM SEG segment numbers")
-        category, kind = _CODES.get(names[value].lower(), ("Tissue", "Tissue"))
-        descriptions.append(hd.seg.SegmentDescription(
-            segment_number=number, segment_label=names[value],
-            segmented_property_category=getattr(codes.SCT, category), segmented_property_type=getattr(codes.SCT, kind),
-            algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC, algorithm_identification=algorithm,
-        ))
-    seg = hd.seg.Segmentation(
-        source_images=datasets, pixel_array=pixels.astype(np.uint8),
-        segmentation_type=hd.seg.SegmentationTypeValues.BINARY, segment_descriptions=descriptions,
-        series_instance_uid=hd.UID(), series_number=900, sop_instance_uid=hd.UID(), instance_number=1,
-        manufacturer="medseg", manufacturer_model_name=model_name, software_versions=version,
-        device_serial_number="none", series_description=f"{model_name} segmentation",
-    )
-    with atomic_path(out_path) as tmp:
-        seg.save_as(str(tmp))
+    try:
+        algorithm = hd.AlgorithmIdentificationSequence(name=model_name, version=version,
+                                                       family=codes.cid7162.ArtificialIntelligence)
+        for number, value in enumerate(sorted(names), start=1):
+            if value != number:
+                raise MedsegError(f"labels {sorted(names)} must be 1..N to become DICOM SEG segment numbers")
+            category, kind = _CODES.get(names[value].lower(), ("Tissue", "Tissue"))
+            descriptions.append(hd.seg.SegmentDescription(
+                segment_number=number, segment_label=names[value],
+                segmented_property_category=getattr(codes.SCT, category), segmented_property_type=getattr(codes.SCT, kind),
+                algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC, algorithm_identification=algorithm,
+            ))
+        seg = hd.seg.Segmentation(
+            source_images=datasets, pixel_array=pixels.astype(np.uint8),
+            segmentation_type=hd.seg.SegmentationTypeValues.BINARY, segment_descriptions=descriptions,
+            series_instance_uid=hd.UID(), series_number=900, sop_instance_uid=hd.UID(), instance_number=1,
+            manufacturer="medseg", manufacturer_model_name=model_name, software_versions=version,
+            device_serial_number="none", series_description=f"{model_name} segmentation",
+        )
+        with atomic_path(out_path) as tmp:
+            seg.save_as(str(tmp))
+    except MedsegError:
+        raise
+    except Exception as err:  # highdicom/pydicom raise KeyError, ValueError, TypeError, AttributeError, ...
+        reason = str(err).strip().splitlines()[0][:200] if str(err).strip() else ""
+        raise MedsegError(f"{series_dir}: DICOM SEG cannot be written from this series ({type(err).__name__}"
+                          f"{': ' + reason if reason else ''}); write NIfTI instead (--format nifti)") from err
     return out_path

@@ -14,11 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
+from medseg.data.formats import PLAIN_2D_SUFFIXES, WRITE_SUFFIXES, sitk_affine, suffix_of
 from medseg.errors import MedsegError
-
-IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd", ".png", ".tif", ".tiff", ".dcm")
-WRITE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd", ".png", ".tif", ".tiff")
-_PLAIN_2D = (".png", ".tif", ".tiff")
 
 
 @dataclass
@@ -42,22 +39,6 @@ def describe_geometry(shape, affine: np.ndarray) -> str:
     return (f"shape {tuple(int(s) for s in shape)}, spacing ({', '.join(f'{v:.4g}' for v in spacing)}) mm,"
             f" origin ({', '.join(f'{v:.2f}' for v in affine[:-1, -1])}),"
             f" direction [{'; '.join(' '.join(f'{v:.3g}' for v in row) for row in direction)}]")
-
-
-def suffix_of(path: Path) -> str:
-    name = path.name.lower()
-    for suffix in IMAGE_SUFFIXES:
-        if name.endswith(suffix):
-            return suffix
-    return path.suffix.lower()
-
-
-def sitk_affine(image) -> np.ndarray:
-    ndim = image.GetDimension()
-    affine = np.eye(ndim + 1)
-    affine[:ndim, :ndim] = np.array(image.GetDirection(), dtype=np.float64).reshape(ndim, ndim) * np.array(image.GetSpacing())
-    affine[:ndim, ndim] = image.GetOrigin()
-    return affine
 
 
 def _sitk_error(path: Path, err: Exception) -> MedsegError:
@@ -90,7 +71,7 @@ def read_image(path: Path, series_uid: str | None = None) -> Image:
     except RuntimeError as err:
         raise _sitk_error(path, err) from err
     if image.GetNumberOfComponentsPerPixel() != 1:
-        if suffix_of(path) in _PLAIN_2D and image.GetNumberOfComponentsPerPixel() in (3, 4):
+        if suffix_of(path) in PLAIN_2D_SUFFIXES and image.GetNumberOfComponentsPerPixel() in (3, 4):
             # an RGB(A) PNG/TIFF of a greyscale picture: accept when the colour channels agree
             rgb = sitk.GetArrayFromImage(image)[..., :3]
             if not (np.array_equal(rgb[..., 0], rgb[..., 1]) and np.array_equal(rgb[..., 0], rgb[..., 2])):
@@ -119,7 +100,7 @@ def write_image(array: np.ndarray, affine_lps: np.ndarray, path: Path) -> Path:
     direction = affine[:ndim, :ndim] / spacing
     if not np.allclose(direction.T @ direction, np.eye(ndim), atol=1e-4):
         raise MedsegError(f"{path}: sheared voxel grid; NIfTI/NRRD/MHA writers need orthogonal axes")
-    if suffix in _PLAIN_2D:
+    if suffix in PLAIN_2D_SUFFIXES:
         if ndim != 2:
             raise MedsegError(f"{path}: {ndim}D array; PNG/TIFF hold 2D images (use .nii.gz, .nrrd or .mha)")
         if not (np.allclose(direction, np.eye(2), atol=1e-6) and np.allclose(affine[:2, 2], 0)):
@@ -144,3 +125,143 @@ def write_image(array: np.ndarray, affine_lps: np.ndarray, path: Path) -> Path:
     with atomic_path(path, suffix=suffix) as tmp:
         sitk.WriteImage(image, str(tmp), suffix in (".nii.gz", ".nrrd", ".mha"))
     return path
+
+
+def memory_limit() -> int:
+    """The most bytes one image may claim before medseg reads it: this machine's memory (64 GiB where unknown)."""
+    import os
+
+    try:
+        return int(os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+    except (ValueError, OSError, AttributeError):
+        return 64 << 30
+
+
+def _size(n: float) -> str:
+    for unit in ("bytes", "KB", "MB", "GB", "TB", "PB"):
+        if n < 1000 or unit == "PB":
+            return f"{n:.0f} {unit}" if unit == "bytes" else f"{n:.3g} {unit}"
+        n /= 1000
+    return ""
+
+
+def check_file(path: Path) -> tuple[tuple[int, ...], int]:
+    """Refuse an image file whose header cannot be what it claims, before anything is allocated or read.
+
+    NIfTI: the header's dimensions times the voxel size against the memory of this machine, and against
+    the file (uncompressed: its size; gzip: the stream's length, from its trailer or, where that does not
+    match, by decompressing it without keeping the data, which also finds a stream cut short). Other
+    formats: the dimensions from SimpleITK's header reading against the memory. Then the shape: more than
+    3 dimensions (a 4D series) or a single voxel are refused. Returns (shape, components per voxel).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise MedsegError(f"{path}: no such file")
+    if path.stat().st_size == 0:
+        raise MedsegError(f"{path}: zero-length file")
+    nifti = suffix_of(path) in (".nii", ".nii.gz")
+    shape, itemsize, components, offset = _nifti_header(path) if nifti else _sitk_header(path)
+    needed = int(np.prod(shape, dtype=object)) * itemsize * components if shape else 0
+    limit = memory_limit()
+    if needed > limit:
+        dims = "x".join(str(v) for v in shape)
+        raise MedsegError(f"{path}: header claims {dims} voxels ({_size(needed)}), more than this machine's memory"
+                          f" ({_size(limit)}); a damaged or hostile header: not read")
+    if offset is not None:
+        end = offset + needed
+        held = _gzip_length(path, end) if suffix_of(path) == ".nii.gz" else path.stat().st_size
+        if held < end:
+            raise MedsegError(f"{path}: truncated: header and data need {end} bytes, the file holds {held}"
+                              f"{' (decompressed)' if suffix_of(path) == '.nii.gz' else ''}; re-export or re-copy it")
+    spatial = shape[:3]
+    if any(v > 1 for v in shape[3:]):
+        raise MedsegError(f"{path}: {len(shape)}D image (shape {tuple(shape)}); medseg reads one 2D or 3D image per file"
+                          " (a case with several channels lists one file per channel)")
+    if sum(v > 1 for v in spatial) < 2:
+        raise MedsegError(f"{path}: an image of {'x'.join(str(v) for v in spatial)} voxels; nothing to segment")
+    return tuple(spatial), components
+
+
+def _sitk_header(path: Path) -> tuple[tuple[int, ...], int, int, None]:
+    """Shape, bytes per component and components per voxel from SimpleITK's header reading."""
+    import re
+
+    import SimpleITK as sitk
+
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    try:
+        reader.ReadImageInformation()
+    except RuntimeError as err:
+        raise _sitk_error(path, err) from err
+    kind = sitk.GetPixelIDValueAsString(reader.GetPixelID())
+    bits = re.search(r"(\d+)-bit", kind)
+    itemsize = int(bits.group(1)) // 8 if bits else 8
+    if "complex" in kind:
+        itemsize *= 2
+    shape = tuple(int(v) for v in reader.GetSize())
+    if len(shape) == 3 and shape[2] == 1 and suffix_of(path) in PLAIN_2D_SUFFIXES:
+        shape = shape[:2]
+    return shape, itemsize, int(reader.GetNumberOfComponents()), None
+
+
+def _nifti_header(path: Path) -> tuple[tuple[int, ...], int, int, int]:
+    import gzip
+    import io
+
+    import nibabel as nib
+
+    opener = gzip.open if suffix_of(path) == ".nii.gz" else open
+    try:
+        with opener(path, "rb") as fh:
+            raw = fh.read(540)
+    except (OSError, EOFError) as err:
+        raise MedsegError(f"{path}: not a readable {'gzip' if opener is gzip.open else 'NIfTI'} file ({err})") from err
+    try:
+        kind = nib.Nifti2Header if raw[:4] in ((540).to_bytes(4, "little"), (540).to_bytes(4, "big")) else nib.Nifti1Header
+        header = kind.from_fileobj(io.BytesIO(raw), check=False)
+        shape = tuple(int(v) for v in header.get_data_shape())
+        dtype = header.get_data_dtype()
+        offset = int(header.get_data_offset())
+    except Exception as err:  # nibabel raises HeaderDataError, ValueError, struct errors for a broken header
+        raise MedsegError(f"{path}: not a valid NIfTI header ({type(err).__name__}: {err})") from err
+    if any(v < 0 for v in shape):
+        raise MedsegError(f"{path}: NIfTI header with negative dimensions {shape}")
+    components = len(dtype.names) if dtype.names else 1  # RGB NIfTI: a structured voxel type
+    return shape, dtype.itemsize // components, components, offset
+
+
+def _gzip_length(path: Path, expected: int) -> int:
+    """Decompressed length of a gzip file. Its trailer (ISIZE: the length mod 2**32) agreeing with ``expected``
+    is taken as it is; otherwise the stream is decompressed (and dropped) chunk by chunk to count, which finds
+    a stream cut short (MedsegError) and reads multi-member files (bgzip) right."""
+    import zlib
+
+    size = path.stat().st_size
+    with open(path, "rb") as fh:
+        fh.seek(max(size - 4, 0))
+        if int.from_bytes(fh.read(4), "little") == expected % (1 << 32):
+            return expected
+        fh.seek(0)
+        total, pending, started = 0, b"", False
+        d = zlib.decompressobj(wbits=31)
+        while True:
+            if not pending:
+                pending = fh.read(1 << 20)
+                if not pending:
+                    break
+            try:
+                total += len(d.decompress(pending, 1 << 24))
+            except zlib.error as err:
+                if not started and total:  # padding after the last member, as gzip itself ignores it
+                    break
+                raise MedsegError(f"{path}: corrupt gzip data ({err}); re-copy or re-export it") from err
+            if d.eof:
+                pending, started = d.unused_data, False
+                d = zlib.decompressobj(wbits=31)
+            else:
+                pending, started = d.unconsumed_tail, True
+    if started:
+        raise MedsegError(f"{path}: gzip stream cut short (the file ends inside its compressed data: a partial copy"
+                          " or download); re-copy it")
+    return total

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import numpy as np
 
+from medseg.data.formats import NIFTI_SUFFIXES, has_suffix, sitk_affine, strip_suffix
 from medseg.errors import MedsegError
 
-SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd", ".png", ".tif", ".tiff", ".dcm")
 
 
 
@@ -44,11 +44,7 @@ class LabelMap:
 
 def case_name(path: Path) -> str:
     """File name without its image suffix: the key that matches a prediction to its reference."""
-    name = path.name
-    for suffix in SUFFIXES:
-        if name.lower().endswith(suffix):
-            return name[: -len(suffix)]
-    return path.stem
+    return strip_suffix(path)
 
 
 def _as_labels(array: np.ndarray, path: Path) -> np.ndarray:
@@ -73,12 +69,7 @@ def _read_sitk(path: Path) -> LabelMap:
     if image.GetNumberOfComponentsPerPixel() != 1:
         raise MedsegError(f"{path}: has {image.GetNumberOfComponentsPerPixel()} channels; a label map has one")
     array = sitk.GetArrayFromImage(image).transpose()  # ITK's (k, j, i) -> (i, j, k)
-    ndim = image.GetDimension()
-    affine = np.eye(ndim + 1)
-    direction = np.array(image.GetDirection(), dtype=np.float64).reshape(ndim, ndim)
-    affine[:ndim, :ndim] = direction * np.array(image.GetSpacing())
-    affine[:ndim, ndim] = image.GetOrigin()
-    return LabelMap(_as_labels(array, path), affine)
+    return LabelMap(_as_labels(array, path), sitk_affine(image))
 
 
 def _read_dicom_seg(path: Path) -> LabelMap:
@@ -149,7 +140,7 @@ def write_label_nifti(labels: np.ndarray, affine: np.ndarray, path: Path, source
 
     from medseg.fileio import atomic_path, atomic_write_gzip
 
-    if source is not None and source.is_file() and source.name.lower().endswith((".nii", ".nii.gz")):
+    if source is not None and source.is_file() and has_suffix(source, NIFTI_SUFFIXES):
         original = nib.load(str(source))
         if original.shape[:3] == labels.shape and np.allclose(original.affine, affine, atol=1e-4):
             affine = original.affine

@@ -18,7 +18,7 @@ import nibabel as nib
 import numpy as np
 import SimpleITK as sitk
 
-from medseg.data.images import sitk_affine
+from medseg.data.formats import NIFTI_SUFFIXES, sitk_affine
 from medseg.data.labelmaps import LabelMap, read_labelmap
 from medseg.errors import MedsegError
 from medseg.fileio import read_gzip
@@ -48,7 +48,7 @@ def read_labels(path: Path) -> LabelMap:
     size = tuple(int(n) for n in header.GetSize())
     if len(size) > 3:
         raise MedsegError(f"{path}: {len(size)}D image of shape {size}; a label map is 2D or 3D")
-    if name.endswith((".nii", ".nii.gz")):
+    if name.endswith(NIFTI_SUFFIXES):
         array = _nifti_voxels(path, size)
     else:
         array = _sitk_voxels(path)

@@ -25,7 +25,8 @@ from typing import Any
 import numpy as np
 
 from medseg.data.case import Case
-from medseg.data.check import header_problems, label_values
+from medseg.data.check import data_problems, header_problems
+from medseg.data.formats import PLAIN_2D_SUFFIXES, suffix_of
 from medseg.data.images import read_image
 from medseg.data.labelmaps import case_name
 from medseg.data.msd import msd_cases, read_manifest
@@ -194,9 +195,10 @@ def _good_cases(cfg: dict[str, Any], root: Path, cases: list[Case],
     _detect_255_masks(cfg, [c for g, f in zip(groups, found) for c, p in zip(g, f) if not p])
     expected = set(data["labels"].values())
     label_map = {int(k): int(v) for k, v in data["label_map"].items()}
-    # label values: every label file is read once (threads: decompression releases the GIL)
+    # label values and NaN/inf in floating-point images: every file is read once (threads: decompression
+    # releases the GIL)
     readable = [[c for c, p in zip(g, f) if not p] for g, f in zip(groups, found)]
-    values = [iter(v) for v in _problems(readable, lambda c: label_values(c, expected, label_map)[1])]
+    values = [iter(v) for v in _problems(readable, lambda c: data_problems(c, expected, label_map))]
     found = [[p or next(v) for p in f] for f, v in zip(found, values)]
     good = [[c for c, p in zip(g, f) if not p] for g, f in zip(groups, found)]
     bad = [(c, p) for g, f in zip(groups, found) for c, p in zip(g, f) if p]
@@ -220,7 +222,7 @@ def _detect_255_masks(cfg: dict[str, Any], cases: list[Case]) -> None:
     data = cfg["data"]
     if data["label_map"] or 255 in data["labels"].values():
         return
-    two_d = [c for c in cases if c.label is not None and c.label.suffix.lower() in (".png", ".tif", ".tiff")]
+    two_d = [c for c in cases if c.label is not None and suffix_of(c.label) in PLAIN_2D_SUFFIXES]
     if not two_d:
         return
     values = np.unique(read_image(two_d[0].label).array)

@@ -7,7 +7,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from medseg.data.labelmaps import SUFFIXES, case_name
+from medseg.data.formats import IMAGE_SUFFIXES as SUFFIXES
+from medseg.data.labelmaps import case_name
 from medseg.errors import MedsegError
 
 

@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from medseg.data.formats import NIFTI_SUFFIXES, has_suffix
 from medseg.errors import MedsegError
 
 logger = logging.getLogger("medseg.transforms")
@@ -31,13 +32,15 @@ def header_geometry(path: str, axcodes: str = "RAS") -> tuple[list[int], list[fl
     """
     import nibabel as nib
 
-    if path.endswith((".nii", ".nii.gz")):
+    if has_suffix(path, NIFTI_SUFFIXES):
         img = nib.load(path)
         shape, affine = list(img.shape[:3]), np.asarray(img.affine, dtype=np.float64)
     else:
         from monai.transforms import LoadImage
 
-        img = LoadImage(image_only=True, ensure_channel_first=True)(path)
+        from medseg.data.dicom_reader import READER_PATH  # DICOM through medseg's checked series reader
+
+        img = LoadImage(image_only=True, ensure_channel_first=True, reader=READER_PATH)(path)
         shape, affine = list(img.shape[1:]), np.asarray(img.affine, dtype=np.float64)
     dims = len(shape)
     lin = affine[:dims, :dims]

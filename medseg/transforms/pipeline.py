@@ -20,6 +20,7 @@ from typing import Any
 
 from monai import transforms as mt
 
+from medseg.data.dicom_reader import READER_PATH as DICOM_READER
 from medseg.errors import MedsegError
 from medseg.networks import input_multiple
 from medseg.transforms import bias, deform, intensity, metatensors, resample, sampling
@@ -108,7 +109,7 @@ def preprocess_spec(cfg: dict[str, Any], keys: tuple[str, ...] = KEYS, *,
     k = list(keys)
     modes = ["bilinear" if key == "image" else "nearest" for key in keys]
     spec: list[dict[str, Any]] = [
-        {"_target_": "LoadImaged", "keys": k, "image_only": True},
+        {"_target_": "LoadImaged", "keys": k, "image_only": True, "reader": DICOM_READER},  # medseg's checked DICOM
         {"_target_": "EnsureChannelFirstd", "keys": k},
         {"_target_": "Orientationd", "keys": k, "axcodes": pre["orientation"], "labels": None},
         {"_target_": "ScaleSpacingd", "keys": k, "pixdim": list(pre["spacing"]), "mode": modes},
