@@ -75,6 +75,13 @@ FAST = [
 ]
 
 
+def pytest_collection_modifyitems(items):
+    """Tests on the ``trained`` fixture (a training run per module) are ``slow``: ``make test-fast`` leaves them out."""
+    for item in items:
+        if "trained" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.slow)
+
+
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """A short training run on synthetic cases (once per test module): run folder, MLflow store, bundle."""

@@ -128,7 +128,7 @@ def _batches(cfg, cases, workers: int, seed: int) -> list[torch.Tensor]:
     return [torch.cat([b["image"].as_tensor(), b["label"].as_tensor()], 1) for _ in range(2) for b in loader]
 
 
-@pytest.mark.parametrize("workers", [0, 2])
+@pytest.mark.parametrize("workers", [0, pytest.param(2, marks=pytest.mark.slow)])  # 2: worker processes
 def test_a_seed_gives_identical_augmented_batches_with_and_without_workers(tmp_path, workers):
     root = write_msd(tmp_path / "ds", n_cases=2)
     cases = [{"image": str(p), "label": str(root / "labelsTr" / p.name)} for p in sorted((root / "imagesTr").iterdir())]

@@ -121,6 +121,7 @@ def test_export_round_trip_and_eval_determinism(name: str, tmp_path: Path):
             torch.testing.assert_close(loaded(y), net(y))
 
 
+@pytest.mark.slow  # a training (100 steps) per network
 @pytest.mark.parametrize("name", list(TINY))
 def test_each_network_overfits_one_image(name: str):
     """Proof that it learns: one 32x32 image/label pair to Dice > 0.9 within 100 Adam steps."""
@@ -257,13 +258,14 @@ def test_slice_sampling_gives_whole_2d_slices_with_foreground(lits_sample):
     assert tuple(volume["image"].shape[1:3]) == (80, 128)  # the x-y plane the patches above were cut from
 
 
+@pytest.mark.slow  # a training run, then the bundle in a stock-MONAI subprocess
 def test_slice_inference_and_bundle_on_stock_monai(tmp_path: Path, monkeypatch):
     """Slice mode end to end with an own network and deep supervision: training on 2D slices of synthetic
     volumes, SliceInferer validation, and a bundle whose inference.json runs on stock MONAI (no medseg)."""
     import nibabel as nib
     from monai.inferers import SliceInferer
 
-    from medseg.engine.inference import sliding_window_inferer
+    from medseg.engine.builders import sliding_window_inferer
     from medseg.train import main as train_main
 
     from .test_train import stock_monai

@@ -24,8 +24,10 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import torch
+from monai.losses import DeepSupervisionLoss
 from monai.networks import nets as monai_nets
 
+from medseg.config.registries import NETWORK_INPUT_SIZE, NETWORKS
 from medseg.errors import MedsegError
 from medseg.networks import blocks, light_unet, padding, unet, unet3p, unetpp
 from medseg.networks.light_unet import LightUNet
@@ -115,6 +117,11 @@ REGISTRY: dict[str, NetSpec] = {
                 aliases={"channels": "channels", "norm": "norm"}),
     ]
 }
+
+
+# the names, classes and fixed-size arguments are medseg.config.registries' (what the config accepts)
+assert list(REGISTRY) == NETWORKS.names(), "medseg.config.registries.NETWORKS and REGISTRY name the same networks"
+assert all(NETWORKS.resolve(n) is s.cls and NETWORK_INPUT_SIZE.get(n) == s.fixed_size for n, s in REGISTRY.items())
 
 
 def _spec(net_cfg: dict[str, Any]) -> NetSpec:
@@ -262,58 +269,39 @@ def describe(net_cfg: dict[str, Any]) -> str:
     return f"`{spec.name}` ({net_cfg['spatial_dims']}D; {spec.paper}): {args}{ds}"
 
 
-def check_network(cfg: dict[str, Any], source: str) -> None:
-    """Validate (and complete) a loaded config's ``network`` section; called by :func:`medseg.config.load_config`.
+def check_network(cfg: Any, source: str = "") -> None:
+    """Check what only the network knows about a validated config's ``network`` section (the schema checked
+    names, types, dimensions and slice mode); called through :func:`medseg.engine.checks.check_task`.
 
-    Refuses unknown names, arguments the network does not take, values it cannot be built with, deep
-    supervision weights of the wrong length, training patches that are not a multiple of what the network
-    needs, and 2D networks on 3D data without slice mode. Fills a fixed-size network's input size
-    (UNETR's ``img_size``) from ``training.patch_size``.
+    Refuses arguments the network does not take, values it cannot be built with, deep supervision on a
+    network without auxiliary outputs, supervision weights of the wrong length, training patches that are
+    not a multiple of what the network needs, and a fixed input size other than the patch. Changes nothing.
     """
-    net, patch = cfg["network"], cfg["training"]["patch_size"]
+    where = f"{source}: " if source else ""
+    net, patch = cfg.network, cfg.training.patch_size
     spec = _spec(net)
-    dims = net["spatial_dims"]
-    spacing = cfg["preprocessing"]["spacing"]
-    data_dims = dims if spacing == "auto" else len(spacing)  # auto: the training set's, fitted before training
-    if net["slice_mode"]:
-        if dims != 2:
-            raise MedsegError(f"{source}: key 'network.slice_mode' needs network.spatial_dims: 2 (2D slices of 3D data)")
-        if data_dims != 3:
-            raise MedsegError(f"{source}: key 'network.slice_mode' needs 3 values in preprocessing.spacing (3D volumes)")
-        if not 0 <= net["slice_axis"] <= 2:
-            raise MedsegError(f"{source}: key 'network.slice_axis' must be 0, 1 or 2 (2 = axial in RAS)")
-    elif dims != data_dims or len(patch) != dims:
-        raise MedsegError(
-            f"{source}: network.spatial_dims is {dims} but training.patch_size has {len(patch)} and"
-            f" preprocessing.spacing {data_dims} values; each needs {dims} values"
-            + (", or set network.slice_mode: true to train the 2D network on slices of 3D volumes" if dims == 2 else "")
-        )
-    if len(patch) != dims:
-        raise MedsegError(f"{source}: key 'training.patch_size' needs {dims} values (the 2D slice size in slice mode)")
     try:
-        if spec.fixed_size and spec.fixed_size not in (net["args"] or {}):
-            net["args"] = {**(net["args"] or {}), spec.fixed_size: list(patch)}
         build_on_meta(net, 1, 2)  # checks every argument without allocating weights
     except MedsegError as err:
-        raise MedsegError(f"{source}: {err}") from err
+        raise MedsegError(f"{where}{err}") from err
     multiple = input_multiple(net)
     if any(p % multiple for p in patch):
         raise MedsegError(
-            f"{source}: key 'training.patch_size' {patch} must be multiples of {multiple}"
+            f"{where}key 'training.patch_size' {patch} must be multiples of {multiple}"
             f" (what network '{spec.name}' with these settings needs)"
         )
     size = network_args(net).get(spec.fixed_size) if spec.fixed_size else None
     if size is not None and list(size) != list(patch):
-        raise MedsegError(f"{source}: key 'network.args.{spec.fixed_size}' {size} must equal training.patch_size {patch}")
-    weights = net["ds_weights"]
+        raise MedsegError(f"{where}key 'network.args.{spec.fixed_size}' {size} must equal training.patch_size {patch}")
+    weights = net.ds_weights
     if weights:
-        if not net["deep_supervision"]:
-            raise MedsegError(f"{source}: key 'network.ds_weights' is set but network.deep_supervision is false")
+        if not net.deep_supervision:
+            raise MedsegError(f"{where}key 'network.ds_weights' is set but network.deep_supervision is false")
         n = n_outputs(net)
         numbers = all(isinstance(w, (int, float)) and not isinstance(w, bool) for w in weights)
         if len(weights) != n or not numbers or any(w < 0 for w in weights) or not weights[0] > 0:
             raise MedsegError(
-                f"{source}: key 'network.ds_weights' needs {n} non-negative weights (main output first, positive)"
+                f"{where}key 'network.ds_weights' needs {n} non-negative weights (main output first, positive)"
                 f" for network '{spec.name}', got {weights}"
             )
 
@@ -323,8 +311,6 @@ def wrap_deep_supervision(loss_fn: torch.nn.Module, net_cfg: dict[str, Any]) -> 
     ``network.ds_weights`` (default: halving per output, 1, 0.5, 0.25, ...); ``loss_fn`` itself otherwise."""
     if not net_cfg.get("deep_supervision"):
         return loss_fn
-    from monai.losses import DeepSupervisionLoss
-
     weights = [float(w) for w in net_cfg.get("ds_weights") or []] or None
     return DeepSupervisionLoss(loss_fn, weight_mode="exp", weights=weights)
 
