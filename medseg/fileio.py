@@ -57,3 +57,17 @@ def atomic_write_gzip(path: Path, data: bytes, level: int = 1) -> None:
     from isal import igzip
 
     atomic_write_bytes(path, igzip.compress(data, compresslevel=level, mtime=0))
+
+
+def new_dir(parent: Path, stem: str) -> Path:
+    """Create and return ``parent/stem``, or ``stem-2``, ``stem-3``... if taken: two runs started in the same second
+    in one working directory never share a folder (``mkdir`` without ``exist_ok`` is atomic)."""
+    parent.mkdir(parents=True, exist_ok=True)
+    for n in range(1, 10_000):
+        path = parent / (stem if n == 1 else f"{stem}-{n}")
+        try:
+            path.mkdir()
+            return path
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"{parent}: no free folder name for {stem}")

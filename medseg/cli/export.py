@@ -1,0 +1,47 @@
+"""``python -m medseg.export RUN_DIR [--out DIR]``: write a finished run's MONAI Bundle (again), as a new version;
+``python -m medseg.export --list [--dir bundles]``: every bundle version kept.
+
+Training exports at its end; this command redoes it from what the run directory holds: the resolved
+``config.yaml``, ``checkpoints/best.pt`` and ``metrics.json``. Earlier versions are never replaced:
+``bundles/<name>`` points at the latest, ``bundles/<name>-v<n>`` holds each.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+from pathlib import Path
+
+from medseg.errors import MedsegError, run_cli
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m medseg.export", description=__doc__.splitlines()[0])
+    parser.add_argument("run_dir", type=Path, nargs="?", help="a training run directory (runs/<task>/<timestamp>)")
+    parser.add_argument("--out", type=Path, help="bundle to write a new version of (default: bundles/<bundle name>)")
+    parser.add_argument("--list", action="store_true", help="list the bundle versions in --dir instead")
+    parser.add_argument("--dir", type=Path, default=Path("bundles"), help="bundles folder for --list (default: bundles)")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    return parser
+
+
+def run(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.list:
+        from medseg.bundle.versions import format_rows, list_bundles  # deferred: no torch import for a listing
+
+        print(format_rows(list_bundles(args.dir)))
+        return 0
+    if args.run_dir is None:
+        raise MedsegError("give a run directory (python -m medseg.export RUN_DIR) or --list")
+    if not args.run_dir.is_dir():
+        raise MedsegError(f"{args.run_dir}: no such run directory")
+    from medseg.workflows.export import export_run  # deferred: --help and --list answer without torch and MONAI
+
+    path = export_run(args.run_dir, args.out)
+    print(f"bundle written to {path.parent / path.resolve().name} ({path} points at it)")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return run_cli(run, argv)

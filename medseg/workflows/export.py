@@ -1,0 +1,46 @@
+"""Bundles as plain Python: :func:`export_run` writes (again) the bundle of a finished run, as the next version of
+its name; :func:`list_bundles` lists every version kept in a bundles folder (:mod:`medseg.bundle.versions`)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+
+from medseg.bundle import export_bundle
+from medseg.bundle import versions as bundle_versions
+from medseg.config import TaskConfig
+from medseg.errors import MedsegError
+from medseg.networks import build_network
+from medseg.transforms import input_channels
+
+
+def export_run(run_dir: Path, out: Path | None = None) -> Path:
+    """Export the bundle of ``run_dir`` as the next version of ``out`` (default: the config's
+    ``bundle.dir``/``bundle.name``); returns the stable path, which now points at the new version."""
+    needed = [run_dir / "config.yaml", run_dir / "checkpoints" / "best.pt", run_dir / "metrics.json"]
+    for path in needed:
+        if not path.is_file():
+            raise MedsegError(f"{path}: missing; is {run_dir} a finished medseg training run?")
+    data = yaml.safe_load(needed[0].read_text())
+    if out is not None:
+        data["bundle"]["dir"], data["bundle"]["name"] = str(out.parent), out.name
+    cfg = TaskConfig.from_dict(data, source=str(needed[0]))
+    net = build_network(cfg["network"], input_channels(cfg), len(cfg["data"]["labels"]))
+    try:
+        net.load_state_dict(torch.load(needed[1], map_location="cpu", weights_only=True))
+    except RuntimeError as err:
+        raise MedsegError(f"{needed[1]}: weights do not fit the network in config.yaml ({str(err).splitlines()[0]})") from err
+    summary = json.loads(needed[2].read_text())
+    seconds = None
+    if (run_dir / "run.json").is_file():
+        seconds = json.loads((run_dir / "run.json").read_text()).get("seconds")
+    return export_bundle(cfg, run_dir, net, summary, seconds)
+
+
+def list_bundles(bundles_dir: Path) -> list[dict[str, Any]]:
+    """Every bundle version under ``bundles_dir``: name, version, date, task, run folder, validation Dice."""
+    return bundle_versions.list_bundles(bundles_dir)
