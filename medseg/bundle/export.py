@@ -34,6 +34,7 @@ import numpy as np
 import torch
 
 from medseg import __version__
+from medseg.bundle import versions as bundle_versions
 from medseg.bundle.scripts import write_scripts
 from medseg.data.dicom_reader import BUNDLE_READER
 from medseg.data.dicom_reader import READER_PATH as DICOM_READER
@@ -365,11 +366,23 @@ def export_bundle(
     cfg: dict[str, Any], run_dir: Path, network: torch.nn.Module, summary: dict[str, dict[str, float]],
     run_seconds: float | None = None,
 ) -> Path:
-    """Write, verify and move into place ``<bundle.dir>/<bundle.name>``; returns its path."""
-    target = Path(cfg["bundle"]["dir"]) / cfg["bundle"]["name"]
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    """Write and verify the next version ``<bundle.dir>/<bundle.name>-v<n>`` and make ``<bundle.name>`` point at it
+    (:mod:`medseg.bundle.versions`); returns the stable path. Earlier versions are kept."""
+    parent, name = Path(cfg["bundle"]["dir"]), cfg["bundle"]["name"]
+    parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=parent))  # unique: two exports never share a folder
     publish_dir(tmp)
+    meta = metadata(cfg, summary)
+    dice = ", ".join(f"{c} {e['dice']:.3f}" for c, e in summary.items())
+    exported = bundle_versions.now_utc()
+
+    def finalise(folder: Path, version: str, changelog: dict[str, str]) -> None:
+        entry = f"{exported} UTC: exported by medseg {__version__} from run {run_dir} (task '{cfg['task']}'); validation Dice {dice}"
+        final = {**meta, "version": version, "changelog": {version: entry, **changelog},
+                 "medseg_export": {"exported": exported, "task": cfg["task"], "run": str(run_dir)}}
+        (folder / "configs" / "metadata.json").write_text(json.dumps(final, indent=2) + "\n")
+        _torchscript(folder, cfg)  # embeds the configs, metadata.json with its final version included
+
     try:
         for sub in ("configs", "models", "docs"):
             (tmp / sub).mkdir()
@@ -378,21 +391,14 @@ def export_bundle(
         (tmp / "configs" / "inference.json").write_text(json.dumps(inference_config(cfg), indent=2) + "\n")
         (tmp / "configs" / "train.json").write_text(json.dumps(train_config(cfg), indent=2) + "\n")
         (tmp / "configs" / "logging.conf").write_text(LOGGING_CONF)
-        (tmp / "configs" / "medseg_task.json").write_text(json.dumps(cfg, indent=2) + "\n")
-        (tmp / "configs" / "metadata.json").write_text(json.dumps(metadata(cfg, summary), indent=2) + "\n")
+        (tmp / "configs" / "medseg_task.json").write_text(
+            json.dumps(cfg.to_dict() if hasattr(cfg, "to_dict") else cfg, indent=2) + "\n")
+        (tmp / "configs" / "metadata.json").write_text(json.dumps(meta, indent=2) + "\n")
         (tmp / "docs" / "README.md").write_text(_readme(cfg, summary, run_seconds))
         (tmp / "LICENSE").write_text(LICENSE_TEXT)
         verify_bundle(tmp)
-        _torchscript(tmp, cfg)
-        old = None
-        if target.exists():
-            old = target.with_name(f".{target.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            target.rename(old)
-        tmp.rename(target)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+        bundle_versions.publish(tmp, parent, name, finalise)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
-    return target
+    return parent / name
