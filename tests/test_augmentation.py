@@ -161,6 +161,9 @@ def test_mri_and_random_crop_chains_run_every_intensity_augmentation():
     out = chain({"image": image, "label": label})
     assert out["image"].shape == (1, 16, 16, 16) and torch.isfinite(out["image"]).all()
     assert not torch.allclose(out["image"], image)
+    ran = {type(t).__name__ for t in chain.transforms if getattr(t, "_do_transform", False)}
+    assert set(names[-5:]) <= ran  # each one at prob 1 was drawn, not skipped
+    assert torch.equal(out["label"].as_tensor(), label.as_tensor())  # intensity augmentation leaves the label alone
 
 
 def test_preview_command_writes_the_grid_training_logs(tmp_path, monkeypatch, capsys):
