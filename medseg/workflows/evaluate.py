@@ -29,7 +29,7 @@ class MissingPredictions(MedsegError):
     def __init__(self, cases: list[str]):
         self.cases = cases
         super().__init__(f"no prediction for {len(cases)} reference case(s): {', '.join(cases)};"
-                         " pass --missing-as-empty to score them as empty predictions")
+                         " pass --missing-as-empty (missing_as_empty=True) to score them as empty predictions")
 
 
 @dataclass
