@@ -12,7 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
-from medseg.data.formats import NIFTI_SUFFIXES, has_suffix, sitk_affine, strip_suffix
+from medseg.data.formats import NIFTI_SUFFIXES, PLAIN_2D_SUFFIXES, has_suffix, sitk_affine, strip_suffix, suffix_of
+from medseg.data.images import read_image
 from medseg.errors import MedsegError
 
 
@@ -151,3 +152,19 @@ def write_label_nifti(labels: np.ndarray, affine: np.ndarray, path: Path, source
         return
     with atomic_path(path, suffix=".nii") as tmp:
         nib.save(image, str(tmp))
+
+
+def detect_255_label_map(labels: dict[str, int], cases: list) -> dict[int, int]:
+    """``{255: 1}`` when the cases' labels are 8-bit PNG/TIFF masks stored as 0/255 (microscopy, e.g. EM
+    membranes) and no label is declared as 255; ``{}`` otherwise. Reads the first such mask only.
+
+    ``cases``: :class:`~medseg.data.case.Case` objects or MONAI case dicts (``{"label": path}``).
+    """
+    if 255 in labels.values():
+        return {}
+    paths = [Path(c["label"]) for c in cases if c.get("label") is not None]
+    two_d = [p for p in paths if suffix_of(p) in PLAIN_2D_SUFFIXES]
+    if not two_d:
+        return {}
+    values = np.unique(read_image(two_d[0]).array)
+    return {255: 1} if set(values.tolist()) <= {0, 255} and 255 in values else {}

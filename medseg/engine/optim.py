@@ -22,63 +22,83 @@ from typing import Any
 import torch
 from ignite.engine import Engine
 
-from medseg.errors import MedsegError
+from medseg.config import TrainingConfig
+from medseg.config.registries import OPTIMISERS, SCHEDULES
+from medseg.engine.losses import training_section
 
 logger = logging.getLogger("medseg.train")
 
-OPTIMISERS = ("adamw", "adam", "sgd")
-SCHEDULES = ("cosine", "step", "cosine_restarts", "poly", "constant")
+_P = "torch.optim.lr_scheduler."
 
 
-def optimizer_def(tr: dict[str, Any]) -> dict[str, Any]:
-    """The optimiser as a MONAI config entry without ``params`` (``_target_`` + arguments)."""
-    name = tr["optimizer"]
-    lr, wd = float(tr["learning_rate"]), float(tr["weight_decay"])
-    if name == "adamw":
-        return {"_target_": "torch.optim.AdamW", "lr": lr, "weight_decay": wd}
-    if name == "adam":
-        return {"_target_": "torch.optim.Adam", "lr": lr, "weight_decay": wd}
-    if name == "sgd":
-        return {"_target_": "torch.optim.SGD", "lr": lr, "weight_decay": wd, "momentum": float(tr["momentum"]),
-                "nesterov": True}
-    raise MedsegError(f"training.optimizer '{name}' is not known; choose one of {', '.join(OPTIMISERS)}")
+def adamw_def(tr: TrainingConfig) -> dict[str, Any]:
+    return {"_target_": "torch.optim.AdamW", "lr": float(tr.learning_rate), "weight_decay": float(tr.weight_decay)}
 
 
-def build_optimizer(params: Any, tr: dict[str, Any]) -> torch.optim.Optimizer:
+def adam_def(tr: TrainingConfig) -> dict[str, Any]:
+    return {"_target_": "torch.optim.Adam", "lr": float(tr.learning_rate), "weight_decay": float(tr.weight_decay)}
+
+
+def sgd_def(tr: TrainingConfig) -> dict[str, Any]:
+    return {"_target_": "torch.optim.SGD", "lr": float(tr.learning_rate), "weight_decay": float(tr.weight_decay),
+            "momentum": float(tr.momentum), "nesterov": True}
+
+
+def optimizer_def(tr: TrainingConfig) -> dict[str, Any]:
+    """The optimiser as a MONAI config entry without ``params`` (``_target_`` + arguments); the builder of
+    each name is found in :data:`medseg.config.registries.OPTIMISERS`."""
+    tr = training_section(tr)
+    return OPTIMISERS.resolve(tr.optimizer)(tr)
+
+
+def build_optimizer(params: Any, tr: TrainingConfig) -> torch.optim.Optimizer:
     entry = optimizer_def(tr)
     cls = getattr(torch.optim, entry.pop("_target_").rsplit(".", 1)[1])
     return cls(params, **entry)
 
 
-def scheduler_defs(tr: dict[str, Any]) -> list[dict[str, Any]]:
+def _span(tr: TrainingConfig) -> int:
+    return max(int(tr.epochs) - int(tr.warmup_epochs), 1)
+
+
+def cosine_def(tr: TrainingConfig) -> dict[str, Any]:
+    return {"_target_": _P + "CosineAnnealingLR", "T_max": _span(tr),
+            "eta_min": float(tr.learning_rate) * float(tr.min_lr_ratio)}
+
+
+def step_def(tr: TrainingConfig) -> dict[str, Any]:
+    return {"_target_": _P + "StepLR", "step_size": int(tr.step_size), "gamma": float(tr.step_gamma)}
+
+
+def cosine_restarts_def(tr: TrainingConfig) -> dict[str, Any]:
+    return {"_target_": _P + "CosineAnnealingWarmRestarts", "T_0": int(tr.restart_epochs),
+            "T_mult": int(tr.restart_mult), "eta_min": float(tr.learning_rate) * float(tr.min_lr_ratio)}
+
+
+def poly_def(tr: TrainingConfig) -> dict[str, Any]:
+    return {"_target_": _P + "PolynomialLR", "total_iters": _span(tr), "power": float(tr.poly_power)}
+
+
+def constant_def(tr: TrainingConfig) -> dict[str, Any]:
+    return {"_target_": _P + "ConstantLR", "factor": 1.0, "total_iters": 0}
+
+
+def scheduler_defs(tr: TrainingConfig) -> list[dict[str, Any]]:
     """The schedule as MONAI config entries without ``optimizer``: ``[main]``, or ``[warm-up, main]``
-    to be chained by ``SequentialLR`` at ``milestones=[warmup_epochs]``."""
-    name, lr = tr["schedule"], float(tr["learning_rate"])
-    warm = int(tr["warmup_epochs"])
-    span = max(int(tr["epochs"]) - warm, 1)
-    floor = lr * float(tr["min_lr_ratio"])
-    p = "torch.optim.lr_scheduler."
-    if name == "cosine":
-        main = {"_target_": p + "CosineAnnealingLR", "T_max": span, "eta_min": floor}
-    elif name == "step":
-        main = {"_target_": p + "StepLR", "step_size": int(tr["step_size"]), "gamma": float(tr["step_gamma"])}
-    elif name == "cosine_restarts":
-        main = {"_target_": p + "CosineAnnealingWarmRestarts", "T_0": int(tr["restart_epochs"]),
-                "T_mult": int(tr["restart_mult"]), "eta_min": floor}
-    elif name == "poly":
-        main = {"_target_": p + "PolynomialLR", "total_iters": span, "power": float(tr["poly_power"])}
-    elif name == "constant":
-        main = {"_target_": p + "ConstantLR", "factor": 1.0, "total_iters": 0}
-    else:
-        raise MedsegError(f"training.schedule '{name}' is not known; choose one of {', '.join(SCHEDULES)}")
+    to be chained by ``SequentialLR`` at ``milestones=[warmup_epochs]`` (builders in
+    :data:`medseg.config.registries.SCHEDULES`)."""
+    tr = training_section(tr)
+    main = SCHEDULES.resolve(tr.schedule)(tr)
+    warm = int(tr.warmup_epochs)
     if warm == 0:
         return [main]
-    return [{"_target_": p + "LinearLR", "start_factor": float(tr["warmup_start_ratio"]), "end_factor": 1.0,
+    return [{"_target_": _P + "LinearLR", "start_factor": float(tr.warmup_start_ratio), "end_factor": 1.0,
              "total_iters": warm}, main]
 
 
-def build_scheduler(optimizer: torch.optim.Optimizer, tr: dict[str, Any]) -> torch.optim.lr_scheduler.LRScheduler:
+def build_scheduler(optimizer: torch.optim.Optimizer, tr: TrainingConfig) -> torch.optim.lr_scheduler.LRScheduler:
     """The epoch-level learning-rate schedule of ``tr`` on ``optimizer`` (warm-up chained in front)."""
+    tr = training_section(tr)
     made = []
     for entry in scheduler_defs(tr):
         entry = dict(entry)
@@ -86,7 +106,7 @@ def build_scheduler(optimizer: torch.optim.Optimizer, tr: dict[str, Any]) -> tor
         made.append(cls(optimizer, **entry))
     if len(made) == 1:
         return made[0]
-    return torch.optim.lr_scheduler.SequentialLR(optimizer, made, milestones=[int(tr["warmup_epochs"])])
+    return torch.optim.lr_scheduler.SequentialLR(optimizer, made, milestones=[int(tr.warmup_epochs)])
 
 
 def is_step_iteration(engine: Engine) -> bool:
@@ -130,10 +150,11 @@ def attach_gradient_guard(trainer: Engine, max_norm: float) -> None:
             torch.nn.utils.clip_grads_with_norm_(params, max_norm, norm)
 
 
-def bundle_scheduler_def(tr: dict[str, Any]) -> dict[str, Any]:
+def bundle_scheduler_def(tr: TrainingConfig) -> dict[str, Any]:
     """The schedule as one MONAI Bundle config entry on ``@optimizer`` (``SequentialLR`` with a warm-up)."""
+    tr = training_section(tr)
     made = [{**entry, "optimizer": "@optimizer"} for entry in scheduler_defs(tr)]
     if len(made) == 1:
         return made[0]
     return {"_target_": "torch.optim.lr_scheduler.SequentialLR", "optimizer": "@optimizer", "schedulers": made,
-            "milestones": [int(tr["warmup_epochs"])]}
+            "milestones": [int(tr.warmup_epochs)]}

@@ -139,8 +139,8 @@ def _legacy(net_cfg: dict[str, Any]) -> bool:
 def network_args(net_cfg: dict[str, Any]) -> dict[str, Any]:
     """The constructor arguments (besides dims and channels in/out) the section resolves to, checked by name.
 
-    A fixed-size network's input size (UNETR's ``img_size``) is among them once :func:`check_network` has
-    filled it from the training patch; building the network needs it.
+    A fixed-size network's input size (UNETR's ``img_size``) is among them: the config schema fills it from
+    ``training.patch_size`` unless ``network.args`` gives it; building the network needs it.
     """
     spec = _spec(net_cfg)
     args = copy.deepcopy(spec.defaults)
@@ -203,7 +203,7 @@ def build_network(net_cfg: dict[str, Any], in_channels: int, out_channels: int) 
 
     Args:
         net_cfg: the config's ``network`` section (``args`` must hold a fixed-size network's input size;
-            :func:`check_network` fills it from the training patch when the config is loaded).
+            the config schema fills it from the training patch when the config is loaded).
         in_channels: image channels.
         out_channels: number of label values (background included).
 

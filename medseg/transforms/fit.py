@@ -1,27 +1,30 @@
-"""Preprocessing values learned from the training set before training: ``spacing: auto`` (the median
-voxel spacing, read from headers) and Nyul histogram landmarks. They are written into the config, so
-they reach ``config.yaml``, the bundle's ``inference.json`` (as transform arguments) and
+"""Preprocessing values learned from the training set before training, into the config's ``fitted`` section
+(the one place they live): the median voxel spacing for ``spacing: auto`` (read from headers), Nyul histogram
+landmarks, the image files per case, and a 0/255 label map. Through ``cfg.effective_spacing()`` and its
+siblings they reach ``config.yaml``, the bundle's ``inference.json`` (as transform arguments) and
 ``medseg_task.json``; inference therefore uses exactly what training learned.
 """
 
 from __future__ import annotations
 
-import copy
 import logging
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from medseg.config import TaskConfig
 from medseg.data.formats import NIFTI_SUFFIXES, has_suffix
+from medseg.data.labelmaps import detect_255_label_map
 from medseg.errors import MedsegError
 
 logger = logging.getLogger("medseg.transforms")
 
 
-def _first_image(case: dict[str, Any]) -> str:
+def _images(case: Any) -> list[str]:
+    """The image paths of a case (a :class:`~medseg.data.case.Case` or a MONAI dict), one per channel."""
     image = case["image"]
-    return str(image[0] if isinstance(image, (list, tuple)) else image)
+    return [str(p) for p in image] if isinstance(image, (list, tuple)) else [str(image)]
 
 
 def header_geometry(path: str, axcodes: str = "RAS") -> tuple[list[int], list[float]]:
@@ -60,26 +63,26 @@ def median_spacing(geometries: list[tuple[list[int], list[float]]]) -> list[floa
     return [round(float(s), 3) for s in np.median(spacings, axis=0)]
 
 
-def learn_histogram_landmarks(cfg: dict[str, Any], cases: list[dict[str, Any]]) -> list[float]:
+def learn_histogram_landmarks(cfg: TaskConfig, cases: list[Any]) -> list[float]:
     """Nyul landmarks from the training images after the spatial preprocessing (and N4 when enabled)."""
-    from monai.transforms import Compose
+    from monai.transforms import Compose  # deferred: MONAI's transforms only when landmarks are learned
 
     from medseg.transforms.intensity import learn_landmarks
-    from medseg.transforms.pipeline import instantiate, preprocess_spec
+    from medseg.transforms.pipeline import instantiate, preprocess_spec  # deferred: pipeline imports this module's package
 
     chain = Compose(instantiate(preprocess_spec(cfg, ("image",), before_intensity=True)))
     images = [chain({"image": c["image"]})["image"] for c in cases]
-    return learn_landmarks(images, cfg["preprocessing"]["histogram"]["percentiles"])
+    return learn_landmarks(images, cfg.preprocessing.histogram.percentiles)
 
 
-def check_patch_fits(cfg: dict[str, Any], geometries: list[tuple[list[int], list[float]]]) -> None:
+def check_patch_fits(cfg: TaskConfig, geometries: list[tuple[list[int], list[float]]]) -> None:
     """Without padding to the patch size, every resampled training image (``(shape, spacing)`` from its
     header) must hold a whole patch."""
-    patch = cfg["training"]["patch_size"]
-    target = cfg["preprocessing"]["spacing"]
+    patch = cfg.training.patch_size
+    target = cfg.effective_spacing()
     multiple = 1
-    if cfg["preprocessing"]["pad_to_multiple"]:
-        from medseg.transforms.pipeline import network_multiple
+    if cfg.preprocessing.pad_to_multiple:
+        from medseg.transforms.pipeline import network_multiple  # deferred: pipeline imports this module's package
 
         multiple = network_multiple(cfg)
     for i, (shape, spacing) in enumerate(geometries):
@@ -91,29 +94,46 @@ def check_patch_fits(cfg: dict[str, Any], geometries: list[tuple[list[int], list
                 f" choose a patch_size <= {padded} in every axis, or set augmentation.crop.pad_to_patch: true")
 
 
-def fit_preprocessing(cfg: dict[str, Any], train_cases: list[dict[str, Any]]) -> dict[str, Any]:
-    """Return a copy of ``cfg`` with the image files per case counted, and ``spacing: auto`` and empty histogram
-    landmarks learned on ``train_cases``."""
-    cfg = copy.deepcopy(cfg)
-    pre = cfg["preprocessing"]
-    counts = {len(c["image"]) if isinstance(c["image"], (list, tuple)) else 1 for c in train_cases}
-    if len(counts) > 1 or (pre["image_channels"] and counts != {pre["image_channels"]}):
+def fit_preprocessing(cfg: TaskConfig, train_cases: list[Any]) -> TaskConfig:
+    """A new config whose ``fitted`` section holds what ``train_cases`` give (``cfg`` is left alone).
+
+    ``fitted.image_channels``: the image files per case (checked against ``preprocessing.image_channels``);
+    ``fitted.spacing``: the median header spacing for ``preprocessing.spacing: auto``; ``fitted.landmarks``:
+    Nyul landmarks for ``intensity: histogram`` without listed ones; ``fitted.label_map``: ``{255: 1}`` for
+    0/255 masks when ``data.label_map`` is empty. Values already fitted (a resumed run) are kept.
+
+    Args:
+        cfg: the validated config.
+        train_cases: :class:`~medseg.data.case.Case` objects or MONAI case dicts.
+    """
+    pre, fitted = cfg.preprocessing, cfg.fitted
+    found: dict[str, Any] = {}
+    counts = {len(_images(c)) for c in train_cases}
+    if len(counts) > 1 or (pre.image_channels and counts and counts != {pre.image_channels}):
         raise MedsegError(f"training cases have {sorted(counts)} image files each; preprocessing.image_channels is"
-                          f" {pre['image_channels']}: every case needs the same number of channel files")
-    pre["image_channels"] = counts.pop() if counts else (pre["image_channels"] or 1)
-    check_fit = not cfg["augmentation"]["crop"]["pad_to_patch"]
-    if pre["spacing"] == "auto" or check_fit:  # each header read once, for both
+                          f" {pre.image_channels}: every case needs the same number of channel files")
+    if fitted.image_channels is None:
+        found["image_channels"] = counts.pop() if counts else (pre.image_channels or 1)
+    if not cfg.data.label_map and fitted.label_map is None:
+        found["label_map"] = detect_255_label_map(cfg.data.labels, train_cases)
+        if found["label_map"]:
+            logger.info("labels are 0/255 masks: mapping 255 to 1 (fitted.label_map)")
+    auto = pre.spacing == "auto" and fitted.spacing is None
+    check_fit = not cfg.augmentation.crop.pad_to_patch
+    if auto or check_fit:  # each header read once, for both
         logger.info("reading the headers of %d training cases", len(train_cases))
-        geometries = [header_geometry(_first_image(c), pre["orientation"]) for c in train_cases]
-    if pre["spacing"] == "auto":
-        pre["spacing"] = median_spacing(geometries)
-        logger.info("preprocessing.spacing auto: median spacing of %d training cases is %s mm",
-                    len(train_cases), pre["spacing"])
+        geometries = [header_geometry(_images(c)[0], pre.orientation) for c in train_cases]
+    if auto:
+        found["spacing"] = median_spacing(geometries)
+        logger.info("preprocessing.spacing auto: median spacing of %d training cases is %s mm (fitted.spacing)",
+                    len(train_cases), found["spacing"])
+    out = cfg.with_fitted(**found)
     if check_fit:
-        check_patch_fits(cfg, geometries)
-    if pre["intensity"] == "histogram" and not pre["histogram"]["landmarks"]:
+        check_patch_fits(out, geometries)
+    if pre.intensity == "histogram" and not out.effective_landmarks():
         logger.info("preprocessing.histogram: reading %d training images to learn the landmarks", len(train_cases))
-        pre["histogram"]["landmarks"] = learn_histogram_landmarks(cfg, train_cases)
-        logger.info("preprocessing.histogram: learned landmarks %s on %d training cases",
-                    pre["histogram"]["landmarks"], len(train_cases))
-    return cfg
+        landmarks = learn_histogram_landmarks(out, train_cases)
+        logger.info("preprocessing.histogram: learned landmarks %s on %d training cases (fitted.landmarks)",
+                    landmarks, len(train_cases))
+        out = out.with_fitted(landmarks=landmarks)
+    return out
