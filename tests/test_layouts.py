@@ -259,3 +259,53 @@ def test_training_on_dicom_series_folders_keeps_patient_data_out(tmp_path, monke
         content = path.read_bytes()
         for secret in (b"DOE^JANE", b"PID-4711", b"General Hospital"):
             assert secret not in content, f"{secret!r} in {path}"
+
+
+def test_case_names_its_channels_and_round_trips_as_the_monai_dict(tmp_path):
+    from medseg.data.case import Case
+
+    one = Case.of(tmp_path / "ct_007.nii.gz", tmp_path / "seg_007.nii.gz")
+    assert one.name == "ct_007" and one.images == (tmp_path / "ct_007.nii.gz",) and one.image == one.images[0]
+    assert one.item() == {"image": str(tmp_path / "ct_007.nii.gz"), "label": str(tmp_path / "seg_007.nii.gz")}
+    assert dict(one) == one.item() and one["label"] == str(tmp_path / "seg_007.nii.gz")
+    assert Case.from_item({"case": "ignored", **one.item()}) == one
+    two = Case.of([tmp_path / "pt.01_0000.nrrd", tmp_path / "pt.01_0001.nrrd"], tmp_path / "pt.01.nrrd")
+    assert two.name == "pt.01_0000" and two.item()["image"] == [str(tmp_path / "pt.01_0000.nrrd"),
+                                                                str(tmp_path / "pt.01_0001.nrrd")]
+    assert Case.from_item(two.item()) == two
+    series = Case.of(tmp_path / "series_a")  # a DICOM folder, unlabelled
+    assert series.name == "series_a" and series.label is None and series.item() == {"image": str(tmp_path / "series_a")}
+    with pytest.raises(MedsegError, match="needs an 'image' entry"):
+        Case.from_item({"label": "x.nii.gz"})
+
+
+# The split of the same cases with the same seed: what resumed and existing runs (cases.json, folds.json) hold.
+SPLITS = [
+    (0.2, 0, ["case_004"]),
+    (0.34, 3, ["case_000", "case_002"]),
+    (0.5, 42, ["case_001", "case_002", "case_003", "case_004"]),
+]
+
+
+@pytest.mark.parametrize("fraction,seed,val_names", SPLITS)
+def test_the_split_is_the_one_runs_were_made_with(tmp_path, fraction, seed, val_names):
+    from medseg.data.msd import load_msd_dataset
+    from medseg.data.split import train_val_split
+
+    root = write_msd(tmp_path / "S", n_cases=7, shape=(12, 10, 8))
+    cfg = config("msd", val_fraction=fraction)
+    train, val = load_dataset(cfg, root, seed)
+    assert [c.name for c in val] == val_names
+    assert [c.name for c in train] == [f"case_{i:03d}" for i in range(7) if f"case_{i:03d}" not in val_names]
+    assert load_msd_dataset(root, cfg["data"]["labels"], fraction, seed) == (train, val)
+    assert train_val_split(list(range(7)), fraction, seed)[1] == [int(n[-3:]) for n in val_names]
+
+
+def test_kfold_parts_are_the_ones_runs_were_made_with():
+    from medseg.data.split import fold_split, kfold_parts
+
+    assert kfold_parts(7, 3, 0) == [[1, 2, 6], [0, 3], [4, 5]]
+    assert kfold_parts(7, 2, 42) == [[0, 1, 2, 5], [3, 4, 6]]
+    assert fold_split(list("abcdefg"), kfold_parts(7, 3, 0), 1) == (list("bcefg"), ["a", "d"])
+    with pytest.raises(MedsegError, match="training.folds: 8 folds need between 2 and 7 cases"):
+        kfold_parts(7, 8, 0)

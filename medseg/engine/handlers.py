@@ -164,7 +164,7 @@ class FiniteLoss:
         kept = (f"the last good checkpoint is {self.last_checkpoint}" if self.last_checkpoint.is_file()
                 else "no checkpoint was written yet")
         self.stop.error = LossNotFinite(
-            f"training loss is {float(loss)} at epoch {state.epoch}, step {step}/{state.epoch_length}"
+            f"training loss is {float(loss.detach())} at epoch {state.epoch}, step {step}/{state.epoch_length}"
             f" (iteration {state.iteration}); stopped before the update, {kept}; lower"
             " training.learning_rate, set training.grad_clip, or check the labels"
         )
