@@ -173,3 +173,8 @@ def test_symlink_out_of_a_bundle_folder_is_refused(tmp_path):
     (bundle / "configs" / "metadata.json").symlink_to("meta.json")
     with pytest.raises(MedsegError, match="inference.json runs code"):  # gets past the link check to the trust rule
         load_bundle(bundle, CPU, trust=False)
+    # the stable name of versioned bundles is a link to the latest version folder: that is the bundle itself
+    stable = tmp_path / "stable"
+    stable.symlink_to("bundle", target_is_directory=True)
+    with pytest.raises(MedsegError, match="inference.json runs code"):
+        load_bundle(stable, CPU, trust=False)
