@@ -39,8 +39,8 @@ from typing import Any
 import mlflow
 import mlflow.pyfunc
 from filelock import FileLock
-from mlflow.data.dataset_source_registry import resolve_dataset_source
 from mlflow.data.meta_dataset import MetaDataset
+from mlflow.data.sources import LocalArtifactDatasetSource
 from mlflow.entities import DatasetInput, InputTag
 from mlflow.exceptions import MlflowException
 from mlflow.models import Model, infer_signature
@@ -202,7 +202,7 @@ class CaseSet(MetaDataset):
 
     def __init__(self, source_dir: Path, name: str, digest: str, profile: dict[str, Any]) -> None:
         self._profile = profile
-        super().__init__(resolve_dataset_source(str(source_dir)), name=name, digest=digest)
+        super().__init__(LocalArtifactDatasetSource(str(source_dir)), name=name, digest=digest)
 
     @property
     def profile(self) -> dict[str, Any]:
@@ -429,7 +429,7 @@ class Tracker:
         which is what a user of the model wants (and what ``medseg.predict`` does)."""
         metrics = {f"final_{c}_{m}": float(v) for c, e in summary.items() for m, v in e.items()
                    if not m.endswith(("_std", "_median"))}
-        self.stop_system_metrics()  # training is over; and MLflow would link later samples to the model
+        self.stop_system_metrics()  # training and evaluation are over
         if bundle_dir is not None:
             self.model_info = self.guard("model", lambda: self._log_pyfunc(bundle_dir), str(bundle_dir))
         model_id = getattr(self.model_info, "model_id", None)

@@ -32,7 +32,7 @@ with warnings.catch_warnings(record=True):
             out_dir = Path((params or {}).get("output_dir") or "predictions")
             out_dir.mkdir(parents=True, exist_ok=True)
             column = model_input["image"] if isinstance(model_input, (pd.DataFrame, dict)) else model_input
-            images = [str(p) for p in column]
+            images = [str(p) for v in column for p in (v if isinstance(v, (list, tuple)) else [v])]
             masks = [str(predict_one(self.bundle, Path(image), out_dir / f"{case_name(Path(image))}_seg.nii.gz",
                                      self.device)) for image in images]
             return pd.DataFrame({"image": images, "mask": masks})
