@@ -67,7 +67,7 @@ def redraw(run_dir: Path, cfg: dict[str, Any]) -> list[Path]:
         chosen = cases if len(cases) <= 4 else cases[:2] + cases[-2:]
         window = display_window(cfg)
         written.append(overlay_montage(chosen, classes[first], window, run_dir / "validation_overlays.png",
-                                       label_map=cfg["data"].get("label_map")))
+                                       label_map=cfg.effective_label_map()))
     if (run_dir / "metrics.json").is_file():
         written.append(report_markdown(run_dir))
     return written

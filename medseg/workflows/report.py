@@ -13,6 +13,7 @@ from pathlib import Path
 
 import yaml
 
+from medseg.config import TaskConfig
 from medseg.errors import MedsegError
 from medseg.evaluation.reports import redraw
 
@@ -28,4 +29,4 @@ def run(run_dir: str | Path) -> list[Path]:
     for needed in ("history.json", "metrics.json"):
         if not (run_dir / needed).is_file():
             raise MedsegError(f"{run_dir / needed}: missing; the run did not finish, so there is nothing to report")
-    return redraw(run_dir, yaml.safe_load(config.read_text()))
+    return redraw(run_dir, TaskConfig.from_dict(yaml.safe_load(config.read_text()), source=str(config)))
