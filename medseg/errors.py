@@ -13,6 +13,18 @@ class MedsegError(Exception):
     """A mistake in the user's input: printed as one line, exit code 2, no traceback unless --debug."""
 
 
+def user_error(err: BaseException) -> MedsegError | None:
+    """The :class:`MedsegError` behind ``err``: itself, or one in its cause chain (MONAI's ``apply_transform``
+    re-raises a transform's error as ``RuntimeError("applying transform ...")`` from it); None if there is none."""
+    seen = set()
+    while err is not None and id(err) not in seen:
+        if isinstance(err, MedsegError):
+            return err
+        seen.add(id(err))
+        err = err.__cause__ or err.__context__
+    return None
+
+
 def run_cli(main: Callable[[Sequence[str] | None], int | None], argv: Sequence[str] | None = None) -> int:
     """Run a command's ``main`` and map a :class:`MedsegError` to one line on stderr and exit code 2.
 
@@ -31,6 +43,12 @@ def run_cli(main: Callable[[Sequence[str] | None], int | None], argv: Sequence[s
         if debug:
             raise
         print(f"medseg: error: {err}", file=sys.stderr)
+        return 2
+    except Exception as err:  # a MedsegError inside MONAI's wrapping (a transform's RuntimeError) is still one line
+        cause = user_error(err)
+        if cause is None or debug:
+            raise
+        print(f"medseg: error: {cause}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("medseg: interrupted", file=sys.stderr)

@@ -420,3 +420,263 @@ def test_non_image_objects_beside_a_series_are_ignored(tmp_path):
     got = read_dicom(tmp_path / "s")
     np.testing.assert_array_equal(got.array, vol)
     assert len(find_series(tmp_path / "s")) == 1
+
+
+# --- the one DICOM path: MONAI's loader, the bundle's scripts/ copy ------------------------------------------
+
+def test_reader_gives_what_itkreader_gives_and_hands_on_other_files(tmp_path):
+    import nibabel as nib
+    from monai.transforms import LoadImage
+
+    from medseg.data.dicom_reader import READER_PATH
+
+    vol, affine = volume(12), oblique_affine()
+    write_series(tmp_path / "s", vol, affine, file_order=list(range(SHAPE[2]))[::-1])
+    itk = LoadImage(image_only=True, reader="ITKReader")(str(tmp_path / "s"))
+    ours = LoadImage(image_only=True, reader=READER_PATH)(str(tmp_path / "s"))
+    np.testing.assert_array_equal(np.asarray(ours), np.asarray(itk))
+    np.testing.assert_array_equal(np.asarray(ours), vol)
+    np.testing.assert_allclose(np.asarray(ours.affine), np.asarray(itk.affine), atol=1e-6)
+    assert set(ours.meta) == set(itk.meta)
+    for key in ("spacing", "spatial_shape", "original_affine"):
+        np.testing.assert_allclose(np.asarray(ours.meta[key], float), np.asarray(itk.meta[key], float), atol=1e-6)
+    assert np.isnan(ours.meta["original_channel_dim"]) and ours.meta["space"] == itk.meta["space"] == "RAS"
+    # a NIfTI goes to the reader LoadImage picks itself: same voxels, affine and metadata keys
+    nib.save(nib.Nifti1Image(vol.astype(np.float32), np.diag([-0.7, -0.8, 2.5, 1.0])), tmp_path / "x.nii.gz")
+    plain = LoadImage(image_only=True)(str(tmp_path / "x.nii.gz"))
+    through = LoadImage(image_only=True, reader=READER_PATH)(str(tmp_path / "x.nii.gz"))
+    np.testing.assert_array_equal(np.asarray(through), np.asarray(plain))
+    np.testing.assert_array_equal(np.asarray(through.affine), np.asarray(plain.affine))
+    assert set(through.meta) == set(plain.meta)
+    # two series folders as the channels of one case: stacked first, as MONAI stacks files
+    write_series(tmp_path / "t", volume(13), affine)
+    both = LoadImage(image_only=True, reader=READER_PATH)([str(tmp_path / "s"), str(tmp_path / "t")])
+    assert both.shape == (2, *SHAPE)
+    np.testing.assert_array_equal(np.asarray(both[1]), volume(13))
+
+
+def test_loader_refuses_a_tilted_series_instead_of_falling_back_to_itk(tmp_path):
+    from monai.transforms import LoadImage, LoadImaged
+
+    from medseg.config import load_config
+    from medseg.data.dicom_reader import READER_PATH
+    from medseg.errors import user_error
+    from medseg.transforms import preprocess_spec
+
+    affine = oblique_affine()
+    pos = positions(affine) + np.outer(np.arange(SHAPE[2]), affine[:3, 1] / np.linalg.norm(affine[:3, 1]) * 0.5)
+    write_series(tmp_path / "s", volume(), affine, positions=pos)
+    assert LoadImage(image_only=True, reader="ITKReader")(str(tmp_path / "s")).shape == SHAPE  # ITK stacks it anyway
+    spec = preprocess_spec(load_config("liver", ["preprocessing.spacing=[1.5, 1.5, 2.0]"]), ("image",))
+    readers = spec[0]["reader"] if isinstance(spec[0]["reader"], list) else [spec[0]["reader"]]
+    assert spec[0]["_target_"] == "LoadImaged" and READER_PATH in readers
+    with pytest.raises(Exception) as err:
+        LoadImaged(keys="image", reader=readers, image_only=True)({"image": str(tmp_path / "s")})
+    assert "gantry tilt" in str(user_error(err.value))
+
+
+def test_bundle_scripts_read_series_on_stock_monai(tmp_path, monkeypatch):
+    """The bundle's scripts/medseg_data copy reads a series like medseg does, with every medseg import blocked."""
+    import sys
+
+    from monai.transforms import LoadImage
+
+    from medseg.bundle.export import _bundle_spec, _write_scripts
+    from medseg.config import load_config
+    from medseg.data.dicom_reader import BUNDLE_READER, READER_PATH
+    from medseg.transforms import preprocess_spec
+
+    vol, affine = volume(14), oblique_affine()
+    write_series(tmp_path / "s", vol, affine, file_order=[3, 1, 0, 6, 2, 5, 4])
+    pos = positions(affine)
+    pos[4:] += 0.6 * affine[:3, 2]
+    write_series(tmp_path / "uneven", vol, affine, positions=pos)
+    expected = LoadImage(image_only=True, reader=READER_PATH)(str(tmp_path / "s"))
+    spec = _bundle_spec(preprocess_spec(load_config("liver", ["preprocessing.spacing=[1.5, 1.5, 2.0]"]), ("image",)))
+    reader = spec[0]["reader"]
+    assert BUNDLE_READER in (reader if isinstance(reader, list) else [reader]) and READER_PATH not in str(reader)
+    bundle = tmp_path / "bundle"
+    bundle.mkdir()
+    _write_scripts(bundle)
+    assert {"medseg_data/dicom.py", "medseg_data/dicom_reader.py", "errors.py"} <= {
+        p.relative_to(bundle / "scripts").as_posix() for p in (bundle / "scripts").rglob("*.py")}
+    monkeypatch.syspath_prepend(str(bundle))
+    for name in [m for m in sys.modules if m.split(".")[0] in ("medseg", "scripts")]:
+        monkeypatch.setitem(sys.modules, name, None) if name.startswith("medseg") else monkeypatch.delitem(sys.modules, name)
+    got = LoadImage(image_only=True, reader=BUNDLE_READER)(str(tmp_path / "s"))
+    assert type(LoadImage(reader=BUNDLE_READER).readers[-1]).__module__ == "scripts.medseg_data.dicom_reader"
+    np.testing.assert_array_equal(np.asarray(got), np.asarray(expected))
+    np.testing.assert_array_equal(np.asarray(got.affine), np.asarray(expected.affine))
+    with pytest.raises(Exception) as err:
+        LoadImage(image_only=True, reader=BUNDLE_READER)(str(tmp_path / "uneven"))
+    assert "uneven slice spacing" in str(err.value)
+
+
+# --- enhanced multi-frame images -----------------------------------------------------------------------------
+
+def write_enhanced(path: Path, vol: np.ndarray, affine: np.ndarray, *, frame_order=None, slopes=None, intercept=0.0,
+                   frame_of_reference=False, dimension_index=False, positions=None, orientations=None, stacks=None,
+                   temporal=None) -> Path:
+    """An enhanced MR file as vendors write them: shared orientation and pixel measures, per-frame plane positions
+    and rescale; by default no FrameOfReferenceUID and no DimensionIndexSequence (as the Philips export has none)."""
+    import pydicom
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.sequence import Sequence as Seq
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    nx, ny, nz = vol.shape
+    n = nz if positions is None else len(positions)
+    order = list(range(n)) if frame_order is None else list(frame_order)
+    slopes = np.ones(n) if slopes is None else np.asarray(slopes, float)
+    col_sp, row_sp = (float(np.linalg.norm(affine[:3, a])) for a in (0, 1))
+    cosines = [f"{v:.8f}" for v in (*(affine[:3, 0] / col_sp), *(affine[:3, 1] / row_sp))]
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID = "1.2.840.10008.5.1.4.1.1.4.1", generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
+    ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.Modality = generate_uid(), generate_uid(), "MR"
+    ds.PatientName, ds.PatientID = "DOE^JOHN", "PID-0815"
+    if frame_of_reference:
+        ds.FrameOfReferenceUID = generate_uid()
+    ds.Rows, ds.Columns, ds.NumberOfFrames = ny, nx, n
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
+    shared = Dataset()
+    measures = Dataset()
+    measures.PixelSpacing = [f"{row_sp:.6f}", f"{col_sp:.6f}"]
+    measures.SliceThickness = f"{np.linalg.norm(affine[:3, 2]):.6f}"
+    shared.PixelMeasuresSequence = Seq([measures])
+    if orientations is None:
+        orientation = Dataset()
+        orientation.ImageOrientationPatient = cosines
+        shared.PlaneOrientationSequence = Seq([orientation])
+    ds.SharedFunctionalGroupsSequence = Seq([shared])
+    if dimension_index:
+        index = Dataset()
+        index.DimensionIndexPointer, index.FunctionalGroupPointer = 0x00209057, 0x00209111
+        ds.DimensionIndexSequence = Seq([index])
+    frames, groups = [], []
+    for k in order:
+        item = Dataset()
+        plane = Dataset()
+        pos = positions[k] if positions is not None else affine[:3, 3] + k * affine[:3, 2]
+        plane.ImagePositionPatient = [f"{v:.6f}" for v in pos]
+        item.PlanePositionSequence = Seq([plane])
+        if orientations is not None:
+            own = Dataset()
+            own.ImageOrientationPatient = [f"{v:.8f}" for v in orientations[k]]
+            item.PlaneOrientationSequence = Seq([own])
+        rescale = Dataset()
+        rescale.RescaleSlope, rescale.RescaleIntercept, rescale.RescaleType = f"{slopes[k]:g}", f"{intercept:g}", "US"
+        item.PixelValueTransformationSequence = Seq([rescale])
+        if stacks is not None or temporal is not None:
+            content = Dataset()
+            if stacks is not None:
+                content.StackID = str(stacks[k])
+            if temporal is not None:
+                content.TemporalPositionIndex = int(temporal[k])
+            item.FrameContentSequence = Seq([content])
+        groups.append(item)
+        frames.append(np.rint((vol[:, :, min(k, nz - 1)] - intercept) / slopes[k]).astype(np.uint16).T)
+    ds.PerFrameFunctionalGroupsSequence = Seq(groups)
+    ds.PixelData = np.stack(frames).tobytes()
+    pydicom.dcmwrite(path, ds, enforce_file_format=True)
+    return path
+
+
+def world_of_values(array: np.ndarray, affine: np.ndarray) -> dict:
+    """Voxel value -> world position (mm, rounded) for every voxel: compares two readings in any axis order."""
+    idx = np.indices(array.shape).reshape(3, -1)
+    world = (affine @ np.vstack([idx, np.ones((1, idx.shape[1]))]))[:3].T
+    return dict(zip(map(tuple, np.round(world, 2)), array.reshape(-1).tolist()))
+
+
+def test_real_enhanced_ct_matches_simpleitk():
+    path = get_testdata_file("eCT_Supplemental.dcm")  # pydicom-data: enhanced CT, frames stored against the normal
+    got = read_dicom(Path(path))
+    image = sitk.ReadImage(path)
+    ref = sitk.GetArrayFromImage(image).transpose(2, 1, 0)
+    assert got.array.shape == ref.shape == (512, 512, 2)
+    from medseg.data.formats import sitk_affine
+
+    assert world_of_values(got.array, got.affine) == world_of_values(ref, sitk_affine(image))
+    assert got.spacing == pytest.approx((0.388672, 0.388672, 10.0))
+    assert got.order == [1, 0]  # stored frame 2 lies first along the normal
+    header = series_headers_ok(Path(path))  # the header-only check before training and prediction agrees
+    np.testing.assert_allclose(header.affine, got.affine)
+    assert header.array.shape == got.array.shape
+
+
+def test_enhanced_mr_without_functional_groups_refused():
+    with pytest.raises(MedsegError, match=r"emri_small\.dcm: multi-frame image without frame positions \(it has no"
+                                          r" per-frame or shared functional groups\); its 10 frames cannot be placed"):
+        read_dicom(Path(get_testdata_file("emri_small.dcm")))
+
+
+@pytest.mark.parametrize("frame_order", [None, [5, 4, 3, 2, 1, 0], [2, 5, 0, 3, 1, 4]], ids=["in order", "reversed", "shuffled"])
+def test_vendor_style_enhanced_mr_reads_as_its_construction(tmp_path, frame_order):
+    shape = (12, 10, 6)
+    vol = np.random.default_rng(20).integers(0, 1500, shape).astype(np.float64) * 2  # even: exact under slope 2
+    affine = oblique_affine()
+    slopes = [1, 2, 1, 2, 2, 1]  # per-frame rescale (PixelValueTransformationSequence per frame)
+    path = write_enhanced(tmp_path / "enhanced.dcm", vol, affine, frame_order=frame_order, slopes=slopes, intercept=-100.0)
+    before = path.read_bytes()
+    got = read_dicom(path)
+    np.testing.assert_array_equal(got.array, vol)
+    np.testing.assert_allclose(got.affine, affine, atol=1e-5)
+    assert got.array.dtype == np.float32 and path.read_bytes() == before
+    if frame_order is None:  # SimpleITK stacks frames in stored order: it agrees where that order is the geometry's
+        image = sitk.ReadImage(str(path))
+        np.testing.assert_allclose(sitk_world(image, shape), (got.affine @ corners(shape))[:3], atol=1e-4)
+    # through the command: NIfTI with the RAS affine of the construction
+    import nibabel as nib
+
+    from medseg.convert import main as convert
+
+    assert convert([str(path), str(tmp_path / "mr.nii.gz")]) == 0
+    nii = nib.load(tmp_path / "mr.nii.gz")
+    np.testing.assert_allclose(nii.affine, np.diag([-1.0, -1.0, 1.0, 1.0]) @ affine, atol=1e-5)
+    np.testing.assert_allclose(np.asarray(nii.dataobj), vol)
+
+
+def test_enhanced_with_frame_of_reference_and_dimension_index_reads_the_same(tmp_path):
+    vol, affine = volume(21, (12, 10, 5)) + 1000, oblique_affine()
+    a = read_dicom(write_enhanced(tmp_path / "a.dcm", vol, affine, frame_order=[4, 3, 2, 1, 0]))
+    b = read_dicom(write_enhanced(tmp_path / "b.dcm", vol, affine, frame_order=[4, 3, 2, 1, 0],
+                                  frame_of_reference=True, dimension_index=True))
+    np.testing.assert_array_equal(a.array, b.array)
+    np.testing.assert_array_equal(a.affine, b.affine)
+    np.testing.assert_array_equal(a.array, vol)
+
+
+def _refused(tmp_path, message, **kwargs):
+    vol, affine = volume(22, (12, 10, 4)) + 1000, oblique_affine()
+    path = write_enhanced(tmp_path / "bad.dcm", vol, affine, **kwargs)
+    before = path.read_bytes()
+    for read in (read_dicom, series_headers_ok):
+        with pytest.raises(MedsegError, match=message) as err:
+            read(path)
+        assert "DOE" not in str(err.value) and "PID-0815" not in str(err.value) and "\n" not in str(err.value)
+    assert path.read_bytes() == before
+
+
+def test_enhanced_4d_series_refused(tmp_path):
+    affine = oblique_affine()
+    pos = [affine[:3, 3] + (k % 4) * affine[:3, 2] for k in range(8)]  # 4 positions x 2 time points
+    _refused(tmp_path, r"not one volume: a 4D series with 2 time points, 8 frames at 4 positions",
+             positions=pos, temporal=[1 + k // 4 for k in range(8)])
+    _refused(tmp_path, r"not one volume: a 4D series with repeated positions \(time points, b-values or echoes\),"
+                       r" 8 frames at 4 positions", positions=pos)
+
+
+def test_enhanced_several_stacks_and_mixed_orientations_refused(tmp_path):
+    _refused(tmp_path, r"not one volume: 2 stacks \(StackID 1, 2\)", stacks=[1, 1, 2, 2])
+    tilted = oblique_affine(degrees=10.0)
+    base = oblique_affine()
+    cos = lambda a: [*(a[:3, 0] / np.linalg.norm(a[:3, 0])), *(a[:3, 1] / np.linalg.norm(a[:3, 1]))]  # noqa: E731
+    _refused(tmp_path, r"mixed orientations in series .* \(frame 1 and frame 3 differ in ImageOrientationPatient\)",
+             orientations=[cos(base), cos(base), cos(tilted), cos(tilted)])
+    pos = positions(oblique_affine(), 5)
+    _refused(tmp_path, r"missing slices in series .*frame 2 and frame 3", positions=np.delete(pos, 2, axis=0))

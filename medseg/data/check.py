@@ -34,13 +34,18 @@ class Header:
         return describe_geometry(self.shape, self.affine)
 
 
-def read_header(path: Path) -> Header:
-    """Shape and LPS affine of an image file, DICOM series folder or DICOM (SEG) file, without reading pixels."""
+def read_header(path: Path, series_uid: str | None = None) -> Header:
+    """Shape and LPS affine of an image file, DICOM series folder or DICOM (SEG) file, without reading pixels.
+
+    Every check that needs no voxels runs here, so a bad input stops with one line before any reader
+    allocates it: DICOM series geometry and choice (``series_uid``), claimed sizes, truncated NIfTI, cut
+    gzip streams, 4D images, a single voxel, colour images (:func:`medseg.data.images.check_file`).
+    """
     from medseg.data.dicom import is_dicom_file, series_headers_ok
 
     path = Path(path)
     if path.is_dir():
-        vol = series_headers_ok(path)
+        vol = series_headers_ok(path, series_uid)
         return Header(tuple(vol.array.shape), vol.affine, False)
     if not path.exists():
         raise MedsegError(f"{path}: no such file")

@@ -60,10 +60,7 @@ def read_image(path: Path, series_uid: str | None = None) -> Image:
     if path.is_dir() or (path.is_file() and is_dicom_file(path)):
         vol = read_dicom(path, series_uid)
         return Image(np.asarray(vol.array), vol.affine)
-    if not path.exists():
-        raise MedsegError(f"{path}: no such file")
-    if path.stat().st_size == 0:
-        raise MedsegError(f"{path}: zero-length file")
+    check_file(path)  # before SimpleITK allocates what the header claims
     import SimpleITK as sitk
 
     try:
@@ -216,7 +213,8 @@ def _nifti_header(path: Path) -> tuple[tuple[int, ...], int, int, int]:
         with opener(path, "rb") as fh:
             raw = fh.read(540)
     except (OSError, EOFError) as err:
-        raise MedsegError(f"{path}: not a readable {'gzip' if opener is gzip.open else 'NIfTI'} file ({err})") from err
+        raise MedsegError(f"{path}: cannot be read as an image (not a {'gzip' if opener is gzip.open else 'NIfTI'}"
+                          f" file: {err})") from err
     try:
         kind = nib.Nifti2Header if raw[:4] in ((540).to_bytes(4, "little"), (540).to_bytes(4, "big")) else nib.Nifti1Header
         header = kind.from_fileobj(io.BytesIO(raw), check=False)
@@ -224,7 +222,7 @@ def _nifti_header(path: Path) -> tuple[tuple[int, ...], int, int, int]:
         dtype = header.get_data_dtype()
         offset = int(header.get_data_offset())
     except Exception as err:  # nibabel raises HeaderDataError, ValueError, struct errors for a broken header
-        raise MedsegError(f"{path}: not a valid NIfTI header ({type(err).__name__}: {err})") from err
+        raise MedsegError(f"{path}: cannot be read as an image (no valid NIfTI header: {type(err).__name__}: {err})") from err
     if any(v < 0 for v in shape):
         raise MedsegError(f"{path}: NIfTI header with negative dimensions {shape}")
     components = len(dtype.names) if dtype.names else 1  # RGB NIfTI: a structured voxel type
