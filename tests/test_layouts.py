@@ -10,7 +10,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from medseg.config import DEFAULTS
+from medseg.config import load_config
 from medseg.data.images import write_image
 from medseg.data.layouts import all_cases, detect_layout, load_dataset
 from medseg.errors import MedsegError
@@ -19,10 +19,9 @@ from tests.conftest import synthetic_case, write_msd
 LPS = np.diag([-1.0, -1.0, 1.0, 1.0])
 
 
-def config(layout: str, **data) -> dict:
-    cfg = copy.deepcopy(DEFAULTS)
-    cfg["data"].update(layout=layout, labels={"background": 0, "liver": 1, "tumour": 2}, **data)
-    return cfg
+def config(layout: str, **data):
+    """The liver task (labels background 0, liver 1, tumour 2) with ``data.layout`` and other ``data`` keys set."""
+    return load_config("liver", [f"data.layout={layout}"] + [f"data.{k}={json.dumps(v)}" for k, v in data.items()])
 
 
 def write_nnunet(root: Path, n=3, channels=2, shape=(20, 18, 12)) -> Path:
@@ -187,7 +186,8 @@ def test_2d_folder_dataset_trains(tmp_path, monkeypatch):
         args += ["--set", item]
     assert main(args) == 0
     cfg = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
-    assert cfg["data"]["label_map"] == {255: 1} and cfg["network"]["spatial_dims"] == 2
+    assert cfg["fitted"]["label_map"] == {255: 1} and cfg["data"]["label_map"] == {}  # fitted, not configured
+    assert cfg["network"]["spatial_dims"] == 2
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert 0.0 < metrics["membrane"]["dice"] <= 1.0  # reference not empty: 255 became 1
     (pred,) = (tmp_path / "run" / "predictions").iterdir()

@@ -22,13 +22,9 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from medseg.data.case import Case
 from medseg.data.check import data_problems, header_problems
-from medseg.data.formats import PLAIN_2D_SUFFIXES, suffix_of
-from medseg.data.images import read_image
-from medseg.data.labelmaps import case_name
+from medseg.data.labelmaps import case_name, detect_255_label_map
 from medseg.data.msd import msd_cases, read_manifest
 from medseg.data.split import train_val_split
 from medseg.errors import MedsegError
@@ -161,8 +157,8 @@ def load_dataset(cfg: dict[str, Any], root: Path, seed: int) -> tuple[list[Case]
 
     A fixed split (MSD ``validation`` list) is kept; otherwise ``data.val_fraction`` of the cases (at least
     one) are held out (:func:`medseg.data.split.train_val_split` with ``seed``). Bad cases stop with a
-    message, or with ``data.skip_bad`` are left out and listed. Detects 0/255 masks and sets
-    ``data.label_map`` to {255: 1}.
+    message, or with ``data.skip_bad`` are left out and listed. Labels stored as 0/255 masks are checked as
+    0/1 (the config is left alone: ``fit_preprocessing`` records that map in ``fitted.label_map``).
     """
     root = _root_for(cfg, Path(root))
     data = cfg["data"]
@@ -192,9 +188,9 @@ def _good_cases(cfg: dict[str, Any], root: Path, cases: list[Case],
     logger.info("checking %d case(s): image/label headers, then every label's values",
                 sum(len(g) for g in groups))
     found = _problems(groups, header_problems)
-    _detect_255_masks(cfg, [c for g, f in zip(groups, found) for c, p in zip(g, f) if not p])
     expected = set(data["labels"].values())
-    label_map = {int(k): int(v) for k, v in data["label_map"].items()}
+    label_map = {int(k): int(v) for k, v in data["label_map"].items()} or detect_255_label_map(
+        dict(data["labels"]), [c for g, f in zip(groups, found) for c, p in zip(g, f) if not p])
     # label values and NaN/inf in floating-point images: every file is read once (threads: decompression
     # releases the GIL)
     readable = [[c for c, p in zip(g, f) if not p] for g, f in zip(groups, found)]
@@ -218,14 +214,9 @@ def _problems(groups: list[list[Case]], check) -> list[list[list[str]]]:
 
 
 def _detect_255_masks(cfg: dict[str, Any], cases: list[Case]) -> None:
-    """8-bit PNG/TIFF masks stored as 0/255 (microscopy, e.g. EM membranes) become 0/1 through ``data.label_map``."""
+    """``data.label_map`` {255: 1} for 0/255 masks, in a plain-dict config (``medseg.data check`` on a folder)."""
     data = cfg["data"]
-    if data["label_map"] or 255 in data["labels"].values():
-        return
-    two_d = [c for c in cases if c.label is not None and suffix_of(c.label) in PLAIN_2D_SUFFIXES]
-    if not two_d:
-        return
-    values = np.unique(read_image(two_d[0].label).array)
-    if set(values.tolist()) <= {0, 255} and 255 in values:
-        data["label_map"] = {255: 1}
+    found = {} if data["label_map"] else detect_255_label_map(dict(data["labels"]), cases)
+    if found:
+        data["label_map"] = found
         logger.info("labels are 0/255 masks: mapping 255 to 1 (data.label_map)")
