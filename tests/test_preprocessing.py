@@ -146,8 +146,9 @@ def test_spacing_auto_is_the_median_of_the_training_headers_in_ras_axis_order(tm
     with pytest.raises(MedsegError, match="preprocessing.spacing: 'auto'"):
         build_eval_transforms(cfg)
     fitted = fit_preprocessing(cfg, cases)
-    assert fitted["preprocessing"]["spacing"] == [0.8, 0.8, 3.0]
-    assert cfg["preprocessing"]["spacing"] == "auto"  # the input config is left alone
+    assert fitted.fitted.spacing == [0.8, 0.8, 3.0] and fitted.effective_spacing() == [0.8, 0.8, 3.0]
+    assert fitted.preprocessing.spacing == "auto" and cfg.fitted.spacing is None  # the input config is left alone
+    assert next(s for s in preprocess_spec(fitted) if s["_target_"] == "ScaleSpacingd")["pixdim"] == [0.8, 0.8, 3.0]
 
 
 def test_inverse_restores_shape_spacing_and_affine_after_crop_and_padding(tmp_path):
@@ -209,7 +210,8 @@ def test_bundle_targets_name_the_shipped_package():
         ("preprocessing.window=[lung, {min: 5, max: 5}]", r"preprocessing\.window\[1\]' has max 5 <= min 5"),
         ("augmentation.rotate_prob=1.5", r"key 'augmentation\.rotate_prob' is 1\.5; a probability must be between"),
         ("augmentation.elastic.prob=-0.1", r"key 'augmentation\.elastic\.prob' is -0\.1; a probability"),
-        ("preprocessing.intensity=minmax", r"preprocessing\.intensity' is 'minmax'; choose one of window, zscore"),
+        ("preprocessing.intensity=minmax", r"preprocessing\.intensity' is 'minmax'; choose one of histogram, none, "
+                                           r"percentile, window, zscore"),
         ("augmentation.crop.mode=random", r"'training\.patch_size' is \[64, 96, 96\]; random crops .* powers of two"),
         ("augmentation.scale=[1.2,0.8]", r"'augmentation\.scale' is \[1\.2, 0\.8\]; give \[min, max\]"),
     ],
@@ -278,11 +280,11 @@ def test_fit_counts_channel_files_and_learns_landmarks_into_the_spec(tmp_path):
     cfg = load_config("liver", ["preprocessing.window=[liver, lung]"])
     assert input_channels(cfg) == 2
     fitted = fit_preprocessing(cfg, cases)
-    assert fitted["preprocessing"]["image_channels"] == 2 and input_channels(fitted) == 4
+    assert fitted.effective_image_channels() == 2 and input_channels(fitted) == 4
     with pytest.raises(MedsegError, match=r"have \[1, 2\] image files each"):
         fit_preprocessing(cfg, cases + [{"image": cases[0]["image"][0], "label": cases[0]["label"]}])
     hist = fit_preprocessing(load_config("liver", ["data.modality=MR", "preprocessing.intensity=histogram"]), cases)
-    landmarks = hist["preprocessing"]["histogram"]["landmarks"]
+    landmarks = hist.effective_landmarks()
     assert len(landmarks) == 11 and landmarks[0] == 0.0 and landmarks[-1] == 1.0
     entry = next(s for s in preprocess_spec(hist, ("image",)) if s["_target_"] == "HistogramStandardized")
     assert entry["landmarks"] == landmarks  # what the bundle's inference.json carries
