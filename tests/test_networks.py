@@ -12,6 +12,7 @@ import torch
 from monai.losses import DiceCELoss
 
 from medseg.config import load_config
+from medseg.engine.checks import check_task
 from medseg.errors import MedsegError
 from medseg.networks import REGISTRY, build_network, build_on_meta, check_network, n_outputs, wrap_deep_supervision
 from medseg.networks.__main__ import main as networks_main
@@ -204,9 +205,9 @@ def test_config_selects_networks_and_refuses_bad_input(tmp_path: Path):
         "training.patch_size=[30,32,32]": r"must be multiples of 16",
         "network.name=unet --- network.channels=[8,16] --- training.patch_size=[6,6,5]": r"must be multiples of 2",
     }
-    for overrides, message in bad.items():
+    for overrides, message in bad.items():  # schema errors at load, the network's own through check_task
         with pytest.raises(MedsegError, match=message):
-            load_config("liver", overrides.split(" --- "))
+            check_task(load_config("liver", overrides.split(" --- ")))
 
 
 def test_cli_exit_code_2_for_a_2d_network_on_3d_patches(tmp_path: Path, capsys):
@@ -315,7 +316,7 @@ def test_check_network_fills_and_checks_in_place():
     check_network(cfg, "x")
     assert cfg["network"]["args"] == {}
     with pytest.raises(MedsegError, match=r"must be multiples of 32"):
-        load_config("liver", ["network.name=swin_unetr", "training.patch_size=[48,48,48]"])
+        check_task(load_config("liver", ["network.name=swin_unetr", "training.patch_size=[48,48,48]"]))
 
 
 STATE_DICTS = json.loads((Path(__file__).parent / "fixtures" / "network_state_dicts.json").read_text())
