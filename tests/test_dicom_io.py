@@ -680,3 +680,23 @@ def test_enhanced_several_stacks_and_mixed_orientations_refused(tmp_path):
              orientations=[cos(base), cos(base), cos(tilted), cos(tilted)])
     pos = positions(oblique_affine(), 5)
     _refused(tmp_path, r"missing slices in series .*frame 2 and frame 3", positions=np.delete(pos, 2, axis=0))
+
+
+def test_convert_is_a_plain_function_too(tmp_path):
+    """``medseg.workflows.convert.run`` does what the command does, from Python, and says what it wrote."""
+    from medseg.workflows import convert
+
+    vol, affine = volume(15), oblique_affine()
+    write_series(tmp_path / "f", vol, affine, series_uid="1.2.3.20", prefix="a")
+    write_series(tmp_path / "f", volume(16), affine, series_uid="1.2.3.21", prefix="b")
+    with pytest.raises(MedsegError, match="holds 2 series"):
+        convert.run(tmp_path / "f", tmp_path / "a.nrrd")
+    (done,) = convert.run(tmp_path / "f", tmp_path / "a.nrrd", "1.2.3.21")
+    assert done.path == tmp_path / "a.nrrd" and done.shape == SHAPE and done.dtype == "int16"
+    np.testing.assert_allclose(done.affine, affine, atol=1e-5)
+    image = sitk.ReadImage(str(done.path))
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(image).transpose(2, 1, 0), volume(16))
+    every = convert.run(tmp_path / "f", str(tmp_path / "all") + "/")
+    assert [c.series.split(" ")[0] for c in every] == ["1.2.3.20", "1.2.3.21"]
+    with pytest.raises(MedsegError, match="exists; pass --force"):
+        convert.run(tmp_path / "f", tmp_path / "a.nrrd", "1.2.3.21")
