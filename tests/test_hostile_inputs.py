@@ -301,3 +301,37 @@ def test_library_calls_raise_medseg_error(tmp_path):
             with pytest.raises(MedsegError, match=pattern):
                 read(src)
     shutil.rmtree(tmp_path / "mixed")
+
+
+def test_bundle_inference_config_reads_series_with_the_shipped_reader(bundle, tmp_path, monkeypatch):
+    """The exported inference.json loads DICOM through scripts/medseg_data (as medseg.predict does in-process) and
+    refuses a tilted series instead of letting MONAI's ITKReader stack it."""
+    import json
+    import sys
+
+    from monai.bundle import ConfigParser
+
+    from medseg.bundle.load import load_bundle
+    from medseg.errors import user_error
+
+    affine = np.diag([1.5, 1.5, 2.0, 1.0])
+    image = np.round(synthetic_case(shape=(20, 18, 6))[0])
+    write_series(tmp_path / "ct", image, affine)
+    tilt = np.array([affine[:3, 3] + k * affine[:3, 2] + [0.0, 0.6 * k, 0.0] for k in range(6)])
+    write_series(tmp_path / "tilted", image, affine, positions=tilt)
+    ours = load_bundle(bundle, "cpu").chain.preprocessing({"image": str(tmp_path / "ct")})["image"]
+    config = json.loads((bundle / "configs" / "inference.json").read_text())
+    load = config["preprocessing"]["transforms"][0]
+    assert "scripts.medseg_data.DicomSeriesReader" in str(load["reader"]) and "medseg.data" not in str(load["reader"])
+    monkeypatch.syspath_prepend(str(bundle))
+    for name in [m for m in sys.modules if m == "scripts" or m.startswith("scripts.")]:
+        monkeypatch.delitem(sys.modules, name)
+    parser = ConfigParser(config)
+    parser["bundle_root"] = str(bundle)
+    chain = parser.get_parsed_content("preprocessing")
+    theirs = chain({"image": str(tmp_path / "ct")})["image"]
+    np.testing.assert_allclose(theirs.numpy(), ours.numpy(), atol=1e-6)
+    np.testing.assert_allclose(np.asarray(theirs.affine), np.asarray(ours.affine), atol=1e-6)
+    with pytest.raises(Exception) as err:
+        chain({"image": str(tmp_path / "tilted")})
+    assert "gantry tilt" in str(user_error(err.value) or err.value.__cause__)
