@@ -32,7 +32,7 @@ from monai.utils import set_determinism  # noqa: E402
 
 from medseg.config import load_config  # noqa: E402
 from medseg.data import load_msd_dataset, prepare_lits_sample  # noqa: E402
-from medseg.engine.inference import sliding_window_inferer  # noqa: E402
+from medseg.engine.builders import sliding_window_inferer  # noqa: E402
 from medseg.engine.losses import build_loss  # noqa: E402
 from medseg.networks import REGISTRY, build_network, wrap_deep_supervision  # noqa: E402
 from medseg.transforms import build_eval_transforms, build_train_transforms  # noqa: E402

@@ -1,7 +1,8 @@
 """End-to-end prediction time for one 512x512x100 CT on this machine, and the share outside the network.
 
-Builds a synthetic abdominal-like CT (0.8 x 0.8 x 2.5 mm), runs ``medseg.predict``'s per-case path
-(load, preprocess, sliding windows, invert, post-process, write NIfTI) with the liver task's network,
+Builds a synthetic abdominal-like CT (0.8 x 0.8 x 2.5 mm), runs ``medseg.predict``'s per-case path (the
+prediction chain, the bundle's inference.json's: load, preprocess, sliding windows, invert, post-process;
+then write NIfTI) with the liver task's network,
 and times the network's forward passes separately. Weights do not change the time, so a bundle is
 used when given and an untrained network of the same shape otherwise. Target (bundle issue): the
 share outside the forward passes is at most 30 %.
@@ -23,9 +24,8 @@ import torch
 
 from medseg.config import load_config
 from medseg.data.labelmaps import write_label_nifti
-from medseg.engine.inference import predict_case
+from medseg.inference import build_chain, run_case, torch_forward
 from medseg.networks import build_network
-from medseg.transforms import build_eval_transforms
 
 
 def synthetic_ct(path: Path) -> None:
@@ -51,10 +51,11 @@ def main() -> None:
         from medseg.bundle.load import load_bundle
 
         bundle = load_bundle(args.bundle, torch.device("cpu"))
-        cfg, net = bundle.cfg, bundle.network
+        chain, net = bundle.chain, bundle.network
     else:
         cfg = load_config("liver")
         net = build_network(cfg["network"], 1, len(cfg["data"]["labels"])).eval()
+        chain = build_chain(cfg)
     forward = {"seconds": 0.0, "calls": 0}
 
     def before(module, inputs):
@@ -72,11 +73,10 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         source = Path(tmp) / "ct.nii.gz"
         synthetic_ct(source)
-        transforms = build_eval_transforms(cfg, with_label=False)
         for case in range(args.repeats):
             forward.update(seconds=0.0, calls=0)
             t0 = time.perf_counter()
-            pred = predict_case(cfg, net, {"image": str(source)}, torch.device("cpu"), transforms, tta=args.tta)
+            pred = run_case(chain, torch_forward(net), {"image": str(source)}, "cpu", tta=args.tta)
             write_label_nifti(pred[0].numpy(), pred.affine.numpy(), Path(tmp) / "ct_seg.nii.gz", source=source)
             total = time.perf_counter() - t0
             outside = total - forward["seconds"]

@@ -1,4 +1,7 @@
-"""medseg's faster NIfTI loading, inverse resampling + argmax and largest-component step give what MONAI's give."""
+"""The prediction chain's own transforms give what the MONAI steps they replace give: the ISA-L NIfTI reader
+(LoadImage's NibabelReader), the one-pass CT window (ScaleIntensityRanged), the fused inverse resampling + argmax
+(Invertd + argmax), the cc3d largest component (KeepLargestConnectedComponentd); and the chain medseg.predict
+builds is the bundle's inference.json chain."""
 
 from __future__ import annotations
 
@@ -10,28 +13,44 @@ from monai.data import MetaTensor
 from monai.transforms import (
     Compose,
     EnsureChannelFirstd,
-    KeepLargestConnectedComponent,
+    Invertd,
+    KeepLargestConnectedComponentd,
     LoadImage,
     LoadImaged,
     Orientationd,
 )
 
 from medseg.config import load_config
-from medseg.engine.fastpath import (
-    faster_steps,
-    invert_to_labels,
-    keep_largest_component_,
-    load_nifti_channel_first,
-    resize_argmax,
-    split_loading,
-)
-from medseg.engine.inference import invert_argmax
-from medseg.transforms import build_eval_transforms
-from medseg.transforms.resample import ScaleSpacingd
+from medseg.data.nifti import READER_PATH, IsalNiftiReader
+from medseg.inference import InvertToLabelsd, KeepLargestComponentd, build_chain, inference_spec
+from medseg.transforms.resample import ScaleSpacingd, resize_argmax
+from medseg.transforms.window import OnePassScaleIntensityRanged
+
+
+def invert_argmax(probs, data, chain):
+    """MONAI's way to the label map on the input grid: Invertd of the probabilities, then argmax (uint8)."""
+    image = data["image"]
+    pred = MetaTensor(probs, meta=image.meta, applied_operations=image.applied_operations)
+    inverted = Invertd(keys="pred", transform=chain, orig_keys="image", nearest_interp=False)({**data, "pred": pred})
+    labels = torch.max(inverted["pred"].as_tensor(), dim=0, keepdim=True).indices.to(torch.uint8)
+    return MetaTensor(labels, meta=inverted["pred"].meta)
+
+
+def invert_to_labels(probs, data, chain):
+    return InvertToLabelsd(keys="pred", transform=chain, orig_keys="image")({**data, "pred": probs})["pred"]
+
+
+def keep_largest(labels, members):
+    return KeepLargestComponentd(keys="pred", applied_labels=members)({"pred": labels})["pred"]
+
+
+def monai_largest(labels, members):
+    step = KeepLargestConnectedComponentd(keys="pred", applied_labels=members, is_onehot=False, independent=False)
+    return step({"pred": labels})["pred"]
 
 
 @pytest.mark.parametrize("dtype,slope", [(np.int16, None), (np.int16, 2.0), (np.float32, None), (np.uint8, None)])
-def test_nifti_loading_matches_monai(tmp_path, dtype, slope):
+def test_nifti_reader_matches_monai(tmp_path, dtype, slope):
     rng = np.random.default_rng(1)
     data = rng.integers(-500, 500, (23, 17, 9)).astype(dtype) if dtype != np.uint8 else rng.integers(0, 3, (23, 17, 9)).astype(dtype)
     affine = np.array([[0.0, -0.7, 0.1, 12.5], [0.8, 0.0, 0.0, -40.0], [0.0, 0.05, 2.5, 7.0], [0, 0, 0, 1]])
@@ -42,30 +61,37 @@ def test_nifti_loading_matches_monai(tmp_path, dtype, slope):
     nib.save(image, path)
     before = path.read_bytes()
 
-    reference = LoadImage(image_only=True, ensure_channel_first=True)(str(path))
-    fast = load_nifti_channel_first(path)
-
-    assert fast.shape == reference.shape == (1, 23, 17, 9)
-    assert fast.dtype == reference.dtype == torch.float32
-    assert torch.equal(fast.as_tensor(), reference.as_tensor())
-    assert torch.equal(fast.affine, reference.affine)
-    assert fast.affine.dtype == torch.float64
-    for key in ("spatial_shape", "original_affine", "filename_or_obj"):
-        assert np.array_equal(np.asarray(fast.meta[key]), np.asarray(reference.meta[key])), key
+    reference = LoadImage(image_only=True, ensure_channel_first=True)(str(path))  # MONAI's NibabelReader
+    for reader in (IsalNiftiReader(), READER_PATH):
+        ours = LoadImage(reader=reader, image_only=True, ensure_channel_first=True)(str(path))
+        assert ours.shape == reference.shape == (1, 23, 17, 9)
+        assert ours.dtype == reference.dtype == torch.float32
+        assert torch.equal(ours.as_tensor(), reference.as_tensor())
+        assert torch.equal(ours.affine, reference.affine) and ours.affine.dtype == torch.float64
+        assert ours.meta.keys() == reference.meta.keys()
+        for key in ("spatial_shape", "original_affine", "filename_or_obj", "pixdim", "dim"):
+            assert np.array_equal(np.asarray(ours.meta[key]), np.asarray(reference.meta[key])), key
     assert path.read_bytes() == before
 
 
-def test_split_loading_only_for_image_only_nifti_chains(tmp_path):
-    path = tmp_path / "a.nii.gz"
-    nib.save(nib.Nifti1Image(np.zeros((4, 5, 6), np.float32), np.eye(4)), path)
-    chain = Compose([LoadImaged(keys="image", image_only=True), EnsureChannelFirstd(keys="image")])
-    rest, case = split_loading(chain, {"image": str(path)})
-    assert len(rest.transforms) == 0 and case["image"].shape == (1, 4, 5, 6)
-    with_label = Compose([LoadImaged(keys=["image", "label"], image_only=True), EnsureChannelFirstd(keys=["image", "label"])])
-    assert split_loading(with_label, {"image": str(path), "label": str(path)}) is None
-    nrrd = tmp_path / "a.nrrd"
-    nrrd.write_bytes(b"")
-    assert split_loading(chain, {"image": str(nrrd)}) is None
+def test_nifti_reader_hands_other_files_on(tmp_path):
+    """In the chain's reader list it reads NIfTI; anything else goes to the next reader, as MONAI would read it."""
+    import SimpleITK as sitk
+
+    from medseg.inference.chain import local_targets
+
+    values = np.random.default_rng(0).normal(0, 100, (6, 7, 8)).astype(np.float32)
+    mha = tmp_path / "ct.mha"
+    sitk.WriteImage(sitk.GetImageFromArray(values), str(mha))
+    with pytest.raises(ValueError, match="not a NIfTI file"):
+        IsalNiftiReader().read(str(mha))
+    chain = build_chain(load_config("liver"))
+    loader = chain.preprocessing.transforms[0]
+    assert isinstance(loader, LoadImaged) and isinstance(loader._loader.readers[-1], IsalNiftiReader)
+    theirs = LoadImage(image_only=True)(str(mha))
+    ours = loader({"image": str(mha)})["image"]
+    assert torch.equal(ours.as_tensor(), theirs.as_tensor()) and torch.equal(ours.affine, theirs.affine)
+    assert local_targets({"reader": ["a", READER_PATH]}) == {"reader": ["a", READER_PATH]}
 
 
 def _blobs(seed: int) -> np.ndarray:
@@ -83,23 +109,25 @@ def _blobs(seed: int) -> np.ndarray:
 @pytest.mark.parametrize("seed", range(6))
 @pytest.mark.parametrize("members", [[1], [1, 2], [2, 3]])
 def test_largest_component_matches_monai(seed, members):
-    labels = torch.from_numpy(_blobs(seed))[None]
-    expected = KeepLargestConnectedComponent(applied_labels=members, is_onehot=False, independent=False)(labels.clone())
-    ours = keep_largest_component_(labels.clone(), members)
-    assert torch.equal(torch.as_tensor(ours), torch.as_tensor(expected).to(ours.dtype))
+    labels = MetaTensor(torch.from_numpy(_blobs(seed))[None], affine=torch.diag(torch.tensor([0.8, 0.9, 2.5, 1.0])))
+    expected = monai_largest(labels.clone(), members)
+    ours = keep_largest(labels, members)
+    assert torch.equal(ours.as_tensor(), expected.as_tensor().to(ours.dtype))
+    assert torch.equal(ours.affine, labels.affine)
     kept = np.isin(ours.numpy(), members)
     assert kept.sum() <= np.isin(labels.numpy(), members).sum()
+    assert torch.equal(labels.as_tensor(), torch.from_numpy(_blobs(seed))[None])  # the input is left as it was
 
 
 def test_largest_component_tie_and_empty():
     labels = torch.zeros((1, 9, 3, 3), dtype=torch.uint8)
     labels[0, 1, 1, 1] = 1
     labels[0, 6, 1, 1] = 1  # two single voxels: the tie resolves as MONAI resolves it
-    expected = KeepLargestConnectedComponent(applied_labels=[1], is_onehot=False, independent=False)(labels.clone())
-    ours = keep_largest_component_(labels.clone(), [1])
+    expected = monai_largest(labels.clone(), [1])
+    ours = keep_largest(labels, [1])
     assert int(ours.sum()) == 1 and torch.equal(ours, torch.as_tensor(expected).to(torch.uint8))
     empty = torch.zeros((1, 4, 4, 4), dtype=torch.uint8)
-    assert torch.equal(keep_largest_component_(empty.clone(), [1]), empty)
+    assert torch.equal(keep_largest(empty, [1]), empty)
 
 
 @pytest.mark.parametrize("members", [[1], [1, 2]])
@@ -108,8 +136,8 @@ def test_largest_component_of_column_major_labels_matches_monai(members):
     for seed in range(6):
         labels = torch.from_numpy(np.asfortranarray(_blobs(seed)))[None]
         assert not labels.is_contiguous() and labels[0].permute(2, 1, 0).is_contiguous()
-        expected = KeepLargestConnectedComponent(applied_labels=members, is_onehot=False, independent=False)(labels.clone())
-        ours = keep_largest_component_(labels.clone(memory_format=torch.preserve_format), members)
+        expected = monai_largest(labels.clone(), members)
+        ours = keep_largest(labels, members)
         assert torch.equal(torch.as_tensor(ours), torch.as_tensor(expected).to(ours.dtype)), seed
 
 
@@ -119,26 +147,27 @@ def test_largest_component_tie_in_column_major_order():
     labels[0, 1, 5, 1] = 1
     labels[0, 6, 1, 1] = 1
     column_major = labels[0].permute(2, 1, 0).contiguous().permute(2, 1, 0)[None]
-    expected = KeepLargestConnectedComponent(applied_labels=[1], is_onehot=False, independent=False)(labels.clone())
-    ours = keep_largest_component_(column_major.clone(memory_format=torch.preserve_format), [1])
+    expected = monai_largest(labels.clone(), [1])
+    ours = keep_largest(column_major, [1])
     assert int(ours.sum()) == 1 and torch.equal(ours, torch.as_tensor(expected).to(torch.uint8))
 
 
 def test_nifti_gz_read_errors_are_nibabels(tmp_path):
-    """ISA-L decompression falls back to nib.load for files it can't read, so errors read as before."""
+    """ISA-L decompression falls back to nib.load for files it can't read, so errors read as MONAI's."""
     data = np.random.default_rng(0).normal(0, 100, (40, 30, 20)).astype(np.int16)
     path = tmp_path / "ct.nii.gz"
     nib.save(nib.Nifti1Image(data, np.eye(4)), path)
     whole = path.read_bytes()
     path.write_bytes(whole[: len(whole) // 2])  # truncated
     with pytest.raises(EOFError) as ours:
-        load_nifti_channel_first(path)
+        LoadImage(reader=IsalNiftiReader(), image_only=True)(str(path))
     with pytest.raises(EOFError) as monai:
         LoadImage(image_only=True)(str(path))
     assert str(ours.value) == str(monai.value) and "ended before the end-of-stream" in str(ours.value)
     plain = tmp_path / "plain.nii"  # uncompressed: nibabel reads it as before
     nib.save(nib.Nifti1Image(data, np.eye(4)), plain)
-    assert torch.equal(load_nifti_channel_first(plain).as_tensor()[0], torch.from_numpy(data).float())
+    assert torch.equal(LoadImage(reader=IsalNiftiReader(), image_only=True)(str(plain)).as_tensor(),
+                       torch.from_numpy(data).float())
 
 
 def _blob_probabilities(shape, channels=3, seed=0, cells=5, sharpness=6.0):
@@ -179,16 +208,16 @@ def test_resize_argmax_of_noise():
 
 
 def _spy_resize(monkeypatch) -> list:
-    """Record how invert_to_labels calls resize_argmax (grid None: MONAI inverted the probabilities)."""
-    import medseg.engine.fastpath as fastpath
+    """Record how the fused inverse calls resize_argmax (grid None: MONAI inverted the probabilities)."""
+    import medseg.transforms.resample as resample
 
-    calls, original = [], fastpath.resize_argmax
+    calls, original = [], resample.resize_argmax
 
     def spy(probs, size, grid=None, offset=None, **kw):
         calls.append({"shape": tuple(probs.shape[1:]), "grid": grid and tuple(grid), "offset": offset})
         return original(probs, size, grid, offset, **kw)
 
-    monkeypatch.setattr(fastpath, "resize_argmax", spy)
+    monkeypatch.setattr(resample, "resize_argmax", spy)
     return calls
 
 
@@ -206,23 +235,23 @@ def test_fused_inverse_equals_invertd_then_argmax(tmp_path, pad_to_multiple, mon
     path = tmp_path / "ct.nii.gz"
     nib.save(nib.Nifti1Image(image, affine), path)
     cfg = load_config("liver", [f"preprocessing.pad_to_multiple={str(pad_to_multiple).lower()}"])
-    chain = build_eval_transforms(cfg, with_label=False)
-    for transforms, case in (split_loading(chain, {"image": str(path)}), (chain, {"image": str(path)})):
-        data = transforms(dict(case))
-        image_t = data["image"]
-        assert [op["class"] for op in image_t.applied_operations][:2] == ["Orientation", "ScaleSpacingd"]
-        probs = _blob_probabilities(image_t.shape[1:], seed=7)
-        expected = invert_argmax(probs, data, transforms)
-        calls = _spy_resize(monkeypatch)
-        ours = invert_to_labels(probs, image_t, transforms)
-        # the probabilities were read in place: the inverted crop (and pad) is an integer shift with zeros around
-        assert calls[0]["grid"] is not None and calls[0]["grid"] != calls[0]["shape"]
-        assert ours.shape == expected.shape == (1, *image.shape) and ours.dtype == torch.uint8
-        assert torch.equal(ours.affine, expected.affine)
-        np.testing.assert_allclose(ours.affine.numpy(), affine, atol=1e-6)
-        assert (ours.as_tensor() == expected.as_tensor()).double().mean() >= 0.999
-        assert set(torch.unique(ours.as_tensor()).tolist()) == {0, 1, 2}
-        assert [op["class"] for op in image_t.applied_operations][:2] == ["Orientation", "ScaleSpacingd"]  # untouched
+    chain = build_chain(cfg).preprocessing  # the prediction chain's preprocessing (the bundle's)
+    data = chain({"image": str(path)})
+    image_t = data["image"]
+    assert [op["class"] for op in image_t.applied_operations][:2] == ["Orientation", "ScaleSpacingd"]
+    probs = _blob_probabilities(image_t.shape[1:], seed=7)
+    expected = invert_argmax(probs, data, chain)
+    calls = _spy_resize(monkeypatch)
+    ours = invert_to_labels(probs, data, chain)
+    # the probabilities were read in place: the inverted crop (and pad) is an integer shift with zeros around
+    assert calls[0]["grid"] is not None and calls[0]["grid"] != calls[0]["shape"]
+    assert ours.shape == expected.shape == (1, *image.shape) and ours.dtype == torch.uint8
+    assert torch.equal(ours.affine, expected.affine)
+    np.testing.assert_allclose(ours.affine.numpy(), affine, atol=1e-6)
+    assert ours.meta["filename_or_obj"] == expected.meta["filename_or_obj"] == str(path)
+    assert (ours.as_tensor() == expected.as_tensor()).double().mean() >= 0.999
+    assert set(torch.unique(ours.as_tensor()).tolist()) == {0, 1, 2}
+    assert [op["class"] for op in image_t.applied_operations][:2] == ["Orientation", "ScaleSpacingd"]  # untouched
 
 
 def test_fused_inverse_after_a_flip_inverts_the_probabilities(tmp_path, monkeypatch):
@@ -242,7 +271,7 @@ def test_fused_inverse_after_a_flip_inverts_the_probabilities(tmp_path, monkeypa
     probs = _blob_probabilities(data["image"].shape[1:], seed=5)
     expected = invert_argmax(probs, data, chain)
     calls = _spy_resize(monkeypatch)
-    ours = invert_to_labels(probs, data["image"], chain)
+    ours = invert_to_labels(probs, data, chain)
     assert calls[0]["grid"] is None
     assert ours.shape == expected.shape == (1, 30, 26, 14) and torch.equal(ours.affine, expected.affine)
     assert (ours.as_tensor() == expected.as_tensor()).double().mean() >= 0.999
@@ -259,13 +288,13 @@ def test_fused_inverse_of_a_2d_image(monkeypatch):
     probs = _blob_probabilities(data["image"].shape[1:], seed=9)
     expected = invert_argmax(probs, data, chain)
     calls = _spy_resize(monkeypatch)
-    ours = invert_to_labels(probs, data["image"], chain)
+    ours = invert_to_labels(probs, data, chain)
     assert calls[0]["grid"] is not None and calls[0]["grid"] != calls[0]["shape"]  # read in place
     assert ours.shape == expected.shape == (1, 50, 44) and torch.equal(ours.affine, expected.affine)
     assert (ours.as_tensor() == expected.as_tensor()).double().mean() >= 0.999
 
 
-def test_fused_inverse_declines_other_chains(tmp_path):
+def test_fused_inverse_leaves_other_chains_to_invertd(tmp_path, monkeypatch):
     from monai.transforms import Spacingd
 
     path = tmp_path / "ct.nii.gz"
@@ -273,7 +302,12 @@ def test_fused_inverse_declines_other_chains(tmp_path):
     chain = Compose([LoadImaged(keys="image", image_only=True), EnsureChannelFirstd(keys="image"),
                      Spacingd(keys="image", pixdim=(1.5, 1.5, 1.5))])  # MONAI's resampling: Invertd's job
     data = chain({"image": str(path)})
-    assert invert_to_labels(_blob_probabilities(data["image"].shape[1:]), data["image"], chain) is None
+    probs = _blob_probabilities(data["image"].shape[1:])
+    calls = _spy_resize(monkeypatch)
+    ours = invert_to_labels(probs, data, chain)
+    expected = invert_argmax(probs, data, chain)
+    assert not calls and ours.dtype == torch.uint8 and ours.shape == (1, 12, 10, 8)
+    assert torch.equal(ours.as_tensor(), expected.as_tensor()) and torch.equal(ours.affine, expected.affine)
 
 
 def test_label_nifti_written_through_isal_is_what_nibabel_writes(tmp_path):
@@ -306,16 +340,54 @@ def test_intensity_window_in_one_pass_equals_monai(clip):
     affine = torch.diag(torch.tensor([0.8, 0.9, 2.5, 1.0], dtype=torch.float64))
     values = torch.from_numpy(np.random.default_rng(0).normal(0, 300, (1, 23, 17, 9)).astype(np.float32))
     image = MetaTensor(values.permute(0, 3, 2, 1).contiguous().permute(0, 3, 2, 1), affine=affine)  # column-major
-    monai_step = ScaleIntensityRanged(keys="image", a_min=-140.0, a_max=260.0, b_min=0.0, b_max=1.0, clip=clip)
-    chain = Compose([Orientationd(keys="image", axcodes="RAS"), monai_step])
-    fast = faster_steps(chain)
-    assert [type(t).__name__ for t in fast.transforms] == ["Orientationd", "ScaleIntensityRangedOnce"]
-    assert fast.transforms[0] is chain.transforms[0] and faster_steps(Compose([chain.transforms[0]])).transforms[0] is chain.transforms[0]
-    expected = chain({"image": image.clone()})["image"]
-    ours = fast({"image": image})["image"]
+    args = {"keys": "image", "a_min": -140.0, "a_max": 260.0, "b_min": 0.0, "b_max": 1.0, "clip": clip}
+    orient = Orientationd(keys="image", axcodes="RAS")
+    monai_chain = Compose([orient, ScaleIntensityRanged(**args)])
+    ours_chain = Compose([orient, OnePassScaleIntensityRanged(**args)])
+    expected = monai_chain({"image": image.clone()})["image"]
+    ours = ours_chain({"image": image})["image"]
     assert torch.equal(ours.as_tensor(), expected.as_tensor()) and ours.dtype == torch.float32  # bit for bit
     assert torch.equal(ours.affine, expected.affine) and len(ours.applied_operations) == 1
     assert float(values.min()) < -140 and (float(ours.min()) == 0.0) == clip
     assert torch.equal(image.as_tensor(), values)  # the input is left as it was
     double = MetaTensor(values.double(), affine=affine)  # not float32: MONAI's own code runs
-    assert torch.equal(fast({"image": double})["image"].as_tensor(), chain({"image": double})["image"].as_tensor())
+    assert torch.equal(ours_chain({"image": double})["image"].as_tensor(), monai_chain({"image": double})["image"].as_tensor())
+
+
+def test_medseg_chain_is_the_bundles_inference_json(tmp_path):
+    """build_chain instantiates the spec export writes into inference.json: same steps, same arguments."""
+    from medseg.bundle.export import inference_config
+    from medseg.inference.chain import bundle_targets, local_targets
+
+    cfg = load_config("liver", ["evaluation.keep_largest_component=[liver]"])
+    spec = inference_spec(cfg)
+    written = inference_config(cfg)
+    for part in ("preprocessing", "inferer"):
+        assert written[part] == bundle_targets(spec[part]), part
+    assert written["postprocessing"]["transforms"][:-1] == bundle_targets(spec["postprocessing"])["transforms"]
+    assert written["postprocessing"]["transforms"][-1]["_target_"] == "SaveImaged"
+    assert local_targets(spec) != spec and bundle_targets(local_targets(spec)) == bundle_targets(spec)
+    chain = build_chain(cfg)
+    names = [type(t).__name__ for t in chain.preprocessing.transforms]
+    assert names == ["LoadImaged", "EnsureChannelFirstd", "Orientationd", "ScaleSpacingd", "OnePassScaleIntensityRanged",
+                     "CropForegroundd", "EnsureTyped"]
+    post = chain.postprocessing.transforms
+    assert [type(t).__name__ for t in post] == ["Activationsd", "InvertToLabelsd", "KeepLargestComponentd"]
+    assert post[1].transform is chain.preprocessing  # the inverse runs through the very steps that ran
+    assert post[2].applied_labels == [1, 2]
+    assert type(chain.inferer).__name__ == "SlidingWindowInferer" and chain.in_channels == 1
+
+
+def test_a_case_with_other_channels_than_the_network_takes_gets_one_line(tmp_path):
+    import dataclasses
+
+    from medseg.errors import MedsegError
+    from medseg.inference import run_case
+
+    path = tmp_path / "ct.nii.gz"
+    nib.save(nib.Nifti1Image(np.zeros((20, 18, 12), np.float32), np.eye(4)), path)
+    chain = dataclasses.replace(build_chain(load_config("liver")), in_channels=2)
+    never = []
+    with pytest.raises(MedsegError, match=r"ct.nii.gz: 1 image channels; the network takes 2"):
+        run_case(chain, lambda x: never.append(x), {"image": str(path)})
+    assert not never  # refused before any forward pass

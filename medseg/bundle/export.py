@@ -39,9 +39,10 @@ from medseg.bundle.scripts import write_scripts
 from medseg.data.dicom_reader import BUNDLE_READER
 from medseg.data.dicom_reader import READER_PATH as DICOM_READER
 from medseg.data.formats import BUNDLE_SUFFIXES
-from medseg.engine.inference import largest_component_labels
+from medseg.data.dicom_reader import READER_PATH as DICOM_READER
 from medseg.engine.losses import monai_loss_def
 from medseg.engine.optim import bundle_scheduler_def, optimizer_def
+from medseg.inference.chain import bundle_targets, inference_spec
 from medseg.fileio import publish_dir
 from medseg.networks import describe, monai_network_def
 from medseg.networks.bundle import bundle_scripts, export_torchscript, inferer_def, loss_def
@@ -60,7 +61,8 @@ def _bundle_spec(spec: list[dict[str, Any]]) -> list[dict[str, Any]]:
     shipped = {DICOM_READER: BUNDLE_READER}
     spec = [{**s, "reader": [shipped.get(r, r) for r in s["reader"]] if isinstance(s["reader"], list)
              else shipped.get(s["reader"], s["reader"])} if "reader" in s else s for s in spec]
-    return [{**s, "_target_": script_target(s["_target_"])} if s["_target_"] in OWN_TRANSFORMS else s for s in spec]
+    spec = [{**s, "_target_": script_target(s["_target_"])} if s["_target_"] in OWN_TRANSFORMS else s for s in spec]
+    return bundle_targets(spec)  # the prediction chain's own classes (the NIfTI reader): scripts/medseg_inference
 
 
 def _write_scripts(bundle_dir: Path) -> None:
@@ -68,17 +70,16 @@ def _write_scripts(bundle_dir: Path) -> None:
 
 
 def inference_config(cfg: dict[str, Any]) -> dict[str, Any]:
-    """The bundle's ``inference.json``: dataset folder in, one mask per input out, in the input's geometry."""
+    """The bundle's ``inference.json``: dataset folder in, one mask per input out, in the input's geometry.
+
+    Its ``preprocessing``, ``inferer`` and ``postprocessing`` are :func:`medseg.inference.inference_spec`, the chain
+    ``medseg.predict`` runs, with ``SaveImaged`` appended (medseg.predict writes the label map itself).
+    """
     n_classes = len(cfg["data"]["labels"])
-    post = [
-        {"_target_": "Activationsd", "keys": "pred", "softmax": True},
-        {"_target_": "Invertd", "keys": "pred", "transform": "@preprocessing", "orig_keys": "image",
-         "nearest_interp": False, "to_tensor": True},
-        {"_target_": "AsDiscreted", "keys": "pred", "argmax": True},
-    ]
-    for members in largest_component_labels(cfg):
-        post.append({"_target_": "KeepLargestConnectedComponentd", "keys": "pred", "applied_labels": members,
-                     "independent": False})
+    chain = inference_spec(cfg)
+    chain["preprocessing"]["transforms"] = _bundle_spec(chain["preprocessing"]["transforms"])
+    chain = bundle_targets(chain)
+    post = chain["postprocessing"]["transforms"]
     post.append({"_target_": "SaveImaged", "keys": "pred", "output_dir": "@output_dir", "output_postfix": "seg",
                  "output_dtype": "$numpy.uint8", "resample": False, "separate_folder": False, "print_log": False})
     globs = " + ".join(f"glob.glob(os.path.join(@dataset_dir, '{g}'))" for g in IMAGE_GLOBS)
@@ -92,12 +93,12 @@ def inference_config(cfg: dict[str, Any]) -> dict[str, Any]:
         "device": "$torch.device('cuda:0' if torch.cuda.is_available() else 'cpu')",
         "network_def": monai_network_def(cfg["network"], input_channels(cfg), n_classes),
         "network": "$@network_def.to(@device)",
-        "preprocessing": {"_target_": "Compose", "transforms": _bundle_spec(preprocess_spec(cfg, ("image",)))},
+        "preprocessing": chain["preprocessing"],
         "dataset": {"_target_": "Dataset", "data": "$[{'image': i} for i in @datalist]", "transform": "@preprocessing"},
         "dataloader": {"_target_": "DataLoader", "dataset": "@dataset", "batch_size": 1, "shuffle": False,
                        "num_workers": 0},
-        "inferer": inferer_def(cfg),  # sliding windows, or slice by slice for a 2D network in slice mode
-        "postprocessing": {"_target_": "Compose", "transforms": post},
+        "inferer": chain["inferer"],  # sliding windows, or slice by slice for a 2D network in slice mode
+        "postprocessing": chain["postprocessing"],
         "handlers": [
             {"_target_": "CheckpointLoader", "load_path": "@checkpoint", "load_dict": {"model": "@network"},
              "map_location": "@device"},

@@ -1,7 +1,8 @@
 """Load a MONAI Bundle for ``medseg.predict`` without executing code it carries.
 
 A bundle that medseg wrote holds ``configs/medseg_task.json``, plain data from which medseg rebuilds the
-preprocessing and the network itself; its weights load with ``weights_only=True``. Any other bundle is run
+prediction chain (:func:`medseg.inference.build_chain`, the chain its ``inference.json`` holds) and the
+network itself; its weights load with ``weights_only=True``. Any other bundle is run
 through MONAI's config parser, which evaluates the bundle's ``$`` expressions and instantiates its
 ``_target_`` classes: that is running the author's code, so it needs ``--trust``.
 """
@@ -21,16 +22,44 @@ from medseg import __version__
 from medseg.bundle.safety import check_bundle_folder, extract_bundle_zip, weights_error
 from medseg.errors import MedsegError
 
+from medseg.inference import InferenceChain, build_chain, chain_from_config
 
 @dataclass
 class LoadedBundle:
     name: str
     cfg: dict[str, Any] | None  # medseg task config, or None for a foreign bundle
     network: torch.nn.Module
-    preprocessing: Any  # a MONAI Compose over "image"
+    labels: dict[int, str]  # label value -> name, where the bundle says (metadata channel_def)
+    built_chain: InferenceChain | None = None  # medseg bundles: built at load
     parser: Any = None  # MONAI ConfigParser for a trusted foreign bundle
     extracted: Any = None  # the TemporaryDirectory a .zip bundle was extracted into (lives as long as this)
 
+    in_channels: int | None = None  # what a foreign bundle's metadata says the network takes
+
+    @property
+    def chain(self) -> InferenceChain:
+        """The prediction chain; a foreign bundle's comes from its inference.json on first use."""
+        if self.built_chain is None:
+            try:
+                self.built_chain = chain_from_config(self.parser, self.in_channels)
+            except KeyError as err:
+                raise MedsegError(f"{self.parser['bundle_root']}/configs/inference.json: no {err} entry (preprocessing, "
+                                  "inferer and postprocessing are needed to predict with it)") from None
+        return self.built_chain
+
+
+def _channel_def(meta: Any) -> tuple[dict[int, str], int | None]:
+    """Label names and input channels from ``network_data_format`` of a bundle's metadata, where present."""
+    try:
+        fmt = meta["network_data_format"]
+        labels = {int(k): str(v) for k, v in fmt["outputs"]["pred"]["channel_def"].items()}
+    except (KeyError, TypeError, ValueError, AttributeError):
+        labels = {}
+    try:
+        channels = int(meta["network_data_format"]["inputs"]["image"]["num_channels"])
+    except (KeyError, TypeError, ValueError):
+        channels = None
+    return labels, channels
 
 def _foreign_targets(config: Any) -> list[str]:
     """Every `_target_` and `$` expression in a bundle config that reaches beyond MONAI and torch."""
@@ -86,12 +115,15 @@ def _load_bundle_folder(bundle_dir: Path, device: torch.device, trust: bool) -> 
     task_path = bundle_dir / "configs" / "medseg_task.json"
     if task_path.is_file():
         from medseg.networks import build_network
-        from medseg.transforms import build_eval_transforms, input_channels
+        from medseg.config import TaskConfig
+        from medseg.transforms import input_channels
 
-        cfg = _read_json(task_path)
+        stored = _read_json(task_path)
         try:
             net = build_network(cfg["network"], input_channels(cfg), len(cfg["data"]["labels"]))
-            preprocessing = build_eval_transforms(cfg, with_label=False)
+            cfg = TaskConfig.from_dict(stored, source=str(task_path))
+            chain = build_chain(cfg)
+            labels = {int(v): str(k) for k, v in cfg["data"]["labels"].items()}
         except (KeyError, TypeError, MedsegError) as err:
             changelog = meta.get("changelog", {}) if isinstance(meta, dict) else {}
             written = next(iter(changelog.values()), "an unknown medseg version")
@@ -101,7 +133,7 @@ def _load_bundle_folder(bundle_dir: Path, device: torch.device, trust: bool) -> 
                 "MONAI with its configs/inference.json"
             ) from err
         _load_weights(net, state, weights)
-        return LoadedBundle(name, cfg, net.to(device).eval(), preprocessing)
+        return LoadedBundle(name, cfg, net.to(device).eval(), labels, chain)
     inference = bundle_dir / "configs" / "inference.json"
     if not inference.is_file():
         raise MedsegError(f"{bundle_dir}: not a MONAI Bundle (configs/inference.json is missing)")
@@ -123,7 +155,8 @@ def _load_bundle_folder(bundle_dir: Path, device: torch.device, trust: bool) -> 
     parser["bundle_root"] = str(bundle_dir)
     net = parser.get_parsed_content("network_def")
     _load_weights(net, state, weights)
-    return LoadedBundle(name, None, net.to(device).eval(), parser.get_parsed_content("preprocessing"), parser)
+    labels, channels = _channel_def(meta)
+    return LoadedBundle(name, None, net.to(device).eval(), labels, parser=parser, in_channels=channels)
 
 
 def _read_weights(weights: Path, device: torch.device) -> Any:

@@ -16,6 +16,7 @@ from types import ModuleType
 
 from medseg import errors, networks
 from medseg.data import dicom_reader
+from medseg.inference import chain
 from medseg.transforms import pipeline
 
 README = '"""Code this bundle needs that MONAI does not provide (written by medseg)."""\n'
@@ -51,4 +52,5 @@ def write_scripts(bundle_dir: Path) -> Path:
     write_package(scripts, networks.SCRIPT_PACKAGE, networks.SCRIPT_MODULES, networks.SCRIPT_CLASSES)
     write_package(scripts, dicom_reader.SCRIPT_PACKAGE, dicom_reader.SCRIPT_MODULES, dicom_reader.SCRIPT_CLASSES)
     shutil.copyfile(errors.__file__, scripts / "errors.py")  # the shipped DICOM modules import it as ..errors
+    write_package(scripts, chain.SCRIPT_PACKAGE, chain.SCRIPT_MODULES, chain.SCRIPT_CLASSES)  # NIfTI reader, post
     return scripts

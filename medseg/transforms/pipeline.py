@@ -21,9 +21,10 @@ from typing import Any
 from monai import transforms as mt
 
 from medseg.data.dicom_reader import READER_PATH as DICOM_READER
+from medseg.data.nifti import READER_PATH as NIFTI_READER
 from medseg.errors import MedsegError
 from medseg.networks import input_multiple
-from medseg.transforms import bias, deform, intensity, metatensors, resample, sampling
+from medseg.transforms import bias, deform, intensity, metatensors, resample, sampling, window
 from medseg.transforms.bias import N4BiasFieldd
 from medseg.transforms.crops import KEYS, balanced_crop_spec, crop_spec  # noqa: F401  (balanced_crop_spec re-exported)
 from medseg.transforms.deform import RandDeformd
@@ -31,6 +32,7 @@ from medseg.transforms.intensity import ForegroundZScored, HistogramStandardized
 from medseg.transforms.resample import ScaleSpacingd
 from medseg.transforms.sampling import FgBgSampleIndicesd
 from medseg.transforms.settings import ct_window, windows  # noqa: F401  (ct_window re-exported)
+from medseg.transforms.window import OnePassScaleIntensityRanged
 
 #: medseg's own transforms, by the name the specs use (bundles import them from their scripts/ folder)
 OWN_TRANSFORMS = {
@@ -41,12 +43,13 @@ OWN_TRANSFORMS = {
     "N4BiasFieldd": N4BiasFieldd,
     "RandDeformd": RandDeformd,
     "FgBgSampleIndicesd": FgBgSampleIndicesd,
+    "OnePassScaleIntensityRanged": OnePassScaleIntensityRanged,
 }
 
 #: the package a bundle's ``scripts/`` folder holds medseg's own transforms in, and the modules it holds
 #: (each imports only torch, numpy, scipy, MONAI, SimpleITK and its siblings here, by relative imports)
 SCRIPT_PACKAGE = "medseg_transforms"
-SCRIPT_MODULES = (metatensors, resample, intensity, bias, deform, sampling)
+SCRIPT_MODULES = (metatensors, resample, intensity, bias, deform, sampling, window)
 
 
 def script_target(name: str) -> str:
@@ -66,7 +69,8 @@ def _intensity_spec(cfg: dict[str, Any]) -> list[dict[str, Any]]:
         wins = windows(cfg)
         if len(wins) == 1:
             a_min, a_max = wins[0]
-            return [{"_target_": "ScaleIntensityRanged", "keys": "image", "a_min": a_min, "a_max": a_max,
+            # MONAI's ScaleIntensityRanged, bit for bit, in one buffer (medseg.transforms.window)
+            return [{"_target_": "OnePassScaleIntensityRanged", "keys": "image", "a_min": a_min, "a_max": a_max,
                      "b_min": 0.0, "b_max": 1.0, "clip": True}]
         return [{"_target_": "StackWindowsd", "keys": "image", "windows": [list(w) for w in wins]}]
     if method == "zscore":
@@ -109,7 +113,8 @@ def preprocess_spec(cfg: dict[str, Any], keys: tuple[str, ...] = KEYS, *,
     k = list(keys)
     modes = ["bilinear" if key == "image" else "nearest" for key in keys]
     spec: list[dict[str, Any]] = [
-        {"_target_": "LoadImaged", "keys": k, "image_only": True, "reader": DICOM_READER},  # medseg's checked DICOM
+        # medseg's checked DICOM series reader; ISA-L NIfTI reading (the last reader is tried first)
+        {"_target_": "LoadImaged", "keys": k, "image_only": True, "reader": [DICOM_READER, NIFTI_READER]},
         {"_target_": "EnsureChannelFirstd", "keys": k},
         {"_target_": "Orientationd", "keys": k, "axcodes": pre["orientation"], "labels": None},
         {"_target_": "ScaleSpacingd", "keys": k, "pixdim": list(pre["spacing"]), "mode": modes},

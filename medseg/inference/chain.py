@@ -1,0 +1,144 @@
+"""The one prediction chain: preprocessing, inferer and post-processing written once as a bundle-style spec.
+
+:func:`inference_spec` is what the exported bundle's ``configs/inference.json`` holds (with medseg's own classes
+pointing at their copies in the bundle's ``scripts/``, and ``SaveImaged`` appended) and what ``medseg.predict``
+instantiates in-process through MONAI's ``ConfigParser`` (:func:`build_chain`), so both run the same
+transforms on the same arguments. A foreign bundle's ``inference.json`` runs through the same
+:func:`chain_from_config`.
+
+Chain for a CT task (``preprocessing`` from :func:`medseg.transforms.preprocess_spec`)::
+
+    LoadImaged(reader=[DicomSeriesReader, IsalNiftiReader]) -> EnsureChannelFirstd -> Orientationd
+    -> ScaleSpacingd -> OnePassScaleIntensityRanged -> CropForegroundd -> [DivisiblePadd] -> EnsureTyped
+    inferer: SlidingWindowInferer (or SliceInferer)
+    postprocessing: Activationsd(softmax) -> InvertToLabelsd -> [KeepLargestComponentd per label set]
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from typing import Any
+
+from monai.bundle import ConfigParser
+from monai.inferers import Inferer
+from monai.transforms import Compose, SaveImage, SaveImaged
+
+from medseg.data import dicom_reader, nifti
+from medseg.data.nifti import IsalNiftiReader
+from medseg.inference import postprocess
+from medseg.inference.postprocess import InvertToLabelsd, KeepLargestComponentd
+from medseg.networks.bundle import inferer_def
+from medseg.transforms import input_channels, preprocess_spec
+from medseg.transforms.pipeline import OWN_TRANSFORMS, script_target
+
+#: the package of a bundle's ``scripts/`` folder holding what the chain adds to the transforms, and its modules
+#: (each imports only torch, numpy, scipy, nibabel, MONAI and optionally isal/cc3d)
+SCRIPT_PACKAGE = "medseg_inference"
+SCRIPT_MODULES = (nifti, postprocess)
+SCRIPT_CLASSES = (IsalNiftiReader, InvertToLabelsd, KeepLargestComponentd)
+
+#: own post-processing transforms, by the name the spec uses
+POST_TRANSFORMS = {"InvertToLabelsd": InvertToLabelsd, "KeepLargestComponentd": KeepLargestComponentd}
+
+#: config keys whose string values name classes (a transform, LoadImaged's readers)
+_CLASS_KEYS = ("_target_", "reader")
+
+
+def largest_component_labels(cfg: Any) -> list[list[int]]:
+    """Label sets whose union is reduced to its largest connected component after prediction."""
+    classes = cfg["evaluation"]["classes"]
+    return [list(classes[name]) for name in cfg["evaluation"]["keep_largest_component"]]
+
+
+def postprocess_spec(cfg: Any) -> list[dict[str, Any]]:
+    """Logits -> class probabilities -> uint8 labels on the input grid -> largest components."""
+    post: list[dict[str, Any]] = [
+        {"_target_": "Activationsd", "keys": "pred", "softmax": True},
+        {"_target_": "InvertToLabelsd", "keys": "pred", "transform": "@preprocessing", "orig_keys": "image"},
+    ]
+    for members in largest_component_labels(cfg):
+        post.append({"_target_": "KeepLargestComponentd", "keys": "pred", "applied_labels": members})
+    return post
+
+
+def inference_spec(cfg: Any) -> dict[str, Any]:
+    """``preprocessing``, ``inferer`` and ``postprocessing`` as bundle config entries (own classes by short name)."""
+    return {
+        "preprocessing": {"_target_": "Compose", "transforms": preprocess_spec(cfg, ("image",))},
+        "inferer": inferer_def(cfg),  # sliding windows, or slice by slice for a 2D network in slice mode
+        "postprocessing": {"_target_": "Compose", "transforms": postprocess_spec(cfg)},
+    }
+
+
+def _dotted(cls: type) -> str:
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+def _own_classes() -> dict[str, type]:
+    return {**OWN_TRANSFORMS, **POST_TRANSFORMS}
+
+
+def _rename(config: Any, names: dict[str, str]) -> Any:
+    """``config`` with the class names under :data:`_CLASS_KEYS` replaced as ``names`` says."""
+    if isinstance(config, dict):
+        out = {}
+        for key, value in config.items():
+            if key in _CLASS_KEYS and isinstance(value, str):
+                out[key] = names.get(value, value)
+            elif key in _CLASS_KEYS and isinstance(value, list):
+                out[key] = [names.get(v, v) if isinstance(v, str) else _rename(v, names) for v in value]
+            else:
+                out[key] = _rename(value, names)
+        return out
+    if isinstance(config, list):
+        return [_rename(v, names) for v in config]
+    return config
+
+
+def local_targets(config: Any) -> Any:
+    """``config`` with medseg's own classes named by their medseg module (for ``ConfigParser`` in-process)."""
+    return _rename(config, {name: _dotted(cls) for name, cls in _own_classes().items()})
+
+
+def bundle_targets(config: Any) -> Any:
+    """``config`` with medseg's own classes (short names or medseg dotted paths) pointing at the bundle's
+    ``scripts/`` copies."""
+    names = {}
+    for name, cls in OWN_TRANSFORMS.items():
+        names[name] = names[_dotted(cls)] = script_target(name)
+    for cls in SCRIPT_CLASSES:
+        names[cls.__name__] = names[_dotted(cls)] = f"scripts.{SCRIPT_PACKAGE}.{cls.__name__}"
+    names[dicom_reader.READER_PATH] = dicom_reader.BUNDLE_READER  # medseg's DICOM series reader
+    return _rename(config, names)
+
+
+@dataclass
+class InferenceChain:
+    """What turns an input file into a label map: ``postprocessing(preprocessing(item) + pred)``.
+
+    ``pred`` is ``inferer(image[None], forward)[0]`` (logits); ``postprocessing`` starts from them (no writing
+    step: medseg writes the result itself). ``in_channels``: the channels the network takes, when known.
+    """
+
+    preprocessing: Compose
+    inferer: Inferer
+    postprocessing: Compose
+    in_channels: int | None = None
+
+
+def chain_from_config(config: dict[str, Any] | ConfigParser, in_channels: int | None = None) -> InferenceChain:
+    """The chain of a bundle-style config (``preprocessing``, ``inferer``, ``postprocessing``), instantiated by
+    MONAI's ``ConfigParser``; writing steps (``SaveImage[d]``) are left out of the post-processing."""
+    parser = config if isinstance(config, ConfigParser) else ConfigParser(copy.deepcopy(config))
+    preprocessing = parser.get_parsed_content("preprocessing")
+    inferer = parser.get_parsed_content("inferer")
+    post = parser.get_parsed_content("postprocessing")
+    steps = post.transforms if isinstance(post, Compose) else [post]
+    post = Compose([t for t in steps if not isinstance(t, (SaveImage, SaveImaged))])
+    return InferenceChain(preprocessing, inferer, post, in_channels)
+
+
+def build_chain(cfg: Any) -> InferenceChain:
+    """The prediction chain of a medseg task config: :func:`inference_spec` through ``ConfigParser``."""
+    return chain_from_config(local_targets(inference_spec(cfg)), input_channels(cfg))

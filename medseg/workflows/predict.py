@@ -1,0 +1,146 @@
+"""Segment image files or DICOM series with a MONAI Bundle: what ``python -m medseg.predict`` does, as a function.
+
+Each case runs through the bundle's prediction chain (:mod:`medseg.inference`: the chain its
+``inference.json`` holds) and is written as ``<case>_seg.nii.gz`` in the input's own geometry, or with
+``format="dicom-seg"`` (DICOM input) as a DICOM SEG that references the source series.
+
+Example:
+    >>> from medseg.workflows import predict
+    >>> written = predict.run("bundles/liver_ct_segmentation", "scans/", "masks/")
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+from monai.data import MetaTensor
+
+from medseg import __version__
+from medseg.bundle.load import LoadedBundle, load_bundle
+from medseg.data.check import read_header
+from medseg.data.dicom_seg import is_dicom_series, write_dicom_seg
+from medseg.data.formats import VOLUME_SUFFIXES as IMAGE_SUFFIXES
+from medseg.data.labelmaps import case_name, write_label_nifti
+from medseg.errors import MedsegError
+from medseg.inference import run_case, torch_forward
+
+FORMATS = ("nifti", "dicom-seg")
+
+
+class Written(list):
+    """The paths written, one per case that succeeded; ``failed``: ``(case, reason)`` of those skipped."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.failed: list[tuple[str, str]] = []
+
+
+def find_inputs(path: Path) -> list[tuple[str, Path]]:
+    """Cases under ``path``: one image file, one DICOM series folder, or a folder of either."""
+    path = Path(path)
+    if path.is_file():
+        return [(case_name(path), path)]
+    if not path.is_dir():
+        raise MedsegError(f"--input {path}: no such file or folder")
+    if is_dicom_series(path):
+        return [(path.name, path)]
+    cases = []
+    for child in sorted(path.iterdir()):
+        if child.is_file() and child.name.lower().endswith(IMAGE_SUFFIXES):
+            cases.append((case_name(child), child))
+        elif child.is_dir() and is_dicom_series(child):
+            cases.append((child.name, child))
+    if not cases:
+        raise MedsegError(f"--input {path}: no images ({', '.join(IMAGE_SUFFIXES)}) or DICOM series folders in it")
+    return cases
+
+
+def _device(name: str) -> torch.device:
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise MedsegError("--device cuda: no CUDA device is visible")
+    return device
+
+
+def _labels(pred: MetaTensor) -> np.ndarray:
+    """The label map (spatial axes) as uint8, whatever type the chain's last step gave it."""
+    labels = pred[0].detach().cpu().numpy() if isinstance(pred, torch.Tensor) else np.asarray(pred)[0]
+    if labels.dtype != np.uint8:
+        if labels.size and (labels.min() < 0 or labels.max() > 255):
+            raise MedsegError(f"label values {labels.min()}..{labels.max()} do not fit a uint8 label map")
+        labels = labels.astype(np.uint8)
+    return labels
+
+
+def predict_one(bundle: LoadedBundle, path: Path, out: Path, device: torch.device, fmt: str = "nifti",
+                tta: bool = False, series: str | None = None) -> Path:
+    """Predict the case at ``path`` and write it to ``out``; returns ``out``."""
+    # every check that needs no voxels (DICOM series order/spacing/tilt/gaps/choice; claimed size, truncated or cut
+    # files, 4D, a single voxel, colour) before any pixel is read
+    read_header(path, series)
+    pred = run_case(bundle.chain, torch_forward(bundle.network), {"image": str(path)}, device, tta)
+    labels, affine = _labels(pred), pred.affine.numpy()
+    if fmt == "dicom-seg":
+        names = {v: k for v, k in bundle.labels.items() if v != 0}
+        return write_dicom_seg(labels, affine, path, out, names, bundle.name, __version__)
+    write_label_nifti(labels, affine, out, source=path)
+    return out
+
+
+def run(bundle: str | Path, inputs: str | Path, output: str | Path, *, format: str = "nifti", tta: bool = False,
+        device: str = "cpu", series: str | None = None, trust: bool = False,
+        on_case: Callable[[str, Path | None, str | None], None] | None = None) -> Written:
+    """Segment every case under ``inputs`` with the bundle at ``bundle``, writing into ``output``.
+
+    Args:
+        bundle: a MONAI Bundle folder or ``.zip`` (a foreign one runs its own inference.json: needs ``trust``).
+        inputs: an image file, a DICOM series folder, or a folder of either.
+        output: the output folder (created).
+        format: ``"nifti"`` (``<case>_seg.nii.gz``) or ``"dicom-seg"`` (DICOM input only, ``<case>_seg.dcm``).
+        tta: average over mirrored copies of the input (2^d forward runs).
+        device: ``"cpu"`` or ``"cuda"``.
+        series: which series (SeriesInstanceUID) where a DICOM folder holds several.
+        trust: allow a bundle not written by medseg to run its config code.
+        on_case: called after each case with ``(case, written path or None, reason it was skipped or None)``.
+
+    Returns:
+        the written paths; ``.failed`` lists ``(case, reason)`` for cases skipped (an error in one case does not
+        stop the others; with a single case it is raised).
+    """
+    if format not in FORMATS:
+        raise MedsegError(f"format {format!r}: choose one of {', '.join(FORMATS)}")
+    dev = _device(device)
+    loaded = load_bundle(Path(bundle), dev, trust=trust)
+    cases = find_inputs(Path(inputs))
+    if format == "dicom-seg":
+        not_dicom = [name for name, path in cases if not is_dicom_series(path)]
+        if not_dicom:
+            raise MedsegError(f"--format dicom-seg needs DICOM series input; not DICOM: {', '.join(not_dicom)}")
+    output = Path(output)
+    output.mkdir(parents=True, exist_ok=True)
+    written = Written()
+    suffix = "_seg.dcm" if format == "dicom-seg" else "_seg.nii.gz"
+    for name, path in cases:
+        try:
+            out = predict_one(loaded, path, output / f"{name}{suffix}", dev, format, tta, series)
+        except Exception as err:  # one unreadable case must not stop the others
+            if isinstance(err, MedsegError):
+                if len(cases) == 1:
+                    raise
+                reason = str(err)
+            else:
+                reason = str(err).strip().splitlines()[0][:300] if str(err).strip() else type(err).__name__
+            written.failed.append((name, reason))
+            if on_case is not None:
+                on_case(name, None, reason)
+            continue
+        written.append(out)
+        if on_case is not None:
+            on_case(name, out, None)
+    return written
+
+
+__all__ = ["FORMATS", "Written", "find_inputs", "predict_one", "run"]
