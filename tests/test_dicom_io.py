@@ -700,3 +700,25 @@ def test_convert_is_a_plain_function_too(tmp_path):
     assert [c.series.split(" ")[0] for c in every] == ["1.2.3.20", "1.2.3.21"]
     with pytest.raises(MedsegError, match="exists; pass --force"):
         convert.run(tmp_path / "f", tmp_path / "a.nrrd", "1.2.3.21")
+
+
+def test_loader_spec_picks_a_series_from_a_folder_holding_several(tmp_path):
+    from monai.bundle import ConfigParser
+
+    from medseg.config import load_config
+    from medseg.data.dicom_reader import select_series
+    from medseg.transforms import preprocess_spec
+
+    write_series(tmp_path / "f", volume(17), oblique_affine(), series_uid="1.2.3.30", prefix="a")
+    write_series(tmp_path / "f", volume(18), oblique_affine(), series_uid="1.2.3.31", prefix="b")
+    spec = preprocess_spec(load_config("liver", ["preprocessing.spacing=[1.5, 1.5, 2.0]"]), ("image",))[:1]
+    assert select_series(spec, None) is spec
+    load = ConfigParser({"pre": {"_target_": "Compose", "transforms": spec}}).get_parsed_content("pre")
+    with pytest.raises(Exception) as err:
+        load({"image": str(tmp_path / "f")})
+    from medseg.errors import user_error
+
+    assert "holds 2 series" in str(user_error(err.value))
+    chosen = ConfigParser({"pre": {"_target_": "Compose", "transforms": select_series(spec, "1.2.3.31")}})
+    got = chosen.get_parsed_content("pre")({"image": str(tmp_path / "f")})["image"]
+    np.testing.assert_array_equal(np.asarray(got), volume(18))

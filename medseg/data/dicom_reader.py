@@ -125,5 +125,26 @@ class DicomSeriesReader(ImageReader):
         return vol.array, meta
 
 
+def select_series(spec: list[dict], series_uid: str | None) -> list[dict]:
+    """A preprocessing spec whose loader reads series ``series_uid`` from folders holding several: the reader
+    entry becomes ``{"_target_": <reader>, "series_uid": ...}``, which MONAI's ConfigParser instantiates and
+    ``LoadImaged`` takes as a reader instance (no MONAI internals touched). ``None``: the spec unchanged."""
+    if not series_uid:
+        return spec
+
+    def chosen(reader):
+        if reader in (READER_PATH, BUNDLE_READER):
+            return {"_target_": reader, "series_uid": series_uid}
+        return reader
+
+    out = []
+    for step in spec:
+        if step.get("_target_") in ("LoadImaged", "LoadImage") and "reader" in step:
+            readers = step["reader"]
+            step = {**step, "reader": [chosen(r) for r in readers] if isinstance(readers, list) else chosen(readers)}
+        out.append(step)
+    return out
+
+
 SCRIPT_MODULES = (sys.modules[read_dicom.__module__], sys.modules[__name__])
 SCRIPT_CLASSES = (DicomSeriesReader,)
