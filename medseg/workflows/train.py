@@ -25,13 +25,14 @@ from monai.transforms import LoadImage
 
 from medseg.bundle import export_bundle
 from medseg.config import load_config
+from medseg.engine.checks import check_task
 from medseg.data.case import Case, items
 from medseg.data.labelmaps import mapped_labels, write_label_nifti
 from medseg.data.layouts import all_cases, load_dataset
 from medseg.data.locate import locate_dataset
 from medseg.engine import distributed
 from medseg.engine.folds import fold_split, make_folds, summarise_folds
-from medseg.engine.inference import predict_case
+from medseg.inference import build_chain, run_case, torch_forward
 from medseg.engine.resume import read_state, resume_config, stored_config, write_state
 from medseg.engine.trainer import TrainResult, train
 from medseg.errors import MedsegError
@@ -40,7 +41,7 @@ from medseg.evaluation.figures import write_preview
 from medseg.fileio import atomic_write_text, new_dir
 from medseg.evaluation.reports import redraw
 from medseg.tracking import Tracker
-from medseg.transforms import build_eval_transforms, fit_preprocessing
+from medseg.transforms import fit_preprocessing
 from medseg.workflows.logs import setup_logging
 
 logger = logging.getLogger("medseg")
@@ -112,10 +113,11 @@ def run(
 def resolve_config(task: str | Path | None, overrides: list[str], resume: Path | None) -> tuple[Any, Any]:
     """(the config to train with, the config as requested): a run folder's own for ``resume``."""
     if resume is not None:
-        return resume_config(resume, str(task) if task else None, overrides)
+        fitted, requested = resume_config(resume, str(task) if task else None, overrides)
+        return check_task(fitted), requested
     if not task:
         raise MedsegError("a task is needed: python -m medseg.train TASK_OR_YAML (or --resume RUN_DIR)")
-    cfg = load_config(str(task), overrides)
+    cfg = check_task(load_config(str(task), overrides))  # the network's own checks (arguments, patch multiples)
     return cfg, cfg
 
 
@@ -340,12 +342,13 @@ def evaluate_cases(cfg: Any, net: torch.nn.Module, cases: list[Case], device: to
                    pred_dir: Path) -> dict[str, dict[str, dict[str, float | str]]]:
     """Predict each case on its original grid, write the prediction, and compute metrics in mm."""
     pred_dir.mkdir(parents=True, exist_ok=True)
-    transforms = build_eval_transforms(cfg)
+    chain = build_chain(cfg)  # the chain medseg.predict and the bundle's inference.json run
+    forward = torch_forward(net)  # eval mode: batch norm statistics stay those of the best checkpoint
     loader = LoadImage(image_only=True, ensure_channel_first=True)
     per_case = {}
     for i, case in enumerate(cases, 1):
         case = case if isinstance(case, Case) else Case.from_item(case)
-        pred = predict_case(cfg, net, case.item(), device, transforms)
+        pred = run_case(chain, forward, case.item(), device)
         ref = loader(str(case.label))
         if tuple(pred.shape[1:]) != tuple(ref.shape[1:]):
             raise RuntimeError(f"{case.name}: inverted prediction {tuple(pred.shape)} does not match label"
@@ -355,7 +358,7 @@ def evaluate_cases(cfg: Any, net: torch.nn.Module, cases: list[Case], device: to
         spacing = np.sqrt((affine[:nd, :nd] ** 2).sum(axis=0))
         ev = cfg["evaluation"]
         per_case[case.name] = evaluate_case(
-            pred[0].numpy(), mapped_labels(ref[0].numpy(), cfg["data"].get("label_map")), spacing, ev["classes"],
+            pred[0].numpy(), mapped_labels(ref[0].numpy(), cfg.effective_label_map()), spacing, ev["classes"],
             tolerance_mm=ev["tolerance_mm"], worst_mm=ev["worst_mm"] or None,
         )
         write_label_nifti(pred[0].numpy(), affine, pred_dir / f"{case.name}.nii.gz", source=case.image)
