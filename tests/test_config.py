@@ -187,11 +187,12 @@ def test_fitted_section_from_fit_preprocessing_and_back_from_config_yaml(tmp_pat
 def test_old_run_folder_config_loads_and_stored_configs_are_checked():
     old = load_config("liver").to_dict()
     del old["fitted"]  # written before the fitted section: the fitted values sit in preprocessing
+    del old["tracking"]["system_metrics"]  # nor did it know this key: it takes its default
     old["preprocessing"].update(spacing=[0.8, 0.8, 3.0], image_channels=1)
     old["preprocessing"]["histogram"]["landmarks"] = [0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0]
     cfg = TaskConfig.from_dict(old, source="runs/liver/x/config.yaml")
     assert cfg.effective_spacing() == [0.8, 0.8, 3.0] and cfg.effective_image_channels() == 1
-    assert cfg.effective_landmarks()[-1] == 1.0 and cfg.fitted.spacing is None
+    assert cfg.effective_landmarks()[-1] == 1.0 and cfg.fitted.spacing is None and cfg.tracking.system_metrics
     missing = copy.deepcopy(old)
     del missing["preprocessing"]["intensity"]  # a key this medseg needs and another one did not write
     with pytest.raises(MedsegError, match=r"^medseg_task\.json: key 'preprocessing\.intensity' is missing"):

@@ -535,8 +535,9 @@ class TaskConfig(Section):
         """Validate a stored config (a run folder's ``config.yaml``, a bundle's ``medseg_task.json``).
 
         A stored config is complete: a missing key means another medseg wrote it, and is refused naming the
-        key. Only ``fitted`` (newer than the format) may be absent: configs written before it hold the fitted
-        spacing, landmarks and channel count as plain values of ``preprocessing``, which work as they are.
+        key. Only the keys in :data:`NEWER_KEYS` may be absent (they take their defaults); configs written
+        before ``fitted`` hold the fitted spacing, landmarks and channel count as plain values of
+        ``preprocessing``, which work as they are.
         """
         if not isinstance(data, dict):
             raise MedsegError(f"{source}: a task config must be a mapping of sections, got {type(data).__name__}")
@@ -547,10 +548,15 @@ class TaskConfig(Section):
         return validate(data, lambda key: source, source)
 
 
+#: keys newer than configs already stored in run folders and bundles: a stored config without them takes their
+#: defaults (add every key introduced from now on, so older run folders still --resume)
+NEWER_KEYS = ("fitted", "tracking.system_metrics")
+
+
 def _missing_keys(model: type[BaseModel], data: dict[str, Any], prefix: str = "") -> list[str]:
     found = []
     for name, field in model.model_fields.items():
-        if name == "fitted" and not prefix:
+        if prefix + name in NEWER_KEYS:
             continue
         if name not in data:
             found.append(prefix + name)
