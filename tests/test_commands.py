@@ -71,3 +71,19 @@ def test_check_run_lists_the_bad_case_and_writes_the_json(tmp_path):
     out = check.write_json(result, tmp_path / "report.json")
     stored = json.loads(out.read_text())
     assert stored["bad_cases"] == ["case_001"] and stored["cases"][0]["shape"] == [16, 14, 10]
+
+
+def test_check_maps_0_255_png_masks_on_reading(tmp_path):
+    root = tmp_path / "pngs"
+    for sub in ("images", "labels"):
+        (root / sub).mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for i in range(2):
+        Image.fromarray(rng.integers(0, 255, (20, 24), dtype=np.uint8)).save(root / "images" / f"c{i}.png")
+        mask = np.zeros((20, 24), np.uint8)
+        mask[5:12, 6:15] = 255
+        Image.fromarray(mask).save(root / "labels" / f"c{i}.png")
+    dataset = check.open_dataset(root)
+    assert dataset.layout == "folders" and dataset.label_map == {255: 1}
+    result = check.run(dataset)
+    assert result.bad == [] and "label values mapped on reading: {255: 1}" in result.summary

@@ -21,7 +21,8 @@ from typing import Any
 from medseg.config import load_config
 from medseg.data.case import Case, items
 from medseg.data.check import CaseResult, check_case, summarise
-from medseg.data.layouts import _detect_255_masks, all_cases, detect_layout
+from medseg.data.labelmaps import detect_255_label_map
+from medseg.data.layouts import all_cases, detect_layout
 from medseg.data.locate import locate_dataset
 from medseg.data.msd import read_manifest
 from medseg.errors import MedsegError
@@ -90,8 +91,8 @@ def open_dataset(target: str | Path, *, data_dir: str | Path | None = None, layo
         root = locate_dataset(cfg, Path(data_dir or "data"), explicit=data_dir is not None)
         expected = set(cfg["data"]["labels"].values())
     cases = all_cases(cfg, root)
-    _detect_255_masks(cfg, cases)  # 0/255 masks: data.label_map {255: 1}
     label_map = {int(k): int(v) for k, v in (cfg["data"].get("label_map") or {}).items()}
+    label_map = label_map or detect_255_label_map(dict(cfg["data"]["labels"]), cases)  # 0/255 masks: {255: 1}
     return Dataset(root, cfg["data"]["layout"], cases, expected, label_map)
 
 
