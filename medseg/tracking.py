@@ -329,6 +329,9 @@ class Tracker:
         self.run_id = self.run.info.run_id
         self.log_params(flatten(cfg))
         logger.info("MLflow run '%s' (%s) in experiment '%s' at %s", run_name, self.run_id, self.experiment_name, self.uri)
+        if self.uri.startswith(("http://", "https://")):  # the UI's model-training view (MLflow 3: workflowType)
+            logger.info("MLflow run page: %s/#/experiments/%s/runs/%s?workflowType=machine_learning",
+                        self.uri.rstrip("/"), self.experiment.experiment_id, self.run_id)
         if cfg["tracking"].get("system_metrics", True):  # CPU, memory, disk, network; GPU through pynvml
             logging.getLogger("mlflow.system_metrics").setLevel(logging.WARNING)  # no start/stop lines in the log
             self.monitor = self.guard("system metrics", lambda: SystemMetricsMonitor(

@@ -256,7 +256,8 @@ def test_run_page_shows_the_dataset_in_chromium(server_run, tmp_path: Path):
 
         headers, cells = WebDriverWait(driver, 60, poll_frequency=0.5).until(dataset_cell)
         driver.save_screenshot(str(tmp_path / "runs_table.png"))
-        assert any("Synthetic" in c for c in cells), cells
+        digest = server_run["run"].data.params["data.train_sha1"]
+        assert any(f"Synthetic ({digest})" in c and "Training" in c for c in cells), cells  # the Dataset column
         driver.get(f"{server_run['uri']}/#/experiments/{exp_id}/runs/{run_id}?workflowType=machine_learning")
         WebDriverWait(driver, 60, poll_frequency=0.5).until(
             lambda d: "Synthetic" in d.find_element(By.TAG_NAME, "body").text)
@@ -337,3 +338,80 @@ def test_report_redraws_figures_without_mlflow(trained, tmp_path: Path, capsys):
     text = (run / "report.md").read_text()
     assert "| liver |" in text and "![training_curves](training_curves.png)" in text
     assert report_main([str(tmp_path)]) == 2  # not a run folder (no config.yaml)
+
+
+def _fresh_env() -> dict[str, str]:
+    """The environment of a user's shell: the default store (sqlite:///<cwd>/mlflow.db), no test overrides."""
+    return {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+
+
+@pytest.mark.slow
+def test_two_trainings_started_together_in_one_folder(tmp_path: Path):
+    """Same working directory, same default SQLite store, same runs/ and bundles/: both finish, both tracked,
+    each with its own run folder and bundle version."""
+    import torch
+
+    write_msd(tmp_path / "data" / "Synthetic")
+    sets = [a for o in FAST + ["data.dataset=Synthetic", "training.iterations_per_epoch=2"] for a in ("--set", o)]
+    cmd = [sys.executable, "-m", "medseg.train", "liver", "--epochs", "1", "--data-dir", "data", *sets]
+    procs = [subprocess.Popen(cmd, cwd=tmp_path, env=_fresh_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                              text=True) for _ in range(2)]
+    outs = [p.communicate(timeout=900)[0] for p in procs]
+    for p, out in zip(procs, outs):
+        assert p.returncode == 0 and "Traceback" not in out, out[-3000:]
+    run_dirs = sorted((tmp_path / "runs" / "liver").iterdir())
+    assert len(run_dirs) == 2
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("medseg").experiment_id])
+    assert sorted(r.info.run_name for r in runs) == sorted(f"liver-{d.name}" for d in run_dirs)
+    for run in runs:
+        assert run.info.status == "FINISHED"
+        assert len(client.get_metric_history(run.info.run_id, "train_loss")) == 2
+        assert len(client.get_metric_history(run.info.run_id, "val_dice_liver")) == 1
+        assert "final_liver_dice" in run.data.metrics and len(run.inputs.dataset_inputs) == 2
+    bundles = tmp_path / "bundles"
+    versions = sorted(p.name for p in bundles.iterdir() if not p.name.startswith("."))
+    assert versions == ["liver_ct_segmentation", "liver_ct_segmentation-v1", "liver_ct_segmentation-v2"]
+    assert (bundles / "liver_ct_segmentation").resolve().name == "liver_ct_segmentation-v2"
+    owners = set()
+    for run_dir in run_dirs:
+        assert not (run_dir / "mlflow_unlogged.jsonl").exists()  # nothing lost to a locked database
+        log = (run_dir / "train.log").read_text()
+        other = next(d for d in run_dirs if d != run_dir)
+        assert str(run_dir) in log or run_dir.name in log
+        assert other.name not in log  # neither run wrote into the other's folder
+        report = json.loads((run_dir / "run.json").read_text())
+        assert Path(report["bundle"]).name == "liver_ct_segmentation"
+    for version in ("liver_ct_segmentation-v1", "liver_ct_segmentation-v2"):
+        meta = json.loads((bundles / version / "configs" / "metadata.json").read_text())
+        run_dir = tmp_path / meta["medseg_export"]["run"]
+        owners.add(run_dir.name)
+        assert meta["version"] == f"0.{version[-1]}.0" and meta["eval_metrics"]["liver_dice"] == pytest.approx(
+            json.loads((run_dir / "metrics.json").read_text())["liver"]["dice"], abs=1e-4)
+        a = torch.load(bundles / version / "models" / "model.pt", weights_only=True)
+        b = torch.load(run_dir / "checkpoints" / "best.pt", weights_only=True)
+        assert all(torch.equal(a[k], b[k]) for k in b)  # each bundle holds its own run's weights, whole
+    assert owners == {d.name for d in run_dirs}
+
+
+def test_store_created_by_several_processes_at_once(tmp_path: Path):
+    """MLflow creates a new SQLite store's schema without a lock: three processes opening it at the same instant
+    each go through medseg's store lock and all get the one experiment."""
+    code = ("import sys, time\n"
+            "from medseg.tracking import retry_locked, store_lock\n"
+            "from mlflow.tracking import MlflowClient\n"
+            "uri, start = sys.argv[1], float(sys.argv[2])\n"
+            "time.sleep(max(0.0, start - time.time()))\n"
+            "with store_lock(uri):\n"
+            "    c = MlflowClient(tracking_uri=uri)\n"
+            "    e = c.get_experiment_by_name('x') or c.get_experiment(c.create_experiment('x'))\n"
+            "print(retry_locked(lambda: c.create_run(e.experiment_id)).info.experiment_id)\n")
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    start = time.time() + 15  # after every process has imported MLflow
+    procs = [subprocess.Popen([sys.executable, "-c", code, uri, str(start)], env=_fresh_env(), text=True,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE) for _ in range(3)]
+    results = [p.communicate(timeout=300) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0, 0], [err[-2000:] for _, err in results]
+    assert len({out.strip() for out, _ in results}) == 1
+    client = MlflowClient(tracking_uri=uri)
+    assert len(client.search_runs([client.get_experiment_by_name("x").experiment_id])) == 3

@@ -143,7 +143,7 @@ def list_bundles(parent: Path) -> list[dict[str, Any]]:
         m = VERSION_DIR.match(child.name)
         dice = {k[:-len("_dice")]: v for k, v in (meta.get("eval_metrics") or {}).items() if k.endswith("_dice")}
         rows.append({
-            "name": meta.get("name", m.group("name") if m else child.name), "version": meta.get("version", "?"),
+            "name": m.group("name") if m else child.name, "version": meta.get("version", "?"),  # as addressed
             "number": int(m.group("n")) if m else 0, "date": export.get("exported", ""),
             "task": export.get("task", meta.get("task", "")), "run": export.get("run", ""), "dice": dice,
             "folder": child, "latest": child.name in latest or not m,
