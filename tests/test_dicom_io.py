@@ -722,3 +722,15 @@ def test_loader_spec_picks_a_series_from_a_folder_holding_several(tmp_path):
     chosen = ConfigParser({"pre": {"_target_": "Compose", "transforms": select_series(spec, "1.2.3.31")}})
     got = chosen.get_parsed_content("pre")({"image": str(tmp_path / "f")})["image"]
     np.testing.assert_array_equal(np.asarray(got), volume(18))
+
+
+def test_channels_mixing_dicom_and_nifti_refused_not_read_by_itk(tmp_path):
+    import nibabel as nib
+    from monai.transforms import LoadImage
+
+    from medseg.data.dicom_reader import READER_PATH
+
+    write_series(tmp_path / "s", volume(19), oblique_affine())
+    nib.save(nib.Nifti1Image(volume(19).astype(np.float32), np.eye(4)), tmp_path / "x.nii.gz")
+    with pytest.raises(MedsegError, match="the channels of one case mix DICOM and other files"):
+        LoadImage(image_only=True, reader=READER_PATH)([str(tmp_path / "s"), str(tmp_path / "x.nii.gz")])

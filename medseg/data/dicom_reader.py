@@ -84,9 +84,9 @@ class DicomSeriesReader(ImageReader):
     def read(self, data, **kwargs):
         filenames = tuple(str(f) for f in ensure_tuple(data))
         dicom = [is_dicom_input(f) for f in filenames]
-        if any(dicom) and not all(dicom):
-            raise MedsegError(f"{filenames[0]}: the channels of one case mix DICOM and other files; convert the DICOM"
-                              " series with python -m medseg.convert first")
+        if any(dicom) and not all(dicom):  # raised by get_data: LoadImage would swallow it here and try ITK
+            return self, MedsegError(f"{filenames[0]}: the channels of one case mix DICOM and other files; convert"
+                                     " the DICOM series with python -m medseg.convert first")
         if not all(dicom):
             reader = self._delegate(filenames)
             return reader, reader.read(data, **kwargs)
@@ -97,6 +97,8 @@ class DicomSeriesReader(ImageReader):
         reader, obj = img
         if reader is not self:
             return reader.get_data(obj)
+        if isinstance(obj, MedsegError):
+            raise obj
         arrays, meta = [], {}
         for series in ensure_tuple(obj):
             array, header = self._series_data(series)
