@@ -241,3 +241,64 @@ def test_inferer_network_loss_and_trainer_follow_the_config(fast_cfg):
                                      scheduler=sched)
     assert isinstance(trainer, SupervisedTrainer) and trainer.state.max_epochs == fast_cfg["training"]["epochs"]
     assert builders.reported_classes(fast_cfg) == {"liver": [1, 2], "tumour": [2]}
+
+
+def test_resumable_checkpoint_every_n_epochs_at_the_end_and_on_a_stop(tmp_path):
+    from medseg.engine.checkpoint import load_checkpoint
+
+    def recording(trainer: Engine, written: list) -> SimpleNamespace:
+        return SimpleNamespace(snapshot=lambda: written.append(trainer.state.epoch) or {"epoch": trainer.state.epoch})
+
+    trainer, stop, written = idle_engine(), Stop(), []
+    ResumableCheckpoint(tmp_path / "last.pt", recording(trainer, written), every=2, stop=stop).attach(trainer)
+    trainer.run([0], max_epochs=5)
+    assert written == [2, 4, 5] and load_checkpoint(tmp_path / "last.pt")["epoch"] == 5
+    trainer, written = idle_engine(), []
+    trainer.add_event_handler(Events.EPOCH_COMPLETED(once=3), lambda _: setattr(stop, "reason", "time budget"))
+    ResumableCheckpoint(tmp_path / "stopped.pt", recording(trainer, written), every=10, stop=stop).attach(trainer)
+    trainer.run([0], max_epochs=8)
+    assert written == [3] and trainer.state.epoch == 3  # saved, then the run ended
+    trainer, written = idle_engine(), []
+    ResumableCheckpoint(tmp_path / "rank1.pt", recording(trainer, written), every=1, stop=Stop(), writer=False).attach(trainer)
+    trainer.run([0], max_epochs=2)
+    assert written == [] and not (tmp_path / "rank1.pt").exists()
+
+
+def test_training_state_round_trips_through_a_weights_only_checkpoint(tmp_path):
+    from medseg.engine.checkpoint import load_checkpoint, save_checkpoint
+    from medseg.engine.handlers import TrainingState
+
+    def parts(seed: int, reason: str = "") -> dict:
+        torch.manual_seed(seed)
+        net = torch.nn.Linear(3, 2)
+        opt = torch.optim.AdamW(net.parameters(), lr=0.1)
+        sched = torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=0.5)
+        trainer, evaluator = idle_engine(), idle_engine()
+        evaluator.state.best_metric, evaluator.state.best_metric_epoch = -1.0, -1
+        return {"net": net, "optimizer": opt, "scheduler": sched, "trainer": trainer, "evaluator": evaluator,
+                "loader": SimpleNamespace(generator=torch.Generator().manual_seed(seed)), "transforms": [],
+                "early": None, "stop": Stop(reason), "progress": SimpleNamespace(history={"epoch": []})}
+
+    a = parts(0, "early stopping")
+    a["net"](torch.ones(1, 3)).sum().backward()
+    a["optimizer"].step()
+    a["scheduler"].step()
+    a["trainer"].run([0, 1], max_epochs=2)
+    a["evaluator"].state.best_metric, a["evaluator"].state.best_metric_epoch = 0.75, 2
+    torch.randint(10, (4,), generator=a["loader"].generator)
+    a["progress"].history["epoch"] = [1, 2]
+    save_checkpoint(tmp_path / "last.pt", TrainingState(**a).snapshot())
+
+    b = parts(1)
+    TrainingState(**b).restore(load_checkpoint(tmp_path / "last.pt"))
+    assert all(torch.equal(v, b["net"].state_dict()[k]) for k, v in a["net"].state_dict().items())
+    assert b["optimizer"].state_dict()["state"][0]["step"] == 1 and b["scheduler"].last_epoch == 1
+    assert (b["trainer"].state.epoch, b["trainer"].state.iteration) == (2, 4)
+    assert (b["evaluator"].state.best_metric, b["evaluator"].state.best_metric_epoch) == (0.75, 2)
+    assert torch.equal(b["loader"].generator.get_state(), a["loader"].generator.get_state())
+    assert b["stop"].reason == "early stopping"  # kept; a time budget is not (a resumed run has a new one)
+    state = load_checkpoint(tmp_path / "last.pt")
+    state["stop_reason"] = "time budget"
+    c = parts(2, "x")
+    TrainingState(**c).restore(state)
+    assert c["stop"].reason == ""

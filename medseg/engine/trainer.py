@@ -22,11 +22,11 @@ from monai.engines import SupervisedEvaluator, SupervisedTrainer
 from monai.utils import set_determinism
 
 from medseg.engine import builders, distributed
-from medseg.engine.builders import collate_plain, pick_device, training_dataset  # noqa: F401  (older imports)
+from medseg.engine.builders import collate_plain, pick_device, training_dataset  # noqa: F401  (tests import them here)
 from medseg.engine.checkpoint import load_checkpoint, random_transforms
 from medseg.engine.handlers import (
-    BestCheckpoint, EarlyStop, EpochProgress, FiniteLoss, GlobalLoss, LastEpochValidation, LossNotFinite,  # noqa: F401
-    ResumableCheckpoint, Stop, TimeBudget, TrainingState,
+    BestCheckpoint, EarlyStop, EpochProgress, FiniteLoss, GlobalLoss, LastEpochValidation, ResumableCheckpoint, Stop,
+    TimeBudget, TrainingState,
 )
 from medseg.engine.precision import disable_activation_checkpointing
 from medseg.errors import MedsegError
