@@ -47,6 +47,13 @@ _RESERVED = {"self", "spatial_dims", "in_channels", "out_channels", "deep_superv
 
 
 def _prod(values: Any) -> int:
+    """Total stride; with per-axis strides (``[[2, 2, 1], ...]``, planned for anisotropic data) the largest
+    axis's, so one multiple serves every axis."""
+    if any(isinstance(v, (list, tuple)) for v in values):
+        per_axis = [v if isinstance(v, (list, tuple)) else None for v in values]
+        dims = max(len(v) for v in per_axis if v is not None)
+        rows = [list(v) if v is not None else [int(s)] * dims for v, s in zip(per_axis, values)]
+        return max(_prod([r[a] for r in rows]) for a in range(dims))
     out = 1
     for v in values:
         out *= int(v)
@@ -124,7 +131,14 @@ assert list(REGISTRY) == NETWORKS.names(), "medseg.config.registries.NETWORKS an
 assert all(NETWORKS.resolve(n) is s.cls and NETWORK_INPUT_SIZE.get(n) == s.fixed_size for n, s in REGISTRY.items())
 
 
+def _section(net_cfg: Any) -> dict[str, Any]:
+    """The ``network`` section as a plain mapping: a validated :class:`medseg.config.NetworkConfig` or a dict
+    of its keys (tests and ``python -m medseg.networks`` build those; a stored legacy section has no ``args``)."""
+    return net_cfg.to_dict() if hasattr(net_cfg, "to_dict") else net_cfg
+
+
 def _spec(net_cfg: dict[str, Any]) -> NetSpec:
+    net_cfg = _section(net_cfg)
     name = net_cfg.get("name")
     if name not in REGISTRY:
         raise MedsegError(f"network.name: '{name}' is not a known network; choose one of {', '.join(REGISTRY)}")
@@ -133,6 +147,7 @@ def _spec(net_cfg: dict[str, Any]) -> NetSpec:
 
 def _legacy(net_cfg: dict[str, Any]) -> bool:
     """A ``network`` section written before the registry (no ``args``): MONAI's UNet with its keys, as then."""
+    net_cfg = _section(net_cfg)
     return "args" not in net_cfg
 
 
@@ -142,6 +157,7 @@ def network_args(net_cfg: dict[str, Any]) -> dict[str, Any]:
     A fixed-size network's input size (UNETR's ``img_size``) is among them: the config schema fills it from
     ``training.patch_size`` unless ``network.args`` gives it; building the network needs it.
     """
+    net_cfg = _section(net_cfg)
     spec = _spec(net_cfg)
     args = copy.deepcopy(spec.defaults)
     known = spec.arguments()
@@ -168,6 +184,7 @@ def network_args(net_cfg: dict[str, Any]) -> dict[str, Any]:
 
 def input_multiple(net_cfg: dict[str, Any]) -> int:
     """The factor each spatial input size must be divisible by (after padding, inputs always are)."""
+    net_cfg = _section(net_cfg)
     if _legacy(net_cfg):
         return _prod(net_cfg["strides"])
     return int(_spec(net_cfg).multiple(network_args(net_cfg)))
@@ -175,12 +192,14 @@ def input_multiple(net_cfg: dict[str, Any]) -> int:
 
 def n_outputs(net_cfg: dict[str, Any]) -> int:
     """How many outputs the network returns in training (1 without deep supervision)."""
+    net_cfg = _section(net_cfg)
     if _legacy(net_cfg) or not net_cfg.get("deep_supervision"):
         return 1
     return int(_spec(net_cfg).n_outputs(network_args(net_cfg)))
 
 
 def _constructor(net_cfg: dict[str, Any], in_channels: int, out_channels: int) -> tuple[NetSpec, dict[str, Any]]:
+    net_cfg = _section(net_cfg)
     spec = _spec(net_cfg)
     dims = int(net_cfg.get("spatial_dims", 3))
     if dims not in (2, 3):
@@ -210,6 +229,7 @@ def build_network(net_cfg: dict[str, Any], in_channels: int, out_channels: int) 
     Example:
         >>> net = build_network({"name": "unet", "spatial_dims": 2, "args": {"channels": [8, 16, 32]}}, 1, 3)
     """
+    net_cfg = _section(net_cfg)
     if _legacy(net_cfg):  # configs and bundles written before the registry: the plain MONAI UNet
         return monai_nets.UNet(
             spatial_dims=net_cfg["spatial_dims"], in_channels=in_channels, out_channels=out_channels,
@@ -237,6 +257,7 @@ def build_on_meta(net_cfg: dict[str, Any], in_channels: int, out_channels: int) 
 
 def monai_network_def(net_cfg: dict[str, Any], in_channels: int, out_channels: int) -> dict[str, Any]:
     """The same network as a MONAI Bundle config entry (``_target_`` + arguments); state dicts match."""
+    net_cfg = _section(net_cfg)
     if _legacy(net_cfg):
         return {"_target_": "monai.networks.nets.UNet", "spatial_dims": net_cfg["spatial_dims"],
                 "in_channels": in_channels, "out_channels": out_channels, "channels": list(net_cfg["channels"]),
@@ -260,6 +281,7 @@ def _jsonable(value: Any) -> Any:
 
 def describe(net_cfg: dict[str, Any]) -> str:
     """One line for reports: the network, its paper and its arguments."""
+    net_cfg = _section(net_cfg)
     if _legacy(net_cfg):
         return (f"MONAI UNet ({net_cfg['spatial_dims']}D), channels {net_cfg['channels']}, strides {net_cfg['strides']},"
                 f" {net_cfg['num_res_units']} residual units, {net_cfg['norm']} norm")
@@ -309,6 +331,7 @@ def check_network(cfg: Any, source: str = "") -> None:
 def wrap_deep_supervision(loss_fn: torch.nn.Module, net_cfg: dict[str, Any]) -> torch.nn.Module:
     """The training loss over ``[main, aux...]`` outputs: MONAI's ``DeepSupervisionLoss`` with the YAML's
     ``network.ds_weights`` (default: halving per output, 1, 0.5, 0.25, ...); ``loss_fn`` itself otherwise."""
+    net_cfg = _section(net_cfg)
     if not net_cfg.get("deep_supervision"):
         return loss_fn
     weights = [float(w) for w in net_cfg.get("ds_weights") or []] or None
