@@ -306,10 +306,10 @@ class Tracker:
             logger.warning("MLflow tracking server %s is unreachable (%s): training WITHOUT tracking", self.uri, reason)
             self.active = False
             return
-        self.client = MlflowClient(tracking_uri=self.uri)
         mlflow.set_tracking_uri(self.uri)  # for MLflow's fluent calls: the logged model, system metrics
         try:
-            with store_lock(self.uri):  # the first call creates (or migrates) a new store's schema
+            with store_lock(self.uri):  # opening the store creates (or migrates) a new store's schema
+                self.client = retry_locked(lambda: MlflowClient(tracking_uri=self.uri))
                 exp = retry_locked(self._experiment)
             self.experiment = exp
             info = system_info()
