@@ -391,3 +391,22 @@ def test_a_case_with_other_channels_than_the_network_takes_gets_one_line(tmp_pat
     with pytest.raises(MedsegError, match=r"ct.nii.gz: 1 image channels; the network takes 2"):
         run_case(chain, lambda x: never.append(x), {"image": str(path)})
     assert not never  # refused before any forward pass
+
+
+def test_without_cc3d_and_isal_the_results_are_the_same(tmp_path, monkeypatch):
+    """A stock environment without the optional speed-ups (cc3d, isal) gets the same masks and images."""
+    import gzip
+
+    import medseg.data.nifti as nifti
+    import medseg.inference.postprocess as postprocess
+
+    labels = torch.from_numpy(_blobs(4))[None]
+    path = tmp_path / "ct.nii.gz"
+    nib.save(nib.Nifti1Image(_blobs(5).astype(np.int16) * 100 - 50, np.diag([0.8, 0.9, 2.5, 1.0])), path)
+    with_extras = keep_largest(labels, [1, 2]), LoadImage(reader=IsalNiftiReader(), image_only=True)(str(path))
+    monkeypatch.setattr(postprocess, "cc3d", None)
+    monkeypatch.setattr(nifti, "_gzip", gzip)
+    without = keep_largest(labels, [1, 2]), LoadImage(reader=IsalNiftiReader(), image_only=True)(str(path))
+    assert torch.equal(with_extras[0], without[0]) and torch.equal(with_extras[0], monai_largest(labels.clone(), [1, 2]))
+    assert torch.equal(with_extras[1].as_tensor(), without[1].as_tensor())
+    assert torch.equal(with_extras[1].affine, without[1].affine)
