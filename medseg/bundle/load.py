@@ -19,6 +19,7 @@ from typing import Any
 import torch
 
 from medseg import __version__
+from medseg.bundle import versions as bundle_versions
 from medseg.bundle.safety import check_bundle_folder, extract_bundle_zip, weights_error
 from medseg.errors import MedsegError
 
@@ -90,7 +91,7 @@ def _read_json(path: Path) -> Any:
 def load_bundle(bundle_dir: Path, device: torch.device, trust: bool = False) -> LoadedBundle:
     """Load the network and preprocessing of ``bundle_dir``, a folder or a ``.zip`` (see the module docstring for
     the trust rule; :mod:`medseg.bundle.safety` for what is refused before anything is read)."""
-    bundle_dir = Path(bundle_dir)
+    bundle_dir = bundle_versions.resolve(Path(bundle_dir))  # bundles/<name>: the latest version folder it links to
     if bundle_dir.is_file() and bundle_dir.name.lower().endswith(".zip"):
         extracted = tempfile.TemporaryDirectory(prefix="medseg_bundle_")
         try:
