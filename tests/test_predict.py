@@ -252,3 +252,19 @@ def test_bundle_from_an_older_medseg_gets_one_line(trained, scans, tmp_path: Pat
     assert predict_main(args) == 2
     err = capsys.readouterr().err
     assert "does not fit medseg" in err and "python -m medseg.export" in err and "Traceback" not in err
+
+
+def test_series_picks_one_of_several_in_a_folder(trained, tmp_path: Path, capsys):
+    from medseg.data.dicom import write_series
+
+    folder = tmp_path / "in" / "two"
+    big = np.diag([-0.9, -0.9, 2.5, 1.0])
+    write_series(folder, np.full((30, 28, 10), 40.0, np.float32), big, series_uid="1.2.3.4", prefix="a")
+    write_series(folder, np.full((20, 24, 6), 40.0, np.float32), np.diag([-1.0, -1.0, 3.0, 1.0]),
+                 series_uid="1.2.3.5", prefix="b")
+    args = ["--bundle", str(trained["bundle"]), "--input", str(folder), "--output", str(tmp_path / "o")]
+    assert predict_main(args) == 2  # which one: the user says
+    assert "1.2.3.4" in capsys.readouterr().err
+    for uid, shape in (("1.2.3.5", (20, 24, 6)), ("1.2.3.4", (30, 28, 10))):
+        assert predict_main(args + ["--series", uid]) == 0
+        assert nib.load(tmp_path / "o" / "two_seg.nii.gz").shape == shape

@@ -19,6 +19,7 @@ import torch
 from monai.data import MetaTensor
 
 from medseg import __version__
+from monai.transforms import LoadImaged
 from medseg.bundle.load import LoadedBundle, load_bundle
 from medseg.data.check import read_header
 from medseg.data.dicom_seg import is_dicom_series, write_dicom_seg
@@ -26,6 +27,7 @@ from medseg.data.formats import VOLUME_SUFFIXES as IMAGE_SUFFIXES
 from medseg.data.labelmaps import case_name, write_label_nifti
 from medseg.errors import MedsegError
 from medseg.inference import run_case, torch_forward
+from medseg.data.dicom_reader import DicomSeriesReader
 
 FORMATS = ("nifti", "dicom-seg")
 
@@ -144,3 +146,7 @@ def run(bundle: str | Path, inputs: str | Path, output: str | Path, *, format: s
 
 
 __all__ = ["FORMATS", "Written", "find_inputs", "predict_one", "run"]
+    if series is not None:  # registered last, so LoadImage tries it first: the chosen series of a DICOM folder
+        for step in loaded.chain.preprocessing.transforms:
+            if isinstance(step, LoadImaged):
+                step.register(DicomSeriesReader(series_uid=series))
