@@ -17,7 +17,8 @@ from medseg.errors import run_cli
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m medseg.train", description=__doc__.splitlines()[0])
     parser.add_argument("task", nargs="?",
-                        help=f"task name in pipelines/ ({', '.join(available_tasks())}) or a path to a YAML")
+                        help=f"task name in pipelines/ ({', '.join(available_tasks())}), a path to a YAML, or a dataset"
+                        " folder / CSV (planned by medseg.plan, then trained)")
     parser.add_argument("--resume", type=Path, metavar="RUN_DIR",
                         help="continue an interrupted run from its last checkpoint (same config, same MLflow run)")
     parser.add_argument("--fold", type=int, metavar="K", help="train fold K (0-based) of training.folds-fold CV")

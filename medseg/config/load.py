@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import yaml
 
@@ -109,12 +109,15 @@ def _modality(loaded: dict[str, Any], overrides: list[tuple[str, dict[str, Any]]
     return modality
 
 
-def load_config(task_or_yaml: str, overrides: list[str] | None = None) -> TaskConfig:
+def load_config(task_or_yaml: str, overrides: list[str] | None = None,
+                fill: Callable[[dict[str, Any], dict[str, str]], dict[str, Any]] | None = None) -> TaskConfig:
     """Load a task config: defaults, the modality's defaults, the YAML, then ``key=value`` overrides.
 
     Args:
         task_or_yaml: a task name from ``pipelines/`` or a path to a YAML file.
         overrides: ``dotted.key=value`` strings (values parsed as YAML), applied after the file.
+        fill: ``fill(merged, origin) -> merged`` run on the merged dict before validation (``origin``: dotted
+            key -> the layer that set it); :class:`medseg.plan.auto.AutoFill` plans ``auto`` keys this way.
 
     Returns:
         The validated config; unknown keys, wrong types, out-of-range values and unknown names raise one
@@ -135,6 +138,8 @@ def load_config(task_or_yaml: str, overrides: list[str] | None = None) -> TaskCo
     cfg = merged(cfg, loaded, "", origin, str(path))
     for key, nested in parsed:
         cfg = merged(cfg, nested, "", origin, f"--set {key}")
+    if fill is not None:
+        cfg = fill(cfg, dict(origin))
 
     def source_of(key: str) -> str:  # the layer that set the key, or the nearest section above it
         while key:

@@ -33,6 +33,8 @@ from medseg.data.locate import locate_dataset
 from medseg.engine import distributed
 from medseg.engine.folds import fold_split, make_folds, summarise_folds
 from medseg.inference import build_chain, run_case, torch_forward
+from medseg.plan.auto import AutoFill
+from medseg.plan.rules import OVERHEAD
 from medseg.engine.resume import read_state, resume_config, stored_config, write_state
 from medseg.engine.trainer import TrainResult, train
 from medseg.errors import MedsegError
@@ -43,6 +45,7 @@ from medseg.evaluation.reports import redraw
 from medseg.tracking import Tracker
 from medseg.transforms import fit_preprocessing
 from medseg.workflows.logs import setup_logging
+from medseg.workflows.plan import is_dataset, planned_yaml
 
 logger = logging.getLogger("medseg")
 eval_logger = logging.getLogger("medseg.evaluate")
@@ -61,6 +64,7 @@ class Options:
     export: bool = True
     register: bool = False
     tracking_optional: bool = False
+    plan: Any = None  # the medseg.plan Plan a DATASET_DIR or `auto` keys were planned with (reasons -> run)
 
     @property
     def data_root(self) -> Path:
@@ -97,8 +101,17 @@ def run(
     opts = Options(None if data_dir is None else Path(data_dir), None if output_dir is None else Path(output_dir),
                    fold, folds, None if resume is None else Path(resume), float(max_minutes), export, register,
                    tracking_optional)
-    cfg, requested = resolve_config(task_or_yaml, overrides, opts.resume)
     setup_logging()
+    plan = None
+    if opts.resume is None and is_dataset(task_or_yaml):  # a dataset folder or CSV: plan it, then train the plan
+        planned = planned_yaml(task_or_yaml, budget_minutes=opts.max_minutes or 15.0,
+                               device=builders_device())
+        task_or_yaml, plan = planned.yaml, planned.plan
+    fill = AutoFill(opts.data_root, budget_minutes=opts.max_minutes or 15.0, device=builders_device())
+    cfg, requested = resolve_config(task_or_yaml, overrides, opts.resume, fill)
+    opts = dataclasses.replace(opts, plan=plan or fill.plan)
+    if opts.plan is not None and not opts.max_minutes:  # a guard: the plan fitted its schedule to this share
+        opts = dataclasses.replace(opts, max_minutes=round(opts.plan.budget_minutes * (1 - OVERHEAD), 2))
     ctx = distributed.setup(cfg["training"]["device"])
     if not ctx.main:
         logging.getLogger("medseg").setLevel(logging.WARNING)  # one log: rank 0's
@@ -110,14 +123,21 @@ def run(
         distributed.teardown()
 
 
-def resolve_config(task: str | Path | None, overrides: list[str], resume: Path | None) -> tuple[Any, Any]:
-    """(the config to train with, the config as requested): a run folder's own for ``resume``."""
+def builders_device() -> str:
+    """Where a planned run will train (``training.device: auto``): the planner times its steps there."""
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def resolve_config(task: str | Path | None, overrides: list[str], resume: Path | None,
+                   fill: Any = None) -> tuple[Any, Any]:
+    """(the config to train with, the config as requested): a run folder's own for ``resume``; ``fill``: the
+    step planning ``auto`` keys (:class:`medseg.plan.auto.AutoFill`)."""
     if resume is not None:
         fitted, requested = resume_config(resume, str(task) if task else None, overrides)
         return check_task(fitted), requested
     if not task:
         raise MedsegError("a task is needed: python -m medseg.train TASK_OR_YAML (or --resume RUN_DIR)")
-    cfg = check_task(load_config(str(task), overrides))  # the network's own checks (arguments, patch multiples)
+    cfg = check_task(load_config(str(task), overrides, fill=fill))  # the network's own checks (arguments, patch multiples)
     return cfg, cfg
 
 
@@ -260,7 +280,12 @@ def prepare_run_dir(opts: Options, cfg: Any, requested: Any, train_cases: list[C
         logger.info("resuming run %s", run_dir)
         return cfg
     cfg = fit_preprocessing(cfg, items(train_cases))  # spacing: auto, histogram landmarks: learned on the training set
-    (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False)
+                                         + (opts.plan.comment_block() if opts.plan is not None else ""))
+    if opts.plan is not None:  # the plan's reasons: config.yaml comments, plan.json, train.log
+        atomic_write_text(run_dir / "plan.json", json.dumps(opts.plan.to_json(), indent=1, default=str))
+        for key, reason in opts.plan.reasons().items():
+            logger.info("plan %s: %s", key, reason)
     logger.info("run directory %s", run_dir)
     logger.info("dataset: %d training, %d validation cases%s", len(train_cases), len(val_cases),
                 "" if fold is None else f" (fold {fold})")
@@ -281,6 +306,8 @@ def start_tracking(opts: Options, cfg: Any, requested: Any, train_cases: list[Ca
     tracker = Tracker(cfg, run_name=run_name, run_dir=run_dir, optional=opts.tracking_optional, run_id=run_id)
     if tracker.active:
         write_state(run_dir, requested, mlflow_run_id=tracker.run_id)
+        if opts.plan is not None and not resume:
+            tracker.log_params(opts.plan.params())
         if fold is not None:
             tracker.guard("tag", lambda: tracker.client.set_tag(tracker.run_id, "fold", str(fold)))
     if not resume:  # dataset inputs (training, validation) and the run's description

@@ -1,0 +1,398 @@
+"""Fingerprint + machine -> a plan: every decision with its reason (:mod:`medseg.plan.rules`), the schedule
+fitted to step times measured here (:mod:`medseg.plan.timing`), written as a commented pipeline YAML that
+``python -m medseg.train`` takes, ``plan.json`` (decisions, reasons, machine, plan hash) and
+``fingerprint.json``.
+
+Keys set by hand (``hand``: dotted key -> value, e.g. from a YAML's non-``auto`` keys) are kept, and the
+decisions that follow from them (topology from a hand-set patch, ...) are planned around them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import re
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+
+from medseg.config import TaskConfig, load_config
+from medseg.data.case import Case
+from medseg.data.labelmaps import detect_255_label_map
+from medseg.data.layouts import all_cases, detect_layout
+from medseg.data.msd import read_manifest
+from medseg.errors import MedsegError
+from medseg.fileio import atomic_write_text
+from medseg.networks import REGISTRY
+from medseg.plan import rules
+from medseg.plan.fingerprint import fingerprint, write_fingerprint
+from medseg.plan.rules import Decision
+from medseg.plan.timing import measure_data, measure_step, validation_seconds
+
+logger = logging.getLogger("medseg.plan")
+
+MODALITY_NAMES = {"ct": "CT", "mr": "MR", "mri": "MR", "xr": "XR", "x-ray": "XR", "microscopy": "microscopy",
+                  "em": "microscopy"}
+#: the keys a plan decides (what ``auto`` may stand for in a YAML)
+PLANNED_KEYS = (
+    "preprocessing.spacing", "preprocessing.intensity", "preprocessing.window", "preprocessing.zscore.region",
+    "preprocessing.percentile", "network.spatial_dims", "network.slice_mode", "network.slice_axis",
+    "network.channels", "network.strides", "training.patch_size", "training.batch_size", "training.epochs",
+    "training.iterations_per_epoch", "training.val_every", "training.amp", "training.pos_neg_ratio",
+    "augmentation.crop.mode", "augmentation.rotate_deg", "augmentation.scale", "augmentation.elastic.prob",
+    "evaluation.keep_largest_component",
+)
+
+
+@dataclass
+class Plan:
+    task: str
+    decisions: dict[str, Decision]  # dotted key -> value and reason
+    pipeline: dict[str, Any]  # the pipeline YAML's content
+    fingerprint: dict[str, Any]
+    machine: dict[str, Any]
+    budget_minutes: float
+    hand: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def hash(self) -> str:
+        """Digest of the planned values (not the reasons): the preprocessing cache key's plan part."""
+        text = json.dumps({k: d.value for k, d in sorted(self.decisions.items())}, sort_keys=True, default=str)
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+    def reasons(self) -> dict[str, str]:
+        return {k: d.reason for k, d in self.decisions.items()}
+
+    def params(self) -> dict[str, str]:
+        """MLflow params: ``plan.<key>`` -> the reason (values are the config's own params)."""
+        return {f"plan.{k}": d.reason[:500] for k, d in self.decisions.items()} | {"plan.hash": self.hash}
+
+    def to_json(self) -> dict[str, Any]:
+        return {"task": self.task, "hash": self.hash, "budget_minutes": self.budget_minutes, "machine": self.machine,
+                "decisions": {k: {"value": d.value, "reason": d.reason} for k, d in self.decisions.items()},
+                "hand_set": sorted(self.hand)}
+
+    def yaml_text(self) -> str:
+        return render_yaml(self)
+
+    def comment_block(self) -> str:
+        """The reasons as YAML comments (appended to a run's ``config.yaml``)."""
+        lines = [f"# plan {self.hash} (medseg.plan, {self.budget_minutes:g} min budget on"
+                 f" {self.machine['device']}):"]
+        lines += [f"#   {k}: {d.reason}" for k, d in self.decisions.items()]
+        return "\n".join(lines) + "\n"
+
+
+# ---- the dataset
+
+
+def parse_labels(text: str | None) -> dict[str, int] | None:
+    """``"background=0,liver=1"`` -> ``{"background": 0, "liver": 1}`` (background 0 added when absent)."""
+    if not text:
+        return None
+    out: dict[str, int] = {}
+    for part in text.split(","):
+        name, sep, value = part.partition("=")
+        if not sep or not name.strip() or not value.strip().lstrip("-").isdigit():
+            raise MedsegError(f"--labels {text}: give name=value pairs, e.g. background=0,liver=1,tumour=2")
+        out[name.strip()] = int(value)
+    if 0 not in out.values():
+        out = {"background": 0, **out}
+    return out
+
+
+def _manifest(root: Path) -> dict[str, Any]:
+    return read_manifest(root / "dataset.json") if root.is_dir() and (root / "dataset.json").is_file() else {}
+
+
+def manifest_labels(root: Path) -> dict[str, int] | None:
+    meta = _manifest(root)
+    raw = meta.get("labels")
+    if not isinstance(raw, dict) or not raw:
+        return None
+    if all(str(k).lstrip("-").isdigit() for k in raw):  # MSD: {"0": "background"}
+        return {str(v): int(k) for k, v in raw.items()}
+    return {str(k): int(v) for k, v in raw.items() if isinstance(v, int)}  # nnU-Net v2: {"background": 0}
+
+
+def manifest_modality(root: Path) -> str | None:
+    meta = _manifest(root)
+    raw = meta.get("modality") or meta.get("channel_names")
+    if isinstance(raw, dict) and raw:
+        return MODALITY_NAMES.get(str(next(iter(raw.values()))).lower())
+    return None
+
+
+def dataset_cases(dataset: Path, labels: dict[str, int] | None) -> tuple[str, list[Case], dict[str, int] | None]:
+    """(layout, every labelled case, the declared labels or None) of a dataset folder or CSV."""
+    layout = detect_layout(dataset)
+    labels = labels or manifest_labels(dataset)
+    data = {"layout": layout, "labels": labels or {"background": 0}, "label_map": {}}
+    if layout == "msd" and labels is None:
+        raise MedsegError(f"{dataset}/dataset.json: no 'labels'; give them with --labels name=value,...")
+    return layout, all_cases({"data": data}, dataset), labels
+
+
+def task_name(dataset: Path) -> str:
+    stem = dataset.stem if dataset.is_file() else dataset.name
+    return re.sub(r"[^A-Za-z0-9_]+", "_", stem).strip("_").lower() or "dataset"
+
+
+def guess_modality(fp: dict[str, Any]) -> Decision:
+    if fp["dims"] == 2:
+        return Decision("microscopy", "guessed: 2D images (give --modality XR for radiographs)")
+    mins = sorted(e["image_min"] for e in fp["cases"])
+    if mins[len(mins) // 2] <= -500:
+        return Decision("CT", f"guessed: the images reach {mins[len(mins) // 2]:.0f} (air in HU)")
+    return Decision("MR", "guessed: no HU scale (no air below -500); give --modality for others")
+
+
+# ---- the machine
+
+
+def machine(device: str) -> dict[str, Any]:
+    if device == "cuda":
+        if not torch.cuda.is_available():
+            raise MedsegError("--device cuda: no GPU visible to torch; use --device cpu")
+        props = torch.cuda.get_device_properties(0)
+        return {"device": "cuda", "name": props.name, "memory_bytes": int(props.total_memory),
+                "bf16": bool(torch.cuda.is_bf16_supported())}
+    return {"device": "cpu", "threads": torch.get_num_threads(), "cores": os.cpu_count()}
+
+
+# ---- the plan
+
+
+def _set(tree: dict[str, Any], dotted: str, value: Any) -> None:
+    parts = dotted.split(".")
+    for part in parts[:-1]:
+        tree = tree.setdefault(part, {})
+    tree[parts[-1]] = value
+
+
+def _pipeline(task: str, layout: str, dataset: Path, fp: dict[str, Any], decisions: dict[str, Decision]) -> dict:
+    out: dict[str, Any] = {"task": task, "description": f"planned by medseg.plan from {fp['n_cases']} cases of"
+                                                        f" {dataset.name}"}
+    out["data"] = {"layout": layout, "dataset": str(dataset.resolve()), "labels": fp["labels"],
+                   "modality": decisions["data.modality"].value}
+    if fp["label_map"]:
+        out["data"]["label_map"] = {int(k): v for k, v in fp["label_map"].items()}
+    for section in ("preprocessing", "augmentation", "network", "training", "evaluation"):
+        for key, d in decisions.items():
+            if key.startswith(section + "."):
+                _set(out, key, d.value)
+    return out
+
+
+def _draft_config(pipeline: dict[str, Any]) -> TaskConfig:
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "draft.yaml"
+        path.write_text(yaml.safe_dump(pipeline, sort_keys=False))
+        return load_config(str(path))
+
+
+def plan_dataset(dataset: Path | str, modality: str | None = None, labels: dict[str, int] | None = None,
+                 budget_minutes: float = 15.0, device: str = "cpu", network: str = "resunet",
+                 hand: dict[str, Any] | None = None, measure_steps: int = 3) -> Plan:
+    """Plan ``dataset`` (a folder with its layout detected from its contents, or a CSV)."""
+    dataset = Path(dataset)
+    if not dataset.exists():
+        raise MedsegError(f"{dataset}: no such dataset folder or CSV file")
+    if network not in REGISTRY:
+        raise MedsegError(f"--network {network}: choose one of {', '.join(REGISTRY)}")
+    hand = dict(hand or {})
+    layout, cases, declared = dataset_cases(dataset, labels)
+    label_map = detect_255_label_map(declared or {"background": 0, "foreground": 1}, cases)
+    modality = modality or hand.get("data.modality") or manifest_modality(dataset)
+    logger.info("planning %s: %d cases (%s layout)", dataset, len(cases), layout)
+    fp = fingerprint(cases, declared, modality or "", label_map)
+    mod = Decision(modality, "given" if modality else "") if modality else guess_modality(fp)
+    fp["modality"] = mod.value
+    mach = machine(device)
+    d: dict[str, Decision] = {"data.modality": mod}
+
+    spacing = rules.target_spacing(fp)
+    if "preprocessing.spacing" in hand:
+        spacing = Decision(list(hand["preprocessing.spacing"]), "set by hand")
+    mode = rules.dimensionality(fp, spacing.value)
+    if "network.slice_mode" in hand or "network.spatial_dims" in hand:
+        dims = int(hand.get("network.spatial_dims", 3 if fp["dims"] == 3 else 2))
+        mode = Decision("2d_slices" if hand.get("network.slice_mode") else ("3d" if dims == 3 else "2d"),
+                        "set by hand")
+    d["preprocessing.spacing"] = spacing
+    d.update(rules.intensity(fp, mod.value))
+    crop = rules.crop(fp)
+    d["augmentation.crop.mode"] = Decision(crop.value["mode"], crop.reason)
+    d["training.pos_neg_ratio"] = Decision(crop.value["pos_neg_ratio"], crop.reason)
+    d["evaluation.keep_largest_component"] = rules.post_processing(fp)
+    d["network.name"] = Decision(network, "the chosen family" if network != "resunet" else
+                                 "default family: MONAI UNet with residual units")
+
+    budget_note = ""
+    tried: list[tuple] = []
+    voxels = rules.START_VOXELS[(mach["device"], 2 if mode.value != "3d" else 3)]
+    for attempt in range(4):
+        _layout_decisions(d, fp, spacing.value, mode, voxels, mach, network, hand)
+        d["training.batch_size"] = hand_or(hand, "training.batch_size",
+                                           rules.batch_size(2 if mode.value != "3d" else 3, mach["device"]))
+        d["training.amp"] = hand_or(hand, "training.amp", Decision("none", "fp32"))
+        cfg = _draft_config(_pipeline("draft", layout, dataset, fp, d))
+        step = measure_step(cfg, torch.device(mach["device"]), measure_steps)
+        if mach["device"] == "cuda" and step.peak_bytes and "training.batch_size" not in hand:
+            per_sample = step.peak_bytes / cfg.training.batch_size
+            d["training.batch_size"] = rules.batch_size(cfg.network.spatial_dims, "cuda", per_sample,
+                                                        mach["memory_bytes"])
+            cfg = _draft_config(_pipeline("draft", layout, dataset, fp, d))
+            step = measure_step(cfg, torch.device("cuda"), measure_steps)
+        data = measure_data(cfg, cases)
+        startup = data.cache_s * len(cases)
+        val_s = validation_seconds(cfg, step, rules.resampled_shape(fp, spacing.value), max(1, len(cases) // 5))
+        sched = rules.schedule(step.step_s, data.per_batch_s, val_s, startup, budget_minutes)
+        logger.info("plan attempt %d: %s patch %s batch %d: %.3f s/step, %.3f s data/batch -> %d iterations",
+                    attempt + 1, mode.value, cfg.training.patch_size, cfg.training.batch_size, step.step_s,
+                    data.per_batch_s, sched.value["total_iterations"])
+        enough = sched.value["total_iterations"] >= rules.MIN_ITERATIONS
+        tried.append((dict(d), cfg, step, data, sched, val_s, startup, budget_note))
+        if enough or "training.patch_size" in hand or attempt == 3:
+            break
+        shrinks = rules.patch_size(fp, spacing.value, voxels // 2, 3 if mode.value == "3d" else 2,
+                                   None if mode.value != "2d_slices" else
+                                   [a for a in range(3) if a != rules.slice_axis(spacing.value)]).value
+        if attempt < 2 and shrinks != list(d["training.patch_size"].value):
+            voxels //= 2
+            budget_note = (f"; the patch budget halved {attempt + 1}x: fewer than {rules.MIN_ITERATIONS} iterations"
+                           f" fitted {budget_minutes:g} min")
+        elif mode.value == "3d" and "network.spatial_dims" not in hand:
+            mode = Decision("2d_slices", f"tiny budget: even a quarter-size 3D patch leaves"
+                                         f" {sched.value['total_iterations']} (< {rules.MIN_ITERATIONS}) iterations"
+                                         f" in {budget_minutes:g} min, so a 2D network on slices")
+            voxels = rules.START_VOXELS[(mach["device"], 2)]
+            budget_note = ""
+        else:
+            break
+    if sched.value["total_iterations"] < rules.MIN_ITERATIONS:  # none was enough: the attempt fitting the most
+        best = max(tried, key=lambda t: t[4].value["total_iterations"])
+        d.clear()
+        d.update(best[0])
+        _, cfg, step, data, sched, val_s, startup, budget_note = best
+    if budget_note:
+        p = d["training.patch_size"]
+        d["training.patch_size"] = Decision(p.value, p.reason + budget_note)
+    amp = _amp(cfg, step, mach)
+    if amp is not None and "training.amp" not in hand:
+        d["training.amp"], step = amp
+        sched = rules.schedule(step.step_s, data.per_batch_s, val_s * 1.0, startup, budget_minutes)
+    for key in ("epochs", "iterations_per_epoch", "val_every"):
+        d[f"training.{key}"] = hand_or(hand, f"training.{key}", Decision(sched.value[key], sched.reason))
+    for key, value in hand.items():  # whatever else was set by hand is kept as given
+        if key in PLANNED_KEYS and key not in d:
+            d[key] = Decision(value, "set by hand")
+    task = task_name(dataset)
+    mach = {**mach, "step_s": round(step.step_s, 4), "data_s": round(data.per_batch_s, 4),
+            "cache_s_per_case": round(data.cache_s, 2), "validation_s": round(val_s, 1),
+            "total_iterations": sched.value["total_iterations"]}
+    return Plan(task, d, _pipeline(task, layout, dataset, fp, d), fp, mach, budget_minutes, hand)
+
+
+def hand_or(hand: dict[str, Any], key: str, planned: Decision) -> Decision:
+    return Decision(hand[key], "set by hand") if key in hand else planned
+
+
+def _layout_decisions(d: dict[str, Decision], fp: dict[str, Any], spacing: list[float], mode: Decision,
+                      voxels: int, mach: dict[str, Any], network: str, hand: dict[str, Any]) -> None:
+    """Dimensionality, patch, topology and augmentation for one patch voxel budget."""
+    aliases = REGISTRY[network].aliases
+    coarse = bool(rules.coarse_axes(spacing))
+    if mode.value == "2d_slices":
+        axis = rules.slice_axis(spacing)
+        axes = [a for a in range(3) if a != axis]
+        d["network.spatial_dims"] = Decision(2, mode.reason)
+        d["network.slice_mode"] = Decision(True, mode.reason)
+        d["network.slice_axis"] = Decision(axis, f"slices across axis {axis}, the coarsest")
+        dims, sp = 2, [spacing[a] for a in axes]
+    else:
+        axes, dims, sp = None, len(spacing), spacing
+        d["network.spatial_dims"] = Decision(dims, mode.reason)
+        d["network.slice_mode"] = Decision(False, mode.reason)
+        d.pop("network.slice_axis", None)
+    patch = rules.patch_size(fp, spacing, voxels, dims, axes)
+    patch = hand_or(hand, "training.patch_size", patch)
+    d["training.patch_size"] = patch
+    topo = rules.topology(list(patch.value), sp, network, mach["device"], aliases)
+    for key in ("channels", "strides"):
+        d.pop(f"network.{key}", None)
+        if key in topo.value:
+            d[f"network.{key}"] = hand_or(hand, f"network.{key}", Decision(topo.value[key], topo.reason))
+    aug = rules.augmentation(fp["modality"], "3d" if mode.value == "3d" else "2d" if mode.value == "2d" else "2d_slices")
+    values = rules.anisotropic_rotation(aug.value, coarse and mode.value == "3d")
+    reason = aug.reason + ("; +-15 deg: a coarse axis" if values is not aug.value else "")
+    d["augmentation.rotate_deg"] = hand_or(hand, "augmentation.rotate_deg", Decision(values["rotate_deg"], reason))
+    d["augmentation.scale"] = hand_or(hand, "augmentation.scale", Decision(values["scale"], reason))
+    d["augmentation.elastic.prob"] = hand_or(hand, "augmentation.elastic.prob",
+                                             Decision(values["elastic"]["prob"], reason))
+
+
+def _amp(cfg: TaskConfig, step: Any, mach: dict[str, Any]) -> tuple[Decision, Any] | None:
+    """bf16 where it helps: measured against fp32 on this machine (kept when >= 15% faster)."""
+    if mach["device"] == "cuda" and not mach.get("bf16"):
+        return None
+    bf = cfg.model_copy(update={"training": cfg.training.model_copy(update={"amp": "bf16"})})
+    try:
+        fast = measure_step(bf, torch.device(mach["device"]), 3)
+    except RuntimeError as err:  # a CPU or op without bf16 kernels
+        return Decision("none", f"fp32: bf16 failed here ({str(err).splitlines()[0][:80]})"), step
+    if fast.step_s <= 0.85 * step.step_s:
+        return Decision("bf16", f"bf16 autocast: measured {fast.step_s:.3f} s/step against {step.step_s:.3f} s"
+                                " in fp32"), fast
+    return Decision("none", f"fp32: bf16 measured {fast.step_s:.3f} s/step against {step.step_s:.3f} s"
+                            " (not >= 15% faster)"), step
+
+
+# ---- writing
+
+
+def _flow(value: Any) -> str:
+    return yaml.safe_dump(value, default_flow_style=True, width=10_000).strip().removesuffix("\n...").strip()
+
+
+def render_yaml(plan: Plan) -> str:
+    """The pipeline YAML with each planned key's reason as a comment on its line."""
+    fp = plan.fingerprint
+    reasons = plan.reasons()
+    lines = [f"# Planned by `python -m medseg.plan` (plan {plan.hash}) for a {plan.budget_minutes:g}-minute budget"
+             f" on {plan.machine['device']}.",
+             f"# Fingerprint: {fp['n_cases']} cases, {fp['dims']}D, {fp['channels']} channel(s), median spacing"
+             f" {rules._fmt(fp['median_spacing'])} mm, median shape {rules._fmt(fp['median_shape'])}, anisotropy"
+             f" {fp['anisotropy']:g}.",
+             "# Every value can be edited; a key set to `auto` is planned again by medseg.train, a hand-set one is kept."]
+
+    def emit(tree: dict[str, Any], prefix: str, indent: str) -> None:
+        for key, value in tree.items():
+            dotted = f"{prefix}{key}"
+            if isinstance(value, dict) and value and dotted not in reasons:
+                lines.append(f"{indent}{key}:")
+                emit(value, dotted + ".", indent + "  ")
+                continue
+            text = f"{indent}{key}: {_flow(value)}"
+            if dotted in reasons and reasons[dotted]:
+                text += f"  # {reasons[dotted]}"
+            lines.append(text)
+
+    emit(plan.pipeline, "", "")
+    return "\n".join(lines) + "\n"
+
+
+def write_plan(plan: Plan, out: Path) -> Path:
+    """``out`` (the YAML), ``<stem>.plan.json`` and ``<stem>.fingerprint.json`` beside it."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out, plan.yaml_text())
+    atomic_write_text(out.with_suffix(".plan.json"), json.dumps(plan.to_json(), indent=1, default=str))
+    write_fingerprint(plan.fingerprint, out.with_suffix(".fingerprint.json"))
+    return out

@@ -1,0 +1,288 @@
+"""medseg.plan: rule decisions on synthetic fingerprints, the measured step time with a real tiny network,
+``auto`` keys beside hand-set ones, the planned YAML round trip, bad input, and a planned end-to-end run."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from medseg.config import load_config
+from medseg.errors import MedsegError
+from medseg.plan import fingerprint, plan_dataset, rules, write_plan
+from medseg.plan.auto import AutoFill
+from medseg.plan.fingerprint import ras_geometry
+from medseg.plan.timing import measure_step
+from tests.conftest import FAST, REPO, write_msd
+
+
+def fake_fp(shape, spacing, n=5, spacings=None, classes=None, dims=None, fg=(50.0, 200.0)):
+    """A fingerprint as medseg.plan.fingerprint writes it, for ``n`` cases of ``shape`` at ``spacing``."""
+    spacings = np.array(spacings if spacings is not None else [spacing] * n, dtype=float)
+    med = np.median(spacings, axis=0)
+    cases = [{"case": f"c{i}", "shape": list(shape), "spacing": list(s), "dims": len(shape)} for i, s in
+             enumerate(spacings)]
+    classes = classes or {"organ": {"value": 1, "median_share": 0.05, "median_components": 1.0,
+                                    "intensity": {"p0.5": fg[0], "p50": 100.0, "p99.5": fg[1], "n": 100}}}
+    return {"n_cases": len(cases), "dims": dims or len(shape), "median_spacing": med.tolist(),
+            "spacing_p10": np.percentile(spacings, 10, axis=0).tolist(),
+            "anisotropy": float(med.max() / med.min()), "cases": cases, "classes": classes, "modality": "CT",
+            "foreground_intensity": [{"p0.5": fg[0], "p50": 100.0, "p99.5": fg[1], "mean": 110.0, "std": 30.0}]}
+
+
+# ---- rules on synthetic fingerprints
+
+
+def test_isotropic_keeps_median_spacing_and_plans_3d_with_even_strides():
+    fp = fake_fp((160, 160, 120), (1.0, 1.0, 1.0))
+    spacing = rules.target_spacing(fp)
+    assert spacing.value == [1.0, 1.0, 1.0] and "median" in spacing.reason
+    assert rules.dimensionality(fp, spacing.value).value == "3d"
+    patch = rules.patch_size(fp, spacing.value, 64 * 96 * 96, 3).value
+    assert np.prod(patch) <= 64 * 96 * 96 and len(set(patch)) == 1  # the same extent in mm on every axis
+    topo = rules.topology(patch, spacing.value, "resunet", "cpu", {"strides": "strides", "channels": "channels"})
+    assert all(isinstance(s, int) for s in topo.value["strides"])  # isotropic strides
+    bottleneck = [p // 2 ** len(topo.value["strides"]) for p in patch]
+    assert all(4 <= b <= 8 for b in bottleneck), bottleneck
+    assert topo.value["channels"][0] == 16 and len(topo.value["channels"]) == len(topo.value["strides"]) + 1
+
+
+def test_thick_slices_take_the_10th_percentile_and_anisotropic_strides():
+    spacings = [(0.7, 0.7, 4.0), (0.7, 0.7, 5.0), (0.7, 0.7, 5.0), (0.7, 0.7, 5.0), (0.7, 0.7, 6.0)]
+    fp = fake_fp((512, 512, 40), None, spacings=spacings)
+    spacing = rules.target_spacing(fp)
+    assert spacing.value[:2] == [0.7, 0.7]
+    assert spacing.value[2] == pytest.approx(np.percentile([4, 5, 5, 5, 6], 10))  # 4.4, not the median 5
+    assert "10th percentile" in spacing.reason
+    mode = rules.dimensionality(fp, spacing.value)
+    assert mode.value == "3d" and "anisotropic" in mode.reason  # 40*5/4.4 = 45 slices: enough for 3D
+    patch = rules.patch_size(fp, spacing.value, 64 * 96 * 96, 3).value
+    assert patch[2] < patch[0]  # fewer voxels along the coarse axis (same mm)
+    topo = rules.topology(patch, spacing.value, "resunet", "cpu", {"strides": "strides"})
+    first = topo.value["strides"][0]
+    assert first == [2, 2, 1], topo.value  # the coarse axis waits until the others reach its spacing
+    assert "anisotropic strides" in topo.reason
+
+
+def test_few_thick_slices_plan_2d_slices():
+    fp = fake_fp((512, 512, 12), (0.7, 0.7, 5.0))
+    spacing = rules.target_spacing(fp).value
+    mode = rules.dimensionality(fp, spacing)
+    assert mode.value == "2d_slices" and "12 slices" in mode.reason
+    assert rules.slice_axis(spacing) == 2
+
+
+def test_2d_images_plan_2d():
+    fp = fake_fp((512, 384), (1.0, 1.0))
+    spacing = rules.target_spacing(fp).value
+    assert spacing == [1.0, 1.0]
+    assert rules.dimensionality(fp, spacing).value == "2d"
+    patch = rules.patch_size(fp, spacing, 256 * 256, 2).value
+    assert len(patch) == 2 and np.prod(patch) <= 256 * 256
+
+
+def test_images_smaller_than_the_patch_budget_get_a_patch_capped_at_the_image():
+    fp = fake_fp((40, 36, 28), (1.5, 1.5, 2.0))
+    patch = rules.patch_size(fp, [1.5, 1.5, 2.0], 64 * 96 * 96, 3)
+    assert all(p <= n for p, n in zip(patch.value, (40, 36, 28))), patch
+    assert "capped" in patch.reason
+
+
+def test_very_large_images_stay_within_the_voxel_budget_with_five_poolings():
+    fp = fake_fp((1024, 1024, 600), (0.5, 0.5, 0.5))
+    patch = rules.patch_size(fp, [0.5, 0.5, 0.5], 128 ** 3, 3).value
+    assert patch == [128, 128, 128]
+    strides = rules.pooling(patch, [0.5, 0.5, 0.5])
+    assert len(strides) == rules.MAX_LEVELS
+    assert [p // t for p, t in zip(patch, rules.total_stride(strides, 3))] == [4, 4, 4]
+
+
+def test_tiny_and_huge_budgets_fit_the_schedule():
+    tiny = rules.schedule(step_s=1.0, data_s=0.1, val_s=5.0, startup_s=10.0, budget_minutes=1.0)
+    assert tiny.value["total_iterations"] < rules.MIN_ITERATIONS
+    seconds = tiny.value["epochs"] * tiny.value["iterations_per_epoch"] * 1.1
+    assert seconds <= 60.0 * (1 - rules.OVERHEAD) + 1e-6 or tiny.value["epochs"] == 1
+    huge = rules.schedule(step_s=0.1, data_s=0.0, val_s=1.0, startup_s=10.0, budget_minutes=100_000)
+    assert (huge.value["epochs"], huge.value["iterations_per_epoch"]) == (1000, 250)
+    assert "capped" in huge.reason
+    mid = rules.schedule(step_s=0.5, data_s=0.1, val_s=4.0, startup_s=20.0, budget_minutes=15)
+    used = mid.value["epochs"] * mid.value["iterations_per_epoch"] * 0.6
+    assert 0.6 * 900 < used <= 900 * (1 - rules.OVERHEAD)  # fills most of the budget, never more
+
+
+def test_ct_window_from_foreground_percentiles_and_stacked_windows_for_far_apart_classes():
+    fp = fake_fp((64, 64, 64), (1.0, 1.0, 1.0), fg=(-20.0, 240.0))
+    one = rules.intensity(fp, "CT")
+    assert one["preprocessing.window"].value == {"min": -20, "max": 240}
+    classes = {"liver": {"value": 1, "median_share": 0.1, "median_components": 1,
+                         "intensity": {"p0.5": 40.0, "p50": 100.0, "p99.5": 180.0, "n": 100}},
+               "bone": {"value": 2, "median_share": 0.02, "median_components": 3,
+                        "intensity": {"p0.5": 300.0, "p50": 700.0, "p99.5": 1400.0, "n": 100}}}
+    fp2 = fake_fp((64, 64, 64), (1.0, 1.0, 1.0), classes=classes, fg=(40.0, 1400.0))
+    stacked = rules.intensity(fp2, "CT")["preprocessing.window"]
+    assert stacked.value == [{"min": 40, "max": 180}, {"min": 300, "max": 1400}]
+    assert rules.intensity(fp, "MR")["preprocessing.intensity"].value == "zscore"
+    assert rules.intensity(fp, "microscopy")["preprocessing.intensity"].value == "percentile"
+
+
+def test_crop_ratio_and_post_processing_reasons():
+    big = fake_fp((64, 64, 64), (1.0,) * 3, classes={"a": {"value": 1, "median_share": 0.3, "median_components": 1,
+                                                         "intensity": {"n": 0}}})
+    small = fake_fp((64, 64, 64), (1.0,) * 3, classes={"a": {"value": 1, "median_share": 0.0005,
+                                                           "median_components": 4, "intensity": {"n": 0}}})
+    assert rules.crop(big).value["pos_neg_ratio"] == 1.0
+    assert rules.crop(small).value["pos_neg_ratio"] == 3.0
+    post = rules.post_processing(big)
+    assert post.value == [] and "after training" in post.reason and "a" in post.reason
+
+
+def test_ras_geometry_reorders_an_lps_affine():
+    affine_lps = np.diag([-0.7, -0.7, 5.0, 1.0])  # RAS diag(0.7, 0.7, 5) written in LPS
+    shape, spacing, code = ras_geometry((512, 400, 30), affine_lps)
+    assert (shape, spacing, code) == ([512, 400, 30], [0.7, 0.7, 5.0], "RAS")
+
+
+# ---- the measured step time (a real tiny network, no stubs)
+
+
+def test_measured_step_time_runs_real_training_steps():
+    cfg = load_config("liver", FAST)
+    before = torch.get_rng_state()
+    step = measure_step(cfg, torch.device("cpu"), steps=3)
+    assert 0.0 < step.step_s < 60.0 and step.peak_bytes == 0.0 and step.amp == "none"
+    assert not torch.equal(before, torch.get_rng_state())  # random batches were drawn and stepped on
+
+
+# ---- fingerprint, bad input, plan, auto keys, round trip
+
+
+def _msd(tmp_path: Path, n=4, **kw) -> Path:
+    return write_msd(tmp_path / "Syn", n_cases=n, **kw)
+
+
+def test_fingerprint_has_geometry_classes_intensities_and_no_paths(tmp_path):
+    root = _msd(tmp_path)
+    from medseg.plan.planner import dataset_cases
+
+    _, cases, labels = dataset_cases(root, None)
+    fp = fingerprint(cases, labels, "CT")
+    assert fp["median_spacing"] == [1.5, 1.5, 2.0] and fp["median_shape"] == [40, 36, 28]
+    assert fp["cases"][0]["orientation"] == "RAS" and fp["channels"] == 1
+    liver = fp["classes"]["liver"]
+    assert liver["median_components"] == 1.0 and 0.05 < liver["median_share"] < 0.2
+    assert 60 < liver["intensity"]["p50"] < 160  # synthetic liver ~N(110, 15) HU
+    text = json.dumps(fp)
+    assert str(tmp_path) not in text and [c["case"] for c in fp["cases"]] == [f"case_{i:03d}" for i in range(4)]
+
+
+def _run_plan(args):
+    from medseg.cli.plan import main
+
+    return main(args)
+
+
+@pytest.mark.parametrize("problem", ["one_case", "undeclared", "empty", "tiny", "channels", "dims"])
+def test_bad_input_is_one_line_naming_the_cases(tmp_path, capsys, problem):
+    args = []
+    if problem == "one_case":
+        root = _msd(tmp_path, n=1)
+        expect = "1 labelled case(s) (case_000)"
+    elif problem == "undeclared":
+        root = _msd(tmp_path, n=3)
+        args = ["--labels", "background=0,liver=1"]
+        expect = "label values [2] in case_000, case_001, case_002 are not declared"
+    elif problem == "tiny":
+        root = _msd(tmp_path, n=3, shape=(6, 6, 6))
+        expect = "images smaller than any sensible patch (8 voxels per axis): case_000 [6, 6, 6]"
+    else:
+        root = tmp_path / "csvset"
+        (root / "i").mkdir(parents=True)
+        rows = ["image,label"]
+        for i in range(3):
+            shape = (20, 20) if problem == "dims" and i == 1 else (20, 20, 12)
+            img = np.zeros(shape, np.float32)
+            lab = np.zeros(shape, np.uint8)
+            if problem != "empty":
+                lab[5:10, 5:10] = 1
+            nib.save(nib.Nifti1Image(img, np.eye(4)), root / "i" / f"c{i}.nii.gz")
+            nib.save(nib.Nifti1Image(lab, np.eye(4)), root / "i" / f"c{i}_seg.nii.gz")
+            image = f"i/c{i}.nii.gz" + (f";i/c{i}.nii.gz" if problem == "channels" and i == 2 else "")
+            rows.append(f"{image},i/c{i}_seg.nii.gz")
+        (root / "cases.csv").write_text("\n".join(rows) + "\n")
+        root = root / "cases.csv"
+        expect = {"empty": "every label is empty (c0, c1, c2)",
+                  "channels": "mixed channel counts: c2 have [2] image file(s), the others 1",
+                  "dims": "mixed dimensionalities: c1 are [2]D, the others 3D"}[problem]
+    before = sorted((p, p.stat().st_mtime_ns) for p in Path(root).parent.rglob("*") if p.is_file())
+    assert _run_plan([str(root), "--modality", "CT", "--out", str(tmp_path / "out" / "x.yaml"), *args]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and expect in err, err
+    assert sorted((p, p.stat().st_mtime_ns) for p in Path(root).parent.rglob("*") if p.is_file()) == before
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.slow
+def test_planned_yaml_round_trip_and_auto_keys_beside_hand_set_ones(tmp_path):
+    from medseg.workflows import train
+
+    root = _msd(tmp_path)
+    plan = plan_dataset(root, modality="CT", budget_minutes=30)
+    out = write_plan(plan, tmp_path / "plans" / "syn.yaml")
+    text = out.read_text()
+    assert "# median spacing of 4 cases" in text and "# balanced crops" in text
+    cfg = load_config(str(out))
+    for key in ("training.patch_size", "network.strides", "training.epochs", "preprocessing.window"):
+        section, _, name = key.partition(".")
+        assert cfg.to_dict()[section][name] == plan.decisions[key].value
+    stored = json.loads(out.with_suffix(".plan.json").read_text())
+    assert stored["hash"] == plan.hash and stored["decisions"]["training.batch_size"]["value"] == 2
+    assert json.loads(out.with_suffix(".fingerprint.json").read_text())["n_cases"] == 4
+    outcome = train.run(out, epochs=1, output_dir=tmp_path / "run", export=False,
+                        overrides=["training.iterations_per_epoch=1", "tracking.enabled=false",
+                                   "training.val_every=1"])
+    assert set(outcome.summary) == {"liver", "tumour"}
+
+    # `auto` next to a hand-set key: the hand-set batch size and spacing stay, auto keys get planned values
+    hand = tmp_path / "hand.yaml"
+    hand.write_text(yaml.safe_dump({
+        "task": "syn_auto", "data": {"layout": "msd", "dataset": str(root), "modality": "CT",
+                                     "labels": {"background": 0, "liver": 1, "tumour": 2}},
+        "preprocessing": {"spacing": [3.0, 3.0, 3.0], "window": "auto"},
+        "training": {"patch_size": "auto", "batch_size": 3, "epochs": "auto", "iterations_per_epoch": "auto"},
+        "network": {"channels": "auto", "strides": "auto"}}))
+    fill = AutoFill(tmp_path, budget_minutes=30)
+    auto = load_config(str(hand), ["training.val_every=1"], fill=fill)
+    assert auto.training.batch_size == 3 and auto.preprocessing.spacing == [3.0, 3.0, 3.0]
+    assert fill.plan.decisions["training.batch_size"].reason == "set by hand"
+    assert auto.training.patch_size == fill.plan.decisions["training.patch_size"].value
+    assert all(p <= n for p, n in zip(auto.training.patch_size, (20, 18, 19)))  # planned at the hand spacing
+    assert isinstance(auto.preprocessing.window, dict) and auto.training.epochs >= 1
+    assert auto.training.val_every == 1  # --set is a hand-set key too
+
+
+@pytest.mark.slow
+def test_train_dataset_dir_plans_and_trains(tmp_path, monkeypatch):
+    from medseg.train import main
+
+    root = _msd(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    assert main([str(root), "--max-minutes", "1.5", "--output-dir", str(tmp_path / "run"), "--no-export"]) == 0
+    run = tmp_path / "run"
+    plan = json.loads((run / "plan.json").read_text())
+    config_text = (run / "config.yaml").read_text()
+    assert f"# plan {plan['hash']}" in config_text and "#   training.patch_size:" in config_text
+    cfg = yaml.safe_load(config_text)
+    assert cfg["training"]["patch_size"] == plan["decisions"]["training.patch_size"]["value"]
+    assert "plan training.epochs:" in (run / "train.log").read_text()
+    assert (tmp_path / "runs" / "plans" / "syn" / "syn.yaml").is_file()
+    import mlflow
+
+    client = mlflow.tracking.MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    assert runs and runs[0].data.params["plan.hash"] == plan["hash"]
