@@ -9,6 +9,7 @@ Layout::
     <name>/configs/medseg_task.json  the resolved medseg task config (what ``medseg.predict`` rebuilds from)
     <name>/models/model.pt         network state dict (best validation checkpoint)
     <name>/models/model.ts         TorchScript, from MONAI's ``ckpt_export``
+    <name>/models/model.onnx       ONNX (:mod:`medseg.bundle.onnx`), checked against PyTorch on a random patch
     <name>/docs/README.md          data, preprocessing, network, budget, metrics, limitations
     <name>/LICENSE
 
@@ -35,6 +36,7 @@ import torch
 
 from medseg import __version__
 from medseg.bundle import versions as bundle_versions
+from medseg.bundle.onnx import write_onnx
 from medseg.bundle.scripts import write_scripts
 from medseg.data.dicom_reader import BUNDLE_READER
 from medseg.data.dicom_reader import READER_PATH as DICOM_READER
@@ -401,5 +403,6 @@ def export_bundle(
         bundle_versions.publish(tmp, parent, name, finalise)
     finally:
         if tmp.exists():
+        meta["medseg_onnx"] = write_onnx(tmp, cfg, network)  # models/model.onnx, checked against torch
             shutil.rmtree(tmp, ignore_errors=True)
     return parent / name

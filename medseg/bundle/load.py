@@ -35,6 +35,7 @@ class LoadedBundle:
     parser: Any = None  # MONAI ConfigParser for a trusted foreign bundle
     extracted: Any = None  # the TemporaryDirectory a .zip bundle was extracted into (lives as long as this)
 
+    root: Path | None = None  # the bundle folder (its models/ holds model.onnx for the ONNX engines)
     in_channels: int | None = None  # what a foreign bundle's metadata says the network takes
 
     @property
@@ -134,7 +135,7 @@ def _load_bundle_folder(bundle_dir: Path, device: torch.device, trust: bool) -> 
                 "MONAI with its configs/inference.json"
             ) from err
         _load_weights(net, state, weights)
-        return LoadedBundle(name, cfg, net.to(device).eval(), labels, chain)
+        return LoadedBundle(name, cfg, net.to(device).eval(), labels, chain, root=bundle_dir)
     inference = bundle_dir / "configs" / "inference.json"
     if not inference.is_file():
         raise MedsegError(f"{bundle_dir}: not a MONAI Bundle (configs/inference.json is missing)")
@@ -157,7 +158,8 @@ def _load_bundle_folder(bundle_dir: Path, device: torch.device, trust: bool) -> 
     net = parser.get_parsed_content("network_def")
     _load_weights(net, state, weights)
     labels, channels = _channel_def(meta)
-    return LoadedBundle(name, None, net.to(device).eval(), labels, parser=parser, in_channels=channels)
+    return LoadedBundle(name, None, net.to(device).eval(), labels, parser=parser, in_channels=channels,
+                        root=bundle_dir)
 
 
 def _read_weights(weights: Path, device: torch.device) -> Any:

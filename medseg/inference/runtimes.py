@@ -1,0 +1,128 @@
+"""Engines: which runtime does the forward passes of the one chain (``torch``, ``onnxruntime``, ``openvino``).
+
+An engine gives the sliding window its ``forward`` callable (:data:`medseg.inference.engines.Forward`); the
+preprocessing, windows, inversion and post-processing stay the chain's. The ONNX engines run a bundle's
+``models/model.onnx`` (or ``model_int8.onnx``) inside the same :class:`PadToMultiple` the torch network has, so
+any window size works as with torch. Each runtime uses as many threads as torch (``torch.get_num_threads()``).
+
+Example:
+    >>> forward = build_engine("onnxruntime", bundle.network, bundle_dir / "models").forward
+    >>> labels = run_case(chain, forward, {"image": "ct.nii.gz"})
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from medseg.errors import MedsegError
+from medseg.inference.engines import Forward, torch_forward
+from medseg.networks.padding import PadToMultiple
+
+ENGINES = ("torch", "onnxruntime", "openvino")
+#: pip package of each runtime (the extra that installs it: ``pip install medseg[openvino]``)
+PACKAGES = {"onnxruntime": "onnxruntime", "openvino": "openvino"}
+ONNX_FILE, INT8_FILE = "model.onnx", "model_int8.onnx"
+
+
+class _Session(torch.nn.Module):
+    """A runtime's compiled model as a module: ``(N, C, *patch)`` tensor in, logits tensor out (same device)."""
+
+    def __init__(self, run: Any) -> None:
+        super().__init__()
+        self.run = run
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.run(np.ascontiguousarray(x.detach().cpu().numpy(), dtype=np.float32))
+        return torch.from_numpy(np.asarray(out)).to(x.device)
+
+
+@dataclass
+class Engine:
+    """``name``: the runtime; ``forward``: what the sliding window calls; ``model``: the file it runs (or None)."""
+
+    name: str
+    forward: Forward
+    model: Path | None = None
+
+
+def _wrap(network: torch.nn.Module, session: _Session) -> Forward:
+    """The session inside the network's own size padding (the ONNX graph is the network without it)."""
+    if isinstance(network, PadToMultiple):
+        return PadToMultiple(session, network.multiple, network.size or None, network.minimum).eval()
+    return session.eval()
+
+
+def onnxruntime_session(path: Path, threads: int | None = None) -> Any:
+    """An ONNX Runtime CPU session of ``path`` with ``threads`` intra-op threads (default: torch's)."""
+    import onnxruntime as ort  # deferred: an optional runtime, imported only when chosen
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads or torch.get_num_threads()
+    options.inter_op_num_threads = 1
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def _onnxruntime(path: Path, threads: int | None) -> _Session:
+    session = onnxruntime_session(path, threads)
+    name = session.get_inputs()[0].name
+    return _Session(lambda x: session.run(None, {name: x})[0])
+
+
+def _openvino(path: Path, threads: int | None) -> _Session:
+    import openvino as ov  # deferred: an optional runtime, imported only when chosen
+
+    core = ov.Core()
+    config = {"INFERENCE_NUM_THREADS": int(threads or torch.get_num_threads()), "PERFORMANCE_HINT": "LATENCY"}
+    if INT8_FILE not in path.name:
+        config["INFERENCE_PRECISION_HINT"] = "f32"  # no silent bf16 on CPUs that have it: same masks as torch
+    compiled = core.compile_model(core.read_model(str(path)), "CPU", config)
+    output = compiled.output(0)
+    return _Session(lambda x: compiled(x)[output])
+
+
+_LOADERS = {"onnxruntime": _onnxruntime, "openvino": _openvino}
+
+
+def build_engine(name: str, network: torch.nn.Module, models_dir: Path | None, *, int8: bool = False,
+                 device: torch.device | str = "cpu", threads: int | None = None) -> Engine:
+    """The engine ``name`` for a bundle whose network is ``network`` and whose model files are in ``models_dir``.
+
+    ``int8``: run ``model_int8.onnx`` (an ONNX engine; ``torch`` is then replaced by ``onnxruntime``). A runtime
+    that is not installed, a model file that is missing or that the runtime cannot load: one-line
+    :class:`MedsegError`.
+    """
+    if name not in ENGINES:
+        raise MedsegError(f"--engine {name}: choose one of {', '.join(ENGINES)}")
+    if name == "torch" and not int8:
+        return Engine(name, torch_forward(network, device))
+    if name == "torch":
+        name = "onnxruntime"
+    if torch.device(device).type != "cpu":
+        raise MedsegError(f"--engine {name}: runs on the CPU here; use --device cpu (or --engine torch on CUDA)")
+    try:
+        __import__(PACKAGES[name])
+    except ImportError:
+        extra = "medseg[openvino]" if name == "openvino" else "onnxruntime"
+        raise MedsegError(f"--engine {name}: the {PACKAGES[name]} package is not installed; pip install {extra}") from None
+    if models_dir is None:
+        raise MedsegError(f"--engine {name}: this bundle has no model files medseg can find; use --engine torch")
+    path = Path(models_dir) / (INT8_FILE if int8 else ONNX_FILE)
+    if not path.is_file():
+        how = "export with --int8" if int8 else "re-export"
+        raise MedsegError(f"{path}: missing (bundle written before ONNX export or without INT8); {how} the bundle "
+                          "from its run with python -m medseg.export RUN_DIR" + (" --int8" if int8 else ""))
+    try:
+        session = _LOADERS[name](path, threads)
+    except Exception as err:  # the runtime's own error types; one line naming the file
+        reason = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
+        raise MedsegError(f"{path}: {name} cannot load it ({reason}); re-export the bundle or use --engine torch") from None
+    return Engine(name, _wrap(network, session), path)
+
+
+__all__ = ["ENGINES", "Engine", "build_engine", "onnxruntime_session"]
