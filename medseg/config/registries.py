@@ -72,6 +72,8 @@ LOSSES = Registry("training.loss", {  # builders of the MONAI loss entry from th
     "dice": "medseg.engine.losses:dice_def",
     "ce": "medseg.engine.losses:ce_def",
     "dice_focal": "medseg.engine.losses:dice_focal_def",
+    "weighted_ce": "medseg.engine.losses:weighted_ce_def",  # U-Net weight map (training.weight_map)
+    "weighted_dice_ce": "medseg.engine.losses:weighted_dice_ce_def",
 })
 
 OPTIMISERS = Registry("training.optimizer", {
@@ -143,5 +145,6 @@ MODALITIES: dict[str, dict[str, Any]] = {
         "preprocessing": {"intensity": "percentile", "crop_foreground": False},
         "augmentation": {"contrast": {"prob": 0.3}, "gamma": {"prob": 0.3}, "noise": {"prob": 0.1},
                          "blur": {"prob": 0.1}},
+        "inference": {"padding_mode": "reflect"},  # overlap-tile (U-Net paper): mirrored borders
     },
 }

@@ -213,6 +213,8 @@ class DataConfig(Section):
     # value in the label files -> label value, e.g. {255: 1} (0/255 masks; detected when left empty)
     label_map: dict[Annotated[int, Strict(False)], int] = Field(default_factory=dict)
     skip_bad: bool = False  # leave out (and list) cases that fail the header checks instead of stopping
+    # colour PNG/TIFF/JPEG images: "rgb" = three input channels, "grey" = converted to one (ITU-R 601 luma)
+    rgb: Annotated[str, _one_of({"rgb": "", "grey": ""})] = "rgb"
 
 
 class ZScore(Section):
@@ -345,6 +347,16 @@ class NetworkConfig(Section):
     slice_axis: Annotated[int, _check(lambda v: 0 <= v <= 2, "must be 0, 1 or 2 (2 = axial in RAS)")] = 2
 
 
+class WeightMap(Section):
+    """U-Net weight map (Ronneberger et al. 2015, eq. 2) for the weighted losses (``training.loss: weighted_ce`` or
+    ``weighted_dice_ce``): class balancing plus ``w0 * exp(-(d1 + d2)^2 / (2 sigma^2))`` between objects."""
+
+    w0: NonNegative = 10.0
+    sigma: Positive = 5.0  # pixels (voxels)
+    # the label value whose connected components are the objects (cells: the interior); 0 = every foreground value
+    objects: NonNegativeInt = 0
+
+
 class TrainingConfig(Section):
     epochs: AtLeast1 = 40
     iterations_per_epoch: AtLeast1 = 20
@@ -358,6 +370,7 @@ class TrainingConfig(Section):
     dice_smooth: NonNegative = 1e-5  # smoothing eps added to numerator and denominator of the soft Dice
     include_background: bool = True  # background channel in the Dice term
     focal_gamma: NonNegative = 2.0
+    weight_map: WeightMap = Field(default_factory=WeightMap)  # for the weighted_* losses
     optimizer: Annotated[str, _one_of(reg.OPTIMISERS)] = "adamw"  # medseg/engine/optim.py
     momentum: NonNegative = 0.99  # sgd only
     learning_rate: Positive = 1e-3
@@ -407,6 +420,14 @@ class EvaluationConfig(Section):
     worst_mm: NonNegative = 0.0  # distance given when exactly one mask is empty; 0 = the image diagonal
 
 
+class InferenceConfig(Section):
+    # sliding-window padding at the image border: "constant" (zeros) or "reflect" (mirrored: the U-Net paper's
+    # overlap-tile strategy; the default for data.modality: microscopy)
+    padding_mode: Annotated[str, _one_of({"constant": "", "reflect": "", "replicate": ""})] = "constant"
+    # turn the semantic output into an instance label image (cells/nuclei): medseg.predict --instances
+    instances: bool = False
+
+
 class TrackingConfig(Section):
     enabled: bool = True
     experiment: str = "medseg"
@@ -429,9 +450,11 @@ class FittedConfig(Section):
     landmarks: list[Number] | None = None  # Nyul histogram landmarks (for empty preprocessing.histogram.landmarks)
     image_channels: int | None = None  # image files per case (for preprocessing.image_channels: 0)
     label_map: dict[Annotated[int, Strict(False)], int] | None = None  # {255: 1} for 0/255 masks (data.label_map {})
+    colour_channels: int | None = None  # 3 for RGB(A) pictures kept as colour (data.rgb: rgb), else 1
 
 
-SECTIONS = ("data", "preprocessing", "augmentation", "network", "training", "evaluation", "tracking", "bundle")
+SECTIONS = ("data", "preprocessing", "augmentation", "network", "training", "evaluation", "inference", "tracking",
+            "bundle")
 
 
 class TaskConfig(Section):
@@ -446,6 +469,7 @@ class TaskConfig(Section):
     network: NetworkConfig = Field(default_factory=NetworkConfig)
     training: TrainingConfig = Field(default_factory=TrainingConfig)
     evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
+    inference: InferenceConfig = Field(default_factory=InferenceConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
     bundle: BundleConfig = Field(default_factory=BundleConfig)
     fitted: FittedConfig = Field(default_factory=FittedConfig)
@@ -550,7 +574,8 @@ class TaskConfig(Section):
 
 #: keys newer than configs already stored in run folders and bundles: a stored config without them takes their
 #: defaults (add every key introduced from now on, so older run folders still --resume)
-NEWER_KEYS = ("fitted", "tracking.system_metrics")
+NEWER_KEYS = ("fitted", "tracking.system_metrics", "data.rgb", "training.weight_map", "inference",
+              "fitted.colour_channels")
 
 
 def _missing_keys(model: type[BaseModel], data: dict[str, Any], prefix: str = "") -> list[str]:

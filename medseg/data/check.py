@@ -16,6 +16,7 @@ import numpy as np
 
 from medseg.data.formats import NIFTI_SUFFIXES, PLAIN_2D_SUFFIXES, has_suffix, sitk_affine, suffix_of
 from medseg.data.images import _sitk_error, check_file, read_image
+from medseg.data.pictures import is_picture
 from medseg.errors import MedsegError
 
 SEG_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.66.4"
@@ -68,7 +69,7 @@ def read_header(path: Path, series_uid: str | None = None) -> Header:
     import SimpleITK as sitk
 
     components = check_file(path)[1]  # claimed size, truncation, cut gzip, 4D, a single voxel
-    if components > 1:
+    if components > 1 and not (is_picture(path) and components in (3, 4)):  # RGB(A) pictures: medseg.data.pictures
         raise MedsegError(f"{path}: colour image ({components} components per pixel); medseg reads greyscale images"
                           " and label maps: save it with one grey channel")
     reader = sitk.ImageFileReader()

@@ -11,6 +11,9 @@ Every loss takes raw network logits ``(B, C, *spatial)`` and an integer label ma
 ``ce``         cross-entropy (``DiceCELoss`` with the Dice weight 0), times ``ce_weight``
 ``dice_focal`` ``dice_weight`` x soft Dice + ``ce_weight`` x focal loss, ``focal_gamma``
                (``monai.losses.DiceFocalLoss``)
+``weighted_ce`` ``ce_weight`` x mean(w x cross-entropy), w the U-Net weight map (``training.weight_map``;
+               :class:`medseg.transforms.microscopy.WeightMapLoss`, own: MONAI has no pixel-weighted CE)
+``weighted_dice_ce`` the same plus ``dice_weight`` x soft Dice
 =============  ======================================================================================
 
 The soft Dice is ``1 - (2 |P.G| + eps) / (|P| + |G| + eps)`` per case and class with ``eps =
@@ -29,6 +32,10 @@ import torch
 
 from medseg.config import TrainingConfig
 from medseg.config.registries import LOSSES
+from medseg.transforms.microscopy import WeightMapLoss
+
+#: own loss classes by the ``_target_`` their entries name (bundles ship them in scripts/medseg_transforms)
+OWN_LOSSES = {"WeightMapLoss": WeightMapLoss}
 
 
 def training_section(tr: Any) -> TrainingConfig:
@@ -66,6 +73,16 @@ def dice_focal_def(tr: TrainingConfig) -> dict[str, Any]:
             "lambda_dice": float(tr.dice_weight), "lambda_focal": float(tr.ce_weight)}
 
 
+def weighted_ce_def(tr: TrainingConfig) -> dict[str, Any]:
+    return {"_target_": "WeightMapLoss", "ce_weight": float(tr.ce_weight), "dice_weight": 0.0}
+
+
+def weighted_dice_ce_def(tr: TrainingConfig) -> dict[str, Any]:
+    eps = float(tr.dice_smooth)
+    return {"_target_": "WeightMapLoss", "ce_weight": float(tr.ce_weight), "dice_weight": float(tr.dice_weight),
+            "include_background": bool(tr.include_background), "smooth_nr": eps, "smooth_dr": eps}
+
+
 def monai_loss_def(tr: TrainingConfig) -> dict[str, Any]:
     """The loss named by ``training.loss`` as a MONAI config entry (``_target_`` + arguments); the bundle's
     ``train.json`` uses the same entry, so a retrain from the bundle optimises the same loss. The builder of
@@ -81,4 +98,5 @@ def build_loss(tr: TrainingConfig) -> torch.nn.Module:
         >>> loss = build_loss(load_config("liver").training)
     """
     entry = monai_loss_def(tr)
-    return getattr(monai.losses, entry.pop("_target_"))(**entry)
+    target = entry.pop("_target_")
+    return (OWN_LOSSES.get(target) or getattr(monai.losses, target))(**entry)

@@ -24,7 +24,7 @@ from monai.bundle import ConfigParser
 from monai.inferers import Inferer
 from monai.transforms import Compose, SaveImage, SaveImaged
 
-from medseg.data import dicom_reader, nifti
+from medseg.data import dicom_reader, nifti, pictures
 from medseg.data.nifti import IsalNiftiReader
 from medseg.inference import postprocess
 from medseg.inference.postprocess import InvertToLabelsd, KeepLargestComponentd
@@ -35,8 +35,9 @@ from medseg.transforms.pipeline import OWN_TRANSFORMS, script_target
 #: the package of a bundle's ``scripts/`` folder holding what the chain adds to the transforms, and its modules
 #: (each imports only torch, numpy, scipy, nibabel, MONAI and optionally isal/cc3d)
 SCRIPT_PACKAGE = "medseg_inference"
-SCRIPT_MODULES = (nifti, postprocess)
-SCRIPT_CLASSES = (IsalNiftiReader, InvertToLabelsd, KeepLargestComponentd)
+SCRIPT_MODULES = (nifti, postprocess, pictures)  # pictures: PNG/TIFF/JPEG in and out
+SCRIPT_CLASSES = (IsalNiftiReader, InvertToLabelsd, KeepLargestComponentd, pictures.PictureReader,
+                  pictures.SavePictured)
 
 #: own post-processing transforms, by the name the spec uses
 POST_TRANSFORMS = {"InvertToLabelsd": InvertToLabelsd, "KeepLargestComponentd": KeepLargestComponentd}

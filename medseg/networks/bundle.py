@@ -29,6 +29,9 @@ def inferer_def(cfg: dict[str, Any], sw_batch_size: int = 2) -> dict[str, Any]:
     net, patch = cfg.get("network") or {}, list(cfg["training"]["patch_size"])
     entry = {"roi_size": patch, "sw_batch_size": sw_batch_size, "overlap": cfg["evaluation"]["sw_overlap"],
              "mode": "gaussian"}
+    padding = (cfg.get("inference") or {}).get("padding_mode", "constant")
+    if padding != "constant":  # overlap-tile: windows over the border read the mirrored image (MONAI's padding_mode)
+        entry["padding_mode"] = padding
     if net.get("slice_mode"):
         return {"_target_": "SliceInferer", "spatial_dim": int(net["slice_axis"]), **entry,
                 "sw_batch_size": max(sw_batch_size, 8), "progress": False}

@@ -17,6 +17,13 @@ from __future__ import annotations
 from typing import Any
 
 KEYS = ("image", "label")
+#: training losses that read the U-Net weight map (a "weight" key beside image and label, see .microscopy)
+WEIGHTED_LOSSES = ("weighted_ce", "weighted_dice_ce")
+
+
+def sample_keys(cfg: dict[str, Any]) -> list[str]:
+    """The keys cropped and augmented together: image and label, and the weight map for the weighted losses."""
+    return [*KEYS, "weight"] if cfg["training"]["loss"] in WEIGHTED_LOSSES else list(KEYS)
 
 
 def crop_spec(cfg: dict[str, Any]) -> list[dict[str, Any]]:
@@ -25,7 +32,7 @@ def crop_spec(cfg: dict[str, Any]) -> list[dict[str, Any]]:
         return slice_crop_spec(cfg)
     aug, train = cfg["augmentation"], cfg["training"]
     patch = list(train["patch_size"])
-    keys = list(KEYS)
+    keys = sample_keys(cfg)
     spec: list[dict[str, Any]] = []
     if aug["crop"]["pad_to_patch"]:
         spec.append({"_target_": "SpatialPadd", "keys": keys, "spatial_size": patch})
@@ -43,7 +50,7 @@ def balanced_crop_spec(cfg: dict[str, Any], size: list[int]) -> list[dict[str, A
     (:class:`~medseg.transforms.sampling.FgBgSampleIndicesd`); searching the label on every draw costs more
     than the draw (~0.4 s per slice on the liver sample in slice mode).
     """
-    keys = list(KEYS)
+    keys = sample_keys(cfg)
     fg, bg = "label_fg_indices", "label_bg_indices"
     return [
         {"_target_": "FgBgSampleIndicesd", "keys": "label", "image_key": "image", "image_threshold": 0.0,
@@ -64,7 +71,7 @@ def slice_crop_spec(cfg: dict[str, Any]) -> list[dict[str, Any]]:
     """
     axis = int(cfg["network"]["slice_axis"])
     patch = [int(p) for p in cfg["training"]["patch_size"]]
-    keys = list(KEYS)
+    keys = sample_keys(cfg)
     pad = patch[:axis] + [-1] + patch[axis:]  # -1: leave the slicing axis as it is
     thin = patch[:axis] + [1] + patch[axis:]
     spec: list[dict[str, Any]] = [{"_target_": "SpatialPadd", "keys": keys, "spatial_size": pad}]

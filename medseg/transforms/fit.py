@@ -16,6 +16,7 @@ import numpy as np
 from medseg.config import TaskConfig
 from medseg.data.formats import NIFTI_SUFFIXES, has_suffix
 from medseg.data.labelmaps import detect_255_label_map
+from medseg.data.pictures import is_colour, is_picture, read_picture
 from medseg.errors import MedsegError
 
 logger = logging.getLogger("medseg.transforms")
@@ -94,6 +95,13 @@ def check_patch_fits(cfg: TaskConfig, geometries: list[tuple[list[int], list[flo
                 f" choose a patch_size <= {padded} in every axis, or set augmentation.crop.pad_to_patch: true")
 
 
+def colour_channels(path: str) -> int:
+    """3 for a colour (RGB/RGBA) PNG/TIFF/JPEG picture, else 1 (``fitted.colour_channels``; medseg.data.pictures)."""
+    if not is_picture(path):
+        return 1
+    return 3 if is_colour(read_picture(path)[0], path) else 1
+
+
 def fit_preprocessing(cfg: TaskConfig, train_cases: list[Any]) -> TaskConfig:
     """A new config whose ``fitted`` section holds what ``train_cases`` give (``cfg`` is left alone).
 
@@ -114,6 +122,8 @@ def fit_preprocessing(cfg: TaskConfig, train_cases: list[Any]) -> TaskConfig:
                           f" {pre.image_channels}: every case needs the same number of channel files")
     if fitted.image_channels is None:
         found["image_channels"] = counts.pop() if counts else (pre.image_channels or 1)
+    if fitted.colour_channels is None and train_cases:
+        found["colour_channels"] = colour_channels(_images(train_cases[0])[0])
     if not cfg.data.label_map and fitted.label_map is None:
         found["label_map"] = detect_255_label_map(cfg.data.labels, train_cases)
         if found["label_map"]:

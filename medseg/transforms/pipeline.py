@@ -22,13 +22,15 @@ from monai import transforms as mt
 
 from medseg.data.dicom_reader import READER_PATH as DICOM_READER
 from medseg.data.nifti import READER_PATH as NIFTI_READER
+from medseg.data.pictures import READER_PATH as PICTURE_READER
 from medseg.errors import MedsegError
 from medseg.networks import input_multiple
-from medseg.transforms import bias, deform, intensity, metatensors, resample, sampling, window
+from medseg.transforms import bias, deform, intensity, metatensors, microscopy, resample, sampling, window
 from medseg.transforms.bias import N4BiasFieldd
-from medseg.transforms.crops import KEYS, balanced_crop_spec, crop_spec  # noqa: F401  (balanced_crop_spec re-exported)
+from medseg.transforms.crops import KEYS, WEIGHTED_LOSSES, balanced_crop_spec, crop_spec, sample_keys  # noqa: F401
 from medseg.transforms.deform import RandDeformd
 from medseg.transforms.intensity import ForegroundZScored, HistogramStandardized, StackWindowsd
+from medseg.transforms.microscopy import RGBToGreyd, WeightMapd, WeightMapLoss
 from medseg.transforms.resample import ScaleSpacingd
 from medseg.transforms.sampling import FgBgSampleIndicesd
 from medseg.transforms.settings import ct_window, windows  # noqa: F401  (ct_window re-exported)
@@ -44,12 +46,15 @@ OWN_TRANSFORMS = {
     "RandDeformd": RandDeformd,
     "FgBgSampleIndicesd": FgBgSampleIndicesd,
     "OnePassScaleIntensityRanged": OnePassScaleIntensityRanged,
+    "RGBToGreyd": RGBToGreyd,
+    "WeightMapd": WeightMapd,
+    "WeightMapLoss": WeightMapLoss,  # a loss, shipped with the weight map it reads
 }
 
 #: the package a bundle's ``scripts/`` folder holds medseg's own transforms in, and the modules it holds
 #: (each imports only torch, numpy, scipy, MONAI, SimpleITK and its siblings here, by relative imports)
 SCRIPT_PACKAGE = "medseg_transforms"
-SCRIPT_MODULES = (metatensors, resample, intensity, bias, deform, sampling, window)
+SCRIPT_MODULES = (metatensors, resample, intensity, bias, deform, sampling, window, microscopy)
 
 
 def script_target(name: str) -> str:
@@ -114,8 +119,9 @@ def preprocess_spec(cfg: dict[str, Any], keys: tuple[str, ...] = KEYS, *,
     modes = ["bilinear" if key == "image" else "nearest" for key in keys]
     spec: list[dict[str, Any]] = [
         # medseg's checked DICOM series reader; ISA-L NIfTI reading (the last reader is tried first)
-        {"_target_": "LoadImaged", "keys": k, "image_only": True, "reader": [DICOM_READER, NIFTI_READER]},
+        {"_target_": "LoadImaged", "keys": k, "image_only": True, "reader": [PICTURE_READER, DICOM_READER, NIFTI_READER]},
         {"_target_": "EnsureChannelFirstd", "keys": k},
+        *([{"_target_": "RGBToGreyd", "keys": "image"}] if cfg["data"].get("rgb") == "grey" else []),
         {"_target_": "Orientationd", "keys": k, "axcodes": pre["orientation"], "labels": None},
         {"_target_": "ScaleSpacingd", "keys": k, "pixdim": list(pre["spacing"]), "mode": modes},
     ]
@@ -154,8 +160,8 @@ def instantiate(spec: list[dict[str, Any]]) -> list:
 def random_spec(cfg: dict[str, Any]) -> list[dict[str, Any]]:
     """The augmentation applied to a sampled patch: spatial (both keys), then intensity (image only)."""
     aug = cfg["augmentation"]
-    keys = list(KEYS)
-    both = ["bilinear", "nearest"]
+    keys = sample_keys(cfg)
+    both = ["bilinear", "nearest", "bilinear"][: len(keys)]  # the weight map is resampled like an image
     spec: list[dict[str, Any]] = []
     elastic = aug["elastic"]
     affine_prob = max(aug["rotate_prob"], aug["scale_prob"])  # rotation and scaling are drawn together
@@ -196,9 +202,26 @@ def random_spec(cfg: dict[str, Any]) -> list[dict[str, Any]]:
     return spec
 
 
+def weight_map_spec(cfg: dict[str, Any]) -> list[dict[str, Any]]:
+    """The U-Net weight map of each training label (the weighted losses only), before any random step (cached)."""
+    if cfg["training"]["loss"] not in WEIGHTED_LOSSES:
+        return []
+    wm = cfg["training"]["weight_map"]
+    return [{"_target_": "WeightMapd", "keys": "label", "weight_key": "weight", "w0": float(wm["w0"]),
+             "sigma": float(wm["sigma"]), "objects": int(wm["objects"])}]
+
+
+def weight_to_label_spec(cfg: dict[str, Any]) -> list[dict[str, Any]]:
+    """The weight map as the label's second channel, where the loss reads it (MONAI's trainers pass the label)."""
+    if cfg["training"]["loss"] not in WEIGHTED_LOSSES:
+        return []
+    return [{"_target_": "ConcatItemsd", "keys": ["label", "weight"], "name": "label", "dim": 0},
+            {"_target_": "DeleteItemsd", "keys": "weight"}]
+
+
 def augment_spec(cfg: dict[str, Any]) -> list[dict[str, Any]]:
     """Patch sampling and augmentation after preprocessing, as bundle-style entries (used for ``train.json`` too)."""
-    return crop_spec(cfg) + random_spec(cfg)
+    return weight_map_spec(cfg) + crop_spec(cfg) + random_spec(cfg) + weight_to_label_spec(cfg)
 
 
 def build_train_transforms(cfg: dict[str, Any]) -> mt.Compose:

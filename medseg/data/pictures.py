@@ -1,0 +1,210 @@
+"""2D pictures (PNG, TIFF, JPEG) as MONAI images, and label maps written back in the picture's own format.
+
+:class:`PictureReader` is a MONAI ``ImageReader`` for ``.png``, ``.tif``/``.tiff``, ``.jpg``/``.jpeg``: grey 8- or
+16-bit pictures as ``(W, H)``, colour ones as ``(W, H, 3)`` (alpha dropped; channel last, so ``EnsureChannelFirstd``
+makes three channels), multi-page TIFFs as a ``(W, H, pages)`` stack. Own reader, because MONAI's defaults
+split the formats between readers that disagree (``PILReader`` for PNG with an identity affine, ``ITKReader`` for
+TIFF with a flipped LPS one, a multi-page TIFF read as channels). Axes are ``(x, y)`` as MONAI's ``PILReader``
+gives them (``reverse_indexing``), the affine is the identity (pixels), TIFF resolution tags give the spacing.
+
+:func:`write_picture` writes a label map in a picture's format and size (JPEG input: PNG, lossless), with the
+label values mapped back to the stored ones (``{1: 255}`` for 0/255 masks); :class:`SavePictured` is the same
+as a transform for the bundle's ``inference.json``. Imports only numpy, torch, PIL, MONAI and (optionally)
+``tifffile``: exported bundles ship it in ``scripts/medseg_inference/``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Hashable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from monai.config import KeysCollection
+from monai.data import ImageReader
+from monai.transforms import MapTransform
+from monai.utils import MetaKeys, ensure_tuple
+from PIL import Image as PILImage
+from PIL import ImageSequence
+
+try:
+    import tifffile
+except ImportError:  # stock environments: PIL reads TIFF (8/16-bit grey, 8-bit colour)
+    tifffile = None
+
+#: what this reader takes (lower case)
+PICTURE_SUFFIXES = (".png", ".tif", ".tiff", ".jpg", ".jpeg")
+#: the name preprocessing specs give LoadImaged's reader (a dotted path MONAI's LoadImage locates)
+READER_PATH = "medseg.data.pictures.PictureReader"
+
+
+def is_picture(path: str | os.PathLike) -> bool:
+    return str(path).lower().endswith(PICTURE_SUFFIXES)
+
+
+def _is_tiff(path: str) -> bool:
+    return path.lower().endswith((".tif", ".tiff"))
+
+
+def read_picture(path: str | os.PathLike) -> tuple[np.ndarray, list[float]]:
+    """``(array, spacing)``: rows x columns (``(pages, rows, cols)`` for a multi-page TIFF, ``[..., 3]`` for
+    colour), as stored; spacing per pixel axis (x, y) from TIFF resolution tags, else 1."""
+    path = str(path)
+    spacing = [1.0, 1.0]
+    if _is_tiff(path) and tifffile is not None:
+        with tifffile.TiffFile(path) as tif:
+            pages = [p.asarray() for p in tif.pages]
+            spacing = _tiff_spacing(tif.pages[0])
+        array = pages[0] if len(pages) == 1 else np.stack(pages)
+    else:
+        with PILImage.open(path) as img:
+            frames = []
+            for frame in ImageSequence.Iterator(img):
+                if frame.mode in ("RGBA", "CMYK", "YCbCr", "LA"):  # palette ("P") masks keep their indices
+                    frame = frame.convert("L" if frame.mode == "LA" else "RGB")
+                frames.append(np.asarray(frame))
+        array = frames[0] if len(frames) == 1 else np.stack(frames)
+    if array.ndim >= 3 and array.shape[-1] == 4:  # alpha
+        array = array[..., :3]
+    if array.ndim >= 3 and array.shape[-1] == 2:  # grey + alpha
+        array = array[..., 0]
+    return np.ascontiguousarray(array), spacing
+
+
+def _tiff_spacing(page: Any) -> list[float]:
+    """Pixel size from XResolution/YResolution (pixels per unit) in the file's unit; 1 where absent."""
+    try:
+        tags = page.tags
+        xr, yr = tags["XResolution"].value, tags["YResolution"].value
+        sx, sy = xr[1] / xr[0], yr[1] / yr[0]
+        return [float(sx), float(sy)] if sx > 0 and sy > 0 else [1.0, 1.0]
+    except (KeyError, ZeroDivisionError, TypeError, IndexError):
+        return [1.0, 1.0]
+
+
+def is_colour(array: np.ndarray, path: str | os.PathLike) -> bool:
+    """A colour picture: a trailing axis of 3 on a 2D picture (a 3-page TIFF stack has it first)."""
+    return array.ndim == 3 and array.shape[-1] == 3 and not (_is_tiff(str(path)) and array.shape[0] > 3)
+
+
+class PictureReader(ImageReader):
+    """MONAI ``ImageReader`` for PNG/TIFF/JPEG (see the module docstring). Refuses other suffixes at once, so
+    ``LoadImage`` moves on to its next reader."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__()
+        self.kwargs = kwargs
+
+    def verify_suffix(self, filename: Sequence[str | os.PathLike] | str | os.PathLike) -> bool:
+        return all(is_picture(f) for f in ensure_tuple(filename))
+
+    def read(self, data: Sequence[str | os.PathLike] | str | os.PathLike, **kwargs: Any) -> list[tuple]:
+        out = []
+        for name in ensure_tuple(data):
+            if not is_picture(name):
+                raise ValueError(f"{name}: not a PNG/TIFF/JPEG picture")
+            out.append((str(name), *read_picture(name)))
+        return out
+
+    def get_data(self, img: Any) -> tuple[np.ndarray, dict]:
+        arrays, meta = [], {}
+        for name, array, spacing in img if isinstance(img, list) else [img]:
+            colour = is_colour(array, name)
+            # stored rows x cols (x pages first) -> MONAI's (x, y[, pages]) with colour last
+            if colour:
+                data = np.moveaxis(array, 0, 1)
+            elif array.ndim == 3:
+                data = np.transpose(array, (2, 1, 0))
+            else:
+                data = array.T
+            spatial = data.shape[:-1] if colour else data.shape
+            ndim = len(spatial)
+            affine = np.eye(4)
+            affine[0, 0], affine[1, 1] = spacing
+            arrays.append(np.ascontiguousarray(data))
+            if not meta:
+                meta = {MetaKeys.AFFINE: affine, MetaKeys.ORIGINAL_AFFINE: affine.copy(),
+                        MetaKeys.SPATIAL_SHAPE: np.asarray(spatial),
+                        MetaKeys.ORIGINAL_CHANNEL_DIM: -1 if colour else float("nan"),
+                        "format": Path(name).suffix.lower(), "pages": int(array.shape[0]) if ndim == 3 else 1,
+                        "stored_dtype": str(array.dtype)}
+        return (arrays[0] if len(arrays) == 1 else np.stack(arrays)), meta
+
+
+def output_suffix(source: str | os.PathLike) -> str:
+    """The suffix a label map predicted from ``source`` is written with: the picture's own, PNG for JPEG."""
+    name = str(source).lower()
+    for suffix in (".png", ".tiff", ".tif"):
+        if name.endswith(suffix):
+            return suffix
+    return ".png"
+
+
+def stored_values(labels: np.ndarray, value_map: Mapping[int, int] | None) -> np.ndarray:
+    """Label values -> the values the dataset stores (``{1: 255}`` for 0/255 masks); uint8, or uint16 past 255."""
+    out = np.asarray(labels).astype(np.int64)
+    if value_map:
+        mapped = out.copy()
+        for label, stored in value_map.items():
+            mapped[out == int(label)] = int(stored)
+        out = mapped
+    if out.size and (out.min() < 0 or out.max() > 65535):
+        raise ValueError(f"label values {out.min()}..{out.max()} do not fit a PNG/TIFF label map")
+    return out.astype(np.uint8 if not out.size or out.max() <= 255 else np.uint16)
+
+
+def write_picture(labels: np.ndarray, path: str | os.PathLike, value_map: Mapping[int, int] | None = None) -> Path:
+    """Write ``labels`` in MONAI's ``(x, y)`` (or ``(x, y, pages)``) order as a PNG or (multi-page) TIFF, atomically.
+
+    Example:
+        >>> write_picture(labels, "masks/cell_seg.png", {1: 255})
+    """
+    path = Path(path)
+    array = stored_values(labels, value_map)
+    stored = array.T if array.ndim == 2 else np.transpose(array, (2, 1, 0))  # rows x cols (pages first)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp{path.suffix}")
+    try:
+        if _is_tiff(str(path)) and tifffile is not None:
+            tifffile.imwrite(tmp, np.ascontiguousarray(stored))
+        elif stored.ndim == 3:
+            frames = [PILImage.fromarray(np.ascontiguousarray(p)) for p in stored]
+            frames[0].save(tmp, save_all=True, append_images=frames[1:])
+        else:
+            PILImage.fromarray(np.ascontiguousarray(stored)).save(tmp)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return path
+
+
+class SavePictured(MapTransform):
+    """Write the label map under ``keys`` (``(1, x, y[, pages])``) into ``output_dir`` as ``<name><postfix><suffix>``
+    in its input picture's format (:func:`write_picture`), values mapped by ``value_map`` (label -> stored).
+
+    The bundle's ``inference.json`` ends with it for a 2D task, as ``SaveImaged`` ends a 3D one.
+    """
+
+    def __init__(self, keys: KeysCollection, output_dir: str, value_map: Mapping[Any, int] | None = None,
+                 output_postfix: str = "_seg", allow_missing_keys: bool = False) -> None:
+        super().__init__(keys, allow_missing_keys)
+        self.output_dir = output_dir
+        self.value_map = {int(k): int(v) for k, v in (value_map or {}).items()}
+        self.output_postfix = output_postfix
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            pred = d[key]
+            source = str(pred.meta.get("filename_or_obj", "pred")) if hasattr(pred, "meta") else "pred"
+            labels = pred.detach().cpu().numpy() if isinstance(pred, torch.Tensor) else np.asarray(pred)
+            name = Path(source).name
+            for suffix in PICTURE_SUFFIXES:
+                if name.lower().endswith(suffix):
+                    name = name[: -len(suffix)]
+            write_picture(labels[0], Path(self.output_dir) / f"{name}{self.output_postfix}{output_suffix(source)}",
+                          self.value_map)
+        return d
