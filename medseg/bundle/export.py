@@ -44,7 +44,8 @@ from medseg.data.formats import BUNDLE_SUFFIXES
 from medseg.data.dicom_reader import READER_PATH as DICOM_READER
 from medseg.engine.losses import monai_loss_def
 from medseg.engine.optim import bundle_scheduler_def, optimizer_def
-from medseg.inference.chain import bundle_targets, inference_spec
+from medseg.data.pictures import PICTURE_SUFFIXES
+from medseg.inference.chain import SCRIPT_PACKAGE, bundle_targets, inference_spec
 from medseg.fileio import publish_dir
 from medseg.networks import describe, monai_network_def
 from medseg.networks.bundle import bundle_scripts, export_torchscript, inferer_def, loss_def
@@ -82,9 +83,16 @@ def inference_config(cfg: dict[str, Any]) -> dict[str, Any]:
     chain["preprocessing"]["transforms"] = _bundle_spec(chain["preprocessing"]["transforms"])
     chain = bundle_targets(chain)
     post = chain["postprocessing"]["transforms"]
-    post.append({"_target_": "SaveImaged", "keys": "pred", "output_dir": "@output_dir", "output_postfix": "seg",
-                 "output_dtype": "$numpy.uint8", "resample": False, "separate_folder": False, "print_log": False})
-    globs = " + ".join(f"glob.glob(os.path.join(@dataset_dir, '{g}'))" for g in IMAGE_GLOBS)
+    pictures = int(cfg["network"]["spatial_dims"]) == 2 and not cfg["network"].get("slice_mode")
+    if pictures:  # a 2D task: PNG/TIFF/JPEG in, masks out in the picture's format with the stored label values
+        stored = {str(v): int(k) for k, v in cfg.effective_label_map().items()} if hasattr(cfg, "effective_label_map") else {}
+        post.append({"_target_": f"scripts.{SCRIPT_PACKAGE}.SavePictured", "keys": "pred", "output_dir": "@output_dir",
+                     "value_map": stored, "output_postfix": "_seg"})
+    else:
+        post.append({"_target_": "SaveImaged", "keys": "pred", "output_dir": "@output_dir", "output_postfix": "seg",
+                     "output_dtype": "$numpy.uint8", "resample": False, "separate_folder": False, "print_log": False})
+    patterns = IMAGE_GLOBS + (tuple(f"*{s}" for s in PICTURE_SUFFIXES) if pictures else ())
+    globs = " + ".join(f"glob.glob(os.path.join(@dataset_dir, '{g}'))" for g in patterns)
     return {
         "imports": ["$import glob", "$import os", "$import numpy"],
         "bundle_root": ".",
@@ -139,7 +147,7 @@ def train_config(cfg: dict[str, Any]) -> dict[str, Any]:
         "val_every": tr["val_every"],
         "network_def": monai_network_def(cfg["network"], input_channels(cfg), n_classes),
         "network": "$@network_def.to(@device)",
-        "loss": loss_def(cfg, monai_loss_def(tr)),  # DeepSupervisionLoss around it for aux outputs
+        "loss": loss_def(cfg, _own_loss(monai_loss_def(tr))),  # DeepSupervisionLoss around it for aux outputs
         "optimizer": {**optimizer_def(tr), "params": "$@network.parameters()", "lr": "@learning_rate"},
         "lr_scheduler": bundle_scheduler_def(tr),
         "train": {
@@ -191,6 +199,11 @@ def train_config(cfg: dict[str, Any]) -> dict[str, Any]:
         "initialize": [f"$monai.utils.set_determinism(seed={tr['seed']})", "$os.makedirs(@output_dir, exist_ok=True)"],
         "run": ["$@train#trainer.run()"],
     }
+
+
+def _own_loss(entry: dict[str, Any]) -> dict[str, Any]:
+    """A loss entry naming medseg's own loss class (the weight-map loss) points at its copy in ``scripts/``."""
+    return {**entry, "_target_": script_target(entry["_target_"])} if entry["_target_"] in OWN_TRANSFORMS else entry
 
 
 def _amp_args(amp: str) -> dict[str, Any]:

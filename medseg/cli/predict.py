@@ -27,7 +27,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bundle", type=Path, required=True, help="MONAI Bundle folder (bundles/<name>) or .zip")
     p.add_argument("--input", type=Path, required=True, help="image file, DICOM series folder, or folder of cases")
     p.add_argument("--output", type=Path, required=True, help="output folder")
-    p.add_argument("--format", choices=predict.FORMATS, default="nifti", help="output format (default nifti)")
+    p.add_argument("--format", choices=predict.FORMATS, default="auto",
+                   help="output format (default auto: PNG/TIFF/JPEG input as PNG/TIFF masks, the rest NIfTI)")
     p.add_argument("--tta", action="store_true", help="average over mirrored copies (2^d passes, slower)")
     p.add_argument("--device", choices=("cpu", "cuda"), help="default: cuda when available")
     p.add_argument("--series", help="SeriesInstanceUID, where a DICOM folder holds several series")

@@ -2,7 +2,9 @@
 
 Each case runs through the bundle's prediction chain (:mod:`medseg.inference`: the chain its
 ``inference.json`` holds) and is written as ``<case>_seg.nii.gz`` in the input's own geometry, or with
-``format="dicom-seg"`` (DICOM input) as a DICOM SEG that references the source series.
+``format="dicom-seg"`` (DICOM input) as a DICOM SEG that references the source series. PNG/TIFF/JPEG pictures
+(grey or colour, 8/16-bit, multi-page TIFF stacks page by page) give ``<case>_seg.png``/``.tif`` of the same size
+with the label values as the dataset stores them (0/255 masks: 255), or NIfTI with ``format="nifti"``.
 
 Example:
     >>> from medseg.workflows import predict
@@ -25,11 +27,13 @@ from medseg.data.check import read_header
 from medseg.data.dicom_seg import is_dicom_series, write_dicom_seg
 from medseg.data.formats import VOLUME_SUFFIXES as IMAGE_SUFFIXES
 from medseg.data.labelmaps import case_name, write_label_nifti
+from medseg.data.pictures import PICTURE_SUFFIXES, is_picture, output_suffix, read_picture, write_picture
 from medseg.errors import MedsegError
 from medseg.inference import run_case, torch_forward
 from medseg.data.dicom_reader import DicomSeriesReader
 
-FORMATS = ("nifti", "dicom-seg")
+#: auto: pictures (PNG/TIFF/JPEG) in their own format, everything else NIfTI
+FORMATS = ("auto", "nifti", "dicom-seg")
 
 
 class Written(list):
@@ -51,12 +55,13 @@ def find_inputs(path: Path) -> list[tuple[str, Path]]:
         return [(path.name, path)]
     cases = []
     for child in sorted(path.iterdir()):
-        if child.is_file() and child.name.lower().endswith(IMAGE_SUFFIXES):
+        if child.is_file() and child.name.lower().endswith((*IMAGE_SUFFIXES, *PICTURE_SUFFIXES)):
             cases.append((case_name(child), child))
         elif child.is_dir() and is_dicom_series(child):
             cases.append((child.name, child))
     if not cases:
-        raise MedsegError(f"--input {path}: no images ({', '.join(IMAGE_SUFFIXES)}) or DICOM series folders in it")
+        raise MedsegError(f"--input {path}: no images ({', '.join((*IMAGE_SUFFIXES, *PICTURE_SUFFIXES))}) or DICOM"
+                          " series folders in it")
     return cases
 
 
@@ -77,12 +82,47 @@ def _labels(pred: MetaTensor) -> np.ndarray:
     return labels
 
 
+def stored_value_map(bundle: LoadedBundle) -> dict[int, int]:
+    """Label value -> the value the task's label files store (the inverse of its label map: ``{1: 255}``)."""
+    cfg = bundle.cfg
+    if cfg is None or not hasattr(cfg, "effective_label_map"):
+        return {}
+    return {int(v): int(k) for k, v in cfg.effective_label_map().items()}
+
+
+def _two_d(bundle: LoadedBundle) -> bool:
+    cfg = bundle.cfg
+    return cfg is not None and int(cfg["network"]["spatial_dims"]) == 2 and not cfg["network"].get("slice_mode")
+
+
+def _picture_pages(bundle: LoadedBundle, path: Path, device: torch.device, tta: bool) -> np.ndarray:
+    """A multi-page TIFF through a 2D network page by page: labels ``(x, y, pages)``."""
+    import tempfile
+
+    array, _ = read_picture(path)
+    pages = []
+    with tempfile.TemporaryDirectory(prefix="medseg-pages-") as tmp:
+        for i, page in enumerate(array):
+            one = Path(tmp) / f"page{i:04d}.tif"
+            write_picture(page.T, one)  # (x, y) in, stored rows x cols
+            pred = run_case(bundle.chain, torch_forward(bundle.network), {"image": str(one)}, device, tta)
+            pages.append(_labels(pred))
+    return np.stack(pages, axis=-1)
+
+
 def predict_one(bundle: LoadedBundle, path: Path, out: Path, device: torch.device, fmt: str = "nifti",
                 tta: bool = False, series: str | None = None) -> Path:
     """Predict the case at ``path`` and write it to ``out``; returns ``out``."""
     # every check that needs no voxels (DICOM series order/spacing/tilt/gaps/choice; claimed size, truncated or cut
     # files, 4D, a single voxel, colour) before any pixel is read
     read_header(path, series)
+    if fmt == "auto" and is_picture(path):
+        if _two_d(bundle) and path.name.lower().endswith((".tif", ".tiff")) and read_picture(path)[0].ndim == 3 \
+                and read_picture(path)[0].shape[-1] != 3:
+            labels = _picture_pages(bundle, path, device, tta)
+        else:
+            labels = _labels(run_case(bundle.chain, torch_forward(bundle.network), {"image": str(path)}, device, tta))
+        return write_picture(labels, out, stored_value_map(bundle))
     pred = run_case(bundle.chain, torch_forward(bundle.network), {"image": str(path)}, device, tta)
     labels, affine = _labels(pred), pred.affine.numpy()
     if fmt == "dicom-seg":
@@ -92,7 +132,7 @@ def predict_one(bundle: LoadedBundle, path: Path, out: Path, device: torch.devic
     return out
 
 
-def run(bundle: str | Path, inputs: str | Path, output: str | Path, *, format: str = "nifti", tta: bool = False,
+def run(bundle: str | Path, inputs: str | Path, output: str | Path, *, format: str = "auto", tta: bool = False,
         device: str = "cpu", series: str | None = None, trust: bool = False,
         on_case: Callable[[str, Path | None, str | None], None] | None = None) -> Written:
     """Segment every case under ``inputs`` with the bundle at ``bundle``, writing into ``output``.
@@ -101,7 +141,8 @@ def run(bundle: str | Path, inputs: str | Path, output: str | Path, *, format: s
         bundle: a MONAI Bundle folder or ``.zip`` (a foreign one runs its own inference.json: needs ``trust``).
         inputs: an image file, a DICOM series folder, or a folder of either.
         output: the output folder (created).
-        format: ``"nifti"`` (``<case>_seg.nii.gz``) or ``"dicom-seg"`` (DICOM input only, ``<case>_seg.dcm``).
+        format: ``"auto"`` (pictures as ``<case>_seg.png``/``.tif``, the rest NIfTI), ``"nifti"``
+            (``<case>_seg.nii.gz``) or ``"dicom-seg"`` (DICOM input only, ``<case>_seg.dcm``).
         tta: average over mirrored copies of the input (2^d forward runs).
         device: ``"cpu"`` or ``"cuda"``.
         series: which series (SeriesInstanceUID) where a DICOM folder holds several.
@@ -127,7 +168,9 @@ def run(bundle: str | Path, inputs: str | Path, output: str | Path, *, format: s
     suffix = "_seg.dcm" if format == "dicom-seg" else "_seg.nii.gz"
     for name, path in cases:
         try:
-            out = predict_one(loaded, path, output / f"{name}{suffix}", dev, format, tta, series)
+            target = output / (f"{name}_seg{output_suffix(path)}" if format == "auto" and is_picture(path)
+                               else f"{name}{suffix}")
+            out = predict_one(loaded, path, target, dev, format, tta, series)
         except Exception as err:  # one unreadable case must not stop the others
             if isinstance(err, MedsegError):
                 if len(cases) == 1:

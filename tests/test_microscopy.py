@@ -1,0 +1,346 @@
+"""2D microscopy: pictures in and out, the U-Net weight map and its loss, overlap-tile, RGB training."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+import torch
+from PIL import Image
+
+from medseg.config import load_config
+from medseg.data.pictures import PictureReader, read_picture, stored_values, write_picture
+from medseg.transforms.microscopy import WeightMapLoss, class_weights, unet_weight_map
+
+SMALL_2D = ["network.channels=[4,8,16]", "network.strides=[2,2]", "training.patch_size=[32,32]"]
+
+
+# ---- the weight map ------------------------------------------------------------------------------------------
+
+
+def two_squares(ndim: int) -> tuple[np.ndarray, tuple[int, ...]]:
+    """Two objects whose facing edges are 4 px apart (gap pixels 10, 11, 12), and the pixel midway."""
+    shape = (24,) * ndim
+    label = np.zeros(shape, dtype=np.int64)
+    rest = (slice(6, 16),) * (ndim - 1)
+    label[(slice(1, 10), *rest)] = 1
+    label[(slice(13, 22), *rest)] = 1
+    return label, (11, *([10] * (ndim - 1)))
+
+
+@pytest.mark.parametrize("ndim", [2, 3])
+def test_weight_between_two_squares_is_the_hand_computed_value(ndim):
+    label, mid = two_squares(ndim)
+    n, n_fg = label.size, int(label.sum())
+    w_c_background = n / (2 * (n - n_fg))  # N / (K n_c) with K = 2 classes
+    expected = w_c_background + 10.0 * math.exp(-((2 + 2) ** 2) / (2 * 5.0**2))  # d1 = d2 = 2 px
+    w = unet_weight_map(label, w0=10.0, sigma=5.0)
+    assert w[mid] == pytest.approx(expected, rel=1e-5)
+    inside = (5, *([10] * (ndim - 1)))
+    assert w[inside] == pytest.approx(n / (2 * n_fg), rel=1e-6)  # objects: class weight only
+    assert class_weights(label)[mid] == pytest.approx(w_c_background)
+    # one object alone has no second-nearest object: no border term anywhere
+    single = label.copy()
+    single[(slice(13, 22), *(slice(6, 16),) * (ndim - 1))] = 0
+    assert np.allclose(unet_weight_map(single), class_weights(single))
+
+
+def test_weight_map_from_given_instances_and_the_far_field():
+    label, mid = two_squares(2)
+    touching = label.copy()
+    touching[10:13, 6:16] = 1  # one connected blob: a single component, no border term
+    inst = np.zeros_like(touching)
+    inst[1:11, 6:16], inst[11:22, 6:16] = 1, 2  # ... unless the instances are given
+    assert np.allclose(unet_weight_map(touching), class_weights(touching))
+    w = unet_weight_map(touching, instances=inst)
+    assert w[mid] == pytest.approx(class_weights(touching)[mid])  # the seam is inside objects: class weight
+    far = np.zeros((200, 40), dtype=np.int64)
+    far[2:8, 5:15], far[190:196, 5:15] = 1, 1
+    assert np.allclose(unet_weight_map(far)[100], class_weights(far)[100], atol=1e-6)  # term ~ exp(-(180)^2/50)
+
+
+def test_weight_map_is_cached_with_the_preprocessing(tmp_path):
+    from monai.data import CacheDataset
+
+    from medseg.transforms import build_train_transforms, microscopy
+
+    root = write_png_folder(tmp_path)
+    cfg = load_config("em_2d_folder", SMALL_2D + ["training.loss=weighted_dice_ce", "data.label_map={255: 1}"])
+    calls = []
+    original = microscopy.unet_weight_map
+
+    def counting(*args, **kwargs):
+        calls.append(1)
+        return original(*args, **kwargs)
+
+    microscopy.unet_weight_map = counting
+    try:
+        items = [{"image": str(p), "label": str(root / "labels" / p.name)} for p in sorted((root / "images").iterdir())]
+        ds = CacheDataset(items, build_train_transforms(cfg), cache_rate=1.0, progress=False)
+        assert len(calls) == len(items)  # once per image, at caching
+        for _ in range(3):
+            sample = ds[0]
+            sample = sample[0] if isinstance(sample, list) else sample
+        assert len(calls) == len(items)  # never per draw
+    finally:
+        microscopy.unet_weight_map = original
+    assert sample["label"].shape[0] == 2 and "weight" not in sample  # the weight map rides in label channel 1
+    labels, weight = sample["label"][0].numpy(), sample["label"][1].numpy()
+    assert set(np.unique(labels)) <= {0.0, 1.0} and weight.min() >= 0 and weight.max() > 1.0  # 0: outside the image
+
+
+def test_weight_map_follows_the_label_through_the_elastic_deformation():
+    from medseg.transforms.deform import RandDeformd
+
+    label, _ = two_squares(2)
+    weight = unet_weight_map(label)
+    t = RandDeformd(keys=["label", "weight"], elastic_prob=1.0, sigma_range=(4, 4), magnitude_range=(30, 30),
+                    mode=["nearest", "bilinear"])
+    t.set_random_state(3)
+    out = t({"label": torch.from_numpy(label[None]).float(), "weight": torch.from_numpy(weight[None])})
+    moved_label, moved_weight = out["label"][0].numpy(), out["weight"][0].numpy()
+    assert not np.array_equal(moved_label, label)  # it moved
+    fg = moved_label > 0
+    # the object pixels keep the objects' class weight, wherever the deformation took them (one resampling)
+    interior = fg & (ndimage_erode(fg))
+    assert np.allclose(moved_weight[interior], weight[label > 0][0], rtol=1e-4)
+
+
+def ndimage_erode(mask):
+    from scipy import ndimage
+
+    return ndimage.binary_erosion(mask, iterations=2)
+
+
+def test_weighted_loss_values():
+    logits = torch.zeros(1, 2, 4, 4)
+    logits[:, 1] = 2.0
+    target = torch.zeros(1, 1, 4, 4)
+    weight = torch.ones(1, 1, 4, 4)
+    weight[..., 0, 0] = 5.0
+    ce_per_pixel = -torch.log_softmax(logits, 1)[0, 0]  # class 0 everywhere
+    loss = WeightMapLoss()(logits, torch.cat([target, weight], 1))
+    assert float(loss) == pytest.approx(float((ce_per_pixel * weight[0, 0]).mean()), rel=1e-6)
+    assert float(WeightMapLoss()(logits, target)) == pytest.approx(float(ce_per_pixel.mean()), rel=1e-6)
+    with_dice = WeightMapLoss(dice_weight=1.0)(logits, torch.cat([target, weight], 1))
+    assert float(with_dice) > float(loss)
+
+
+def test_loss_names_reach_the_builder_and_train_json():
+    from medseg.bundle.export import train_config
+    from medseg.engine.losses import build_loss
+
+    cfg = load_config("em_2d_folder", SMALL_2D + ["training.loss=weighted_ce", "training.weight_map.w0=7",
+                                                  "data.label_map={255: 1}"])
+    assert isinstance(build_loss(cfg.training), WeightMapLoss)
+    train = train_config(cfg)
+    assert train["loss"]["_target_"] == "scripts.medseg_transforms.WeightMapLoss"
+    steps = [s["_target_"] for s in train["train"]["preprocessing"]["transforms"]]
+    assert "scripts.medseg_transforms.WeightMapd" in steps and steps[-2:] == ["ConcatItemsd", "DeleteItemsd"]
+    wm = next(s for s in train["train"]["preprocessing"]["transforms"] if s["_target_"].endswith("WeightMapd"))
+    assert wm["w0"] == 7.0 and wm["sigma"] == 5.0
+    deform = next(s for s in train["train"]["preprocessing"]["transforms"] if s["_target_"].endswith("RandDeformd"))
+    assert deform["keys"] == ["image", "label", "weight"] and deform["mode"] == ["bilinear", "nearest", "bilinear"]
+
+
+# ---- overlap-tile ------------------------------------------------------------------------------------------
+
+
+def test_reflect_padding_is_the_microscopy_default_and_reaches_the_inferer():
+    from medseg.engine.builders import sliding_window_inferer
+
+    cfg = load_config("em_2d_folder", SMALL_2D + ["data.modality=microscopy"])
+    assert cfg.inference.padding_mode == "reflect"
+    assert sliding_window_inferer(cfg).padding_mode == "reflect"
+    plain = load_config("em_2d_folder", SMALL_2D + ["data.modality=MR"])
+    assert plain.inference.padding_mode == "constant"
+    # a 20x20 image under a 32x32 window: reflect padding reads mirrored pixels, constant zeros
+    image = torch.arange(400, dtype=torch.float32).reshape(1, 1, 20, 20)
+    seen = []
+
+    def forward(x):
+        seen.append(x.clone())
+        return x
+
+    sliding_window_inferer(cfg)(image, forward)
+    window = seen[0][0, 0]
+    assert float(window.min()) >= 0 and not bool((window == 0).sum() > 1)  # no zero border
+    seen.clear()
+    sliding_window_inferer(plain)(image, forward)
+    assert int((seen[0][0, 0] == 0).sum()) > 100
+
+
+# ---- pictures in and out ---------------------------------------------------------------------------------------
+
+
+def test_picture_reader_formats(tmp_path):
+    rng = np.random.default_rng(0)
+    grey = rng.integers(0, 256, (30, 50), dtype=np.uint8)
+    Image.fromarray(grey).save(tmp_path / "g.png")
+    tifffile.imwrite(tmp_path / "g16.tif", grey.astype(np.uint16) * 250)
+    rgb = np.stack([grey, grey // 2, 255 - grey], -1)
+    Image.fromarray(rgb).save(tmp_path / "rgb.png")
+    Image.fromarray(np.concatenate([rgb, np.full((30, 50, 1), 255, np.uint8)], -1)).save(tmp_path / "rgba.png")
+    tifffile.imwrite(tmp_path / "stack.tif", np.stack([grey, grey[::-1], grey]))
+    Image.fromarray(grey).save(tmp_path / "g.jpg", quality=100)
+    reader = PictureReader()
+    data, meta = reader.get_data(reader.read(tmp_path / "g.png"))
+    assert data.shape == (50, 30) and np.array_equal(data, grey.T) and np.isnan(meta["original_channel_dim"])
+    data, _ = reader.get_data(reader.read(tmp_path / "g16.tif"))
+    assert data.dtype == np.uint16 and int(data.max()) == int(grey.max()) * 250
+    for name in ("rgb.png", "rgba.png"):
+        data, meta = reader.get_data(reader.read(tmp_path / name))
+        assert data.shape == (50, 30, 3) and meta["original_channel_dim"] == -1
+        assert np.array_equal(data[..., 2], (255 - grey).T)
+    data, meta = reader.get_data(reader.read(tmp_path / "stack.tif"))
+    assert data.shape == (50, 30, 3) and np.isnan(meta["original_channel_dim"])  # 3 pages: a stack, not colour
+    assert np.array_equal(data[..., 1], grey[::-1].T)
+    data, _ = reader.get_data(reader.read(tmp_path / "g.jpg"))
+    assert data.shape == (50, 30) and np.abs(data.astype(int) - grey.T).max() < 8  # lossy
+    assert not reader.verify_suffix("x.nii.gz") and reader.verify_suffix("X.TIFF")
+
+
+def test_write_picture_keeps_size_and_stored_values(tmp_path):
+    labels = np.zeros((50, 30), dtype=np.uint8)  # MONAI's (x, y)
+    labels[10:20, 5:9] = 1
+    out = write_picture(labels, tmp_path / "m.png", {1: 255})
+    stored = np.asarray(Image.open(out))
+    assert stored.shape == (30, 50) and set(np.unique(stored)) == {0, 255}
+    assert np.array_equal(stored == 255, (labels == 1).T)
+    many = np.arange(50 * 30).reshape(50, 30) % 300
+    assert stored_values(many, None).dtype == np.uint16
+    back = tifffile.imread(write_picture(many, tmp_path / "m.tif"))
+    assert back.dtype == np.uint16 and np.array_equal(back, many.T)
+    pages = np.stack([labels, 1 - labels], -1)
+    assert np.array_equal(read_picture(write_picture(pages, tmp_path / "p.tif", {1: 255}))[0][1], (1 - labels).T * 255)
+
+
+def write_png_folder(root: Path, n: int = 4, shape=(40, 48), rgb: bool = False) -> Path:
+    (root / "images").mkdir(parents=True)
+    (root / "labels").mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(n):
+        yy, xx = np.mgrid[: shape[0], : shape[1]]
+        mask = ((yy + 3 * i) % 12 < 3) | ((xx + 2 * i) % 10 < 2)
+        image = np.clip(np.where(mask, 60, 190) + rng.normal(0, 15, shape), 0, 255).astype(np.uint8)
+        if rgb:
+            image = np.stack([image, image // 2, 255 - image], -1)
+        Image.fromarray(image).save(root / "images" / f"sec{i:02d}.png")
+        Image.fromarray((mask * 255).astype(np.uint8)).save(root / "labels" / f"sec{i:02d}.png")
+    return root
+
+
+def untrained_bundle(tmp_path: Path, overrides: list[str], colour: int = 1) -> Path:
+    from medseg.bundle.export import export_bundle
+    from medseg.networks import build_network
+    from medseg.transforms import input_channels
+
+    cfg = load_config("em_2d_folder", SMALL_2D + [f"bundle.dir={tmp_path / 'bundles'}", *overrides])
+    cfg = cfg.with_fitted(label_map={255: 1}, image_channels=1, colour_channels=colour)
+    torch.manual_seed(0)
+    net = build_network(cfg.network, input_channels(cfg), len(cfg.data.labels))
+    with torch.no_grad():  # a fixed rule the outputs can be checked against: class 1 where the image is bright
+        for p in net.parameters():
+            p.mul_(0.5)
+    summary = {"membrane": {"dice": 0.5, "hd95_mm": 1.0, "assd_mm": 1.0, "cases": 1}}
+    return export_bundle(cfg, tmp_path, net, summary)
+
+
+@pytest.fixture(scope="module")
+def grey_bundle(tmp_path_factory):
+    return untrained_bundle(tmp_path_factory.mktemp("grey"), ["data.rgb=grey"])
+
+
+def test_predict_pictures_round_trip(grey_bundle, tmp_path):
+    from medseg.bundle.load import load_bundle
+    from medseg.inference import run_case, torch_forward
+    from medseg.workflows import predict
+
+    rng = np.random.default_rng(1)
+    grey = rng.integers(0, 256, (45, 70), dtype=np.uint8)
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    Image.fromarray(grey).save(inputs / "g.png")
+    tifffile.imwrite(inputs / "g16.tif", grey.astype(np.uint16) * 257)
+    Image.fromarray(np.stack([grey] * 3, -1)).save(inputs / "rgb.png")
+    tifffile.imwrite(inputs / "stack.tif", np.stack([grey, grey[::-1]]))
+    written = predict.run(grey_bundle, inputs, tmp_path / "out")
+    assert sorted(p.name for p in written) == ["g16_seg.tif", "g_seg.png", "rgb_seg.png", "stack_seg.tif"]
+    loaded = load_bundle(grey_bundle, torch.device("cpu"))
+    expected = run_case(loaded.chain, torch_forward(loaded.network), {"image": str(inputs / "g.png")})[0].numpy().T
+    png = np.asarray(Image.open(tmp_path / "out" / "g_seg.png"))
+    assert png.shape == grey.shape and png.dtype == np.uint8 and set(np.unique(png)) <= {0, 255}
+    assert np.array_equal(png, expected.astype(np.uint8) * 255)  # label 1 stored as 255, as the dataset stores it
+    assert np.array_equal(np.asarray(Image.open(tmp_path / "out" / "rgb_seg.png")), png)  # grey RGB -> same grey
+    tif = tifffile.imread(tmp_path / "out" / "g16_seg.tif")
+    assert tif.shape == grey.shape and set(np.unique(tif)) <= {0, 255}
+    stack = tifffile.imread(tmp_path / "out" / "stack_seg.tif")
+    assert stack.shape == (2, 45, 70) and np.array_equal(stack[0], png)  # page by page
+    nifti = predict.run(grey_bundle, inputs / "g.png", tmp_path / "nii", format="nifti")
+    import nibabel as nib
+
+    assert nib.load(nifti[0]).shape[:2] == (70, 45)  # (x, y) of the picture
+
+
+def test_colour_bundle_takes_three_channels(tmp_path):
+    from medseg.workflows import predict
+
+    bundle = untrained_bundle(tmp_path, [], colour=3)
+    rng = np.random.default_rng(2)
+    rgb = rng.integers(0, 256, (33, 40, 3), dtype=np.uint8)
+    Image.fromarray(rgb).save(tmp_path / "c.jpg")
+    (out,) = predict.run(bundle, tmp_path / "c.jpg", tmp_path / "out")
+    assert out.name == "c_seg.png" and np.asarray(Image.open(out)).shape == (33, 40)  # JPEG in: lossless PNG out
+    Image.fromarray(rgb[..., 0]).save(tmp_path / "g.png")
+    from medseg.errors import MedsegError
+
+    with pytest.raises(MedsegError, match="1 image channels; the network takes 3"):
+        predict.run(bundle, tmp_path / "g.png", tmp_path / "out2")
+
+
+def test_rgb_training_fits_three_channels(tmp_path):
+    from medseg.transforms import fit_preprocessing, input_channels
+    from medseg.transforms.pipeline import build_train_transforms
+
+    root = write_png_folder(tmp_path / "EM", rgb=True)
+    cases = [{"image": str(p), "label": str(root / "labels" / p.name)} for p in sorted((root / "images").iterdir())]
+    cfg = fit_preprocessing(load_config("em_2d_folder", SMALL_2D), cases)
+    assert cfg.fitted.colour_channels == 3 and input_channels(cfg) == 3
+    sample = build_train_transforms(cfg)(cases[0])
+    sample = sample[0] if isinstance(sample, list) else sample
+    assert sample["image"].shape[0] == 3
+    grey = fit_preprocessing(load_config("em_2d_folder", SMALL_2D + ["data.rgb=grey"]), cases)
+    assert input_channels(grey) == 1
+    sample = build_train_transforms(grey)(cases[0])
+    assert (sample[0] if isinstance(sample, list) else sample)["image"].shape[0] == 1
+
+
+@pytest.mark.slow
+def test_bundle_inference_json_on_stock_monai_with_a_png(grey_bundle, tmp_path):
+    rng = np.random.default_rng(3)
+    images = tmp_path / "images"
+    images.mkdir()
+    Image.fromarray(rng.integers(0, 256, (45, 70), dtype=np.uint8)).save(images / "sec.png")
+    from medseg.workflows import predict
+
+    predict.run(grey_bundle, images, tmp_path / "medseg_out")
+    blocker = tmp_path / "blocker" / "medseg"
+    blocker.mkdir(parents=True)
+    (blocker / "__init__.py").write_text("raise ImportError('the bundle must run without medseg')\n")
+    cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", str(grey_bundle / "configs" / "inference.json"),
+           "--bundle_root", str(grey_bundle), "--dataset_dir", str(images), "--output_dir", str(tmp_path / "out")]
+    done = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "PYTHONPATH": str(blocker.parent)})
+    assert done.returncode == 0, done.stderr[-2000:]
+    stock = np.asarray(Image.open(tmp_path / "out" / "sec_seg.png"))
+    assert stock.shape == (45, 70) and set(np.unique(stock)) <= {0, 255}
+    assert np.array_equal(stock, np.asarray(Image.open(tmp_path / "medseg_out" / "sec_seg.png")))
+    config = json.loads((grey_bundle / "configs" / "inference.json").read_text())
+    assert config["postprocessing"]["transforms"][-1]["value_map"] == {"1": 255}
