@@ -344,3 +344,18 @@ def test_bundle_inference_json_on_stock_monai_with_a_png(grey_bundle, tmp_path):
     assert np.array_equal(stock, np.asarray(Image.open(tmp_path / "medseg_out" / "sec_seg.png")))
     config = json.loads((grey_bundle / "configs" / "inference.json").read_text())
     assert config["postprocessing"]["transforms"][-1]["value_map"] == {"1": 255}
+
+
+def test_augmentation_preview_shows_the_weight_map(tmp_path):
+    from medseg.evaluation.figures import write_preview
+    from medseg.transforms.preview import preview_pairs
+
+    root = write_png_folder(tmp_path / "EM")
+    cases = [{"image": str(p), "label": str(root / "labels" / p.name)} for p in sorted((root / "images").iterdir())]
+    cfg = load_config("em_2d_folder", SMALL_2D + ["training.loss=weighted_ce", "data.label_map={255: 1}"])
+    pairs = preview_pairs(cfg, cases, n=2)
+    assert all(len(p) == 5 and p[4].shape == p[3].shape and p[4].max() > 1.0 for p in pairs)
+    assert all(len(p) == 4 for p in preview_pairs(load_config("em_2d_folder", SMALL_2D), cases, n=2))
+    out = write_preview(cfg, cases, tmp_path / "preview.png", n=2)
+    assert Image.open(out).size[1] > Image.open(write_preview(load_config("em_2d_folder", SMALL_2D), cases,
+                                                                tmp_path / "plain.png", n=2)).size[1]

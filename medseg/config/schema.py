@@ -428,6 +428,15 @@ class InferenceConfig(Section):
     instances: bool = False
 
 
+class InteractiveConfig(Section):
+    """Click-guided training (medseg.engine.interactive): one guidance channel per label after the image."""
+    enabled: bool = False
+    max_clicks: AtLeast1 = 5  # simulated clicks per training sample: 1 initial per class + corrections
+    sigma: Positive = 2.0  # Gaussian click map width, voxels of the preprocessed grid
+    auto_prob: Prob = 0.25  # share of training samples with no clicks (the automatic segmentation)
+    window: list[int] = Field(default_factory=list)  # medseg.serve: voxels recomputed around a click; [] = 2 x patch
+
+
 class TrackingConfig(Section):
     enabled: bool = True
     experiment: str = "medseg"
@@ -470,6 +479,7 @@ class TaskConfig(Section):
     training: TrainingConfig = Field(default_factory=TrainingConfig)
     evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
     inference: InferenceConfig = Field(default_factory=InferenceConfig)
+    interactive: InteractiveConfig = Field(default_factory=InteractiveConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
     bundle: BundleConfig = Field(default_factory=BundleConfig)
     fitted: FittedConfig = Field(default_factory=FittedConfig)
@@ -575,7 +585,7 @@ class TaskConfig(Section):
 #: keys newer than configs already stored in run folders and bundles: a stored config without them takes their
 #: defaults (add every key introduced from now on, so older run folders still --resume)
 NEWER_KEYS = ("fitted", "tracking.system_metrics", "data.rgb", "training.weight_map", "inference",
-              "fitted.colour_channels")
+              "fitted.colour_channels", "interactive")
 
 
 def _missing_keys(model: type[BaseModel], data: dict[str, Any], prefix: str = "") -> list[str]:

@@ -21,7 +21,7 @@ import torch
 from monai.engines import SupervisedEvaluator, SupervisedTrainer
 from monai.utils import set_determinism
 
-from medseg.engine import builders, distributed
+from medseg.engine import builders, distributed, interactive
 from medseg.engine.builders import collate_plain, pick_device, training_dataset  # noqa: F401  (tests import them here)
 from medseg.engine.checkpoint import load_checkpoint, random_transforms
 from medseg.engine.handlers import (
@@ -70,7 +70,7 @@ def build_parts(cfg: Any, train_cases: list, val_cases: list, device: torch.devi
     optimizer, scheduler = builders.optimiser_and_schedule(model.parameters(), cfg)
     evaluator = builders.build_evaluator(cfg, net, builders.validation_loader(val_ds, ctx), device, ctx)
     trainer = builders.build_trainer(cfg, model, train_loader, optimizer, builders.training_loss(cfg), device,
-                                     scheduler=scheduler, evaluator=evaluator)
+                                     scheduler=scheduler, evaluator=evaluator, **interactive.trainer_arguments(cfg))
     return Parts(net, optimizer, scheduler, train_ds, train_loader, evaluator, trainer)
 
 

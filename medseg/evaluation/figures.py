@@ -120,8 +120,16 @@ def preview_figure(pairs: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndar
                    title: str = "") -> Path:
     """Draw the 2 x n grid (top: sampled patch, bottom: augmented) with label contours; 3D patches show the
     slice (last axis) where each patch's label is largest."""
-    fig, axes = figure(2, len(pairs), (2.6 * len(pairs), 5.6))
-    for col, (img, lab, aug_img, aug_lab) in enumerate(pairs):
+    weights = all(len(p) == 5 for p in pairs) and bool(pairs)  # a weighted loss: the U-Net weight map as a third row
+    fig, axes = figure(3 if weights else 2, len(pairs), (2.6 * len(pairs), 8.4 if weights else 5.6))
+    for col, (img, lab, aug_img, aug_lab, *weight) in enumerate(pairs):
+        if weights:
+            w = weight[0]
+            z = None if w.ndim == 2 else int(np.argmax(w.reshape(-1, w.shape[-1]).max(0)))
+            ax = axes[2, col]
+            ax.imshow(_slice(w, z).T, cmap="magma", origin="lower")
+            ax.set_title(f"weight map {col + 1} (max {float(w.max()):.1f})", fontsize=8)
+            ax.axis("off")
         lo, hi = np.percentile(img, [0.5, 99.5]) if img.size else (0.0, 1.0)
         for row, (im, lb, name) in enumerate(((img, lab, "patch"), (aug_img, aug_lab, "augmented"))):
             z = None

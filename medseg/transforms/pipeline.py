@@ -25,7 +25,8 @@ from medseg.data.nifti import READER_PATH as NIFTI_READER
 from medseg.data.pictures import READER_PATH as PICTURE_READER
 from medseg.errors import MedsegError
 from medseg.networks import input_multiple
-from medseg.transforms import bias, deform, intensity, metatensors, microscopy, resample, sampling, window
+from medseg.transforms import bias, deform, guidance, intensity, metatensors, microscopy, resample, sampling, window
+from medseg.transforms.guidance import AddGuidanced
 from medseg.transforms.bias import N4BiasFieldd
 from medseg.transforms.crops import KEYS, WEIGHTED_LOSSES, balanced_crop_spec, crop_spec, sample_keys  # noqa: F401
 from medseg.transforms.deform import RandDeformd
@@ -38,6 +39,7 @@ from medseg.transforms.window import OnePassScaleIntensityRanged
 
 #: medseg's own transforms, by the name the specs use (bundles import them from their scripts/ folder)
 OWN_TRANSFORMS = {
+    "AddGuidanced": AddGuidanced,
     "ScaleSpacingd": ScaleSpacingd,
     "StackWindowsd": StackWindowsd,
     "ForegroundZScored": ForegroundZScored,
@@ -54,7 +56,7 @@ OWN_TRANSFORMS = {
 #: the package a bundle's ``scripts/`` folder holds medseg's own transforms in, and the modules it holds
 #: (each imports only torch, numpy, scipy, MONAI, SimpleITK and its siblings here, by relative imports)
 SCRIPT_PACKAGE = "medseg_transforms"
-SCRIPT_MODULES = (metatensors, resample, intensity, bias, deform, sampling, window, microscopy)
+SCRIPT_MODULES = (metatensors, resample, intensity, bias, deform, sampling, window, microscopy, guidance)
 
 
 def script_target(name: str) -> str:
@@ -146,6 +148,9 @@ def preprocess_spec(cfg: dict[str, Any], keys: tuple[str, ...] = KEYS, *,
     if pre["pad_to_multiple"]:
         spec.append({"_target_": "DivisiblePadd", "keys": k, "k": network_multiple(cfg)})
     spec.append({"_target_": "EnsureTyped", "keys": k, "track_meta": True})
+    if cfg["interactive"]["enabled"]:  # click channels after the image (zeros unless the item has "clicks")
+        spec.append({"_target_": "AddGuidanced", "keys": "image", "n_labels": len(cfg["data"]["labels"]),
+                     "sigma": cfg["interactive"]["sigma"]})
     return spec
 
 

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 from monai.transforms import Compose
 
-from medseg.transforms.pipeline import build_eval_transforms, crop_spec, instantiate, random_spec
+from medseg.transforms.pipeline import build_eval_transforms, crop_spec, instantiate, random_spec, weight_map_spec
 
 
 def _first(x: Any) -> Any:
@@ -23,8 +23,9 @@ def _first(x: Any) -> Any:
 def preview_pairs(cfg: dict[str, Any], cases: list[dict[str, Any]], n: int = 8, seed: int = 0,
                   max_cases: int = 4) -> list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]:
     """``n`` tuples ``(patch image, patch label, augmented image, augmented label)`` (first image channel),
-    from up to ``max_cases`` cases in turn, with the seeded training sampler and augmentation."""
-    pre = build_eval_transforms(cfg)
+    from up to ``max_cases`` cases in turn, with the seeded training sampler and augmentation; with a weighted
+    loss a fifth item, the augmented U-Net weight map (the one the loss sees)."""
+    pre = Compose([build_eval_transforms(cfg), *instantiate(weight_map_spec(cfg))])
     crop, rand = Compose(instantiate(crop_spec(cfg))), Compose(instantiate(random_spec(cfg)))
     crop.set_random_state(seed=seed)
     rand.set_random_state(seed=seed + 1)
@@ -34,6 +35,8 @@ def preview_pairs(cfg: dict[str, Any], cases: list[dict[str, Any]], n: int = 8, 
     for i in range(n):
         patch = _first(crop(dict(volumes[i % len(volumes)])))
         augmented = rand(copy.deepcopy(patch))
-        pairs.append(tuple(np.asarray(d[k][0].detach().cpu().numpy()) for d in (patch, augmented)
-                           for k in ("image", "label")))
+        pair = tuple(np.asarray(d[k][0].detach().cpu().numpy()) for d in (patch, augmented) for k in ("image", "label"))
+        if "weight" in augmented:
+            pair += (np.asarray(augmented["weight"][0].detach().cpu().numpy()),)
+        pairs.append(pair)
     return pairs

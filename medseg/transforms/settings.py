@@ -39,14 +39,19 @@ def intensity_method(cfg: TaskConfig) -> str:
 
 
 def input_channels(cfg: TaskConfig) -> int:
-    """Number of image channels the network receives: image files per case x CT windows.
+    """Number of channels the network receives: image files per case x CT windows (+ click guidance channels).
 
     Example:
         >>> net = build_network(cfg.network, input_channels(cfg), len(cfg.data.labels))
     """
     per_file = len(windows(cfg)) if intensity_method(cfg) == "window" else 1
     colour = 1 if cfg["data"].get("rgb") == "grey" else int(getattr(cfg, "fitted", None) and cfg.fitted.colour_channels or 1)
-    return image_files(cfg) * per_file * colour
+    return image_files(cfg) * per_file * colour + guidance_channels(cfg)
+
+
+def guidance_channels(cfg: TaskConfig) -> int:
+    """Click guidance channels after the image (``interactive.enabled``: one per label; else 0)."""
+    return len(cfg.data.labels) if cfg.interactive.enabled else 0
 
 
 def image_files(cfg: TaskConfig) -> int:

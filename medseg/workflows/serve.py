@@ -1,0 +1,230 @@
+"""The click-and-correct server (``python -m medseg.serve``): a FastAPI app over :mod:`medseg.workflows.interact`.
+
+Routes (JSON unless said; with a token, every route but the page needs ``Authorization: Bearer <token>``):
+
+- ``GET /``: the page (:mod:`medseg.workflows.serve_page`; plain canvas, no script libraries, works offline)
+- ``GET /api/info``: bundle name, labels, whether clicks rerun the network (click-guided bundle)
+- ``GET /api/cases``: the cases under ``--input-dir`` and the open ones
+- ``POST /api/open`` ``{"name": case}``: open a case of ``--input-dir`` (by its listed name only)
+- ``POST /api/upload?name=file.nii.gz``: open an uploaded NIfTI/NRRD/MHA file (body: the file; size-limited)
+- ``GET /api/cases/{case}``: shape, spacing, clicks; ``.../image`` float32 and ``.../mask`` uint8 raw voxels
+  (C order, shape in ``X-Shape``)
+- ``POST /api/cases/{case}/click`` ``{"voxel": [i, j, k], "label": c, "positive": true}``; ``.../undo``;
+  ``.../save`` (files written into ``--output-dir``)
+"""
+
+from __future__ import annotations
+
+import hmac
+import ipaddress
+import tempfile
+import threading
+from pathlib import Path
+from typing import Any
+
+import torch
+from fastapi import FastAPI, HTTPException, Request
+from fastapi.responses import HTMLResponse, JSONResponse, Response
+from starlette.middleware.base import BaseHTTPMiddleware
+
+from medseg.bundle.load import LoadedBundle, load_bundle
+from medseg.data.formats import VOLUME_SUFFIXES
+from medseg.errors import MedsegError
+from medseg.workflows.interact import CaseSession, check_case_name
+from medseg.workflows.predict import find_inputs
+from medseg.workflows.serve_page import PAGE
+
+#: uploads larger than this are refused (413)
+DEFAULT_MAX_UPLOAD_MB = 1024
+UPLOAD_SUFFIXES = tuple(s for s in VOLUME_SUFFIXES if s != ".dcm")
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def check_host(host: str, token: str | None) -> None:
+    """A non-loopback ``host`` needs a token (one-line error otherwise)."""
+    if not is_loopback(host) and not token:
+        raise MedsegError(f"--host {host}: not a loopback address; give --token T as well (every request then needs"
+                          " 'Authorization: Bearer T')")
+
+
+class _Token(BaseHTTPMiddleware):
+    def __init__(self, app: Any, token: str) -> None:
+        super().__init__(app)
+        self.expected = f"Bearer {token}".encode()
+
+    async def dispatch(self, request: Request, call_next: Any) -> Response:
+        if request.url.path != "/":  # the page holds no data; it sends the token (from #token=) with every call
+            given = request.headers.get("authorization", "").encode()
+            if not hmac.compare_digest(given, self.expected):
+                return JSONResponse({"detail": "missing or wrong bearer token"}, status_code=401)
+        return await call_next(request)
+
+
+class Server:
+    """The open cases of one bundle (one lock: requests on CPU are served one at a time)."""
+
+    def __init__(self, bundle: LoadedBundle, output_dir: Path, input_dir: Path | None = None,
+                 max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB, device: str = "cpu",
+                 order: list[str] | None = None) -> None:
+        self.bundle, self.output_dir, self.input_dir = bundle, Path(output_dir), input_dir
+        self.order = {name: i for i, name in enumerate(order or [])}  # medseg.rank's order; the rest by name
+        self.max_upload = int(max_upload_mb * 1024 * 1024)
+        self.device = torch.device(device)
+        self.cases: dict[str, CaseSession] = {}
+        self.lock = threading.Lock()
+        self.uploads = tempfile.TemporaryDirectory(prefix="medseg-serve-")
+
+    def listed(self) -> dict[str, Path]:
+        found = find_inputs(self.input_dir) if self.input_dir else []
+        return dict(sorted(found, key=lambda c: (self.order.get(c[0], len(self.order)), c[0])))
+
+    def open(self, name: str, path: Path) -> CaseSession:
+        with self.lock:
+            session = CaseSession(self.bundle, name, path, self.device)
+            self.cases[name] = session
+            return session
+
+    def case(self, name: str) -> CaseSession:
+        if name not in self.cases:
+            raise HTTPException(404, f"case {name!r} is not open")
+        return self.cases[name]
+
+
+def _summary(session: CaseSession) -> dict[str, Any]:
+    return {"case": session.name, "shape": list(session.shape), "spacing": session.spacing,
+            "clicks": len(session.steps), "automatic_seconds": round(session.auto_seconds, 3)}
+
+
+def _fail(err: MedsegError) -> HTTPException:
+    return HTTPException(400, str(err))
+
+
+def create_app(server: Server, token: str | None = None) -> FastAPI:
+    app = FastAPI(title="medseg.serve", docs_url=None, redoc_url=None, openapi_url=None)
+    if token:
+        app.add_middleware(_Token, token=token)
+    bundle = server.bundle
+
+    @app.get("/", response_class=HTMLResponse)
+    def page() -> str:
+        return PAGE
+
+    @app.get("/api/info")
+    def info() -> dict[str, Any]:
+        return {"bundle": bundle.name, "labels": {str(v): k for v, k in sorted(bundle.labels.items())},
+                "guided": bool(bundle.cfg is not None and bundle.cfg.interactive.enabled)}
+
+    @app.get("/api/cases")
+    def cases() -> dict[str, Any]:
+        try:
+            listed = list(server.listed())
+        except MedsegError:
+            listed = []
+        return {"input": listed, "open": sorted(server.cases)}
+
+    @app.post("/api/open")
+    def open_case(body: dict[str, Any]) -> dict[str, Any]:
+        name = str(body.get("name", ""))
+        listed = server.listed()
+        if name not in listed:  # only names the server listed itself: no path from the request is joined
+            raise HTTPException(404, f"case {name!r} is not in the input folder")
+        try:
+            return _summary(server.open(check_case_name(name), listed[name]))
+        except MedsegError as err:
+            raise _fail(err) from None
+
+    @app.post("/api/upload")
+    async def upload(request: Request, name: str) -> dict[str, Any]:
+        try:
+            check_case_name(name)
+        except MedsegError as err:
+            raise _fail(err) from None
+        suffix = next((s for s in UPLOAD_SUFFIXES if name.lower().endswith(s)), None)
+        if suffix is None:
+            raise HTTPException(400, f"upload {name!r}: send a {', '.join(UPLOAD_SUFFIXES)} file (DICOM series: put"
+                                     " them under --input-dir)")
+        declared = request.headers.get("content-length")
+        if declared and declared.isdigit() and int(declared) > server.max_upload:
+            raise HTTPException(413, f"upload of {int(declared)} bytes: over the limit of {server.max_upload}")
+        data = bytearray()
+        async for chunk in request.stream():
+            data += chunk
+            if len(data) > server.max_upload:
+                raise HTTPException(413, f"upload over the limit of {server.max_upload} bytes")
+        case = name[: -len(suffix)]
+        path = Path(server.uploads.name) / name
+        path.write_bytes(bytes(data))
+        try:
+            return _summary(server.open(check_case_name(case), path))
+        except MedsegError as err:
+            raise _fail(err) from None
+
+    @app.get("/api/cases/{case}")
+    def case_info(case: str) -> dict[str, Any]:
+        return _summary(server.case(case))
+
+    def _raw(array: Any) -> Response:
+        return Response(array.tobytes(), media_type="application/octet-stream",
+                        headers={"X-Shape": ",".join(map(str, array.shape)), "X-Dtype": str(array.dtype)})
+
+    @app.get("/api/cases/{case}/image")
+    def image(case: str) -> Response:
+        return _raw(server.case(case).image_array())
+
+    @app.get("/api/cases/{case}/mask")
+    def mask(case: str) -> Response:
+        return _raw(server.case(case).labels)
+
+    @app.post("/api/cases/{case}/click")
+    def click(case: str, body: dict[str, Any]) -> dict[str, Any]:
+        session = server.case(case)
+        try:
+            voxel = [float(v) for v in body["voxel"]]
+            label, positive = int(body["label"]), bool(body.get("positive", True))
+        except (KeyError, TypeError, ValueError):
+            raise HTTPException(400, 'click: send {"voxel": [i, j, k], "label": class, "positive": true|false}') from None
+        with server.lock:
+            try:
+                return {**session.click(voxel, label, positive), "clicks": len(session.steps)}
+            except MedsegError as err:
+                raise _fail(err) from None
+
+    @app.post("/api/cases/{case}/undo")
+    def undo(case: str) -> dict[str, Any]:
+        session = server.case(case)
+        with server.lock:
+            return {"undone": session.undo(), "clicks": len(session.steps)}
+
+    @app.post("/api/cases/{case}/save")
+    def save(case: str) -> dict[str, Any]:
+        session = server.case(case)
+        with server.lock:
+            try:
+                files = session.save(server.output_dir)
+            except MedsegError as err:
+                raise _fail(err) from None
+        return {"files": [p.name for p in files], "output_dir": str(server.output_dir)}
+
+    return app
+
+
+def run(bundle: str | Path, *, host: str = "127.0.0.1", port: int = 8000, token: str | None = None,
+        input_dir: str | Path | None = None, output_dir: str | Path = "corrected", device: str = "cpu",
+        max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB, trust: bool = False, order: list[str] | None = None) -> None:
+    """Serve ``bundle`` until interrupted (see the module docstring)."""
+    import uvicorn  # deferred: only the server itself needs it
+
+    check_host(host, token)
+    if input_dir is not None and not Path(input_dir).is_dir():
+        raise MedsegError(f"--input-dir {input_dir}: no such folder")
+    loaded = load_bundle(Path(bundle), torch.device(device), trust=trust)
+    server = Server(loaded, Path(output_dir), Path(input_dir) if input_dir else None, max_upload_mb, device, order)
+    uvicorn.run(create_app(server, token), host=host, port=port, log_level="warning")

@@ -1,0 +1,135 @@
+"""The page ``medseg.serve`` serves at ``/``: three planes on plain canvases, no script libraries (works offline).
+
+Left click: positive click for the chosen class; right click (or shift + left): negative click. The token, if
+the server has one, comes from the page address's fragment (``/#token=T``) and goes out as a bearer header.
+"""
+
+PAGE = r"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>medseg.serve</title>
+<style>
+body{font:14px sans-serif;margin:8px;background:#1e1e1e;color:#ddd}
+#bar>*{margin-right:6px} .views{display:flex;gap:8px;margin-top:8px;flex-wrap:wrap}
+.view{display:flex;flex-direction:column;align-items:center}
+canvas{image-rendering:pixelated;background:#000;cursor:crosshair}
+#busy{visibility:hidden;color:#fc6} #busy.on{visibility:visible}
+#status{margin-top:6px;color:#9c9;min-height:1.2em}
+</style></head><body>
+<div id="bar">
+ <select id="cases"></select><button id="open">Open</button>
+ <input type="file" id="file"><button id="upload">Upload</button>
+ class <select id="klass"></select>
+ level <input id="level" type="number" value="60" style="width:5em">
+ width <input id="width" type="number" value="400" style="width:5em">
+ <button id="undo">Undo</button><button id="save">Save</button>
+ <span id="busy">&#9203; working&hellip;</span>
+</div>
+<div class="views">
+ <div class="view"><canvas id="c0"></canvas><input type="range" id="s0"><span>axial</span></div>
+ <div class="view"><canvas id="c1"></canvas><input type="range" id="s1"><span>coronal</span></div>
+ <div class="view"><canvas id="c2"></canvas><input type="range" id="s2"><span>sagittal</span></div>
+</div>
+<div id="status">left click: add (positive), right or shift-click: remove (negative)</div>
+<script>
+"use strict";
+const token = new URLSearchParams(location.hash.slice(1)).get("token");
+const headers = token ? {"Authorization": "Bearer " + token} : {};
+const COLOURS = [[0,0,0],[255,60,60],[60,160,255],[80,230,80],[255,220,40],[220,80,255]];
+let caseName = null, shape = null, spacing = [1,1,1], image = null, mask = null, pos = [0,0,0];
+const $ = id => document.getElementById(id);
+let pending = 0;
+function busy(d){ pending += d; $("busy").classList.toggle("on", pending > 0); document.body.dataset.busy = pending; }
+async function api(path, opts = {}){
+  busy(1);
+  try {
+    const r = await fetch(path, {...opts, headers: {...headers, ...(opts.headers || {})}});
+    if (!r.ok){ let d = r.statusText; try { d = (await r.json()).detail; } catch (e) {} throw new Error(d); }
+    return r;
+  } finally { busy(-1); }
+}
+function say(t){ $("status").textContent = t; }
+async function loadInfo(){
+  const info = await (await api("/api/info")).json();
+  for (const [v, n] of Object.entries(info.labels)) if (v !== "0"){
+    const o = document.createElement("option"); o.value = v; o.textContent = n; $("klass").appendChild(o); }
+  const cases = await (await api("/api/cases")).json();
+  for (const n of cases.input){ const o = document.createElement("option"); o.value = o.textContent = n; $("cases").appendChild(o); }
+  document.title = "medseg.serve: " + info.bundle + (info.guided ? " (click-guided)" : "");
+}
+async function show(summary){
+  caseName = summary.case; shape = summary.shape; spacing = summary.spacing;
+  const r = await api(`/api/cases/${caseName}/image`);
+  image = new Float32Array(await r.arrayBuffer());
+  pos = shape.map(n => Math.floor(n / 2));
+  ["s0","s1","s2"].forEach((s, p) => { const ax = [2,1,0][p]; $(s).max = shape[ax] - 1; $(s).value = pos[ax]; });
+  await refreshMask();
+  say(`${caseName}: ${shape.join("x")} voxels, automatic mask in ${summary.automatic_seconds} s`);
+}
+async function refreshMask(){
+  const r = await api(`/api/cases/${caseName}/mask`);
+  mask = new Uint8Array(await r.arrayBuffer());
+  draw();
+}
+// plane p: 0 axial (x right, y up; fixed k), 1 coronal (x, z; fixed j), 2 sagittal (y, z; fixed i)
+const PLANES = [{u:0, v:1, fixed:2}, {u:0, v:2, fixed:1}, {u:1, v:2, fixed:0}];
+function voxelIndex(i, j, k){ return (i * shape[1] + j) * shape[2] + k; }
+function draw(){
+  if (!image) return;
+  const level = +$("level").value, width = Math.max(1, +$("width").value), lo = level - width / 2;
+  PLANES.forEach((pl, p) => {
+    const c = $("c" + p), w = shape[pl.u], h = shape[pl.v];
+    c.width = w; c.height = h;
+    const scale = 320 / Math.max(w * spacing[pl.u], h * spacing[pl.v]);
+    c.style.width = (w * spacing[pl.u] * scale) + "px"; c.style.height = (h * spacing[pl.v] * scale) + "px";
+    const ctx = c.getContext("2d"), img = ctx.createImageData(w, h);
+    const ijk = [0, 0, 0]; ijk[pl.fixed] = pos[pl.fixed];
+    for (let y = 0; y < h; y++) for (let x = 0; x < w; x++){
+      ijk[pl.u] = x; ijk[pl.v] = h - 1 - y;
+      const n = voxelIndex(ijk[0], ijk[1], ijk[2]);
+      let g = Math.min(255, Math.max(0, (image[n] - lo) / width * 255));
+      const o = 4 * (y * w + x), m = mask[n];
+      if (m){ const col = COLOURS[m % COLOURS.length]; img.data[o] = 0.55*g + 0.45*col[0];
+        img.data[o+1] = 0.55*g + 0.45*col[1]; img.data[o+2] = 0.55*g + 0.45*col[2]; }
+      else { img.data[o] = img.data[o+1] = img.data[o+2] = g; }
+      img.data[o+3] = 255;
+    }
+    ctx.putImageData(img, 0, 0);
+  });
+}
+function voxelAt(p, e){
+  const pl = PLANES[p], c = $("c" + p);
+  const x = Math.floor(e.offsetX * c.width / c.clientWidth), y = Math.floor(e.offsetY * c.height / c.clientHeight);
+  const ijk = [...pos]; ijk[pl.u] = Math.min(c.width - 1, Math.max(0, x)); ijk[pl.v] = c.height - 1 - Math.min(c.height - 1, Math.max(0, y));
+  return ijk;
+}
+async function click(p, e, positive){
+  e.preventDefault();
+  if (!caseName || pending) return;
+  const voxel = voxelAt(p, e);
+  try {
+    const r = await api(`/api/cases/${caseName}/click`, {method: "POST", headers: {"Content-Type": "application/json"},
+      body: JSON.stringify({voxel, label: +$("klass").value, positive})});
+    const out = await r.json();
+    await refreshMask();
+    say(`${positive ? "+" : "-"} click at ${voxel.join(",")}: ${out.changed_voxels} voxels changed in ${out.seconds} s (${out.mode}); ${out.clicks} click(s)`);
+  } catch (err) { say("click refused: " + err.message); }
+}
+[0,1,2].forEach(p => {
+  $("c" + p).addEventListener("mousedown", e => { if (e.button === 0) click(p, e, !e.shiftKey); else if (e.button === 2) click(p, e, false); });
+  $("c" + p).addEventListener("contextmenu", e => e.preventDefault());
+  $("s" + p).addEventListener("input", e => { pos[PLANES[p].fixed] = +e.target.value; draw(); });
+});
+$("level").addEventListener("change", draw); $("width").addEventListener("change", draw);
+$("open").onclick = async () => { try { await show(await (await api("/api/open", {method: "POST",
+  headers: {"Content-Type": "application/json"}, body: JSON.stringify({name: $("cases").value})})).json()); }
+  catch (err) { say("open failed: " + err.message); } };
+$("upload").onclick = async () => { const f = $("file").files[0]; if (!f) return;
+  try { await show(await (await api("/api/upload?name=" + encodeURIComponent(f.name), {method: "POST", body: f})).json()); }
+  catch (err) { say("upload refused: " + err.message); } };
+$("undo").onclick = async () => { if (!caseName) return; const out = await (await api(`/api/cases/${caseName}/undo`, {method: "POST"})).json();
+  await refreshMask(); say(out.undone ? `undone; ${out.clicks} click(s)` : "nothing to undo"); };
+$("save").onclick = async () => { if (!caseName) return;
+  try { const out = await (await api(`/api/cases/${caseName}/save`, {method: "POST"})).json(); say("saved " + out.files.join(", ")); }
+  catch (err) { say("save failed: " + err.message); } };
+loadInfo().catch(err => say("server: " + err.message));
+</script></body></html>
+"""

@@ -1,0 +1,241 @@
+"""Click-guided segmentation: guidance maps, the click simulation, one case corrected by clicks, medseg.rank."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+from tests.conftest import FAST, synthetic_case
+
+from medseg.bundle.load import LoadedBundle
+from medseg.config import load_config
+from medseg.engine.interactive import ClickIteration, initial_clicks, largest_error_click, trainer_arguments
+from medseg.errors import MedsegError
+from medseg.inference import build_chain
+from medseg.networks import build_network
+from medseg.transforms import input_channels
+from medseg.transforms.guidance import AddGuidanced, guidance_maps, map_clicks
+from medseg.workflows import rank
+from medseg.workflows.interact import CaseSession, check_case_name, inside
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+# ---- guidance maps
+
+
+def test_guidance_maps_have_gaussian_values_at_the_clicks():
+    maps = guidance_maps((20, 20, 20), 3, [[5, 6, 7, 1], [15, 15, 15, 0]], sigma=2.0)
+    assert maps.shape == (3, 20, 20, 20)
+    assert float(maps[1, 5, 6, 7]) == pytest.approx(1.0)
+    assert float(maps[1, 7, 6, 7]) == pytest.approx(math.exp(-4 / 8))  # 2 voxels = 1 sigma away
+    assert float(maps[1, 5, 6, 9]) == pytest.approx(math.exp(-4 / 8))
+    assert float(maps[0, 15, 15, 15]) == pytest.approx(1.0)
+    assert float(maps[2].abs().sum()) == 0.0  # no click on label 2
+    assert float(maps[1, 15, 15, 15]) == 0.0  # far from the label-1 click (beyond 4 sigma)
+    with pytest.raises(ValueError, match="label 3"):
+        guidance_maps((4, 4, 4), 3, [[1, 1, 1, 3]], 1.0)
+
+
+def test_clicks_follow_the_affines_and_the_transform_appends_channels():
+    original = np.diag([-2.0, 2.0, 3.0, 1.0])
+    original[:3, 3] = [40.0, -10.0, 5.0]
+    now = np.diag([1.0, 1.0, 1.0, 1.0])
+    now[:3, 3] = [20.0, -8.0, 11.0]
+    (i, j, k, label), = map_clicks([[3, 4, 2, 1]], original, now)
+    world = original @ [3, 4, 2, 1]
+    assert [i, j, k] == pytest.approx(list(world[:3] - now[:3, 3]))
+    assert label == 1
+    from monai.data import MetaTensor
+
+    image = MetaTensor(torch.zeros(1, 30, 30, 30), affine=torch.as_tensor(now))
+    image.meta["original_affine"] = original
+    out = AddGuidanced("image", n_labels=3, sigma=1.5)({"image": image, "clicks": [[3, 4, 2, 2]]})["image"]
+    assert out.shape == (4, 30, 30, 30)
+    assert float(out[3, round(i), round(j), round(k)]) == pytest.approx(1.0, abs=0.05)  # nearest voxel
+    assert float(out[1:3].sum()) == 0.0
+    auto = AddGuidanced("image", n_labels=3)({"image": image})["image"]
+    assert auto.shape == (4, 30, 30, 30) and float(auto[1:].abs().sum()) == 0.0
+
+
+# ---- click simulation
+
+
+def test_largest_error_click_is_the_centre_of_the_largest_error_region():
+    label = np.zeros((30, 30, 30), np.int64)
+    label[2:11, 2:11, 2:11] = 1  # a missed 9^3 cube: the largest error, centre (6, 6, 6)
+    label[20:23, 20:23, 20:23] = 2  # a missed 3^3 cube
+    pred = np.zeros_like(label)
+    pred[25:29, 2:6, 2:6] = 1  # a false 4^3 region (background there)
+    assert largest_error_click(pred, label) == [6, 6, 6, 1]
+    pred[2:11, 2:11, 2:11] = 1  # the big cube is found now: the false region (4^3) beats the 3^3 miss
+    click = largest_error_click(pred, label)
+    assert click[-1] == 0 and 25 <= click[0] < 29 and 2 <= click[1] < 6 and 2 <= click[2] < 6
+    assert largest_error_click(label, label) is None
+
+
+class GuidanceEcho(torch.nn.Module):
+    """A tiny network that predicts label c where the guidance channel c is above 0.3 (background elsewhere)."""
+
+    def __init__(self, n_labels: int) -> None:
+        super().__init__()
+        self.n = n_labels
+        self.scale = torch.nn.Parameter(torch.ones(()))  # so eval()/train() and devices behave as a real one
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        g = x[:, -self.n:] * self.scale
+        logits = (g > 0.3).float() * 10.0
+        logits[:, 0] += 1.0  # background wins where no guidance is
+        return logits
+
+
+def test_click_simulation_on_a_tiny_network_clicks_its_largest_errors():
+    label = torch.zeros(2, 1, 24, 24, 24)
+    label[:, 0, 3:15, 3:15, 3:15] = 1
+    label[:, 0, 18:22, 18:22, 18:22] = 2
+    image = torch.randn(2, 1 + 3, 24, 24, 24)
+    sim = ClickIteration(n_labels=3, max_clicks=6, sigma=1.5, auto_prob=0.0, seed=1)
+    net = GuidanceEcho(3)
+    clicks = sim.simulate(net, image, label)
+    lab = label[:, 0].numpy().astype(int)
+    for b in range(2):
+        first = initial_clicks(lab[b], 3, np.random.default_rng(0))
+        assert len(clicks[b]) >= len(first) == 3  # one initial click per label present
+        assert len(clicks[b]) <= 3 + 5
+        for click in clicks[b]:
+            *p, value = click
+            assert lab[b][tuple(p)] == value  # every click carries the true label of its voxel
+            assert float(image[b, 1 + value][tuple(p)]) == pytest.approx(1.0)  # and is drawn in its channel
+        # replay: each correction click is the largest-error centre of the tiny network's prediction before it
+        for n in range(3, len(clicks[b])):
+            maps = guidance_maps((24, 24, 24), 3, clicks[b][:n], 1.5)
+            pred = net(torch.cat([image[b:b + 1, :1], maps[None]], 1)).argmax(1)[0].numpy()
+            assert largest_error_click(pred, lab[b]) == clicks[b][n]
+    assert net.training  # the simulation's eval passes leave the mode as it was
+    sim_auto = ClickIteration(n_labels=3, max_clicks=6, sigma=1.5, auto_prob=1.0)
+    assert sim_auto.simulate(net, image, label) == [[], []]
+    assert float(image[:, 1:].abs().sum()) == 0.0  # no clicks: zero guidance (automatic segmentation)
+
+
+def test_interactive_config_gives_guidance_channels_and_the_trainer_hook():
+    cfg = load_config(str(REPO / "pipelines" / "liver_interactive.yaml"), FAST)
+    assert input_channels(cfg) == 1 + 3
+    assert isinstance(trainer_arguments(cfg)["iteration_update"], ClickIteration)
+    plain = load_config("liver", FAST)
+    assert input_channels(plain) == 1 and trainer_arguments(plain) == {}
+    with pytest.raises(MedsegError, match="interactive.max_clicks"):
+        load_config("liver", ["interactive.max_clicks=0"])
+
+
+# ---- one case corrected by clicks (untrained tiny networks: the mechanics, not the quality)
+
+
+def tiny_bundle(interactive: bool, seed: int = 0) -> LoadedBundle:
+    cfg = load_config(str(REPO / "pipelines" / "liver_interactive.yaml"),
+                      FAST + [f"interactive.enabled={str(interactive).lower()}", "training.device=cpu"])
+    torch.manual_seed(seed)
+    net = build_network(cfg.network, input_channels(cfg), len(cfg.data.labels)).eval()
+    return LoadedBundle("tiny", cfg, net, {0: "background", 1: "liver", 2: "tumour"}, build_chain(cfg))
+
+
+def write_case(path: Path, seed: int = 0, noise: float = 0.0) -> Path:
+    image, _, affine = synthetic_case(seed=seed)
+    affine = affine @ np.diag([-1.0, 1.0, 1.0, 1.0])  # a flipped axis: the chain reorients and must invert
+    if noise:
+        image = image + np.random.default_rng(seed).normal(0, noise, image.shape).astype(np.float32)
+    nib.save(nib.Nifti1Image(image, affine), path)
+    return path
+
+
+@pytest.mark.parametrize("interactive", [False, True])
+def test_case_session_click_undo_save_keeps_the_input_geometry(tmp_path, interactive):
+    src = write_case(tmp_path / "ct.nii.gz")
+    session = CaseSession(tiny_bundle(interactive), "ct", src)
+    auto = session.labels.copy()
+    assert auto.shape == nib.load(src).shape
+    c = 1 if (auto == 1).sum() < (auto == 2).sum() else 2  # the rarer class in the (random) automatic mask
+    candidates = np.argwhere(auto != c)  # a voxel the automatic mask does not give it, near the centre
+    voxel = [int(v) for v in candidates[np.abs(candidates - [20, 18, 14]).sum(1).argmin()]]
+    entry = session.click(voxel, c, positive=True)
+    assert entry["mode"] == ("guided rerun" if interactive else "local correction")
+    if not interactive:  # a positive local correction always gives the clicked voxel the class
+        assert session.labels[tuple(voxel)] == c and entry["changed_voxels"] >= 1
+    assert entry["changed_voxels"] == int((session.labels != auto).sum())
+    assert session.undo() and np.array_equal(session.labels, auto)
+    assert not session.undo()
+    session.click(voxel, c, positive=True)
+    files = session.save(tmp_path / "out")
+    assert [f.name for f in files] == ["ct_seg.nii.gz", "ct_clicks.json"]
+    saved, original = nib.load(files[0]), nib.load(src)
+    assert saved.shape == original.shape and np.array_equal(saved.affine, original.affine)
+    assert np.array_equal(np.asarray(saved.dataobj), session.labels)
+    log = json.loads(files[1].read_text())
+    assert [e.get("voxel") for e in log["events"] if "voxel" in e] == [voxel, voxel]
+    assert "undo" in log["events"][1]
+    with pytest.raises(MedsegError, match="outside the image"):
+        session.click([99, 0, 0], 1)
+    with pytest.raises(MedsegError, match="class 3"):
+        session.click(voxel, 3)
+
+
+def test_negative_local_click_removes_the_region_under_it(tmp_path):
+    session = CaseSession(tiny_bundle(False), "ct", write_case(tmp_path / "ct.nii.gz"))
+    session.click([20, 18, 14], 2, positive=True)
+    assert session.labels[20, 18, 14] == 2
+    entry = session.click([20, 18, 14], 2, positive=False)
+    assert session.labels[20, 18, 14] != 2 and entry["changed_voxels"] >= 1
+
+
+@pytest.mark.parametrize("name", ["../evil", "a/b", "..", ".hidden", "x" * 200, ""])
+def test_case_names_cannot_leave_the_output_folder(tmp_path, name):
+    with pytest.raises(MedsegError, match="case name"):
+        inside(tmp_path, name)
+    assert check_case_name("case_001.v2") == "case_001.v2"
+
+
+# ---- medseg.rank
+
+
+def test_rank_orders_ambiguous_cases_first(tmp_path, monkeypatch):
+    bundle = tiny_bundle(False, seed=3)
+    folder = tmp_path / "unlabelled"
+    folder.mkdir()
+    for name in ("a_clear", "b_vague", "c_middle"):
+        write_case(folder / f"{name}.nii.gz")
+    calls = []
+
+    def fake_probabilities(loaded, path, device="cpu"):  # the entropy ranking on controlled class probabilities
+        calls.append(Path(path).name)
+        sharp = {"a_clear": 0.98, "c_middle": 0.8, "b_vague": 0.4}[Path(path).name.split(".")[0]]
+        p = torch.full((3, 8, 8, 8), (1 - sharp) / 2)
+        p[1, 2:6, 2:6, 2:6] = sharp
+        p[0] = 1 - p[1] - p[2]
+        return p
+
+    monkeypatch.setattr(rank, "load_bundle", lambda *a, **k: bundle)
+    monkeypatch.setattr(rank, "probabilities", fake_probabilities)
+    rows = rank.run("unused", folder, tmp_path / "ranking.csv")
+    assert [r["case"] for r in rows] == ["b_vague", "c_middle", "a_clear"]
+    with open(tmp_path / "ranking.csv") as f:
+        table = list(csv.DictReader(f))
+    assert [t["case"] for t in table] == ["b_vague", "c_middle", "a_clear"]
+    assert [int(t["rank"]) for t in table] == [1, 2, 3] and int(table[0]["foreground_voxels"]) == 64
+    uniform, _ = rank.uncertainty(torch.full((3, 4, 4, 4), 1 / 3))
+    assert uniform == pytest.approx(1.0)
+
+
+def test_rank_on_real_probabilities_puts_the_noisier_case_first(tmp_path):
+    """The chain's own probabilities: the same case with more noise added is less certain."""
+    bundle = tiny_bundle(False, seed=3)
+    folder = tmp_path / "unlabelled"
+    folder.mkdir()
+    write_case(folder / "clean.nii.gz")
+    write_case(folder / "noisy.nii.gz", noise=300.0)
+    scores = {p.name: rank.uncertainty(rank.probabilities(bundle, p))[0] for p in folder.iterdir()}
+    assert scores["noisy.nii.gz"] != scores["clean.nii.gz"]
