@@ -1,0 +1,232 @@
+"""medseg.serve on a real uvicorn server on 127.0.0.1: open, automatic mask, click, undo, save, token, limits; the
+page in headless Chromium (Debian's chromium + chromium-driver)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+
+from medseg.bundle.load import LoadedBundle
+from medseg.config import load_config
+from medseg.inference import build_chain
+from medseg.transforms import input_channels
+from medseg.workflows.serve import Server, create_app
+from tests.conftest import FAST
+from tests.test_interactive import write_case
+
+REPO = Path(__file__).resolve().parent.parent
+pytestmark = pytest.mark.slow
+
+
+class ThresholdNet(torch.nn.Module):
+    """A tiny fixed network: liver where the windowed CT is above 0.4 (the synthetic liver, ~0.6), background
+    elsewhere (~0.15), tumour never: the automatic mask is the liver ellipsoid, so clicks change it predictably."""
+
+    def __init__(self, in_channels: int) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv3d(in_channels, 3, 1)
+        with torch.no_grad():
+            self.conv.weight.zero_()
+            self.conv.bias.copy_(torch.tensor([0.0, -4.0, -1.0]))
+            self.conv.weight[1, 0] = 10.0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(x)
+
+
+def threshold_bundle() -> LoadedBundle:
+    cfg = load_config(str(REPO / "pipelines" / "liver_interactive.yaml"),
+                      FAST + ["interactive.enabled=false", "training.device=cpu"])
+    return LoadedBundle("threshold", cfg, ThresholdNet(input_channels(cfg)).eval(),
+                        {0: "background", 1: "liver", 2: "tumour"}, build_chain(cfg))
+
+
+class Running:
+    """A uvicorn server in a thread on a free loopback port (bounded start and stop)."""
+
+    def __init__(self, app) -> None:
+        import uvicorn
+
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
+        self.server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
+        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True)
+        self.thread.start()
+        deadline = time.monotonic() + 30
+        while not self.server.started:
+            assert time.monotonic() < deadline, "uvicorn did not start in 30 s"
+            time.sleep(0.05)
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(15)
+        self.sock.close()
+
+
+def call(url: str, method: str = "GET", body: bytes | dict | None = None, token: str | None = None,
+         timeout: float = 60) -> tuple[int, bytes, dict]:
+    data = json.dumps(body).encode() if isinstance(body, dict) else body
+    headers = {"Content-Type": "application/json"} if isinstance(body, dict) else {}
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    request = urllib.request.Request(url, data=data, method=method, headers=headers)
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as r:
+            return r.status, r.read(), dict(r.headers)
+    except urllib.error.HTTPError as err:
+        return err.code, err.read(), dict(err.headers)
+
+
+@pytest.fixture
+def served(tmp_path):
+    inputs = tmp_path / "inputs"
+    inputs.mkdir()
+    src = write_case(inputs / "ct_001.nii.gz")
+    server = Server(threshold_bundle(), tmp_path / "out", inputs, max_upload_mb=0.5)
+    running = Running(create_app(server))
+    yield {"url": running.url, "src": src, "out": tmp_path / "out", "server": server, "tmp": tmp_path}
+    running.stop()
+
+
+def test_open_infer_click_undo_save(served):
+    url, src = served["url"], served["src"]
+    status, body, _ = call(f"{url}/api/cases")
+    assert status == 200 and json.loads(body)["input"] == ["ct_001"]
+    status, body, _ = call(f"{url}/api/open", "POST", {"name": "ct_001"})
+    assert status == 200, body
+    summary = json.loads(body)
+    original = nib.load(src)
+    assert summary["shape"] == list(original.shape)
+    assert summary["spacing"] == pytest.approx(list(original.header.get_zooms()))
+    status, raw, headers = call(f"{url}/api/cases/ct_001/mask")
+    auto = np.frombuffer(raw, np.uint8).reshape(original.shape)
+    assert headers["x-shape"] == ",".join(map(str, original.shape))
+    assert 500 < int((auto == 1).sum()) < auto.size // 2  # the liver ellipsoid, not everything
+    status, raw, _ = call(f"{url}/api/cases/ct_001/image")
+    assert np.allclose(np.frombuffer(raw, np.float32).reshape(original.shape), original.get_fdata(), atol=1e-3)
+    centre = [int(v) for v in np.argwhere(auto == 1).mean(0).round()]
+    status, body, _ = call(f"{url}/api/cases/ct_001/click", "POST", {"voxel": centre, "label": 1, "positive": False})
+    assert status == 200, body
+    entry = json.loads(body)
+    assert entry["mode"] == "local correction" and entry["clicks"] == 1
+    _, raw, _ = call(f"{url}/api/cases/ct_001/mask")
+    after = np.frombuffer(raw, np.uint8).reshape(original.shape)
+    assert after[tuple(centre)] != 1 and entry["changed_voxels"] == int((after != auto).sum()) > 0
+    status, body, _ = call(f"{url}/api/cases/ct_001/undo", "POST")
+    assert json.loads(body) == {"undone": True, "clicks": 0}
+    _, raw, _ = call(f"{url}/api/cases/ct_001/mask")
+    assert np.array_equal(np.frombuffer(raw, np.uint8).reshape(original.shape), auto)
+    call(f"{url}/api/cases/ct_001/click", "POST", {"voxel": centre, "label": 1, "positive": False})
+    status, body, _ = call(f"{url}/api/cases/ct_001/save", "POST")
+    assert status == 200 and json.loads(body)["files"] == ["ct_001_seg.nii.gz", "ct_001_clicks.json"]
+    saved = nib.load(served["out"] / "ct_001_seg.nii.gz")
+    assert saved.shape == original.shape and np.array_equal(saved.affine, original.affine)
+    assert np.array_equal(np.asarray(saved.dataobj), after)
+    log = json.loads((served["out"] / "ct_001_clicks.json").read_text())
+    assert [e.get("positive") for e in log["events"]] == [False, None, False]
+    assert sorted(p.name for p in served["out"].iterdir()) == ["ct_001_clicks.json", "ct_001_seg.nii.gz"]  # no temp
+    status, body, _ = call(f"{url}/api/cases/ct_001/click", "POST", {"voxel": [0, 0], "label": 1})
+    assert status == 400 and "outside the image" in json.loads(body)["detail"]
+
+
+def test_upload_limits_and_case_names(served):
+    url, src = served["url"], served["src"]
+    small = src.read_bytes()
+    status, body, _ = call(f"{url}/api/upload?name=up_001.nii.gz", "POST", small)
+    assert status == 200 and json.loads(body)["case"] == "up_001"
+    status, body, _ = call(f"{url}/api/upload?name=big.nii.gz", "POST", small + b"\0" * 600_000)
+    assert status == 413 and "limit" in json.loads(body)["detail"]
+    for name in ("../evil.nii.gz", "..%2Fevil.nii.gz", "a%2Fb.nii.gz", ".hidden.nii.gz"):
+        status, body, _ = call(f"{url}/api/upload?name={name}", "POST", small)
+        assert status == 400 and "case name" in json.loads(body)["detail"], name
+    status, body, _ = call(f"{url}/api/upload?name=notes.txt", "POST", b"hello")
+    assert status == 400
+    status, _, _ = call(f"{url}/api/open", "POST", {"name": "../inputs/ct_001"})
+    assert status == 404
+    assert not (served["tmp"] / "evil.nii.gz").exists() and not served["out"].exists()
+
+
+def test_token_is_required_on_every_request(tmp_path):
+    inputs = tmp_path / "inputs"
+    inputs.mkdir()
+    write_case(inputs / "ct_001.nii.gz")
+    running = Running(create_app(Server(threshold_bundle(), tmp_path / "out", inputs), token="s3cret"))
+    try:
+        assert call(f"{running.url}/api/info")[0] == 401
+        assert call(f"{running.url}/api/info", token="wrong")[0] == 401
+        assert call(f"{running.url}/api/open", "POST", {"name": "ct_001"})[0] == 401
+        status, body, _ = call(f"{running.url}/api/info", token="s3cret")
+        assert status == 200 and json.loads(body)["labels"] == {"0": "background", "1": "liver", "2": "tumour"}
+        status, page, _ = call(f"{running.url}/")  # the page itself holds no data; it sends the token itself
+        assert status == 200 and b"<canvas" in page
+    finally:
+        running.stop()
+
+
+def test_non_loopback_host_without_token_is_refused():
+    result = subprocess.run([sys.executable, "-m", "medseg.serve", "--bundle", "none", "--host", "0.0.0.0"],
+                            capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert result.returncode == 2
+    assert result.stderr.strip().count("\n") == 0 and "--token" in result.stderr and "0.0.0.0" in result.stderr
+
+
+CHROMIUM, DRIVER = shutil.which("chromium"), shutil.which("chromedriver")
+
+
+@pytest.mark.skipif(not (CHROMIUM and DRIVER), reason="needs Debian's chromium and chromium-driver")
+def test_page_in_headless_chromium(served, tmp_path):
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                 f"--user-data-dir={tmp_path / 'chromium'}", "--window-size=1200,560"):
+        options.add_argument(flag)
+    driver = webdriver.Chrome(service=Service(DRIVER), options=options)
+    wait = WebDriverWait(driver, 60)
+    status = lambda: driver.find_element(By.ID, "status").text  # noqa: E731
+    canvas = lambda: driver.execute_script("return document.getElementById('c0').toDataURL()")  # noqa: E731
+    try:
+        driver.get(served["url"] + "/")
+        wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#cases option"))
+        driver.find_element(By.ID, "open").click()
+        wait.until(lambda d: "automatic mask" in status())
+        before = canvas()
+        overlay = driver.execute_script(
+            "const c = document.getElementById('c0'), d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;"
+            "let n = 0; for (let i = 0; i < d.length; i += 4) if (d[i] !== d[i + 1]) n++; return n;")
+        assert overlay > 50  # the liver overlay (coloured, not grey) is on the axial view
+        c0 = driver.find_element(By.ID, "c0")
+        ActionChains(driver).move_to_element(c0).context_click().perform()  # right click: negative at the centre
+        wait.until(lambda d: "click at" in status() and d.execute_script("return document.body.dataset.busy") == "0")
+        assert "- click at" in status() and canvas() != before
+        if os.environ.get("MEDSEG_SCREENSHOT"):
+            driver.find_element(By.ID, "undo").click()
+            wait.until(lambda d: "undone" in status())
+            driver.save_screenshot(os.environ["MEDSEG_SCREENSHOT"])
+        driver.find_element(By.ID, "save").click()
+        wait.until(lambda d: "saved" in status())
+    finally:
+        driver.quit()
+    saved = nib.load(served["out"] / "ct_001_seg.nii.gz")
+    assert saved.shape == nib.load(served["src"]).shape
