@@ -359,3 +359,86 @@ def test_augmentation_preview_shows_the_weight_map(tmp_path):
     out = write_preview(cfg, cases, tmp_path / "preview.png", n=2)
     assert Image.open(out).size[1] > Image.open(write_preview(load_config("em_2d_folder", SMALL_2D), cases,
                                                                 tmp_path / "plain.png", n=2)).size[1]
+
+
+# ---- instances -----------------------------------------------------------------------------------------------
+
+
+def touching_discs():
+    """Two discs of radius 8 touching along x = 20, the contact line marked as border (label 2)."""
+    yy, xx = np.mgrid[:40, :40]
+    a = (xx - 12) ** 2 + (yy - 20) ** 2 <= 64
+    b = (xx - 28) ** 2 + (yy - 20) ** 2 <= 64
+    labels = np.zeros((40, 40), dtype=np.uint8)
+    labels[a | b] = 1
+    seam = (a | b) & (np.abs(xx - 20) <= 0)
+    labels[seam] = 2
+    return labels, a, b
+
+
+def test_touching_discs_become_two_instances():
+    from medseg.inference.instances import label_instances, object_table
+
+    labels, a, b = touching_discs()
+    comps = label_instances(labels, interior=1)
+    assert comps.max() == 2 and len(np.unique(comps[a & (labels == 1)])) == 1
+    assert comps[20, 12] != comps[20, 28]
+    merged = label_instances(np.where(labels == 2, 1, labels), interior=1)  # no border: one object
+    assert merged.max() == 1
+    shed = label_instances(labels, interior=1, method="watershed", foreground=[1, 2])
+    assert shed.max() == 2 and (shed[a | b] > 0).all() and (shed[~(a | b)] == 0).all()  # the seam goes to a disc
+    rows = object_table(comps, spacing=(0.5, 0.5))
+    assert [r["label"] for r in rows] == [1, 2]
+    first = rows[0]
+    assert first["area_px"] == int((comps == 1).sum()) and first["area_um2"] == pytest.approx(first["area_px"] * 0.25)
+    assert first["centroid_x"] == pytest.approx(np.argwhere(comps == 1)[:, 0].mean(), abs=1e-3)
+    assert (first["bbox_x_min"], first["bbox_x_max"]) == (12, 29)  # radius 8 about 20 along axis 0
+    assert (first["bbox_y_min"], first["bbox_y_max"]) == (4, 20)  # 12 - 8 .. the seam at 20 (exclusive)
+
+
+def test_instance_metrics_on_hand_made_cases():
+    from medseg.evaluation.instances import instance_metrics, iou_matrix
+
+    ref = np.zeros((20, 20), dtype=np.int32)
+    ref[0:4, 0:5] = 1  # 20 px
+    ref[10:14, 10:15] = 2  # 20 px
+    ref[16:20, 0:2] = 3  # 8 px, missed
+    pred = np.zeros_like(ref)
+    pred[0:4, 0:5] = 7  # exact
+    pred[10:14, 12:17] = 9  # IoU 12 / 28
+    pred[0:2, 15:20] = 4  # 10 px false positive
+    iou, inter, union = iou_matrix(ref, pred)
+    assert iou.shape == (3, 3)  # predictions in label order 4, 7, 9
+    assert iou[0, 1] == 1.0 and iou[1, 2] == pytest.approx(12 / 28)
+    m = instance_metrics(ref, pred)
+    assert (m["objects_reference"], m["objects_predicted"]) == (3, 3)
+    assert m["object_precision"] == pytest.approx(1 / 3) and m["object_recall"] == pytest.approx(1 / 3)
+    assert m["object_f1"] == pytest.approx(1 / 3) and m["mean_matched_iou"] == 1.0
+    # AJI: (20 + 12) / (20 + 28 + 8 [missed ref] + 10 [unused prediction])
+    assert m["aji"] == pytest.approx(32 / 66)
+    from skimage.metrics import adapted_rand_error
+
+    assert m["adapted_rand_error"] == pytest.approx(adapted_rand_error(ref, pred)[0])
+    perfect = instance_metrics(ref, ref * 5)
+    assert perfect["object_f1"] == 1.0 and perfect["aji"] == 1.0 and perfect["adapted_rand_error"] == 0.0
+    assert perfect["vi"] == pytest.approx(0.0, abs=1e-9)
+    merged = ref.copy()
+    merged[merged == 2] = 1  # two reference objects predicted as one: a merge
+    mm = instance_metrics(ref, merged)
+    assert mm["vi_merge"] > 0.1 and mm["vi_split"] == pytest.approx(0.0, abs=1e-9)
+
+
+def test_predict_writes_instances_and_the_object_table(grey_bundle, tmp_path):
+    import csv
+
+    from medseg.workflows import predict
+
+    rng = np.random.default_rng(4)
+    (tmp_path / "in").mkdir()
+    Image.fromarray(rng.integers(0, 256, (45, 70), dtype=np.uint8)).save(tmp_path / "in" / "s.png")
+    predict.run(grey_bundle, tmp_path / "in", tmp_path / "out", instances=True)
+    mask = np.asarray(Image.open(tmp_path / "out" / "s_seg.png")) == 255
+    inst = tifffile.imread(tmp_path / "out" / "s_instances.tif")
+    assert inst.shape == (45, 70) and np.array_equal(inst > 0, mask)  # membrane (label 1) components
+    rows = list(csv.DictReader((tmp_path / "out" / "s_objects.csv").open()))
+    assert len(rows) == inst.max() and sum(int(r["area_px"]) for r in rows) == int(mask.sum())

@@ -424,8 +424,11 @@ class InferenceConfig(Section):
     # sliding-window padding at the image border: "constant" (zeros) or "reflect" (mirrored: the U-Net paper's
     # overlap-tile strategy; the default for data.modality: microscopy)
     padding_mode: Annotated[str, _one_of({"constant": "", "reflect": "", "replicate": ""})] = "constant"
-    # turn the semantic output into an instance label image (cells/nuclei): medseg.predict --instances
+    # turn the semantic output into an instance label image (cells/nuclei) + per-object CSV: medseg.predict --instances
     instances: bool = False
+    instance_class: NonNegativeInt = 1  # the label value of object interiors (cells, nuclei)
+    # components: connected components of the interiors; watershed: seeded by them, on the distance to the border
+    instance_method: Annotated[str, _one_of({"components": "", "watershed": ""})] = "components"
 
 
 class InteractiveConfig(Section):

@@ -30,6 +30,7 @@ from medseg.data.labelmaps import case_name, write_label_nifti
 from medseg.data.pictures import PICTURE_SUFFIXES, is_picture, output_suffix, read_picture, write_picture
 from medseg.errors import MedsegError
 from medseg.inference import run_case, torch_forward
+from medseg.inference.instances import label_instances, object_table, write_object_csv
 from medseg.data.dicom_reader import DicomSeriesReader
 
 #: auto: pictures (PNG/TIFF/JPEG) in their own format, everything else NIfTI
@@ -110,21 +111,50 @@ def _picture_pages(bundle: LoadedBundle, path: Path, device: torch.device, tta: 
     return np.stack(pages, axis=-1)
 
 
+def write_instances(bundle: LoadedBundle, labels: np.ndarray, spacing: list[float], out: Path) -> list[Path]:
+    """``<case>_instances.tif`` (2D; uint16/32 object numbers) and ``<case>_objects.csv`` beside the mask ``out``:
+    the task's ``inference.instance_method`` on its ``inference.instance_class`` (:mod:`medseg.inference.instances`);
+    areas in um^2 for pictures (TIFF resolution, else 1 per pixel), mm^2/mm^3 for volumes."""
+    cfg = bundle.cfg
+    inf = cfg["inference"] if cfg is not None and "inference" in cfg else None
+    interior = int(inf["instance_class"]) if inf is not None else 1
+    method = inf["instance_method"] if inf is not None else "components"
+    found = label_instances(labels, interior, method)
+    stem = out.name.split("_seg")[0] if "_seg" in out.name else out.name.split(".")[0]
+    unit = "um" if is_picture(out) else "mm"
+    written = [write_object_csv(object_table(found, spacing, unit), out.with_name(f"{stem}_objects.csv"),
+                                labels.ndim, unit)]
+    if labels.ndim == 2 or is_picture(out):
+        image = out.with_name(f"{stem}_instances.tif")
+        import tifffile  # deferred: only instance output writes 32-bit TIFFs
+
+        stored = found.T if found.ndim == 2 else np.transpose(found, (2, 1, 0))
+        tifffile.imwrite(image, np.ascontiguousarray(stored.astype(np.uint16 if found.max() < 65536 else np.uint32)))
+        written.append(image)
+    return written
+
+
 def predict_one(bundle: LoadedBundle, path: Path, out: Path, device: torch.device, fmt: str = "nifti",
-                tta: bool = False, series: str | None = None) -> Path:
-    """Predict the case at ``path`` and write it to ``out``; returns ``out``."""
+                tta: bool = False, series: str | None = None, instances: bool = False) -> Path:
+    """Predict the case at ``path`` and write it to ``out``; returns ``out``. ``instances``: also the instance
+    label image and the per-object CSV (:func:`write_instances`)."""
     # every check that needs no voxels (DICOM series order/spacing/tilt/gaps/choice; claimed size, truncated or cut
     # files, 4D, a single voxel, colour) before any pixel is read
     read_header(path, series)
     if fmt == "auto" and is_picture(path):
-        if _two_d(bundle) and path.name.lower().endswith((".tif", ".tiff")) and read_picture(path)[0].ndim == 3 \
-                and read_picture(path)[0].shape[-1] != 3:
+        stack, spacing = read_picture(path)
+        if _two_d(bundle) and path.name.lower().endswith((".tif", ".tiff")) and stack.ndim == 3 and stack.shape[-1] != 3:
             labels = _picture_pages(bundle, path, device, tta)
         else:
             labels = _labels(run_case(bundle.chain, torch_forward(bundle.network), {"image": str(path)}, device, tta))
-        return write_picture(labels, out, stored_value_map(bundle))
+        written = write_picture(labels, out, stored_value_map(bundle))
+        if instances:
+            write_instances(bundle, labels, spacing + [1.0] * (labels.ndim - 2), out)
+        return written
     pred = run_case(bundle.chain, torch_forward(bundle.network), {"image": str(path)}, device, tta)
     labels, affine = _labels(pred), pred.affine.numpy()
+    if instances:
+        write_instances(bundle, labels, list(np.linalg.norm(affine[: labels.ndim, : labels.ndim], axis=0)), out)
     if fmt == "dicom-seg":
         names = {v: k for v, k in bundle.labels.items() if v != 0}
         return write_dicom_seg(labels, affine, path, out, names, bundle.name, __version__)
@@ -134,7 +164,8 @@ def predict_one(bundle: LoadedBundle, path: Path, out: Path, device: torch.devic
 
 def run(bundle: str | Path, inputs: str | Path, output: str | Path, *, format: str = "auto", tta: bool = False,
         device: str = "cpu", series: str | None = None, trust: bool = False,
-        on_case: Callable[[str, Path | None, str | None], None] | None = None) -> Written:
+        on_case: Callable[[str, Path | None, str | None], None] | None = None,
+        instances: bool | None = None) -> Written:
     """Segment every case under ``inputs`` with the bundle at ``bundle``, writing into ``output``.
 
     Args:
@@ -148,6 +179,8 @@ def run(bundle: str | Path, inputs: str | Path, output: str | Path, *, format: s
         series: which series (SeriesInstanceUID) where a DICOM folder holds several.
         trust: allow a bundle not written by medseg to run its config code.
         on_case: called after each case with ``(case, written path or None, reason it was skipped or None)``.
+        instances: also write instance label images and per-object CSVs (default: the task's
+            ``inference.instances``).
 
     Returns:
         the written paths; ``.failed`` lists ``(case, reason)`` for cases skipped (an error in one case does not
@@ -162,15 +195,21 @@ def run(bundle: str | Path, inputs: str | Path, output: str | Path, *, format: s
         not_dicom = [name for name, path in cases if not is_dicom_series(path)]
         if not_dicom:
             raise MedsegError(f"--format dicom-seg needs DICOM series input; not DICOM: {', '.join(not_dicom)}")
+    if series is not None:  # registered last, so LoadImage tries it first: the chosen series of a DICOM folder
+        for step in loaded.chain.preprocessing.transforms:
+            if isinstance(step, LoadImaged):
+                step.register(DicomSeriesReader(series_uid=series))
     output = Path(output)
     output.mkdir(parents=True, exist_ok=True)
     written = Written()
+    want_instances = bool(instances) if instances is not None else bool(
+        loaded.cfg is not None and "inference" in loaded.cfg and loaded.cfg["inference"]["instances"])
     suffix = "_seg.dcm" if format == "dicom-seg" else "_seg.nii.gz"
     for name, path in cases:
         try:
             target = output / (f"{name}_seg{output_suffix(path)}" if format == "auto" and is_picture(path)
                                else f"{name}{suffix}")
-            out = predict_one(loaded, path, target, dev, format, tta, series)
+            out = predict_one(loaded, path, target, dev, format, tta, series, want_instances)
         except Exception as err:  # one unreadable case must not stop the others
             if isinstance(err, MedsegError):
                 if len(cases) == 1:
@@ -189,7 +228,3 @@ def run(bundle: str | Path, inputs: str | Path, output: str | Path, *, format: s
 
 
 __all__ = ["FORMATS", "Written", "find_inputs", "predict_one", "run"]
-    if series is not None:  # registered last, so LoadImage tries it first: the chosen series of a DICOM folder
-        for step in loaded.chain.preprocessing.transforms:
-            if isinstance(step, LoadImaged):
-                step.register(DicomSeriesReader(series_uid=series))
