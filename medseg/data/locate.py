@@ -6,6 +6,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from medseg.data.nuclei import prepare_nuclei_sample
 from medseg.data.sample import prepare_lits_sample
 from medseg.errors import MedsegError
 
@@ -30,5 +31,9 @@ def locate_dataset(cfg: Any, data_dir: Path, explicit: bool) -> Path:
         sample = prepare_lits_sample(data_dir)
         where = f"no dataset at {root}" if cfg["data"]["dataset"] else "no dataset configured"
         logger.info("%s: using the built-in LiTS sample (case 117, 128^3 CT crop) at %s", where, sample)
+        return sample
+    if cfg["data"]["sample"] == "dsb2018_nuclei":
+        sample = prepare_nuclei_sample(data_dir)
+        logger.info("no dataset at %s: using the built-in nuclei sample (DSB 2018, 512x512) at %s", root, sample)
         return sample
     raise MedsegError(f"dataset folder {root} does not exist: put the dataset there or pass --data-dir")
