@@ -240,12 +240,19 @@ def test_planned_yaml_round_trip_and_auto_keys_beside_hand_set_ones(tmp_path):
         section, _, name = key.partition(".")
         assert cfg.to_dict()[section][name] == plan.decisions[key].value
     stored = json.loads(out.with_suffix(".plan.json").read_text())
-    assert stored["hash"] == plan.hash and stored["decisions"]["training.batch_size"]["value"] == 2
+    assert stored["hash"] == plan.hash
+    assert stored["decisions"]["training.batch_size"]["value"] == cfg.training.batch_size in (2, 8)
+    # the schedule is fitted to the step time measured here
+    assert stored["machine"]["step_s"] > 0
+    assert f"measured {stored['machine']['step_s']:.3f} s/step" in stored["decisions"]["training.epochs"]["reason"]
     assert json.loads(out.with_suffix(".fingerprint.json").read_text())["n_cases"] == 4
     outcome = train.run(out, epochs=1, output_dir=tmp_path / "run", export=False,
                         overrides=["training.iterations_per_epoch=1", "tracking.enabled=false",
-                                   "training.val_every=1"])
+                                   "training.val_every=1", f"training.cache_dir={tmp_path / 'cache'}"])
     assert set(outcome.summary) == {"liver", "tumour"}
+    # the deterministic preprocessing on disk: the validation case, and the training cases drawn
+    assert len(list((tmp_path / "cache").glob("*/val/*.pt"))) == 1
+    assert 1 <= len(list((tmp_path / "cache").glob("*/train/*.pt"))) <= 3
 
     # `auto` next to a hand-set key: the hand-set batch size and spacing stay, auto keys get planned values
     hand = tmp_path / "hand.yaml"
@@ -286,3 +293,29 @@ def test_train_dataset_dir_plans_and_trains(tmp_path, monkeypatch):
     client = mlflow.tracking.MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
     assert runs and runs[0].data.params["plan.hash"] == plan["hash"]
+
+
+def test_persistent_preprocessing_cache_is_reused_and_invalidated(tmp_path):
+    import os
+
+    from medseg.data.case import Case
+    from medseg.engine.builders import preprocessing_key, validation_dataset
+    from medseg.transforms import fit_preprocessing
+
+    root = _msd(tmp_path, n=2)
+    cases = [Case.of(root / "imagesTr" / f"case_{i:03d}.nii.gz", root / "labelsTr" / f"case_{i:03d}.nii.gz")
+             for i in range(2)]
+    cache = tmp_path / "cache"
+    cfg = fit_preprocessing(load_config("liver", FAST + [f"training.cache_dir={cache}"]), cases)
+    first = validation_dataset(cases, cfg)[0]["image"]
+    folder = cache / preprocessing_key(cfg) / "val"
+    entries = sorted(folder.glob("*.pt"))
+    assert len(entries) == 1
+    again = validation_dataset(cases, cfg)[0]["image"]  # a later run: read back, not recomputed
+    assert sorted(folder.glob("*.pt")) == entries and torch.equal(first.as_tensor(), again.as_tensor())
+    stat = os.stat(cases[0].image)
+    os.utime(cases[0].image, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))  # a changed input file
+    validation_dataset(cases, cfg)[0]
+    assert len(list(folder.glob("*.pt"))) == 2
+    other = cfg.model_copy(update={"preprocessing": cfg.preprocessing.model_copy(update={"window": "bone"})})
+    assert preprocessing_key(other) != preprocessing_key(cfg)  # a changed plan: a new cache folder

@@ -36,6 +36,7 @@ import torch
 
 from medseg import __version__
 from medseg.bundle import versions as bundle_versions
+from medseg.bundle.int8 import Int8Refused, refusal, write_int8
 from medseg.bundle.onnx import write_onnx
 from medseg.bundle.scripts import write_scripts
 from medseg.data.dicom_reader import BUNDLE_READER
@@ -380,15 +381,20 @@ def _torchscript(bundle_dir: Path, cfg: dict[str, Any]) -> None:
 
 def export_bundle(
     cfg: dict[str, Any], run_dir: Path, network: torch.nn.Module, summary: dict[str, dict[str, float]],
-    run_seconds: float | None = None,
+    run_seconds: float | None = None, int8_cases: tuple[list[Any], list[Any]] | None = None,
+    extra_metadata: dict[str, Any] | None = None,
 ) -> Path:
     """Write and verify the next version ``<bundle.dir>/<bundle.name>-v<n>`` and make ``<bundle.name>`` point at it
-    (:mod:`medseg.bundle.versions`); returns the stable path. Earlier versions are kept."""
+    (:mod:`medseg.bundle.versions`); returns the stable path. Earlier versions are kept.
+
+    ``int8_cases``: ``(training, validation)`` cases to calibrate and measure ``models/model_int8.onnx`` on
+    (:mod:`medseg.bundle.int8`); a refused INT8 model raises :class:`~medseg.bundle.int8.Int8Refused` once the
+    bundle (without it) is published."""
     parent, name = Path(cfg["bundle"]["dir"]), cfg["bundle"]["name"]
     parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=parent))  # unique: two exports never share a folder
     publish_dir(tmp)
-    meta = metadata(cfg, summary)
+    meta = {**metadata(cfg, summary), **(extra_metadata or {})}  # extra: e.g. medseg_distill
     dice = ", ".join(f"{c} {e['dice']:.3f}" for c, e in summary.items())
     exported = bundle_versions.now_utc()
 
@@ -404,6 +410,9 @@ def export_bundle(
             (tmp / sub).mkdir()
         _write_scripts(tmp)
         torch.save({k: v.cpu() for k, v in network.state_dict().items()}, tmp / "models" / "model.pt")
+        meta["medseg_onnx"] = write_onnx(tmp, cfg, network)  # models/model.onnx, checked against torch
+        if int8_cases is not None:
+            meta["medseg_int8"] = write_int8(tmp, cfg, network, *int8_cases)  # models/model_int8.onnx, measured
         (tmp / "configs" / "inference.json").write_text(json.dumps(inference_config(cfg), indent=2) + "\n")
         (tmp / "configs" / "train.json").write_text(json.dumps(train_config(cfg), indent=2) + "\n")
         (tmp / "configs" / "logging.conf").write_text(LOGGING_CONF)
@@ -416,6 +425,7 @@ def export_bundle(
         bundle_versions.publish(tmp, parent, name, finalise)
     finally:
         if tmp.exists():
-        meta["medseg_onnx"] = write_onnx(tmp, cfg, network)  # models/model.onnx, checked against torch
             shutil.rmtree(tmp, ignore_errors=True)
+    if int8_cases is not None and meta["medseg_int8"]["refused"]:
+        raise Int8Refused(refusal(meta["medseg_int8"]))
     return parent / name

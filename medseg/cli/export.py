@@ -19,6 +19,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m medseg.export", description=__doc__.splitlines()[0])
     parser.add_argument("run_dir", type=Path, nargs="?", help="a training run directory (runs/<task>/<timestamp>)")
     parser.add_argument("--out", type=Path, help="bundle to write a new version of (default: bundles/<bundle name>)")
+    parser.add_argument("--int8", action="store_true",
+                        help="also models/model_int8.onnx: calibrated on the run's training patches, refused when its "
+                        "validation Dice falls more than bundle.int8_max_dice_loss (default 0.005)")
     parser.add_argument("--list", action="store_true", help="list the bundle versions in --dir instead")
     parser.add_argument("--dir", type=Path, default=Path("bundles"), help="bundles folder for --list (default: bundles)")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
@@ -38,7 +41,7 @@ def run(argv: Sequence[str] | None = None) -> int:
         raise MedsegError(f"{args.run_dir}: no such run directory")
     from medseg.workflows.export import export_run  # deferred: --help and --list answer without torch and MONAI
 
-    path = export_run(args.run_dir, args.out)
+    path = export_run(args.run_dir, args.out, int8=True if args.int8 else None)
     print(f"bundle written to {path.parent / path.resolve().name} ({path} points at it)")
     return 0
 

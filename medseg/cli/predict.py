@@ -33,6 +33,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", choices=("cpu", "cuda"), help="default: cuda when available")
     p.add_argument("--series", help="SeriesInstanceUID, where a DICOM folder holds several series")
     p.add_argument("--trust", action="store_true", help="allow a bundle not written by medseg to run its config code")
+    p.add_argument("--engine", choices=predict.ENGINES, default="torch",
+                   help="runtime of the forward passes (default torch; onnxruntime/openvino run models/model.onnx)")
+    p.add_argument("--int8", action="store_true",
+                   help="run the bundle's INT8 model (models/model_int8.onnx; onnxruntime unless --engine openvino)")
     p.add_argument("--instances", action="store_true", default=None,
                    help="also write <case>_instances.tif and <case>_objects.csv (cells/nuclei; YAML inference.instances)")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
@@ -52,7 +56,8 @@ def run(argv: Sequence[str] | None = None) -> int:
                 print(f"[{bar.n}] {name} -> {out.name}", flush=True)
 
         written = predict.run(args.bundle, args.input, args.output, format=args.format, tta=args.tta, device=device,
-                              series=args.series, trust=args.trust, on_case=report, instances=args.instances)
+                              series=args.series, trust=args.trust, on_case=report,
+                              engine=args.engine, int8=args.int8, instances=args.instances)
     failed = [name for name, _ in written.failed]
     print(f"wrote {len(written)} segmentation(s) to {args.output}"
           + (f"; {len(failed)} failed: {', '.join(failed)}" if failed else ""))

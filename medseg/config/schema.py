@@ -399,6 +399,9 @@ class TrainingConfig(Section):
     # resumed run then draws a new augmentation stream (bit-identical resumes need this off or 0 workers)
     persistent_workers: bool = True
     cache_rate: Annotated[Float, _check(lambda v: 0.0 <= v <= 1.0, "must be between 0 and 1")] = 1.0
+    # "" = the in-memory cache (cache_rate); a folder = the deterministic preprocessing stored once on disk (MONAI
+    # PersistentDataset under <folder>/<preprocessing digest>/), reused by later runs, folds and resumes
+    cache_dir: str = ""
     threads: NonNegativeInt = 0  # torch threads; 0 = all cores
     device: Annotated[str, _one_of(reg.DEVICES)] = "auto"
 
@@ -452,6 +455,10 @@ class BundleConfig(Section):
     dir: str = "bundles"
     authors: str = "medseg"
     license: str = "CC-BY-SA-4.0"
+    # INT8 model (models/model_int8.onnx) at export: calibration patches, the validation Dice loss allowed per class
+    int8: bool = False
+    int8_patches: int = Field(default=200, ge=1, le=2000)
+    int8_max_dice_loss: float = 0.005
 
 
 class FittedConfig(Section):
@@ -467,6 +474,14 @@ class FittedConfig(Section):
 
 SECTIONS = ("data", "preprocessing", "augmentation", "network", "training", "evaluation", "inference", "tracking",
             "bundle")
+
+
+class DistillConfig(Section):
+    """``python -m medseg.distill``: loss = weight x T^2 x KL(teacher || student, both softened by temperature T)
+    + the task loss on the labels."""
+
+    temperature: float = Field(default=2.0, gt=0)
+    weight: float = Field(default=0.5, ge=0)
 
 
 class TaskConfig(Section):
@@ -485,6 +500,7 @@ class TaskConfig(Section):
     interactive: InteractiveConfig = Field(default_factory=InteractiveConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
     bundle: BundleConfig = Field(default_factory=BundleConfig)
+    distill: DistillConfig = Field(default_factory=DistillConfig)
     fitted: FittedConfig = Field(default_factory=FittedConfig)
     _source: str = PrivateAttr(default="")  # the YAML or stored file it came from (for messages)
 
@@ -588,7 +604,8 @@ class TaskConfig(Section):
 #: keys newer than configs already stored in run folders and bundles: a stored config without them takes their
 #: defaults (add every key introduced from now on, so older run folders still --resume)
 NEWER_KEYS = ("fitted", "tracking.system_metrics", "data.rgb", "training.weight_map", "inference",
-              "fitted.colour_channels", "interactive")
+              "fitted.colour_channels", "interactive", "training.cache_dir",
+              "bundle.int8", "bundle.int8_patches", "bundle.int8_max_dice_loss", "distill")
 
 
 def _missing_keys(model: type[BaseModel], data: dict[str, Any], prefix: str = "") -> list[str]:

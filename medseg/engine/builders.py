@@ -11,12 +11,16 @@ dataset of one volume and one of a hundred train on the same schedule.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
+import monai
 import torch
-from monai.data import CacheDataset, DataLoader, MetaTensor, list_data_collate
+from monai.data import CacheDataset, DataLoader, MetaTensor, PersistentDataset, list_data_collate
 from monai.data.samplers import DistributedSampler as EvalDistributedSampler
 from monai.engines import SupervisedEvaluator, SupervisedTrainer
 from monai.handlers import LrScheduleHandler, MeanDice, MeanIoUHandler, StatsHandler, ValidationHandler, from_engine
@@ -66,14 +70,58 @@ def training_dataset(cases: Items, cfg: Any, cache_rate: float | None = None) ->
     (``test_augmentation`` checks it with every augmentation on). The copy took 38% of the data time in
     slice mode (a whole volume copied for each 2D slice), and far more for full-size CT volumes.
     """
+    if cfg["training"]["cache_dir"]:
+        return persistent_dataset(cases, cfg, build_train_transforms(cfg), "train")
     rate = cfg["training"]["cache_rate"] if cache_rate is None else cache_rate
     return CacheDataset(_dicts(cases), build_train_transforms(cfg), cache_rate=rate, progress=False, copy_cache=False)
 
 
 def validation_dataset(cases: Items, cfg: Any) -> CacheDataset:
     """The validation cases with the deterministic preprocessing, cached."""
+    if cfg["training"]["cache_dir"]:
+        return persistent_dataset(cases, cfg, build_eval_transforms(cfg), "val")
     return CacheDataset(_dicts(cases), build_eval_transforms(cfg), cache_rate=cfg["training"]["cache_rate"],
                         progress=False)
+
+
+def preprocessing_key(cfg: Any) -> str:
+    """Digest of what the deterministic preprocessing depends on (the preprocessing section, fitted values,
+    labels, crop settings, patch, slice mode, MONAI's version): a planned or edited change gives a new cache."""
+    d = cfg.to_dict()
+    part = {"preprocessing": d["preprocessing"], "fitted": d["fitted"], "labels": d["data"]["labels"],
+            "label_map": d["data"]["label_map"], "crop": d["augmentation"]["crop"],
+            "patch": d["training"]["patch_size"], "pos_neg_ratio": d["training"]["pos_neg_ratio"],
+            "network": {k: d["network"][k] for k in ("spatial_dims", "slice_mode", "slice_axis")},
+            "monai": monai.__version__}
+    return hashlib.sha256(json.dumps(part, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _file_state(path: str) -> list[Any]:
+    p = Path(path)
+    if p.is_dir():  # a DICOM series folder: its files' sizes and times
+        files = sorted(f for f in p.rglob("*") if f.is_file())
+        return [str(p), [(f.name, f.stat().st_mtime_ns, f.stat().st_size) for f in files]]
+    st = p.stat()
+    return [str(p), st.st_mtime_ns, st.st_size]
+
+
+def case_key(item: dict[str, Any]) -> bytes:
+    """A cached case's key: its paths with each file's mtime and size (a changed input file is a new entry)."""
+    state = [[k, [_file_state(p) for p in (v if isinstance(v, (list, tuple)) else [v])]]
+             for k, v in sorted(item.items()) if isinstance(v, (str, list, tuple, Path))]
+    return hashlib.md5(json.dumps(state, default=str).encode()).hexdigest().encode()
+
+
+def persistent_dataset(cases: Items, cfg: Any, transform: Any, part: str) -> PersistentDataset:
+    """``training.cache_dir``: MONAI's PersistentDataset under ``<cache_dir>/<preprocessing key>/<part>``; the
+    deterministic steps run once per case and config, later runs, folds and resumes read them from disk
+    (memory stays bounded: nothing is held in memory)."""
+    folder = Path(cfg["training"]["cache_dir"]) / preprocessing_key(cfg) / part
+    folder.mkdir(parents=True, exist_ok=True)
+    # track_meta: MetaTensors back (affines for the random spatial steps); weights_only=False is needed for
+    # them and reads only files this function wrote into the run's own cache folder
+    return PersistentDataset(_dicts(cases), transform, cache_dir=folder, hash_func=case_key, track_meta=True,
+                             weights_only=False)
 
 
 def training_loader(dataset: Any, cfg: Any, ctx: distributed.Context | None = None, *,

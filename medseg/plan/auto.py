@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 from medseg.data.locate import locate_dataset
-from medseg.errors import MedsegError
 from medseg.plan.planner import PLANNED_KEYS, Plan, plan_dataset
 
 logger = logging.getLogger("medseg.plan")
@@ -58,13 +57,10 @@ class AutoFill:
         self.plan: Plan | None = None
 
     def __call__(self, merged: dict[str, Any], origin: dict[str, str]) -> dict[str, Any]:
-        autos = auto_keys(merged)
+        # only planned keys: others where 'auto' is a value of their own (training.device) are the schema's
+        autos = [k for k in auto_keys(merged) if k in PLANNED_KEYS]
         if not autos or autos == ["preprocessing.spacing"]:
             return merged
-        unknown = [k for k in autos if k not in PLANNED_KEYS]
-        if unknown:
-            raise MedsegError(f"key '{unknown[0]}' is 'auto' but the planner does not decide it; planned keys:"
-                              f" {', '.join(PLANNED_KEYS)}")
         by_hand = {k for k, src in origin.items() if src != _MODALITY_LAYER}
         hand = {k: _get(merged, k) for k in PLANNED_KEYS if k in by_hand and k not in autos}
         if "data.modality" in by_hand:

@@ -13,14 +13,20 @@ import yaml
 from medseg.bundle import export_bundle
 from medseg.bundle import versions as bundle_versions
 from medseg.config import TaskConfig
+from medseg.engine.resume import STATE, read_state
 from medseg.errors import MedsegError
 from medseg.networks import build_network
 from medseg.transforms import input_channels
+from medseg.workflows.train import read_cases
 
 
-def export_run(run_dir: Path, out: Path | None = None) -> Path:
+def export_run(run_dir: Path, out: Path | None = None, int8: bool | None = None) -> Path:
     """Export the bundle of ``run_dir`` as the next version of ``out`` (default: the config's
-    ``bundle.dir``/``bundle.name``); returns the stable path, which now points at the new version."""
+    ``bundle.dir``/``bundle.name``); returns the stable path, which now points at the new version.
+
+    ``int8`` (default: the config's ``bundle.int8``): also ``models/model_int8.onnx``, calibrated on the run's
+    training cases and measured on its validation cases (``cases.json``); a refused one raises ``Int8Refused``
+    after the bundle is written without it."""
     needed = [run_dir / "config.yaml", run_dir / "checkpoints" / "best.pt", run_dir / "metrics.json"]
     for path in needed:
         if not path.is_file():
@@ -38,7 +44,13 @@ def export_run(run_dir: Path, out: Path | None = None) -> Path:
     seconds = None
     if (run_dir / "run.json").is_file():
         seconds = json.loads((run_dir / "run.json").read_text()).get("seconds")
-    return export_bundle(cfg, run_dir, net, summary, seconds)
+    int8_cases = None
+    if cfg["bundle"]["int8"] if int8 is None else int8:
+        if not (run_dir / "cases.json").is_file():
+            raise MedsegError(f"{run_dir / 'cases.json'}: missing; INT8 needs the run's training and validation cases")
+        cwd = read_state(run_dir).get("cwd") if (run_dir / STATE).is_file() else None  # relative case paths' base
+        int8_cases = read_cases(run_dir, cwd)
+    return export_bundle(cfg, run_dir, net, summary, seconds, int8_cases=int8_cases)
 
 
 def list_bundles(bundles_dir: Path) -> list[dict[str, Any]]:

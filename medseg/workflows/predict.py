@@ -19,19 +19,20 @@ from pathlib import Path
 import numpy as np
 import torch
 from monai.data import MetaTensor
+from monai.transforms import LoadImaged
 
 from medseg import __version__
-from monai.transforms import LoadImaged
 from medseg.bundle.load import LoadedBundle, load_bundle
 from medseg.data.check import read_header
 from medseg.data.dicom_seg import is_dicom_series, write_dicom_seg
 from medseg.data.formats import VOLUME_SUFFIXES as IMAGE_SUFFIXES
 from medseg.data.labelmaps import case_name, write_label_nifti
 from medseg.data.pictures import PICTURE_SUFFIXES, is_picture, output_suffix, read_picture, write_picture
+from medseg.data.dicom_reader import DicomSeriesReader
 from medseg.errors import MedsegError
 from medseg.inference import run_case, torch_forward
 from medseg.inference.instances import label_instances, object_table, write_object_csv
-from medseg.data.dicom_reader import DicomSeriesReader
+from medseg.inference.runtimes import ENGINES, build_engine
 
 #: auto: pictures (PNG/TIFF/JPEG) in their own format, everything else NIfTI
 FORMATS = ("auto", "nifti", "dicom-seg")
@@ -164,8 +165,8 @@ def predict_one(bundle: LoadedBundle, path: Path, out: Path, device: torch.devic
 
 def run(bundle: str | Path, inputs: str | Path, output: str | Path, *, format: str = "auto", tta: bool = False,
         device: str = "cpu", series: str | None = None, trust: bool = False,
-        on_case: Callable[[str, Path | None, str | None], None] | None = None,
-        instances: bool | None = None) -> Written:
+        on_case: Callable[[str, Path | None, str | None], None] | None = None, engine: str = "torch",
+        int8: bool = False, instances: bool | None = None) -> Written:
     """Segment every case under ``inputs`` with the bundle at ``bundle``, writing into ``output``.
 
     Args:
@@ -179,6 +180,8 @@ def run(bundle: str | Path, inputs: str | Path, output: str | Path, *, format: s
         series: which series (SeriesInstanceUID) where a DICOM folder holds several.
         trust: allow a bundle not written by medseg to run its config code.
         on_case: called after each case with ``(case, written path or None, reason it was skipped or None)``.
+        engine: the runtime of the forward passes, one of :data:`ENGINES` (:mod:`medseg.inference.runtimes`).
+        int8: run the bundle's INT8 model (``models/model_int8.onnx``; an ONNX engine, onnxruntime for torch).
         instances: also write instance label images and per-object CSVs (default: the task's
             ``inference.instances``).
 
@@ -190,6 +193,9 @@ def run(bundle: str | Path, inputs: str | Path, output: str | Path, *, format: s
         raise MedsegError(f"format {format!r}: choose one of {', '.join(FORMATS)}")
     dev = _device(device)
     loaded = load_bundle(Path(bundle), dev, trust=trust)
+    if engine != "torch" or int8:  # the engine's forward module stands in for the network in every pass below
+        loaded.network = build_engine(engine, loaded.network, loaded.root / "models" if loaded.root else None,
+                                      int8=int8, device=dev).forward
     cases = find_inputs(Path(inputs))
     if format == "dicom-seg":
         not_dicom = [name for name, path in cases if not is_dicom_series(path)]
@@ -227,4 +233,4 @@ def run(bundle: str | Path, inputs: str | Path, output: str | Path, *, format: s
     return written
 
 
-__all__ = ["FORMATS", "Written", "find_inputs", "predict_one", "run"]
+__all__ = ["ENGINES", "FORMATS", "Written", "find_inputs", "predict_one", "run"]

@@ -24,6 +24,7 @@ import yaml
 from monai.transforms import LoadImage
 
 from medseg.bundle import export_bundle
+from medseg.bundle.int8 import Int8Refused
 from medseg.config import load_config
 from medseg.engine.checks import check_task
 from medseg.data.case import Case, items
@@ -333,7 +334,14 @@ def evaluate_export_report(opts: Options, cfg: Any, result: TrainResult, val_cas
     reports = write_reports(per_case, summary, run_dir)
     bundle_dir = None
     if cfg["bundle"]["enabled"] and opts.export:
-        bundle_dir = export_bundle(cfg, run_dir, result.network, summary, time.monotonic() - started)
+        # bundle.int8: models/model_int8.onnx calibrated on the run's training cases, measured on its validation cases
+        int8_cases = read_cases(run_dir, str(Path.cwd())) if cfg["bundle"]["int8"] else None
+        try:
+            bundle_dir = export_bundle(cfg, run_dir, result.network, summary, time.monotonic() - started,
+                                       int8_cases=int8_cases)
+        except Int8Refused as err:  # the bundle is written without the INT8 model; the training itself succeeded
+            logger.warning("%s", err)
+            bundle_dir = Path(cfg["bundle"]["dir"]) / cfg.bundle_name()
         logger.info("MONAI Bundle written to %s", bundle_dir)
     elapsed = time.monotonic() - started
     report = {"task": cfg["task"], "seconds": round(elapsed, 1), "best_val_mean_dice": result.best_val_dice,

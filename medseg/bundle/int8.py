@@ -1,0 +1,140 @@
+"""INT8 in a bundle: ``models/model_int8.onnx``, post-training static quantisation of ``models/model.onnx``.
+
+ONNX Runtime's ``quantize_static`` (QDQ format, per-channel int8 weights, uint8 activations: the x86 CPU kernels'
+u8s8 path) calibrates activation ranges (min/max) on patches drawn by the training dataset of the engine's
+builders from the run's training cases (``bundle.int8_patches``, a few hundred at most). The quantised model then
+predicts the run's validation cases through the one prediction chain beside the fp32 network; its Dice per class
+and the loss against fp32 are recorded in ``metadata.json`` (``medseg_int8``). A loss above
+``bundle.int8_max_dice_loss`` for any class is refused: the file is removed, the refusal and the measured loss
+recorded, and :class:`Int8Refused` raised after the bundle is published.
+"""
+
+from __future__ import annotations
+
+import copy
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from medseg.data.case import Case
+from medseg.data.labelmaps import mapped_labels
+from medseg.engine.builders import training_dataset
+from medseg.errors import MedsegError
+from medseg.evaluation.classes import class_mask
+from medseg.inference import Forward, build_chain, run_case, torch_forward
+from medseg.inference.runtimes import INT8_FILE, ONNX_FILE, build_engine
+
+
+class Int8Refused(MedsegError):
+    """The INT8 model lost more validation Dice than allowed (the bundle was written without it)."""
+
+
+def calibration_patches(cfg: Any, cases: list[Case], n: int, seed: int = 0) -> Iterator[np.ndarray]:
+    """``n`` training patches ``(1, C, *patch)`` float32, drawn through the training dataset (patch sampling and
+    augmentation as in training) from ``cases``."""
+    if not cases:
+        raise MedsegError("INT8 calibration: the run has no training cases (cases.json 'train' is empty)")
+    torch.manual_seed(seed)
+    dataset = training_dataset(cases, cfg, cache_rate=1.0)
+    drawn, index = 0, 0
+    while drawn < n:
+        sample = dataset[index % len(dataset)]
+        index += 1
+        for item in sample if isinstance(sample, list) else [sample]:
+            if drawn == n:
+                break
+            image = item["image"]
+            image = image.as_tensor() if hasattr(image, "as_tensor") else torch.as_tensor(image)
+            drawn += 1
+            yield np.ascontiguousarray(image[None].numpy(), dtype=np.float32)
+
+
+def _reader(patches: Iterator[np.ndarray], name: str) -> Any:
+    from onnxruntime.quantization import CalibrationDataReader  # deferred: export with INT8 only
+
+    class Patches(CalibrationDataReader):
+        def get_next(self) -> dict[str, np.ndarray] | None:
+            patch = next(patches, None)
+            return None if patch is None else {name: patch}
+
+    return Patches()
+
+
+def quantise(models_dir: Path, cfg: Any, train_cases: list[Case], n_patches: int) -> Path:
+    """Write ``models_dir/model_int8.onnx`` from ``models_dir/model.onnx`` calibrated on ``n_patches`` patches."""
+    from onnxruntime.quantization import QuantFormat, QuantType, quantize_static  # deferred: export with INT8 only
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    source, target = models_dir / ONNX_FILE, models_dir / INT8_FILE
+    with tempfile.TemporaryDirectory(prefix="medseg_int8_") as tmp:
+        prepared = Path(tmp) / "prepared.onnx"
+        quant_pre_process(str(source), str(prepared), skip_symbolic_shape=True)  # folded, shapes inferred
+        reader = _reader(calibration_patches(cfg, train_cases, n_patches), "image")
+        quantize_static(str(prepared), str(target), reader, quant_format=QuantFormat.QDQ, per_channel=True,
+                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                        extra_options={"CalibMaxIntermediateOutputs": 8})  # ranges merged every 8 patches: bounded memory
+    return target
+
+
+def _dice(pred: np.ndarray, ref: np.ndarray, members: list[int]) -> float:
+    p, r = class_mask(pred, members), class_mask(ref, members)
+    total = int(p.sum()) + int(r.sum())
+    return 1.0 if total == 0 else 2.0 * int((p & r).sum()) / total
+
+
+def validation_dice(cfg: Any, forwards: dict[str, Forward], cases: list[Case]) -> dict[str, dict[str, float]]:
+    """Mean Dice per evaluation class over ``cases`` for each forward callable (name -> class -> Dice)."""
+    from monai.transforms import LoadImage
+
+    if not cases:
+        raise MedsegError("INT8 validation: the run has no validation cases (cases.json 'val' is empty)")
+    chain = build_chain(cfg)
+    loader = LoadImage(image_only=True, ensure_channel_first=True)
+    classes = cfg["evaluation"]["classes"]
+    sums = {name: {c: 0.0 for c in classes} for name in forwards}
+    for case in cases:
+        ref = mapped_labels(loader(str(case.label))[0].numpy(), cfg.effective_label_map())
+        for name, forward in forwards.items():
+            pred = run_case(chain, forward, case.item())[0].numpy()
+            for c, members in classes.items():
+                sums[name][c] += _dice(pred, ref, list(members))
+    return {name: {c: v / len(cases) for c, v in per.items()} for name, per in sums.items()}
+
+
+def write_int8(bundle_dir: Path, cfg: Any, network: torch.nn.Module, train_cases: list[Case],
+               val_cases: list[Case]) -> dict[str, Any]:
+    """Quantise ``bundle_dir/models/model.onnx``, measure it on ``val_cases``, keep it or refuse it; returns what
+    ``metadata.json`` records (``refused``: the loss exceeded the limit and the file is gone)."""
+    bundle = cfg["bundle"]
+    limit, n = float(bundle["int8_max_dice_loss"]), int(bundle["int8_patches"])
+    models = bundle_dir / "models"
+    path = quantise(models, cfg, train_cases, n)
+    engine = build_engine("onnxruntime", network, models, int8=True)
+    fp32 = torch_forward(copy.deepcopy(network).cpu())  # a copy: the caller's network stays where it is
+    dice = validation_dice(cfg, {"fp32": fp32, "int8": engine.forward}, val_cases)
+    loss = {c: dice["fp32"][c] - dice["int8"][c] for c in dice["fp32"]}
+    worst = max(loss, key=loss.get)
+    record = {"file": f"models/{INT8_FILE}", "method": "onnxruntime quantize_static, QDQ, per-channel int8 weights,"
+              " uint8 activations, min/max calibration", "calibration_patches": n,
+              "validation_cases": len(val_cases), "dice": dice["int8"], "fp32_dice": dice["fp32"],
+              "dice_loss": loss, "max_dice_loss": limit, "refused": loss[worst] > limit}
+    if record["refused"]:
+        path.unlink()
+        record["file"] = None
+    return record
+
+
+def refusal(record: dict[str, Any]) -> str:
+    """The one line that says why an INT8 model was refused."""
+    worst = max(record["dice_loss"], key=record["dice_loss"].get)
+    return (f"INT8 refused: validation Dice of '{worst}' fell by {record['dice_loss'][worst]:.4f} "
+            f"({record['fp32_dice'][worst]:.4f} fp32 -> {record['dice'][worst]:.4f} int8), more than "
+            f"bundle.int8_max_dice_loss {record['max_dice_loss']}; the bundle is written without models/{INT8_FILE}"
+            " (raise the limit with --set bundle.int8_max_dice_loss=..., or calibrate on more patches)")
+
+
+__all__ = ["Int8Refused", "calibration_patches", "quantise", "refusal", "validation_dice", "write_int8"]

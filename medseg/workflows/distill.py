@@ -1,0 +1,146 @@
+"""Distil a medseg bundle into a small student: what ``python -m medseg.distill`` does, as a function.
+
+The student (default ``light_unet``) trains on the teacher's task: the same cases, the teacher's fitted
+preprocessing, patches and augmentation, with the loss of :mod:`medseg.engine.distill` (``distill.temperature``,
+``distill.weight``) for ``budget_minutes``. Both networks then predict the validation cases through the one
+prediction chain; the student is exported as its own bundle (``<teacher bundle>_<student>`` beside the teacher),
+whose ``metadata.json`` (``medseg_distill``) and the run's ``distill.json`` and log hold both Dice side by side.
+
+Example:
+    >>> from medseg.workflows import distill
+    >>> out = distill.run("bundles/liver_ct_segmentation", budget_minutes=20)
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+from ignite.engine import Events
+
+from medseg.bundle import export_bundle
+from medseg.bundle.load import load_bundle
+from medseg.bundle.versions import resolve
+from medseg.config import TaskConfig
+from medseg.config.load import merged, parse_override
+from medseg.data.layouts import load_dataset
+from medseg.data.locate import locate_dataset
+from medseg.engine import builders
+from medseg.engine.checks import check_task
+from medseg.engine.distill import DistillationLoss, TeacherStudent
+from medseg.errors import MedsegError
+from medseg.evaluation import format_table, summarise, write_reports
+from medseg.fileio import atomic_write_text, new_dir
+from medseg.workflows.logs import setup_logging
+from medseg.workflows.train import evaluate_cases, write_cases
+
+logger = logging.getLogger("medseg")
+
+
+@dataclass
+class DistillOutcome:
+    run_dir: Path
+    bundle: Path
+    teacher: dict[str, Any] = field(default_factory=dict)  # class -> metrics (Dice, HD95, ASSD)
+    student: dict[str, Any] = field(default_factory=dict)
+    epochs_run: int = 0
+
+
+def student_config(teacher: TaskConfig, student: str, bundle_dir: Path, overrides: Sequence[str] = ()) -> TaskConfig:
+    """The teacher's task config with the ``student`` network (its defaults), a bundle name of its own next to the
+    teacher's, and ``overrides`` (``key=value``, as ``--set``) applied; checked like a training config."""
+    data = teacher.to_dict()
+    net = data["network"]
+    data["network"] = {"name": student, "spatial_dims": net["spatial_dims"], "slice_mode": net["slice_mode"],
+                       "slice_axis": net["slice_axis"], "args": {}}
+    name = f"{teacher.bundle_name()}_{student}"
+    data["bundle"].update({"name": name, "dir": str(bundle_dir), "int8": False})
+    for item in overrides:
+        data = merged(data, parse_override(item)[1])
+    return check_task(TaskConfig.from_dict(data, source=f"{teacher.source or 'teacher bundle'} + student {student}"))
+
+
+def _budget(trainer: Any, minutes: float, started: float) -> None:
+    @trainer.on(Events.ITERATION_COMPLETED)
+    def _stop(engine: Any) -> None:
+        if time.monotonic() - started > minutes * 60:
+            engine.terminate()
+
+
+def run(teacher: str | Path, *, student: str = "light_unet", data_dir: Path | None = None,
+        budget_minutes: float = 10.0, output_dir: Path | None = None, overrides: Sequence[str] = ()) -> DistillOutcome:
+    """Distil the bundle ``teacher`` into ``student`` for ``budget_minutes`` of training (see the module docstring).
+
+    Args:
+        teacher: a bundle medseg wrote (folder or ``bundles/<name>``).
+        student: a network name of the registry.
+        data_dir: where the task's dataset is (default ``./data``, as ``medseg.train``).
+        budget_minutes: training time; the student stops after the iteration that passes it (or at
+            ``training.epochs``).
+        output_dir: the run folder (default ``runs/<task>_distill/<timestamp>``).
+        overrides: ``key=value`` config overrides for the student (``distill.temperature=4``...).
+    """
+    setup_logging()
+    if budget_minutes <= 0:
+        raise MedsegError(f"--budget-minutes {budget_minutes}: give a positive number of minutes")
+    teacher_path = resolve(Path(teacher))
+    loaded = load_bundle(teacher_path, torch.device("cpu"))
+    if loaded.cfg is None:
+        raise MedsegError(f"{teacher}: the teacher must be a bundle medseg wrote (configs/medseg_task.json)")
+    tcfg = loaded.cfg
+    cfg = student_config(tcfg, student, teacher_path.parent, overrides)
+    root = locate_dataset(cfg, Path(data_dir or "data"), explicit=data_dir is not None)
+    train_cases, val_cases = load_dataset(cfg, root, cfg["training"]["seed"])
+    run_dir = output_dir or new_dir(Path("runs") / f"{cfg['task']}_distill", time.strftime("%Y%m%d-%H%M%S"))
+    run_dir = Path(run_dir)
+    (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
+    setup_logging(run_dir)
+    atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    write_cases(run_dir, train_cases, val_cases)
+
+    started = time.monotonic()
+    device = builders.pick_device(cfg["training"]["device"])
+    torch.manual_seed(cfg["training"]["seed"])
+    dataset = builders.training_dataset(train_cases, cfg)
+    loader = builders.training_loader(dataset, cfg)
+    net, _ = builders.build_model(cfg, device)
+    pair = TeacherStudent(net, loaded.network.to(device))
+    loss = DistillationLoss(builders.training_loss(cfg), pair, cfg.distill.temperature, cfg.distill.weight)
+    optimizer, scheduler = builders.optimiser_and_schedule(net.parameters(), cfg)
+    trainer = builders.build_trainer(cfg, pair, loader, optimizer, loss, device, scheduler=scheduler)
+    _budget(trainer, budget_minutes, started)
+    logger.info("distilling %s (%s) into %s on %s: T %.2g, weight %.2g, budget %.1f min", teacher_path.name,
+                tcfg["network"]["name"], student, device, cfg.distill.temperature, cfg.distill.weight, budget_minutes)
+    trainer.run()
+    seconds = time.monotonic() - started
+    torch.save({k: v.cpu() for k, v in net.state_dict().items()}, run_dir / "checkpoints" / "best.pt")
+
+    net.eval()
+    per_case = evaluate_cases(cfg, net, val_cases, device, run_dir / "predictions")
+    student_summary = summarise(per_case)
+    write_reports(per_case, student_summary, run_dir)  # metrics.json + per case: medseg.export RUN_DIR works on it
+    teacher_summary = summarise(evaluate_cases(tcfg, pair.teacher, val_cases, device,
+                                               run_dir / "teacher_predictions"))
+    side = {c: {"teacher_dice": round(float(teacher_summary[c]["dice"]), 4),
+                "student_dice": round(float(student_summary[c]["dice"]), 4)} for c in student_summary}
+    record = {"teacher": str(teacher_path.resolve()), "teacher_network": tcfg["network"]["name"], "student": student,
+              "temperature": cfg.distill.temperature, "weight": cfg.distill.weight, "budget_minutes": budget_minutes,
+              "epochs_run": int(trainer.state.epoch), "iterations": int(trainer.state.iteration),
+              "seconds": round(seconds, 1), "dice": side}
+    atomic_write_text(run_dir / "distill.json", json.dumps(record, indent=2))
+    logger.info("validation Dice, teacher vs student:\n%s", "\n".join(
+        f"  {c:<12} teacher {v['teacher_dice']:.3f}  student {v['student_dice']:.3f}" for c, v in side.items()))
+    logger.info("student metrics:\n%s", format_table(student_summary))
+    bundle = export_bundle(cfg, run_dir, net, student_summary, seconds, extra_metadata={"medseg_distill": record})
+    logger.info("student bundle written to %s", bundle)
+    return DistillOutcome(run_dir, bundle, teacher_summary, student_summary, int(trainer.state.epoch))
+
+
+__all__ = ["DistillOutcome", "run", "student_config"]

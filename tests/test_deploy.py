@@ -1,0 +1,267 @@
+"""Fast deployment: ONNX export of every network family, the onnxruntime/openvino engines against torch, missing
+runtimes, INT8 quantisation (and its refusal), distillation."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+
+from medseg.bundle.onnx import STATIC_SPATIAL, check_onnx, export_onnx
+from medseg.inference.runtimes import build_engine
+from medseg.networks import build_network
+from medseg.predict import main as predict_main
+
+from .conftest import synthetic_case
+
+HAS_OPENVINO = importlib.util.find_spec("openvino") is not None
+
+#: small settings of every registry family
+SMALL = {
+    "unet": {"channels": [4, 8, 16]},
+    "resunet": {"channels": [4, 8, 16], "strides": [2, 2], "num_res_units": 1},
+    "attention_unet": {"channels": [4, 8, 16], "strides": [2, 2]},
+    "unetpp": {"channels": [4, 4, 8, 8, 16]},
+    "unet3p": {"channels": [4, 8, 16]},
+    "unetr": {"args": {"feature_size": 8, "hidden_size": 48, "mlp_dim": 96, "num_heads": 2}},
+    "swin_unetr": {"args": {"feature_size": 12}},
+    "light_unet": {"channels": [4, 8, 16]},
+}
+
+
+def small_network(name: str, dims: int, patch: int) -> torch.nn.Module:
+    extra = SMALL[name]
+    args = dict(extra.get("args", {}))
+    if name == "unetr":
+        args["img_size"] = [patch] * dims
+    net_cfg = {"name": name, "spatial_dims": dims, "args": args, **{k: v for k, v in extra.items() if k != "args"}}
+    torch.manual_seed(0)
+    return build_network(net_cfg, 1, 3).eval()
+
+
+FAMILIES = [pytest.param(name, dims, marks=[pytest.mark.slow] if (name, dims) == ("swin_unetr", 3) else [],
+                         id=f"{name}-{dims}d") for dims in (2, 3) for name in SMALL]
+
+
+@pytest.mark.parametrize("name,dims", FAMILIES)
+def test_onnx_export_and_reload_every_family(name: str, dims: int, tmp_path: Path) -> None:
+    patch = 64 if name == "swin_unetr" else 32
+    net = small_network(name, dims, patch)
+    path = tmp_path / "model.onnx"
+    export_onnx(net, path, [patch] * dims, 1, dynamic=name not in STATIC_SPATIAL)
+    assert check_onnx(net, path, [patch] * dims, 1) < 1e-4
+    # reloaded through the engine: inside the network's padding, so a size that is no multiple works where the
+    # graph is dynamic (a fixed-size graph gets the patch)
+    engine = build_engine("onnxruntime", net, tmp_path)
+    size = [patch] * dims if name in STATIC_SPATIAL else [patch + 5] + [patch - 3] * (dims - 1)
+    x = torch.randn(3, 1, *size, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        ref, out = net(x), engine.forward(x)
+    assert out.shape == ref.shape == (3, 3, *size)
+    assert float((out - ref).abs().max()) < 1e-4
+
+
+@pytest.fixture(scope="module")
+def random_bundle(trained, tmp_path_factory) -> Path:
+    """The trained bundle with seeded random weights (varied classes to compare), its ONNX re-exported."""
+    folder = tmp_path_factory.mktemp("deploy") / "bundle"
+    shutil.copytree(trained["bundle"].resolve(), folder)
+    cfg = json.loads((folder / "configs" / "medseg_task.json").read_text())
+    torch.manual_seed(3)
+    net = build_network(cfg["network"], 1, 3).eval()
+    torch.save(net.state_dict(), folder / "models" / "model.pt")
+    export_onnx(net, folder / "models" / "model.onnx", cfg["training"]["patch_size"], 1)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def volume(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("volume")
+    image, _, affine = synthetic_case(shape=(40, 36, 28), seed=21)
+    nib.save(nib.Nifti1Image(image, affine), folder / "case.nii.gz")
+    return folder / "case.nii.gz"
+
+
+def dice(a: np.ndarray, b: np.ndarray, label: int) -> float:
+    x, y = a == label, b == label
+    return 1.0 if not (x.any() or y.any()) else 2 * float((x & y).sum()) / float(x.sum() + y.sum())
+
+
+def _predict(bundle: Path, image: Path, out: Path, *extra: str) -> np.ndarray:
+    assert predict_main(["--bundle", str(bundle), "--input", str(image), "--output", str(out), "--device", "cpu",
+                         *extra]) == 0
+    return np.asarray(nib.load(out / "case_seg.nii.gz").dataobj)
+
+
+def test_bundle_holds_a_checked_onnx_model(trained) -> None:
+    bundle = trained["bundle"]
+    meta = json.loads((bundle / "configs" / "metadata.json").read_text())["medseg_onnx"]
+    assert (bundle / meta["file"]).is_file() and meta["dynamic_spatial"] is True
+    assert 0 <= meta["max_abs_diff"] < 1e-3 and meta["checked_patch"] == [16, 16, 16]
+
+
+@pytest.mark.parametrize("engine", ["onnxruntime", pytest.param("openvino", marks=pytest.mark.skipif(
+    not HAS_OPENVINO, reason="openvino not installed (pip install medseg[openvino])"))])
+def test_engine_gives_the_torch_masks(random_bundle: Path, volume: Path, engine: str, tmp_path: Path) -> None:
+    ref = _predict(random_bundle, volume, tmp_path / "torch")
+    out = _predict(random_bundle, volume, tmp_path / engine, "--engine", engine)
+    assert out.shape == ref.shape == (40, 36, 28)
+    assert len(np.unique(ref)) == 3  # random weights: all three classes present, so the comparison can fail
+    for label in (0, 1, 2):
+        assert dice(ref, out, label) >= 0.99, (engine, label)
+
+
+def test_engine_without_its_package_gives_one_line(random_bundle: Path, volume: Path, tmp_path: Path, capsys,
+                                                    monkeypatch) -> None:
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # import onnxruntime -> ImportError
+    code = predict_main(["--bundle", str(random_bundle), "--input", str(volume), "--output", str(tmp_path / "o"),
+                         "--engine", "onnxruntime"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1
+    assert "onnxruntime package is not installed" in err[0] and "pip install onnxruntime" in err[0]
+    assert not (tmp_path / "o" / "case_seg.nii.gz").exists()
+
+
+def test_engine_that_cannot_load_the_model_gives_one_line(random_bundle: Path, volume: Path, tmp_path: Path,
+                                                         capsys) -> None:
+    broken = tmp_path / "bundle"
+    shutil.copytree(random_bundle, broken)
+    (broken / "models" / "model.onnx").write_bytes(b"not an onnx model")
+    code = predict_main(["--bundle", str(broken), "--input", str(volume), "--output", str(tmp_path / "o"),
+                         "--engine", "onnxruntime"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "model.onnx: onnxruntime cannot load it" in err[0]
+    (broken / "models" / "model.onnx").unlink()
+    code = predict_main(["--bundle", str(broken), "--input", str(volume), "--output", str(tmp_path / "o"),
+                         "--engine", "onnxruntime"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "model.onnx: missing" in err[0]
+
+
+def _run_copy(trained, folder: Path, **bundle: object) -> Path:
+    """The trained run folder with ``bundle.*`` keys of its config.yaml changed (what medseg.export reads)."""
+    import yaml
+
+    run = folder / "run"
+    shutil.copytree(trained["run"], run)
+    cfg = yaml.safe_load((run / "config.yaml").read_text())
+    cfg["bundle"].update(bundle)
+    (run / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+    return run
+
+
+def _class_dice(pred_dir: Path, cases: list[dict], members: list[int]) -> float:
+    """Mean Dice over ``cases`` of the class made of the label values ``members``."""
+    scores = []
+    for case in cases:
+        pred = np.isin(np.asarray(nib.load(pred_dir / f"{case['case']}_seg.nii.gz").dataobj), members)
+        ref = np.isin(np.asarray(nib.load(case["label"]).dataobj), members)
+        scores.append(2 * float((pred & ref).sum()) / max(1.0, float(pred.sum() + ref.sum())))
+    return float(np.mean(scores))
+
+
+def test_int8_export_records_its_validation_dice_and_predicts(trained, tmp_path: Path) -> None:
+    from medseg.export import main as export_main
+
+    run = _run_copy(trained, tmp_path, int8_patches=12, int8_max_dice_loss=1.0)
+    out = tmp_path / "bundles" / "b"
+    assert export_main([str(run), "--int8", "--out", str(out)]) == 0
+    meta = json.loads((out / "configs" / "metadata.json").read_text())["medseg_int8"]
+    assert meta["refused"] is False and (out / "models" / "model_int8.onnx").is_file()
+    assert meta["calibration_patches"] == 12 and meta["validation_cases"] >= 1
+    for c in ("liver", "tumour"):
+        assert meta["dice_loss"][c] == pytest.approx(meta["fp32_dice"][c] - meta["dice"][c])
+    # the recorded fp32 Dice is the training's own final evaluation (same chain, same cases)
+    summary = json.loads((run / "metrics.json").read_text())
+    assert meta["fp32_dice"]["liver"] == pytest.approx(summary["liver"]["dice"], abs=1e-6)
+    # predict --int8 runs the quantised model: its masks give the recorded INT8 Dice on the validation cases
+    import onnx
+
+    model = onnx.load(str(out / "models" / "model_int8.onnx"))
+    assert any(n.op_type == "QuantizeLinear" for n in model.graph.node)  # QDQ format
+    val = json.loads((run / "cases.json").read_text())["val"]
+    images = tmp_path / "val"
+    images.mkdir()
+    for case in val:
+        shutil.copy(case["image"], images / Path(case["image"]).name)
+    assert predict_main(["--bundle", str(out), "--input", str(images), "--output", str(tmp_path / "p"), "--int8",
+                         "--device", "cpu"]) == 0
+    import yaml
+
+    classes = yaml.safe_load((run / "config.yaml").read_text())["evaluation"]["classes"]
+    assert _class_dice(tmp_path / "p", val, classes["liver"]) == pytest.approx(meta["dice"]["liver"], abs=1e-6)
+
+
+def test_int8_losing_more_dice_than_allowed_is_refused(trained, tmp_path: Path, capsys) -> None:
+    from medseg.export import main as export_main
+
+    run = _run_copy(trained, tmp_path, int8_patches=4, int8_max_dice_loss=-1.0)  # any measured loss exceeds it
+    out = tmp_path / "bundles" / "b"
+    assert export_main([str(run), "--int8", "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "INT8 refused: validation Dice of" in err[0] and "more than bundle.int8_max_dice_loss -1.0" in err[0]
+    meta = json.loads((out / "configs" / "metadata.json").read_text())["medseg_int8"]
+    assert meta["refused"] is True and meta["file"] is None
+    assert not (out / "models" / "model_int8.onnx").exists() and (out / "models" / "model.onnx").is_file()
+    worst = max(meta["dice_loss"].values())
+    assert f"fell by {worst:.4f}" in err[0]
+    code = predict_main(["--bundle", str(out), "--input", str(trained["dataset"] / "imagesTr"),
+                         "--output", str(tmp_path / "p"), "--int8"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "model_int8.onnx: missing" in err[0]
+
+
+def test_distillation_loss_and_teacher_held_apart() -> None:
+    from medseg.engine.distill import DistillationLoss, TeacherStudent
+
+    torch.manual_seed(0)
+    student, teacher = torch.nn.Conv3d(1, 3, 1), torch.nn.Conv3d(1, 3, 1)
+    frozen = {k: v.clone() for k, v in teacher.state_dict().items()}
+    pair = TeacherStudent(student, teacher).train()
+    task = torch.nn.Module()
+    task.forward = lambda pred, label: torch.zeros((), requires_grad=True)  # only the soft term
+    loss_fn = DistillationLoss(task, pair, temperature=2.0, weight=0.5)
+    x = torch.randn(2, 1, 4, 4, 4)
+    loss = loss_fn(pair(x), None)
+    t_probs = torch.softmax(teacher(x) / 2, 1)
+    s_logp = torch.log_softmax(student(x) / 2, 1)
+    expected = 0.5 * 4 * (t_probs * (t_probs.log() - s_logp)).sum(1).mean()
+    assert float(loss) == pytest.approx(float(expected), rel=1e-5) and float(loss) > 0
+    loss.backward()
+    assert student.weight.grad is not None and teacher.weight.grad is None
+    assert set(pair.state_dict()) == {"student.weight", "student.bias"}  # the teacher is not saved with it
+    assert not teacher.training and all(torch.equal(v, teacher.state_dict()[k]) for k, v in frozen.items())
+    student.load_state_dict(teacher.state_dict())  # the same logits: no soft loss
+    assert float(loss_fn(pair(x), None)) == pytest.approx(0.0, abs=1e-6)
+
+
+@pytest.mark.slow
+def test_distill_end_to_end_on_a_tiny_budget(trained, tmp_path: Path, capsys) -> None:
+    from medseg.distill import main as distill_main
+
+    code = distill_main(["--teacher", str(trained["bundle"]), "--student", "light_unet",
+                         "--data-dir", str(trained["work"] / "data"), "--budget-minutes", "0.2",
+                         "--output-dir", str(tmp_path / "run"), "--set", "distill.temperature=3",
+                         "--set", "network.channels=[4,8,16]"])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    record = json.loads((tmp_path / "run" / "distill.json").read_text())
+    assert record["student"] == "light_unet" and record["temperature"] == 3.0 and record["iterations"] >= 1
+    student_bundle = trained["bundle"].parent / "liver_ct_segmentation_light_unet"
+    meta = json.loads((student_bundle / "configs" / "metadata.json").read_text())
+    assert meta["medseg_distill"]["dice"] == record["dice"]
+    assert json.loads((student_bundle / "configs" / "medseg_task.json").read_text())["network"]["name"] == "light_unet"
+    assert (student_bundle / "models" / "model.onnx").is_file()
+    # the teacher's Dice is its own bundle's validation Dice (same cases, same chain)
+    teacher_meta = json.loads((trained["bundle"] / "configs" / "metadata.json").read_text())
+    for name in ("liver", "tumour"):
+        assert record["dice"][name]["teacher_dice"] == pytest.approx(teacher_meta["eval_metrics"][f"{name}_dice"],
+                                                                      abs=1e-4)
+        assert f"{name}: teacher Dice {record['dice'][name]['teacher_dice']:.3f}" in out
