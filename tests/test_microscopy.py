@@ -494,3 +494,24 @@ def test_nuclei_sample_from_the_stardist_wheel(tmp_path):
 
     train, validation = load_dataset(cfg, root, seed=0)
     assert len(train) == 2 and len(validation) == 1
+
+
+def test_evaluate_instances_command(tmp_path):
+    from medseg.evaluate import main
+
+    labels, a, b = touching_discs()
+    ref = np.zeros((40, 40), dtype=np.uint16)
+    ref[a], ref[b] = 1, 2
+    (tmp_path / "ref").mkdir()
+    (tmp_path / "pred").mkdir()
+    tifffile.imwrite(tmp_path / "ref" / "c1.tif", ref)
+    merged = (ref > 0).astype(np.uint16)  # both discs predicted as one object
+    tifffile.imwrite(tmp_path / "pred" / "c1_instances.tif", merged)
+    assert main(["--pred", str(tmp_path / "pred"), "--ref", str(tmp_path / "ref"), "--instances",
+                 "--output", str(tmp_path / "ev")]) == 0
+    result = json.loads((tmp_path / "ev" / "instance_metrics.json").read_text())
+    # disc 2 owns the shared column, so it covers just over half the merged object: one match, F1 2/3
+    assert result["c1"]["objects_predicted"] == 1 and result["c1"]["object_f1"] == pytest.approx(2 / 3)
+    # AJI: both discs pick the merged object: (|A| + |B|) / (2 |A u B|) = 1/2
+    assert result["c1"]["aji"] == pytest.approx(0.5)
+    assert result["mean"]["vi_merge"] > 0.2 and result["mean"]["vi_split"] == pytest.approx(0.0, abs=1e-9)

@@ -36,12 +36,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--missing-as-empty", action="store_true", help="score a missing prediction as an empty mask")
     p.add_argument("--output", type=Path, default=Path("evaluation"), help="output folder (default ./evaluation)")
     p.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="parallel processes, one case each")
+    p.add_argument("--instances", action="store_true",
+                   help="instance metrics (object F1 at IoU 0.5, mean matched IoU, AJI, adapted Rand error, VI) of"
+                        " <case>_instances.tif predictions against reference instance label images")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
     return p
 
 
 def run(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.instances:
+        result = evaluate.run_instances(args.pred, args.ref, args.output)
+        mean = result["mean"]
+        print("  ".join(f"{k} {mean[k]:.4f}" for k in ("object_f1", "mean_matched_iou", "aji", "adapted_rand_error", "vi")
+                        if k in mean))
+        print(f"wrote {args.output / 'instance_metrics.csv'} and {args.output / 'instance_metrics.json'}")
+        return 0
     classes = parse_classes(args.labels)
     # the bar shows on a terminal only (a line per case otherwise); it is closed before any error line is printed
     with tqdm(desc="evaluating", unit="case", file=sys.stderr, disable=None) as bar:
