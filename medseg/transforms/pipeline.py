@@ -91,12 +91,12 @@ def _intensity_spec(cfg: dict[str, Any]) -> list[dict[str, Any]]:
         return [{"_target_": "ScaleIntensityRangePercentilesd", "keys": "image", "lower": pct["lower"],
                  "upper": pct["upper"], "b_min": 0.0, "b_max": 1.0, "clip": True, "channel_wise": True}]
     if method == "histogram":
-        hist = pre["histogram"]
-        if not hist["landmarks"]:
+        hist, landmarks = pre["histogram"], cfg.effective_landmarks()
+        if not landmarks:
             raise MedsegError("preprocessing.histogram.landmarks: not learned yet; medseg.train learns them on the"
                               " training set (medseg.transforms.fit_preprocessing), or list them in the YAML")
         return [{"_target_": "HistogramStandardized", "keys": "image", "percentiles": list(hist["percentiles"]),
-                 "landmarks": list(hist["landmarks"])}]
+                 "landmarks": landmarks}]
     return []
 
 
@@ -114,9 +114,7 @@ def preprocess_spec(cfg: dict[str, Any], keys: tuple[str, ...] = KEYS, *,
         ['LoadImaged', 'EnsureChannelFirstd', 'Orientationd']
     """
     pre = cfg["preprocessing"]
-    if pre["spacing"] == "auto":
-        raise MedsegError("preprocessing.spacing: 'auto' is resolved from the training set's headers by medseg.train"
-                          " (medseg.transforms.fit_preprocessing); give the spacing in mm to use it elsewhere")
+    spacing = cfg.effective_spacing()  # the fitted median for spacing: auto (one line when not fitted yet)
     k = list(keys)
     modes = ["bilinear" if key == "image" else "nearest" for key in keys]
     spec: list[dict[str, Any]] = [
@@ -125,9 +123,9 @@ def preprocess_spec(cfg: dict[str, Any], keys: tuple[str, ...] = KEYS, *,
         {"_target_": "EnsureChannelFirstd", "keys": k},
         *([{"_target_": "RGBToGreyd", "keys": "image"}] if cfg["data"].get("rgb") == "grey" else []),
         {"_target_": "Orientationd", "keys": k, "axcodes": pre["orientation"], "labels": None},
-        {"_target_": "ScaleSpacingd", "keys": k, "pixdim": list(pre["spacing"]), "mode": modes},
+        {"_target_": "ScaleSpacingd", "keys": k, "pixdim": spacing, "mode": modes},
     ]
-    label_map = cfg["data"].get("label_map") or {}
+    label_map = cfg.effective_label_map()
     if "label" in keys and label_map:  # file values -> label values, e.g. 0/255 masks (medseg.data.layouts)
         spec.insert(1, {"_target_": "MapLabelValued", "keys": "label", "orig_labels": [int(v) for v in label_map],
                         "target_labels": [int(v) for v in label_map.values()]})
