@@ -254,7 +254,7 @@ def metadata(cfg: dict[str, Any], summary: dict[str, dict[str, float]]) -> dict[
         "required_packages_version": {"nibabel": _version("nibabel"), "scikit-image": _version("scikit-image"),
                                       **({"SimpleITK": _version("SimpleITK")}  # N4 bias correction
                                          if cfg["preprocessing"]["bias_correction"]["enabled"] else {})},
-        "name": cfg["bundle"]["name"],
+        "name": cfg.bundle_name(),
         "task": cfg["description"] or cfg["task"],
         "description": f"{cfg['network']['name']} ({dims}D) trained by medseg on task '{cfg['task']}'",
         "authors": cfg["bundle"]["authors"],
@@ -390,7 +390,7 @@ def export_bundle(
     ``int8_cases``: ``(training, validation)`` cases to calibrate and measure ``models/model_int8.onnx`` on
     (:mod:`medseg.bundle.int8`); a refused INT8 model raises :class:`~medseg.bundle.int8.Int8Refused` once the
     bundle (without it) is published."""
-    parent, name = Path(cfg["bundle"]["dir"]), cfg["bundle"]["name"]
+    parent, name = Path(cfg["bundle"]["dir"]), cfg.bundle_name()
     parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=parent))  # unique: two exports never share a folder
     publish_dir(tmp)
