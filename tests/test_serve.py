@@ -230,3 +230,50 @@ def test_page_in_headless_chromium(served, tmp_path):
         driver.quit()
     saved = nib.load(served["out"] / "ct_001_seg.nii.gz")
     assert saved.shape == nib.load(served["src"]).shape
+
+
+def multipart(fields: dict[str, bytes]) -> tuple[bytes, str]:
+    boundary = "medsegboundary42"
+    body = b""
+    for name, value in fields.items():
+        body += (f"--{boundary}\r\nContent-Disposition: form-data; name=\"{name}\"; filename=\"{name}\"\r\n"
+                 "Content-Type: application/octet-stream\r\n\r\n").encode() + value + b"\r\n"
+    return body + f"--{boundary}--\r\n".encode(), f"multipart/form-data; boundary={boundary}"
+
+
+def test_monai_label_shapes_for_slicer(served):
+    url, src = served["url"], served["src"]
+    status, body, _ = call(f"{url}/info/")
+    info = json.loads(body)
+    assert status == 200 and info["labels"] == ["liver", "tumour"]
+    assert info["models"]["medseg"] == {"type": "segmentation", "labels": {"liver": 1, "tumour": 2}, "dimension": 3,
+                                        "description": "medseg bundle threshold"}
+    listing = json.loads(call(f"{url}/datastore/?output=all")[1])
+    assert listing["objects"] == {"ct_001": {"image": {"ext": ".nii.gz", "info": {}}, "labels": {}}}
+    assert json.loads(call(f"{url}/activelearning/random", "POST", {})[1])["id"] == "ct_001"
+    assert call(f"{url}/datastore/image?image=ct_001")[1] == src.read_bytes()
+    assert call(f"{url}/datastore/image?image=../inputs/ct_001")[0] == 404
+    status, auto, _ = call(f"{url}/infer/medseg?image=ct_001", "POST", b"")
+    assert status == 200
+    auto_path = served["tmp"] / "auto.nii.gz"
+    auto_path.write_bytes(auto)
+    auto_labels = np.asarray(nib.load(auto_path).dataobj)
+    assert auto_labels.shape == nib.load(src).shape and int((auto_labels == 1).sum()) > 500
+    centre = [int(v) for v in np.argwhere(auto_labels == 1).mean(0).round()]
+    body, kind = multipart({"params": json.dumps({"background": [centre]}).encode()})
+    request = urllib.request.Request(f"{url}/infer/medseg?image=ct_001", data=body, method="POST",
+                                     headers={"Content-Type": kind})
+    with urllib.request.urlopen(request, timeout=60) as r:
+        (served["tmp"] / "clicked.nii.gz").write_bytes(r.read())
+    clicked = np.asarray(nib.load(served["tmp"] / "clicked.nii.gz").dataobj)
+    assert clicked[tuple(centre)] == 0 and auto_labels[tuple(centre)] == 1  # the background click removed the liver
+    body, kind = multipart({"label": auto, "params": b"{}"})
+    request = urllib.request.Request(f"{url}/datastore/label?image=ct_001&tag=final", data=body, method="PUT",
+                                     headers={"Content-Type": kind})
+    with urllib.request.urlopen(request, timeout=60) as r:
+        assert json.loads(r.read())["label"] == "ct_001_seg.nii.gz"
+    stored = nib.load(served["out"] / "ct_001_seg.nii.gz")
+    assert np.array_equal(np.asarray(stored.dataobj), auto_labels) and np.array_equal(stored.affine, nib.load(src).affine)
+    listing = json.loads(call(f"{url}/datastore/?output=all")[1])
+    assert listing["objects"]["ct_001"]["labels"] == {"final": {"ext": ".nii.gz", "info": {}}}
+    assert json.loads(call(f"{url}/activelearning/random", "POST", {})[1]) == {}

@@ -440,7 +440,7 @@ class InteractiveConfig(Section):
     max_clicks: AtLeast1 = 5  # simulated clicks per training sample: 1 initial per class + corrections
     sigma: Positive = 2.0  # Gaussian click map width, voxels of the preprocessed grid
     auto_prob: Prob = 0.25  # share of training samples with no clicks (the automatic segmentation)
-    window: list[int] = Field(default_factory=list)  # medseg.serve: voxels recomputed around a click; [] = 2 x patch
+    window: list[int] = Field(default_factory=list)  # medseg.serve: voxels recomputed around a click; [] = the patch
 
 
 class TrackingConfig(Section):

@@ -7,7 +7,7 @@ post-processing gives the new mask:
 
 - **click-guided bundle** (``interactive.enabled``): the click goes into the guidance channels (positive: the
   class's channel; negative: background's) and the network reruns on the window around it
-  (``interactive.window`` voxels, default twice the training patch), with every click so far;
+  (``interactive.window`` voxels, default the training patch: one forward pass), with every click so far;
 - **any other bundle**: a local correction from the model's own probabilities: a positive click gives the class
   the connected region around the click where its probability is at least half the probability at the click
   (a ball of 3 voxels where that is under 0.05); a negative click takes the class's connected region under the
@@ -93,7 +93,7 @@ class CaseSession:
         if self.window is None:
             custom = list(cfg.interactive.window) if cfg is not None else []
             patch = list(cfg.training.patch_size) if cfg is not None else [96, 96, 96]
-            self.window = custom or [2 * p for p in patch]
+            self.window = custom or patch  # one network window around the click
         with torch.no_grad():
             self.logits = chain.inferer(image.unsqueeze(0).to(self.device), self.forward)[0]
         self.labels, self.affine = self._post()

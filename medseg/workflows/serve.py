@@ -11,6 +11,7 @@ Routes (JSON unless said; with a token, every route but the page needs ``Authori
   (C order, shape in ``X-Shape``)
 - ``POST /api/cases/{case}/click`` ``{"voxel": [i, j, k], "label": c, "positive": true}``; ``.../undo``;
   ``.../save`` (files written into ``--output-dir``)
+- MONAI Label's routes for 3D Slicer (:mod:`medseg.workflows.monailabel`)
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from starlette.middleware.base import BaseHTTPMiddleware
 from medseg.bundle.load import LoadedBundle, load_bundle
 from medseg.data.formats import VOLUME_SUFFIXES
 from medseg.errors import MedsegError
+from medseg.workflows import monailabel
 from medseg.workflows.interact import CaseSession, check_case_name
 from medseg.workflows.predict import find_inputs
 from medseg.workflows.serve_page import PAGE
@@ -213,6 +215,7 @@ def create_app(server: Server, token: str | None = None) -> FastAPI:
                 raise _fail(err) from None
         return {"files": [p.name for p in files], "output_dir": str(server.output_dir)}
 
+    monailabel.add_routes(app, server)  # 3D Slicer's MONAI Label module: /info/, /infer/{model}, /datastore/...
     return app
 
 

@@ -1,0 +1,87 @@
+"""Seconds per click of medseg.serve's click-guided rerun, for a 3 mm CT (about 120x100x110 voxels) and a
+512x512x100 CT (0.8 x 0.8 x 2.5 mm), with the network of ``pipelines/liver_interactive.yaml``.
+
+Weights do not change the time, so a bundle is used when given and an untrained network of the same shape
+otherwise. Baseline in the same run: the same click with the window set to the whole preprocessed volume
+(what a rerun without the window costs). Targets (issue 19): at most 1 s and 2 s per click on 2 CPU cores.
+
+    .venv/bin/python benchmarks/bench_click.py [--bundle bundles/liver_ct_interactive] [--clicks 5] [--threads 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import torch
+
+from medseg.bundle.load import LoadedBundle, load_bundle
+from medseg.config import load_config
+from medseg.inference import build_chain
+from medseg.networks import build_network
+from medseg.transforms import input_channels
+from medseg.workflows.interact import CaseSession
+
+REPO = Path(__file__).resolve().parent.parent
+CASES = {"3mm_120x100x110": ((120, 100, 110), (3.0, 3.0, 3.0)), "512x512x100": ((512, 512, 100), (0.8, 0.8, 2.5))}
+
+
+def synthetic_ct(path: Path, shape: tuple[int, ...], spacing: tuple[float, ...]) -> None:
+    rng = np.random.default_rng(0)
+    x, y, z = np.meshgrid(*[np.arange(n, dtype=np.float32) * s for n, s in zip(shape, spacing)], indexing="ij",
+                          sparse=True)
+    cx, cy = shape[0] * spacing[0] / 2, shape[1] * spacing[1] / 2
+    body = ((x - cx) / (0.42 * 2 * cx)) ** 2 + ((y - cy) / (0.32 * 2 * cy)) ** 2 <= 1.0
+    liver = ((x - 0.7 * cx) / (0.3 * cx)) ** 2 + ((y - cy) / (0.3 * cy)) ** 2 + ((z - z.max() / 2) / (z.max() / 3)) ** 2 <= 1
+    image = np.where(body, 40.0, -1000.0).astype(np.float32) + np.where(liver, 60.0, 0.0)
+    image += rng.normal(0, 10, image.shape).astype(np.float32)
+    nib.save(nib.Nifti1Image(image, np.diag([*spacing, 1.0])), path)
+
+
+def bundle(path: str | None) -> LoadedBundle:
+    if path:
+        return load_bundle(Path(path), torch.device("cpu"))
+    cfg = load_config(str(REPO / "pipelines" / "liver_interactive.yaml"), ["training.device=cpu"])
+    net = build_network(cfg.network, input_channels(cfg), len(cfg.data.labels)).eval()
+    return LoadedBundle("untrained", cfg, net, {0: "background", 1: "liver", 2: "tumour"}, build_chain(cfg))
+
+
+def clicks(session: CaseSession, n: int) -> list[float]:
+    centre = [s // 2 for s in session.shape]
+    times = []
+    for i in range(n):
+        voxel = [c + 3 * i for c in centre]
+        times.append(session.click(voxel, 1, positive=i % 2 == 0)["seconds"])
+    return times
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--bundle")
+    p.add_argument("--clicks", type=int, default=5)
+    p.add_argument("--threads", type=int, default=2)
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+    loaded = bundle(args.bundle)
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, (shape, spacing) in CASES.items():
+            path = Path(tmp) / f"{name}.nii.gz"
+            synthetic_ct(path, shape, spacing)
+            started = time.perf_counter()
+            session = CaseSession(loaded, "bench", path)
+            opened = time.perf_counter() - started
+            windowed = clicks(session, args.clicks)
+            full = CaseSession(loaded, "bench", path, window=list(session.logits.shape[1:]))
+            whole = clicks(full, args.clicks)
+            print(f"{name}: grid {list(session.logits.shape[1:])}, open + automatic {opened:.2f} s; per click median "
+                  f"{statistics.median(windowed):.2f} s (window {session.window}) vs {statistics.median(whole):.2f} s "
+                  f"whole volume: ratio {statistics.median(windowed) / statistics.median(whole):.2f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,158 @@
+"""The REST shapes of MONAI Label that 3D Slicer's MONAI Label module uses, on ``medseg.serve``'s cases.
+
+Own routes rather than a MONAI Label app: ``monailabel`` pins its own MONAI and torch ranges, and these few
+shapes are all the module needs to point at ``medseg.serve``:
+
+- ``GET /info/``: the app, its labels and one model (``deepedit`` for a click-guided bundle, else ``segmentation``)
+- ``GET /datastore/?output=all``: the cases under ``--input-dir`` (``objects``: id -> image and saved labels)
+- ``GET /datastore/image?image=ID``: the image file (a NIfTI/NRRD/MHA file; DICOM series are not served)
+- ``POST /activelearning/{strategy}``: the next case without a saved label (``medseg.rank``'s order when given)
+- ``POST /infer/{model}?image=ID``: the mask as NIfTI; form field ``params`` (JSON) may hold clicks per label name
+  (``{"liver": [[i, j, k], ...], "background": [...]}``, voxel indices as Slicer sends them), applied in order
+- ``PUT /datastore/label?image=ID``: form field ``label`` (a NIfTI file): the corrected label, saved into
+  ``--output-dir`` as ``<id>_seg.nii.gz`` (atomically; the id is a listed case name only)
+
+Multipart bodies are parsed with the standard library's ``email`` parser (FastAPI's form parsing needs the
+``python-multipart`` package, which nothing else here uses).
+"""
+
+from __future__ import annotations
+
+import email.parser
+import email.policy
+import json
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import nibabel as nib
+import numpy as np
+from fastapi import FastAPI, HTTPException, Request
+from fastapi.responses import FileResponse, Response
+
+from medseg import __version__
+from medseg.data.labelmaps import write_label_nifti
+from medseg.errors import MedsegError
+from medseg.workflows.interact import CaseSession, inside
+
+MODEL = "medseg"
+
+
+def form_fields(content_type: str, body: bytes) -> dict[str, bytes]:
+    """``name -> bytes`` of a ``multipart/form-data`` body (``{}`` for any other body)."""
+    if not content_type.startswith("multipart/form-data"):
+        return {}
+    message = email.parser.BytesParser(policy=email.policy.HTTP).parsebytes(
+        f"Content-Type: {content_type}\r\n\r\n".encode() + body)
+    fields = {}
+    for part in message.iter_parts():
+        name = part.get_param("name", header="content-disposition")
+        if name:
+            fields[str(name)] = part.get_payload(decode=True) or b""
+    return fields
+
+
+def add_routes(app: FastAPI, server: Any) -> None:
+    """Add the MONAI Label routes to ``app`` (``server``: :class:`medseg.workflows.serve.Server`)."""
+    bundle = server.bundle
+    guided = bool(bundle.cfg is not None and bundle.cfg.interactive.enabled)
+    names = {k: int(v) for v, k in bundle.labels.items()}
+
+    def listed(image: str) -> Path:
+        cases = server.listed()
+        if image not in cases:
+            raise HTTPException(404, f"image {image!r} is not in the datastore")
+        return cases[image]
+
+    def saved(image: str) -> bool:
+        return (server.output_dir / f"{image}_seg.nii.gz").is_file()
+
+    @app.get("/info/")
+    def info() -> dict[str, Any]:
+        labels = {k: v for k, v in names.items() if v != 0}
+        return {"name": f"medseg ({bundle.name})", "description": "medseg.serve", "version": __version__,
+                "labels": list(labels),
+                "models": {MODEL: {"type": "deepedit" if guided else "segmentation", "labels": labels,
+                                   "dimension": 3, "description": f"medseg bundle {bundle.name}"}},
+                "trainers": {}, "strategies": {"uncertainty": {"description": "medseg.rank order, unsaved first"}},
+                "scoring": {}, "train_stats": {}, "datastore": {"total": len(server.listed())}}
+
+    @app.get("/datastore/")
+    def datastore(output: str = "stats") -> dict[str, Any]:
+        cases = server.listed()
+        objects = {name: {"image": {"ext": "".join(path.suffixes) or "", "info": {}},
+                          "labels": {"final": {"ext": ".nii.gz", "info": {}}} if saved(name) else {}}
+                   for name, path in cases.items()}
+        if output == "all":
+            return {"name": "medseg", "description": "--input-dir cases", "objects": objects}
+        return {"total": len(objects), "completed": sum(1 for o in objects.values() if o["labels"])}
+
+    @app.get("/datastore/image")
+    def image(image: str) -> FileResponse:
+        path = listed(image)
+        if path.is_dir():
+            raise HTTPException(400, f"image {image!r} is a DICOM series; open it in the medseg.serve page")
+        return FileResponse(path, filename=path.name)
+
+    @app.post("/activelearning/{strategy}")
+    def next_sample(strategy: str) -> dict[str, Any]:
+        for name, path in server.listed().items():
+            if not saved(name):
+                return {"id": name, "name": name, "path": str(path.name)}
+        return {}
+
+    @app.post("/infer/{model}")
+    async def infer(model: str, image: str, request: Request) -> Response:
+        if model != MODEL:
+            raise HTTPException(404, f"model {model!r}: this server has {MODEL!r}")
+        path = listed(image)
+        fields = form_fields(request.headers.get("content-type", ""), await request.body())
+        try:
+            params = json.loads(fields.get("params") or b"{}")
+        except ValueError:
+            raise HTTPException(400, "params: not JSON") from None
+        with server.lock:
+            try:
+                session = CaseSession(bundle, image, path, server.device)
+                for key, points in (params.items() if isinstance(params, dict) else []):
+                    if key not in names or not isinstance(points, list):
+                        continue  # other MONAI Label params (device, result_extension, ...)
+                    for point in points:
+                        voxel = [float(v) for v in point[:3]]
+                        if names[key] != 0:
+                            session.click(voxel, names[key], positive=True)
+                        else:  # a background click: take away the class under it
+                            under = int(session.labels[tuple(int(round(v)) for v in voxel)])
+                            if under:
+                                session.click(voxel, under, positive=False)
+            except (MedsegError, IndexError, TypeError, ValueError) as err:
+                raise HTTPException(400, str(err)) from None
+            with tempfile.TemporaryDirectory() as tmp:
+                out = Path(tmp) / f"{image}_seg.nii.gz"
+                write_label_nifti(session.labels, session.affine, out, source=path)
+                data = out.read_bytes()
+        return Response(data, media_type="application/octet-stream",
+                        headers={"Content-Disposition": f'attachment; filename="{image}_seg.nii.gz"'})
+
+    @app.put("/datastore/label")
+    async def put_label(image: str, request: Request, tag: str = "final") -> dict[str, Any]:
+        path = listed(image)
+        fields = form_fields(request.headers.get("content-type", ""), await request.body())
+        if "label" not in fields:
+            raise HTTPException(400, "label: send the label file as the multipart field 'label'")
+        if len(fields["label"]) > server.max_upload:
+            raise HTTPException(413, f"label over the limit of {server.max_upload} bytes")
+        with tempfile.TemporaryDirectory() as tmp:
+            received = Path(tmp) / "label.nii.gz"
+            received.write_bytes(fields["label"])
+            try:
+                label = nib.load(str(received))
+                array = np.asarray(label.dataobj)
+            except Exception as err:  # nibabel raises many kinds for a file that is not NIfTI
+                raise HTTPException(400, f"label: not a NIfTI file ({type(err).__name__})") from None
+            if array.ndim != 3 or (not path.is_dir() and array.shape != nib.load(str(path)).shape[:3]):
+                raise HTTPException(400, f"label {array.shape}: not on the image's grid")
+            server.output_dir.mkdir(parents=True, exist_ok=True)
+            out = inside(server.output_dir, f"{image}_seg.nii.gz")
+            write_label_nifti(array.astype(np.uint8), label.affine, out)
+        return {"image": image, "label": out.name, "tag": tag}
