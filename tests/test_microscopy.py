@@ -515,3 +515,14 @@ def test_evaluate_instances_command(tmp_path):
     # AJI: both discs pick the merged object: (|A| + |B|) / (2 |A u B|) = 1/2
     assert result["c1"]["aji"] == pytest.approx(0.5)
     assert result["mean"]["vi_merge"] > 0.2 and result["mean"]["vi_split"] == pytest.approx(0.0, abs=1e-9)
+
+
+def test_overlap_tile_in_the_bundle_inference_json():
+    from medseg.bundle.export import inference_config
+
+    cfg = load_config("nuclei_2d", ["network.channels=[4,8,16]"]).with_fitted(image_channels=1, colour_channels=1)
+    config = inference_config(cfg)
+    assert config["inferer"]["_target_"] == "SlidingWindowInferer" and config["inferer"]["padding_mode"] == "reflect"
+    assert "*.png" in config["datalist"] and "*.tif" in config["datalist"]
+    readers = config["preprocessing"]["transforms"][0]["reader"]
+    assert "scripts.medseg_inference.PictureReader" in readers

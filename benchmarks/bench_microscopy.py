@@ -1,0 +1,184 @@
+"""Nuclei (DSB 2018 sample): the U-Net weight map against no weight map and a plain MONAI 2D loop, same minutes.
+
+Rows, each trained for ``--minutes`` on the sample's training half and scored on its validation half
+(``medseg/data/nuclei.py``: columns 272..511, 125 nuclei in the whole image):
+
+- ``nuclei_2d.yaml``: ``training.loss: weighted_dice_ce`` (weight map, w0 = 10, sigma = 5 px);
+- the same YAML with ``training.loss: dice_ce`` (no weight map);
+- a plain MONAI 2D loop: ``monai.networks.nets.UNet``, ``DiceCELoss``, random 128x128 crops with flips,
+  Adam, ``sliding_window_inference``; instances as connected components of the foreground.
+
+Scores: pixel Dice of the nucleus class, object F1 at IoU 0.5, aggregated Jaccard index, adapted Rand error
+(:mod:`medseg.evaluation.instances`). medseg's rows predict through ``medseg.predict`` with ``--instances`` (the
+YAML's watershed on the predicted interiors). Also the prediction time of one 512x512 image and of a folder
+of copies, with and without overlap-tile (reflect padding).
+
+Example (2 cores, about 3 x minutes + prediction):
+    .venv/bin/python benchmarks/bench_microscopy.py --minutes 4 --data-dir data --out benchmarks/results/microscopy
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import tifffile
+import torch
+from PIL import Image
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from medseg.data.nuclei import prepare_nuclei_sample  # noqa: E402
+from medseg.evaluation.instances import instance_metrics  # noqa: E402
+from medseg.inference.instances import label_instances  # noqa: E402
+
+
+def dice(a: np.ndarray, b: np.ndarray) -> float:
+    total = a.sum() + b.sum()
+    return float(2 * (a & b).sum() / total) if total else 1.0
+
+
+def score(pred_semantic: np.ndarray, pred_instances: np.ndarray, ref_instances: np.ndarray) -> dict[str, float]:
+    m = instance_metrics(ref_instances, pred_instances)
+    return {"pixel_dice": dice(pred_semantic > 0, ref_instances > 0), "object_f1": m["object_f1"], "aji": m["aji"],
+            "adapted_rand_error": m["adapted_rand_error"], "objects": m["objects_predicted"],
+            "objects_reference": m["objects_reference"]}
+
+
+def medseg_row(name: str, overrides: list[str], root: Path, minutes: float, work: Path) -> tuple[dict, Path]:
+    from medseg.workflows import predict, train
+
+    run_dir = work / name
+    shutil.rmtree(run_dir, ignore_errors=True)
+    start = time.perf_counter()
+    train.run("nuclei_2d", data_dir=root.parent, output_dir=run_dir / "run", max_minutes=minutes,
+              overrides=[*overrides, "tracking.enabled=false", f"bundle.dir={run_dir / 'bundles'}",
+                         f"bundle.name={name}"])
+    seconds = time.perf_counter() - start
+    bundle = run_dir / "bundles" / name
+    out = run_dir / "pred"
+    predict.run(bundle, root / "images" / "nuclei_val.tif", out, instances=True)
+    semantic = tifffile.imread(out / "nuclei_val_seg.tif") > 0
+    instances = tifffile.imread(out / "nuclei_val_instances.tif")
+    ref = tifffile.imread(root / "instances" / "nuclei_val.tif")
+    return {"row": name, "train_s": round(seconds, 1), **score(semantic, instances, ref)}, bundle
+
+
+def _normalise(image: np.ndarray) -> np.ndarray:
+    lo, hi = np.percentile(image, [0.5, 99.5])
+    return np.clip((image.astype(np.float32) - lo) / max(hi - lo, 1e-6), 0, 1).astype(np.float32)
+
+
+def plain_monai_row(root: Path, minutes: float, seed: int = 0) -> dict:
+    """The baseline: a MONAI 2D U-Net trained by a bare loop for the same minutes."""
+    from monai.inferers import sliding_window_inference
+    from monai.losses import DiceCELoss
+    from monai.networks.nets import UNet
+
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    manifest = json.loads((root / "dataset.json").read_text())
+    pairs = [(_normalise(tifffile.imread(root / c["image"])),
+              (np.asarray(Image.open(root / c["label"])) > 0).astype(np.int64)) for c in manifest["training"]]
+    net = UNet(spatial_dims=2, in_channels=1, out_channels=2, channels=(16, 32, 64, 128), strides=(2, 2, 2),
+               num_res_units=2)
+    loss_fn = DiceCELoss(to_onehot_y=True, softmax=True)
+    opt = torch.optim.Adam(net.parameters(), 1e-3)
+    start, steps = time.perf_counter(), 0
+    while time.perf_counter() - start < minutes * 60:
+        xs, ys = [], []
+        for _ in range(8):
+            image, label = pairs[rng.integers(len(pairs))]
+            r, c = rng.integers(0, image.shape[0] - 127), rng.integers(0, image.shape[1] - 127)
+            x, y = image[r:r + 128, c:c + 128], label[r:r + 128, c:c + 128]
+            if rng.random() < 0.5:
+                x, y = x[::-1], y[::-1]
+            if rng.random() < 0.5:
+                x, y = x[:, ::-1], y[:, ::-1]
+            xs.append(np.ascontiguousarray(x)[None])
+            ys.append(np.ascontiguousarray(y)[None])
+        net.train()
+        opt.zero_grad()
+        loss = loss_fn(net(torch.from_numpy(np.stack(xs))), torch.from_numpy(np.stack(ys)))
+        loss.backward()
+        opt.step()
+        steps += 1
+    seconds = time.perf_counter() - start
+    net.eval()
+    val = _normalise(tifffile.imread(root / "images" / "nuclei_val.tif"))
+    with torch.no_grad():
+        logits = sliding_window_inference(torch.from_numpy(val)[None, None], (128, 128), 4, net, overlap=0.25,
+                                          mode="gaussian")
+    semantic = logits[0].argmax(0).numpy().astype(np.uint8)
+    instances = label_instances(semantic, interior=1)
+    ref = tifffile.imread(root / "instances" / "nuclei_val.tif")
+    return {"row": "plain MONAI 2D loop", "train_s": round(seconds, 1), "steps": steps,
+            **score(semantic > 0, instances, ref)}
+
+
+def prediction_times(bundle: Path, root: Path, work: Path, copies: int) -> dict[str, float]:
+    """Seconds for one 512x512 image and for a folder of ``copies``, reflect (overlap-tile) vs constant padding."""
+    from medseg.workflows import predict
+
+    image = tifffile.imread(root / "images" / "nuclei_val.tif")
+    full = np.zeros((512, 512), dtype=image.dtype)
+    full[:, : image.shape[1]] = image
+    folder = work / "many"
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    for i in range(copies):
+        tifffile.imwrite(folder / f"img{i:03d}.tif", full)
+    times = {}
+    config = bundle / "configs" / "medseg_task.json"
+    original = config.read_text()
+    try:
+        for mode in ("reflect", "constant"):
+            cfg = json.loads(original)
+            cfg["inference"]["padding_mode"] = mode
+            config.write_text(json.dumps(cfg))
+            start = time.perf_counter()
+            predict.run(bundle, folder / "img000.tif", work / f"one_{mode}", instances=False)
+            times[f"one_512_{mode}_s"] = round(time.perf_counter() - start, 2)
+            start = time.perf_counter()
+            predict.run(bundle, folder, work / f"many_{mode}", instances=False)
+            times[f"folder_{copies}_{mode}_s"] = round(time.perf_counter() - start, 2)
+    finally:
+        config.write_text(original)
+    return times
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--minutes", type=float, default=4.0, help="training minutes per row")
+    p.add_argument("--data-dir", type=Path, default=Path("data"))
+    p.add_argument("--out", type=Path, default=Path("benchmarks/results/microscopy"))
+    p.add_argument("--copies", type=int, default=100, help="images in the prediction-time folder")
+    p.add_argument("--threads", type=int, default=2)
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    root = prepare_nuclei_sample(args.data_dir)
+    args.out.mkdir(parents=True, exist_ok=True)
+    rows = []
+    weighted, bundle = medseg_row("weight_map", ["training.loss=weighted_dice_ce"], root, args.minutes, args.out)
+    rows.append(weighted)
+    rows.append(medseg_row("no_weight_map", ["training.loss=dice_ce"], root, args.minutes, args.out)[0])
+    rows.append(plain_monai_row(root, args.minutes))
+    times = prediction_times(bundle, root, args.out, args.copies) if args.copies else {}
+    result = {"minutes_per_row": args.minutes, "threads": args.threads, "rows": rows, "prediction": times}
+    (args.out / "bench_microscopy.json").write_text(json.dumps(result, indent=2) + "\n")
+    print(f"{'row':22s} {'train s':>8s} {'Dice':>6s} {'obj F1':>7s} {'AJI':>6s} {'ARE':>6s} {'objects':>8s}")
+    for r in rows:
+        print(f"{r['row']:22s} {r['train_s']:8.0f} {r['pixel_dice']:6.3f} {r['object_f1']:7.3f} {r['aji']:6.3f}"
+              f" {r['adapted_rand_error']:6.3f} {r['objects']:4d}/{r['objects_reference']}")
+    for key, value in times.items():
+        print(f"{key}: {value} s")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
