@@ -250,8 +250,9 @@ def test_distill_end_to_end_on_a_tiny_budget(trained, tmp_path: Path, capsys) ->
                          "--data-dir", str(trained["work"] / "data"), "--budget-minutes", "0.2",
                          "--output-dir", str(tmp_path / "run"), "--set", "distill.temperature=3",
                          "--set", "network.channels=[4,8,16]"])
-    out = capsys.readouterr().out
-    assert code == 0, out
+    captured = capsys.readouterr()
+    out = captured.out
+    assert code == 0, captured.err
     record = json.loads((tmp_path / "run" / "distill.json").read_text())
     assert record["student"] == "light_unet" and record["temperature"] == 3.0 and record["iterations"] >= 1
     student_bundle = trained["bundle"].parent / "liver_ct_segmentation_light_unet"

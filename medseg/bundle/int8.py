@@ -29,6 +29,10 @@ from medseg.inference import Forward, build_chain, run_case, torch_forward
 from medseg.inference.runtimes import INT8_FILE, ONNX_FILE, build_engine
 
 
+#: calibration patches run between two merges of the activation ranges (each holds every activation in memory)
+STRIDE = 2
+
+
 class Int8Refused(MedsegError):
     """The INT8 model lost more validation Dice than allowed (the bundle was written without it)."""
 
@@ -53,11 +57,23 @@ def calibration_patches(cfg: Any, cases: list[Case], n: int, seed: int = 0) -> I
             yield np.ascontiguousarray(image[None].numpy(), dtype=np.float32)
 
 
-def _reader(patches: Iterator[np.ndarray], name: str) -> Any:
+def _reader(patches: Iterator[np.ndarray], n: int, name: str) -> Any:
+    """``n`` patches as ONNX Runtime's calibration reader, in strides (``set_range``: ``CalibStridedMinMax``)."""
     from onnxruntime.quantization import CalibrationDataReader  # deferred: export with INT8 only
 
     class Patches(CalibrationDataReader):
+        left = n
+
+        def __len__(self) -> int:
+            return n
+
+        def set_range(self, start_index: int, end_index: int) -> None:  # the next stride (patches come in order)
+            self.left = end_index - start_index
+
         def get_next(self) -> dict[str, np.ndarray] | None:
+            if self.left <= 0:
+                return None
+            self.left -= 1
             patch = next(patches, None)
             return None if patch is None else {name: patch}
 
@@ -73,10 +89,12 @@ def quantise(models_dir: Path, cfg: Any, train_cases: list[Case], n_patches: int
     with tempfile.TemporaryDirectory(prefix="medseg_int8_") as tmp:
         prepared = Path(tmp) / "prepared.onnx"
         quant_pre_process(str(source), str(prepared), skip_symbolic_shape=True)  # folded, shapes inferred
-        reader = _reader(calibration_patches(cfg, train_cases, n_patches), "image")
+        reader = _reader(calibration_patches(cfg, train_cases, n_patches), n_patches, "image")
+        # min/max ranges merged after every stride of patches: memory holds one stride's activations, not all
+        stride = STRIDE if n_patches % STRIDE == 0 else 1
         quantize_static(str(prepared), str(target), reader, quant_format=QuantFormat.QDQ, per_channel=True,
                         activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                        extra_options={"CalibMaxIntermediateOutputs": 8})  # ranges merged every 8 patches: bounded memory
+                        extra_options={"CalibStridedMinMax": stride})
     return target
 
 

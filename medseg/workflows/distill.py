@@ -57,9 +57,9 @@ def student_config(teacher: TaskConfig, student: str, bundle_dir: Path, override
     """The teacher's task config with the ``student`` network (its defaults), a bundle name of its own next to the
     teacher's, and ``overrides`` (``key=value``, as ``--set``) applied; checked like a training config."""
     data = teacher.to_dict()
-    net = data["network"]
-    data["network"] = {"name": student, "spatial_dims": net["spatial_dims"], "slice_mode": net["slice_mode"],
-                       "slice_axis": net["slice_axis"], "args": {}}
+    # the student's own defaults: every shorthand key null, no arguments, no deep supervision (dims, slice mode kept)
+    data["network"].update({"name": student, "args": {}, "deep_supervision": False, "ds_weights": [],
+                            **{k: None for k in ("channels", "strides", "num_res_units", "dropout", "norm")}})
     name = f"{teacher.bundle_name()}_{student}"
     data["bundle"].update({"name": name, "dir": str(bundle_dir), "int8": False})
     for item in overrides:

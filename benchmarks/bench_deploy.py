@@ -1,0 +1,167 @@
+"""Deployment on CPU: each engine and precision against PyTorch fp32 in the same run (issue 18).
+
+For one medseg bundle (default ``bundles/liver_ct_segmentation``) and each of torch fp32, onnxruntime fp32,
+openvino fp32 (when installed), onnxruntime INT8 and openvino INT8 (when the bundle holds ``model_int8.onnx``):
+
+- forward time of one sliding-window batch (``sw_batch_size`` windows of the training patch; median of repeats),
+- whole-CT prediction time through the one chain (synthetic 512x512x100 CT, 0.8 x 0.8 x 2.5 mm, as
+  ``bench_predict.py``), and the mask's Dice against torch fp32's,
+- peak resident memory of that prediction (a fresh process per engine, ``ru_maxrss``),
+- validation Dice per class on the run's validation cases (``--run RUN_DIR``: its ``cases.json``),
+
+and each figure's ratio to torch fp32. Threads: ``--threads`` (default 2) for torch and the runtimes alike. Targets:
+INT8 forward <= 0.5x torch fp32 with validation Dice within 0.005; the fastest engine's whole CT <= 0.5x.
+
+    .venv/bin/python benchmarks/bench_deploy.py [--bundle bundles/liver_ct_segmentation] [--run runs/liver/...]
+        [--threads 2] [--repeats 5] [--skip-ct]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from medseg.bundle.load import load_bundle  # noqa: E402
+from medseg.bundle.versions import resolve  # noqa: E402
+from medseg.inference import run_case  # noqa: E402
+from medseg.inference.runtimes import INT8_FILE, build_engine  # noqa: E402
+
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from bench_predict import synthetic_ct  # noqa: E402
+
+
+def variants(bundle: Path) -> list[tuple[str, str, bool]]:
+    """(label, engine, int8) for every runnable combination."""
+    import importlib.util
+
+    out = [("torch fp32", "torch", False), ("onnxruntime fp32", "onnxruntime", False)]
+    has_ov = importlib.util.find_spec("openvino") is not None
+    if has_ov:
+        out.append(("openvino fp32", "openvino", False))
+    if (bundle / "models" / INT8_FILE).is_file():
+        out.append(("onnxruntime int8", "onnxruntime", True))
+        if has_ov:
+            out.append(("openvino int8", "openvino", True))
+    return out
+
+
+def forward_time(forward, batch: torch.Tensor, repeats: int) -> float:
+    with torch.no_grad():
+        forward(batch)  # warm-up (graph optimisation, first allocations)
+        times = []
+        for _ in range(repeats):
+            t = time.perf_counter()
+            forward(batch)
+            times.append(time.perf_counter() - t)
+    return statistics.median(times)
+
+
+def dice(a: np.ndarray, b: np.ndarray, members: list[int]) -> float:
+    x, y = np.isin(a, members), np.isin(b, members)
+    total = int(x.sum()) + int(y.sum())
+    return 1.0 if total == 0 else 2.0 * int((x & y).sum()) / total
+
+
+def child(args: argparse.Namespace) -> None:
+    """One engine's whole-CT prediction in this process: prints seconds, peak RSS (MB) and writes the mask."""
+    torch.set_num_threads(args.threads)
+    loaded = load_bundle(args.bundle, torch.device("cpu"))
+    forward = build_engine(args.engine, loaded.network, loaded.root / "models", int8=args.int8).forward
+    t = time.perf_counter()
+    pred = run_case(loaded.chain, forward, {"image": str(args.ct)})
+    seconds = time.perf_counter() - t
+    np.save(args.mask, pred[0].numpy().astype(np.uint8))
+    print(json.dumps({"seconds": seconds, "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--bundle", type=Path, default=Path("bundles/liver_ct_segmentation"))
+    p.add_argument("--run", type=Path, help="the bundle's training run (validation cases in its cases.json)")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--skip-ct", action="store_true", help="leave out the 512x512x100 CT (forward and Dice only)")
+    p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--engine", help=argparse.SUPPRESS)
+    p.add_argument("--int8", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--ct", type=Path, help=argparse.SUPPRESS)
+    p.add_argument("--mask", type=Path, help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.child:
+        return child(args)
+    torch.set_num_threads(args.threads)
+    bundle = resolve(args.bundle)
+    loaded = load_bundle(bundle, torch.device("cpu"))
+    cfg = loaded.cfg
+    patch = list(cfg["training"]["patch_size"])
+    batch = torch.randn(2, 1, *patch, generator=torch.Generator().manual_seed(0))  # sw_batch_size 2 (inferer_def)
+    classes = cfg["evaluation"]["classes"]
+    val = []
+    if args.run is not None:
+        from monai.transforms import LoadImage
+
+        from medseg.data.labelmaps import mapped_labels
+
+        loader = LoadImage(image_only=True, ensure_channel_first=True)
+        for case in json.loads((args.run / "cases.json").read_text())["val"]:
+            ref = mapped_labels(loader(case["label"])[0].numpy(), cfg.effective_label_map())
+            val.append((case["image"], ref))
+
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        ct = Path(tmp) / "ct.nii.gz"
+        if not args.skip_ct:
+            synthetic_ct(ct)
+        masks = {}
+        for label, engine, int8 in variants(bundle):
+            forward = build_engine(engine, loaded.network, bundle / "models", int8=int8).forward
+            row = {"variant": label, "forward_s": forward_time(forward, batch, args.repeats)}
+            if val:
+                scores = {c: [] for c in classes}
+                for image, ref in val:
+                    pred = run_case(loaded.chain, forward, {"image": image})[0].numpy()
+                    for c, members in classes.items():
+                        scores[c].append(dice(pred, ref, list(members)))
+                row["val_dice"] = {c: float(np.mean(v)) for c, v in scores.items()}
+            if not args.skip_ct:
+                mask = Path(tmp) / f"{label.replace(' ', '_')}.npy"
+                cmd = [sys.executable, __file__, "--child", "--bundle", str(bundle), "--engine", engine,
+                       "--threads", str(args.threads), "--ct", str(ct), "--mask", str(mask)] + (["--int8"] if int8 else [])
+                out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1]
+                row.update(json.loads(out))
+                masks[label] = np.load(mask)
+                ref = masks["torch fp32"]
+                row["ct_dice_vs_torch"] = {c: dice(masks[label], ref, list(m)) for c, m in classes.items()}
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+
+    base = rows[0]
+    print(f"\n{bundle.name} ({cfg['network']['name']}, patch {patch}), {args.threads} threads, "
+          f"{torch.__version__.split('+')[0]} torch")
+    head = "| engine | forward / batch (s) | x torch | whole CT (s) | x torch | peak MB | CT Dice vs torch | val Dice |"
+    print(head)
+    print("|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        ct_s = f"{r['seconds']:.1f} | {r['seconds'] / base['seconds']:.2f}" if "seconds" in r else "- | -"
+        peak = f"{r['peak_mb']:.0f}" if "peak_mb" in r else "-"
+        ctd = ", ".join(f"{v:.4f}" for v in r.get("ct_dice_vs_torch", {}).values()) or "-"
+        vd = ", ".join(f"{c} {v:.4f}" for c, v in r.get("val_dice", {}).items()) or "-"
+        print(f"| {r['variant']} | {r['forward_s']:.3f} | {r['forward_s'] / base['forward_s']:.2f} | {ct_s} | {peak} |"
+              f" {ctd} | {vd} |")
+
+
+if __name__ == "__main__":
+    main()
