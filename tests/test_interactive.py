@@ -239,3 +239,50 @@ def test_rank_on_real_probabilities_puts_the_noisier_case_first(tmp_path):
     write_case(folder / "noisy.nii.gz", noise=300.0)
     scores = {p.name: rank.uncertainty(rank.probabilities(bundle, p))[0] for p in folder.iterdir()}
     assert scores["noisy.nii.gz"] != scores["clean.nii.gz"]
+
+
+def test_the_chain_takes_clicks_in_input_voxels(tmp_path):
+    """The bundle's chain (AddGuidanced last) maps an item's clicks from file voxels through reorientation,
+    resampling and crop onto the network's grid."""
+    src = write_case(tmp_path / "ct.nii.gz")  # a flipped x axis: RAS reorientation reverses it
+    chain = tiny_bundle(True).chain
+    image = chain.preprocessing({"image": str(src), "clicks": [[5, 18, 14, 1]]})["image"]
+    assert image.shape[0] == 1 + 3
+    peak = np.unravel_index(int(image[2].argmax()), image.shape[1:])
+    world = nib.load(src).affine @ [5, 18, 14, 1]
+    expected = np.linalg.inv(np.asarray(image.affine)) @ world
+    assert np.abs(np.array(peak) - expected[:3]).max() <= 0.5 + 1e-6
+    assert float(image[2].max()) > 0.9 and float(image[1].abs().sum()) == float(image[3].abs().sum()) == 0.0
+
+
+@pytest.mark.slow
+def test_click_guided_training_exports_a_bundle_that_runs_automatic(tmp_path, monkeypatch):
+    from tests.conftest import write_msd
+    from medseg.bundle.load import load_bundle
+    from medseg.train import main
+
+    write_msd(tmp_path / "data" / "Synthetic")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    monkeypatch.chdir(tmp_path)
+    calls = []
+    original = ClickIteration.simulate
+
+    def counted(self, *args, **kwargs):
+        clicks = original(self, *args, **kwargs)
+        calls.append(clicks)
+        return clicks
+
+    monkeypatch.setattr(ClickIteration, "simulate", counted)
+    args = [str(REPO / "pipelines" / "liver_interactive.yaml"), "--epochs", "2", "--data-dir", str(tmp_path / "data"),
+            "--output-dir", str(tmp_path / "run")]
+    overrides = FAST + ["data.dataset=Synthetic", f"bundle.dir={tmp_path / 'bundles'}", "tracking.enabled=false",
+                        "training.device=cpu"]
+    args += [a for o in overrides for a in ("--set", o)]
+    assert main(args) == 0
+    assert len(calls) == 2 * 2  # every training iteration went through the click simulation
+    assert any(len(sample) > 0 for batch in calls for sample in batch)
+    loaded = load_bundle(tmp_path / "bundles" / "liver_ct_interactive", torch.device("cpu"))
+    assert loaded.chain.in_channels == 4
+    session = CaseSession(loaded, "case_000", tmp_path / "data" / "Synthetic" / "imagesTr" / "case_000.nii.gz")
+    assert session.n_guidance == 3 and session.labels.shape == (40, 36, 28)
+    assert session.click([20, 18, 14], 1)["mode"] == "guided rerun"
