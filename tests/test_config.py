@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import copy
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -195,9 +196,12 @@ def test_old_run_folder_config_loads_and_stored_configs_are_checked():
     assert cfg.effective_spacing() == [0.8, 0.8, 3.0] and cfg.effective_image_channels() == 1
     assert cfg.effective_landmarks()[-1] == 1.0 and cfg.fitted.spacing is None and cfg.tracking.system_metrics
     missing = copy.deepcopy(old)
-    del missing["preprocessing"]["intensity"]  # a key this medseg needs and another one did not write
-    with pytest.raises(MedsegError, match=r"^medseg_task\.json: key 'preprocessing\.intensity' is missing"):
-        TaskConfig.from_dict(missing, source="medseg_task.json")
+    del missing["preprocessing"]["intensity"]  # any key an older medseg did not write takes today's default
+    assert TaskConfig.from_dict(missing, source="medseg_task.json").preprocessing.intensity == "window"
+    wrong = copy.deepcopy(old)
+    wrong["training"]["epochs"] = "many"
+    with pytest.raises(MedsegError, match=r"^medseg_task\.json: key 'training\.epochs' must be int, got 'many'"):
+        TaskConfig.from_dict(wrong, source="medseg_task.json")
     extra = copy.deepcopy(old)
     extra["training"]["epochz"] = 3
     with pytest.raises(MedsegError, match=r"^medseg_task\.json: unknown key 'training\.epochz'"):
@@ -205,6 +209,26 @@ def test_old_run_folder_config_loads_and_stored_configs_are_checked():
     json_style = copy.deepcopy(old)
     json_style["data"]["label_map"] = {"255": 1}  # JSON object keys are strings
     assert TaskConfig.from_dict(json_style, source="medseg_task.json").effective_label_map() == {255: 1}
+
+
+def test_config_yaml_of_an_older_medseg_takes_todays_defaults_for_keys_it_lacks(tmp_path: Path):
+    stored = load_config("liver", ["training.epochs=7"]).to_dict()
+    for section in ("inference", "interactive", "distill", "fitted"):  # sections an older medseg did not have
+        del stored[section]
+    del stored["tracking"]["system_metrics"], stored["bundle"]["int8"], stored["training"]["cache_dir"]
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(stored, sort_keys=False))
+    cfg = TaskConfig.from_dict(yaml.safe_load(path.read_text()), source=str(path))
+    today = TaskConfig.model_fields
+    assert cfg.training.epochs == 7 and cfg.data.labels == load_config("liver").data.labels
+    assert cfg.inference == today["inference"].get_default(call_default_factory=True)
+    assert cfg.tracking.system_metrics == type(cfg.tracking).model_fields["system_metrics"].default
+    assert cfg.bundle.int8 is type(cfg.bundle).model_fields["int8"].default
+    assert cfg.training.cache_dir == "" and cfg.fitted.spacing is None
+    stored["bundle"]["int9"] = True
+    path.write_text(yaml.safe_dump(stored, sort_keys=False))
+    with pytest.raises(MedsegError, match=rf"^{re.escape(str(path))}: unknown key 'bundle\.int9' \(known keys"):
+        TaskConfig.from_dict(yaml.safe_load(path.read_text()), source=str(path))
 
 
 def test_invalid_yaml_names_file_and_line(tmp_path: Path):

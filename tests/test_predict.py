@@ -246,7 +246,9 @@ def test_bundle_from_an_older_medseg_gets_one_line(trained, scans, tmp_path: Pat
     old = tmp_path / "old"
     shutil.copytree(trained["bundle"], old)
     task = json.loads((old / "configs" / "medseg_task.json").read_text())
-    del task["preprocessing"]["intensity"]  # a key this medseg needs and an older one did not write
+    # a key this medseg does not know (another medseg's name for preprocessing.intensity); a key it merely
+    # lacks would take today's default
+    task["preprocessing"]["normalisation"] = task["preprocessing"].pop("intensity")
     (old / "configs" / "medseg_task.json").write_text(json.dumps(task))
     args = ["--bundle", str(old), "--input", str(scans / "second.nii.gz"), "--output", str(tmp_path / "o")]
     assert predict_main(args) == 2

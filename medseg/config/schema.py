@@ -585,41 +585,32 @@ class TaskConfig(Section):
 
     @classmethod
     def from_dict(cls, data: Any, source: str) -> TaskConfig:
-        """Validate a stored config (a run folder's ``config.yaml``, a bundle's ``medseg_task.json``).
+        """Validate a stored config (a run folder's ``config.yaml``, ``resume.json``, a bundle's
+        ``medseg_task.json``).
 
-        A stored config is complete: a missing key means another medseg wrote it, and is refused naming the
-        key. Only the keys in :data:`NEWER_KEYS` may be absent (they take their defaults); configs written
-        before ``fitted`` hold the fitted spacing, landmarks and channel count as plain values of
-        ``preprocessing``, which work as they are.
+        The stored dict is merged over the schema defaults: a key it lacks (written by an older medseg, before
+        the key existed) takes today's default; unknown keys and wrong types are refused naming the dotted key.
+        Configs written before ``fitted`` hold the fitted spacing, landmarks and channel count as plain values
+        of ``preprocessing``, which work as they are.
         """
         if not isinstance(data, dict):
             raise MedsegError(f"{source}: a task config must be a mapping of sections, got {type(data).__name__}")
-        missing = _missing_keys(cls, data)
-        if missing:
-            raise MedsegError(f"{source}: key '{missing[0]}' is missing (a config written by another medseg"
-                              " version?)")
-        return validate(data, lambda key: source, source)
+        return validate(_over_defaults(cls, defaults(), data), lambda key: source, source)
 
 
-#: keys newer than configs already stored in run folders and bundles: a stored config without them takes their
-#: defaults (add every key introduced from now on, so older run folders still --resume)
-NEWER_KEYS = ("fitted", "tracking.system_metrics", "data.rgb", "training.weight_map", "inference",
-              "fitted.colour_channels", "interactive", "training.cache_dir",
-              "bundle.int8", "bundle.int8_patches", "bundle.int8_max_dice_loss", "distill")
-
-
-def _missing_keys(model: type[BaseModel], data: dict[str, Any], prefix: str = "") -> list[str]:
-    found = []
-    for name, field in model.model_fields.items():
-        if prefix + name in NEWER_KEYS:
-            continue
-        if name not in data:
-            found.append(prefix + name)
-            continue
-        kind = field.annotation
-        if isinstance(kind, type) and issubclass(kind, Section) and isinstance(data[name], dict):
-            found += _missing_keys(kind, data[name], f"{prefix}{name}.")
-    return found
+def _over_defaults(model: type[BaseModel], base: dict[str, Any], stored: dict[str, Any]) -> dict[str, Any]:
+    """A new dict: ``stored`` over ``base`` (the defaults), sections merged key by key; free-form maps
+    (``data.labels``, ``network.args``, ...) and values of other types are taken whole from ``stored``."""
+    out = dict(base)
+    for key, value in stored.items():
+        field = model.model_fields.get(key)
+        kind = field.annotation if field is not None else None
+        section = isinstance(kind, type) and issubclass(kind, Section)
+        if section and isinstance(value, dict) and isinstance(base.get(key), dict):
+            out[key] = _over_defaults(kind, base[key], value)
+        else:
+            out[key] = value
+    return out
 
 
 def _dotted(loc: tuple[Any, ...]) -> str:
