@@ -277,3 +277,32 @@ def test_monai_label_shapes_for_slicer(served):
     listing = json.loads(call(f"{url}/datastore/?output=all")[1])
     assert listing["objects"]["ct_001"]["labels"] == {"final": {"ext": ".nii.gz", "info": {}}}
     assert json.loads(call(f"{url}/activelearning/random", "POST", {})[1]) == {}
+
+
+def test_dicom_series_case_saves_nifti_and_dicom_seg_on_the_series_grid(tmp_path):
+    import pydicom
+
+    from medseg.data.dicom import write_series
+    from medseg.workflows.interact import CaseSession
+    from tests.conftest import synthetic_case
+
+    image, _, _ = synthetic_case()
+    lps = np.diag([1.5, 1.5, 2.0, 1.0])
+    lps[:3, 3] = [10.0, -20.0, 5.0]
+    write_series(tmp_path / "series", image.astype(np.float64), lps, series_uid="1.2.3.4", prefix="s")
+    session = CaseSession(threshold_bundle(), "dcm_001", tmp_path / "series")
+    assert session.shape == image.shape and session.image_array().shape == image.shape
+    centre = [int(v) for v in np.argwhere(session.labels == 1).mean(0).round()]
+    session.click(centre, 2, positive=True)
+    assert session.labels[tuple(centre)] == 2
+    files = session.save(tmp_path / "out")
+    assert [f.name for f in files] == ["dcm_001_seg.nii.gz", "dcm_001_seg.dcm", "dcm_001_clicks.json"]
+    saved = nib.load(files[0])
+    assert saved.shape == image.shape
+    np.testing.assert_allclose(saved.affine, np.diag([-1.0, -1.0, 1.0, 1.0]) @ lps, atol=1e-5)  # LPS -> RAS
+    assert np.array_equal(np.asarray(saved.dataobj), session.labels)
+    seg = pydicom.dcmread(files[1])
+    assert seg.Modality == "SEG" and seg.ReferencedSeriesSequence[0].SeriesInstanceUID == "1.2.3.4"
+    assert [s.SegmentLabel for s in seg.SegmentSequence] == ["liver", "tumour"]
+    log = files[2].read_text()
+    assert "1.2.3.4" not in log and "PatientName" not in log  # no identifiers from the series in the log
