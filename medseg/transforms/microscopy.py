@@ -18,7 +18,6 @@ Imports only torch, numpy, scipy and MONAI: exported bundles ship it in ``script
 
 from __future__ import annotations
 
-import math
 from collections.abc import Hashable, Mapping
 from typing import Any
 
@@ -50,11 +49,11 @@ def class_weights(label: np.ndarray) -> np.ndarray:
 def border_term(instances: np.ndarray, w0: float = 10.0, sigma: float = 5.0) -> np.ndarray:
     """``w0 exp(-(d1 + d2)^2 / 2 sigma^2)`` on the pixels outside every object (0 with fewer than 2 objects)."""
     shape = instances.shape
-    reach = sigma * math.sqrt(2.0 * math.log(1e4))  # d1 + d2 beyond this: term < 1e-4 w0
+    reach = sigma * float(np.sqrt(2.0 * np.log(1e4)))  # d1 + d2 beyond this: term < 1e-4 w0
     d1 = np.full(shape, np.inf)
     d2 = np.full(shape, np.inf)
     boxes = ndimage.find_objects(instances)
-    margin = int(math.ceil(reach)) + 1
+    margin = int(np.ceil(reach)) + 1
     for index, box in enumerate(boxes, start=1):
         if box is None:
             continue
