@@ -138,7 +138,8 @@ def test_crop_ratio_and_post_processing_reasons():
     assert rules.crop(big).value["pos_neg_ratio"] == 1.0
     assert rules.crop(small).value["pos_neg_ratio"] == 3.0
     post = rules.post_processing(big)
-    assert post.value == [] and "after training" in post.reason and "a" in post.reason
+    assert post.value == [] and "after training" in post.reason
+    assert post.reason.endswith("candidates with one component per case: a")
 
 
 def test_ras_geometry_reorders_an_lps_affine():
@@ -287,6 +288,9 @@ def test_train_dataset_dir_plans_and_trains(tmp_path, monkeypatch):
     cfg = yaml.safe_load(config_text)
     assert cfg["training"]["patch_size"] == plan["decisions"]["training.patch_size"]["value"]
     assert "plan training.epochs:" in (run / "train.log").read_text()
+    post = plan["decisions"]["evaluation.keep_largest_component"]
+    assert post["reason"].startswith("measured on 1 validation case(s) after training")
+    assert cfg["evaluation"]["keep_largest_component"] == post["value"]
     assert (tmp_path / "runs" / "plans" / "syn" / "syn.yaml").is_file()
     import mlflow
 
@@ -319,3 +323,45 @@ def test_persistent_preprocessing_cache_is_reused_and_invalidated(tmp_path):
     assert len(list(folder.glob("*.pt"))) == 2
     other = cfg.model_copy(update={"preprocessing": cfg.preprocessing.model_copy(update={"window": "bone"})})
     assert preprocessing_key(other) != preprocessing_key(cfg)  # a changed plan: a new cache folder
+
+
+@pytest.mark.slow
+def test_2d_png_folder_plans_2d_with_the_255_mask_mapped(tmp_path):
+    from PIL import Image
+
+    root = tmp_path / "em"
+    (root / "images").mkdir(parents=True)
+    (root / "labels").mkdir()
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[:96, :80]
+    for i in range(4):
+        mask = ((yy - 48 - i) ** 2 + (xx - 40) ** 2) < 400
+        img = rng.normal(120, 20, (96, 80)) + 60 * mask
+        Image.fromarray(img.clip(0, 255).astype(np.uint8)).save(root / "images" / f"s{i}.png")
+        Image.fromarray((mask * 255).astype(np.uint8)).save(root / "labels" / f"s{i}.png")
+    plan = plan_dataset(root, budget_minutes=5)
+    d = plan.decisions
+    assert d["network.spatial_dims"].value == 2 and d["network.slice_mode"].value is False
+    assert d["network.spatial_dims"].reason == "the images are 2D" and len(d["training.patch_size"].value) == 2
+    assert d["data.modality"].value == "microscopy" and d["preprocessing.intensity"].value == "percentile"
+    assert plan.pipeline["data"]["label_map"] == {255: 1} and plan.fingerprint["labels"] == {"background": 0,
+                                                                                             "label_1": 1}
+    assert d["augmentation.rotate_deg"].value == 180.0 and d["augmentation.elastic.prob"].value == 0.3
+    cfg = load_config(str(write_plan(plan, tmp_path / "em.yaml")))
+    assert cfg.training.patch_size == d["training.patch_size"].value
+
+
+def test_keep_largest_component_is_kept_only_where_it_raises_validation_dice(tmp_path):
+    from medseg.data.case import Case
+    from medseg.plan.post import decide_largest_component
+
+    root = _msd(tmp_path, n=1)
+    case = Case.of(root / "imagesTr" / "case_000.nii.gz", root / "labelsTr" / "case_000.nii.gz")
+    ref = nib.load(case.label)
+    pred = np.asarray(ref.dataobj).copy()
+    pred[:3, :3, :3] = 1  # a false-positive island of liver, away from the organ
+    (tmp_path / "pred").mkdir()
+    nib.save(nib.Nifti1Image(pred, ref.affine), tmp_path / "pred" / "case_000.nii.gz")
+    decision = decide_largest_component(load_config("liver"), [case], tmp_path / "pred")
+    assert decision.value == ["liver"]  # tumour has one component already: unchanged, not kept
+    assert "liver 0." in decision.reason and "-> 1.0000" in decision.reason

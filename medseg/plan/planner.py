@@ -46,7 +46,7 @@ PLANNED_KEYS = (
     "network.channels", "network.strides", "training.patch_size", "training.batch_size", "training.epochs",
     "training.iterations_per_epoch", "training.val_every", "training.amp", "training.pos_neg_ratio",
     "augmentation.crop.mode", "augmentation.rotate_deg", "augmentation.scale", "augmentation.elastic.prob",
-    "evaluation.keep_largest_component",
+    "evaluation.keep_largest_component", "evaluation.classes",
 )
 
 

@@ -288,5 +288,6 @@ def post_processing(fp: dict[str, Any]) -> Decision:
     """Keep-largest-component is decided on the validation predictions after training (nnU-Net measures it
     per class); before that the plan leaves it off and names the candidates (one component per case)."""
     candidates = [n for n, c in fp["classes"].items() if c["median_components"] <= 1.0]
-    return Decision([], "off: decided after training on the validation predictions (not measured by the plan);"
-                        f" candidates with one component per case: {', '.join(candidates) or 'none'}")
+    return Decision([], "off until measured: a planned run decides it after training on its validation"
+                        " predictions (medseg.plan.post); candidates with one component per case:"
+                        f" {', '.join(candidates) or 'none'}")

@@ -32,9 +32,11 @@ from medseg.data.labelmaps import mapped_labels, write_label_nifti
 from medseg.data.layouts import all_cases, load_dataset
 from medseg.data.locate import locate_dataset
 from medseg.engine import distributed
+from medseg.engine.builders import reported_classes
 from medseg.engine.folds import fold_split, make_folds, summarise_folds
 from medseg.inference import build_chain, run_case, torch_forward
 from medseg.plan.auto import AutoFill
+from medseg.plan.post import decide_largest_component
 from medseg.plan.rules import OVERHEAD
 from medseg.engine.resume import read_state, resume_config, stored_config, write_state
 from medseg.engine.trainer import TrainResult, train
@@ -330,6 +332,8 @@ def evaluate_export_report(opts: Options, cfg: Any, result: TrainResult, val_cas
     """Final metrics on the original grid, the bundle, ``run.json``, the figures, and all of it in MLflow."""
     logger.info("final evaluation on the original grid of %d validation case(s)", len(val_cases))
     per_case = evaluate_cases(cfg, result.network, val_cases, result.device, run_dir / "predictions")
+    if opts.plan is not None and "evaluation.keep_largest_component" not in opts.plan.hand:
+        cfg, per_case = _planned_largest_component(opts, cfg, result, val_cases, run_dir, per_case)
     summary = summarise(per_case)
     reports = write_reports(per_case, summary, run_dir)
     bundle_dir = None
@@ -355,6 +359,24 @@ def evaluate_export_report(opts: Options, cfg: Any, result: TrainResult, val_cas
         log_to_tracker(tracker, opts, cfg, summary, elapsed, artifacts, bundle_dir)
     logger.info("finished in %.0fs; results in %s", elapsed, run_dir)
     return TrainOutcome(run_dir, summary=summary, report=report)
+
+
+def _planned_largest_component(opts: Options, cfg: Any, result: TrainResult, val_cases: list[Case], run_dir: Path,
+                               per_case: dict) -> tuple[Any, dict]:
+    """A planned run's post-training decision (medseg.plan.post): keep-largest-component for the classes where
+    it raises validation Dice; then the config (config.yaml, the bundle) and the final metrics include it."""
+    decision = decide_largest_component(cfg, val_cases, run_dir / "predictions")
+    opts.plan.decisions["evaluation.keep_largest_component"] = decision
+    logger.info("plan evaluation.keep_largest_component: %s", decision.reason)
+    atomic_write_text(run_dir / "plan.json", json.dumps(opts.plan.to_json(), indent=1, default=str))
+    if decision.value:
+        evaluation = cfg.evaluation.model_copy(update={"keep_largest_component": list(decision.value),
+                                                       "classes": dict(reported_classes(cfg))})
+        cfg = cfg.model_copy(update={"evaluation": evaluation})
+        per_case = evaluate_cases(cfg, result.network, val_cases, result.device, run_dir / "predictions")
+    atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False)
+                      + opts.plan.comment_block())
+    return cfg, per_case
 
 
 def log_to_tracker(tracker: Tracker, opts: Options, cfg: Any, summary: dict, elapsed: float, artifacts: list[Path],
