@@ -7,15 +7,17 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from pydantic import ValidationError
 
-from medseg.config import DEFAULTS
+from medseg.config import TrainingConfig
 from medseg.engine.losses import build_loss
 from medseg.engine.optim import build_optimizer, build_scheduler
 from medseg.errors import MedsegError
 
 
-def tr(**kw) -> dict:
-    return {**DEFAULTS["training"], **kw}
+def tr(**kw) -> TrainingConfig:
+    """The training section with ``kw`` over its defaults, validated as a stored config is."""
+    return TrainingConfig.model_validate({**TrainingConfig().to_dict(), **kw})
 
 
 def one_hot_logits(classes: torch.Tensor, n: int, big: float = 30.0) -> torch.Tensor:
@@ -89,11 +91,11 @@ def test_default_loss_is_monai_dice_ce():
     g = torch.Generator().manual_seed(3)
     logits = torch.randn(2, 3, 5, 4, 3, generator=g)
     label = torch.randint(0, 3, (2, 1, 5, 4, 3), generator=g)
-    ours = build_loss(dict(DEFAULTS["training"]))(logits, label)
+    ours = build_loss(tr())(logits, label)
     assert torch.equal(ours, DiceCELoss(to_onehot_y=True, softmax=True)(logits, label))
 
 
-def lrs(cfg: dict, epochs: int) -> list[float]:
+def lrs(cfg: TrainingConfig, epochs: int) -> list[float]:
     opt = build_optimizer([torch.nn.Parameter(torch.zeros(1))], cfg)
     sched = build_scheduler(opt, cfg)
     out = []
@@ -105,20 +107,20 @@ def lrs(cfg: dict, epochs: int) -> list[float]:
 
 
 def test_schedules_at_known_epochs():
-    base = tr(learning_rate=1.0, epochs=10, min_lr_ratio=0.0)
-    cos = lrs({**base, "schedule": "cosine"}, 10)
+    base = {"learning_rate": 1.0, "epochs": 10, "min_lr_ratio": 0.0}
+    cos = lrs(tr(**base, schedule="cosine"), 10)
     assert cos[0] == pytest.approx(1.0) and cos[5] == pytest.approx(0.5) and cos[10] == pytest.approx(0.0, abs=1e-12)
-    warm = lrs({**base, "schedule": "cosine", "warmup_epochs": 2, "warmup_start_ratio": 0.1}, 10)
+    warm = lrs(tr(**base, schedule="cosine", warmup_epochs=2, warmup_start_ratio=0.1), 10)
     assert warm[:3] == pytest.approx([0.1, 0.55, 1.0])
     assert warm[6] == pytest.approx(0.5) and warm[10] == pytest.approx(0.0, abs=1e-12)  # cosine over 8 epochs
-    step = lrs({**base, "schedule": "step", "step_size": 3, "step_gamma": 0.1}, 7)
+    step = lrs(tr(**base, schedule="step", step_size=3, step_gamma=0.1), 7)
     assert step == pytest.approx([1, 1, 1, 0.1, 0.1, 0.1, 0.01, 0.01])
-    poly = lrs({**base, "schedule": "poly", "poly_power": 0.9}, 10)
+    poly = lrs(tr(**base, schedule="poly", poly_power=0.9), 10)
     assert poly == pytest.approx([(1 - k / 10) ** 0.9 for k in range(11)])
-    restarts = lrs({**base, "schedule": "cosine_restarts", "restart_epochs": 4, "restart_mult": 2}, 12)
+    restarts = lrs(tr(**base, schedule="cosine_restarts", restart_epochs=4, restart_mult=2), 12)
     assert restarts[2] == pytest.approx(0.5) and restarts[4] == pytest.approx(1.0)  # restart after 4 epochs
     assert restarts[8] == pytest.approx(0.5) and restarts[12] == pytest.approx(1.0)  # then an 8-epoch cycle
-    const = lrs({**base, "schedule": "constant", "warmup_epochs": 1, "warmup_start_ratio": 0.5}, 3)
+    const = lrs(tr(**base, schedule="constant", warmup_epochs=1, warmup_start_ratio=0.5), 3)
     assert const == pytest.approx([0.5, 1.0, 1.0, 1.0])
 
 
@@ -130,8 +132,11 @@ def test_optimisers():
     assert type(build_optimizer(p, tr(optimizer="adam"))) is torch.optim.Adam
     adamw = build_optimizer(p, tr(optimizer="adamw", weight_decay=0.05))
     assert type(adamw) is torch.optim.AdamW and adamw.defaults["weight_decay"] == 0.05
+    with pytest.raises(ValidationError, match="'rmsprop'; choose one of adam, adamw, sgd"):
+        tr(optimizer="rmsprop")
+    unchecked = tr().model_copy(update={"optimizer": "rmsprop"})  # past the schema: the registry still refuses
     with pytest.raises(MedsegError, match="adamw, adam, sgd"):
-        build_optimizer(p, tr(optimizer="rmsprop"))
+        build_optimizer(p, unchecked)
 
 
 @pytest.mark.parametrize("key,value,known", [

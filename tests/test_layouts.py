@@ -149,7 +149,7 @@ def test_folders_mixed_formats_dicom_and_geometry_mismatch(tmp_path, caplog):
     text = str(err.value)
     assert "label c2.nii.gz" in text and "does not match image c2.mha" in text
     assert "origin (-10.00, 20.00, 8.00)" in text and "origin (-10.00, 20.00, 5.00)" in text  # both geometries
-    cfg["data"]["skip_bad"] = True
+    cfg = config("folders", skip_bad=True)
     with caplog.at_level("WARNING", logger="medseg.data"):
         train, val = load_dataset(cfg, root, seed=0)
     assert sorted(Path(c["image"]).name for c in train + val) == ["c0.nii.gz", "c1"]

@@ -11,7 +11,7 @@ message, or with ``data.skip_bad: true`` (``--skip-bad``) leaves the bad cases o
 - ``csv``: ``data.dataset`` is a CSV file with ``image`` and ``label`` columns (paths relative to the CSV;
   several channels separated by ``;``).
 - ``folders``: ``images/`` and ``labels/`` matched by file stem, any readable format, 2D or 3D, files or
-  DICOM series folders. 8-bit masks stored as 0/255 map to 0/1 (``data.label_map``).
+  DICOM series folders. 8-bit masks stored as 0/255 are checked as 0/1 (``fitted.label_map``).
 """
 
 from __future__ import annotations
@@ -211,12 +211,3 @@ def _problems(groups: list[list[Case]], check) -> list[list[list[str]]]:
     """``check(case)`` for every case of every group, on a few threads (file reading and zlib release the GIL)."""
     with ThreadPoolExecutor(max_workers=4) as pool:
         return [list(pool.map(check, group)) for group in groups]
-
-
-def _detect_255_masks(cfg: dict[str, Any], cases: list[Case]) -> None:
-    """``data.label_map`` {255: 1} for 0/255 masks, in a plain-dict config (``medseg.data check`` on a folder)."""
-    data = cfg["data"]
-    found = {} if data["label_map"] else detect_255_label_map(dict(data["labels"]), cases)
-    if found:
-        data["label_map"] = found
-        logger.info("labels are 0/255 masks: mapping 255 to 1 (data.label_map)")

@@ -24,7 +24,6 @@ cases. The defaults (``dice_ce``, weights 1 and 1, eps 1e-5, background included
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Any
 
 import monai.losses
@@ -39,13 +38,11 @@ OWN_LOSSES = {"WeightMapLoss": WeightMapLoss}
 
 
 def training_section(tr: Any) -> TrainingConfig:
-    """``tr`` as a :class:`TrainingConfig`; a plain mapping of training keys (tests, benchmarks) is laid over
-    the defaults unvalidated, so an unknown name still meets the registry's one-line refusal."""
+    """``tr`` itself, checked to be the training section (``cfg.training``; tests and benchmarks build one with
+    :func:`medseg.config.load_config` or ``TrainingConfig.model_validate``)."""
     if isinstance(tr, TrainingConfig):
         return tr
-    if isinstance(tr, Mapping):
-        return TrainingConfig.model_construct(**{**TrainingConfig().to_dict(), **dict(tr)})
-    raise TypeError(f"expected the training section, got {type(tr).__name__}")
+    raise TypeError(f"expected the training section (a TrainingConfig), got {type(tr).__name__}")
 
 
 def _dice_args(tr: TrainingConfig) -> dict[str, Any]:

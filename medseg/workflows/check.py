@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from medseg.config import load_config
+from medseg.config import TaskConfig, load_config
 from medseg.data.case import Case, items
 from medseg.data.check import CaseResult, check_case, summarise
 from medseg.data.labelmaps import detect_255_label_map
@@ -58,8 +58,9 @@ class CheckReport:
                            "orientation": r.axcodes, "label_values": r.label_values} for r in self.results]}
 
 
-def _path_config(root: Path, layout: str | None) -> tuple[dict[str, Any], set[int] | None]:
-    """A minimal config for a dataset given as a path; expected labels from its dataset.json when it has one."""
+def _path_config(root: Path, layout: str | None) -> tuple[TaskConfig, set[int] | None]:
+    """A minimal config for a dataset given as a path (the schema defaults with its layout and labels);
+    expected labels from its dataset.json when it has one."""
     layout = layout or detect_layout(root)
     expected: set[int] | None = None
     labels: dict[str, int] = {"background": 0}
@@ -74,8 +75,8 @@ def _path_config(root: Path, layout: str | None) -> tuple[dict[str, Any], set[in
             except (TypeError, ValueError) as err:
                 raise MedsegError(f"{root / 'dataset.json'}: 'labels' must pair names with integer values ({err})") from err
             expected = set(labels.values())
-    cfg = {"data": {"layout": layout, "labels": labels, "label_map": {}, "val_fraction": 0.2, "skip_bad": True}}
-    return cfg, expected
+    stored = {"task": root.name or "dataset", "data": {"layout": layout, "labels": labels, "skip_bad": True}}
+    return TaskConfig.from_dict(stored, source=f"{root} (layout {layout})"), expected
 
 
 def open_dataset(target: str | Path, *, data_dir: str | Path | None = None, layout: str | None = None,
@@ -89,11 +90,10 @@ def open_dataset(target: str | Path, *, data_dir: str | Path | None = None, layo
     else:
         cfg = load_config(str(target), list(overrides) + ([f"data.layout={layout}"] if layout else []))
         root = locate_dataset(cfg, Path(data_dir or "data"), explicit=data_dir is not None)
-        expected = set(cfg["data"]["labels"].values())
+        expected = set(cfg.data.labels.values())
     cases = all_cases(cfg, root)
-    label_map = {int(k): int(v) for k, v in (cfg["data"].get("label_map") or {}).items()}
-    label_map = label_map or detect_255_label_map(dict(cfg["data"]["labels"]), cases)  # 0/255 masks: {255: 1}
-    return Dataset(root, cfg["data"]["layout"], cases, expected, label_map)
+    label_map = cfg.effective_label_map() or detect_255_label_map(cfg.data.labels, cases)  # 0/255 masks: {255: 1}
+    return Dataset(root, cfg.data.layout, cases, expected, label_map)
 
 
 def run(dataset: Dataset, on_case: Callable[[CaseResult], None] | None = None) -> CheckReport:
