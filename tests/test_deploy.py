@@ -266,3 +266,20 @@ def test_distill_end_to_end_on_a_tiny_budget(trained, tmp_path: Path, capsys) ->
         assert record["dice"][name]["teacher_dice"] == pytest.approx(teacher_meta["eval_metrics"][f"{name}_dice"],
                                                                       abs=1e-4)
         assert f"{name}: teacher Dice {record['dice'][name]['teacher_dice']:.3f}" in out
+
+
+def test_predict_help_choices_are_the_workflow_tables() -> None:
+    """``medseg.cli.predict`` keeps plain copies (``--help`` without torch and MONAI): the same as the sources."""
+    from medseg.cli import predict as cli
+    from medseg.inference.runtimes import ENGINES
+    from medseg.workflows.predict import FORMATS
+
+    assert cli.FORMATS == FORMATS and cli.ENGINES == ENGINES
+
+
+def test_predict_help_imports_neither_torch_nor_monai() -> None:
+    import subprocess
+
+    code = "import sys, medseg.cli.predict as c; c.build_parser(); print(sorted({'torch', 'monai'} & set(sys.modules)))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"

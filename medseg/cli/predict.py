@@ -15,11 +15,14 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-import torch
 from tqdm import tqdm
 
 from medseg.errors import run_cli
-from medseg.workflows import predict
+
+# plain tuples, so that --help answers without importing torch and MONAI (tests/test_deploy.py checks they are
+# medseg.workflows.predict.FORMATS and medseg.inference.runtimes.ENGINES)
+FORMATS = ("auto", "nifti", "dicom-seg")
+ENGINES = ("torch", "onnxruntime", "openvino")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -27,13 +30,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bundle", type=Path, required=True, help="MONAI Bundle folder (bundles/<name>) or .zip")
     p.add_argument("--input", type=Path, required=True, help="image file, DICOM series folder, or folder of cases")
     p.add_argument("--output", type=Path, required=True, help="output folder")
-    p.add_argument("--format", choices=predict.FORMATS, default="auto",
+    p.add_argument("--format", choices=FORMATS, default="auto",
                    help="output format (default auto: PNG/TIFF/JPEG input as PNG/TIFF masks, the rest NIfTI)")
     p.add_argument("--tta", action="store_true", help="average over mirrored copies (2^d passes, slower)")
     p.add_argument("--device", choices=("cpu", "cuda"), help="default: cuda when available")
     p.add_argument("--series", help="SeriesInstanceUID, where a DICOM folder holds several series")
     p.add_argument("--trust", action="store_true", help="allow a bundle not written by medseg to run its config code")
-    p.add_argument("--engine", choices=predict.ENGINES, default="torch",
+    p.add_argument("--engine", choices=ENGINES, default="torch",
                    help="runtime of the forward passes (default torch; onnxruntime/openvino run models/model.onnx)")
     p.add_argument("--int8", action="store_true",
                    help="run the bundle's INT8 model (models/model_int8.onnx; onnxruntime unless --engine openvino)")
@@ -45,6 +48,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def run(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    import torch  # deferred: --help answers without torch and MONAI
+
+    from medseg.workflows import predict  # deferred: as above
+
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     # the bar shows on a terminal only (a line per case otherwise)
     with tqdm(desc="predicting", unit="case", file=sys.stderr, disable=None) as bar:
