@@ -365,3 +365,12 @@ def test_keep_largest_component_is_kept_only_where_it_raises_validation_dice(tmp
     decision = decide_largest_component(load_config("liver"), [case], tmp_path / "pred")
     assert decision.value == ["liver"]  # tumour has one component already: unchanged, not kept
     assert "liver 0." in decision.reason and "-> 1.0000" in decision.reason
+
+
+def test_a_pooling_level_fewer_rather_than_a_short_axis_cut_by_a_quarter():
+    fp = fake_fp((60, 128, 128), (1.0, 1.0, 1.0))
+    patch = rules.patch_size(fp, [1.0, 1.0], 256 * 256, 2, axes=[0, 1]).value
+    assert patch == [48, 128]  # 32 (five poolings' multiple) would cut the 60-voxel axis to 32
+    strides = rules.pooling(patch, [1.0, 1.0])
+    assert len(strides) == 4 and all(p % 16 == 0 for p in patch)
+    assert [p // t for p, t in zip(patch, rules.total_stride(strides, 2))] == [6, 8]

@@ -100,6 +100,15 @@ def slice_axis(spacing: list[float]) -> int:
 
 
 def pooling(patch: list[int], spacing: list[float], max_levels: int = MAX_LEVELS) -> list[list[int]]:
+    """Strides per level and axis (:func:`nnunet_pooling`), without the deepest levels whose total stride
+    would not divide every patch axis (the network takes one input multiple for all axes)."""
+    strides = nnunet_pooling(patch, spacing, max_levels)
+    while len(strides) > 1 and any(p % max(total_stride(strides, len(patch))) for p in patch):
+        strides = strides[:-1]
+    return strides
+
+
+def nnunet_pooling(patch: list[int], spacing: list[float], max_levels: int = MAX_LEVELS) -> list[list[int]]:
     """Strides per level and axis, nnU-Net's way: an axis is halved while it stays at least
     ``MIN_BOTTLENECK`` voxels and its spacing is at most 2x the finest current spacing (so a coarse axis
     waits until the others have caught up)."""
@@ -127,7 +136,8 @@ def patch_size(fp: dict[str, Any], spacing: list[float], voxels: int, dims: int,
                axes: list[int] | None = None) -> Decision:
     """The patch: the same extent in mm on every axis (sizes proportional to 1/spacing), scaled to ``voxels``,
     each axis capped at the median resampled shape (what a cap frees goes to the other axes), then rounded
-    down to a multiple of the network's total stride. ``axes``: the image axes the patch spans (2D slices:
+    down to a multiple of the network's total stride (one pooling level fewer where rounding would cut an
+    axis by more than a quarter). ``axes``: the image axes the patch spans (2D slices:
     the two in-plane axes)."""
     shape_all = resampled_shape(fp, spacing)
     axes = list(range(len(shape_all))) if axes is None else axes
@@ -150,9 +160,14 @@ def patch_size(fp: dict[str, Any], spacing: list[float], voxels: int, dims: int,
         for a in over:
             size[a], capped[a] = shape[a], True
     patch = [int(max(MIN_BOTTLENECK * 2, s + 1e-6)) for s in size]  # 1e-6: a cube root of 128**3
-    for _ in range(2):  # strides depend on the patch and the patch on their multiple
-        multiple = max(total_stride(pooling(patch, sp), dims))
-        patch = [_round(p, multiple) for p in patch]
+    full = nnunet_pooling(patch, sp)
+    for levels in range(len(full), 0, -1):  # a level fewer rather than an axis rounded down by over a quarter
+        multiple = max(total_stride(full[:levels], dims))
+        rounded = [_round(p, multiple) for p in patch]
+        if all(r >= 0.75 * p for r, p in zip(rounded, patch)):
+            break
+    patch = rounded
+    multiple = max(total_stride(pooling(patch, sp), dims))
     cover = float(np.prod([min(1.0, p / n) for p, n in zip(patch, shape)]))
     return Decision(patch, f"{_fmt(patch)} voxels ({_fmt([round(p * s) for p, s in zip(patch, sp)])} mm): equal mm"
                            f" per axis within {voxels:,} voxels, capped at the median resampled image"
