@@ -374,3 +374,25 @@ def test_a_pooling_level_fewer_rather_than_a_short_axis_cut_by_a_quarter():
     strides = rules.pooling(patch, [1.0, 1.0])
     assert len(strides) == 4 and all(p % 16 == 0 for p in patch)
     assert [p // t for p, t in zip(patch, rules.total_stride(strides, 2))] == [6, 8]
+
+
+def test_nnunet_raw_layout_gives_labels_and_modality_from_its_dataset_json(tmp_path):
+    from medseg.plan.planner import dataset_cases, manifest_modality
+
+    root = tmp_path / "Dataset001_Syn"
+    (root / "imagesTr").mkdir(parents=True)
+    (root / "labelsTr").mkdir()
+    from tests.conftest import synthetic_case
+
+    for i in range(3):
+        image, label, affine = synthetic_case(seed=i)
+        nib.save(nib.Nifti1Image(image, affine), root / "imagesTr" / f"syn_{i:03d}_0000.nii.gz")
+        nib.save(nib.Nifti1Image(label, affine), root / "labelsTr" / f"syn_{i:03d}.nii.gz")
+    (root / "dataset.json").write_text(json.dumps({
+        "channel_names": {"0": "CT"}, "labels": {"background": 0, "liver": 1, "tumour": 2},
+        "numTraining": 3, "file_ending": ".nii.gz"}))
+    layout, cases, labels = dataset_cases(root, None)
+    assert layout == "nnunet" and labels == {"background": 0, "liver": 1, "tumour": 2}
+    assert manifest_modality(root) == "CT" and len(cases) == 3
+    fp = fingerprint(cases, labels, "CT")
+    assert set(fp["classes"]) == {"liver", "tumour"} and fp["dims"] == 3 and fp["anisotropy"] == pytest.approx(4 / 3)
