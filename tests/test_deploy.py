@@ -283,3 +283,23 @@ def test_predict_help_imports_neither_torch_nor_monai() -> None:
     code = "import sys, medseg.cli.predict as c; c.build_parser(); print(sorted({'torch', 'monai'} & set(sys.modules)))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+@pytest.mark.slow
+def test_training_with_bundle_int8_exports_the_int8_model(tmp_path: Path, monkeypatch) -> None:
+    from medseg.train import main as train_main
+
+    from .conftest import FAST, write_msd
+
+    write_msd(tmp_path / "data" / "Synthetic")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    monkeypatch.chdir(tmp_path)
+    sets = FAST + ["data.dataset=Synthetic", f"bundle.dir={tmp_path / 'bundles'}", "bundle.int8=true",
+                   "bundle.int8_patches=4", "bundle.int8_max_dice_loss=1.0"]
+    args = ["liver", "--epochs", "1", "--data-dir", str(tmp_path / "data"), "--output-dir", str(tmp_path / "run")]
+    assert train_main(args + [a for o in sets for a in ("--set", o)]) == 0
+    bundle = tmp_path / "bundles" / "liver_ct_segmentation"
+    meta = json.loads((bundle / "configs" / "metadata.json").read_text())
+    assert (bundle / "models" / "model_int8.onnx").is_file() and meta["medseg_int8"]["calibration_patches"] == 4
+    summary = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert meta["medseg_int8"]["fp32_dice"]["liver"] == pytest.approx(summary["liver"]["dice"], abs=1e-6)
