@@ -187,8 +187,8 @@ def test_shipped_modules_import_only_monai_torch_and_their_shipped_siblings(modu
         imported |= {n.module.split(".")[0] for n in ast.walk(tree)
                      if isinstance(n, ast.ImportFrom) and n.module and n.level == 0}
         siblings = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.level > 0}
-        assert imported <= {"__future__", "collections", "typing", "hashlib", "pathlib", "numpy", "torch", "monai",
-                            "scipy", "SimpleITK"}, module.__name__
+        third_party = imported - set(sys.stdlib_module_names)
+        assert third_party <= {"numpy", "torch", "monai", "scipy", "SimpleITK"}, module.__name__
         assert siblings <= stems and all(n.level == 1 for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)
                                          and n.level), module.__name__
 
