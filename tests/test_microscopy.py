@@ -526,3 +526,21 @@ def test_overlap_tile_in_the_bundle_inference_json():
     assert "*.png" in config["datalist"] and "*.tif" in config["datalist"]
     readers = config["preprocessing"]["transforms"][0]["reader"]
     assert "scripts.medseg_inference.PictureReader" in readers
+
+
+def test_picture_geometry_is_simpleitks_so_nifti_predictions_overlay_the_png_labels(grey_bundle, tmp_path):
+    """medseg.evaluate and the training's final evaluation read PNG labels with SimpleITK (identity in LPS): a
+    NIfTI prediction of a PNG must land on the same pixels, not mirrored."""
+    from medseg.data.labelmaps import read_labelmap, same_grid
+    from medseg.workflows import predict
+
+    rng = np.random.default_rng(5)
+    Image.fromarray(rng.integers(0, 256, (45, 70), dtype=np.uint8)).save(tmp_path / "s.png")
+    (png,) = predict.run(grey_bundle, tmp_path / "s.png", tmp_path / "png")
+    (nii,) = predict.run(grey_bundle, tmp_path / "s.png", tmp_path / "nii", format="nifti")
+    as_label = read_labelmap(Path(png))  # SimpleITK reading of the PNG mask
+    from_nifti = read_labelmap(Path(nii))
+    assert same_grid(as_label, from_nifti)
+    assert np.array_equal(from_nifti.array.astype(np.uint8) * 255, as_label.array)
+    _, meta = PictureReader().get_data(PictureReader().read(tmp_path / "s.png"))
+    assert np.allclose(meta["affine"], np.diag([-1.0, -1.0, 1.0, 1.0]))  # LPS identity in MONAI's RAS

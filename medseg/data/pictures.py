@@ -4,8 +4,8 @@
 16-bit pictures as ``(W, H)``, colour ones as ``(W, H, 3)`` (alpha dropped; channel last, so ``EnsureChannelFirstd``
 makes three channels), multi-page TIFFs as a ``(W, H, pages)`` stack. Own reader, because MONAI's defaults
 split the formats between readers that disagree (``PILReader`` for PNG with an identity affine, ``ITKReader`` for
-TIFF with a flipped LPS one, a multi-page TIFF read as channels). Axes are ``(x, y)`` as MONAI's ``PILReader``
-gives them (``reverse_indexing``), the affine is the identity (pixels), TIFF resolution tags give the spacing.
+TIFF with ITK's, a multi-page TIFF read as channels). Axes are ``(x, y)`` as MONAI's ``PILReader`` gives
+them (``reverse_indexing``); the affine is ITK's (the identity in LPS), TIFF resolution tags give the spacing.
 
 :func:`write_picture` writes a label map in a picture's format and size (JPEG input: PNG, lossless), with the
 label values mapped back to the stored ones (``{1: 255}`` for 0/255 masks); :class:`SavePictured` is the same
@@ -121,8 +121,9 @@ class PictureReader(ImageReader):
                 data = array.T
             spatial = data.shape[:-1] if colour else data.shape
             ndim = len(spatial)
-            affine = np.eye(4)
-            affine[0, 0], affine[1, 1] = spacing
+            # SimpleITK's (and MONAI's ITKReader's) geometry of a picture: identity in LPS, i.e. x and y flipped in
+            # MONAI's RAS, so predictions and labels read by SimpleITK (medseg.data.images) share one world frame
+            affine = np.diag([-spacing[0], -spacing[1], 1.0, 1.0])
             arrays.append(np.ascontiguousarray(data))
             if not meta:
                 meta = {MetaKeys.AFFINE: affine, MetaKeys.ORIGINAL_AFFINE: affine.copy(),

@@ -118,8 +118,8 @@ def preprocess_spec(cfg: dict[str, Any], keys: tuple[str, ...] = KEYS, *,
     k = list(keys)
     modes = ["bilinear" if key == "image" else "nearest" for key in keys]
     spec: list[dict[str, Any]] = [
-        # medseg's checked DICOM series reader; ISA-L NIfTI reading (the last reader is tried first)
-        {"_target_": "LoadImaged", "keys": k, "image_only": True, "reader": [PICTURE_READER, DICOM_READER, NIFTI_READER]},
+        # medseg's checked DICOM series reader; ISA-L NIfTI; PNG/TIFF/JPEG pictures (the last reader is tried first)
+        {"_target_": "LoadImaged", "keys": k, "image_only": True, "reader": [DICOM_READER, NIFTI_READER, PICTURE_READER]},
         {"_target_": "EnsureChannelFirstd", "keys": k},
         *([{"_target_": "RGBToGreyd", "keys": "image"}] if cfg["data"].get("rgb") == "grey" else []),
         {"_target_": "Orientationd", "keys": k, "axcodes": pre["orientation"], "labels": None},
