@@ -235,7 +235,7 @@ def test_planned_yaml_round_trip_and_auto_keys_beside_hand_set_ones(tmp_path):
     plan = plan_dataset(root, modality="CT", budget_minutes=30)
     out = write_plan(plan, tmp_path / "plans" / "syn.yaml")
     text = out.read_text()
-    assert "# median spacing of 4 cases" in text and "# balanced crops" in text
+    assert "median spacing of 4 cases" in text and "# balanced crops" in text
     cfg = load_config(str(out))
     for key in ("training.patch_size", "network.strides", "training.epochs", "preprocessing.window"):
         section, _, name = key.partition(".")
@@ -396,3 +396,10 @@ def test_nnunet_raw_layout_gives_labels_and_modality_from_its_dataset_json(tmp_p
     assert manifest_modality(root) == "CT" and len(cases) == 3
     fp = fingerprint(cases, labels, "CT")
     assert set(fp["classes"]) == {"liver", "tumour"} and fp["dims"] == 3 and fp["anisotropy"] == 1.333  # rounded to 3 decimals
+
+
+def test_a_short_cpu_budget_coarsens_the_fine_axes_before_the_patch_shrinks():
+    iso = rules.coarser_spacing(rules.Decision([1.0, 1.0, 1.0], "median"), 120, 15)
+    assert iso.value == [1.5, 1.5, 1.5] and "120 (< 400) iterations in 15 min" in iso.reason
+    thick = rules.coarser_spacing(rules.Decision([0.7, 0.7, 5.0], "median"), 120, 15)
+    assert thick.value == [1.05, 1.05, 5.0]  # the coarse axis stays

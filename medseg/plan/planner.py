@@ -240,7 +240,8 @@ def plan_dataset(dataset: Path | str, modality: str | None = None, labels: dict[
     budget_note = ""
     tried: list[tuple] = []
     voxels = rules.START_VOXELS[(mach["device"], 2 if mode.value != "3d" else 3)]
-    for attempt in range(4):
+    base_spacing, coarsened = spacing, False
+    for attempt in range(5):
         _layout_decisions(d, fp, spacing.value, mode, voxels, mach, network, hand)
         d["training.batch_size"] = hand_or(hand, "training.batch_size",
                                            rules.batch_size(2 if mode.value != "3d" else 3, mach["device"]))
@@ -262,12 +263,16 @@ def plan_dataset(dataset: Path | str, modality: str | None = None, labels: dict[
                     data.per_batch_s, sched.value["total_iterations"])
         enough = sched.value["total_iterations"] >= rules.MIN_ITERATIONS
         tried.append((dict(d), cfg, step, data, sched, val_s, startup, budget_note))
-        if enough or "training.patch_size" in hand or attempt == 3:
+        if enough or "training.patch_size" in hand or attempt == 4:
             break
         shrinks = rules.patch_size(fp, spacing.value, voxels // 2, 3 if mode.value == "3d" else 2,
                                    None if mode.value != "2d_slices" else
                                    [a for a in range(3) if a != rules.slice_axis(spacing.value)]).value
-        if attempt < 2 and shrinks != list(d["training.patch_size"].value):
+        if mode.value == "3d" and not coarsened and "preprocessing.spacing" not in hand:
+            spacing, coarsened = rules.coarser_spacing(base_spacing, sched.value["total_iterations"],
+                                                       budget_minutes), True
+            d["preprocessing.spacing"] = spacing
+        elif attempt < 3 and shrinks != list(d["training.patch_size"].value):
             voxels //= 2
             budget_note = (f"; the patch budget halved {attempt + 1}x: fewer than {rules.MIN_ITERATIONS} iterations"
                            f" fitted {budget_minutes:g} min")
@@ -277,6 +282,8 @@ def plan_dataset(dataset: Path | str, modality: str | None = None, labels: dict[
                                          f" in {budget_minutes:g} min, so a 2D network on slices")
             voxels = rules.START_VOXELS[(mach["device"], 2)]
             budget_note = ""
+            spacing = base_spacing  # slices keep the in-plane resolution
+            d["preprocessing.spacing"] = spacing
         else:
             break
     if sched.value["total_iterations"] < rules.MIN_ITERATIONS:  # none was enough: the attempt fitting the most

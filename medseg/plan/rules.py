@@ -66,6 +66,22 @@ def target_spacing(fp: dict[str, Any]) -> Decision:
                          f" ({_fmt([p10[a] for a in coarse])} mm) as nnU-Net does")
 
 
+COARSEN = 1.5  # the factor a CPU budget may coarsen the target spacing by before the patch shrinks
+
+
+def coarser_spacing(spacing: Decision, iterations: int, budget_minutes: float) -> Decision:
+    """Budget rule (not nnU-Net's): when the budget fits fewer than ``MIN_ITERATIONS`` steps at the median
+    spacing, the fine axes are coarsened 1.5x (never past the coarsest axis), so a patch of the same mm
+    context needs 3.4x fewer voxels before the patch itself shrinks (``pipelines/liver.yaml``'s 1.5 mm)."""
+    values = list(spacing.value)
+    coarsest = max(values)
+    fine = [s * COARSEN for s in values] if not coarse_axes(values) else \
+        [s if s == coarsest else min(coarsest, s * COARSEN) for s in values]
+    fine = [round(s, 4) for s in fine]
+    return Decision(fine, f"{_fmt(fine)} mm: {spacing.reason}; coarsened {COARSEN:g}x as the budget fits only"
+                          f" {iterations} (< {MIN_ITERATIONS}) iterations in {budget_minutes:g} min there")
+
+
 def resampled_shape(fp: dict[str, Any], spacing: list[float]) -> list[int]:
     """Median image shape after resampling to ``spacing``."""
     shapes = np.array([[n * s / t for n, s, t in zip(e["shape"], e["spacing"], spacing)] for e in fp["cases"]])
