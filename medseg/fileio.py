@@ -10,6 +10,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from isal import igzip
+
 
 def _umask() -> int:
     current = os.umask(0)
@@ -47,15 +49,11 @@ def atomic_write_text(path: Path, text: str) -> None:
 
 def read_gzip(path: Path) -> bytes:
     """The decompressed contents of a gzip file (all members); ``gzip.BadGzipFile``/``EOFError`` if damaged."""
-    from isal import igzip
-
     return igzip.decompress(Path(path).read_bytes())
 
 
 def atomic_write_gzip(path: Path, data: bytes, level: int = 1) -> None:
     """Write ``data`` gzip-compressed (ISA-L level 0-3; mtime 0, so the same data gives the same file)."""
-    from isal import igzip
-
     atomic_write_bytes(path, igzip.compress(data, compresslevel=level, mtime=0))
 
 

@@ -14,7 +14,8 @@ __all__ = ["SCHEMA_PATH", "export_bundle", "verify_bundle"]
 
 def __getattr__(name: str) -> Any:
     if name in __all__:
-        from medseg.bundle import export  # deferred: start-up time of medseg.predict (see the docstring)
+        # deferred: start-up time of medseg.predict (see the docstring)
+        from medseg.bundle import export
 
         return getattr(export, name)
     raise AttributeError(f"module 'medseg.bundle' has no attribute {name!r}")

@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from monai.transforms import LoadImage
 
 from medseg.data.case import Case
 from medseg.data.labelmaps import mapped_labels
@@ -59,7 +60,8 @@ def calibration_patches(cfg: Any, cases: list[Case], n: int, seed: int = 0) -> I
 
 def _reader(patches: Iterator[np.ndarray], n: int, name: str) -> Any:
     """``n`` patches as ONNX Runtime's calibration reader, in strides (``set_range``: ``CalibStridedMinMax``)."""
-    from onnxruntime.quantization import CalibrationDataReader  # deferred: export with INT8 only
+    # deferred: start-up of onnxruntime (~0.3 s) only in an export with INT8
+    from onnxruntime.quantization import CalibrationDataReader
 
     class Patches(CalibrationDataReader):
         left = n
@@ -82,7 +84,8 @@ def _reader(patches: Iterator[np.ndarray], n: int, name: str) -> Any:
 
 def quantise(models_dir: Path, cfg: Any, train_cases: list[Case], n_patches: int) -> Path:
     """Write ``models_dir/model_int8.onnx`` from ``models_dir/model.onnx`` calibrated on ``n_patches`` patches."""
-    from onnxruntime.quantization import QuantFormat, QuantType, quantize_static  # deferred: export with INT8 only
+    # deferred: start-up of onnxruntime (~0.3 s) only in an export with INT8
+    from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     source, target = models_dir / ONNX_FILE, models_dir / INT8_FILE
@@ -106,8 +109,6 @@ def _dice(pred: np.ndarray, ref: np.ndarray, members: list[int]) -> float:
 
 def validation_dice(cfg: Any, forwards: dict[str, Forward], cases: list[Case]) -> dict[str, dict[str, float]]:
     """Mean Dice per evaluation class over ``cases`` for each forward callable (name -> class -> Dice)."""
-    from monai.transforms import LoadImage
-
     if not cases:
         raise MedsegError("INT8 validation: the run has no validation cases (cases.json 'val' is empty)")
     chain = build_chain(cfg)

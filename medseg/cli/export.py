@@ -31,7 +31,8 @@ def build_parser() -> argparse.ArgumentParser:
 def run(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.list:
-        from medseg.bundle.versions import format_rows, list_bundles  # deferred: no torch import for a listing
+        # deferred: no torch import for a listing
+        from medseg.bundle.versions import format_rows, list_bundles
 
         print(format_rows(list_bundles(args.dir)))
         return 0
@@ -39,7 +40,8 @@ def run(argv: Sequence[str] | None = None) -> int:
         raise MedsegError("give a run directory (python -m medseg.export RUN_DIR) or --list")
     if not args.run_dir.is_dir():
         raise MedsegError(f"{args.run_dir}: no such run directory")
-    from medseg.workflows.export import export_run  # deferred: --help and --list answer without torch and MONAI
+    # deferred: --help and --list answer without torch and MONAI
+    from medseg.workflows.export import export_run
 
     path = export_run(args.run_dir, args.out, int8=True if args.int8 else None)
     print(f"bundle written to {path.parent / path.resolve().name} ({path} points at it)")

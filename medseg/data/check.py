@@ -12,10 +12,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import nibabel as nib
 import numpy as np
+import pydicom
 
+from medseg.data.dicom import is_dicom_file, series_headers_ok
 from medseg.data.formats import NIFTI_SUFFIXES, PLAIN_2D_SUFFIXES, has_suffix, sitk_affine, suffix_of
-from medseg.data.images import _sitk_error, check_file, read_image
+from medseg.data.images import _sitk_error, check_file, describe_geometry, read_image
+from medseg.data.labelmaps import case_name, read_labelmap
 from medseg.data.pictures import is_picture
 from medseg.errors import MedsegError
 
@@ -30,8 +34,6 @@ class Header:
     seg: bool = False  # a DICOM SEG file (label)
 
     def describe(self) -> str:
-        from medseg.data.images import describe_geometry
-
         return describe_geometry(self.shape, self.affine)
 
 
@@ -42,8 +44,6 @@ def read_header(path: Path, series_uid: str | None = None) -> Header:
     allocates it: DICOM series geometry and choice (``series_uid``), claimed sizes, truncated NIfTI, cut
     gzip streams, 4D images, a single voxel, colour images (:func:`medseg.data.images.check_file`).
     """
-    from medseg.data.dicom import is_dicom_file, series_headers_ok
-
     path = Path(path)
     if path.is_dir():
         vol = series_headers_ok(path, series_uid)
@@ -53,19 +53,16 @@ def read_header(path: Path, series_uid: str | None = None) -> Header:
     if path.stat().st_size == 0:
         raise MedsegError(f"{path}: zero-length file")
     if is_dicom_file(path):
-        import pydicom
-
         try:
             ds = pydicom.dcmread(path, stop_before_pixels=True)
         except Exception as err:  # pydicom raises many types for damaged files
             raise MedsegError(f"{path}: damaged or truncated DICOM file ({type(err).__name__})") from err
         if str(ds.get("SOPClassUID", "")) == SEG_SOP_CLASS:
-            from medseg.data.labelmaps import read_labelmap
-
             lm = read_labelmap(path)
             return Header(lm.array.shape, lm.affine, False, seg=True)
         vol = series_headers_ok(path)  # a single-frame or enhanced multi-frame image, from its headers
         return Header(vol.array.shape, vol.affine, False)  # rescaled DICOM integers hold no NaN/inf
+    # deferred: start-up of SimpleITK (~0.4 s) only where a header is read with it
     import SimpleITK as sitk
 
     components = check_file(path)[1]  # claimed size, truncation, cut gzip, 4D, a single voxel
@@ -138,8 +135,6 @@ def header_problems(case: dict[str, Any]) -> list[str]:
 def label_values(case: dict[str, Any], expected: set[int] | None,
                  label_map: dict[int, int] | None = None) -> tuple[list[int], list[str]]:
     """The label values of a case's label file (after ``label_map``) and the problems with them."""
-    from medseg.data.labelmaps import read_labelmap
-
     path = Path(case["label"])
     if not path.is_file():
         return [], []
@@ -168,8 +163,6 @@ class CaseResult:
 
 def axcodes(affine: np.ndarray) -> str:
     """Orientation letters in RAS terms (what NIfTI tools show) for an LPS affine."""
-    import nibabel as nib
-
     if affine.shape != (4, 4):
         return "2D"
     return "".join(nib.orientations.aff2axcodes(np.diag([-1.0, -1.0, 1.0, 1.0]) @ affine))
@@ -177,8 +170,6 @@ def axcodes(affine: np.ndarray) -> str:
 
 def check_case(case: dict[str, Any], expected: set[int] | None, label_map: dict[int, int] | None = None) -> CaseResult:
     """Every check on one case: headers, then label values and emptiness, then NaN/inf in floating images."""
-    from medseg.data.labelmaps import case_name
-
     images = _images(case)
     result = CaseResult(case_name(images[0]) if images[0].is_file() else images[0].name)
     try:
@@ -207,8 +198,6 @@ def nonfinite_problems(case: dict[str, Any]) -> list[str]:
             if not read_header(path).floating:
                 continue
             if has_suffix(path, NIFTI_SUFFIXES):
-                import nibabel as nib
-
                 # nibabel gives the stored values; SimpleITK's NIfTI reader turned a NaN voxel into 0 here
                 array = np.asanyarray(nib.load(str(path)).dataobj)
             else:

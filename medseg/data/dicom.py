@@ -111,6 +111,7 @@ def _candidate_files(folder: Path) -> list[Path]:
 
 def _dcmread(path: Path, headers_only: bool):
     """Parse one file; a file that is not DICOM, is empty or is cut short raises MedsegError naming it."""
+    # deferred: optional dependency: bundles ship this module, and stock-MONAI runs on NIfTI need no pydicom
     import pydicom
     from pydicom.errors import InvalidDicomError
 
@@ -581,6 +582,7 @@ def write_series(
     the file names and InstanceNumbers (so neither follows the geometry); ``transfer_syntax`` compresses
     the pixel data with pydicom's encoders (RLE, JPEG-LS, JPEG 2000 lossless).
     """
+    # deferred: optional dependency: bundles ship this module, and stock-MONAI runs on NIfTI need no pydicom
     import pydicom
     from pydicom.dataset import FileMetaDataset
     from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid

@@ -76,6 +76,7 @@ def write_dicom_seg(
         model_name: the algorithm's name in the segment descriptions.
         version: the software version recorded in the SEG.
     """
+    # deferred: start-up of highdicom (~0.9 s) and pydicom's SR code dictionary only when a DICOM SEG is written
     import highdicom as hd
     from pydicom.sr.codedict import codes
 

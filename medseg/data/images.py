@@ -9,13 +9,21 @@ written file never silently loses its position.
 
 from __future__ import annotations
 
+import gzip
+import io
+import os
+import re
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
+import nibabel as nib
 import numpy as np
 
+from medseg.data.dicom import is_dicom_file, read_dicom
 from medseg.data.formats import PLAIN_2D_SUFFIXES, WRITE_SUFFIXES, sitk_affine, suffix_of
 from medseg.errors import MedsegError
+from medseg.fileio import atomic_path
 
 
 @dataclass
@@ -54,13 +62,12 @@ def read_image(path: Path, series_uid: str | None = None) -> Image:
         path: NIfTI/NRRD/MHA/MHD/PNG/TIFF file, a DICOM file, or a DICOM series folder.
         series_uid: for a folder holding several series, which one.
     """
-    from medseg.data.dicom import is_dicom_file, read_dicom
-
     path = Path(path)
     if path.is_dir() or (path.is_file() and is_dicom_file(path)):
         vol = read_dicom(path, series_uid)
         return Image(np.asarray(vol.array), vol.affine)
     check_file(path)  # before SimpleITK allocates what the header claims
+    # deferred: start-up of SimpleITK (~0.4 s) only where an image is read or written with it
     import SimpleITK as sitk
 
     try:
@@ -80,9 +87,8 @@ def read_image(path: Path, series_uid: str | None = None) -> Image:
 
 def write_image(array: np.ndarray, affine_lps: np.ndarray, path: Path) -> Path:
     """Write ``array[i, j(, k)]`` with its LPS affine, atomically; the format follows the suffix."""
+    # deferred: start-up of SimpleITK (~0.4 s) only where an image is read or written with it
     import SimpleITK as sitk
-
-    from medseg.fileio import atomic_path
 
     path = Path(path)
     suffix = suffix_of(path)
@@ -126,8 +132,6 @@ def write_image(array: np.ndarray, affine_lps: np.ndarray, path: Path) -> Path:
 
 def memory_limit() -> int:
     """The most bytes one image may claim before medseg reads it: this machine's memory (64 GiB where unknown)."""
-    import os
-
     try:
         return int(os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
     except (ValueError, OSError, AttributeError):
@@ -181,8 +185,7 @@ def check_file(path: Path) -> tuple[tuple[int, ...], int]:
 
 def _sitk_header(path: Path) -> tuple[tuple[int, ...], int, int, None]:
     """Shape, bytes per component and components per voxel from SimpleITK's header reading."""
-    import re
-
+    # deferred: start-up of SimpleITK (~0.4 s) only where an image is read or written with it
     import SimpleITK as sitk
 
     reader = sitk.ImageFileReader()
@@ -203,11 +206,6 @@ def _sitk_header(path: Path) -> tuple[tuple[int, ...], int, int, None]:
 
 
 def _nifti_header(path: Path) -> tuple[tuple[int, ...], int, int, int]:
-    import gzip
-    import io
-
-    import nibabel as nib
-
     opener = gzip.open if suffix_of(path) == ".nii.gz" else open
     try:
         with opener(path, "rb") as fh:
@@ -233,8 +231,6 @@ def _gzip_length(path: Path, expected: int) -> int:
     """Decompressed length of a gzip file. Its trailer (ISIZE: the length mod 2**32) agreeing with ``expected``
     is taken as it is; otherwise the stream is decompressed (and dropped) chunk by chunk to count, which finds
     a stream cut short (MedsegError) and reads multi-member files (bgzip) right."""
-    import zlib
-
     size = path.stat().st_size
     with open(path, "rb") as fh:
         fh.seek(max(size - 4, 0))

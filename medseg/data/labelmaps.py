@@ -10,11 +10,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+import nibabel as nib
 import numpy as np
 
 from medseg.data.formats import NIFTI_SUFFIXES, PLAIN_2D_SUFFIXES, has_suffix, sitk_affine, strip_suffix, suffix_of
 from medseg.data.images import read_image
 from medseg.errors import MedsegError
+from medseg.fileio import atomic_path, atomic_write_gzip
 
 
 
@@ -61,6 +63,7 @@ def _as_labels(array: np.ndarray, path: Path) -> np.ndarray:
 
 
 def _read_sitk(path: Path) -> LabelMap:
+    # deferred: start-up of SimpleITK (~0.4 s) only where a label file is read with it
     import SimpleITK as sitk
 
     try:
@@ -74,6 +77,7 @@ def _read_sitk(path: Path) -> LabelMap:
 
 
 def _read_dicom_seg(path: Path) -> LabelMap:
+    # deferred: start-up of highdicom (~0.9 s) only for DICOM SEG labels
     import highdicom as hd
 
     try:
@@ -137,10 +141,6 @@ def onto_grid(src: LabelMap, ref: LabelMap, resample: bool, what: str) -> np.nda
 def write_label_nifti(labels: np.ndarray, affine: np.ndarray, path: Path, source: Path | None = None) -> None:
     """Write a label map as uint8 NIfTI, atomically; when ``source`` is the NIfTI it was predicted from and
     the grids agree, its header affine is copied bit for bit."""
-    import nibabel as nib
-
-    from medseg.fileio import atomic_path, atomic_write_gzip
-
     if source is not None and source.is_file() and has_suffix(source, NIFTI_SUFFIXES):
         original = nib.load(str(source))
         if original.shape[:3] == labels.shape and np.allclose(original.affine, affine, atol=1e-4):

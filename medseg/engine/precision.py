@@ -9,10 +9,13 @@
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
 import torch
 from monai.inferers import SimpleInferer
+from monai.networks.blocks import Convolution, ResidualUnit
+from torch.utils.checkpoint import checkpoint
 
 from medseg.errors import MedsegError
 
@@ -51,11 +54,6 @@ def enable_activation_checkpointing(net: torch.nn.Module) -> None:
     UNet has no switch of its own). The state dict keeps its keys. With batch norm, a checkpointed block's
     running statistics are updated twice per step (forward and recomputation).
     """
-    from functools import partial
-
-    from monai.networks.blocks import Convolution, ResidualUnit
-    from torch.utils.checkpoint import checkpoint
-
     switches = [m for m in net.modules() if hasattr(m, "use_checkpoint")]
     if switches:
         for m in switches:

@@ -33,7 +33,8 @@ class N4BiasFieldd(MapTransform):
         self.shrink, self.iterations, self.cache_dir = int(shrink), [int(i) for i in iterations], cache_dir
 
     def _correct(self, x: np.ndarray, spacing: Sequence[float]) -> np.ndarray:
-        import SimpleITK as sitk  # deferred: a bundle without N4 in its chain runs without SimpleITK installed
+        # deferred: optional dependency: a bundle without N4 in its chain runs without SimpleITK installed
+        import SimpleITK as sitk
 
         img = sitk.GetImageFromArray(np.ascontiguousarray(x.T, dtype=np.float32))  # sitk wants (z, y, x)
         img.SetSpacing([float(s) for s in spacing])

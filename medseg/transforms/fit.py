@@ -11,13 +11,18 @@ import logging
 from pathlib import Path
 from typing import Any
 
+import nibabel as nib
 import numpy as np
+from monai.transforms import Compose, LoadImage
 
 from medseg.config import TaskConfig
+from medseg.data.dicom_reader import READER_PATH  # DICOM through medseg's checked series reader
 from medseg.data.formats import NIFTI_SUFFIXES, has_suffix
 from medseg.data.labelmaps import detect_255_label_map
 from medseg.data.pictures import is_colour, is_picture, read_picture
 from medseg.errors import MedsegError
+from medseg.transforms.intensity import learn_landmarks
+from medseg.transforms.pipeline import instantiate, network_multiple, preprocess_spec
 
 logger = logging.getLogger("medseg.transforms")
 
@@ -34,16 +39,10 @@ def header_geometry(path: str, axcodes: str = "RAS") -> tuple[list[int], list[fl
     NIfTI headers are read without the voxels; other formats (DICOM series, NRRD, PNG) through MONAI's
     reader.
     """
-    import nibabel as nib
-
     if has_suffix(path, NIFTI_SUFFIXES):
         img = nib.load(path)
         shape, affine = list(img.shape[:3]), np.asarray(img.affine, dtype=np.float64)
     else:
-        from monai.transforms import LoadImage
-
-        from medseg.data.dicom_reader import READER_PATH  # DICOM through medseg's checked series reader
-
         img = LoadImage(image_only=True, ensure_channel_first=True, reader=READER_PATH)(path)
         shape, affine = list(img.shape[1:]), np.asarray(img.affine, dtype=np.float64)
     dims = len(shape)
@@ -66,11 +65,6 @@ def median_spacing(geometries: list[tuple[list[int], list[float]]]) -> list[floa
 
 def learn_histogram_landmarks(cfg: TaskConfig, cases: list[Any]) -> list[float]:
     """Nyul landmarks from the training images after the spatial preprocessing (and N4 when enabled)."""
-    from monai.transforms import Compose  # deferred: MONAI's transforms only when landmarks are learned
-
-    from medseg.transforms.intensity import learn_landmarks
-    from medseg.transforms.pipeline import instantiate, preprocess_spec  # deferred: pipeline imports this module's package
-
     chain = Compose(instantiate(preprocess_spec(cfg, ("image",), before_intensity=True)))
     images = [chain({"image": c["image"]})["image"] for c in cases]
     return learn_landmarks(images, cfg.preprocessing.histogram.percentiles)
@@ -83,8 +77,6 @@ def check_patch_fits(cfg: TaskConfig, geometries: list[tuple[list[int], list[flo
     target = cfg.effective_spacing()
     multiple = 1
     if cfg.preprocessing.pad_to_multiple:
-        from medseg.transforms.pipeline import network_multiple  # deferred: pipeline imports this module's package
-
         multiple = network_multiple(cfg)
     for i, (shape, spacing) in enumerate(geometries):
         size = [max(1, round(n * s / t)) for n, s, t in zip(shape, spacing, target)]
