@@ -52,6 +52,48 @@ def form_fields(content_type: str, body: bytes) -> dict[str, bytes]:
     return fields
 
 
+def info_payload(bundle_name: str, names: dict[str, int], guided: bool, total: int) -> dict[str, Any]:
+    """MONAI Label's ``/info/``: the app, its labels (name -> value, background left out) and the one model."""
+    labels = {k: v for k, v in names.items() if v != 0}
+    return {"name": f"medseg ({bundle_name})", "description": "medseg.serve", "version": __version__,
+            "labels": list(labels),
+            "models": {MODEL: {"type": "deepedit" if guided else "segmentation", "labels": labels,
+                               "dimension": 3, "description": f"medseg bundle {bundle_name}"}},
+            "trainers": {}, "strategies": {"uncertainty": {"description": "medseg.rank order, unsaved first"}},
+            "scoring": {}, "train_stats": {}, "datastore": {"total": total}}
+
+
+def apply_clicks(session: CaseSession, params: Any, names: dict[str, int]) -> None:
+    """Apply MONAI Label's clicks (``params``: label name -> voxel indices) in order; a background click takes
+    away the class under it; other params (device, result_extension, ...) are ignored."""
+    for key, points in (params.items() if isinstance(params, dict) else []):
+        if key not in names or not isinstance(points, list):
+            continue
+        for point in points:
+            voxel = [float(v) for v in point[:3]]
+            if names[key] != 0:
+                session.click(voxel, names[key], positive=True)
+            else:
+                under = int(session.labels[tuple(int(round(v)) for v in voxel)])
+                if under:
+                    session.click(voxel, under, positive=False)
+
+
+def received_label(data: bytes, image_path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """``(array, affine)`` of an uploaded NIfTI label, refused (HTTP 400) unless it is 3D on the image's grid."""
+    with tempfile.TemporaryDirectory() as tmp:
+        received = Path(tmp) / "label.nii.gz"
+        received.write_bytes(data)
+        try:
+            label = nib.load(str(received))
+            array = np.asarray(label.dataobj)
+        except Exception as err:  # nibabel raises many kinds for a file that is not NIfTI
+            raise HTTPException(400, f"label: not a NIfTI file ({type(err).__name__})") from None
+    if array.ndim != 3 or (not image_path.is_dir() and array.shape != nib.load(str(image_path)).shape[:3]):
+        raise HTTPException(400, f"label {array.shape}: not on the image's grid")
+    return array, np.asarray(label.affine)
+
+
 def add_routes(app: FastAPI, server: Any) -> None:
     """Add the MONAI Label routes to ``app`` (``server``: :class:`medseg.workflows.serve.Server`)."""
     bundle = server.bundle
@@ -69,13 +111,7 @@ def add_routes(app: FastAPI, server: Any) -> None:
 
     @app.get("/info/")
     def info() -> dict[str, Any]:
-        labels = {k: v for k, v in names.items() if v != 0}
-        return {"name": f"medseg ({bundle.name})", "description": "medseg.serve", "version": __version__,
-                "labels": list(labels),
-                "models": {MODEL: {"type": "deepedit" if guided else "segmentation", "labels": labels,
-                                   "dimension": 3, "description": f"medseg bundle {bundle.name}"}},
-                "trainers": {}, "strategies": {"uncertainty": {"description": "medseg.rank order, unsaved first"}},
-                "scoring": {}, "train_stats": {}, "datastore": {"total": len(server.listed())}}
+        return info_payload(bundle.name, names, guided, len(server.listed()))
 
     @app.get("/datastore/")
     def datastore(output: str = "stats") -> dict[str, Any]:
@@ -114,17 +150,7 @@ def add_routes(app: FastAPI, server: Any) -> None:
         with server.lock:
             try:
                 session = CaseSession(bundle, image, path, server.device)
-                for key, points in (params.items() if isinstance(params, dict) else []):
-                    if key not in names or not isinstance(points, list):
-                        continue  # other MONAI Label params (device, result_extension, ...)
-                    for point in points:
-                        voxel = [float(v) for v in point[:3]]
-                        if names[key] != 0:
-                            session.click(voxel, names[key], positive=True)
-                        else:  # a background click: take away the class under it
-                            under = int(session.labels[tuple(int(round(v)) for v in voxel)])
-                            if under:
-                                session.click(voxel, under, positive=False)
+                apply_clicks(session, params, names)
             except (MedsegError, IndexError, TypeError, ValueError) as err:
                 raise HTTPException(400, str(err)) from None
             with tempfile.TemporaryDirectory() as tmp:
@@ -142,17 +168,8 @@ def add_routes(app: FastAPI, server: Any) -> None:
             raise HTTPException(400, "label: send the label file as the multipart field 'label'")
         if len(fields["label"]) > server.max_upload:
             raise HTTPException(413, f"label over the limit of {server.max_upload} bytes")
-        with tempfile.TemporaryDirectory() as tmp:
-            received = Path(tmp) / "label.nii.gz"
-            received.write_bytes(fields["label"])
-            try:
-                label = nib.load(str(received))
-                array = np.asarray(label.dataobj)
-            except Exception as err:  # nibabel raises many kinds for a file that is not NIfTI
-                raise HTTPException(400, f"label: not a NIfTI file ({type(err).__name__})") from None
-            if array.ndim != 3 or (not path.is_dir() and array.shape != nib.load(str(path)).shape[:3]):
-                raise HTTPException(400, f"label {array.shape}: not on the image's grid")
-            server.output_dir.mkdir(parents=True, exist_ok=True)
-            out = inside(server.output_dir, f"{image}_seg.nii.gz")
-            write_label_nifti(array.astype(np.uint8), label.affine, out)
+        array, affine = received_label(fields["label"], path)
+        server.output_dir.mkdir(parents=True, exist_ok=True)
+        out = inside(server.output_dir, f"{image}_seg.nii.gz")
+        write_label_nifti(array.astype(np.uint8), affine, out)
         return {"image": image, "label": out.name, "tag": tag}
