@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import shutil
 import sys
 import tempfile
@@ -68,6 +69,8 @@ def main() -> None:
     parser.add_argument("--data-dir", type=Path, default=Path("data"))
     parser.add_argument("--out", type=Path, default=None, help="folder for the planned YAMLs (default: a temp dir)")
     args = parser.parse_args()
+    logging.basicConfig(format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    logging.getLogger("medseg.plan").setLevel(logging.INFO)  # the measured attempts
     sample = prepare_lits_sample(args.data_dir)
     work = Path(args.out or tempfile.mkdtemp(prefix="bench_plan_"))
     work.mkdir(parents=True, exist_ok=True)

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import yaml
 
@@ -240,7 +241,7 @@ def plan_dataset(dataset: Path | str, modality: str | None = None, labels: dict[
     budget_note = ""
     tried: list[tuple] = []
     voxels = rules.START_VOXELS[(mach["device"], 2 if mode.value != "3d" else 3)]
-    base_spacing, coarsened = spacing, False
+    base_spacing, coarsened, halved = spacing, False, 0
     for attempt in range(5):
         _layout_decisions(d, fp, spacing.value, mode, voxels, mach, network, hand)
         d["training.batch_size"] = hand_or(hand, "training.batch_size",
@@ -265,7 +266,8 @@ def plan_dataset(dataset: Path | str, modality: str | None = None, labels: dict[
         tried.append((dict(d), cfg, step, data, sched, val_s, startup, budget_note))
         if enough or "training.patch_size" in hand or attempt == 4:
             break
-        shrinks = rules.patch_size(fp, spacing.value, voxels // 2, 3 if mode.value == "3d" else 2,
+        current = int(np.prod(d["training.patch_size"].value))  # a capped patch is smaller than the budget
+        shrinks = rules.patch_size(fp, spacing.value, current // 2, 3 if mode.value == "3d" else 2,
                                    None if mode.value != "2d_slices" else
                                    [a for a in range(3) if a != rules.slice_axis(spacing.value)]).value
         if mode.value == "3d" and not coarsened and "preprocessing.spacing" not in hand:
@@ -273,8 +275,9 @@ def plan_dataset(dataset: Path | str, modality: str | None = None, labels: dict[
                                                        budget_minutes), True
             d["preprocessing.spacing"] = spacing
         elif attempt < 3 and shrinks != list(d["training.patch_size"].value):
-            voxels //= 2
-            budget_note = (f"; the patch budget halved {attempt + 1}x: fewer than {rules.MIN_ITERATIONS} iterations"
+            voxels = current // 2
+            halved += 1
+            budget_note = (f"; the patch budget halved {halved}x: fewer than {rules.MIN_ITERATIONS} iterations"
                            f" fitted {budget_minutes:g} min")
         elif mode.value == "3d" and "network.spatial_dims" not in hand:
             mode = Decision("2d_slices", f"tiny budget: even a quarter-size 3D patch leaves"
