@@ -202,10 +202,14 @@ def topology(patch: list[int], spacing: list[float], family: str, device: str, a
         channels = [min(320, base * 2 ** i) for i in range(len(strides) + 1)]
         flat = [s[0] if len(set(s)) == 1 else list(s) for s in strides]
         aniso = any(len(set(s)) > 1 for s in strides)
+        why = ""
+        if aniso:
+            why = (" (anisotropic strides: the coarse axis is pooled only once the others reach its spacing)"
+                   if coarse_axes(list(spacing)) else
+                   f" (per-axis strides: a short axis stops at >= {MIN_BOTTLENECK} voxels while the others go on)")
         return Decision({"channels": channels, "strides": flat},
-                        f"{len(strides)} poolings to a {_fmt(bottleneck)} bottleneck"
-                        + (" (anisotropic strides: the coarse axis is pooled only once the others reach its"
-                           " spacing)" if aniso else "") + f"; widths {base} doubling to {channels[-1]}")
+                        f"{len(strides)} poolings to a {_fmt(bottleneck)} bottleneck{why}; widths {base}"
+                        f" doubling to {channels[-1]}")
     if "channels" in aliases:
         levels = min(len(strides), int(math.log2(max(1, min(patch) // MIN_BOTTLENECK))))
         channels = [min(320, base * 2 ** i) for i in range(levels + 1)]
