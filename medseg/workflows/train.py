@@ -113,7 +113,7 @@ def run(
     fill = AutoFill(opts.data_root, budget_minutes=opts.max_minutes or 15.0, device=builders_device())
     cfg, requested = resolve_config(task_or_yaml, overrides, opts.resume, fill)
     opts = dataclasses.replace(opts, plan=plan or fill.plan)
-    if opts.plan is not None and not opts.max_minutes:  # a guard: the plan fitted its schedule to this share
+    if opts.plan is not None:  # a guard: the plan fitted training into this share of the budget (--max-minutes)
         opts = dataclasses.replace(opts, max_minutes=round(opts.plan.budget_minutes * (1 - OVERHEAD), 2))
     ctx = distributed.setup(cfg["training"]["device"])
     if not ctx.main:
