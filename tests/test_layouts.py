@@ -78,7 +78,7 @@ def test_nnunet_multichannel(tmp_path):
     assert Path(cases[1]["label"]).name == "pt01.nii.gz"
     train, val = load_dataset(cfg, root, seed=0)
     assert len(train) == 2 and len(val) == 1 and sorted(map(str, train + val)) == sorted(map(str, cases))
-    assert cases[1].name == "pt01_0000"
+    assert cases[1].name == "pt01"  # nnU-Net names a case by its label file, without the channel suffix
     (root / "imagesTr" / "pt02_0001.nii.gz").unlink()
     with pytest.raises(MedsegError, match=r"case 'pt02' lacks pt02_0001.nii.gz \(2 channel"):
         all_cases(cfg, root)

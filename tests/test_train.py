@@ -180,7 +180,9 @@ def test_train_workflow_runs_as_a_python_function(msd_dataset, tmp_path, monkeyp
     from medseg.workflows import train
 
     monkeypatch.chdir(tmp_path)
-    sets = FAST + ["data.dataset=Synthetic", "bundle.enabled=false", "tracking.enabled=false"]
+    # no evaluation.classes in the YAML: one reported class per foreground label (liver 1, tumour 2)
+    sets = FAST + ["data.dataset=Synthetic", "bundle.enabled=false", "tracking.enabled=false",
+                   "evaluation.classes={}", "evaluation.keep_largest_component=[]"]
     outcome = train.run("liver", epochs=1, data_dir=msd_dataset.parent, output_dir=tmp_path / "nb", overrides=sets)
     assert outcome.run_dir == tmp_path / "nb" and outcome.folds == []
     assert outcome.summary == json.loads((tmp_path / "nb" / "metrics.json").read_text())

@@ -66,7 +66,7 @@ def _nnunet_cases(root: Path) -> list[Case]:
         missing = [p.name for p in paths if not p.exists()]
         if missing:
             raise MedsegError(f"{images}: case '{name}' lacks {', '.join(missing)} ({n_channels} channel(s) declared)")
-        cases.append(Case.of(paths, label))
+        cases.append(Case(name, tuple(paths), label))  # nnU-Net's case id: the label's name, no _0000
     stray = sorted({p.name for p in images.iterdir() if p.name.endswith(ending)}
                    - {p.name for c in cases for p in c.images})
     if stray:

@@ -415,7 +415,7 @@ def evaluate_cases(cfg: Any, net: torch.nn.Module, cases: list[Case], device: to
         spacing = np.sqrt((affine[:nd, :nd] ** 2).sum(axis=0))
         ev = cfg["evaluation"]
         per_case[case.name] = evaluate_case(
-            pred[0].numpy(), mapped_labels(ref[0].numpy(), cfg.effective_label_map()), spacing, ev["classes"],
+            pred[0].numpy(), mapped_labels(ref[0].numpy(), cfg.effective_label_map()), spacing, reported_classes(cfg),
             tolerance_mm=ev["tolerance_mm"], worst_mm=ev["worst_mm"] or None,
         )
         write_label_nifti(pred[0].numpy(), affine, pred_dir / f"{case.name}.nii.gz", source=case.image)
