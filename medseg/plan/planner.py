@@ -208,6 +208,41 @@ def plan_dataset(dataset: Path | str, modality: str | None = None, labels: dict[
     if network not in REGISTRY:
         raise MedsegError(f"--network {network}: choose one of {', '.join(REGISTRY)}")
     hand = dict(hand or {})
+    layout, cases, fp, mod = _fingerprint_dataset(dataset, modality, labels, hand)
+    ctx = _PlanInputs(dataset, layout, cases, fp, machine(device), network, hand, budget_minutes, measure_steps)
+    d, spacing, mode = _first_decisions(fp, mod, network, hand)
+    measured, budget_note = _fit_budget(ctx, d, spacing, mode)
+    return _finish_plan(ctx, d, measured, budget_note)
+
+
+@dataclass
+class _PlanInputs:
+    """What every step of one planning run shares."""
+    dataset: Path
+    layout: str
+    cases: list[Case]
+    fp: dict[str, Any]
+    mach: dict[str, Any]
+    network: str
+    hand: dict[str, Any]
+    budget_minutes: float
+    measure_steps: int
+
+
+@dataclass
+class _Measured:
+    """One attempt: its draft config, the step and data times measured here and the schedule they allow."""
+    cfg: TaskConfig
+    step: Any
+    data: Any
+    sched: Decision
+    val_s: float
+    startup: float
+
+
+def _fingerprint_dataset(dataset: Path, modality: str | None, labels: dict[str, int] | None,
+                         hand: dict[str, Any]) -> tuple[str, list[Case], dict[str, Any], Decision]:
+    """(layout, cases, fingerprint, the modality decision) of ``dataset``."""
     layout, cases, declared = dataset_cases(dataset, labels)
     label_map = detect_255_label_map(declared or {"background": 0, "foreground": 1}, cases)
     modality = modality or hand.get("data.modality") or manifest_modality(dataset)
@@ -215,9 +250,13 @@ def plan_dataset(dataset: Path | str, modality: str | None = None, labels: dict[
     fp = fingerprint(cases, declared, modality or "", label_map)
     mod = Decision(modality, "given" if modality else "") if modality else guess_modality(fp)
     fp["modality"] = mod.value
-    mach = machine(device)
-    d: dict[str, Decision] = {"data.modality": mod}
+    return layout, cases, fp, mod
 
+
+def _first_decisions(fp: dict[str, Any], mod: Decision, network: str,
+                     hand: dict[str, Any]) -> tuple[dict[str, Decision], Decision, Decision]:
+    """The decisions no step time depends on, the target spacing and the dimensionality."""
+    d: dict[str, Decision] = {"data.modality": mod}
     spacing = rules.target_spacing(fp)
     if "preprocessing.spacing" in hand:
         spacing = Decision(list(hand["preprocessing.spacing"]), "set by hand")
@@ -237,33 +276,49 @@ def plan_dataset(dataset: Path | str, modality: str | None = None, labels: dict[
                                        " liver: [1, 2])")
     d["network.name"] = Decision(network, "the chosen family" if network != "resunet" else
                                  "default family: MONAI UNet with residual units")
+    return d, spacing, mode
 
+
+def _measure_attempt(ctx: _PlanInputs, d: dict[str, Decision], spacing: Decision, mode: Decision, voxels: int,
+                     attempt: int) -> _Measured:
+    """Decide the layout for ``voxels``, then measure a step and the data here and fit the schedule."""
+    fp, mach, hand = ctx.fp, ctx.mach, ctx.hand
+    _layout_decisions(d, fp, spacing.value, mode, voxels, mach, ctx.network, hand)
+    d["training.batch_size"] = hand_or(hand, "training.batch_size",
+                                       rules.batch_size(2 if mode.value != "3d" else 3, mach["device"]))
+    d["training.amp"] = hand_or(hand, "training.amp", Decision("none", "fp32"))
+    cfg = _draft_config(_pipeline("draft", ctx.layout, ctx.dataset, fp, d))
+    step = measure_step(cfg, torch.device(mach["device"]), ctx.measure_steps)
+    if mach["device"] == "cuda" and step.peak_bytes and "training.batch_size" not in hand:
+        per_sample = step.peak_bytes / cfg.training.batch_size
+        d["training.batch_size"] = rules.batch_size(cfg.network.spatial_dims, "cuda", per_sample,
+                                                    mach["memory_bytes"])
+        cfg = _draft_config(_pipeline("draft", ctx.layout, ctx.dataset, fp, d))
+        step = measure_step(cfg, torch.device("cuda"), ctx.measure_steps)
+    data = measure_data(cfg, ctx.cases)
+    startup = data.cache_s * len(ctx.cases)
+    val_s = validation_seconds(cfg, step, rules.resampled_shape(fp, spacing.value), max(1, len(ctx.cases) // 5))
+    sched = rules.schedule(step.step_s, data.per_batch_s, val_s, startup, ctx.budget_minutes)
+    logger.info("plan attempt %d: %s patch %s batch %d: %.3f s/step, %.3f s data/batch -> %d iterations",
+                attempt + 1, mode.value, cfg.training.patch_size, cfg.training.batch_size, step.step_s,
+                data.per_batch_s, sched.value["total_iterations"])
+    return _Measured(cfg, step, data, sched, val_s, startup)
+
+
+def _fit_budget(ctx: _PlanInputs, d: dict[str, Decision], spacing: Decision,
+                mode: Decision) -> tuple[_Measured, str]:
+    """Up to 5 attempts, each coarser or smaller than the last, until enough iterations fit the budget; ``d``
+    ends with the decisions of the attempt kept. Returns its measurements and the patch reason's note."""
+    fp, mach, hand, budget_minutes = ctx.fp, ctx.mach, ctx.hand, ctx.budget_minutes
     budget_note = ""
     tried: list[tuple] = []
     voxels = rules.START_VOXELS[(mach["device"], 2 if mode.value != "3d" else 3)]
     base_spacing, coarsened, halved = spacing, False, 0
     for attempt in range(5):
-        _layout_decisions(d, fp, spacing.value, mode, voxels, mach, network, hand)
-        d["training.batch_size"] = hand_or(hand, "training.batch_size",
-                                           rules.batch_size(2 if mode.value != "3d" else 3, mach["device"]))
-        d["training.amp"] = hand_or(hand, "training.amp", Decision("none", "fp32"))
-        cfg = _draft_config(_pipeline("draft", layout, dataset, fp, d))
-        step = measure_step(cfg, torch.device(mach["device"]), measure_steps)
-        if mach["device"] == "cuda" and step.peak_bytes and "training.batch_size" not in hand:
-            per_sample = step.peak_bytes / cfg.training.batch_size
-            d["training.batch_size"] = rules.batch_size(cfg.network.spatial_dims, "cuda", per_sample,
-                                                        mach["memory_bytes"])
-            cfg = _draft_config(_pipeline("draft", layout, dataset, fp, d))
-            step = measure_step(cfg, torch.device("cuda"), measure_steps)
-        data = measure_data(cfg, cases)
-        startup = data.cache_s * len(cases)
-        val_s = validation_seconds(cfg, step, rules.resampled_shape(fp, spacing.value), max(1, len(cases) // 5))
-        sched = rules.schedule(step.step_s, data.per_batch_s, val_s, startup, budget_minutes)
-        logger.info("plan attempt %d: %s patch %s batch %d: %.3f s/step, %.3f s data/batch -> %d iterations",
-                    attempt + 1, mode.value, cfg.training.patch_size, cfg.training.batch_size, step.step_s,
-                    data.per_batch_s, sched.value["total_iterations"])
+        measured = _measure_attempt(ctx, d, spacing, mode, voxels, attempt)
+        sched = measured.sched
         enough = sched.value["total_iterations"] >= rules.MIN_ITERATIONS
-        tried.append((dict(d), cfg, step, data, sched, val_s, startup, budget_note))
+        tried.append((dict(d), measured, budget_note))
         if enough or "training.patch_size" in hand or attempt == 4:
             break
         current = int(np.prod(d["training.patch_size"].value))  # a capped patch is smaller than the budget
@@ -289,15 +344,23 @@ def plan_dataset(dataset: Path | str, modality: str | None = None, labels: dict[
             d["preprocessing.spacing"] = spacing
         else:
             break
-    if sched.value["total_iterations"] < rules.MIN_ITERATIONS:  # none was enough: the attempt fitting the most
-        best = max(tried, key=lambda t: t[4].value["total_iterations"])
+    if measured.sched.value["total_iterations"] < rules.MIN_ITERATIONS:  # none was enough: the one fitting most
+        best = max(tried, key=lambda t: t[1].sched.value["total_iterations"])
         d.clear()
         d.update(best[0])
-        _, cfg, step, data, sched, val_s, startup, budget_note = best
+        _, measured, budget_note = best
+    return measured, budget_note
+
+
+def _finish_plan(ctx: _PlanInputs, d: dict[str, Decision], measured: _Measured, budget_note: str) -> Plan:
+    """The kept attempt's patch note, bf16 where it helps, the schedule and the hand-set rest: the plan."""
+    hand, budget_minutes = ctx.hand, ctx.budget_minutes
+    cfg, step, data, sched = measured.cfg, measured.step, measured.data, measured.sched
+    val_s, startup = measured.val_s, measured.startup
     if budget_note:
         p = d["training.patch_size"]
         d["training.patch_size"] = Decision(p.value, p.reason + budget_note)
-    amp = _amp(cfg, step, mach)
+    amp = _amp(cfg, step, ctx.mach)
     if amp is not None and "training.amp" not in hand:
         d["training.amp"], step = amp
         sched = rules.schedule(step.step_s, data.per_batch_s, val_s * 1.0, startup, budget_minutes)
@@ -306,11 +369,11 @@ def plan_dataset(dataset: Path | str, modality: str | None = None, labels: dict[
     for key, value in hand.items():  # whatever else was set by hand is kept as given
         if key in PLANNED_KEYS and key not in d:
             d[key] = Decision(value, "set by hand")
-    task = task_name(dataset)
-    mach = {**mach, "step_s": round(step.step_s, 4), "data_s": round(data.per_batch_s, 4),
+    task = task_name(ctx.dataset)
+    mach = {**ctx.mach, "step_s": round(step.step_s, 4), "data_s": round(data.per_batch_s, 4),
             "cache_s_per_case": round(data.cache_s, 2), "validation_s": round(val_s, 1),
             "total_iterations": sched.value["total_iterations"]}
-    return Plan(task, d, _pipeline(task, layout, dataset, fp, d), fp, mach, budget_minutes, hand)
+    return Plan(task, d, _pipeline(task, ctx.layout, ctx.dataset, ctx.fp, d), ctx.fp, mach, budget_minutes, hand)
 
 
 def hand_or(hand: dict[str, Any], key: str, planned: Decision) -> Decision:

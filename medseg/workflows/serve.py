@@ -113,6 +113,18 @@ def create_app(server: Server, token: str | None = None) -> FastAPI:
     app = FastAPI(title="medseg.serve", docs_url=None, redoc_url=None, openapi_url=None)
     if token:
         app.add_middleware(_Token, token=token)
+    _add_page_routes(app, server)
+    _add_open_routes(app, server)
+    _add_upload_route(app, server)
+    _add_volume_routes(app, server)
+    _add_click_routes(app, server)
+    _add_save_route(app, server)
+    monailabel.add_routes(app, server)  # 3D Slicer's MONAI Label module: /info/, /infer/{model}, /datastore/...
+    return app
+
+
+def _add_page_routes(app: FastAPI, server: Server) -> None:
+    """``GET /`` (the page) and ``GET /api/info``."""
     bundle = server.bundle
 
     @app.get("/", response_class=HTMLResponse)
@@ -123,6 +135,10 @@ def create_app(server: Server, token: str | None = None) -> FastAPI:
     def info() -> dict[str, Any]:
         return {"bundle": bundle.name, "labels": {str(v): k for v, k in sorted(bundle.labels.items())},
                 "guided": bool(bundle.cfg is not None and bundle.cfg.interactive.enabled)}
+
+
+def _add_open_routes(app: FastAPI, server: Server) -> None:
+    """``GET /api/cases`` and ``POST /api/open`` (a case of ``--input-dir``)."""
 
     @app.get("/api/cases")
     def cases() -> dict[str, Any]:
@@ -142,6 +158,10 @@ def create_app(server: Server, token: str | None = None) -> FastAPI:
             return _summary(server.open(check_case_name(name), listed[name]))
         except MedsegError as err:
             raise _fail(err) from None
+
+
+def _add_upload_route(app: FastAPI, server: Server) -> None:
+    """``POST /api/upload?name=file.nii.gz`` (size-limited)."""
 
     @app.post("/api/upload")
     async def upload(request: Request, name: str) -> dict[str, Any]:
@@ -169,13 +189,18 @@ def create_app(server: Server, token: str | None = None) -> FastAPI:
         except MedsegError as err:
             raise _fail(err) from None
 
+
+def _raw(array: Any) -> Response:
+    return Response(array.tobytes(), media_type="application/octet-stream",
+                    headers={"X-Shape": ",".join(map(str, array.shape)), "X-Dtype": str(array.dtype)})
+
+
+def _add_volume_routes(app: FastAPI, server: Server) -> None:
+    """``GET /api/cases/{case}`` and its ``/image`` and ``/mask`` raw voxels."""
+
     @app.get("/api/cases/{case}")
     def case_info(case: str) -> dict[str, Any]:
         return _summary(server.case(case))
-
-    def _raw(array: Any) -> Response:
-        return Response(array.tobytes(), media_type="application/octet-stream",
-                        headers={"X-Shape": ",".join(map(str, array.shape)), "X-Dtype": str(array.dtype)})
 
     @app.get("/api/cases/{case}/image")
     def image(case: str) -> Response:
@@ -184,6 +209,10 @@ def create_app(server: Server, token: str | None = None) -> FastAPI:
     @app.get("/api/cases/{case}/mask")
     def mask(case: str) -> Response:
         return _raw(server.case(case).labels)
+
+
+def _add_click_routes(app: FastAPI, server: Server) -> None:
+    """``POST /api/cases/{case}/click`` and ``.../undo``."""
 
     @app.post("/api/cases/{case}/click")
     def click(case: str, body: dict[str, Any]) -> dict[str, Any]:
@@ -205,6 +234,10 @@ def create_app(server: Server, token: str | None = None) -> FastAPI:
         with server.lock:
             return {"undone": session.undo(), "clicks": len(session.steps)}
 
+
+def _add_save_route(app: FastAPI, server: Server) -> None:
+    """``POST /api/cases/{case}/save`` (files written into ``--output-dir``)."""
+
     @app.post("/api/cases/{case}/save")
     def save(case: str) -> dict[str, Any]:
         session = server.case(case)
@@ -214,9 +247,6 @@ def create_app(server: Server, token: str | None = None) -> FastAPI:
             except MedsegError as err:
                 raise _fail(err) from None
         return {"files": [p.name for p in files], "output_dir": str(server.output_dir)}
-
-    monailabel.add_routes(app, server)  # 3D Slicer's MONAI Label module: /info/, /infer/{model}, /datastore/...
-    return app
 
 
 def run(bundle: str | Path, *, host: str = "127.0.0.1", port: int = 8000, token: str | None = None,
