@@ -40,14 +40,13 @@ from medseg.bundle.int8 import Int8Refused, refusal, write_int8
 from medseg.bundle.onnx import write_onnx
 from medseg.bundle.scripts import write_scripts
 from medseg.data.dicom_reader import BUNDLE_READER
-from medseg.data.dicom_reader import READER_PATH as DICOM_READER
 from medseg.data.formats import BUNDLE_SUFFIXES
 from medseg.data.dicom_reader import READER_PATH as DICOM_READER
 from medseg.engine.losses import monai_loss_def
 from medseg.engine.optim import bundle_scheduler_def, optimizer_def
+from medseg.fileio import publish_dir
 from medseg.data.pictures import PICTURE_SUFFIXES
 from medseg.inference.chain import SCRIPT_PACKAGE, bundle_targets, inference_spec
-from medseg.fileio import publish_dir
 from medseg.networks import describe, monai_network_def
 from medseg.networks.bundle import bundle_scripts, export_torchscript, inferer_def, loss_def
 from medseg.networks.bundle import spatial_shape as network_spatial_shape

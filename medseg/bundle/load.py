@@ -22,8 +22,8 @@ from medseg import __version__
 from medseg.bundle import versions as bundle_versions
 from medseg.bundle.safety import check_bundle_folder, extract_bundle_zip, weights_error
 from medseg.errors import MedsegError
-
 from medseg.inference import InferenceChain, build_chain, chain_from_config
+
 
 @dataclass
 class LoadedBundle:
@@ -34,9 +34,8 @@ class LoadedBundle:
     built_chain: InferenceChain | None = None  # medseg bundles: built at load
     parser: Any = None  # MONAI ConfigParser for a trusted foreign bundle
     extracted: Any = None  # the TemporaryDirectory a .zip bundle was extracted into (lives as long as this)
-
-    root: Path | None = None  # the bundle folder (its models/ holds model.onnx for the ONNX engines)
     in_channels: int | None = None  # what a foreign bundle's metadata says the network takes
+    root: Path | None = None  # the bundle folder (its models/ holds model.onnx for the ONNX engines)
 
     @property
     def chain(self) -> InferenceChain:
@@ -62,6 +61,7 @@ def _channel_def(meta: Any) -> tuple[dict[int, str], int | None]:
     except (KeyError, TypeError, ValueError):
         channels = None
     return labels, channels
+
 
 def _foreign_targets(config: Any) -> list[str]:
     """Every `_target_` and `$` expression in a bundle config that reaches beyond MONAI and torch."""
@@ -116,14 +116,14 @@ def _load_bundle_folder(bundle_dir: Path, device: torch.device, trust: bool) -> 
     name = meta.get("name", bundle_dir.name) if isinstance(meta, dict) else bundle_dir.name
     task_path = bundle_dir / "configs" / "medseg_task.json"
     if task_path.is_file():
-        from medseg.networks import build_network
         from medseg.config import TaskConfig
+        from medseg.networks import build_network
         from medseg.transforms import input_channels
 
         stored = _read_json(task_path)
         try:
-            net = build_network(cfg["network"], input_channels(cfg), len(cfg["data"]["labels"]))
             cfg = TaskConfig.from_dict(stored, source=str(task_path))
+            net = build_network(cfg["network"], input_channels(cfg), len(cfg["data"]["labels"]))
             chain = build_chain(cfg)
             labels = {int(v): str(k) for k, v in cfg["data"]["labels"].items()}
         except (KeyError, TypeError, MedsegError) as err:
