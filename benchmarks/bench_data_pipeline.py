@@ -41,27 +41,27 @@ def monai_reference(cfg: dict) -> mt.Compose:
     """The baseline: the same chain with MONAI's own spatial augmentation, as medseg had it before
     RandDeformd (Rand3DElasticd, then RandAffined, then RandFlipd per axis) and a balanced crop that
     searches the label on every draw. 3D tasks only."""
-    aug = cfg["augmentation"]
+    aug = cfg.augmentation
     keys, both = ["image", "label"], ["bilinear", "nearest"]
-    rot, (lo, hi) = math.radians(aug["rotate_deg"]), aug["scale"]
+    rot, (lo, hi) = math.radians(aug.rotate_deg), aug.scale
     spatial = [
-        mt.Rand3DElasticd(keys, sigma_range=aug["elastic"]["sigma"], magnitude_range=aug["elastic"]["magnitude"],
-                          prob=aug["elastic"]["prob"], mode=both, padding_mode="zeros"),
-        mt.RandAffined(keys, prob=max(aug["rotate_prob"], aug["scale_prob"]), rotate_range=[[-rot, rot]] * 3,
+        mt.Rand3DElasticd(keys, sigma_range=aug.elastic.sigma, magnitude_range=aug.elastic.magnitude,
+                          prob=aug.elastic.prob, mode=both, padding_mode="zeros"),
+        mt.RandAffined(keys, prob=max(aug.rotate_prob, aug.scale_prob), rotate_range=[[-rot, rot]] * 3,
                        scale_range=[[lo - 1.0, hi - 1.0]] * 3, mode=both, padding_mode="zeros"),
-        *[mt.RandFlipd(keys, prob=aug["flip_prob"], spatial_axis=a) for a in range(3)],
+        *[mt.RandFlipd(keys, prob=aug.flip_prob, spatial_axis=a) for a in range(3)],
     ]
-    crop = [mt.SpatialPadd(keys, spatial_size=cfg["training"]["patch_size"]),
-            mt.RandCropByPosNegLabeld(keys, label_key="label", spatial_size=cfg["training"]["patch_size"],
-                                      pos=cfg["training"]["pos_neg_ratio"], neg=1.0, num_samples=1,
+    crop = [mt.SpatialPadd(keys, spatial_size=cfg.training.patch_size),
+            mt.RandCropByPosNegLabeld(keys, label_key="label", spatial_size=cfg.training.patch_size,
+                                      pos=cfg.training.pos_neg_ratio, neg=1.0, num_samples=1,
                                       image_key="image", image_threshold=0.0)]
     intensity = [s for s in random_spec(cfg) if s["_target_"] != "RandDeformd"]
     return mt.Compose(instantiate(preprocess_spec(cfg)) + crop + spatial + instantiate(intensity))
 
 
 def measure(cfg: dict, ds: CacheDataset, workers: str, steps: int, warmup: int) -> dict:
-    tr = cfg["training"]
-    torch.manual_seed(tr["seed"])
+    tr = cfg.training
+    torch.manual_seed(tr.seed)
     _, model = builders.build_model(cfg, torch.device("cpu"))
     model.train()
     opt, _ = builders.optimiser_and_schedule(model.parameters(), cfg)
@@ -69,7 +69,7 @@ def measure(cfg: dict, ds: CacheDataset, workers: str, steps: int, warmup: int) 
     n_workers = int(workers) if workers.isdigit() else 0  # monai: the stock-MONAI chain, in the training process
     loader = builders.training_loader(ds, cfg, num_workers=n_workers, batches=steps + warmup)
     if workers == "thread":  # augmentation of the next batch in a background thread, during this step
-        loader = ThreadDataLoader(ds, batch_size=tr["batch_size"], sampler=loader.sampler, num_workers=0,
+        loader = ThreadDataLoader(ds, batch_size=tr.batch_size, sampler=loader.sampler, num_workers=0,
                                   buffer_size=1, collate_fn=builders.collate_plain)
     waits, totals = [], []
     it = iter(loader)
@@ -100,20 +100,20 @@ def main() -> None:
     parser.add_argument("--set", dest="overrides", action="append", default=[])
     args = parser.parse_args()
     cfg = load_config(args.task, args.overrides)
-    torch.set_num_threads(cfg["training"]["threads"] or os.cpu_count() or 1)
+    torch.set_num_threads(cfg.training.threads or os.cpu_count() or 1)
     root = locate_dataset(cfg, args.data_dir, explicit=False)
-    cases = load_dataset(cfg, root, cfg["training"]["seed"])[0]
+    cases = load_dataset(cfg, root, cfg.training.seed)[0]
     cfg = fit_preprocessing(cfg, cases)
     t = time.perf_counter()
     ds = builders.training_dataset(cases, cfg, cache_rate=1.0)
     cache_s = time.perf_counter() - t
-    tr = cfg["training"]
-    print(f"task {cfg['task']}: {len(cases)} training case(s), patch {tr['patch_size']}, batch {tr['batch_size']},"
+    tr = cfg.training
+    print(f"task {cfg.task}: {len(cases)} training case(s), patch {tr.patch_size}, batch {tr.batch_size},"
           f" {os.cpu_count()} CPU cores, torch threads {torch.get_num_threads()};"
           f" deterministic preprocessing cached once in {cache_s:.1f} s")
     print(f"{'workers':>7} {'wait s':>8} {'step s':>8} {'wait/step':>9} {'median wait':>11} {'median step':>11}")
     reference = None
-    if "monai" in args.workers and (len(tr["patch_size"]) != 3 or cfg["network"].get("slice_mode")):
+    if "monai" in args.workers and (len(tr.patch_size) != 3 or cfg.network.slice_mode):
         print("the 'monai' baseline is written for 3D patches; skipped for this task")
         args.workers = [w for w in args.workers if w != "monai"]
     for workers in args.workers:

@@ -106,9 +106,9 @@ def main() -> None:
     bundle = resolve(args.bundle)
     loaded = load_bundle(bundle, torch.device("cpu"))
     cfg = loaded.cfg
-    patch = list(cfg["training"]["patch_size"])
+    patch = list(cfg.training.patch_size)
     batch = torch.randn(2, 1, *patch, generator=torch.Generator().manual_seed(0))  # sw_batch_size 2 (inferer_def)
-    classes = cfg["evaluation"]["classes"]
+    classes = cfg.evaluation.classes
     val = []
     if args.run is not None:
         from monai.transforms import LoadImage
@@ -149,7 +149,7 @@ def main() -> None:
             print(json.dumps(row), flush=True)
 
     base = rows[0]
-    print(f"\n{bundle.name} ({cfg['network']['name']}, patch {patch}), {args.threads} threads, "
+    print(f"\n{bundle.name} ({cfg.network.name}, patch {patch}), {args.threads} threads, "
           f"{torch.__version__.split('+')[0]} torch")
     head = "| engine | forward / batch (s) | x torch | whole CT (s) | x torch | peak MB | CT Dice vs torch | val Dice |"
     print(head)

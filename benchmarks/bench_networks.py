@@ -65,18 +65,18 @@ def run_one(name: str, dims: int, seconds: float, data_dir: Path) -> dict:
     reset = ["network.channels=null", "network.norm=null"] if dims == 2 else []
     overrides = ["tracking.enabled=false", f"network.name={name}", *COMMON[dims], *reset, *WIDTHS[name]]
     cfg = load_config(task, overrides)
-    tr = cfg["training"]
-    set_determinism(seed=tr["seed"])
-    torch.set_num_threads(tr["threads"] or torch.get_num_threads())
+    tr = cfg.training
+    set_determinism(seed=tr.seed)
+    torch.set_num_threads(tr.threads or torch.get_num_threads())
     root = prepare_lits_sample(data_dir)
-    train_files, val_files = load_msd_dataset(root, cfg["data"]["labels"], cfg["data"]["val_fraction"], tr["seed"])
+    train_files, val_files = load_msd_dataset(root, cfg.data.labels, cfg.data.val_fraction, tr.seed)
     train_ds = CacheDataset(train_files, build_train_transforms(cfg), cache_rate=1.0, progress=False)
     sampler = torch.utils.data.RandomSampler(train_ds, replacement=True, num_samples=10**6)
-    loader = DataLoader(train_ds, batch_size=tr["batch_size"], sampler=sampler, num_workers=0)
-    net = build_network(cfg["network"], 1, len(cfg["data"]["labels"]))
+    loader = DataLoader(train_ds, batch_size=tr.batch_size, sampler=sampler, num_workers=0)
+    net = build_network(cfg.network, 1, len(cfg.data.labels))
     params = sum(p.numel() for p in net.parameters())
-    loss_fn = wrap_deep_supervision(build_loss(tr), cfg["network"])
-    opt = torch.optim.AdamW(net.parameters(), lr=tr["learning_rate"], weight_decay=tr["weight_decay"])
+    loss_fn = wrap_deep_supervision(build_loss(tr), cfg.network)
+    opt = torch.optim.AdamW(net.parameters(), lr=tr.learning_rate, weight_decay=tr.weight_decay)
     samples, started = 0, time.monotonic()
     net.train()
     for batch in loader:

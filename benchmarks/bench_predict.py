@@ -89,7 +89,7 @@ def main() -> None:
         cfg, chain, net = bundle.cfg, bundle.chain, bundle.network
     else:
         cfg = load_config("liver")
-        net = build_network(cfg["network"], 1, len(cfg["data"]["labels"])).eval()
+        net = build_network(cfg.network, 1, len(cfg.data.labels)).eval()
         chain = build_chain(cfg)
     forward = {"seconds": 0.0, "calls": 0}
 

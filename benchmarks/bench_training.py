@@ -82,7 +82,7 @@ def main() -> None:
 
     from medseg.config import load_config
 
-    batch = load_config("liver")["training"]["batch_size"]
+    batch = load_config("liver").training.batch_size
     print(f"liver task, {args.epochs} epochs x {args.iterations} iterations, device {args.device}, "
           f"torch {torch.__version__}, {torch.get_num_threads()} threads")
     results = []

@@ -225,7 +225,7 @@ def dataset_root(files: list) -> Path:
 
 
 def dataset_name(cfg: Any) -> str:
-    return str(cfg["data"]["dataset"] or cfg["data"]["sample"] or cfg["task"])
+    return str(cfg.data.dataset or cfg.data.sample or cfg.task)
 
 
 def markdown_summary(cfg: Any, fingerprint: dict[str, str], summary: dict[str, dict[str, float]] | None = None,
@@ -233,15 +233,15 @@ def markdown_summary(cfg: Any, fingerprint: dict[str, str], summary: dict[str, d
     """The run's description: data, network, training, and (once evaluated) the final metrics table."""
     from medseg.networks import describe
 
-    tr = cfg["training"]
-    lines = [f"## {cfg['task']}: {cfg['description'] or cfg['task']}", "",
+    tr = cfg.training
+    lines = [f"## {cfg.task}: {cfg.description or cfg.task}", "",
              f"**Data**: `{dataset_name(cfg)}`, {fingerprint.get('data.n_train', '?')} training / "
              f"{fingerprint.get('data.n_val', '?')} validation cases (split `{fingerprint.get('data.split_sha1', '?')}`),"
              f" median spacing {fingerprint.get('data.median_spacing_mm', 'n/a')} mm, "
-             f"{cfg['data']['modality']}; labels {', '.join(f'{v} = {k}' for k, v in cfg['data']['labels'].items())}.",
-             "", f"**Network**: {describe(cfg['network'])}.", "",
-             f"**Training**: {tr['epochs']} epochs x {tr['iterations_per_epoch']} iterations, batch {tr['batch_size']}, "
-             f"patches {tr['patch_size']}, {tr['optimizer']} (lr {tr['learning_rate']}), loss {tr['loss']}."]
+             f"{cfg.data.modality}; labels {', '.join(f'{v} = {k}' for k, v in cfg.data.labels.items())}.",
+             "", f"**Network**: {describe(cfg.network)}.", "",
+             f"**Training**: {tr.epochs} epochs x {tr.iterations_per_epoch} iterations, batch {tr.batch_size}, "
+             f"patches {tr.patch_size}, {tr.optimizer} (lr {tr.learning_rate}), loss {tr.loss}."]
     if summary:
         lines += ["", "**Final validation metrics** (original grid, distances in mm)", "",
                   "| class | Dice | HD95 (mm) | ASSD (mm) | cases |", "|---|---|---|---|---|"]
@@ -288,7 +288,7 @@ class Tracker:
         _check_uri(self.uri)
         self.cfg = cfg
         self.run_name, self.run_dir = run_name, run_dir
-        self.experiment_name = cfg["tracking"]["experiment"]
+        self.experiment_name = cfg.tracking.experiment
         self.unlogged = run_dir / "mlflow_unlogged.jsonl"
         self.failures = 0
         self.active = True
@@ -313,8 +313,8 @@ class Tracker:
                 exp = retry_locked(self._experiment)
             self.experiment = exp
             info = system_info()
-            tags = {"task": cfg["task"], "network": cfg["network"]["name"], "fold": "none", **info,
-                    "mlflow.source.name": command or f"medseg.train {cfg['task']}", "mlflow.source.type": "LOCAL"}
+            tags = {"task": cfg.task, "network": cfg.network.name, "fold": "none", **info,
+                    "mlflow.source.name": command or f"medseg.train {cfg.task}", "mlflow.source.type": "LOCAL"}
             if info["medseg.git_commit"] != "unknown":
                 tags["mlflow.source.git.commit"] = info["medseg.git_commit"]
             if run_id:  # --resume: go on in the run the interrupted training started
@@ -332,7 +332,7 @@ class Tracker:
         if self.uri.startswith(("http://", "https://")):  # the UI's model-training view (MLflow 3: workflowType)
             logger.info("MLflow run page: %s/#/experiments/%s/runs/%s?workflowType=machine_learning",
                         self.uri.rstrip("/"), self.experiment.experiment_id, self.run_id)
-        if cfg["tracking"].get("system_metrics", True):  # CPU, memory, disk, network; GPU through pynvml
+        if cfg.tracking.system_metrics:  # CPU, memory, disk, network; GPU through pynvml
             logging.getLogger("mlflow.system_metrics").setLevel(logging.WARNING)  # no start/stop lines in the log
             self.monitor = self.guard("system metrics", lambda: SystemMetricsMonitor(
                 self.run_id, resume_logging=run_id is not None, tracking_uri=self.uri))
@@ -403,7 +403,7 @@ class Tracker:
         intensity percentiles (no case names, no header fields)."""
         self.fingerprint = dataset_fingerprint(train_files, val_files)
         self.log_params(self.fingerprint)
-        common = {"modality": self.cfg["data"]["modality"], "labels": dict(self.cfg["data"]["labels"])}
+        common = {"modality": self.cfg.data.modality, "labels": dict(self.cfg.data.labels)}
         inputs = []
         for context, files in (("training", train_files), ("validation", val_files)):
             if not files:
@@ -453,7 +453,7 @@ class Tracker:
         version_dir = bundle_versions.resolve(Path(bundle_dir))
         # created here so that it belongs to the run's experiment (Model.log alone puts it in the active one)
         model = self.client.create_logged_model(self.experiment.experiment_id, name="model", source_run_id=self.run_id,
-                                                tags={"task": self.cfg["task"], "medseg.bundle": version_dir.name},
+                                                tags={"task": self.cfg.task, "medseg.bundle": version_dir.name},
                                                 model_type="MONAI bundle")
         with tempfile.TemporaryDirectory(prefix="medseg-model-") as tmp, warnings.catch_warnings(record=True):
             code = Path(tmp) / "medseg_bundle_model.py"  # MLflow's advice (type hints, an input example) not shown:

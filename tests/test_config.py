@@ -30,9 +30,9 @@ def test_liver_task_resolves_with_defaults_and_yaml_values():
     assert cfg.augmentation.scale == [0.85, 1.15] and cfg.augmentation.rotate_prob == 0.5
     assert "liver" in available_tasks()
     # transition shim: the dict-style reads the consumers still use answer the same values
-    assert cfg["training"]["epochs"] == cfg.training.epochs == 40
-    assert cfg["data"].get("nosuch", 7) == 7 and "labels" in cfg["data"] and "nosuch" not in cfg["data"]
-    assert dict(cfg["bundle"].items())["name"] == "liver_ct_segmentation" and {**cfg["data"]}["layout"] == "msd"
+    assert cfg.training.epochs == cfg.training.epochs == 40
+    assert cfg.data.get("nosuch", 7) == 7 and "labels" in cfg.data and "nosuch" not in cfg.data
+    assert dict(cfg.bundle.items())["name"] == "liver_ct_segmentation" and {**cfg.data}["layout"] == "msd"
 
 
 def test_overrides_are_typed_and_applied():

@@ -222,7 +222,7 @@ def bundle(tmp_path_factory):
     work = tmp_path_factory.mktemp("bundle")
     cfg = load_config("liver", FAST + [f"bundle.dir={work / 'bundles'}"])
     summary = {c: {"dice": 0.5, "hd95_mm": 1.0, "assd_mm": 1.0, "cases": 1} for c in ("liver", "tumour")}
-    return export_bundle(cfg, work / "run", build_network(cfg["network"], 1, 3), summary)
+    return export_bundle(cfg, work / "run", build_network(cfg.network, 1, 3), summary)
 
 
 PREDICT = [n for n in CASES if n != "RGB PNG"]

@@ -46,7 +46,7 @@ def test_msd_layout_matches_the_msd_loader(tmp_path):
     assert detect_layout(root) == "msd"
     cases = all_cases(cfg, root)
     assert [Path(c["image"]).name for c in cases] == [f"case_{i:03d}.nii.gz" for i in range(4)]
-    assert load_dataset(cfg, root, seed=3) == load_msd_dataset(root, cfg["data"]["labels"], 0.2, 3)
+    assert load_dataset(cfg, root, seed=3) == load_msd_dataset(root, cfg.data.labels, 0.2, 3)
 
 
 def test_unexpected_label_values_stop_training_with_one_line(tmp_path, capsys, monkeypatch):
@@ -297,7 +297,7 @@ def test_the_split_is_the_one_runs_were_made_with(tmp_path, fraction, seed, val_
     train, val = load_dataset(cfg, root, seed)
     assert [c.name for c in val] == val_names
     assert [c.name for c in train] == [f"case_{i:03d}" for i in range(7) if f"case_{i:03d}" not in val_names]
-    assert load_msd_dataset(root, cfg["data"]["labels"], fraction, seed) == (train, val)
+    assert load_msd_dataset(root, cfg.data.labels, fraction, seed) == (train, val)
     assert train_val_split(list(range(7)), fraction, seed)[1] == [int(n[-3:]) for n in val_names]
 
 

@@ -187,10 +187,10 @@ def test_unetpp_prunes_at_inference():
 def test_config_selects_networks_and_refuses_bad_input(tmp_path: Path):
     cfg = load_config("liver", ["network.name=unetpp", "network.deep_supervision=true",
                                 "network.args={prune_depth: 3}", "network.ds_weights=[1, 0.5, 0.25, 0.1]"])
-    assert cfg["network"]["args"] == {"prune_depth": 3}
+    assert cfg.network.args == {"prune_depth": 3}
     unetr = load_config("liver", ["network.name=unetr", "network.args.feature_size=8"])
-    assert unetr["network"]["args"] == {"feature_size": 8, "img_size": [64, 96, 96]}  # filled from the patch
-    assert load_config("liver")["network"]["name"] == "resunet"  # the default network is the one liver used
+    assert unetr.network.args == {"feature_size": 8, "img_size": [64, 96, 96]}  # filled from the patch
+    assert load_config("liver").network.name == "resunet"  # the default network is the one liver used
     bad = {
         "network.name=vnet": r"network\.name.*'vnet'.*choose one of.*attention_unet.*light_unet",
         "network.args={widht: 3}": r"network\.args\.widht: not an argument of network 'resunet'; it takes channels",
@@ -294,7 +294,7 @@ def test_slice_inference_and_bundle_on_stock_monai(tmp_path: Path, monkeypatch):
     assert (bundle / "scripts" / "medseg_networks" / "unet3p.py").is_file()
 
     scripted = torch.jit.load(str(bundle / "models" / "model.ts"))
-    net = build_network(cfg["network"], 1, 3)
+    net = build_network(cfg.network, 1, 3)
     net.load_state_dict(torch.load(bundle / "models" / "model.pt", weights_only=True))
     x = torch.rand(1, 1, 21, 19)
     with torch.no_grad():
@@ -314,7 +314,7 @@ def test_slice_inference_and_bundle_on_stock_monai(tmp_path: Path, monkeypatch):
 def test_check_network_fills_and_checks_in_place():
     cfg = load_config("liver", ["network.name=swin_unetr", "training.patch_size=[64,64,64]"])
     check_network(cfg, "x")
-    assert cfg["network"]["args"] == {}
+    assert cfg.network.args == {}
     with pytest.raises(MedsegError, match=r"must be multiples of 32"):
         check_task(load_config("liver", ["network.name=swin_unetr", "training.patch_size=[48,48,48]"]))
 

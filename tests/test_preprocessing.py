@@ -115,7 +115,7 @@ def test_n4_bias_correction_flattens_a_smooth_field_and_caches_the_result(tmp_pa
 
 def test_percentile_scaling_for_2d_images():
     cfg = load_config("liver", ["data.modality=XR"])
-    assert cfg["preprocessing"]["intensity"] == "percentile" and not cfg["preprocessing"]["crop_foreground"]
+    assert cfg.preprocessing.intensity == "percentile" and not cfg.preprocessing.crop_foreground
     x = torch.arange(1001, dtype=torch.float32).reshape(1, 1, 1001)
     out = _intensity(cfg, {"image": MetaTensor(x)})
     assert float(out.min()) == 0.0 and float(out.max()) == 1.0
@@ -126,10 +126,10 @@ def test_a_yaml_naming_only_the_modality_gets_mri_defaults(tmp_path):
     yaml_path = tmp_path / "brain.yaml"
     yaml_path.write_text("task: brain\ndata: {modality: MR, labels: {background: 0, tumour: 1}}\n")
     cfg = load_config(str(yaml_path))
-    assert cfg["preprocessing"]["intensity"] == "zscore" and cfg["augmentation"]["bias_field"]["prob"] > 0
+    assert cfg.preprocessing.intensity == "zscore" and cfg.augmentation.bias_field.prob > 0
     assert input_channels(cfg) == 1
     ct = load_config(str(yaml_path), ["data.modality=CT"])
-    assert ct["preprocessing"]["intensity"] == "window" and ct["augmentation"]["bias_field"]["prob"] == 0
+    assert ct.preprocessing.intensity == "window" and ct.augmentation.bias_field.prob == 0
 
 
 def test_spacing_auto_is_the_median_of_the_training_headers_in_ras_axis_order(tmp_path):

@@ -85,7 +85,7 @@ def test_invertd_through_the_eval_chain_returns_the_original_grid(tmp_path):
     cfg = load_config("liver")
     chain = build_eval_transforms(cfg, with_label=False)
     data = chain({"image": str(tmp_path / "ct.nii.gz")})
-    a_min, a_max = ct_window(cfg["preprocessing"]["window"])
+    a_min, a_max = ct_window(cfg.preprocessing.window)
     assert float(data["image"].min()) >= 0.0 and float(data["image"].max()) <= 1.0
     data["pred"] = MetaTensor(data["image"].clone(), meta=data["image"].meta,
                               applied_operations=data["image"].applied_operations)

@@ -78,12 +78,12 @@ def inference_config(cfg: dict[str, Any]) -> dict[str, Any]:
     Its ``preprocessing``, ``inferer`` and ``postprocessing`` are :func:`medseg.inference.inference_spec`, the chain
     ``medseg.predict`` runs, with ``SaveImaged`` appended (medseg.predict writes the label map itself).
     """
-    n_classes = len(cfg["data"]["labels"])
+    n_classes = len(cfg.data.labels)
     chain = inference_spec(cfg)
     chain["preprocessing"]["transforms"] = _bundle_spec(chain["preprocessing"]["transforms"])
     chain = bundle_targets(chain)
     post = chain["postprocessing"]["transforms"]
-    pictures = int(cfg["network"]["spatial_dims"]) == 2 and not cfg["network"].get("slice_mode")
+    pictures = int(cfg.network.spatial_dims) == 2 and not cfg.network.slice_mode
     if pictures:  # a 2D task: PNG/TIFF/JPEG in, masks out in the picture's format with the stored label values
         stored = {str(v): int(k) for k, v in cfg.effective_label_map().items()} if hasattr(cfg, "effective_label_map") else {}
         post.append({"_target_": f"scripts.{SCRIPT_PACKAGE}.SavePictured", "keys": "pred", "output_dir": "@output_dir",
@@ -101,7 +101,7 @@ def inference_config(cfg: dict[str, Any]) -> dict[str, Any]:
         "dataset_dir": "data",
         "datalist": f"$sorted(set({globs}))",
         "device": "$torch.device('cuda:0' if torch.cuda.is_available() else 'cpu')",
-        "network_def": monai_network_def(cfg["network"], input_channels(cfg), n_classes),
+        "network_def": monai_network_def(cfg.network, input_channels(cfg), n_classes),
         "network": "$@network_def.to(@device)",
         "preprocessing": chain["preprocessing"],
         "dataset": {"_target_": "Dataset", "data": "$[{'image': i} for i in @datalist]", "transform": "@preprocessing"},
@@ -124,8 +124,8 @@ def inference_config(cfg: dict[str, Any]) -> dict[str, Any]:
 
 def train_config(cfg: dict[str, Any]) -> dict[str, Any]:
     """The bundle's ``train.json``: the same preprocessing, augmentation, network, loss and schedule."""
-    tr, ev = cfg["training"], cfg["evaluation"]
-    n_classes = len(cfg["data"]["labels"])
+    tr, ev = cfg.training, cfg.evaluation
+    n_classes = len(cfg.data.labels)
     split = "int(len(@manifest['training']) * (1 - @val_fraction))"
     datalist = "[{{'image': os.path.join(@dataset_dir, c['image']), 'label': os.path.join(@dataset_dir, c['label'])}} for c in {}]"
     return {
@@ -134,18 +134,18 @@ def train_config(cfg: dict[str, Any]) -> dict[str, Any]:
         "dataset_dir": "data/Task03_Liver",
         "output_dir": "$os.path.join(@bundle_root, 'train_output')",
         "manifest": "$json.load(open(os.path.join(@dataset_dir, 'dataset.json')))",
-        "val_fraction": cfg["data"]["val_fraction"],
+        "val_fraction": cfg.data.val_fraction,
         "train_datalist": "$" + datalist.format(
             f"(@manifest['training'] if 'validation' in @manifest else @manifest['training'][:{split}])"),
         "val_datalist": "$" + datalist.format(
             f"@manifest.get('validation') or @manifest['training'][{split}:]"),
         "device": "$torch.device('cuda:0' if torch.cuda.is_available() else 'cpu')",
-        "epochs": tr["epochs"],
-        "iterations_per_epoch": tr["iterations_per_epoch"],
-        "batch_size": tr["batch_size"],
-        "learning_rate": tr["learning_rate"],
-        "val_every": tr["val_every"],
-        "network_def": monai_network_def(cfg["network"], input_channels(cfg), n_classes),
+        "epochs": tr.epochs,
+        "iterations_per_epoch": tr.iterations_per_epoch,
+        "batch_size": tr.batch_size,
+        "learning_rate": tr.learning_rate,
+        "val_every": tr.val_every,
+        "network_def": monai_network_def(cfg.network, input_channels(cfg), n_classes),
         "network": "$@network_def.to(@device)",
         "loss": loss_def(cfg, _own_loss(monai_loss_def(tr))),  # DeepSupervisionLoss around it for aux outputs
         "optimizer": {**optimizer_def(tr), "params": "$@network.parameters()", "lr": "@learning_rate"},
@@ -168,8 +168,8 @@ def train_config(cfg: dict[str, Any]) -> dict[str, Any]:
             "trainer": {"_target_": "SupervisedTrainer", "max_epochs": "@epochs", "device": "@device",
                         "train_data_loader": "@train#dataloader", "network": "@network", "loss_function": "@loss",
                         "optimizer": "@optimizer", "inferer": {"_target_": "SimpleInferer"},
-                        "train_handlers": "@train#handlers", "accumulation_steps": tr["accumulation_steps"],
-                        **_amp_args(tr["amp"])},
+                        "train_handlers": "@train#handlers", "accumulation_steps": tr.accumulation_steps,
+                        **_amp_args(tr.amp)},
         },
         "validate": {
             "preprocessing": {"_target_": "Compose", "transforms": _bundle_spec(preprocess_spec(cfg))},
@@ -196,7 +196,7 @@ def train_config(cfg: dict[str, Any]) -> dict[str, Any]:
                 "val_handlers": "@validate#handlers",
             },
         },
-        "initialize": [f"$monai.utils.set_determinism(seed={tr['seed']})", "$os.makedirs(@output_dir, exist_ok=True)"],
+        "initialize": [f"$monai.utils.set_determinism(seed={tr.seed})", "$os.makedirs(@output_dir, exist_ok=True)"],
         "run": ["$@train#trainer.run()"],
     }
 
@@ -240,9 +240,9 @@ format=%(asctime)s - %(name)s - %(levelname)s - %(message)s
 
 def metadata(cfg: dict[str, Any], summary: dict[str, dict[str, float]]) -> dict[str, Any]:
     """The bundle's ``metadata.json``."""
-    labels = {int(v): k for k, v in cfg["data"]["labels"].items()}
+    labels = {int(v): k for k, v in cfg.data.labels.items()}
     shape = network_spatial_shape(cfg)
-    dims = cfg["network"]["spatial_dims"]
+    dims = cfg.network.spatial_dims
     return {
         "schema": OFFICIAL_SCHEMA,
         "version": "0.1.0",
@@ -252,25 +252,25 @@ def metadata(cfg: dict[str, Any], summary: dict[str, dict[str, float]]) -> dict[
         "numpy_version": np.__version__,
         "required_packages_version": {"nibabel": _version("nibabel"), "scikit-image": _version("scikit-image"),
                                       **({"SimpleITK": _version("SimpleITK")}  # N4 bias correction
-                                         if cfg["preprocessing"]["bias_correction"]["enabled"] else {})},
+                                         if cfg.preprocessing.bias_correction.enabled else {})},
         "name": cfg.bundle_name(),
-        "task": cfg["description"] or cfg["task"],
-        "description": f"{cfg['network']['name']} ({dims}D) trained by medseg on task '{cfg['task']}'",
-        "authors": cfg["bundle"]["authors"],
-        "copyright": f"Copyright (c) {cfg['bundle']['authors']}",
-        "license": cfg["bundle"]["license"],
+        "task": cfg.description or cfg.task,
+        "description": f"{cfg.network.name} ({dims}D) trained by medseg on task '{cfg.task}'",
+        "authors": cfg.bundle.authors,
+        "copyright": f"Copyright (c) {cfg.bundle.authors}",
+        "license": cfg.bundle.license,
         "intended_use": "Research only; not for clinical diagnosis.",
-        "data_source": cfg["data"]["dataset"] or cfg["data"]["sample"],
+        "data_source": cfg.data.dataset or cfg.data.sample,
         "data_type": "nibabel",
-        "image_classes": f"{input_channels(cfg)} channel(s) {cfg['data']['modality']}: {describe_intensity(cfg)};"
-        f" resampled to {cfg['preprocessing']['spacing']} mm",
+        "image_classes": f"{input_channels(cfg)} channel(s) {cfg.data.modality}: {describe_intensity(cfg)};"
+        f" resampled to {cfg.preprocessing.spacing} mm",
         "label_classes": ", ".join(f"{v}: {k}" for v, k in sorted(labels.items())),
         "pred_classes": ", ".join(f"{v}: {k}" for v, k in sorted(labels.items())),
         "eval_metrics": {f"{c}_{m}": round(float(e[m]), 4) for c, e in summary.items() for m in ("dice", "hd95_mm", "assd_mm")},
         "network_data_format": {
             "inputs": {"image": {
-                "type": "image", "format": "hounsfield" if cfg["data"]["modality"] == "CT" else "magnitude",
-                "modality": cfg["data"]["modality"], "num_channels": input_channels(cfg),
+                "type": "image", "format": "hounsfield" if cfg.data.modality == "CT" else "magnitude",
+                "modality": cfg.data.modality, "num_channels": input_channels(cfg),
                 "spatial_shape": shape, "dtype": "float32", "value_range": value_range(cfg),
                 "is_patch_data": True, "channel_def": {"0": "image"},
             }},
@@ -293,30 +293,30 @@ def _version(package: str) -> str:
 
 
 def _readme(cfg: dict[str, Any], summary: dict[str, dict[str, float]], run_seconds: float | None) -> str:
-    tr, pre, net = cfg["training"], cfg["preprocessing"], cfg["network"]
+    tr, pre, net = cfg.training, cfg.preprocessing, cfg.network
     rows = "\n".join(
         f"| {c} | {e['dice']:.3f} | {e['hd95_mm']:.2f} | {e['assd_mm']:.2f} | {int(e['cases'])} |" for c, e in summary.items()
     )
     budget = f"{run_seconds / 60:.1f} minutes" if run_seconds else "see the training run"
-    return f"""# {cfg['bundle']['name']}
+    return f"""# {cfg.bundle.name}
 
-{cfg['description']}. Exported by medseg {__version__}.
+{cfg.description}. Exported by medseg {__version__}.
 
 ## Data
-Source: {cfg['data']['dataset'] or cfg['data']['sample']}. Labels: {', '.join(f'{v} = {k}' for k, v in cfg['data']['labels'].items())}.
+Source: {cfg.data.dataset or cfg.data.sample}. Labels: {', '.join(f'{v} = {k}' for k, v in cfg.data.labels.items())}.
 
 ## Preprocessing
-Orientation {pre['orientation']}; resampled to {pre['spacing']} mm; {describe_intensity(cfg)}
-{'; cropped to the foreground' if pre['crop_foreground'] else ''}. Inference undoes the spatial steps, so each
+Orientation {pre.orientation}; resampled to {pre.spacing} mm; {describe_intensity(cfg)}
+{'; cropped to the foreground' if pre.crop_foreground else ''}. Inference undoes the spatial steps, so each
 mask is written in its input's own grid.
 
 ## Network
-{describe(net)}. {'Slice-by-slice' if net.get('slice_mode') else 'Sliding-window'} inference with patches
-{tr['patch_size']} and overlap {cfg['evaluation']['sw_overlap']}.
+{describe(net)}. {'Slice-by-slice' if net.slice_mode else 'Sliding-window'} inference with patches
+{tr.patch_size} and overlap {cfg.evaluation.sw_overlap}.
 
 ## Training
-{tr['epochs']} epochs x {tr['iterations_per_epoch']} iterations, batch {tr['batch_size']}, {tr['optimizer']} (lr {tr['learning_rate']}),
-{tr['schedule']} schedule, loss {tr['loss']}; wall time {budget}.
+{tr.epochs} epochs x {tr.iterations_per_epoch} iterations, batch {tr.batch_size}, {tr.optimizer} (lr {tr.learning_rate}),
+{tr.schedule} schedule, loss {tr.loss}; wall time {budget}.
 
 ## Validation metrics
 Distances in millimetres from the image spacing.
@@ -389,7 +389,7 @@ def export_bundle(
     ``int8_cases``: ``(training, validation)`` cases to calibrate and measure ``models/model_int8.onnx`` on
     (:mod:`medseg.bundle.int8`); a refused INT8 model raises :class:`~medseg.bundle.int8.Int8Refused` once the
     bundle (without it) is published."""
-    parent, name = Path(cfg["bundle"]["dir"]), cfg.bundle_name()
+    parent, name = Path(cfg.bundle.dir), cfg.bundle_name()
     parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=parent))  # unique: two exports never share a folder
     publish_dir(tmp)
@@ -398,9 +398,9 @@ def export_bundle(
     exported = bundle_versions.now_utc()
 
     def finalise(folder: Path, version: str, changelog: dict[str, str]) -> None:
-        entry = f"{exported} UTC: exported by medseg {__version__} from run {run_dir} (task '{cfg['task']}'); validation Dice {dice}"
+        entry = f"{exported} UTC: exported by medseg {__version__} from run {run_dir} (task '{cfg.task}'); validation Dice {dice}"
         final = {**meta, "version": version, "changelog": {version: entry, **changelog},
-                 "medseg_export": {"exported": exported, "task": cfg["task"], "run": str(run_dir)}}
+                 "medseg_export": {"exported": exported, "task": cfg.task, "run": str(run_dir)}}
         (folder / "configs" / "metadata.json").write_text(json.dumps(final, indent=2) + "\n")
         _torchscript(folder, cfg)  # embeds the configs, metadata.json with its final version included
 

@@ -113,7 +113,7 @@ def validation_dice(cfg: Any, forwards: dict[str, Forward], cases: list[Case]) -
         raise MedsegError("INT8 validation: the run has no validation cases (cases.json 'val' is empty)")
     chain = build_chain(cfg)
     loader = LoadImage(image_only=True, ensure_channel_first=True)
-    classes = cfg["evaluation"]["classes"]
+    classes = cfg.evaluation.classes
     sums = {name: {c: 0.0 for c in classes} for name in forwards}
     for case in cases:
         ref = mapped_labels(loader(str(case.label))[0].numpy(), cfg.effective_label_map())
@@ -128,8 +128,8 @@ def write_int8(bundle_dir: Path, cfg: Any, network: torch.nn.Module, train_cases
                val_cases: list[Case]) -> dict[str, Any]:
     """Quantise ``bundle_dir/models/model.onnx``, measure it on ``val_cases``, keep it or refuse it; returns what
     ``metadata.json`` records (``refused``: the loss exceeded the limit and the file is gone)."""
-    bundle = cfg["bundle"]
-    limit, n = float(bundle["int8_max_dice_loss"]), int(bundle["int8_patches"])
+    bundle = cfg.bundle
+    limit, n = float(bundle.int8_max_dice_loss), int(bundle.int8_patches)
     models = bundle_dir / "models"
     path = quantise(models, cfg, train_cases, n)
     engine = build_engine("onnxruntime", network, models, int8=True)

@@ -123,9 +123,9 @@ def _load_bundle_folder(bundle_dir: Path, device: torch.device, trust: bool) -> 
         stored = _read_json(task_path)
         try:
             cfg = TaskConfig.from_dict(stored, source=str(task_path))
-            net = build_network(cfg["network"], input_channels(cfg), len(cfg["data"]["labels"]))
+            net = build_network(cfg.network, input_channels(cfg), len(cfg.data.labels))
             chain = build_chain(cfg)
-            labels = {int(v): str(k) for k, v in cfg["data"]["labels"].items()}
+            labels = {int(v): str(k) for k, v in cfg.data.labels.items()}
         except (KeyError, TypeError, MedsegError) as err:
             changelog = meta.get("changelog", {}) if isinstance(meta, dict) else {}
             written = next(iter(changelog.values()), "an unknown medseg version")

@@ -40,8 +40,8 @@ def core_network(network: torch.nn.Module) -> torch.nn.Module:
 
 
 def dynamic_spatial(cfg: Any) -> bool:
-    net = cfg["network"]
-    return "args" not in net or net["name"] not in STATIC_SPATIAL
+    net = cfg.network
+    return "args" not in net or net.name not in STATIC_SPATIAL
 
 
 def export_onnx(network: torch.nn.Module, path: Path, patch: list[int], in_channels: int,
@@ -79,7 +79,7 @@ def check_onnx(network: torch.nn.Module, path: Path, patch: list[int], in_channe
 
 def write_onnx(bundle_dir: Path, cfg: Any, network: torch.nn.Module) -> dict[str, Any]:
     """``models/model.onnx`` of ``bundle_dir``, checked; returns what ``metadata.json`` records about it."""
-    patch = [int(p) for p in cfg["training"]["patch_size"]]
+    patch = [int(p) for p in cfg.training.patch_size]
     channels = input_channels(cfg)
     dynamic = dynamic_spatial(cfg)
     path = bundle_dir / "models" / "model.onnx"
@@ -87,7 +87,7 @@ def write_onnx(bundle_dir: Path, cfg: Any, network: torch.nn.Module) -> dict[str
     diff = check_onnx(network, path, patch, channels)
     if not diff <= MAX_ABS_DIFF:
         raise MedsegError(f"{path}: ONNX Runtime differs from PyTorch by {diff:.3g} on a random patch "
-                          f"(limit {MAX_ABS_DIFF}); report the network '{cfg['network']['name']}'")
+                          f"(limit {MAX_ABS_DIFF}); report the network '{cfg.network.name}'")
     return {"file": "models/model.onnx", "opset": OPSET, "dynamic_spatial": dynamic, "checked_patch": patch,
             "max_abs_diff": diff}
 

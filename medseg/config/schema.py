@@ -157,14 +157,14 @@ def _spacing(value: Any) -> Any:
 class Section(BaseModel):
     """A config section: typed fields, unknown keys refused.
 
-    Transition shim (removed after the codemod over the tree): sections also answer ``section["key"]``,
-    ``section.get(key, default)``, ``key in section``, ``section.items()`` and item assignment, as the
-    plain dicts they replace did.
+    medseg's own code reads fields as attributes (``cfg.training.epochs``). Sections also answer the
+    mapping calls (``section["key"]``, ``.get``, ``in``, ``.items()``) so that notebooks and scripts written
+    against the dict config of earlier medseg versions keep working.
     """
 
     model_config = ConfigDict(extra="forbid", strict=True, validate_default=False)
 
-    # --- transition shim: dict-style access ---
+    # --- mapping access, for code written against the dict config of earlier medseg versions ---
     def __getitem__(self, key: str) -> Any:
         if key not in type(self).model_fields:
             raise KeyError(key)
@@ -196,7 +196,7 @@ class Section(BaseModel):
     def values(self) -> list[Any]:
         return [getattr(self, k) for k in type(self).model_fields]
 
-    # --- end of shim ---
+    # --- end of mapping access ---
 
     def to_dict(self) -> dict[str, Any]:
         """Plain dicts, lists and scalars (YAML and JSON)."""

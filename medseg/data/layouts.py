@@ -138,10 +138,10 @@ def _root_for(cfg: dict[str, Any], root: Path) -> Path:
 
 def all_cases(cfg: dict[str, Any], root: Path) -> list[Case]:
     """Every labelled case of the dataset at ``root`` in a stable order (file names), per ``data.layout``."""
-    layout = cfg["data"]["layout"]
+    layout = cfg.data.layout
     root = _root_for(cfg, Path(root))
     if layout == "msd":
-        train, val = msd_cases(root, cfg["data"]["labels"])  # checks the manifest and labels
+        train, val = msd_cases(root, cfg.data.labels)  # checks the manifest and labels
         return sorted(train + (val or []), key=lambda c: str(c.image))
     if layout == "nnunet":
         return _nnunet_cases(root)
@@ -161,10 +161,10 @@ def load_dataset(cfg: dict[str, Any], root: Path, seed: int) -> tuple[list[Case]
     0/1 (the config is left alone: ``fit_preprocessing`` records that map in ``fitted.label_map``).
     """
     root = _root_for(cfg, Path(root))
-    data = cfg["data"]
+    data = cfg.data
     fixed_val = None
-    if data["layout"] == "msd":
-        cases, fixed_val = msd_cases(root, data["labels"])
+    if data.layout == "msd":
+        cases, fixed_val = msd_cases(root, data.labels)
         if fixed_val is None:
             cases = sorted(cases, key=lambda c: str(c.image))  # as all_cases orders them
     else:
@@ -176,21 +176,21 @@ def load_dataset(cfg: dict[str, Any], root: Path, seed: int) -> tuple[list[Case]
         return cases, fixed_val
     if len(cases) < 2:
         raise MedsegError(f"{root}: needs at least 2 good labelled cases to hold one out for validation, found {len(cases)}")
-    return train_val_split(cases, data["val_fraction"], seed)
+    return train_val_split(cases, data.val_fraction, seed)
 
 
 def _good_cases(cfg: dict[str, Any], root: Path, cases: list[Case],
                 fixed_val: list[Case] | None) -> tuple[list[Case], list[Case] | None]:
     """``cases`` and ``fixed_val`` without the bad ones (headers first, then every label's values), or a stop
     naming them unless ``data.skip_bad``."""
-    data = cfg["data"]
+    data = cfg.data
     groups = [cases, fixed_val or []]
     logger.info("checking %d case(s): image/label headers, then every label's values",
                 sum(len(g) for g in groups))
     found = _problems(groups, header_problems)
-    expected = set(data["labels"].values())
-    label_map = {int(k): int(v) for k, v in data["label_map"].items()} or detect_255_label_map(
-        dict(data["labels"]), [c for g, f in zip(groups, found) for c, p in zip(g, f) if not p])
+    expected = set(data.labels.values())
+    label_map = {int(k): int(v) for k, v in data.label_map.items()} or detect_255_label_map(
+        dict(data.labels), [c for g, f in zip(groups, found) for c, p in zip(g, f) if not p])
     # label values and NaN/inf in floating-point images: every file is read once (threads: decompression
     # releases the GIL)
     readable = [[c for c, p in zip(g, f) if not p] for g, f in zip(groups, found)]
@@ -200,7 +200,7 @@ def _good_cases(cfg: dict[str, Any], root: Path, cases: list[Case],
     bad = [(c, p) for g, f in zip(groups, found) for c, p in zip(g, f) if p]
     if bad:
         listing = "; ".join(f"{c.image.name}: {p[0]}" for c, p in bad[:10])
-        if not data["skip_bad"]:
+        if not data.skip_bad:
             raise MedsegError(f"{len(bad)} bad case(s) in {root}: {listing}; fix them or set data.skip_bad: true"
                               " (--skip-bad) to leave them out")
         logger.warning("skipping %d bad case(s): %s", len(bad), listing)

@@ -23,16 +23,16 @@ def locate_dataset(cfg: Any, data_dir: Path, explicit: bool) -> Path:
     """
     if explicit and not data_dir.is_dir():
         raise MedsegError(f"--data-dir {data_dir}: no such folder")
-    root = Path(cfg["data"]["dataset"])
+    root = Path(cfg.data.dataset)
     root = root if root.is_absolute() else data_dir / root
-    if cfg["data"]["dataset"] and root.exists():
+    if cfg.data.dataset and root.exists():
         return root
-    if cfg["data"]["sample"] == "lits117":
+    if cfg.data.sample == "lits117":
         sample = prepare_lits_sample(data_dir)
-        where = f"no dataset at {root}" if cfg["data"]["dataset"] else "no dataset configured"
+        where = f"no dataset at {root}" if cfg.data.dataset else "no dataset configured"
         logger.info("%s: using the built-in LiTS sample (case 117, 128^3 CT crop) at %s", where, sample)
         return sample
-    if cfg["data"]["sample"] == "dsb2018_nuclei":
+    if cfg.data.sample == "dsb2018_nuclei":
         sample = prepare_nuclei_sample(data_dir)
         logger.info("no dataset at %s: using the built-in nuclei sample (DSB 2018, 512x512) at %s", root, sample)
         return sample

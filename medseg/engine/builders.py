@@ -70,17 +70,17 @@ def training_dataset(cases: Items, cfg: Any, cache_rate: float | None = None) ->
     (``test_augmentation`` checks it with every augmentation on). The copy took 38% of the data time in
     slice mode (a whole volume copied for each 2D slice), and far more for full-size CT volumes.
     """
-    if cfg["training"]["cache_dir"]:
+    if cfg.training.cache_dir:
         return persistent_dataset(cases, cfg, build_train_transforms(cfg), "train")
-    rate = cfg["training"]["cache_rate"] if cache_rate is None else cache_rate
+    rate = cfg.training.cache_rate if cache_rate is None else cache_rate
     return CacheDataset(_dicts(cases), build_train_transforms(cfg), cache_rate=rate, progress=False, copy_cache=False)
 
 
 def validation_dataset(cases: Items, cfg: Any) -> CacheDataset:
     """The validation cases with the deterministic preprocessing, cached."""
-    if cfg["training"]["cache_dir"]:
+    if cfg.training.cache_dir:
         return persistent_dataset(cases, cfg, build_eval_transforms(cfg), "val")
-    return CacheDataset(_dicts(cases), build_eval_transforms(cfg), cache_rate=cfg["training"]["cache_rate"],
+    return CacheDataset(_dicts(cases), build_eval_transforms(cfg), cache_rate=cfg.training.cache_rate,
                         progress=False)
 
 
@@ -116,7 +116,7 @@ def persistent_dataset(cases: Items, cfg: Any, transform: Any, part: str) -> Per
     """``training.cache_dir``: MONAI's PersistentDataset under ``<cache_dir>/<preprocessing key>/<part>``; the
     deterministic steps run once per case and config, later runs, folds and resumes read them from disk
     (memory stays bounded: nothing is held in memory)."""
-    folder = Path(cfg["training"]["cache_dir"]) / preprocessing_key(cfg) / part
+    folder = Path(cfg.training.cache_dir) / preprocessing_key(cfg) / part
     folder.mkdir(parents=True, exist_ok=True)
     # track_meta: MetaTensors back (affines for the random spatial steps); weights_only=False is needed for
     # them and reads only files this function wrote into the run's own cache folder
@@ -129,14 +129,14 @@ def training_loader(dataset: Any, cfg: Any, ctx: distributed.Context | None = No
     """``batches`` (default ``training.iterations_per_epoch``) batches per epoch drawn with replacement
     (:class:`~medseg.engine.distributed.ReplacementSampler`, this rank's share), collated to plain tensors,
     from a generator seeded with ``training.seed`` + rank that seeds every random transform, workers too."""
-    tr = cfg["training"]
+    tr = cfg.training
     ctx = ctx or distributed.Context()
-    workers = tr["num_workers"] if num_workers is None else num_workers
-    per_epoch = tr["iterations_per_epoch"] if batches is None else batches
-    sampler = distributed.ReplacementSampler(dataset, per_epoch * tr["batch_size"], ctx, tr["seed"])
-    return DataLoader(dataset, batch_size=tr["batch_size"], sampler=sampler, num_workers=workers,
-                      persistent_workers=bool(tr["persistent_workers"] and workers > 0), collate_fn=collate_plain,
-                      generator=data_generator(tr["seed"] + ctx.rank))
+    workers = tr.num_workers if num_workers is None else num_workers
+    per_epoch = tr.iterations_per_epoch if batches is None else batches
+    sampler = distributed.ReplacementSampler(dataset, per_epoch * tr.batch_size, ctx, tr.seed)
+    return DataLoader(dataset, batch_size=tr.batch_size, sampler=sampler, num_workers=workers,
+                      persistent_workers=bool(tr.persistent_workers and workers > 0), collate_fn=collate_plain,
+                      generator=data_generator(tr.seed + ctx.rank))
 
 
 def validation_loader(dataset: Any, ctx: distributed.Context | None = None) -> DataLoader:
@@ -154,8 +154,8 @@ def validation_loader(dataset: Any, ctx: distributed.Context | None = None) -> D
 def build_model(cfg: Any, device: torch.device,
                 ctx: distributed.Context | None = None) -> tuple[torch.nn.Module, torch.nn.Module]:
     """(the network, what the trainer steps: the network itself, or DistributedDataParallel around it)."""
-    net = build_network(cfg["network"], input_channels(cfg), len(cfg["data"]["labels"])).to(device)
-    if cfg["training"]["activation_checkpointing"]:
+    net = build_network(cfg.network, input_channels(cfg), len(cfg.data.labels)).to(device)
+    if cfg.training.activation_checkpointing:
         enable_activation_checkpointing(net)
     return net, distributed.wrap(net, ctx or distributed.Context(), device)
 
@@ -163,13 +163,13 @@ def build_model(cfg: Any, device: torch.device,
 def training_loss(cfg: Any) -> torch.nn.Module:
     """``training.loss``; over ``[main, aux...]`` outputs (network.deep_supervision) MONAI's
     DeepSupervisionLoss with the YAML's weights."""
-    return wrap_deep_supervision(build_loss(cfg["training"]), cfg["network"])
+    return wrap_deep_supervision(build_loss(cfg.training), cfg.network)
 
 
 def optimiser_and_schedule(parameters: Any, cfg: Any) -> tuple[torch.optim.Optimizer, Any]:
     """``training.optimizer`` over ``parameters`` and its per-epoch ``training.schedule``."""
-    optimizer = build_optimizer(parameters, cfg["training"])
-    return optimizer, build_scheduler(optimizer, cfg["training"])
+    optimizer = build_optimizer(parameters, cfg.training)
+    return optimizer, build_scheduler(optimizer, cfg.training)
 
 
 def sliding_window_inferer(cfg: Any) -> Inferer:
@@ -198,7 +198,7 @@ class ClassMasksd(MapTransform):
 
 def reported_classes(cfg: Any) -> dict[str, list[int]]:
     """``evaluation.classes``, or one class per foreground label."""
-    return dict(cfg["evaluation"]["classes"] or {k: [v] for k, v in cfg["data"]["labels"].items() if v != 0})
+    return dict(cfg.evaluation.classes or {k: [v] for k, v in cfg.data.labels.items() if v != 0})
 
 
 def _channel(index: int):
@@ -249,17 +249,17 @@ def build_trainer(cfg: Any, model: torch.nn.Module, loader: Any, optimizer: torc
     """MONAI's SupervisedTrainer with ``training.amp`` (inferer and amp arguments), gradient accumulation,
     the per-epoch schedule, validation every ``training.val_every`` epochs, and medseg's gradient guard
     (``training.grad_clip`` clipping, a skipped step on a non-finite gradient). ``kwargs`` go to the trainer."""
-    tr = cfg["training"]
-    inferer, amp_args = precision_arguments(tr["amp"], device)
+    tr = cfg.training
+    inferer, amp_args = precision_arguments(tr.amp, device)
     handlers: list[Any] = []
     if scheduler is not None:
         handlers.append(LrScheduleHandler(lr_scheduler=scheduler, print_lr=False))
     if evaluator is not None:
-        handlers.append(ValidationHandler(validator=evaluator, interval=tr["val_every"], epoch_level=True))
+        handlers.append(ValidationHandler(validator=evaluator, interval=tr.val_every, epoch_level=True))
     trainer = SupervisedTrainer(
-        device=device, max_epochs=tr["epochs"], train_data_loader=loader, network=model, optimizer=optimizer,
-        loss_function=loss_function, inferer=inferer, accumulation_steps=tr["accumulation_steps"],
+        device=device, max_epochs=tr.epochs, train_data_loader=loader, network=model, optimizer=optimizer,
+        loss_function=loss_function, inferer=inferer, accumulation_steps=tr.accumulation_steps,
         train_handlers=handlers, **amp_args, **kwargs,
     )
-    attach_gradient_guard(trainer, tr["grad_clip"])
+    attach_gradient_guard(trainer, tr.grad_clip)
     return trainer

@@ -78,15 +78,15 @@ def attach_handlers(cfg: Any, parts: Parts, run_dir: Path, stop: Stop, started: 
                     max_minutes: float, history: dict | None, device: torch.device,
                     ctx: distributed.Context) -> TrainingState:
     """Every handler of a run, in the order they must run; returns the run's resumable state."""
-    tr, trainer, evaluator = cfg["training"], parts.trainer, parts.evaluator
+    tr, trainer, evaluator = cfg.training, parts.trainer, parts.evaluator
     last_path = run_dir / "checkpoints" / "last.pt"
     if ctx.distributed:
         GlobalLoss(ctx, device).attach(trainer)
-    LastEpochValidation(evaluator, tr["val_every"], stop).attach(trainer)
+    LastEpochValidation(evaluator, tr.val_every, stop).attach(trainer)
     BestCheckpoint(run_dir / "checkpoints" / "best.pt", parts.net, trainer, writer=ctx.main).attach(evaluator)
     early = None
-    if tr["early_stopping_patience"]:
-        early = EarlyStop(tr["early_stopping_patience"], tr["early_stopping_min_delta"], trainer, stop)
+    if tr.early_stopping_patience:
+        early = EarlyStop(tr.early_stopping_patience, tr.early_stopping_min_delta, trainer, stop)
         early.attach(evaluator)
     FiniteLoss(last_path, stop, ctx, device).attach(trainer)
     if max_minutes > 0:
@@ -103,7 +103,7 @@ def attach_handlers(cfg: Any, parts: Parts, run_dir: Path, stop: Stop, started: 
     state = TrainingState(net=parts.net, optimizer=parts.optimizer, scheduler=parts.scheduler, trainer=trainer,
                           evaluator=evaluator, loader=parts.train_loader, early=early, stop=stop, progress=progress,
                           transforms=random_transforms(parts.train_ds.transform))
-    ResumableCheckpoint(last_path, state, tr["checkpoint_every"], stop, writer=ctx.main).attach(trainer)
+    ResumableCheckpoint(last_path, state, tr.checkpoint_every, stop, writer=ctx.main).attach(trainer)
     return state
 
 
@@ -129,11 +129,11 @@ def train(
         max_minutes: stop after the epoch during which this much time has passed (0 = no limit); the run
             is then checkpointed and validated like a finished one.
     """
-    tr = cfg["training"]
+    tr = cfg.training
     ctx = distributed.current()
-    set_determinism(seed=tr["seed"])  # the same initial weights on every rank; data streams differ per rank
-    torch.set_num_threads(tr["threads"] or os.cpu_count() or 1)
-    device = distributed.device_for(ctx, pick_device(tr["device"]))
+    set_determinism(seed=tr.seed)  # the same initial weights on every rank; data streams differ per rank
+    torch.set_num_threads(tr.threads or os.cpu_count() or 1)
+    device = distributed.device_for(ctx, pick_device(tr.device))
     started = time.monotonic()
     last_path = run_dir / "checkpoints" / "last.pt"
     saved = load_checkpoint(last_path, device) if resume else None
@@ -143,13 +143,13 @@ def train(
                             saved["history"] if saved else None, device, ctx)
     if saved is not None:
         state.restore(saved)
-        logger.info("resuming from %s at epoch %d/%d", last_path, parts.trainer.state.epoch, tr["epochs"])
+        logger.info("resuming from %s at epoch %d/%d", last_path, parts.trainer.state.epoch, tr.epochs)
     logger.info(
         "training %s on %s: %d epochs x %d iterations, batch %d%s, patch %s, %s, %s, amp %s",
-        cfg["network"]["name"], device, tr["epochs"], tr["iterations_per_epoch"], tr["batch_size"],
-        f" x {ctx.world} processes" if ctx.distributed else "", tr["patch_size"], tr["optimizer"], tr["loss"], tr["amp"],
+        cfg.network.name, device, tr.epochs, tr.iterations_per_epoch, tr.batch_size,
+        f" x {ctx.world} processes" if ctx.distributed else "", tr.patch_size, tr.optimizer, tr.loss, tr.amp,
     )
-    if parts.trainer.state.epoch < tr["epochs"] and not stop.reason:
+    if parts.trainer.state.epoch < tr.epochs and not stop.reason:
         parts.trainer.run()
         if stop.error is not None:  # raised in the engine; re-raised here should a handler have swallowed it
             raise stop.error
@@ -159,7 +159,7 @@ def train(
 def _best_result(cfg: Any, parts: Parts, run_dir: Path, stop: Stop, started: float, device: torch.device,
                  ctx: distributed.Context) -> TrainResult:
     """The network with the best checkpoint's weights, and what the run reached."""
-    if cfg["training"]["activation_checkpointing"]:
+    if cfg.training.activation_checkpointing:
         disable_activation_checkpointing(parts.net)
     distributed.barrier(ctx)
     best_path = run_dir / "checkpoints" / "best.pt"

@@ -154,5 +154,5 @@ def preview_figure(pairs: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndar
 def write_preview(cfg: dict[str, Any], cases: list[dict[str, Any]], path: Path, n: int = 8, seed: int = 0) -> Path:
     """The preview grid of ``n`` patches of ``cases`` (training cases) as a PNG at ``path`` (written atomically)."""
     pairs = preview_pairs(cfg, cases, n=n, seed=seed)
-    title = f"{cfg['task']}: sampled patches (top) and after augmentation (bottom), seed {seed}; labels as contours"
+    title = f"{cfg.task}: sampled patches (top) and after augmentation (bottom), seed {seed}; labels as contours"
     return preview_figure(pairs, path, title)

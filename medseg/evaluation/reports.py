@@ -57,7 +57,7 @@ def redraw(run_dir: Path, cfg: dict[str, Any]) -> list[Path]:
         written.append(training_curves(json.loads(history.read_text()), run_dir / "training_curves.png"))
     cases_file = run_dir / "cases.json"
     if cases_file.is_file() and (run_dir / "metrics_per_case.csv").is_file():
-        classes = cfg["evaluation"]["classes"] or {k: [v] for k, v in cfg["data"]["labels"].items() if v}
+        classes = cfg.evaluation.classes or {k: [v] for k, v in cfg.data.labels.items() if v}
         first = next(iter(classes))
         dice = {r["case"]: float(r["dice"]) for r in csv.DictReader((run_dir / "metrics_per_case.csv").open())
                 if r["class"] == first}

@@ -48,8 +48,8 @@ _CLASS_KEYS = ("_target_", "reader")
 
 def largest_component_labels(cfg: Any) -> list[list[int]]:
     """Label sets whose union is reduced to its largest connected component after prediction."""
-    classes = cfg["evaluation"]["classes"]
-    return [list(classes[name]) for name in cfg["evaluation"]["keep_largest_component"]]
+    classes = cfg.evaluation.classes
+    return [list(classes[name]) for name in cfg.evaluation.keep_largest_component]
 
 
 def postprocess_spec(cfg: Any) -> list[dict[str, Any]]:

@@ -26,14 +26,14 @@ TRACED = {"swin_unetr"}
 def inferer_def(cfg: dict[str, Any], sw_batch_size: int = 2) -> dict[str, Any]:
     """The inferer as a bundle config entry: sliding windows of the training patch, or in slice mode MONAI's
     ``SliceInferer`` (the 2D network on every slice across ``network.slice_axis``, stacked back to a volume)."""
-    net, patch = cfg.get("network") or {}, list(cfg["training"]["patch_size"])
-    entry = {"roi_size": patch, "sw_batch_size": sw_batch_size, "overlap": cfg["evaluation"]["sw_overlap"],
+    net, patch = cfg.network or {}, list(cfg.training.patch_size)
+    entry = {"roi_size": patch, "sw_batch_size": sw_batch_size, "overlap": cfg.evaluation.sw_overlap,
              "mode": "gaussian"}
-    padding = (cfg.get("inference") or {}).get("padding_mode", "constant")
+    padding = (cfg.inference or {}).padding_mode
     if padding != "constant":  # overlap-tile: windows over the border read the mirrored image (MONAI's padding_mode)
         entry["padding_mode"] = padding
-    if net.get("slice_mode"):
-        return {"_target_": "SliceInferer", "spatial_dim": int(net["slice_axis"]), **entry,
+    if net.slice_mode:
+        return {"_target_": "SliceInferer", "spatial_dim": int(net.slice_axis), **entry,
                 "sw_batch_size": max(sw_batch_size, 8), "progress": False}
     return {"_target_": "SlidingWindowInferer", **entry}
 
@@ -46,20 +46,20 @@ def build_inferer(cfg: dict[str, Any], sw_batch_size: int = 2):
 
 def loss_def(cfg: dict[str, Any], loss: dict[str, Any]) -> dict[str, Any]:
     """Wrap a bundle loss entry in MONAI's ``DeepSupervisionLoss`` when the network trains on aux outputs."""
-    net = cfg["network"]
-    if _legacy(net) or not net.get("deep_supervision"):
+    net = cfg.network
+    if _legacy(net) or not net.deep_supervision:
         return loss
     return {"_target_": "DeepSupervisionLoss", "loss": loss, "weight_mode": "exp",
-            "weights": [float(w) for w in net["ds_weights"]] or None}
+            "weights": [float(w) for w in net.ds_weights] or None}
 
 
 def export_torchscript(bundle_dir: Path, cfg: dict[str, Any], in_channels: int) -> str:
     """Write ``models/model.ts`` with MONAI's ``ckpt_export`` (a traced network sees one patch of ``in_channels``);
     returns ``"script"`` or ``"trace"``."""
-    traced = cfg["network"]["name"] in TRACED and not _legacy(cfg["network"])
+    traced = cfg.network.name in TRACED and not _legacy(cfg.network)
     extra: dict[str, Any] = {}
     if traced:
-        extra = {"use_trace": True, "input_shape": [1, in_channels, *cfg["training"]["patch_size"]]}
+        extra = {"use_trace": True, "input_shape": [1, in_channels, *cfg.training.patch_size]}
     ckpt_export(
         net_id="network_def", filepath=str(bundle_dir / "models" / "model.ts"),
         ckpt_file=str(bundle_dir / "models" / "model.pt"),
@@ -71,10 +71,10 @@ def export_torchscript(bundle_dir: Path, cfg: dict[str, Any], in_channels: int) 
 
 def spatial_shape(cfg: dict[str, Any]) -> list[str | int]:
     """``network_data_format`` spatial shape: ``"k*n"`` per axis, or the fixed size (UNETR)."""
-    net = cfg["network"]
-    dims = int(net["spatial_dims"])
+    net = cfg.network
+    dims = int(net.spatial_dims)
     if not _legacy(net):
-        spec = REGISTRY[net["name"]]
+        spec = REGISTRY[net.name]
         if spec.fixed_size:
             return [int(s) for s in network_args(net)[spec.fixed_size]]
     return [f"{input_multiple(net)}*n"] * dims

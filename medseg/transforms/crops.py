@@ -23,20 +23,20 @@ WEIGHTED_LOSSES = ("weighted_ce", "weighted_dice_ce")
 
 def sample_keys(cfg: dict[str, Any]) -> list[str]:
     """The keys cropped and augmented together: image and label, and the weight map for the weighted losses."""
-    return [*KEYS, "weight"] if cfg["training"]["loss"] in WEIGHTED_LOSSES else list(KEYS)
+    return [*KEYS, "weight"] if cfg.training.loss in WEIGHTED_LOSSES else list(KEYS)
 
 
 def crop_spec(cfg: dict[str, Any]) -> list[dict[str, Any]]:
     """Padding to the patch size and patch sampling (label-balanced or uniform; slices in slice mode)."""
-    if cfg["network"].get("slice_mode"):
+    if cfg.network.slice_mode:
         return slice_crop_spec(cfg)
-    aug, train = cfg["augmentation"], cfg["training"]
-    patch = list(train["patch_size"])
+    aug, train = cfg.augmentation, cfg.training
+    patch = list(train.patch_size)
     keys = sample_keys(cfg)
     spec: list[dict[str, Any]] = []
-    if aug["crop"]["pad_to_patch"]:
+    if aug.crop.pad_to_patch:
         spec.append({"_target_": "SpatialPadd", "keys": keys, "spatial_size": patch})
-    if aug["crop"]["mode"] == "random":
+    if aug.crop.mode == "random":
         spec.append({"_target_": "RandSpatialCropd", "keys": keys, "roi_size": patch, "random_size": False})
     else:
         spec += balanced_crop_spec(cfg, patch)
@@ -54,9 +54,9 @@ def balanced_crop_spec(cfg: dict[str, Any], size: list[int]) -> list[dict[str, A
     fg, bg = "label_fg_indices", "label_bg_indices"
     return [
         {"_target_": "FgBgSampleIndicesd", "keys": "label", "image_key": "image", "image_threshold": 0.0,
-         "max_samples": 20000, "seed": int(cfg["training"]["seed"])},
+         "max_samples": 20000, "seed": int(cfg.training.seed)},
         {"_target_": "RandCropByPosNegLabeld", "keys": keys, "label_key": "label", "spatial_size": size,
-         "pos": cfg["training"]["pos_neg_ratio"], "neg": 1.0, "num_samples": 1, "image_key": "image",
+         "pos": cfg.training.pos_neg_ratio, "neg": 1.0, "num_samples": 1, "image_key": "image",
          "image_threshold": 0.0, "fg_indices_key": fg, "bg_indices_key": bg},
         {"_target_": "DeleteItemsd", "keys": [fg, bg]},
     ]
@@ -69,13 +69,13 @@ def slice_crop_spec(cfg: dict[str, Any]) -> list[dict[str, Any]]:
         >>> [s["_target_"] for s in slice_crop_spec(cfg)]
         ['SpatialPadd', 'FgBgSampleIndicesd', 'RandCropByPosNegLabeld', 'DeleteItemsd', 'SqueezeDimd']
     """
-    axis = int(cfg["network"]["slice_axis"])
-    patch = [int(p) for p in cfg["training"]["patch_size"]]
+    axis = int(cfg.network.slice_axis)
+    patch = [int(p) for p in cfg.training.patch_size]
     keys = sample_keys(cfg)
     pad = patch[:axis] + [-1] + patch[axis:]  # -1: leave the slicing axis as it is
     thin = patch[:axis] + [1] + patch[axis:]
     spec: list[dict[str, Any]] = [{"_target_": "SpatialPadd", "keys": keys, "spatial_size": pad}]
-    if cfg["augmentation"]["crop"]["mode"] == "random":
+    if cfg.augmentation.crop.mode == "random":
         spec.append({"_target_": "RandSpatialCropd", "keys": keys, "roi_size": thin, "random_size": False})
     else:
         spec += balanced_crop_spec(cfg, thin)

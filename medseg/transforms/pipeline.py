@@ -66,12 +66,12 @@ def script_target(name: str) -> str:
 
 def network_multiple(cfg: dict[str, Any]) -> int:
     """The factor every spatial size must divide by for the network (medseg.networks knows it per network)."""
-    return input_multiple(cfg["network"])
+    return input_multiple(cfg.network)
 
 
 def _intensity_spec(cfg: dict[str, Any]) -> list[dict[str, Any]]:
-    pre = cfg["preprocessing"]
-    method = pre["intensity"]
+    pre = cfg.preprocessing
+    method = pre.intensity
     if method == "window":
         wins = windows(cfg)
         if len(wins) == 1:
@@ -81,21 +81,21 @@ def _intensity_spec(cfg: dict[str, Any]) -> list[dict[str, Any]]:
                      "b_min": 0.0, "b_max": 1.0, "clip": True}]
         return [{"_target_": "StackWindowsd", "keys": "image", "windows": [list(w) for w in wins]}]
     if method == "zscore":
-        region = pre["zscore"]["region"]
+        region = pre.zscore.region
         if region == "mask":
             return [{"_target_": "ForegroundZScored", "keys": "image"}]
         return [{"_target_": "NormalizeIntensityd", "keys": "image", "nonzero": region == "nonzero",
                  "channel_wise": True}]
     if method == "percentile":
-        pct = pre["percentile"]
-        return [{"_target_": "ScaleIntensityRangePercentilesd", "keys": "image", "lower": pct["lower"],
-                 "upper": pct["upper"], "b_min": 0.0, "b_max": 1.0, "clip": True, "channel_wise": True}]
+        pct = pre.percentile
+        return [{"_target_": "ScaleIntensityRangePercentilesd", "keys": "image", "lower": pct.lower,
+                 "upper": pct.upper, "b_min": 0.0, "b_max": 1.0, "clip": True, "channel_wise": True}]
     if method == "histogram":
-        hist, landmarks = pre["histogram"], cfg.effective_landmarks()
+        hist, landmarks = pre.histogram, cfg.effective_landmarks()
         if not landmarks:
             raise MedsegError("preprocessing.histogram.landmarks: not learned yet; medseg.train learns them on the"
                               " training set (medseg.transforms.fit_preprocessing), or list them in the YAML")
-        return [{"_target_": "HistogramStandardized", "keys": "image", "percentiles": list(hist["percentiles"]),
+        return [{"_target_": "HistogramStandardized", "keys": "image", "percentiles": list(hist.percentiles),
                  "landmarks": landmarks}]
     return []
 
@@ -113,7 +113,7 @@ def preprocess_spec(cfg: dict[str, Any], keys: tuple[str, ...] = KEYS, *,
         >>> [t["_target_"] for t in preprocess_spec(cfg, ("image",))][:3]
         ['LoadImaged', 'EnsureChannelFirstd', 'Orientationd']
     """
-    pre = cfg["preprocessing"]
+    pre = cfg.preprocessing
     spacing = cfg.effective_spacing()  # the fitted median for spacing: auto (one line when not fitted yet)
     k = list(keys)
     modes = ["bilinear" if key == "image" else "nearest" for key in keys]
@@ -121,34 +121,34 @@ def preprocess_spec(cfg: dict[str, Any], keys: tuple[str, ...] = KEYS, *,
         # medseg's checked DICOM series reader; ISA-L NIfTI; PNG/TIFF/JPEG pictures (the last reader is tried first)
         {"_target_": "LoadImaged", "keys": k, "image_only": True, "reader": [DICOM_READER, NIFTI_READER, PICTURE_READER]},
         {"_target_": "EnsureChannelFirstd", "keys": k},
-        *([{"_target_": "RGBToGreyd", "keys": "image"}] if cfg["data"].get("rgb") == "grey" else []),
-        {"_target_": "Orientationd", "keys": k, "axcodes": pre["orientation"], "labels": None},
+        *([{"_target_": "RGBToGreyd", "keys": "image"}] if cfg.data.rgb == "grey" else []),
+        {"_target_": "Orientationd", "keys": k, "axcodes": pre.orientation, "labels": None},
         {"_target_": "ScaleSpacingd", "keys": k, "pixdim": spacing, "mode": modes},
     ]
     label_map = cfg.effective_label_map()
     if "label" in keys and label_map:  # file values -> label values, e.g. 0/255 masks (medseg.data.layouts)
         spec.insert(1, {"_target_": "MapLabelValued", "keys": "label", "orig_labels": [int(v) for v in label_map],
                         "target_labels": [int(v) for v in label_map.values()]})
-    n4 = pre["bias_correction"]
-    if n4["enabled"]:
+    n4 = pre.bias_correction
+    if n4.enabled:
         # cached on disk for training data only; a deployed bundle does not write caches
-        spec.append({"_target_": "N4BiasFieldd", "keys": "image", "shrink": n4["shrink"],
-                     "iterations": list(n4["iterations"]), "cache_dir": n4["cache_dir"] if "label" in keys else ""})
+        spec.append({"_target_": "N4BiasFieldd", "keys": "image", "shrink": n4.shrink,
+                     "iterations": list(n4.iterations), "cache_dir": n4.cache_dir if "label" in keys else ""})
     crop = [{"_target_": "CropForegroundd", "keys": k, "source_key": "image", "allow_smaller": True}]
-    crop_first = pre["intensity"] in ("zscore", "histogram", "none")  # their output has no zero background
-    if pre["crop_foreground"] and crop_first:
+    crop_first = pre.intensity in ("zscore", "histogram", "none")  # their output has no zero background
+    if pre.crop_foreground and crop_first:
         spec += crop
     if before_intensity:
         return spec
     spec += _intensity_spec(cfg)
-    if pre["crop_foreground"] and not crop_first:
+    if pre.crop_foreground and not crop_first:
         spec += crop
-    if pre["pad_to_multiple"]:
+    if pre.pad_to_multiple:
         spec.append({"_target_": "DivisiblePadd", "keys": k, "k": network_multiple(cfg)})
     spec.append({"_target_": "EnsureTyped", "keys": k, "track_meta": True})
-    if cfg["interactive"]["enabled"]:  # click channels after the image (zeros unless the item has "clicks")
-        spec.append({"_target_": "AddGuidanced", "keys": "image", "n_labels": len(cfg["data"]["labels"]),
-                     "sigma": cfg["interactive"]["sigma"]})
+    if cfg.interactive.enabled:  # click channels after the image (zeros unless the item has "clicks")
+        spec.append({"_target_": "AddGuidanced", "keys": "image", "n_labels": len(cfg.data.labels),
+                     "sigma": cfg.interactive.sigma})
     return spec
 
 
@@ -162,61 +162,61 @@ def instantiate(spec: list[dict[str, Any]]) -> list:
 
 def random_spec(cfg: dict[str, Any]) -> list[dict[str, Any]]:
     """The augmentation applied to a sampled patch: spatial (both keys), then intensity (image only)."""
-    aug = cfg["augmentation"]
+    aug = cfg.augmentation
     keys = sample_keys(cfg)
     both = ["bilinear", "nearest", "bilinear"][: len(keys)]  # the weight map is resampled like an image
     spec: list[dict[str, Any]] = []
-    elastic = aug["elastic"]
-    affine_prob = max(aug["rotate_prob"], aug["scale_prob"])  # rotation and scaling are drawn together
-    if elastic["prob"] > 0 or affine_prob > 0 or aug["flip_prob"] > 0:
+    elastic = aug.elastic
+    affine_prob = max(aug.rotate_prob, aug.scale_prob)  # rotation and scaling are drawn together
+    if elastic.prob > 0 or affine_prob > 0 or aug.flip_prob > 0:
         # one resampling for elastic + rotation + scaling + flips (medseg.transforms.deform.RandDeformd)
         spec.append({
             "_target_": "RandDeformd", "keys": keys, "mode": both,
-            "elastic_prob": elastic["prob"], "sigma_range": list(elastic["sigma"]),
-            "magnitude_range": list(elastic["magnitude"]), "affine_prob": affine_prob,
-            "rotate_range": math.radians(aug["rotate_deg"]) if aug["rotate_prob"] > 0 else 0.0,
-            "scale_range": list(aug["scale"]) if aug["scale_prob"] > 0 else [1.0, 1.0],
-            "flip_prob": aug["flip_prob"],
+            "elastic_prob": elastic.prob, "sigma_range": list(elastic.sigma),
+            "magnitude_range": list(elastic.magnitude), "affine_prob": affine_prob,
+            "rotate_range": math.radians(aug.rotate_deg) if aug.rotate_prob > 0 else 0.0,
+            "scale_range": list(aug.scale) if aug.scale_prob > 0 else [1.0, 1.0],
+            "flip_prob": aug.flip_prob,
         })
-    if aug["intensity_prob"] > 0:
+    if aug.intensity_prob > 0:
         spec += [
-            {"_target_": "RandShiftIntensityd", "keys": "image", "offsets": aug["intensity_shift"],
-             "prob": aug["intensity_prob"]},
-            {"_target_": "RandScaleIntensityd", "keys": "image", "factors": aug["intensity_shift"],
-             "prob": aug["intensity_prob"]},
+            {"_target_": "RandShiftIntensityd", "keys": "image", "offsets": aug.intensity_shift,
+             "prob": aug.intensity_prob},
+            {"_target_": "RandScaleIntensityd", "keys": "image", "factors": aug.intensity_shift,
+             "prob": aug.intensity_prob},
         ]
-    if aug["contrast"]["prob"] > 0:
-        lo, hi = aug["contrast"]["range"]
+    if aug.contrast.prob > 0:
+        lo, hi = aug.contrast.range
         spec.append({"_target_": "RandScaleIntensityFixedMeand", "keys": "image", "factors": [lo - 1.0, hi - 1.0],
-                     "prob": aug["contrast"]["prob"]})
-    if aug["gamma"]["prob"] > 0:
-        spec.append({"_target_": "RandAdjustContrastd", "keys": "image", "gamma": list(aug["gamma"]["range"]),
-                     "prob": aug["gamma"]["prob"]})
-    if aug["bias_field"]["prob"] > 0:
-        spec.append({"_target_": "RandBiasFieldd", "keys": "image", "degree": aug["bias_field"]["degree"],
-                     "coeff_range": list(aug["bias_field"]["coeff"]), "prob": aug["bias_field"]["prob"]})
-    if aug["noise"]["prob"] > 0:
-        spec.append({"_target_": "RandGaussianNoised", "keys": "image", "mean": 0.0, "std": aug["noise"]["std"],
-                     "prob": aug["noise"]["prob"]})
-    if aug["blur"]["prob"] > 0:
-        sigma = list(aug["blur"]["sigma"])
+                     "prob": aug.contrast.prob})
+    if aug.gamma.prob > 0:
+        spec.append({"_target_": "RandAdjustContrastd", "keys": "image", "gamma": list(aug.gamma.range),
+                     "prob": aug.gamma.prob})
+    if aug.bias_field.prob > 0:
+        spec.append({"_target_": "RandBiasFieldd", "keys": "image", "degree": aug.bias_field.degree,
+                     "coeff_range": list(aug.bias_field.coeff), "prob": aug.bias_field.prob})
+    if aug.noise.prob > 0:
+        spec.append({"_target_": "RandGaussianNoised", "keys": "image", "mean": 0.0, "std": aug.noise.std,
+                     "prob": aug.noise.prob})
+    if aug.blur.prob > 0:
+        sigma = list(aug.blur.sigma)
         spec.append({"_target_": "RandGaussianSmoothd", "keys": "image", "sigma_x": sigma, "sigma_y": sigma,
-                     "sigma_z": sigma, "prob": aug["blur"]["prob"]})
+                     "sigma_z": sigma, "prob": aug.blur.prob})
     return spec
 
 
 def weight_map_spec(cfg: dict[str, Any]) -> list[dict[str, Any]]:
     """The U-Net weight map of each training label (the weighted losses only), before any random step (cached)."""
-    if cfg["training"]["loss"] not in WEIGHTED_LOSSES:
+    if cfg.training.loss not in WEIGHTED_LOSSES:
         return []
-    wm = cfg["training"]["weight_map"]
-    return [{"_target_": "WeightMapd", "keys": "label", "weight_key": "weight", "w0": float(wm["w0"]),
-             "sigma": float(wm["sigma"]), "objects": int(wm["objects"])}]
+    wm = cfg.training.weight_map
+    return [{"_target_": "WeightMapd", "keys": "label", "weight_key": "weight", "w0": float(wm.w0),
+             "sigma": float(wm.sigma), "objects": int(wm.objects)}]
 
 
 def weight_to_label_spec(cfg: dict[str, Any]) -> list[dict[str, Any]]:
     """The weight map as the label's second channel, where the loss reads it (MONAI's trainers pass the label)."""
-    if cfg["training"]["loss"] not in WEIGHTED_LOSSES:
+    if cfg.training.loss not in WEIGHTED_LOSSES:
         return []
     return [{"_target_": "ConcatItemsd", "keys": ["label", "weight"], "name": "label", "dim": 0},
             {"_target_": "DeleteItemsd", "keys": "weight"}]

@@ -8,7 +8,7 @@ task's seed makes the augmented batches a function of the seed alone, independen
 global torch random stream the network's initialisation or dropout consumed.
 
 Example:
-    >>> gen = data_generator(cfg["training"]["seed"])
+    >>> gen = data_generator(cfg.training.seed)
     >>> sampler = RandomSampler(ds, replacement=True, num_samples=n, generator=gen)
     >>> loader = monai.data.DataLoader(ds, batch_size=2, sampler=sampler, num_workers=2, generator=gen)
 """

@@ -45,7 +45,7 @@ def input_channels(cfg: TaskConfig) -> int:
         >>> net = build_network(cfg.network, input_channels(cfg), len(cfg.data.labels))
     """
     per_file = len(windows(cfg)) if intensity_method(cfg) == "window" else 1
-    colour = 1 if cfg["data"].get("rgb") == "grey" else int(getattr(cfg, "fitted", None) and cfg.fitted.colour_channels or 1)
+    colour = 1 if cfg.data.rgb == "grey" else int(getattr(cfg, "fitted", None) and cfg.fitted.colour_channels or 1)
     return image_files(cfg) * per_file * colour + guidance_channels(cfg)
 
 

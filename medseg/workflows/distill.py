@@ -97,8 +97,8 @@ def run(teacher: str | Path, *, student: str = "light_unet", data_dir: Path | No
     tcfg = loaded.cfg
     cfg = student_config(tcfg, student, teacher_path.parent, overrides)
     root = locate_dataset(cfg, Path(data_dir or "data"), explicit=data_dir is not None)
-    train_cases, val_cases = load_dataset(cfg, root, cfg["training"]["seed"])
-    run_dir = output_dir or new_dir(Path("runs") / f"{cfg['task']}_distill", time.strftime("%Y%m%d-%H%M%S"))
+    train_cases, val_cases = load_dataset(cfg, root, cfg.training.seed)
+    run_dir = output_dir or new_dir(Path("runs") / f"{cfg.task}_distill", time.strftime("%Y%m%d-%H%M%S"))
     run_dir = Path(run_dir)
     (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
     setup_logging(run_dir)
@@ -106,8 +106,8 @@ def run(teacher: str | Path, *, student: str = "light_unet", data_dir: Path | No
     write_cases(run_dir, train_cases, val_cases)
 
     started = time.monotonic()
-    device = builders.pick_device(cfg["training"]["device"])
-    torch.manual_seed(cfg["training"]["seed"])
+    device = builders.pick_device(cfg.training.device)
+    torch.manual_seed(cfg.training.seed)
     dataset = builders.training_dataset(train_cases, cfg)
     loader = builders.training_loader(dataset, cfg)
     net, _ = builders.build_model(cfg, device)
@@ -117,7 +117,7 @@ def run(teacher: str | Path, *, student: str = "light_unet", data_dir: Path | No
     trainer = builders.build_trainer(cfg, pair, loader, optimizer, loss, device, scheduler=scheduler)
     _budget(trainer, budget_minutes, started)
     logger.info("distilling %s (%s) into %s on %s: T %.2g, weight %.2g, budget %.1f min", teacher_path.name,
-                tcfg["network"]["name"], student, device, cfg.distill.temperature, cfg.distill.weight, budget_minutes)
+                tcfg.network.name, student, device, cfg.distill.temperature, cfg.distill.weight, budget_minutes)
     trainer.run()
     seconds = time.monotonic() - started
     torch.save({k: v.cpu() for k, v in net.state_dict().items()}, run_dir / "checkpoints" / "best.pt")
@@ -130,7 +130,7 @@ def run(teacher: str | Path, *, student: str = "light_unet", data_dir: Path | No
                                                run_dir / "teacher_predictions"))
     side = {c: {"teacher_dice": round(float(teacher_summary[c]["dice"]), 4),
                 "student_dice": round(float(student_summary[c]["dice"]), 4)} for c in student_summary}
-    record = {"teacher": str(teacher_path.resolve()), "teacher_network": tcfg["network"]["name"], "student": student,
+    record = {"teacher": str(teacher_path.resolve()), "teacher_network": tcfg.network.name, "student": student,
               "temperature": cfg.distill.temperature, "weight": cfg.distill.weight, "budget_minutes": budget_minutes,
               "epochs_run": int(trainer.state.epoch), "iterations": int(trainer.state.iteration),
               "seconds": round(seconds, 1), "dice": side}

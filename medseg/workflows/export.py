@@ -35,7 +35,7 @@ def export_run(run_dir: Path, out: Path | None = None, int8: bool | None = None)
     if out is not None:
         data["bundle"]["dir"], data["bundle"]["name"] = str(out.parent), out.name
     cfg = TaskConfig.from_dict(data, source=str(needed[0]))
-    net = build_network(cfg["network"], input_channels(cfg), len(cfg["data"]["labels"]))
+    net = build_network(cfg.network, input_channels(cfg), len(cfg.data.labels))
     try:
         net.load_state_dict(torch.load(needed[1], map_location="cpu", weights_only=True))
     except RuntimeError as err:
@@ -45,7 +45,7 @@ def export_run(run_dir: Path, out: Path | None = None, int8: bool | None = None)
     if (run_dir / "run.json").is_file():
         seconds = json.loads((run_dir / "run.json").read_text()).get("seconds")
     int8_cases = None
-    if cfg["bundle"]["int8"] if int8 is None else int8:
+    if cfg.bundle.int8 if int8 is None else int8:
         if not (run_dir / "cases.json").is_file():
             raise MedsegError(f"{run_dir / 'cases.json'}: missing; INT8 needs the run's training and validation cases")
         cwd = read_state(run_dir).get("cwd") if (run_dir / STATE).is_file() else None  # relative case paths' base

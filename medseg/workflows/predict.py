@@ -94,7 +94,7 @@ def stored_value_map(bundle: LoadedBundle) -> dict[int, int]:
 
 def _two_d(bundle: LoadedBundle) -> bool:
     cfg = bundle.cfg
-    return cfg is not None and int(cfg["network"]["spatial_dims"]) == 2 and not cfg["network"].get("slice_mode")
+    return cfg is not None and int(cfg.network.spatial_dims) == 2 and not cfg.network.slice_mode
 
 
 def _picture_pages(bundle: LoadedBundle, path: Path, device: torch.device, tta: bool) -> np.ndarray:
@@ -117,10 +117,10 @@ def write_instances(bundle: LoadedBundle, labels: np.ndarray, spacing: list[floa
     the task's ``inference.instance_method`` on its ``inference.instance_class`` (:mod:`medseg.inference.instances`);
     areas in um^2 for pictures (TIFF resolution, else 1 per pixel), mm^2/mm^3 for volumes."""
     cfg = bundle.cfg
-    inf = cfg["inference"] if cfg is not None and "inference" in cfg else None
-    interior = int(inf["instance_class"]) if inf is not None else 1
-    method = inf["instance_method"] if inf is not None else "components"
-    named = {int(v): k for k, v in cfg["data"]["labels"].items()} if cfg is not None else {0: "background"}
+    inf = cfg.inference if cfg is not None else None
+    interior = int(inf.instance_class) if inf is not None else 1
+    method = inf.instance_method if inf is not None else "components"
+    named = {int(v): k for k, v in cfg.data.labels.items()} if cfg is not None else {0: "background"}
     # the watershed grows over every class but a background one (EM: membranes 0 belong to the cells around them)
     foreground = [v for v in named if named[v] != "background"] if named.get(0) == "background" else None
     found = label_instances(labels, interior, method, foreground)
@@ -212,7 +212,7 @@ def run(bundle: str | Path, inputs: str | Path, output: str | Path, *, format: s
     output.mkdir(parents=True, exist_ok=True)
     written = Written()
     want_instances = bool(instances) if instances is not None else bool(
-        loaded.cfg is not None and "inference" in loaded.cfg and loaded.cfg["inference"]["instances"])
+        loaded.cfg is not None and loaded.cfg.inference.instances)
     suffix = "_seg.dcm" if format == "dicom-seg" else "_seg.nii.gz"
     for name, path in cases:
         try:

@@ -115,7 +115,7 @@ def run(
     opts = dataclasses.replace(opts, plan=plan or fill.plan)
     if opts.plan is not None:  # a guard: the plan fitted training into this share of the budget (--max-minutes)
         opts = dataclasses.replace(opts, max_minutes=round(opts.plan.budget_minutes * (1 - OVERHEAD), 2))
-    ctx = distributed.setup(cfg["training"]["device"])
+    ctx = distributed.setup(cfg.training.device)
     if not ctx.main:
         logging.getLogger("medseg").setLevel(logging.WARNING)  # one log: rank 0's
     try:
@@ -150,17 +150,17 @@ def resolve_config(task: str | Path | None, overrides: list[str], resume: Path |
 def _fresh(opts: Options, cfg: Any, requested: Any, ctx: distributed.Context) -> TrainOutcome:
     root = locate_dataset(cfg, opts.data_root, explicit=opts.data_dir is not None)
     # rank 0 creates runs/<task>/<timestamp>[-n]: two runs started in the same second get two folders
-    run_dir = opts.output_dir or (new_dir(Path("runs") / cfg["task"], time.strftime("%Y%m%d-%H%M%S")) if ctx.main else None)
+    run_dir = opts.output_dir or (new_dir(Path("runs") / cfg.task, time.strftime("%Y%m%d-%H%M%S")) if ctx.main else None)
     run_dir = distributed.broadcast(run_dir, ctx)
     if opts.fold is None and not opts.folds:
-        train_cases, val_cases = load_dataset(cfg, root, cfg["training"]["seed"])
+        train_cases, val_cases = load_dataset(cfg, root, cfg.training.seed)
         return train_one(opts, cfg, requested, train_cases, val_cases, run_dir, ctx)
     cases = all_cases(cfg, root)
     if ctx.main:
         run_dir.mkdir(parents=True, exist_ok=True)
     distributed.barrier(ctx)
-    k = cfg["training"]["folds"]
-    parts = make_folds(cases, k, cfg["training"]["seed"], run_dir) if ctx.main else None
+    k = cfg.training.folds
+    parts = make_folds(cases, k, cfg.training.seed, run_dir) if ctx.main else None
     parts = distributed.broadcast(parts, ctx)
     if opts.fold is not None:
         train_cases, val_cases = fold_split(cases, parts, opts.fold)
@@ -187,9 +187,9 @@ def _resume(opts: Options, cfg: Any, requested: Any, ctx: distributed.Context) -
 
 
 def _resume_folds(opts: Options, cfg: Any, requested: Any, ctx: distributed.Context) -> TrainOutcome:
-    k = cfg["training"]["folds"]
+    k = cfg.training.folds
     cases = all_cases(cfg, locate_dataset(cfg, opts.data_root, explicit=opts.data_dir is not None))
-    parts = make_folds(cases, k, cfg["training"]["seed"], opts.resume)
+    parts = make_folds(cases, k, cfg.training.seed, opts.resume)
     outcomes = []
     for i in range(k):
         fold_dir = opts.resume / f"fold_{i}"
@@ -260,7 +260,7 @@ def train_one(opts: Options, cfg: Any, requested: Any, train_cases: list[Case], 
     try:
         if not resume:
             preview = write_preview(cfg, items(train_cases), run_dir / "augmentation_preview.png", n=8,
-                                    seed=cfg["training"]["seed"])
+                                    seed=cfg.training.seed)
             if tracker is not None:
                 tracker.log_artifact(preview)
         result = train(cfg, run_dir, train_cases, val_cases, tracker, resume=resume, max_minutes=opts.max_minutes)
@@ -301,9 +301,9 @@ def start_tracking(opts: Options, cfg: Any, requested: Any, train_cases: list[Ca
                    run_dir: Path, resume: bool, fold: int | None) -> Tracker | None:
     """The run's MLflow run (``tracking.enabled``), or None; ``--resume`` goes on in the run's own MLflow run
     (also when it was killed before its first checkpoint)."""
-    if not cfg["tracking"]["enabled"]:
+    if not cfg.tracking.enabled:
         return None
-    task = cfg["task"]
+    task = cfg.task
     run_name = f"{task}-{run_dir.name}" if fold is None else f"{task}-{run_dir.resolve().parent.name}-{run_dir.name}"
     run_id = read_state(run_dir).get("mlflow_run_id") if opts.resume is not None else None
     tracker = Tracker(cfg, run_name=run_name, run_dir=run_dir, optional=opts.tracking_optional, run_id=run_id)
@@ -321,7 +321,7 @@ def start_tracking(opts: Options, cfg: Any, requested: Any, train_cases: list[Ca
 
 def _log_training(cfg: Any, result: TrainResult) -> None:
     if result.stop_reason:
-        logger.info("training stopped at epoch %d/%d by the %s", result.epochs_run, cfg["training"]["epochs"],
+        logger.info("training stopped at epoch %d/%d by the %s", result.epochs_run, cfg.training.epochs,
                     result.stop_reason)
     logger.info("training done in %.0fs; best validation mean Dice %.3f at epoch %d",
                 result.seconds, result.best_val_dice, result.best_epoch)
@@ -337,18 +337,18 @@ def evaluate_export_report(opts: Options, cfg: Any, result: TrainResult, val_cas
     summary = summarise(per_case)
     reports = write_reports(per_case, summary, run_dir)
     bundle_dir = None
-    if cfg["bundle"]["enabled"] and opts.export:
+    if cfg.bundle.enabled and opts.export:
         # bundle.int8: models/model_int8.onnx calibrated on the run's training cases, measured on its validation cases
-        int8_cases = read_cases(run_dir, str(Path.cwd())) if cfg["bundle"]["int8"] else None
+        int8_cases = read_cases(run_dir, str(Path.cwd())) if cfg.bundle.int8 else None
         try:
             bundle_dir = export_bundle(cfg, run_dir, result.network, summary, time.monotonic() - started,
                                        int8_cases=int8_cases)
         except Int8Refused as err:  # the bundle is written without the INT8 model; the training itself succeeded
             logger.warning("%s", err)
-            bundle_dir = Path(cfg["bundle"]["dir"]) / cfg.bundle_name()
+            bundle_dir = Path(cfg.bundle.dir) / cfg.bundle_name()
         logger.info("MONAI Bundle written to %s", bundle_dir)
     elapsed = time.monotonic() - started
-    report = {"task": cfg["task"], "seconds": round(elapsed, 1), "best_val_mean_dice": result.best_val_dice,
+    report = {"task": cfg.task, "seconds": round(elapsed, 1), "best_val_mean_dice": result.best_val_dice,
               "best_epoch": result.best_epoch, "epochs_run": result.epochs_run, "stop_reason": result.stop_reason,
               "fold": fold, "bundle": str(bundle_dir) if bundle_dir else None}
     (run_dir / "run.json").write_text(json.dumps(report, indent=2))
@@ -389,7 +389,7 @@ def log_to_tracker(tracker: Tracker, opts: Options, cfg: Any, summary: dict, ela
         tracker.log_artifact(path)
     if bundle_dir is not None:
         if opts.register:
-            tracker.register(cfg["task"], {f"{c}_{m}": e[m] for c, e in summary.items() for m in ("dice", "hd95_mm")})
+            tracker.register(cfg.task, {f"{c}_{m}": e[m] for c, e in summary.items() for m in ("dice", "hd95_mm")})
 
 
 # ---- the final evaluation
@@ -413,10 +413,10 @@ def evaluate_cases(cfg: Any, net: torch.nn.Module, cases: list[Case], device: to
         affine = np.asarray(ref.affine, dtype=np.float64)
         nd = ref.ndim - 1  # spatial dims (2D images carry a 3x3 or 4x4 affine)
         spacing = np.sqrt((affine[:nd, :nd] ** 2).sum(axis=0))
-        ev = cfg["evaluation"]
+        ev = cfg.evaluation
         per_case[case.name] = evaluate_case(
             pred[0].numpy(), mapped_labels(ref[0].numpy(), cfg.effective_label_map()), spacing, reported_classes(cfg),
-            tolerance_mm=ev["tolerance_mm"], worst_mm=ev["worst_mm"] or None,
+            tolerance_mm=ev.tolerance_mm, worst_mm=ev.worst_mm or None,
         )
         write_label_nifti(pred[0].numpy(), affine, pred_dir / f"{case.name}.nii.gz", source=case.image)
         dice = ", ".join(f"{k} Dice {v['dice']:.3f}" for k, v in per_case[case.name].items())
