@@ -26,9 +26,9 @@ from medseg.inference import build_chain
 from medseg.transforms import input_channels
 from medseg.workflows.serve import Server, create_app
 from tests.conftest import FAST
-from tests.test_interactive import write_case
+from tests.engine.test_interactive import write_case
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.slow
 
 

@@ -24,7 +24,7 @@ from medseg.transforms.guidance import AddGuidanced, guidance_maps, map_clicks
 from medseg.workflows import rank
 from medseg.workflows.interact import CaseSession, check_case_name, inside
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 
 # ---- guidance maps

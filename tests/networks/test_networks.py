@@ -319,7 +319,7 @@ def test_check_network_fills_and_checks_in_place():
         check_task(load_config("liver", ["network.name=swin_unetr", "training.patch_size=[48,48,48]"]))
 
 
-STATE_DICTS = json.loads((Path(__file__).parent / "fixtures" / "network_state_dicts.json").read_text())
+STATE_DICTS = json.loads((Path(__file__).parent.parent / "fixtures" / "network_state_dicts.json").read_text())
 
 
 @pytest.mark.parametrize("case", sorted(STATE_DICTS))
