@@ -7,7 +7,7 @@ TORCH_SPEC ?= torch==2.13.0
 TORCH_INDEX ?=
 TASK ?= liver
 
-.PHONY: venv train test test-fast lint-imports lint clean
+.PHONY: venv browser train test test-fast lint-imports lint clean
 
 venv: $(VENV)/.installed
 
@@ -20,8 +20,18 @@ $(VENV)/.installed: setup.cfg pyproject.toml
 train: venv
 	$(VENV)/bin/python -m medseg.train $(TASK)
 
+# headless Chromium + ChromeDriver from Debian's packages for the browser tests (MLflow UI, medseg.serve page);
+# best effort: where they cannot be installed (no apt, not root) those tests skip and say why
+browser:
+	@if [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ]; then \
+	    if command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
+	        (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null) \
+	            || echo "make: chromium could not be installed; the browser tests will be skipped"; \
+	    else echo "make: no chromium (needs root and apt-get); the browser tests will be skipped"; fi; \
+	fi
+
 # everything (CI): the layer contract and the whole suite; both always run, either failing fails the target
-test: venv
+test: venv browser
 	@status=0; $(VENV)/bin/lint-imports || status=1; $(VENV)/bin/python -m pytest -q || status=1; exit $$status
 
 # the suite without trainings, servers and subprocess runs (pytest marker `slow`)

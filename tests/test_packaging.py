@@ -81,6 +81,8 @@ def test_ci_runs_exactly_the_readme_test_command(tmp_path: Path):
 def test_make_test_runs_the_contract_and_the_whole_suite_and_test_fast_leaves_out_slow():
     test = " ".join(_make_dry_run("test"))
     assert ".venv/bin/lint-imports" in test and "-m pytest -q" in test and "-m " not in test.split("pytest")[1]
+    # the browser tests' Chromium comes from Debian's packages, installed by make test itself where missing
+    assert "apt-get install -y -qq chromium chromium-driver" in test
     fast = _make_dry_run("test-fast")[-1]
     assert fast.endswith('-m pytest -q -m "not slow"')
     assert "slow:" in _setup_cfg()["tool:pytest"]["markers"]
