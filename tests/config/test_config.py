@@ -15,7 +15,7 @@ from medseg.config import registries
 from medseg.engine.checks import check_task
 from medseg.errors import MedsegError
 
-from .conftest import REPO, synthetic_case
+from tests.conftest import REPO, synthetic_case
 
 
 def test_liver_task_resolves_with_defaults_and_yaml_values():

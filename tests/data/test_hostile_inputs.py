@@ -16,7 +16,7 @@ import pytest
 from medseg.data.dicom import write_series
 from medseg.errors import MedsegError
 
-from .conftest import FAST, synthetic_case, write_msd
+from tests.conftest import FAST, synthetic_case, write_msd
 
 AFFINE = synthetic_case(shape=(2, 2, 2))[2]  # the grid of write_msd's cases: a bad image replaces one of them
 

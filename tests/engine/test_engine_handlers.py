@@ -18,7 +18,7 @@ from medseg.engine.handlers import (
     ResumableCheckpoint, Stop, TimeBudget,
 )
 
-from .conftest import FAST
+from tests.conftest import FAST
 
 
 def idle_engine() -> Engine:

@@ -17,7 +17,7 @@ from mlflow.tracking import MlflowClient
 from medseg.engine.checkpoint import load_checkpoint, save_checkpoint
 from medseg.errors import MedsegError
 
-from .conftest import FAST, REPO, write_msd
+from tests.conftest import FAST, REPO, write_msd
 
 BASE = FAST + ["data.dataset=Synthetic", "bundle.enabled=false", "tracking.enabled=false", "training.threads=1"]
 

@@ -19,7 +19,7 @@ from medseg.inference.runtimes import build_engine
 from medseg.networks import build_network
 from medseg.predict import main as predict_main
 
-from .conftest import synthetic_case
+from tests.conftest import synthetic_case
 
 HAS_OPENVINO = importlib.util.find_spec("openvino") is not None
 
@@ -289,7 +289,7 @@ def test_predict_help_imports_neither_torch_nor_monai() -> None:
 def test_training_with_bundle_int8_exports_the_int8_model(tmp_path: Path, monkeypatch) -> None:
     from medseg.train import main as train_main
 
-    from .conftest import FAST, write_msd
+    from tests.conftest import FAST, write_msd
 
     write_msd(tmp_path / "data" / "Synthetic")
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")

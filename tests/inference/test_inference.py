@@ -225,8 +225,8 @@ def _spy_resize(monkeypatch) -> list:
 def test_fused_inverse_equals_invertd_then_argmax(tmp_path, pad_to_multiple, monkeypatch):
     """An oblique, anisotropic, non-RAS image through the eval chain (reorient, resample, crop, [pad]): the label
     map from invert_to_labels equals argmax(Invertd(probabilities)), on the same grid with the same affine."""
-    from .conftest import synthetic_case
-    from .test_predict import oblique_affine
+    from tests.conftest import synthetic_case
+    from tests.workflows.test_predict import oblique_affine
 
     image, _, _ = synthetic_case(shape=(34, 30, 22), seed=4)
     image[:5], image[:, -4:], image[..., :3] = -1000.0, -1000.0, -1000.0  # air around the body: the crop removes it
@@ -258,7 +258,7 @@ def test_fused_inverse_after_a_flip_inverts_the_probabilities(tmp_path, monkeypa
     """A step after the resampling that is no zero padding/crop (a flip): MONAI inverts the probabilities."""
     from monai.transforms import CropForegroundd, Flipd
 
-    from .conftest import synthetic_case
+    from tests.conftest import synthetic_case
 
     image, _, affine = synthetic_case(shape=(30, 26, 14), spacing=(0.9, 1.1, 2.5), seed=2)
     path = tmp_path / "ct.nii.gz"

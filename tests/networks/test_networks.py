@@ -19,7 +19,7 @@ from medseg.networks.__main__ import main as networks_main
 from medseg.networks.bundle import TRACED
 from medseg.workflows.networks import count
 
-from .conftest import FAST, write_msd
+from tests.conftest import FAST, write_msd
 
 #: tiny widths per network: enough to test shapes, gradients, export and learning in seconds
 TINY = {
@@ -269,7 +269,7 @@ def test_slice_inference_and_bundle_on_stock_monai(tmp_path: Path, monkeypatch):
     from medseg.engine.builders import sliding_window_inferer
     from medseg.train import main as train_main
 
-    from .test_train import stock_monai
+    from tests.workflows.test_train import stock_monai
 
     dataset = write_msd(tmp_path / "data" / "Synthetic")
     overrides = [o for o in FAST if not o.startswith(("network.", "training.patch_size"))] + [

@@ -20,7 +20,7 @@ from PIL import Image
 
 from medseg.train import main as train_main
 
-from .conftest import FAST, write_msd
+from tests.conftest import FAST, write_msd
 
 
 def free_port() -> int:

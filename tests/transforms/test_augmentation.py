@@ -15,7 +15,7 @@ from medseg.transforms import build_train_transforms, data_generator
 from medseg.transforms.deform import RandDeformd, grid_sample_slabs
 from medseg.transforms.pipeline import instantiate, random_spec
 
-from .conftest import FAST, write_msd
+from tests.conftest import FAST, write_msd
 
 ONLY = ["augmentation.rotate_prob=0", "augmentation.scale_prob=0", "augmentation.flip_prob=0",
         "augmentation.intensity_prob=0", "augmentation.elastic.prob=0"]

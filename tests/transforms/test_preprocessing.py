@@ -26,7 +26,7 @@ from medseg.transforms.intensity import HistogramStandardized, foreground_percen
 from medseg.transforms.pipeline import _intensity_spec, instantiate, preprocess_spec
 from medseg.transforms.settings import PRESETS
 
-from .conftest import synthetic_case, write_msd
+from tests.conftest import synthetic_case, write_msd
 
 
 def _image(values, affine=None) -> dict:

@@ -78,7 +78,7 @@ def test_scale_spacing_is_as_accurate_as_monai_spacing():
 def test_invertd_through_the_eval_chain_returns_the_original_grid(tmp_path):
     import nibabel as nib
 
-    from .conftest import synthetic_case
+    from tests.conftest import synthetic_case
 
     image, _, affine = synthetic_case(shape=(30, 26, 14), spacing=(0.9, 1.1, 2.5))
     nib.save(nib.Nifti1Image(image, affine), tmp_path / "ct.nii.gz")
@@ -101,7 +101,7 @@ def test_training_chain_is_reproducible_with_a_seed(tmp_path, seed):
     import nibabel as nib
     from monai.utils import set_determinism
 
-    from .conftest import synthetic_case
+    from tests.conftest import synthetic_case
 
     image, label, affine = synthetic_case()
     nib.save(nib.Nifti1Image(image, affine), tmp_path / "i.nii.gz")

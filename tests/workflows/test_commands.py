@@ -16,7 +16,7 @@ from medseg.config import load_config
 from medseg.errors import MedsegError
 from medseg.workflows import check, report
 
-from .conftest import write_msd
+from tests.conftest import write_msd
 
 
 @pytest.mark.parametrize("entry, cli", [

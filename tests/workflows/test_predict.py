@@ -14,9 +14,9 @@ import pytest
 from medseg.data.dicom_seg import read_series, series_grid
 from medseg.predict import main as predict_main
 
-from .conftest import synthetic_case
-from .test_evaluate import _ct_series
-from .test_train import stock_monai
+from tests.conftest import synthetic_case
+from tests.evaluation.test_evaluate import _ct_series
+from tests.workflows.test_train import stock_monai
 
 
 

@@ -17,7 +17,7 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 
-from .conftest import FAST, synthetic_case
+from tests.conftest import FAST, synthetic_case
 
 
 def test_run_directory_holds_config_log_checkpoint_and_metrics(trained):
