@@ -19,7 +19,7 @@ from tqdm import tqdm
 
 from medseg.errors import run_cli
 
-# plain tuples, so that --help answers without importing torch and MONAI (tests/test_deploy.py checks they are
+# plain tuples, so that --help answers without importing torch and MONAI (tests/inference/test_deploy.py checks they are
 # medseg.workflows.predict.FORMATS and medseg.inference.runtimes.ENGINES)
 FORMATS = ("auto", "nifti", "dicom-seg")
 ENGINES = ("torch", "onnxruntime", "openvino")

@@ -4,7 +4,7 @@ A reported class is a set of label values merged into one mask (``liver=1+2,tumo
 512x512x200 label map took 0.57 s per mask (it casts to int64 and copies a Fortran-ordered array to C order);
 :func:`class_mask` works on the array's own memory order and dtype: a comparison per member for a few
 members, a boolean lookup table for uint8/uint16/int8/int16 labels with many, 0.01-0.1 s. Same masks as
-``np.isin`` (tests/test_evaluate.py checks it on random label maps).
+``np.isin`` (tests/evaluation/test_evaluate.py checks it on random label maps).
 """
 
 from __future__ import annotations
