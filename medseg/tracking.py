@@ -53,6 +53,12 @@ from medseg.bundle import versions as bundle_versions
 from medseg.config import flatten
 from medseg.data.labelmaps import case_name
 from medseg.errors import MedsegError
+import monai
+import torch
+import nibabel as nib
+import numpy as np
+import pandas as pd
+from medseg.networks import describe
 
 logger = logging.getLogger("medseg.tracking")
 
@@ -132,8 +138,6 @@ def git_commit() -> str:
 
 
 def system_info() -> dict[str, str]:
-    import monai
-    import torch
 
     return {
         "medseg.version": __version__, "monai.version": monai.__version__, "torch.version": torch.__version__,
@@ -162,8 +166,6 @@ def split_digest(files: list) -> str:
 
 def dataset_profile(files: list, max_intensity_cases: int = 2) -> dict[str, Any]:
     """Case count, median voxel spacing (headers) and intensity percentiles of a few cases (NIfTI only)."""
-    import nibabel as nib
-    import numpy as np
 
     spacings, values = [], []
     for i, case in enumerate(files):
@@ -231,7 +233,6 @@ def dataset_name(cfg: Any) -> str:
 def markdown_summary(cfg: Any, fingerprint: dict[str, str], summary: dict[str, dict[str, float]] | None = None,
                      bundle_dir: Path | None = None) -> str:
     """The run's description: data, network, training, and (once evaluated) the final metrics table."""
-    from medseg.networks import describe
 
     tr = cfg.training
     lines = [f"## {cfg.task}: {cfg.description or cfg.task}", "",
@@ -446,7 +447,6 @@ class Tracker:
     def _log_pyfunc(self, bundle_dir: Path) -> Any:
         example_in = {"image": ["case_000.nii.gz"]}
         example_out = {"image": ["case_000.nii.gz"], "mask": ["predictions/case_000_seg.nii.gz"]}
-        import pandas as pd
 
         signature = infer_signature(pd.DataFrame(example_in), pd.DataFrame(example_out),
                                     params={"output_dir": "predictions"})

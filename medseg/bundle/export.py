@@ -53,6 +53,8 @@ from medseg.networks.bundle import spatial_shape as network_spatial_shape
 from medseg.transforms import augment_spec, input_channels, preprocess_spec
 from medseg.transforms.pipeline import OWN_TRANSFORMS, script_target
 from medseg.transforms.settings import describe_intensity, value_range
+from importlib.metadata import PackageNotFoundError, version
+from monai.bundle import verify_metadata, verify_net_in_out
 
 SCHEMA_PATH = Path(__file__).with_name("metadata_schema.json")
 OFFICIAL_SCHEMA = "https://github.com/Project-MONAI/MONAI-extra-test-data/releases/download/0.8.1/meta_schema_20240725.json"
@@ -284,8 +286,6 @@ def metadata(cfg: dict[str, Any], summary: dict[str, dict[str, float]]) -> dict[
 
 
 def _version(package: str) -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
     try:
         return version(package)
     except PackageNotFoundError:
@@ -359,7 +359,6 @@ def _quiet_monai() -> Iterator[None]:
 
 def verify_bundle(bundle_dir: Path) -> None:
     """Run MONAI's ``verify_metadata`` (against the project's schema) and ``verify_net_in_out``."""
-    from monai.bundle import verify_metadata, verify_net_in_out
 
     meta = str(bundle_dir / "configs" / "metadata.json")
     digest = hashlib.sha256(SCHEMA_PATH.read_bytes()).hexdigest()

@@ -23,6 +23,10 @@ from medseg.bundle import versions as bundle_versions
 from medseg.bundle.safety import check_bundle_folder, extract_bundle_zip, weights_error
 from medseg.errors import MedsegError
 from medseg.inference import InferenceChain, build_chain, chain_from_config
+from monai.bundle import ConfigParser
+from medseg.config import TaskConfig
+from medseg.networks import build_network
+from medseg.transforms import input_channels
 
 
 @dataclass
@@ -116,10 +120,6 @@ def _load_bundle_folder(bundle_dir: Path, device: torch.device, trust: bool) -> 
     name = meta.get("name", bundle_dir.name) if isinstance(meta, dict) else bundle_dir.name
     task_path = bundle_dir / "configs" / "medseg_task.json"
     if task_path.is_file():
-        from medseg.config import TaskConfig
-        from medseg.networks import build_network
-        from medseg.transforms import input_channels
-
         stored = _read_json(task_path)
         try:
             cfg = TaskConfig.from_dict(stored, source=str(task_path))
@@ -146,7 +146,6 @@ def _load_bundle_folder(bundle_dir: Path, device: torch.device, trust: bool) -> 
             f"{bundle_dir}: was not written by medseg and its inference.json runs code{example}; "
             "pass --trust if you trust its author"
         )
-    from monai.bundle import ConfigParser
 
     # as `monai.bundle run` does: the bundle's own scripts/ package is importable from its root
     for module in [m for m in sys.modules if m == "scripts" or m.startswith("scripts.")]:

@@ -33,6 +33,7 @@ from medseg.errors import MedsegError
 from medseg.inference import run_case, torch_forward
 from medseg.inference.instances import label_instances, object_table, write_object_csv
 from medseg.inference.runtimes import ENGINES, build_engine
+import tempfile
 
 #: auto: pictures (PNG/TIFF/JPEG) in their own format, everything else NIfTI
 FORMATS = ("auto", "nifti", "dicom-seg")
@@ -99,7 +100,6 @@ def _two_d(bundle: LoadedBundle) -> bool:
 
 def _picture_pages(bundle: LoadedBundle, path: Path, device: torch.device, tta: bool) -> np.ndarray:
     """A multi-page TIFF through a 2D network page by page: labels ``(x, y, pages)``."""
-    import tempfile
 
     array, _ = read_picture(path)
     pages = []
