@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 from medseg.data.locate import locate_dataset
@@ -65,7 +66,9 @@ class AutoFill:
         hand = {k: _get(merged, k) for k in PLANNED_KEYS if k in by_hand and k not in autos}
         if "data.modality" in by_hand:
             hand["data.modality"] = merged["data"]["modality"]
-        root = locate_dataset(merged, self.data_dir, explicit=False)
+        data = merged["data"]  # the merged YAML before validation: a plain dict
+        where = SimpleNamespace(data=SimpleNamespace(dataset=data.get("dataset", ""), sample=data.get("sample", "")))
+        root = locate_dataset(where, self.data_dir, explicit=False)
         labels = merged["data"]["labels"] if "data.labels" in by_hand else None
         self.plan = plan_dataset(root, modality=hand.get("data.modality"), labels=labels,
                                  budget_minutes=self.budget_minutes, device=self.device,

@@ -137,7 +137,7 @@ def dataset_cases(dataset: Path, labels: dict[str, int] | None) -> tuple[str, li
     data = {"layout": layout, "labels": labels or {"background": 0}, "label_map": {}}
     if layout == "msd" and labels is None:
         raise MedsegError(f"{dataset}/dataset.json: no 'labels'; give them with --labels name=value,...")
-    return layout, all_cases({"data": data}, dataset), labels
+    return layout, all_cases(TaskConfig.from_dict({"task": "plan", "data": data}, source=str(dataset)), dataset), labels
 
 
 def task_name(dataset: Path) -> str:
