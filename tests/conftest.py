@@ -75,10 +75,34 @@ FAST = [
 ]
 
 
+#: tests measured at over a second on 2 CPU cores (``pytest --durations``): subprocess CLIs, short trainings,
+#: several processes, transformer exports. ``make test-fast`` leaves them out, as it does every ``slow`` test.
+SLOW = (
+    "tests/engine/test_engine_runs.py::",
+    "tests/config/test_config.py::test_cli_",
+    "tests/tracking/test_tracking.py::test_store_created_by_several_processes_at_once",
+    "tests/tracking/test_tracking.py::test_deleted_experiment",
+    "tests/tracking/test_tracking.py::test_system_metrics_switch",
+    "tests/data/test_layouts.py::test_training_on_dicom_series_folders_keeps_patient_data_out",
+    "tests/data/test_layouts.py::test_2d_folder_dataset_trains",
+    "tests/data/test_dicom_io.py::test_oblique_reversed_series_matches_construction_sitk_and_monai",
+    "tests/data/test_dicom_io.py::test_real_enhanced_ct_matches_simpleitk",
+    "tests/inference/test_deploy.py::test_onnx_export_and_reload_every_family[swin_unetr",
+    "tests/inference/test_deploy.py::test_onnx_export_and_reload_every_family[unetr",
+    "tests/inference/test_deploy.py::test_onnx_export_and_reload_every_family[unetpp",
+    "tests/networks/test_networks.py::test_export_round_trip_and_eval_determinism[unetr]",
+    "tests/networks/test_networks.py::test_export_round_trip_and_eval_determinism[swin_unetr]",
+    "tests/networks/test_networks.py::test_forward_backward_on_odd_sizes[swin_unetr",
+    "tests/networks/test_networks.py::test_listing_command_counts_parameters_and_macs",
+    "tests/workflows/test_train.py::test_train_workflow_runs_as_a_python_function",
+    "tests/evaluation/test_evaluate.py::test_dicom_seg_reference_against_nifti_prediction",
+)
+
+
 def pytest_collection_modifyitems(items):
-    """Tests on the ``trained`` fixture (a training run per module) are ``slow``: ``make test-fast`` leaves them out."""
+    """Tests on the ``trained`` fixture (a training run per module) and those in :data:`SLOW` are ``slow``."""
     for item in items:
-        if "trained" in getattr(item, "fixturenames", ()):
+        if "trained" in getattr(item, "fixturenames", ()) or item.nodeid.startswith(SLOW):
             item.add_marker(pytest.mark.slow)
 
 
