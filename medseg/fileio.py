@@ -5,6 +5,7 @@ compressing its label map at level 1 0.002 s against 0.09 s (``benchmarks/bench_
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -22,6 +23,22 @@ def _umask() -> int:
 def publish_dir(path: Path) -> None:
     """Give a ``mkdtemp`` folder (mode 0700) the permissions an ordinary ``mkdir`` would have."""
     os.chmod(path, 0o777 & ~_umask())
+
+
+@contextmanager
+def atomic_dir(path: Path) -> Iterator[Path]:
+    """Yield a temporary folder beside ``path``; on success it replaces ``path`` whole (a folder half-written by
+    an interrupted run included), on failure it is removed: readers never see a partial folder."""
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}_", dir=path.parent))
+    publish_dir(tmp)
+    try:
+        yield tmp
+        if path.exists():
+            shutil.rmtree(path)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
 
 
 @contextmanager

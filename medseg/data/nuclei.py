@@ -19,11 +19,8 @@ import hashlib
 import io
 import json
 import logging
-import os
-import shutil
 import subprocess
 import sys
-import tempfile
 import zipfile
 from pathlib import Path
 
@@ -32,7 +29,7 @@ import tifffile
 from PIL import Image
 
 from medseg.errors import MedsegError
-from medseg.fileio import publish_dir
+from medseg.fileio import atomic_dir
 
 logger = logging.getLogger("medseg.data")
 
@@ -113,9 +110,7 @@ def prepare_nuclei_sample(data_dir: Path) -> Path:
     if image.shape != (512, 512) or mask.shape != image.shape:
         raise MedsegError(f"nuclei sample image {image.shape} and mask {mask.shape}: the wheel is not as expected")
     Path(data_dir).mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".nuclei_sample_", dir=data_dir))
-    publish_dir(tmp)
-    try:
+    with atomic_dir(root) as tmp:
         for sub in ("images", "labels", "instances"):
             (tmp / sub).mkdir()
         parts = {"train": [("nuclei_train_top", slice(0, 256), TRAIN_COLUMNS),
@@ -146,11 +141,5 @@ def prepare_nuclei_sample(data_dir: Path) -> Path:
             "validation": entries["val"],
         }
         (tmp / "dataset.json").write_text(json.dumps(manifest, indent=2))
-        if root.exists():  # a half-written folder from an interrupted run
-            shutil.rmtree(root)
-        os.replace(tmp, root)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
     logger.info("prepared the nuclei sample under %s (train 2 x 256x256, val 512x240 pixels)", root)
     return root

@@ -19,8 +19,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -31,7 +29,7 @@ import nibabel as nib
 import numpy as np
 
 from medseg.errors import MedsegError
-from medseg.fileio import publish_dir
+from medseg.fileio import atomic_dir
 
 logger = logging.getLogger("medseg.data")
 
@@ -136,9 +134,7 @@ def prepare_lits_sample(data_dir: Path) -> Path:
     if image.shape != label.shape or image.ndim != 3:
         raise MedsegError(f"sample image {image.shape} and label {label.shape} differ; the wheel is not as expected")
     data_dir.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".lits_sample_", dir=data_dir))
-    publish_dir(tmp)
-    try:
+    with atomic_dir(root) as tmp:
         (tmp / "imagesTr").mkdir()
         (tmp / "labelsTr").mkdir()
         entries = {}
@@ -163,11 +159,5 @@ def prepare_lits_sample(data_dir: Path) -> Path:
             "validation": entries["val"],
         }
         (tmp / "dataset.json").write_text(json.dumps(manifest, indent=2))
-        if root.exists():  # a half-written folder from an interrupted run
-            shutil.rmtree(root)
-        os.replace(tmp, root)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
     logger.info("prepared the LiTS sample under %s (train 128x128x80, val 128x128x40 voxels)", root)
     return root
