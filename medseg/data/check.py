@@ -18,7 +18,7 @@ import pydicom
 
 from medseg.data.dicom import is_dicom_file, series_headers_ok
 from medseg.data.formats import NIFTI_SUFFIXES, PLAIN_2D_SUFFIXES, has_suffix, sitk_affine, suffix_of
-from medseg.data.images import _sitk_error, check_file, describe_geometry, read_image
+from medseg.data.images import check_file, describe_geometry, read_image, sitk_information
 from medseg.data.labelmaps import case_name, read_labelmap
 from medseg.data.pictures import is_picture
 from medseg.errors import MedsegError
@@ -69,12 +69,7 @@ def read_header(path: Path, series_uid: str | None = None) -> Header:
     if components > 1 and not (is_picture(path) and components in (3, 4)):  # RGB(A) pictures: medseg.data.pictures
         raise MedsegError(f"{path}: colour image ({components} components per pixel); medseg reads greyscale images"
                           " and label maps: save it with one grey channel")
-    reader = sitk.ImageFileReader()
-    reader.SetFileName(str(path))
-    try:
-        reader.ReadImageInformation()
-    except RuntimeError as err:
-        raise _sitk_error(path, err) from err
+    reader = sitk_information(path)
     ndim = reader.GetDimension()
     size = tuple(int(v) for v in reader.GetSize())
     if ndim == 3 and size[2] == 1 and suffix_of(path) in PLAIN_2D_SUFFIXES:

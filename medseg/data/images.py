@@ -183,8 +183,8 @@ def check_file(path: Path) -> tuple[tuple[int, ...], int]:
     return tuple(spatial), components
 
 
-def _sitk_header(path: Path) -> tuple[tuple[int, ...], int, int, None]:
-    """Shape, bytes per component and components per voxel from SimpleITK's header reading."""
+def sitk_information(path: Path):
+    """SimpleITK's ImageFileReader with the header read (no voxels); a file it cannot read gives one line."""
     # deferred: start-up of SimpleITK (~0.4 s) only where an image is read or written with it
     import SimpleITK as sitk
 
@@ -194,6 +194,15 @@ def _sitk_header(path: Path) -> tuple[tuple[int, ...], int, int, None]:
         reader.ReadImageInformation()
     except RuntimeError as err:
         raise _sitk_error(path, err) from err
+    return reader
+
+
+def _sitk_header(path: Path) -> tuple[tuple[int, ...], int, int, None]:
+    """Shape, bytes per component and components per voxel from SimpleITK's header reading."""
+    # deferred: start-up of SimpleITK (~0.4 s) only where an image is read or written with it
+    import SimpleITK as sitk
+
+    reader = sitk_information(path)
     kind = sitk.GetPixelIDValueAsString(reader.GetPixelID())
     bits = re.search(r"(\d+)-bit", kind)
     itemsize = int(bits.group(1)) // 8 if bits else 8

@@ -50,9 +50,12 @@ def case_name(path: Path) -> str:
     return strip_suffix(path)
 
 
-def _as_labels(array: np.ndarray, path: Path) -> np.ndarray:
-    if np.issubdtype(array.dtype, np.integer) or array.dtype == bool:
-        return array.astype(np.int64)
+def integer_labels(array: np.ndarray, path: Path) -> np.ndarray:
+    """Integer labels as they are (bool as a uint8 view); whole-number floats as int64; anything else refused."""
+    if array.dtype == bool:
+        return array.view(np.uint8)
+    if np.issubdtype(array.dtype, np.integer):
+        return array
     finite = np.isfinite(array)
     rounded = np.round(array)
     bad = ~finite | (np.abs(array - rounded) > 1e-3)
@@ -60,6 +63,10 @@ def _as_labels(array: np.ndarray, path: Path) -> np.ndarray:
         example = float(array[bad].flat[0])
         raise MedsegError(f"{path}: non-integer label value {example:g}; expected a label map of whole numbers")
     return rounded.astype(np.int64)
+
+
+def _as_labels(array: np.ndarray, path: Path) -> np.ndarray:
+    return integer_labels(array, path).astype(np.int64)
 
 
 def _read_sitk(path: Path) -> LabelMap:

@@ -20,7 +20,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from medseg.data.formats import NIFTI_SUFFIXES, sitk_affine
-from medseg.data.labelmaps import LabelMap, read_labelmap
+from medseg.data.labelmaps import LabelMap, integer_labels, read_labelmap
 from medseg.errors import MedsegError
 from medseg.fileio import read_gzip
 
@@ -54,21 +54,6 @@ def read_labels(path: Path) -> LabelMap:
     else:
         array = _sitk_voxels(path)
     return LabelMap(integer_labels(array, path), sitk_affine(header))
-
-
-def integer_labels(array: np.ndarray, path: Path) -> np.ndarray:
-    """Integer labels as they are (bool as a uint8 view); whole-number floats as int64; anything else refused."""
-    if array.dtype == bool:
-        return array.view(np.uint8)
-    if np.issubdtype(array.dtype, np.integer):
-        return array
-    finite = np.isfinite(array)
-    rounded = np.round(array)
-    bad = ~finite | (np.abs(array - rounded) > 1e-3)
-    if bad.any():
-        example = float(array[bad].flat[0])
-        raise MedsegError(f"{path}: non-integer label value {example:g}; expected a label map of whole numbers")
-    return rounded.astype(np.int64)
 
 
 def _nifti_voxels(path: Path, size: tuple[int, ...]) -> np.ndarray:
