@@ -15,13 +15,9 @@ extension), so ``pipelines/nuclei_2d.yaml`` (``data.layout: msd``) trains and va
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import logging
-import subprocess
-import sys
-import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +25,7 @@ import tifffile
 from PIL import Image
 
 from medseg.errors import MedsegError
+from medseg.data.wheels import fetch_wheel, verified_members
 from medseg.fileio import atomic_dir
 
 logger = logging.getLogger("medseg.data")
@@ -45,40 +42,13 @@ VAL_COLUMNS = slice(272, 512)  # a 16-pixel margin after the training half
 LABELS = {"0": "background", "1": "nucleus"}
 
 
-def _sha256(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
 def _find_or_fetch_wheel(download_dir: Path) -> Path:
-    wheels = sorted(download_dir.glob(WHEEL_GLOB))
-    if wheels:
-        return wheels[0]
-    download_dir.mkdir(parents=True, exist_ok=True)
-    logger.info("downloading %s (wheel only, no dependencies) from the package index", PACKAGE)
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "-q", PACKAGE]
-    result = subprocess.run(cmd + ["-d", str(download_dir)], capture_output=True, text=True, check=False)
-    wheels = sorted(download_dir.glob(WHEEL_GLOB))
-    if result.returncode != 0 or not wheels:
-        reason = (result.stderr.strip().splitlines() or ["no wheel downloaded"])[-1]
-        raise MedsegError(f"could not download the built-in nuclei sample {PACKAGE} ({reason}); put its wheel in"
-                          f" {download_dir} or provide a dataset with --data-dir")
-    return wheels[0]
+    return fetch_wheel(download_dir, PACKAGE, WHEEL_GLOB, "built-in nuclei sample")
 
 
 def read_verified_members(wheel: Path) -> dict[str, np.ndarray]:
     """The image and instance mask out of the wheel, SHA-256 checked against the pinned values."""
-    out = {}
-    try:
-        with zipfile.ZipFile(wheel) as zf:
-            for key, (member, digest) in MEMBERS.items():
-                data = zf.read(member)
-                if _sha256(data) != digest:
-                    raise MedsegError(f"{wheel}: {member} has SHA-256 {_sha256(data)}, expected {digest}; delete the"
-                                      " wheel so it is fetched again")
-                out[key] = tifffile.imread(io.BytesIO(data))
-    except (zipfile.BadZipFile, KeyError) as err:
-        raise MedsegError(f"{wheel}: not the expected stardist wheel ({err}); delete it so it is fetched again") from err
-    return out
+    return {key: tifffile.imread(io.BytesIO(data)) for key, data in verified_members(wheel, MEMBERS, "stardist wheel").items()}
 
 
 def separated_interiors(instances: np.ndarray) -> np.ndarray:

