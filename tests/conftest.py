@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import nibabel as nib
@@ -45,6 +46,32 @@ def write_msd(root: Path, n_cases: int = 3, **kwargs) -> Path:
     manifest = {"labels": {"0": "background", "1": "liver", "2": "tumour"}, "training": training}
     (root / "dataset.json").write_text(json.dumps(manifest))
     return root
+
+
+def write_png_folder(root: Path, n: int = 4, shape=(40, 48), rgb: bool = False) -> Path:
+    """A folders-layout 2D dataset: grey (or RGB) 8-bit PNG sections with thin dark membranes, 0/255 masks."""
+    from PIL import Image
+
+    (root / "images").mkdir(parents=True)
+    (root / "labels").mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(n):
+        yy, xx = np.mgrid[: shape[0], : shape[1]]
+        mask = ((yy + 3 * i) % 12 < 3) | ((xx + 2 * i) % 10 < 2)
+        image = np.clip(np.where(mask, 60, 190) + rng.normal(0, 15, shape), 0, 255).astype(np.uint8)
+        if rgb:
+            image = np.stack([image, image // 2, 255 - image], -1)
+        Image.fromarray(image).save(root / "images" / f"sec{i:02d}.png")
+        Image.fromarray((mask * 255).astype(np.uint8)).save(root / "labels" / f"sec{i:02d}.png")
+    return root
+
+
+#: Debian's chromium and chromium-driver for the browser tests; `make test` installs them where it can (root + apt)
+CHROMIUM, CHROMEDRIVER = shutil.which("chromium"), shutil.which("chromedriver")
+needs_chromium = pytest.mark.skipif(
+    not (CHROMIUM and CHROMEDRIVER),
+    reason="no chromium/chromedriver on PATH and make test could not install them (needs root and apt-get)",
+)
 
 
 @pytest.fixture

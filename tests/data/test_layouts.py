@@ -14,7 +14,7 @@ from medseg.config import load_config
 from medseg.data.images import write_image
 from medseg.data.layouts import all_cases, detect_layout, load_dataset
 from medseg.errors import MedsegError
-from tests.conftest import synthetic_case, write_msd
+from tests.conftest import synthetic_case, write_msd, write_png_folder
 
 LPS = np.diag([-1.0, -1.0, 1.0, 1.0])
 
@@ -154,21 +154,6 @@ def test_folders_mixed_formats_dicom_and_geometry_mismatch(tmp_path, caplog):
         train, val = load_dataset(cfg, root, seed=0)
     assert sorted(Path(c["image"]).name for c in train + val) == ["c0.nii.gz", "c1"]
     assert "skipping 1 bad case(s): c2.mha: label c2.nii.gz" in caplog.text
-
-
-def write_png_folder(root: Path, n=4, shape=(40, 48)) -> Path:
-    from PIL import Image
-
-    (root / "images").mkdir(parents=True)
-    (root / "labels").mkdir()
-    rng = np.random.default_rng(0)
-    for i in range(n):
-        yy, xx = np.mgrid[: shape[0], : shape[1]]
-        mask = ((yy + 3 * i) % 12 < 3) | ((xx + 2 * i) % 10 < 2)
-        image = np.clip(np.where(mask, 60, 190) + rng.normal(0, 15, shape), 0, 255).astype(np.uint8)
-        Image.fromarray(image).save(root / "images" / f"sec{i:02d}.png")
-        Image.fromarray((mask * 255).astype(np.uint8)).save(root / "labels" / f"sec{i:02d}.png")
-    return root
 
 
 def test_2d_folder_dataset_trains(tmp_path, monkeypatch):

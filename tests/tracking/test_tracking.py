@@ -20,7 +20,7 @@ from PIL import Image
 
 from medseg.train import main as train_main
 
-from tests.conftest import FAST, write_msd
+from tests.conftest import CHROMEDRIVER, CHROMIUM, FAST, needs_chromium, write_msd
 
 
 def free_port() -> int:
@@ -229,22 +229,21 @@ def test_system_metrics_switch(tmp_path: Path, monkeypatch):
 
 
 @pytest.mark.slow
+@needs_chromium
 def test_run_page_shows_the_dataset_in_chromium(server_run, tmp_path: Path):
     """The UI as a researcher opens it: the experiment's runs table (Dataset column) and the run's page."""
-    if not Path("/usr/bin/chromium").exists() or not Path("/usr/bin/chromedriver").exists():
-        pytest.skip("Chromium is not installed (apt-get install chromium chromium-driver; .ci/run does it)")
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
     options = webdriver.ChromeOptions()
-    options.binary_location = "/usr/bin/chromium"
+    options.binary_location = CHROMIUM
     for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
                  "--disable-dev-shm-usage", f"--user-data-dir={tmp_path / 'profile'}", "--window-size=1600,1000"):
         options.add_argument(flag)
-    driver = webdriver.Chrome(service=Service("/usr/bin/chromedriver"), options=options)
+    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
     try:
         driver.set_page_load_timeout(60)
         exp_id, run_id = server_run["experiment"].experiment_id, server_run["run"].info.run_id

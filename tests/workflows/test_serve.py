@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import socket
 import subprocess
 import sys
@@ -25,7 +24,7 @@ from medseg.config import load_config
 from medseg.inference import build_chain
 from medseg.transforms import input_channels
 from medseg.workflows.serve import Server, create_app
-from tests.conftest import FAST
+from tests.conftest import CHROMEDRIVER, CHROMIUM, FAST, needs_chromium
 from tests.engine.test_interactive import write_case
 
 REPO = Path(__file__).resolve().parents[2]
@@ -185,10 +184,9 @@ def test_non_loopback_host_without_token_is_refused():
     assert result.stderr.strip().count("\n") == 0 and "--token" in result.stderr and "0.0.0.0" in result.stderr
 
 
-CHROMIUM, DRIVER = shutil.which("chromium"), shutil.which("chromedriver")
 
 
-@pytest.mark.skipif(not (CHROMIUM and DRIVER), reason="needs Debian's chromium and chromium-driver")
+@needs_chromium
 def test_page_in_headless_chromium(served, tmp_path):
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
@@ -202,7 +200,7 @@ def test_page_in_headless_chromium(served, tmp_path):
                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
                  f"--user-data-dir={tmp_path / 'chromium'}", "--window-size=1200,560"):
         options.add_argument(flag)
-    driver = webdriver.Chrome(service=Service(DRIVER), options=options)
+    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
     wait = WebDriverWait(driver, 60)
     status = lambda: driver.find_element(By.ID, "status").text  # noqa: E731
     canvas = lambda: driver.execute_script("return document.getElementById('c0').toDataURL()")  # noqa: E731
