@@ -34,7 +34,7 @@ from medseg.networks import REGISTRY
 from medseg.plan import rules
 from medseg.plan.fingerprint import fingerprint, write_fingerprint
 from medseg.plan.rules import Decision
-from medseg.plan.timing import measure_data, measure_step, validation_seconds
+from medseg.plan.timing import WARMUP_STEPS, measure_data, measure_step, validation_seconds
 
 logger = logging.getLogger("medseg.plan")
 
@@ -60,6 +60,8 @@ class Plan:
     machine: dict[str, Any]
     budget_minutes: float
     hand: dict[str, Any] = field(default_factory=dict)
+    #: every measured attempt (patch, batch, the timed steps' samples, median, CPU time, load): not hashed
+    timing: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def hash(self) -> str:
@@ -77,7 +79,7 @@ class Plan:
     def to_json(self) -> dict[str, Any]:
         return {"task": self.task, "hash": self.hash, "budget_minutes": self.budget_minutes, "machine": self.machine,
                 "decisions": {k: {"value": d.value, "reason": d.reason} for k, d in self.decisions.items()},
-                "hand_set": sorted(self.hand)}
+                "hand_set": sorted(self.hand), "timing": self.timing}
 
     def yaml_text(self) -> str:
         return render_yaml(self)
@@ -200,7 +202,7 @@ def _draft_config(pipeline: dict[str, Any]) -> TaskConfig:
 
 def plan_dataset(dataset: Path | str, modality: str | None = None, labels: dict[str, int] | None = None,
                  budget_minutes: float = 15.0, device: str = "cpu", network: str = "resunet",
-                 hand: dict[str, Any] | None = None, measure_steps: int = 3) -> Plan:
+                 hand: dict[str, Any] | None = None, measure_steps: int = 5) -> Plan:
     """Plan ``dataset`` (a folder with its layout detected from its contents, or a CSV)."""
     dataset = Path(dataset)
     if not dataset.exists():
@@ -227,6 +229,7 @@ class _PlanInputs:
     hand: dict[str, Any]
     budget_minutes: float
     measure_steps: int
+    attempts: list[dict[str, Any]] = field(default_factory=list)  # plan.json's "timing"
 
 
 @dataclass
@@ -299,9 +302,14 @@ def _measure_attempt(ctx: _PlanInputs, d: dict[str, Decision], spacing: Decision
     startup = data.cache_s * len(ctx.cases)
     val_s = validation_seconds(cfg, step, rules.resampled_shape(fp, spacing.value), max(1, len(ctx.cases) // 5))
     sched = rules.schedule(step.step_s, data.per_batch_s, val_s, startup, ctx.budget_minutes)
-    logger.info("plan attempt %d: %s patch %s batch %d: %.3f s/step, %.3f s data/batch -> %d iterations",
-                attempt + 1, mode.value, cfg.training.patch_size, cfg.training.batch_size, step.step_s,
-                data.per_batch_s, sched.value["total_iterations"])
+    ctx.attempts.append({"attempt": attempt + 1, "mode": mode.value, "spacing": list(cfg.preprocessing.spacing),
+                         "patch": list(cfg.training.patch_size), "batch": cfg.training.batch_size,
+                         **step.to_json(), "data_s_per_batch": round(data.per_batch_s, 4),
+                         "total_iterations": sched.value["total_iterations"]})
+    logger.info("plan attempt %d: %s patch %s batch %d: %.3f s/step (median of %d after %d warm-up, spread"
+                " %.0f%%, load %.1f), %.3f s data/batch -> %d iterations", attempt + 1, mode.value,
+                cfg.training.patch_size, cfg.training.batch_size, step.step_s, len(step.samples), WARMUP_STEPS,
+                100 * ctx.attempts[-1]["spread"], step.load, data.per_batch_s, sched.value["total_iterations"])
     return _Measured(cfg, step, data, sched, val_s, startup)
 
 
@@ -360,7 +368,7 @@ def _finish_plan(ctx: _PlanInputs, d: dict[str, Decision], measured: _Measured, 
     if budget_note:
         p = d["training.patch_size"]
         d["training.patch_size"] = Decision(p.value, p.reason + budget_note)
-    amp = _amp(cfg, step, ctx.mach)
+    amp = _amp(cfg, step, ctx.mach, ctx.attempts)
     if amp is not None and "training.amp" not in hand:
         d["training.amp"], step = amp
         sched = rules.schedule(step.step_s, data.per_batch_s, val_s * 1.0, startup, budget_minutes)
@@ -372,8 +380,9 @@ def _finish_plan(ctx: _PlanInputs, d: dict[str, Decision], measured: _Measured, 
     task = task_name(ctx.dataset)
     mach = {**ctx.mach, "step_s": round(step.step_s, 4), "data_s": round(data.per_batch_s, 4),
             "cache_s_per_case": round(data.cache_s, 2), "validation_s": round(val_s, 1),
-            "total_iterations": sched.value["total_iterations"]}
-    return Plan(task, d, _pipeline(task, ctx.layout, ctx.dataset, ctx.fp, d), ctx.fp, mach, budget_minutes, hand)
+            "total_iterations": sched.value["total_iterations"], "step": step.to_json()}
+    return Plan(task, d, _pipeline(task, ctx.layout, ctx.dataset, ctx.fp, d), ctx.fp, mach, budget_minutes, hand,
+                ctx.attempts)
 
 
 def hand_or(hand: dict[str, Any], key: str, planned: Decision) -> Decision:
@@ -414,15 +423,18 @@ def _layout_decisions(d: dict[str, Decision], fp: dict[str, Any], spacing: list[
                                              Decision(values["elastic"]["prob"], reason))
 
 
-def _amp(cfg: TaskConfig, step: Any, mach: dict[str, Any]) -> tuple[Decision, Any] | None:
+def _amp(cfg: TaskConfig, step: Any, mach: dict[str, Any],
+         attempts: list[dict[str, Any]]) -> tuple[Decision, Any] | None:
     """bf16 where it helps: measured against fp32 on this machine (kept when >= 15% faster)."""
     if mach["device"] == "cuda" and not mach.get("bf16"):
         return None
     bf = cfg.model_copy(update={"training": cfg.training.model_copy(update={"amp": "bf16"})})
     try:
-        fast = measure_step(bf, torch.device(mach["device"]), 3)
+        fast = measure_step(bf, torch.device(mach["device"]), 5)
     except RuntimeError as err:  # a CPU or op without bf16 kernels
         return Decision("none", f"fp32: bf16 failed here ({str(err).splitlines()[0][:80]})"), step
+    attempts.append({"attempt": "bf16", "patch": list(cfg.training.patch_size), "batch": cfg.training.batch_size,
+                     **fast.to_json()})
     if fast.step_s <= 0.85 * step.step_s:
         return Decision("bf16", f"bf16 autocast: measured {fast.step_s:.3f} s/step against {step.step_s:.3f} s"
                                 " in fp32"), fast

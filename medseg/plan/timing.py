@@ -6,6 +6,8 @@ patch-sized batches, the real data pipeline's time per batch and per cached case
 from __future__ import annotations
 
 import logging
+import os
+import statistics
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -21,11 +23,24 @@ from medseg.transforms import fit_preprocessing, input_channels
 logger = logging.getLogger("medseg.plan")
 
 
+#: steps run and not timed before the timed ones (allocator, oneDNN primitive caches, autotuning)
+WARMUP_STEPS = 2
+
+
 @dataclass(frozen=True)
 class StepTime:
-    step_s: float  # one optimiser step (forward, backward, update) on a batch
+    step_s: float  # one optimiser step (forward, backward, update) on a batch: the median of the timed steps
     peak_bytes: float = 0.0  # GPU peak memory of one step (0 on a CPU)
     amp: str = "none"
+    samples: tuple[float, ...] = ()  # every timed step's wall seconds (warm-up excluded)
+    cpu_s: float = 0.0  # median process CPU seconds per timed step (all threads): what load does not inflate
+    load: float = -1.0  # the 1-minute load average when the steps were timed (-1: unknown)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"step_s": round(self.step_s, 4), "samples_s": [round(s, 4) for s in self.samples],
+                "spread": round((max(self.samples) - min(self.samples)) / self.step_s, 3) if self.samples else 0.0,
+                "cpu_s": round(self.cpu_s, 4), "load_1min": round(self.load, 2), "amp": self.amp,
+                "warmup_steps": WARMUP_STEPS, "peak_bytes": int(self.peak_bytes)}
 
 
 @dataclass(frozen=True)
@@ -44,19 +59,21 @@ def _batches(cfg: TaskConfig, n: int) -> list[dict[str, torch.Tensor]]:
             for _ in range(n)]
 
 
-def measure_step(cfg: TaskConfig, device: torch.device, steps: int = 3) -> StepTime:
-    """Median seconds of ``steps`` training steps after one warm-up, through the engine's SupervisedTrainer."""
+def measure_step(cfg: TaskConfig, device: torch.device, steps: int = 5) -> StepTime:
+    """Median seconds of ``steps`` training steps after ``WARMUP_STEPS`` untimed ones, through the engine's
+    SupervisedTrainer. The median (not the mean) so that a step slowed by another process on a shared machine
+    does not move the plan; the samples, the CPU time per step and the load average go into ``plan.json``."""
     cfg = cfg.model_copy(update={"training": cfg.training.model_copy(update={"epochs": 1})})
     net, model = builders.build_model(cfg, device)
     optimizer, _ = builders.optimiser_and_schedule(model.parameters(), cfg)
-    trainer = builders.build_trainer(cfg, model, _batches(cfg, steps + 1), optimizer, builders.training_loss(cfg),
-                                     device)
-    stamps: list[float] = []
+    trainer = builders.build_trainer(cfg, model, _batches(cfg, steps + WARMUP_STEPS), optimizer,
+                                     builders.training_loss(cfg), device)
+    stamps: list[tuple[float, float]] = []
 
     def stamp(_engine: Any) -> None:
         if device.type == "cuda":
             torch.cuda.synchronize()
-        stamps.append(time.perf_counter())
+        stamps.append((time.perf_counter(), time.process_time()))
 
     trainer.add_event_handler(Events.ITERATION_COMPLETED, stamp)
     if device.type == "cuda":
@@ -69,9 +86,19 @@ def measure_step(cfg: TaskConfig, device: torch.device, steps: int = 3) -> StepT
     finally:
         quiet.setLevel(level)
     peak = float(torch.cuda.max_memory_allocated(device)) if device.type == "cuda" else 0.0
-    gaps = sorted(b - a for a, b in zip(stamps, stamps[1:]))
+    timed = stamps[WARMUP_STEPS - 1:]  # the gap after the last warm-up step's end is the first timed step
+    walls = [b[0] - a[0] for a, b in zip(timed, timed[1:])]
+    cpus = [b[1] - a[1] for a, b in zip(timed, timed[1:])]
     del trainer, net, model, optimizer
-    return StepTime(gaps[len(gaps) // 2], peak, cfg.training.amp)
+    return StepTime(statistics.median(walls), peak, cfg.training.amp, tuple(walls), statistics.median(cpus),
+                    _load())
+
+
+def _load() -> float:
+    try:
+        return os.getloadavg()[0]
+    except OSError:  # not on every platform
+        return -1.0
 
 
 def measure_data(cfg: TaskConfig, cases: list[Case], draws: int = 4) -> DataTime:

@@ -157,6 +157,9 @@ def test_measured_step_time_runs_real_training_steps():
     before = torch.get_rng_state()
     step = measure_step(cfg, torch.device("cpu"), steps=3)
     assert 0.0 < step.step_s < 60.0 and step.peak_bytes == 0.0 and step.amp == "none"
+    # the median of the 3 timed steps (the warm-up steps are not among them), with the CPU time beside it
+    assert len(step.samples) == 3 and step.step_s == sorted(step.samples)[1] and step.cpu_s > 0.0
+    assert step.to_json()["warmup_steps"] == 2 and step.to_json()["samples_s"] == [round(s, 4) for s in step.samples]
     assert not torch.equal(before, torch.get_rng_state())  # random batches were drawn and stepped on
 
 
@@ -248,6 +251,10 @@ def test_planned_yaml_round_trip_and_auto_keys_beside_hand_set_ones(tmp_path):
     assert stored["machine"]["step_s"] > 0
     said = re.search(r"measured ([0-9.]+) s/step", stored["decisions"]["training.epochs"]["reason"])
     assert said and abs(float(said.group(1)) - stored["machine"]["step_s"]) <= 0.0006  # the reason rounds to 3 places
+    # the kept step time is the median of 5 timed steps, recorded with every measured attempt
+    kept = stored["machine"]["step"]
+    assert len(kept["samples_s"]) == 5 and kept["step_s"] == sorted(kept["samples_s"])[2]
+    assert stored["timing"] and all(len(t["samples_s"]) == 5 for t in stored["timing"])
     assert json.loads(out.with_suffix(".fingerprint.json").read_text())["n_cases"] == 4
     outcome = train.run(out, epochs=1, output_dir=tmp_path / "run", export=False,
                         overrides=["training.iterations_per_epoch=1", "tracking.enabled=false",
