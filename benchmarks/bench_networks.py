@@ -46,7 +46,7 @@ WIDTHS = {
     "unet3p": ["network.channels=[16,32,64,128,256]", "network.norm=batch", "network.deep_supervision=true"],
     "unetr": ["network.args={feature_size: 16, hidden_size: 384, mlp_dim: 1536, num_heads: 6}"],
     "swin_unetr": ["network.args={feature_size: 24}"],
-    "light_unet": ["network.channels=[16,32,64,128,256]"],
+    "light_unet": [],  # its own CPU-sized defaults (8..64, 4 levels at half resolution and below)
 }
 #: settings shared by every network; sizes fit every network's multiple and minimum (SwinUNETR: 64; 2D: liver_2d's slices)
 COMMON = {3: ["training.patch_size=[64,64,64]", "training.batch_size=2"],

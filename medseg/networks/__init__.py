@@ -119,8 +119,8 @@ REGISTRY: dict[str, NetSpec] = {
                 {}, lambda a: int(a.get("patch_size", 2)) * 16,
                 aliases={"norm": "norm_name", "dropout": "drop_rate"}, minimum=lambda a: int(a.get("patch_size", 2)) * 32),
         NetSpec("light_unet", LightUNet,
-                "Howard et al., MobileNets (depthwise-separable convolutions), arXiv:1704.04861, 2017",
-                {"channels": [16, 32, 64, 128, 256], "norm": "batch"}, _levels,
+                "Ronneberger et al., U-Net, MICCAI 2015, at half resolution with strided convolutions (Kerfoot et al., STACOM 2018)",
+                {"channels": [8, 16, 32, 64], "norm": "batch"}, lambda a: 2 ** len(a["channels"]),
                 aliases={"channels": "channels", "norm": "norm"}),
     ]
 }

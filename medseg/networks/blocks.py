@@ -8,13 +8,13 @@ from typing import List, Union
 from monai.networks.layers.factories import Act, Conv, Norm
 from torch import nn
 
-__all__ = ["conv_norm_act", "DoubleConv", "SeparableConv"]
+__all__ = ["conv_norm_act", "DoubleConv"]
 
 
 def conv_norm_act(spatial_dims: int, cin: int, cout: int, norm: Union[str, tuple, None], act: Union[str, tuple],
-                   kernel_size: int = 3, groups: int = 1) -> List[nn.Module]:
+                   kernel_size: int = 3, groups: int = 1, stride: int = 1) -> List[nn.Module]:
     """Convolution (bias only without norm), optional normalisation, activation: MONAI factories."""
-    layers: List[nn.Module] = [Conv[Conv.CONV, spatial_dims](cin, cout, kernel_size=kernel_size,
+    layers: List[nn.Module] = [Conv[Conv.CONV, spatial_dims](cin, cout, kernel_size=kernel_size, stride=stride,
                                                           padding=kernel_size // 2, groups=groups, bias=norm is None)]
     if norm is not None:
         norm_name, norm_args = (norm, {}) if isinstance(norm, str) else (norm[0], dict(norm[1]))
@@ -34,11 +34,3 @@ class DoubleConv(nn.Sequential):
             layers.append(nn.Dropout(dropout))
         super().__init__(*layers, *conv_norm_act(spatial_dims, cout, cout, norm, act))
 
-
-class SeparableConv(nn.Sequential):
-    """Depthwise 3x3 convolution then pointwise 1x1 convolution, each with (optional) norm and activation."""
-
-    def __init__(self, spatial_dims: int, cin: int, cout: int, norm: Union[str, tuple, None],
-                 act: Union[str, tuple]) -> None:
-        super().__init__(*conv_norm_act(spatial_dims, cin, cin, norm, act, kernel_size=3, groups=cin),
-                         *conv_norm_act(spatial_dims, cin, cout, norm, act, kernel_size=1))

@@ -1,4 +1,4 @@
-"""The 2015 U-Net (:class:`OriginalUNet`) and the encoder-decoder set-up it shares with :class:`~.light_unet.LightUNet`.
+"""The 2015 U-Net (:class:`OriginalUNet`) and its encoder-decoder set-up (:class:`EncoderDecoder`).
 
 MONAI's ``UNet`` is a residual variant and ``BasicUNet`` has no transposed-convolution-only path with
 configurable depth, hence this one. Imports only torch and MONAI: exported bundles ship it in
