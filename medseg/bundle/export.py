@@ -39,9 +39,7 @@ from medseg.bundle import versions as bundle_versions
 from medseg.bundle.int8 import Int8Refused, refusal, write_int8
 from medseg.bundle.onnx import write_onnx
 from medseg.bundle.scripts import write_scripts
-from medseg.data.dicom_reader import BUNDLE_READER
 from medseg.data.formats import BUNDLE_SUFFIXES
-from medseg.data.dicom_reader import READER_PATH as DICOM_READER
 from medseg.engine.losses import monai_loss_def
 from medseg.engine.optim import bundle_scheduler_def, optimizer_def
 from medseg.fileio import publish_dir
@@ -62,10 +60,7 @@ IMAGE_GLOBS = tuple(f"*{s}" for s in BUNDLE_SUFFIXES)
 
 
 def _bundle_spec(spec: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Point medseg's own transforms and DICOM reader at the copies shipped in the bundle's ``scripts/`` folder."""
-    shipped = {DICOM_READER: BUNDLE_READER}
-    spec = [{**s, "reader": [shipped.get(r, r) for r in s["reader"]] if isinstance(s["reader"], list)
-             else shipped.get(s["reader"], s["reader"])} if "reader" in s else s for s in spec]
+    """Point medseg's own transforms and readers at the copies shipped in the bundle's ``scripts/`` folder."""
     spec = [{**s, "_target_": script_target(s["_target_"])} if s["_target_"] in OWN_TRANSFORMS else s for s in spec]
     return bundle_targets(spec)  # the prediction chain's own classes (the NIfTI reader): scripts/medseg_inference
 

@@ -28,6 +28,10 @@ except ImportError:  # stock environments: the standard library, slower
 #: the name preprocessing specs give LoadImaged's reader (a dotted path MONAI's LoadImage locates)
 READER_PATH = "medseg.data.nifti.IsalNiftiReader"
 
+#: metadata flag of a 3D image read with ``reverse_axes=True``: its array is the file's array transposed
+#: (axes k, j, i) and its ``affine``/``spatial_shape`` follow; ``original_affine`` stays the file's
+REVERSED_AXES = "medseg_reversed_axes"
+
 
 class IsalNiftiReader(NibabelReader):
     """``NibabelReader`` for ``.nii``/``.nii.gz``: ISA-L decompression, arrays returned row-major in ``dtype``.
@@ -37,15 +41,22 @@ class IsalNiftiReader(NibabelReader):
 
     Args:
         dtype: the type ``LoadImage`` converts to (its default float32); the copy into row-major order converts.
+        reverse_axes: for a 3D column-major image, hand ``LoadImage`` the transposed view (row-major without a
+            copy) with the affine's columns and the spatial shape reversed and :data:`REVERSED_AXES` set in the
+            metadata: the same voxels at the same world positions, so after ``Orientationd`` the array and affine
+            equal the unreversed read's. Saves the transposing copy (0.22 s of a 512x512x100 CT); whoever
+            writes a result on the file's grid puts the axes back (``InvertToLabelsd`` does, from
+            ``original_affine``).
         kwargs: as for ``NibabelReader``.
 
     Example:
         >>> LoadImaged(keys="image", reader=["ITKReader", "medseg.data.nifti.IsalNiftiReader"], image_only=True)
     """
 
-    def __init__(self, dtype: Any = np.float32, **kwargs: Any) -> None:
+    def __init__(self, dtype: Any = np.float32, reverse_axes: bool = False, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.dtype = dtype
+        self.reverse_axes = reverse_axes
 
     def read(self, data: Sequence[str] | str, **kwargs: Any):
         names = ensure_tuple(data)
@@ -62,7 +73,22 @@ class IsalNiftiReader(NibabelReader):
 
     def get_data(self, img) -> tuple[np.ndarray, dict]:
         array, meta = super().get_data(img)
+        if self.reverse_axes and array.ndim == 3 and array.flags.f_contiguous and not array.flags.c_contiguous:
+            return _reversed(array, meta, self.dtype)
         return _row_major(array, self.dtype), meta
+
+
+_REVERSE = [2, 1, 0, 3]  # affine columns of axes (k, j, i), then the translation
+
+
+def _reversed(array: np.ndarray, meta: dict, dtype: Any) -> tuple[np.ndarray, dict]:
+    """The transposed (row-major) view of a column-major 3D array, in ``dtype``, and its metadata."""
+    out = array.T if dtype is None else array.T.astype(dtype, copy=False)  # a sequential cast, no transposing copy
+    meta = dict(meta)
+    meta["affine"] = np.asarray(meta["affine"])[:, _REVERSE]
+    meta["spatial_shape"] = np.asarray(meta["spatial_shape"])[::-1].copy()
+    meta[REVERSED_AXES] = True
+    return out, meta
 
 
 def _read_nifti_gz(path: str):

@@ -63,10 +63,22 @@ def postprocess_spec(cfg: Any) -> list[dict[str, Any]]:
     return post
 
 
+def _reversed_nifti(spec: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """``spec`` with LoadImaged's NIfTI reader handing over the transposed view (no row-major copy; the labels
+    go back to the file's axis order in ``InvertToLabelsd``)."""
+    out = []
+    for entry in spec:
+        if entry["_target_"] == "LoadImaged":
+            readers = [{"_target_": r, "reverse_axes": True} if r == nifti.READER_PATH else r for r in entry["reader"]]
+            entry = {**entry, "reader": readers}
+        out.append(entry)
+    return out
+
+
 def inference_spec(cfg: Any) -> dict[str, Any]:
     """``preprocessing``, ``inferer`` and ``postprocessing`` as bundle config entries (own classes by short name)."""
     return {
-        "preprocessing": {"_target_": "Compose", "transforms": preprocess_spec(cfg, ("image",))},
+        "preprocessing": {"_target_": "Compose", "transforms": _reversed_nifti(preprocess_spec(cfg, ("image",)))},
         "inferer": inferer_def(cfg),  # sliding windows, or slice by slice for a 2D network in slice mode
         "postprocessing": {"_target_": "Compose", "transforms": postprocess_spec(cfg)},
     }

@@ -18,6 +18,7 @@ Imports only torch, numpy, scipy, MONAI and (optionally) cc3d: exported bundles 
 from __future__ import annotations
 
 import copy
+import itertools
 from collections.abc import Hashable, Mapping, Sequence
 from typing import Any
 
@@ -66,7 +67,7 @@ class InvertToLabelsd(MapTransform):
         for key, orig_key in self.key_iterator(d, self.orig_keys):
             probs = d[key].detach().cpu() if isinstance(d[key], torch.Tensor) else torch.as_tensor(d[key])
             labels = self._fused(probs, d[orig_key], orig_key)
-            d[key] = labels if labels is not None else self._invertd(d, key, orig_key)
+            d[key] = file_axes(labels if labels is not None else self._invertd(d, key, orig_key))
         return d
 
     def _invertd(self, d: dict, key: Hashable, orig_key: Hashable) -> MetaTensor:
@@ -119,6 +120,32 @@ class InvertToLabelsd(MapTransform):
             grid = mask.shape[1:]
         labels = steps[s].inverse_argmax({key: pred}, grid, offset)[key]
         return _inverse(steps[:s], key, labels)
+
+
+def file_axes(labels: MetaTensor) -> MetaTensor:
+    """``labels`` (channel first, 3D) in the axis order of their ``original_affine`` (the input file's), where
+    their grid is that grid with the axes permuted (a reader that hands over the transposed view, e.g.
+    ``IsalNiftiReader(reverse_axes=True)``): a view, with the file's affine and spatial shape. Other labels as
+    they are."""
+    original = labels.meta.get("original_affine") if isinstance(labels, MetaTensor) else None
+    nd = labels.ndim - 1
+    if original is None or nd != 3:
+        return labels
+    original = torch.as_tensor(np.asarray(original), dtype=torch.float64)
+    affine = labels.affine.to(torch.float64)
+    tol = 1e-6 * float(original[:nd, :nd].abs().max())
+    if original.shape != affine.shape or torch.allclose(original, affine, rtol=0, atol=tol):
+        return labels
+    for order in itertools.permutations(range(nd)):  # label axis order[a] holds file axis a
+        if torch.allclose(affine[:, [*order, nd]], original, rtol=0, atol=tol):
+            break
+    else:
+        return labels
+    out = MetaTensor(labels.as_tensor().permute(0, *[o + 1 for o in order]), meta=dict(labels.meta),
+                     applied_operations=labels.applied_operations)
+    out.affine = original.to(labels.affine.dtype)
+    out.meta["spatial_shape"] = np.asarray(out.shape[1:])
+    return out
 
 
 def _inverse(steps: Sequence, key: Hashable, value: MetaTensor) -> MetaTensor:

@@ -74,6 +74,50 @@ def test_nifti_reader_matches_monai(tmp_path, dtype, slope):
     assert path.read_bytes() == before
 
 
+@pytest.mark.parametrize("dtype", [np.int16, np.float32])
+def test_reversed_axes_read_is_the_same_image_after_reorientation(tmp_path, dtype):
+    """reverse_axes=True: the transposed view with reversed affine columns and shape (original_affine stays the
+    file's); after Orientationd the voxels and the affine equal the plain read's exactly."""
+    from monai.transforms import Orientation
+
+    from medseg.data.nifti import REVERSED_AXES
+
+    data = np.random.default_rng(2).integers(-500, 500, (23, 17, 9)).astype(dtype)
+    affine = np.array([[0.0, -0.7, 0.1, 12.5], [0.8, 0.0, 0.0, -40.0], [0.0, 0.05, 2.5, 7.0], [0, 0, 0, 1]])
+    path = tmp_path / "ct.nii.gz"
+    nib.save(nib.Nifti1Image(data, affine), path)
+    plain = LoadImage(reader=IsalNiftiReader(), image_only=True, ensure_channel_first=True)(str(path))
+    reversed_ = LoadImage(reader=IsalNiftiReader(reverse_axes=True), image_only=True, ensure_channel_first=True)(str(path))
+    assert reversed_.shape == (1, 9, 17, 23) and reversed_.dtype == torch.float32
+    assert torch.equal(reversed_.as_tensor()[0], plain.as_tensor()[0].permute(2, 1, 0))
+    stored = nib.load(path).affine  # the header's float32 rows
+    assert np.array_equal(reversed_.affine.numpy(), stored[:, [2, 1, 0, 3]])
+    assert np.array_equal(np.asarray(reversed_.meta["original_affine"]), stored)
+    assert list(reversed_.meta["spatial_shape"]) == [9, 17, 23] and reversed_.meta[REVERSED_AXES]
+    assert REVERSED_AXES not in plain.meta
+    a, b = Orientation("RAS")(plain), Orientation("RAS")(reversed_)
+    assert torch.equal(a.as_tensor(), b.as_tensor()) and torch.equal(a.affine, b.affine)
+
+
+def test_file_axes_puts_permuted_labels_back_in_file_order():
+    from medseg.inference.postprocess import file_axes
+
+    file_affine = torch.tensor([[0.0, -0.7, 0.1, 12.5], [0.8, 0.0, 0.0, -40.0], [0.0, 0.05, 2.5, 7.0], [0, 0, 0, 1]],
+                               dtype=torch.float64)
+    # label axes 0, 1, 2 are file axes k, i, j: the file grid is (3, 4, 2)
+    labels = torch.arange(2 * 3 * 4, dtype=torch.uint8).reshape(1, 2, 3, 4)
+    permuted = MetaTensor(labels, affine=file_affine[:, [2, 0, 1, 3]], meta={"original_affine": file_affine.numpy()})
+    out = file_axes(permuted)
+    assert out.shape == (1, 3, 4, 2) and torch.equal(out.as_tensor(), labels.permute(0, 2, 3, 1))
+    assert out.as_tensor()[0, 1, 2, 0] == labels[0, 0, 1, 2]
+    assert torch.equal(out.affine, file_affine) and list(out.meta["spatial_shape"]) == [3, 4, 2]
+    same = MetaTensor(labels, affine=file_affine, meta={"original_affine": file_affine.numpy()})
+    assert file_axes(same) is same
+    other = MetaTensor(labels, affine=torch.diag(torch.tensor([2.0, 2.0, 2.0, 1.0], dtype=torch.float64)),
+                       meta={"original_affine": file_affine.numpy()})  # resampled, not permuted: left alone
+    assert file_axes(other) is other
+
+
 def test_nifti_reader_hands_other_files_on(tmp_path):
     """In the chain's reader list it reads NIfTI; anything else goes to the next reader, as MONAI would read it."""
     import SimpleITK as sitk
@@ -240,13 +284,17 @@ def test_fused_inverse_equals_invertd_then_argmax(tmp_path, pad_to_multiple, mon
     image_t = data["image"]
     assert [op["class"] for op in image_t.applied_operations][:2] == ["Orientation", "ScaleSpacingd"]
     probs = _blob_probabilities(image_t.shape[1:], seed=7)
+    # the chain's reader hands over the transposed view: MONAI's Invertd ends on that grid (axes k, j, i)
     expected = invert_argmax(probs, data, chain)
+    assert expected.shape == (1, *image.shape[::-1])
+    expected = MetaTensor(expected.as_tensor().permute(0, 3, 2, 1), meta=expected.meta)
     calls = _spy_resize(monkeypatch)
     ours = invert_to_labels(probs, data, chain)
     # the probabilities were read in place: the inverted crop (and pad) is an integer shift with zeros around
     assert calls[0]["grid"] is not None and calls[0]["grid"] != calls[0]["shape"]
     assert ours.shape == expected.shape == (1, *image.shape) and ours.dtype == torch.uint8
-    assert torch.equal(ours.affine, expected.affine)
+    # InvertToLabelsd puts the file's axis order back, with the file's affine exactly
+    assert np.array_equal(ours.affine.numpy(), nib.load(path).affine)
     np.testing.assert_allclose(ours.affine.numpy(), affine, atol=1e-6)
     assert ours.meta["filename_or_obj"] == expected.meta["filename_or_obj"] == str(path)
     assert (ours.as_tensor() == expected.as_tensor()).double().mean() >= 0.999
