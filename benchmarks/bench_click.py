@@ -2,10 +2,16 @@
 512x512x100 CT (0.8 x 0.8 x 2.5 mm), with the network of ``pipelines/liver_interactive.yaml``.
 
 Weights do not change the time, so a bundle is used when given and an untrained network of the same shape
-otherwise. Baseline in the same run: the same click with the window set to the whole preprocessed volume
-(what a rerun without the window costs). Targets (issue 19): at most 1 s and 2 s per click on 2 CPU cores.
+otherwise. A click reruns the network on one window around it and maps only the input voxels that window
+reaches back onto the input grid (``medseg.workflows.interact.WindowedInversion``). Baseline in the same run:
+the same clicks rerunning the whole preprocessed volume and the chain's whole-volume post-processing (what a
+click cost before both were windowed). ``--engine openvino`` / ``onnxruntime``: the forward passes in that
+runtime (the bundle's ``models/model.onnx``; without ``--bundle``, the untrained network exported to a temporary
+file). Targets (issue 19): at most 1 s and 2 s per click on 2 CPU cores. The load average is printed with the
+figures.
 
-    .venv/bin/python benchmarks/bench_click.py [--bundle bundles/liver_ct_interactive] [--clicks 5] [--threads 2]
+    .venv/bin/python benchmarks/bench_click.py [--bundle bundles/liver_ct_interactive] [--engine openvino]
+        [--clicks 5] [--threads 2]
 
 With ``--dice IMAGE LABEL`` (e.g. the sample's validation half, data/lits_sample/{imagesTr,labelsTr}/
 lits_sample_val.nii.gz) and a trained ``--bundle``: the standard interactive benchmark instead, simulated clicks
@@ -16,6 +22,8 @@ each at the centre of the largest error region of the current mask, starting fro
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import os
 import statistics
 import tempfile
 import time
@@ -26,6 +34,7 @@ import numpy as np
 import torch
 
 from medseg.bundle.load import LoadedBundle, load_bundle
+from medseg.bundle.onnx import export_onnx
 from medseg.config import load_config
 from medseg.inference import build_chain
 from medseg.networks import build_network
@@ -48,12 +57,18 @@ def synthetic_ct(path: Path, shape: tuple[int, ...], spacing: tuple[float, ...])
     nib.save(nib.Nifti1Image(image, np.diag([*spacing, 1.0])), path)
 
 
-def bundle(path: str | None) -> LoadedBundle:
+def bundle(path: str | None, onnx_dir: Path | None = None) -> LoadedBundle:
+    """The bundle at ``path``, or an untrained network of the pipeline (exported as ONNX into ``onnx_dir``/models)."""
     if path:
         return load_bundle(Path(path), torch.device("cpu"))
     cfg = load_config(str(REPO / "pipelines" / "liver_interactive.yaml"), ["training.device=cpu"])
     net = build_network(cfg.network, input_channels(cfg), len(cfg.data.labels)).eval()
-    return LoadedBundle("untrained", cfg, net, {0: "background", 1: "liver", 2: "tumour"}, build_chain(cfg))
+    loaded = LoadedBundle("untrained", cfg, net, {0: "background", 1: "liver", 2: "tumour"}, build_chain(cfg))
+    if onnx_dir is not None:
+        (onnx_dir / "models").mkdir(parents=True, exist_ok=True)
+        export_onnx(net, onnx_dir / "models" / "model.onnx", list(cfg.training.patch_size), input_channels(cfg))
+        loaded = dataclasses.replace(loaded, root=onnx_dir)
+    return loaded
 
 
 def clicks(session: CaseSession, n: int) -> list[float]:
@@ -66,12 +81,12 @@ def clicks(session: CaseSession, n: int) -> list[float]:
 
 
 def dice_after_clicks(loaded: LoadedBundle, image: Path, label: Path, n: int = 10,
-                      members: tuple[int, ...] = (1, 2)) -> list[float]:
+                      members: tuple[int, ...] = (1, 2), engine: str = "torch") -> list[float]:
     """Liver Dice after 0..n simulated clicks (positive where the truth is a class, negative on background)."""
     from medseg.engine.interactive import dice, simulate_session
 
     truth = np.asarray(nib.load(str(label)).dataobj).astype(np.int64)
-    session = CaseSession(loaded, "bench", image)
+    session = CaseSession(loaded, "bench", image, engine=engine)
 
     def predict(clicks: list) -> np.ndarray:
         for *voxel, value in clicks[len(session.steps):]:
@@ -91,28 +106,38 @@ def main() -> None:
     p.add_argument("--clicks", type=int, default=5)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--dice", nargs=2, type=Path, metavar=("IMAGE", "LABEL"))
+    p.add_argument("--engine", choices=("torch", "onnxruntime", "openvino"), default="torch")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
-    loaded = bundle(args.bundle)
+    with tempfile.TemporaryDirectory() as tmp:
+        run(args, Path(tmp))
+
+
+def run(args: argparse.Namespace, tmp: Path) -> None:
+    loaded = bundle(args.bundle, tmp if args.engine != "torch" and not args.bundle else None)
+    print(f"engine {args.engine}, {args.threads} threads, load average at the start "
+          + " / ".join(f"{v:.2f}" for v in os.getloadavg()) + " (1 / 5 / 15 min)")
     if args.dice:
-        scores = dice_after_clicks(loaded, *args.dice)
+        scores = dice_after_clicks(loaded, *args.dice, engine=args.engine)
         reach = next((i for i, d in enumerate(scores) if d >= 0.95), None)
         print("liver Dice after " + ", ".join(f"{k} clicks {scores[k]:.3f}" for k in (0, 1, 3, 5, 10))
               + f"; Dice 0.95 {'after ' + str(reach) + ' clicks' if reach is not None else 'not reached in 10'}")
         return
-    with tempfile.TemporaryDirectory() as tmp:
-        for name, (shape, spacing) in CASES.items():
-            path = Path(tmp) / f"{name}.nii.gz"
-            synthetic_ct(path, shape, spacing)
-            started = time.perf_counter()
-            session = CaseSession(loaded, "bench", path)
-            opened = time.perf_counter() - started
-            windowed = clicks(session, args.clicks)
-            full = CaseSession(loaded, "bench", path, window=list(session.logits.shape[1:]))
-            whole = clicks(full, args.clicks)
-            print(f"{name}: grid {list(session.logits.shape[1:])}, open + automatic {opened:.2f} s; per click median "
-                  f"{statistics.median(windowed):.2f} s (window {session.window}) vs {statistics.median(whole):.2f} s "
-                  f"whole volume: ratio {statistics.median(windowed) / statistics.median(whole):.2f}")
+    for name, (shape, spacing) in CASES.items():
+        path = tmp / f"{name}.nii.gz"
+        synthetic_ct(path, shape, spacing)
+        started = time.perf_counter()
+        session = CaseSession(loaded, "bench", path, engine=args.engine)
+        opened = time.perf_counter() - started
+        windowed = clicks(session, args.clicks)
+        full = CaseSession(loaded, "bench", path, window=list(session.logits.shape[1:]), engine=args.engine)
+        full.inversion = None  # the baseline: the chain's post-processing of the whole volume per click
+        whole = clicks(full, args.clicks)
+        print(f"{name}: grid {list(session.logits.shape[1:])}, open + automatic {opened:.2f} s; per click median "
+              f"{statistics.median(windowed):.2f} s (window {session.window}, max {max(windowed):.2f} s) vs "
+              f"{statistics.median(whole):.2f} s whole volume: ratio "
+              f"{statistics.median(windowed) / statistics.median(whole):.2f}", flush=True)
+    print("load average at the end " + " / ".join(f"{v:.2f}" for v in os.getloadavg()))
 
 
 if __name__ == "__main__":

@@ -2,8 +2,10 @@
 
 The case runs once through the bundle's prediction chain (:mod:`medseg.inference`: preprocessing, sliding
 windows, post-processing back onto the input's grid); the logits on the preprocessed grid are kept. A click
-(voxel of the input, class, positive or negative) changes the logits in a window around it, then the same
-post-processing gives the new mask:
+(voxel of the input, class, positive or negative) changes the logits in a window around it; only the input
+voxels that window reaches are then mapped back and pasted into the mask (:class:`WindowedInversion`: the
+chain's softmax, inverted crop, resampling and reorientation for that box; the whole post-processing for a
+chain it does not cover). The forward passes run in torch or, with ``engine``, in ONNX Runtime / OpenVINO:
 
 - **click-guided bundle** (``interactive.enabled``): the click goes into the guidance channels (positive: the
   class's channel; negative: background's) and the network reruns on the window around it
@@ -20,6 +22,7 @@ voxels: no patient identifiers), atomically.
 
 from __future__ import annotations
 
+import copy
 import json
 import re
 import time
@@ -30,15 +33,22 @@ from typing import Any
 import cc3d
 import numpy as np
 import torch
+from monai.data import MetaTensor
+from monai.transforms import Activationsd, Compose, InvertibleTransform
+from monai.utils import TraceKeys
 
 from medseg import __version__
 from medseg.bundle.load import LoadedBundle
 from medseg.data.dicom_seg import write_dicom_seg
 from medseg.data.labelmaps import write_label_nifti
+from medseg.data.nifti import REVERSED_AXES
 from medseg.errors import MedsegError
 from medseg.fileio import atomic_write_text
 from medseg.inference import torch_forward
+from medseg.inference.postprocess import PERMUTING, InvertToLabelsd, _inverse, _placement
+from medseg.inference.runtimes import build_engine
 from medseg.transforms.guidance import draw_click, map_clicks
+from medseg.transforms.resample import _linear_taps
 from medseg.transforms.settings import guidance_channels
 
 #: case names: letters, digits, ``._-``, not starting with a dot (so never ``..`` or a path)
@@ -60,6 +70,141 @@ def inside(folder: Path, name: str) -> Path:
     return path
 
 
+class WindowedInversion:
+    """The chain's post-processing (softmax, :class:`InvertToLabelsd`) for one box of the network's grid, pasted
+    into the label map of the input grid; later post-processing steps (e.g. largest components) run on the whole
+    map after the paste.
+
+    Own code beside :mod:`medseg.inference.chain` (which stays the automatic path): the chain inverts the whole
+    volume, 5.6 s of a 7.5 s click on a 512x512x100 CT on 2 cores; a click changes the logits in one window, so
+    only the input voxels whose linear-interpolation taps fall in it are recomputed (as ``resize_argmax``: the
+    same taps, axis 0 then the others, first class on ties) and pasted into the map through a view that undoes
+    the reorientation (axis permutations and flips only).
+
+    :meth:`build` returns None for a chain this does not cover (any resampling but :class:`ScaleSpacingd`'s
+    bilinear one, an interpolating step before it, a padding/crop after it that is not a zero padding/crop);
+    the session then runs the whole post-processing per click.
+    """
+
+    def __init__(self, region: tuple[slice, ...], offset: list[int], grid: list[int], size: list[int],
+                 perm: list[int], flips: list[bool], rest: list[Any]) -> None:
+        self.region, self.offset, self.grid, self.size = region, offset, grid, size
+        self.perm, self.flips, self.rest = perm, flips, rest
+        self.taps = [_linear_taps(g, n) for g, n in zip(grid, size)]
+
+    @classmethod
+    def build(cls, chain: Any, image: MetaTensor, labels_affine: np.ndarray, labels_shape: tuple[int, ...]
+              ) -> WindowedInversion | None:
+        post = list(chain.postprocessing.transforms)
+        if len(post) < 2 or not isinstance(post[0], Activationsd) or not isinstance(post[1], InvertToLabelsd):
+            return None
+        act = post[0]  # Activationsd holds one setting per key
+        if list(act.keys) != ["pred"] or not act.softmax[0] or act.sigmoid[0] or act.other[0] is not None:
+            return None
+        invert = post[1]
+        key = invert.orig_keys[0]
+        steps = invert._steps()
+        fused = [i for i, t in enumerate(steps) if callable(getattr(t, "inverse_argmax", None))
+                 and key in getattr(t, "keys", ())]
+        if len(fused) != 1 or image.ndim != 4:
+            return None
+        s = fused[0]
+        if any(isinstance(t, InvertibleTransform) and not isinstance(t, PERMUTING) for t in steps[:s]):
+            return None
+        ones = MetaTensor(torch.ones((1, *image.shape[1:]), dtype=torch.uint8), meta=copy.deepcopy(image.meta),
+                          applied_operations=copy.deepcopy(image.applied_operations))  # inverses pop from traces
+        mask = _inverse(steps[s + 1:], key, ones)
+        if not mask.applied_operations:
+            return None
+        trace = mask.applied_operations[-1]
+        if trace.get(TraceKeys.ID) != id(steps[s]) or trace[TraceKeys.EXTRA_INFO].get("mode") != "bilinear":
+            return None
+        placed = _placement(mask, image.affine, image.shape[1:])
+        if placed is None:
+            return None
+        region, offset = placed
+        size = [int(n) for n in trace[TraceKeys.ORIG_SIZE]]
+        oriented = np.asarray(trace[TraceKeys.EXTRA_INFO]["affine"], dtype=np.float64)
+        # oriented voxel -> input voxel: a signed permutation whose flips start at the far end
+        m = np.linalg.inv(np.asarray(labels_affine, dtype=np.float64)) @ oriented
+        rot, shift = np.round(m[:3, :3]), m[:3, 3]
+        if not np.allclose(m[:3, :3], rot, atol=1e-4) or sorted(np.abs(rot).sum(0)) != [1, 1, 1] or \
+                sorted(np.abs(rot).sum(1)) != [1, 1, 1]:
+            return None
+        perm = [int(np.flatnonzero(rot[:, j])[0]) for j in range(3)]
+        flips = [bool(rot[perm[j], j] < 0) for j in range(3)]
+        for j in range(3):
+            expect = labels_shape[perm[j]] - 1 if flips[j] else 0
+            if labels_shape[perm[j]] != size[j] or abs(shift[perm[j]] - expect) > 1e-3:
+                return None
+        return cls(region, offset, list(mask.shape[1:]), size, perm, flips, post[2:])
+
+    def oriented(self, labels: np.ndarray) -> np.ndarray:
+        """A view of ``labels`` (input grid) indexed on the oriented grid: writing into it writes ``labels``."""
+        view = labels.transpose(self.perm)
+        return np.flip(view, [j for j, f in enumerate(self.flips) if f]) if any(self.flips) else view
+
+    def update(self, logits: torch.Tensor, labels: np.ndarray, box: tuple[slice, ...]) -> int:
+        """Recompute the input voxels that the logits in ``box`` (network grid) reach; paste them into ``labels``
+        (the map before :attr:`rest`) in place. Returns the number of voxels that changed."""
+        out, src, taps = [], [], []
+        for b, r, o, (i0, i1, w0, w1) in zip(box, self.region, self.offset, self.taps):
+            lo, hi = max(b.start, r.start), min(b.stop, r.stop)
+            if lo >= hi:
+                return 0  # only padding changed: no input voxel sees it
+            g0, g1 = lo - r.start + o, hi - r.start + o  # the changed planes on the resampled grid
+            hit = torch.nonzero(((i0 >= g0) & (i0 < g1)) | ((i1 >= g0) & (i1 < g1))).flatten()
+            if hit.numel() == 0:
+                return 0
+            a, z = int(hit[0]), int(hit[-1]) + 1
+            s0, s1 = int(i0[a]), int(i1[z - 1]) + 1
+            out.append(slice(a, z))
+            src.append((s0, s1))
+            taps.append((i0[a:z] - s0, i1[a:z] - s0, w0[a:z], w1[a:z]))
+        # the source planes' probabilities, 0 where the inverted crop pads (as in resize_argmax)
+        probs = torch.zeros((logits.shape[0], *[s1 - s0 for s0, s1 in src]))
+        inner, there = [], []
+        for (s0, s1), r, o in zip(src, self.region, self.offset):
+            lo, hi = max(s0, o), min(s1, o + r.stop - r.start)
+            inner.append(slice(lo - s0, hi - s0))
+            there.append(slice(lo - o + r.start, hi - o + r.start))
+        if all(i.stop > i.start for i in inner):
+            probs[(slice(None), *inner)] = torch.softmax(logits[(slice(None), *there)].float(), 0)
+        x = probs
+        for axis in (0, 2, 1):  # as resize_argmax: axis 0 alone, then (bi)linear over the others, w before h
+            j0, j1, v0, v1 = taps[axis]
+            # the two taps as a (outputs x sources) matrix: a product is ~8x faster than index_select off the
+            # first axis (0.12 s against 0.82 s for 3 x 240 x 66 x 70 -> 3 x 240 x 240 x 70 on 2 cores)
+            weights = torch.zeros((len(j0), x.shape[axis + 1]))
+            rows = torch.arange(len(j0))
+            weights.index_put_((rows, j0), v0, accumulate=True)
+            weights.index_put_((rows, j1), v1, accumulate=True)
+            x = torch.movedim(torch.tensordot(weights, x, dims=([1], [axis + 1])), 0, axis + 1)
+        new = torch.max(x, dim=0).indices.to(torch.uint8).numpy()
+        view = self.oriented(labels)[tuple(out)]
+        changed = int(np.count_nonzero(view != new))
+        view[...] = new
+        return changed
+
+    def finish(self, raw: np.ndarray, affine: np.ndarray) -> np.ndarray:
+        """The later post-processing steps on the whole map (``raw`` itself when there are none)."""
+        if not self.rest:
+            return raw
+        pred = MetaTensor(torch.from_numpy(raw.copy())[None], affine=torch.as_tensor(affine))
+        for step in self.rest:
+            pred = step({"pred": pred})["pred"]
+        return np.asarray(pred[0].detach().cpu().numpy(), dtype=np.uint8)
+
+
+def session_forward(bundle: LoadedBundle, engine: str = "torch", device: torch.device | str = "cpu") -> Any:
+    """The forward passes of ``bundle`` in ``engine``: torch, or its ``models/model.onnx`` in ONNX Runtime or
+    OpenVINO (4x faster than torch for a 64^3 window on 2 CPU cores; same masks, float32)."""
+    if engine == "torch":
+        return torch_forward(bundle.network)
+    models = bundle.root / "models" if bundle.root else None
+    return build_engine(engine, bundle.network, models, device=device).forward
+
+
 @dataclass
 class Step:
     click: dict[str, Any]
@@ -76,6 +221,8 @@ class CaseSession:
     path: Path
     device: torch.device | str = "cpu"
     window: list[int] | None = None
+    engine: str = "torch"  # the forward passes' runtime (medseg.inference.runtimes), unless ``forward`` is given
+    forward: Any = None  # a built engine's forward, shared by the cases of one server
     steps: list[Step] = field(default_factory=list)
     log: list[dict[str, Any]] = field(default_factory=list)
 
@@ -83,7 +230,8 @@ class CaseSession:
         check_case_name(self.name)
         started = time.perf_counter()
         chain = self.bundle.chain
-        self.forward = torch_forward(self.bundle.network)
+        if self.forward is None:
+            self.forward = session_forward(self.bundle, self.engine, self.device)
         self.data = chain.preprocessing({"image": str(self.path)})
         image = self.data["image"]
         cfg = self.bundle.cfg
@@ -97,6 +245,10 @@ class CaseSession:
         with torch.no_grad():
             self.logits = chain.inferer(image.unsqueeze(0).to(self.device), self.forward)[0]
         self.labels, self.affine = self._post()
+        self.inversion = WindowedInversion.build(chain, image, self.affine, self.labels.shape)
+        self.raw = self.labels  # the map before the later post-processing steps (what a click's window updates)
+        if self.inversion is not None and self.inversion.rest:
+            self.raw = self._post(Compose(list(chain.postprocessing.transforms)[:2]))[0]
         self.auto_seconds = time.perf_counter() - started
 
     # ---- geometry
@@ -116,13 +268,16 @@ class CaseSession:
         array = np.asarray(raw.detach().cpu().numpy() if isinstance(raw, torch.Tensor) else raw, dtype=np.float32)
         if array.ndim == 4:  # channel-last from the reader
             array = array[..., 0]
+        if array.ndim == 3 and getattr(raw, "meta", {}).get(REVERSED_AXES, False):  # the transposed view
+            array = array.T
         if array.shape != self.shape:
             raise MedsegError(f"{self.path}: image {array.shape} and mask {self.shape} grids differ")
         return np.ascontiguousarray(array)
 
-    def _post(self) -> tuple[np.ndarray, np.ndarray]:
+    def _post(self, post: Compose | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """The chain's post-processing (or ``post``) of the whole volume: labels on the input grid, affine."""
         with torch.no_grad():
-            pred = self.bundle.chain.postprocessing({**self.data, "pred": self.logits.clone()})["pred"]
+            pred = (post or self.bundle.chain.postprocessing)({**self.data, "pred": self.logits.clone()})["pred"]
         affine = np.asarray(pred.affine, dtype=np.float64) if hasattr(pred, "affine") else np.eye(4)
         labels = pred[0].detach().cpu().numpy() if isinstance(pred, torch.Tensor) else np.asarray(pred)[0]
         return labels.astype(np.uint8), affine
@@ -156,7 +311,7 @@ class CaseSession:
         target = int(label) if positive else 0
         point = self._to_grid(voxel, target)
         box = self._box(point)
-        before = self.labels
+        before = self.labels if self.inversion is None or self.inversion.rest else None
         step = Step({"voxel": [int(v) for v in voxel], "label": int(label), "positive": bool(positive)},
                     box, self.logits[(slice(None), *box)].clone())
         if self.n_guidance:
@@ -165,12 +320,27 @@ class CaseSession:
         else:
             self._local(point, int(label), positive, box)
             mode = "local correction"
-        self.labels, self.affine = self._post()
+        changed = self._update(box, before)
         self.steps.append(step)
-        entry = {**step.click, "mode": mode, "changed_voxels": int((self.labels != before).sum()),
+        entry = {**step.click, "mode": mode, "changed_voxels": changed,
                  "seconds": round(time.perf_counter() - started, 4)}
         self.log.append(entry)
         return entry
+
+    def _update(self, box: tuple[slice, ...], before: np.ndarray | None) -> int:
+        """The mask after the logits in ``box`` changed: that window's inversion pasted in (the whole
+        post-processing where :class:`WindowedInversion` does not cover the chain); returns the changed voxels."""
+        if self.inversion is None:
+            self.labels, self.affine = self._post()
+            return int((self.labels != before).sum())
+        if not self.inversion.rest:  # a new array (10 ms on 512x512x100): masks handed out earlier stay as they were
+            self.raw = self.raw.copy(order="K")
+        changed = self.inversion.update(self.logits, self.raw, box)
+        if self.inversion.rest:
+            self.labels = self.inversion.finish(self.raw, self.affine)
+            return int((self.labels != before).sum())
+        self.labels = self.raw
+        return changed
 
     def _rerun(self, point: list[int], target: int, box: tuple[slice, ...]) -> None:
         image = self.data["image"]
@@ -212,7 +382,7 @@ class CaseSession:
         self.logits[(slice(None), *step.box)] = step.old
         if self.n_guidance:
             self._redraw_guidance()
-        self.labels, self.affine = self._post()
+        self._update(step.box, self.labels if self.inversion is None or self.inversion.rest else None)
         self.log.append({"undo": step.click})
         return True
 

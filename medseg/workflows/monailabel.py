@@ -149,7 +149,7 @@ def add_routes(app: FastAPI, server: Any) -> None:
             raise HTTPException(400, "params: not JSON") from None
         with server.lock:
             try:
-                session = CaseSession(bundle, image, path, server.device)
+                session = CaseSession(bundle, image, path, server.device, forward=server.forward)
                 apply_clicks(session, params, names)
             except (MedsegError, IndexError, TypeError, ValueError) as err:
                 raise HTTPException(400, str(err)) from None

@@ -32,7 +32,7 @@ from medseg.bundle.load import LoadedBundle, load_bundle
 from medseg.data.formats import VOLUME_SUFFIXES
 from medseg.errors import MedsegError
 from medseg.workflows import monailabel
-from medseg.workflows.interact import CaseSession, check_case_name
+from medseg.workflows.interact import CaseSession, check_case_name, session_forward
 from medseg.workflows.predict import find_inputs
 from medseg.workflows.serve_page import PAGE
 
@@ -75,8 +75,9 @@ class Server:
 
     def __init__(self, bundle: LoadedBundle, output_dir: Path, input_dir: Path | None = None,
                  max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB, device: str = "cpu",
-                 order: list[str] | None = None) -> None:
+                 order: list[str] | None = None, engine: str = "torch") -> None:
         self.bundle, self.output_dir, self.input_dir = bundle, Path(output_dir), input_dir
+        self.forward = session_forward(bundle, engine, device)  # built once (an ONNX engine compiles the model)
         self.order = {name: i for i, name in enumerate(order or [])}  # medseg.rank's order; the rest by name
         self.max_upload = int(max_upload_mb * 1024 * 1024)
         self.device = torch.device(device)
@@ -90,7 +91,7 @@ class Server:
 
     def open(self, name: str, path: Path) -> CaseSession:
         with self.lock:
-            session = CaseSession(self.bundle, name, path, self.device)
+            session = CaseSession(self.bundle, name, path, self.device, forward=self.forward)
             self.cases[name] = session
             return session
 
@@ -251,7 +252,8 @@ def _add_save_route(app: FastAPI, server: Server) -> None:
 
 def run(bundle: str | Path, *, host: str = "127.0.0.1", port: int = 8000, token: str | None = None,
         input_dir: str | Path | None = None, output_dir: str | Path = "corrected", device: str = "cpu",
-        max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB, trust: bool = False, order: list[str] | None = None) -> None:
+        max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB, trust: bool = False, order: list[str] | None = None,
+        engine: str = "torch") -> None:
     """Serve ``bundle`` until interrupted (see the module docstring)."""
     import uvicorn  # deferred: only the server itself needs it
 
@@ -259,5 +261,6 @@ def run(bundle: str | Path, *, host: str = "127.0.0.1", port: int = 8000, token:
     if input_dir is not None and not Path(input_dir).is_dir():
         raise MedsegError(f"--input-dir {input_dir}: no such folder")
     loaded = load_bundle(Path(bundle), torch.device(device), trust=trust)
-    server = Server(loaded, Path(output_dir), Path(input_dir) if input_dir else None, max_upload_mb, device, order)
+    server = Server(loaded, Path(output_dir), Path(input_dir) if input_dir else None, max_upload_mb, device, order,
+                    engine)
     uvicorn.run(create_app(server, token), host=host, port=port, log_level="warning")

@@ -184,6 +184,76 @@ def test_case_session_click_undo_save_keeps_the_input_geometry(tmp_path, interac
         session.click(voxel, 3)
 
 
+def write_permuted_case(path: Path, seed: int = 1) -> Path:
+    """A case whose array axes are not RAS: axes 0 and 2 swapped and axis 1 flipped (reoriented by the chain)."""
+    image, _, affine = synthetic_case(shape=(40, 34, 30), spacing=(1.2, 1.7, 2.5), seed=seed)
+    swap = np.array([[0, 0, 1, 0], [0, -1, 0, 33], [1, 0, 0, 0], [0, 0, 0, 1]], dtype=np.float64)  # new -> old
+    nib.save(nib.Nifti1Image(np.ascontiguousarray(image.transpose(2, 1, 0)[:, ::-1]), affine @ swap), path)
+    return path
+
+
+@pytest.mark.parametrize("interactive,largest", [(True, False), (False, False), (False, True)])
+def test_windowed_click_equals_the_whole_volume_post_processing(tmp_path, interactive, largest):
+    """A click maps only its window back onto the input grid; the mask equals the chain's post-processing of
+    the whole volume (resampled, cropped and reoriented back), and the geometry is the input's."""
+    bundle = tiny_bundle(interactive, seed=2)
+    if largest:  # a later post-processing step: it runs on the whole map after the window is pasted
+        bundle.cfg.evaluation.keep_largest_component = ["liver"]
+        bundle.built_chain = build_chain(bundle.cfg)
+    src = write_permuted_case(tmp_path / "ct.nii.gz")
+    session = CaseSession(bundle, "ct", src, window=[8, 8, 8])
+    inversion = session.inversion
+    assert inversion is not None and len(inversion.rest) == int(largest)
+    assert inversion.perm != [0, 1, 2] and any(inversion.flips)  # the reorientation is undone through the view
+    assert session.inversion.size != inversion.grid  # the resampling is inverted too (3 mm grid -> input grid)
+    original = nib.load(src)
+    changed = 0
+    for i, (voxel, positive) in enumerate([([12, 17, 20], True), ([15, 12, 22], False), ([5, 30, 8], True)]):
+        before = session.labels
+        entry = session.click(voxel, 1 + i % 2, positive)
+        whole, affine = session._post()  # the chain's whole-volume post-processing of the same logits
+        assert session.labels.shape == original.shape and np.allclose(affine, original.affine)
+        assert np.allclose(session.affine, original.affine)
+        assert int((session.labels != whole).sum()) <= 2  # equal up to float rounding at class boundaries
+        assert entry["changed_voxels"] == int((session.labels != before).sum())
+        assert not np.shares_memory(before, session.labels)  # masks handed out earlier are not changed
+        changed += entry["changed_voxels"]
+    assert changed > 0  # the clicks did change the mask
+    assert session.undo()
+    assert int((session.labels != session._post()[0]).sum()) <= 2
+
+
+def test_windowed_inversion_falls_back_for_a_chain_it_does_not_cover(tmp_path):
+    bundle = tiny_bundle(True)
+    bundle.built_chain.postprocessing.transforms[0].softmax = (False,)
+    bundle.built_chain.postprocessing.transforms[0].sigmoid = (True,)
+    session = CaseSession(bundle, "ct", write_case(tmp_path / "ct.nii.gz"), window=[8, 8, 8])
+    assert session.inversion is None
+    session.click([20, 18, 14], 1)
+    assert np.array_equal(session.labels, session._post()[0])  # the whole post-processing per click
+
+
+@pytest.mark.parametrize("engine", ["onnxruntime", "openvino"])
+def test_click_in_an_onnx_engine_gives_the_torch_mask(tmp_path, engine):
+    pytest.importorskip(engine)
+    import dataclasses
+
+    from medseg.bundle.onnx import export_onnx
+
+    bundle = tiny_bundle(True, seed=4)
+    src = write_case(tmp_path / "ct.nii.gz")
+    with pytest.raises(MedsegError, match=f"--engine {engine}"):  # no model file: one line naming what to do
+        CaseSession(bundle, "ct", src, engine=engine)
+    (tmp_path / "b" / "models").mkdir(parents=True)
+    export_onnx(bundle.network, tmp_path / "b" / "models" / "model.onnx", [16, 16, 16], input_channels(bundle.cfg))
+    onnx = CaseSession(dataclasses.replace(bundle, root=tmp_path / "b"), "ct", src, engine=engine, window=[8, 8, 8])
+    ref = CaseSession(bundle, "ct", src, window=[8, 8, 8])
+    for voxel, positive in [([20, 18, 14], True), ([12, 10, 9], False)]:
+        onnx.click(voxel, 1, positive)
+        ref.click(voxel, 1, positive)
+        assert (onnx.labels != ref.labels).mean() <= 1e-3  # float32 in both: equal but for rounding at ties
+
+
 def test_negative_local_click_removes_the_region_under_it(tmp_path):
     session = CaseSession(tiny_bundle(False), "ct", write_case(tmp_path / "ct.nii.gz"))
     session.click([20, 18, 14], 2, positive=True)
