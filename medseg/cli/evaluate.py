@@ -39,18 +39,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--instances", action="store_true",
                    help="instance metrics (object F1 at IoU 0.5, mean matched IoU, AJI, adapted Rand error, VI) of"
                         " <case>_instances.tif predictions against reference instance label images")
+    p.add_argument("--membranes", action="store_true",
+                   help="membrane masks (EM, ISBI 2012: 0 membrane, else cell): pixel error and adapted Rand error on"
+                        " the cell regions of <case>_seg.* predictions against reference masks")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
     return p
 
 
 def run(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.instances:
-        result = evaluate.run_instances(args.pred, args.ref, args.output)
+    if args.instances or args.membranes:
+        result = evaluate.run_instances(args.pred, args.ref, args.output, membranes=args.membranes)
         mean = result["mean"]
-        print("  ".join(f"{k} {mean[k]:.4f}" for k in ("object_f1", "mean_matched_iou", "aji", "adapted_rand_error", "vi")
-                        if k in mean))
-        print(f"wrote {args.output / 'instance_metrics.csv'} and {args.output / 'instance_metrics.json'}")
+        print("  ".join(f"{k} {mean[k]:.4f}" for k in ("pixel_error", "object_f1", "mean_matched_iou", "aji",
+                                                       "adapted_rand_error", "vi") if k in mean))
+        stem = "membrane_metrics" if args.membranes else "instance_metrics"
+        print(f"wrote {args.output / (stem + '.csv')} and {args.output / (stem + '.json')}")
         return 0
     classes = parse_classes(args.labels)
     # the bar shows on a terminal only (a line per case otherwise); it is closed before any error line is printed

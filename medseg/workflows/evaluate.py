@@ -26,7 +26,7 @@ from medseg.data.pictures import is_picture, read_picture
 from medseg.errors import MedsegError
 from medseg.evaluation import summarise, write_reports
 from medseg.evaluation.classes import parse_classes
-from medseg.evaluation.instances import instance_metrics
+from medseg.evaluation.instances import instance_metrics, membrane_metrics
 from medseg.evaluation.pairing import find_cases, match
 from medseg.evaluation.plots import boxplot
 from medseg.evaluation.scoring import CaseJob, score_case
@@ -106,20 +106,25 @@ def run(
 
 
 def run_instances(pred_dir: str | Path, ref_dir: str | Path, output: str | Path = "evaluation",
-                  threshold: float = 0.5) -> dict[str, dict[str, float]]:
+                  threshold: float = 0.5, membranes: bool = False) -> dict[str, dict[str, float]]:
     """Instance metrics (:func:`medseg.evaluation.instances.instance_metrics`) of predicted instance images
     (``<case>_instances.tif`` from ``medseg.predict --instances``, or ``<case>.<ext>``) against reference instance
     label images (``<case>.<ext>``); writes ``instance_metrics.csv`` (per case) and ``instance_metrics.json``
-    (per case and the mean). Returns ``{case: metrics, ..., "mean": metrics}``."""
+    (per case and the mean). Returns ``{case: metrics, ..., "mean": metrics}``.
+
+    ``membranes``: membrane/cell masks instead (EM, ISBI 2012; 0 = membrane, any other value = cell), predicted
+    ``<case>_seg.<ext>`` (or ``<case>.<ext>``) against reference masks, scored by
+    :func:`medseg.evaluation.instances.membrane_metrics` (pixel error, adapted Rand error on the cell regions)."""
     def read(path: Path) -> np.ndarray:
         return read_picture(path)[0] if is_picture(path) else np.asarray(read_image(path).array)
 
+    suffix = "_seg" if membranes else "_instances"
     refs = {case_name(p): p for p in sorted(Path(ref_dir).iterdir()) if p.is_file()}
     preds = {}
     for p in sorted(Path(pred_dir).iterdir()):
         name = case_name(p)
-        if name.endswith("_instances"):
-            preds[name[: -len("_instances")]] = p
+        if name.endswith(suffix):
+            preds[name[: -len(suffix)]] = p
         elif name not in preds and name in refs:
             preds[name] = p
     missing = sorted(set(refs) - set(preds))
@@ -130,17 +135,19 @@ def run_instances(pred_dir: str | Path, ref_dir: str | Path, output: str | Path 
         reference, predicted = read(ref), read(preds[case])
         if reference.shape != predicted.shape:
             raise MedsegError(f"{preds[case]}: shape {predicted.shape} differs from the reference {ref} {reference.shape}")
-        per_case[case] = instance_metrics(reference, predicted, threshold)
+        per_case[case] = (membrane_metrics(reference, predicted) if membranes
+                          else instance_metrics(reference, predicted, threshold))
     keys = list(next(iter(per_case.values()))) if per_case else []
     mean = {k: float(np.mean([m[k] for m in per_case.values()])) for k in keys}
     out = Path(output)
     out.mkdir(parents=True, exist_ok=True)
+    stem = "membrane_metrics" if membranes else "instance_metrics"
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(["case", *keys])
     for case, m in per_case.items():
         writer.writerow([case, *(f"{m[k]:.6g}" for k in keys)])
-    atomic_write_text(out / "instance_metrics.csv", buffer.getvalue())
+    atomic_write_text(out / f"{stem}.csv", buffer.getvalue())
     result = {**per_case, "mean": mean}
-    atomic_write_text(out / "instance_metrics.json", json.dumps(result, indent=2) + "\n")
+    atomic_write_text(out / f"{stem}.json", json.dumps(result, indent=2) + "\n")
     return result
