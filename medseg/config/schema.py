@@ -432,6 +432,9 @@ class InferenceConfig(Section):
     instance_class: NonNegativeInt = 1  # the label value of object interiors (cells, nuclei)
     # components: connected components of the interiors; watershed: seeded by them, on the distance to the border
     instance_method: Annotated[str, _one_of({"components": "", "watershed": ""})] = "components"
+    # erode the interiors by this many pixels before they seed the objects, which then grow back over them: thin
+    # necks between touching objects no longer merge them (medseg/inference/instances.py)
+    instance_seed_erosion: NonNegativeInt = 0
 
 
 class InteractiveConfig(Section):

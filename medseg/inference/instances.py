@@ -4,6 +4,10 @@
 class (``method="components"``, 4-/6-connected so a one-pixel border separates touching cells), or a seeded
 watershed (``"watershed"``, scikit-image) on the distance to the border class, seeded by the interior
 components, which gives the border pixels to the nearest cell (EM membranes: every pixel ends up in a cell).
+With ``seed_erosion`` r > 0 the seeds are the components of the interiors eroded by r pixels (4-neighbour steps),
+grown back over the interiors by the same watershed: a neck up to 2r pixels wide between two touching objects,
+where the network only narrowed the border it was taught, no longer merges them, and no pixel is lost (an
+interior that erodes away whole keeps its own seed).
 :func:`object_table` lists each object's area in pixels and in physical units, its centroid and bounding box
 (``skimage.measure.regionprops``); :func:`write_object_csv` writes it atomically.
 """
@@ -26,7 +30,7 @@ METHODS = ("components", "watershed")
 
 
 def label_instances(labels: np.ndarray, interior: int = 1, method: str = "components",
-                    foreground: list[int] | None = None) -> np.ndarray:
+                    foreground: list[int] | None = None, seed_erosion: int = 0) -> np.ndarray:
     """Instance labels (int32, 0 = no object) from a semantic label map.
 
     Args:
@@ -35,19 +39,42 @@ def label_instances(labels: np.ndarray, interior: int = 1, method: str = "compon
         method: ``"components"`` or ``"watershed"`` (see the module docstring).
         foreground: for the watershed, the label values that belong to some object (interior and border
             classes); default every value (all pixels are cells or membranes).
+        seed_erosion: erode the interiors by this many pixels before they seed the objects (module docstring).
 
     Example:
         >>> instances = label_instances(pred, interior=1, method="watershed")
     """
-    inside = np.asarray(labels) == interior
-    seeds, _ = ndimage.label(inside)  # face connectivity: a 1-px border keeps touching objects apart
-    if method == "components":
-        return seeds.astype(np.int32)
-    if method != "watershed":
+    if method not in METHODS:
         raise ValueError(f"instance method {method!r}: choose one of {', '.join(METHODS)}")
-    mask = np.ones_like(inside) if foreground is None else np.isin(labels, foreground)
+    inside = np.asarray(labels) == interior
+    seeds = _seeds(inside, int(seed_erosion))
     distance = ndimage.distance_transform_edt(inside)  # 0 on the border class, rising into each cell
+    if method == "components":
+        if not seed_erosion:
+            return seeds
+        return watershed(-distance, markers=seeds, mask=inside).astype(np.int32)
+    mask = np.ones_like(inside) if foreground is None else np.isin(labels, foreground)
     return watershed(-distance, markers=seeds, mask=mask | inside).astype(np.int32)
+
+
+def _seeds(inside: np.ndarray, erosion: int) -> np.ndarray:
+    """Face-connected components of ``inside`` eroded by ``erosion`` pixels (a 1-px border keeps touching objects
+    apart); a component that erodes away whole is a seed of its own."""
+    face = ndimage.generate_binary_structure(inside.ndim, 1)
+    components, n = ndimage.label(inside, structure=face)
+    if not erosion or not n:
+        return components.astype(np.int32)
+    core = ndimage.binary_erosion(inside, face, iterations=erosion)
+    seeds, k = ndimage.label(core, structure=face)
+    lost = np.isin(components, np.setdiff1d(np.arange(1, n + 1), np.unique(components[core])))
+    seeds[lost] = components[lost] + k
+    return _renumbered(seeds)
+
+
+def _renumbered(labels: np.ndarray) -> np.ndarray:
+    values, inverse = np.unique(labels, return_inverse=True)
+    out = inverse.reshape(labels.shape)
+    return (out if values[0] == 0 else out + 1).astype(np.int32)
 
 
 def object_table(instances: np.ndarray, spacing: tuple[float, ...] | list[float] | None = None,

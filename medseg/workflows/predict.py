@@ -123,7 +123,7 @@ def write_instances(bundle: LoadedBundle, labels: np.ndarray, spacing: list[floa
     named = {int(v): k for k, v in cfg.data.labels.items()} if cfg is not None else {0: "background"}
     # the watershed grows over every class but a background one (EM: membranes 0 belong to the cells around them)
     foreground = [v for v in named if named[v] != "background"] if named.get(0) == "background" else None
-    found = label_instances(labels, interior, method, foreground)
+    found = label_instances(labels, interior, method, foreground, int(inf.instance_seed_erosion) if inf else 0)
     stem = out.name.split("_seg")[0] if "_seg" in out.name else out.name.split(".")[0]
     unit = "um" if is_picture(out) else "mm"
     written = [write_object_csv(object_table(found, spacing, unit), out.with_name(f"{stem}_objects.csv"),
