@@ -37,7 +37,7 @@ from medseg.transforms.pipeline import OWN_TRANSFORMS, script_target
 SCRIPT_PACKAGE = "medseg_inference"
 SCRIPT_MODULES = (nifti, postprocess, pictures)  # pictures: PNG/TIFF/JPEG in and out
 SCRIPT_CLASSES = (IsalNiftiReader, InvertToLabelsd, KeepLargestComponentd, pictures.PictureReader,
-                  pictures.SavePictured)
+                  pictures.SavePictured, postprocess.foreground_mask)
 
 #: own post-processing transforms, by the name the spec uses
 POST_TRANSFORMS = {"InvertToLabelsd": InvertToLabelsd, "KeepLargestComponentd": KeepLargestComponentd}
@@ -63,14 +63,17 @@ def postprocess_spec(cfg: Any) -> list[dict[str, Any]]:
     return post
 
 
-def _reversed_nifti(spec: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def _prediction_loading(spec: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """``spec`` with LoadImaged's NIfTI reader handing over the transposed view (no row-major copy; the labels
-    go back to the file's axis order in ``InvertToLabelsd``)."""
+    go back to the file's axis order in ``InvertToLabelsd``) and ``CropForegroundd`` searching its box on numpy
+    (:func:`postprocess.foreground_mask`): the same image, sooner."""
     out = []
     for entry in spec:
         if entry["_target_"] == "LoadImaged":
             readers = [{"_target_": r, "reverse_axes": True} if r == nifti.READER_PATH else r for r in entry["reader"]]
             entry = {**entry, "reader": readers}
+        elif entry["_target_"] == "CropForegroundd" and "select_fn" not in entry:
+            entry = {**entry, "select_fn": {"_target_": _dotted(postprocess.foreground_mask), "_mode_": "callable"}}
         out.append(entry)
     return out
 
@@ -78,7 +81,7 @@ def _reversed_nifti(spec: list[dict[str, Any]]) -> list[dict[str, Any]]:
 def inference_spec(cfg: Any) -> dict[str, Any]:
     """``preprocessing``, ``inferer`` and ``postprocessing`` as bundle config entries (own classes by short name)."""
     return {
-        "preprocessing": {"_target_": "Compose", "transforms": _reversed_nifti(preprocess_spec(cfg, ("image",)))},
+        "preprocessing": {"_target_": "Compose", "transforms": _prediction_loading(preprocess_spec(cfg, ("image",)))},
         "inferer": inferer_def(cfg),  # sliding windows, or slice by slice for a 2D network in slice mode
         "postprocessing": {"_target_": "Compose", "transforms": postprocess_spec(cfg)},
     }

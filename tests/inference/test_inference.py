@@ -99,6 +99,23 @@ def test_reversed_axes_read_is_the_same_image_after_reorientation(tmp_path, dtyp
     assert torch.equal(a.as_tensor(), b.as_tensor()) and torch.equal(a.affine, b.affine)
 
 
+def test_foreground_mask_crops_the_box_monai_crops():
+    from monai.transforms import CropForegroundd
+
+    from medseg.inference.postprocess import foreground_mask
+
+    x = torch.zeros(1, 26, 17, 19)
+    x[0, 3:20, 5:9, 2:17] = torch.rand(17, 4, 15) + 0.1
+    x[0, 24, 16, 18] = 0.5  # one far voxel widens the box
+    x[0, 1, 1, 1] = -3.0  # negative values are background
+    image = MetaTensor(x)
+    theirs = CropForegroundd("image", source_key="image", allow_smaller=True)({"image": image})["image"]
+    ours = CropForegroundd("image", source_key="image", allow_smaller=True, select_fn=foreground_mask)({"image": image})
+    assert ours["image"].shape == theirs.shape == (1, 22, 12, 17)
+    assert torch.equal(ours["image"].as_tensor(), theirs.as_tensor())
+    assert torch.equal(ours["image"].affine, theirs.affine)
+
+
 def test_file_axes_puts_permuted_labels_back_in_file_order():
     from medseg.inference.postprocess import file_axes
 
