@@ -1,20 +1,25 @@
 """Nuclei (DSB 2018 sample): the U-Net weight map against no weight map and a plain MONAI 2D loop, same minutes.
 
-Rows, each trained for ``--minutes`` on the sample's training half and scored on its validation half
-(``medseg/data/nuclei.py``: columns 272..511, 125 nuclei in the whole image):
+Rows, each trained on the sample's training half and scored on its validation half (``medseg/data/nuclei.py``:
+columns 272..511, 51 of the image's 125 nuclei):
 
 - ``nuclei_2d.yaml``: ``training.loss: weighted_dice_ce`` (weight map, w0 = 10, sigma = 5 px);
 - the same YAML with ``training.loss: dice_ce`` (no weight map);
 - a plain MONAI 2D loop: ``monai.networks.nets.UNet``, ``DiceCELoss``, random 128x128 crops with flips,
   Adam, ``sliding_window_inference``; instances as connected components of the foreground.
 
+Equal budgets: the two medseg rows train the same ``--epochs`` (same steps, same schedule to its end; their
+step costs differ only by the weight channel, the printed s/step shows it), with ``--guard-minutes`` as a
+stop; the plain loop then trains for the mean of their training seconds (history.json: last epoch's end, the
+validations included), so every row gets the same minutes.
+
 Scores: pixel Dice of the nucleus class, object F1 at IoU 0.5, aggregated Jaccard index, adapted Rand error
 (:mod:`medseg.evaluation.instances`). medseg's rows predict through ``medseg.predict`` with ``--instances`` (the
 YAML's watershed on the predicted interiors). Also the prediction time of one 512x512 image and of a folder
 of copies, with and without overlap-tile (reflect padding).
 
-Example (2 cores, about 3 x minutes + prediction):
-    .venv/bin/python benchmarks/bench_microscopy.py --minutes 4 --data-dir data --out benchmarks/results/microscopy
+Example (2 cores, about 3 x the rows' minutes + prediction):
+    .venv/bin/python benchmarks/bench_microscopy.py --epochs 20 --data-dir data --out benchmarks/results/microscopy
 """
 
 from __future__ import annotations
@@ -50,23 +55,32 @@ def score(pred_semantic: np.ndarray, pred_instances: np.ndarray, ref_instances: 
             "objects_reference": m["objects_reference"]}
 
 
-def medseg_row(name: str, overrides: list[str], root: Path, minutes: float, work: Path) -> tuple[dict, Path]:
+def medseg_row(name: str, overrides: list[str], root: Path, epochs: int, guard_minutes: float,
+               work: Path) -> tuple[dict, Path]:
     from medseg.workflows import predict, train
 
     run_dir = work / name
     shutil.rmtree(run_dir, ignore_errors=True)
-    start = time.perf_counter()
-    train.run("nuclei_2d", data_dir=root.parent, output_dir=run_dir / "run", max_minutes=minutes,
-              overrides=[*overrides, "tracking.enabled=false", f"bundle.dir={run_dir / 'bundles'}",
-                         f"bundle.name={name}"])
-    seconds = time.perf_counter() - start
+    train.run("nuclei_2d", data_dir=root.parent, output_dir=run_dir / "run", max_minutes=guard_minutes,
+              epochs=epochs, overrides=[*overrides, "tracking.enabled=false", f"bundle.dir={run_dir / 'bundles'}",
+                                        f"bundle.name={name}"])
+    history = json.loads((run_dir / "run" / "history.json").read_text())
+    seconds, done = float(history["seconds"][-1]), int(history["epoch"][-1])
+    steps = done * _iterations(run_dir / "run")
     bundle = run_dir / "bundles" / name
     out = run_dir / "pred"
     predict.run(bundle, root / "images" / "nuclei_val.tif", out, instances=True)
     semantic = tifffile.imread(out / "nuclei_val_seg.tif") > 0
     instances = tifffile.imread(out / "nuclei_val_instances.tif")
     ref = tifffile.imread(root / "instances" / "nuclei_val.tif")
-    return {"row": name, "train_s": round(seconds, 1), **score(semantic, instances, ref)}, bundle
+    return {"row": name, "train_s": round(seconds, 1), "epochs": done, "steps": steps,
+            "s_per_step": round(seconds / max(steps, 1), 3), **score(semantic, instances, ref)}, bundle
+
+
+def _iterations(run_dir: Path) -> int:
+    import yaml
+
+    return int(yaml.safe_load((run_dir / "config.yaml").read_text())["training"]["iterations_per_epoch"])
 
 
 def _normalise(image: np.ndarray) -> np.ndarray:
@@ -117,22 +131,23 @@ def plain_monai_row(root: Path, minutes: float, seed: int = 0) -> dict:
     semantic = logits[0].argmax(0).numpy().astype(np.uint8)
     instances = label_instances(semantic, interior=1)
     ref = tifffile.imread(root / "instances" / "nuclei_val.tif")
-    return {"row": "plain MONAI 2D loop", "train_s": round(seconds, 1), "steps": steps,
-            **score(semantic > 0, instances, ref)}
+    return {"row": "plain MONAI 2D loop", "train_s": round(seconds, 1), "epochs": 0, "steps": steps,
+            "s_per_step": round(seconds / max(steps, 1), 3), **score(semantic > 0, instances, ref)}
 
 
 def prediction_times(bundle: Path, root: Path, work: Path, copies: int) -> dict[str, float]:
-    """Seconds for one 512x512 image and for a folder of ``copies``, reflect (overlap-tile) vs constant padding."""
+    """Seconds of ``medseg.predict`` (one call each, start-up included) for one 512x512 8-bit PNG and for a folder
+    of ``copies`` of it, with reflect padding (overlap-tile, nuclei_2d's default) and with constant padding."""
     from medseg.workflows import predict
 
-    image = tifffile.imread(root / "images" / "nuclei_val.tif")
-    full = np.zeros((512, 512), dtype=image.dtype)
-    full[:, : image.shape[1]] = image
+    val = tifffile.imread(root / "images" / "nuclei_val.tif")
+    full = np.pad(val, ((0, 0), (0, 512 - val.shape[1])), mode="reflect")  # 512x512 from the validation half
+    full = (255 * _normalise(full)).astype(np.uint8)
     folder = work / "many"
     shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir(parents=True)
     for i in range(copies):
-        tifffile.imwrite(folder / f"img{i:03d}.tif", full)
+        Image.fromarray(full).save(folder / f"img{i:03d}.png")
     times = {}
     config = bundle / "configs" / "medseg_task.json"
     original = config.read_text()
@@ -142,7 +157,7 @@ def prediction_times(bundle: Path, root: Path, work: Path, copies: int) -> dict[
             cfg["inference"]["padding_mode"] = mode
             config.write_text(json.dumps(cfg))
             start = time.perf_counter()
-            predict.run(bundle, folder / "img000.tif", work / f"one_{mode}", instances=False)
+            predict.run(bundle, folder / "img000.png", work / f"one_{mode}", instances=False)
             times[f"one_512_{mode}_s"] = round(time.perf_counter() - start, 2)
             start = time.perf_counter()
             predict.run(bundle, folder, work / f"many_{mode}", instances=False)
@@ -154,29 +169,41 @@ def prediction_times(bundle: Path, root: Path, work: Path, copies: int) -> dict[
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--minutes", type=float, default=4.0, help="training minutes per row")
+    p.add_argument("--epochs", type=int, default=20, help="training epochs of both medseg rows (10 steps each)")
+    p.add_argument("--guard-minutes", type=float, default=8.0, help="a medseg row stops after this many minutes")
     p.add_argument("--data-dir", type=Path, default=Path("data"))
     p.add_argument("--out", type=Path, default=Path("benchmarks/results/microscopy"))
-    p.add_argument("--copies", type=int, default=100, help="images in the prediction-time folder")
+    p.add_argument("--copies", type=int, default=100, help="PNGs in the prediction-time folder (0: no timing)")
     p.add_argument("--threads", type=int, default=2)
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     root = prepare_nuclei_sample(args.data_dir)
     args.out.mkdir(parents=True, exist_ok=True)
-    rows = []
-    weighted, bundle = medseg_row("weight_map", ["training.loss=weighted_dice_ce"], root, args.minutes, args.out)
-    rows.append(weighted)
-    rows.append(medseg_row("no_weight_map", ["training.loss=dice_ce"], root, args.minutes, args.out)[0])
-    rows.append(plain_monai_row(root, args.minutes))
+    load = {"load_start": Path("/proc/loadavg").read_text().split()[:3]} if Path("/proc/loadavg").exists() else {}
+    common = [f"training.threads={args.threads}"]
+    weighted, bundle = medseg_row("weight_map", ["training.loss=weighted_dice_ce", *common], root, args.epochs,
+                                  args.guard_minutes, args.out)
+    plain_weight = medseg_row("no_weight_map", ["training.loss=dice_ce", *common], root, args.epochs,
+                              args.guard_minutes, args.out)[0]
+    minutes = (weighted["train_s"] + plain_weight["train_s"]) / 2 / 60
+    rows = [weighted, plain_weight, plain_monai_row(root, minutes)]
     times = prediction_times(bundle, root, args.out, args.copies) if args.copies else {}
-    result = {"minutes_per_row": args.minutes, "threads": args.threads, "rows": rows, "prediction": times}
+    if load:
+        load["load_end"] = Path("/proc/loadavg").read_text().split()[:3]
+    result = {"epochs": args.epochs, "plain_minutes": round(minutes, 2), "threads": args.threads, **load,
+              "rows": rows, "prediction": times}
     (args.out / "bench_microscopy.json").write_text(json.dumps(result, indent=2) + "\n")
-    print(f"{'row':22s} {'train s':>8s} {'Dice':>6s} {'obj F1':>7s} {'AJI':>6s} {'ARE':>6s} {'objects':>8s}")
+    print(f"{'row':22s} {'train s':>8s} {'steps':>6s} {'s/step':>7s} {'Dice':>6s} {'obj F1':>7s} {'AJI':>6s}"
+          f" {'ARE':>6s} {'objects':>8s}")
     for r in rows:
-        print(f"{r['row']:22s} {r['train_s']:8.0f} {r['pixel_dice']:6.3f} {r['object_f1']:7.3f} {r['aji']:6.3f}"
-              f" {r['adapted_rand_error']:6.3f} {r['objects']:4d}/{r['objects_reference']}")
+        print(f"{r['row']:22s} {r['train_s']:8.0f} {r['steps']:6d} {r['s_per_step']:7.3f} {r['pixel_dice']:6.3f}"
+              f" {r['object_f1']:7.3f} {r['aji']:6.3f} {r['adapted_rand_error']:6.3f}"
+              f" {r['objects']:4d}/{r['objects_reference']}")
     for key, value in times.items():
         print(f"{key}: {value} s")
+    if load:
+        print(f"load average (1, 5, 15 min) at the start {' '.join(load['load_start'])}, at the end"
+              f" {' '.join(load['load_end'])}")
     return 0
 
 
