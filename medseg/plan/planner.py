@@ -429,7 +429,8 @@ def _amp(cfg: TaskConfig, step: Any, mach: dict[str, Any],
     """bf16 where it helps: measured against fp32 on this machine, kept when its fastest timed step is >= 15%
     faster than fp32's fastest (another process only ever adds time to a step, so the fastest of each is the
     fair pair: a median taken while load arrived made bf16 look 4x slower on a CPU where it is faster). The
-    schedule then takes fp32's median scaled by that ratio."""
+    schedule then takes the lower of bf16's median and fp32's median scaled by that ratio (two estimates of
+    bf16's step; the lower one saw less of the load)."""
     if mach["device"] == "cuda" and not mach.get("bf16"):
         return None
     bf = cfg.model_copy(update={"training": cfg.training.model_copy(update={"amp": "bf16"})})
@@ -442,9 +443,9 @@ def _amp(cfg: TaskConfig, step: Any, mach: dict[str, Any],
     bf_best, fp_best = min(fast.samples or (fast.step_s,)), min(step.samples or (step.step_s,))
     said = f"fastest of 5 timed steps {bf_best:.3f} s in bf16 against {fp_best:.3f} s in fp32"
     if bf_best <= 0.85 * fp_best:
-        scaled = dataclasses.replace(fast, step_s=step.step_s * bf_best / fp_best)
-        return Decision("bf16", f"bf16 autocast: {said}; schedule at {scaled.step_s:.3f} s/step (fp32's median"
-                                " scaled by that ratio)"), scaled
+        scaled = dataclasses.replace(fast, step_s=min(fast.step_s, step.step_s * bf_best / fp_best))
+        return Decision("bf16", f"bf16 autocast: {said}; schedule at {scaled.step_s:.3f} s/step (the lower of"
+                                f" bf16's median {fast.step_s:.3f} s and fp32's median scaled by that ratio)"), scaled
     return Decision("none", f"fp32: {said} (not >= 15% faster)"), step
 
 
