@@ -184,11 +184,11 @@ def cmd_plans(args: argparse.Namespace) -> None:
 
 def _nnunet_axes(values: list[Any], plans: dict[str, Any], dims: int) -> list[Any]:
     """nnU-Net's per-axis values (SimpleITK's z, y, x order, transposed by ``transpose_forward``) in medseg's
-    order (x, y, z: the NIfTI/RAS array axes; 2D: the PNG's row, column as medseg reads it)."""
+    order (x, y, z: the NIfTI/RAS array axes; 2D: the PNG's column, row axes as SimpleITK indexes them)."""
     back = plans.get("transpose_backward", list(range(len(values))))
     if len(values) == len(back):
         values = [values[b] for b in back]
-    return list(reversed(values)) if dims == 3 else list(values)
+    return list(reversed(values))
 
 
 def nnunet_row(plans: dict[str, Any]) -> dict[str, str]:
@@ -221,12 +221,13 @@ def medseg_row(plan: dict[str, Any]) -> dict[str, str]:
     intensity = d.get("preprocessing.intensity")
     window = d.get("preprocessing.window")
     if intensity == "window" and isinstance(window, dict):
-        lo, hi = window["level"] - window["width"] / 2, window["level"] + window["width"] / 2
+        lo, hi = ((window["min"], window["max"]) if "min" in window else
+                  (window["level"] - window["width"] / 2, window["level"] + window["width"] / 2))
         norm = f"CT window {lo:.0f}..{hi:.0f} HU (foreground 0.5-99.5%) to 0..1"
     else:
         norm = str(intensity)
     return {"configuration": mode,
-            "spacing": "x".join(f"{s:g}" for s in d["preprocessing.spacing"]) if dims == 3 else "(2D pixels)",
+            "spacing": "x".join(f"{s:g}" for s in d["preprocessing.spacing"]),
             "patch": "x".join(str(p) for p in d["training.patch_size"]),
             "batch": str(d["training.batch_size"]),
             "topology": f"{len(d.get('network.strides', []))} poolings {d.get('network.strides')}; kernels 3;"
