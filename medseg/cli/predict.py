@@ -17,12 +17,13 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from medseg.cli.startup import PREDICT_DEFERRED, defer
 from medseg.errors import run_cli
 
 # plain tuples, so that --help answers without importing torch and MONAI (tests/inference/test_deploy.py checks they are
 # medseg.workflows.predict.FORMATS and medseg.inference.runtimes.ENGINES)
 FORMATS = ("auto", "nifti", "dicom-seg")
-ENGINES = ("torch", "onnxruntime", "openvino")
+ENGINES = ("torch", "onnxruntime", "openvino", "openvino-bf16")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -37,7 +38,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--series", help="SeriesInstanceUID, where a DICOM folder holds several series")
     p.add_argument("--trust", action="store_true", help="allow a bundle not written by medseg to run its config code")
     p.add_argument("--engine", choices=ENGINES, default="torch",
-                   help="runtime of the forward passes (default torch; onnxruntime/openvino run models/model.onnx)")
+                   help="runtime of the forward passes (default torch; onnxruntime/openvino run models/model.onnx;"
+                        " openvino-bf16: OpenVINO in bfloat16 on CPUs that have it)")
     p.add_argument("--int8", action="store_true",
                    help="run the bundle's INT8 model (models/model_int8.onnx; onnxruntime unless --engine openvino)")
     p.add_argument("--instances", action="store_true", default=None,
@@ -72,4 +74,6 @@ def run(argv: Sequence[str] | None = None) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    if argv is None:  # the process's own command line (python -m): nothing else shares the process
+        defer(PREDICT_DEFERRED)  # what MONAI's import loads and prediction never uses waits (medseg.cli.startup)
     return run_cli(run, argv)

@@ -1,9 +1,13 @@
-"""Engines: which runtime does the forward passes of the one chain (``torch``, ``onnxruntime``, ``openvino``).
+"""Engines: which runtime does the forward passes of the one chain (``torch``, ``onnxruntime``, ``openvino``,
+``openvino-bf16``).
 
 An engine gives the sliding window its ``forward`` callable (:data:`medseg.inference.engines.Forward`); the
 preprocessing, windows, inversion and post-processing stay the chain's. The ONNX engines run a bundle's
 ``models/model.onnx`` (or ``model_int8.onnx``) inside the same :class:`PadToMultiple` the torch network has, so
 any window size works as with torch. Each runtime uses as many threads as torch (``torch.get_num_threads()``).
+``openvino`` computes in float32 (the masks torch gives); ``openvino-bf16`` lets OpenVINO compute in bfloat16 on
+CPUs that have it (AMX or AVX512-BF16; float32 elsewhere): 0.6x of float32's forward time on the liver bundle here,
+its masks checked against torch's by ``benchmarks/bench_deploy.py``.
 
 Example:
     >>> forward = build_engine("onnxruntime", bundle.network, bundle_dir / "models").forward
@@ -23,9 +27,9 @@ from medseg.errors import MedsegError
 from medseg.inference.engines import Forward, torch_forward
 from medseg.networks.padding import PadToMultiple
 
-ENGINES = ("torch", "onnxruntime", "openvino")
+ENGINES = ("torch", "onnxruntime", "openvino", "openvino-bf16")
 #: pip package of each runtime (the extra that installs it: ``pip install medseg[openvino]``)
-PACKAGES = {"onnxruntime": "onnxruntime", "openvino": "openvino"}
+PACKAGES = {"onnxruntime": "onnxruntime", "openvino": "openvino", "openvino-bf16": "openvino"}
 ONNX_FILE, INT8_FILE = "model.onnx", "model_int8.onnx"
 
 
@@ -74,19 +78,22 @@ def _onnxruntime(path: Path, threads: int | None) -> _Session:
     return _Session(lambda x: session.run(None, {name: x})[0])
 
 
-def _openvino(path: Path, threads: int | None) -> _Session:
+def _openvino(path: Path, threads: int | None, bf16: bool = False) -> _Session:
     import openvino as ov  # deferred: an optional runtime, imported only when chosen
 
     core = ov.Core()
     config = {"INFERENCE_NUM_THREADS": int(threads or torch.get_num_threads()), "PERFORMANCE_HINT": "LATENCY"}
-    if INT8_FILE not in path.name:
+    if bf16:
+        config["INFERENCE_PRECISION_HINT"] = "bf16"  # OpenVINO falls back to f32 on CPUs without bf16
+    elif INT8_FILE not in path.name:
         config["INFERENCE_PRECISION_HINT"] = "f32"  # no silent bf16 on CPUs that have it: same masks as torch
     compiled = core.compile_model(core.read_model(str(path)), "CPU", config)
     output = compiled.output(0)
     return _Session(lambda x: compiled(x)[output])
 
 
-_LOADERS = {"onnxruntime": _onnxruntime, "openvino": _openvino}
+_LOADERS = {"onnxruntime": _onnxruntime, "openvino": _openvino,
+            "openvino-bf16": lambda path, threads: _openvino(path, threads, bf16=True)}
 
 
 def build_engine(name: str, network: torch.nn.Module, models_dir: Path | None, *, int8: bool = False,
@@ -108,7 +115,7 @@ def build_engine(name: str, network: torch.nn.Module, models_dir: Path | None, *
     try:
         __import__(PACKAGES[name])
     except ImportError:
-        extra = "medseg[openvino]" if name == "openvino" else "onnxruntime"
+        extra = "medseg[openvino]" if PACKAGES[name] == "openvino" else "onnxruntime"
         raise MedsegError(f"--engine {name}: the {PACKAGES[name]} package is not installed; pip install {extra}") from None
     if models_dir is None:
         raise MedsegError(f"--engine {name}: this bundle has no model files medseg can find; use --engine torch")

@@ -2,9 +2,9 @@
 
 The student (default ``light_unet``) trains on the teacher's task: the same cases, the teacher's fitted
 preprocessing, patches and augmentation, with the loss of :mod:`medseg.engine.distill` (``distill.temperature``,
-``distill.weight``) for ``budget_minutes``. Both networks then predict the validation cases through the one
-prediction chain; the student is exported as its own bundle (``<teacher bundle>_<student>`` beside the teacher),
-whose ``metadata.json`` (``medseg_distill``) and the run's ``distill.json`` and log hold both Dice side by side.
+``distill.weight``) for ``budget_minutes``, the learning rate annealed by a cosine over that time. Both networks
+then predict the validation cases through the one prediction chain; the student is exported as its own bundle
+(``<teacher bundle>_<student>`` beside the teacher), whose ``metadata.json`` (``medseg_distill``) and the run's ``distill.json`` and log hold both Dice side by side.
 
 Example:
     >>> from medseg.workflows import distill
@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -35,6 +36,7 @@ from medseg.data.locate import locate_dataset
 from medseg.engine import builders
 from medseg.engine.checks import check_task
 from medseg.engine.distill import DistillationLoss, TeacherStudent
+from medseg.engine.optim import build_optimizer
 from medseg.errors import MedsegError
 from medseg.evaluation import format_table, summarise, write_reports
 from medseg.fileio import atomic_write_text, new_dir
@@ -62,12 +64,25 @@ def student_config(teacher: TaskConfig, student: str, bundle_dir: Path, override
                             **{k: None for k in ("channels", "strides", "num_res_units", "dropout", "norm")}})
     name = f"{teacher.bundle_name()}_{student}"
     data["bundle"].update({"name": name, "dir": str(bundle_dir), "int8": False})
+    data["training"]["epochs"] = 100_000  # the time budget stops the student (an override may still cap it)
     for item in overrides:
         data = merged(data, parse_override(item)[1])
     return check_task(TaskConfig.from_dict(data, source=f"{teacher.source or 'teacher bundle'} + student {student}"))
 
 
-def _budget(trainer: Any, minutes: float, started: float) -> None:
+def _budget(trainer: Any, optimizer: torch.optim.Optimizer, minutes: float, min_lr_ratio: float) -> None:
+    """Stop after the iteration that passes ``minutes`` and anneal the learning rate by a cosine over that time
+    (own code: torch's and MONAI's schedules count steps, and how many steps fit the budget is unknown ahead)."""
+    base = [g["lr"] for g in optimizer.param_groups]
+    started = time.monotonic()
+
+    @trainer.on(Events.ITERATION_STARTED)
+    def _anneal(engine: Any) -> None:
+        done = min(1.0, (time.monotonic() - started) / (minutes * 60))
+        factor = min_lr_ratio + (1.0 - min_lr_ratio) * 0.5 * (1.0 + math.cos(math.pi * done))
+        for group, lr in zip(optimizer.param_groups, base):
+            group["lr"] = lr * factor
+
     @trainer.on(Events.ITERATION_COMPLETED)
     def _stop(engine: Any) -> None:
         if time.monotonic() - started > minutes * 60:
@@ -83,7 +98,7 @@ def run(teacher: str | Path, *, student: str = "light_unet", data_dir: Path | No
         student: a network name of the registry.
         data_dir: where the task's dataset is (default ``./data``, as ``medseg.train``).
         budget_minutes: training time; the student stops after the iteration that passes it (or at
-            ``training.epochs``).
+            ``training.epochs`` when an override sets it), the learning rate annealed by a cosine over that time.
         output_dir: the run folder (default ``runs/<task>_distill/<timestamp>``).
         overrides: ``key=value`` config overrides for the student (``distill.temperature=4``...).
     """
@@ -113,9 +128,9 @@ def run(teacher: str | Path, *, student: str = "light_unet", data_dir: Path | No
     net, _ = builders.build_model(cfg, device)
     pair = TeacherStudent(net, loaded.network.to(device))
     loss = DistillationLoss(builders.training_loss(cfg), pair, cfg.distill.temperature, cfg.distill.weight)
-    optimizer, scheduler = builders.optimiser_and_schedule(net.parameters(), cfg)
-    trainer = builders.build_trainer(cfg, pair, loader, optimizer, loss, device, scheduler=scheduler)
-    _budget(trainer, budget_minutes, started)
+    optimizer = build_optimizer(net.parameters(), cfg.training)
+    trainer = builders.build_trainer(cfg, pair, loader, optimizer, loss, device)
+    _budget(trainer, optimizer, budget_minutes, cfg.training.min_lr_ratio)
     logger.info("distilling %s (%s) into %s on %s: T %.2g, weight %.2g, budget %.1f min", teacher_path.name,
                 tcfg.network.name, student, device, cfg.distill.temperature, cfg.distill.weight, budget_minutes)
     trainer.run()

@@ -107,15 +107,18 @@ def test_bundle_holds_a_checked_onnx_model(trained) -> None:
     assert 0 <= meta["max_abs_diff"] < 1e-3 and meta["checked_patch"] == [16, 16, 16]
 
 
-@pytest.mark.parametrize("engine", ["onnxruntime", pytest.param("openvino", marks=pytest.mark.skipif(
-    not HAS_OPENVINO, reason="openvino not installed (pip install medseg[openvino])"))])
+@pytest.mark.parametrize("engine", ["onnxruntime"] + [pytest.param(e, marks=pytest.mark.skipif(
+    not HAS_OPENVINO, reason="openvino not installed (pip install medseg[openvino])")) for e in ("openvino", "openvino-bf16")])
 def test_engine_gives_the_torch_masks(random_bundle: Path, volume: Path, engine: str, tmp_path: Path) -> None:
     ref = _predict(random_bundle, volume, tmp_path / "torch")
     out = _predict(random_bundle, volume, tmp_path / engine, "--engine", engine)
     assert out.shape == ref.shape == (40, 36, 28)
     assert len(np.unique(ref)) == 3  # random weights: all three classes present, so the comparison can fail
+    # bfloat16 keeps 8 bits of mantissa: random weights give near-tied logits, some of which flip (the trained
+    # liver bundle's masks against torch's are in benchmarks/bench_deploy.py)
+    limit = 0.97 if engine.endswith("bf16") else 0.99
     for label in (0, 1, 2):
-        assert dice(ref, out, label) >= 0.99, (engine, label)
+        assert dice(ref, out, label) >= limit, (engine, label)
 
 
 def test_engine_without_its_package_gives_one_line(random_bundle: Path, volume: Path, tmp_path: Path, capsys,
@@ -303,3 +306,64 @@ def test_training_with_bundle_int8_exports_the_int8_model(tmp_path: Path, monkey
     assert (bundle / "models" / "model_int8.onnx").is_file() and meta["medseg_int8"]["calibration_patches"] == 4
     summary = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert meta["medseg_int8"]["fp32_dice"]["liver"] == pytest.approx(summary["liver"]["dice"], abs=1e-6)
+
+
+def test_deferred_module_runs_its_code_on_the_first_attribute_it_lacks(tmp_path: Path, monkeypatch) -> None:
+    from medseg.cli import startup
+
+    package = tmp_path / "deferme_pkg"
+    package.mkdir()
+    (package / "__init__.py").write_text("import pathlib\npathlib.Path(__file__).with_name('ran').touch()\nVALUE = 42\n")
+    (package / "sub.py").write_text("from deferme_pkg import VALUE\nDOUBLE = 2 * VALUE\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr(sys, "meta_path", list(sys.meta_path))
+    startup.defer(["deferme_pkg"])
+    try:
+        import deferme_pkg
+
+        assert not (package / "ran").exists()  # imported, its code not run
+        assert Path(deferme_pkg.__file__) == package / "__init__.py" and deferme_pkg.__path__  # spec attributes only
+        assert not (package / "ran").exists()
+        assert deferme_pkg.VALUE == 42 and (package / "ran").exists()  # the first attribute it defines runs it
+        from deferme_pkg import sub
+
+        assert sub.DOUBLE == 84
+        with pytest.raises(AttributeError):
+            deferme_pkg.missing
+    finally:
+        for name in ("deferme_pkg", "deferme_pkg.sub"):
+            sys.modules.pop(name, None)
+
+
+@pytest.mark.slow
+def test_predict_process_leaves_what_prediction_never_uses_unloaded() -> None:
+    """The modules ``python -m medseg.predict`` defers stay unrun through MONAI's import and the predict workflow's."""
+    import subprocess
+
+    code = ("import sys, types; from medseg.cli.startup import PREDICT_DEFERRED, defer; defer(PREDICT_DEFERRED); "
+            "import medseg.workflows.predict; "
+            "print(sorted(m for m in PREDICT_DEFERRED if type(sys.modules.get(m, types)) is types.ModuleType))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
+def test_distill_budget_anneals_the_learning_rate_and_stops(monkeypatch) -> None:
+    from ignite.engine import Engine
+
+    from medseg.workflows import distill
+
+    clock = [0.0]
+    monkeypatch.setattr(distill.time, "monotonic", lambda: clock[0])
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    lrs = []
+
+    def step(engine, batch):
+        lrs.append(optimizer.param_groups[0]["lr"])
+        clock[0] += 6.0  # seconds per iteration: 10 iterations in a one-minute budget
+
+    trainer = Engine(step)
+    distill._budget(trainer, optimizer, 1.0, 0.01)
+    trainer.run([0] * 100, max_epochs=5)
+    assert trainer.state.iteration == 11  # stops after the iteration that passes the budget
+    assert lrs[0] == pytest.approx(1.0) and lrs[5] == pytest.approx(0.505)  # cosine over the time: half way at 30 s
+    assert lrs[10] == pytest.approx(0.01) and all(a >= b for a, b in zip(lrs, lrs[1:]))

@@ -341,3 +341,27 @@ def test_own_networks_keep_the_state_dict_and_outputs_of_old_checkpoints(case):
     with torch.no_grad():
         y = net.eval()(x).double()
     assert [float(y.mean()), float(y.std())] == pytest.approx(entry["output"], rel=1e-4, abs=1e-5)
+
+
+@pytest.mark.parametrize("dims", [2, 3])
+def test_light_unet_has_dense_convolutions_below_full_resolution(dims: int):
+    """The CPU-sized layout: no grouped (depthwise) convolution, and only the first convolution reads the input's
+    full resolution (it halves it); the logits are upsampled back to the input's size."""
+    from medseg.networks.light_unet import LightUNet
+
+    net = LightUNet(dims, 1, 3, channels=(4, 8, 16)).eval()
+    size = (32, 24) if dims == 2 else (16, 32, 24)
+    seen = []
+    hooks = [m.register_forward_hook(lambda m, i, o: seen.append((m, tuple(i[0].shape[2:]), tuple(o.shape[2:]))))
+             for m in net.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Conv3d))]
+    with torch.no_grad():
+        out = net(torch.rand(1, 1, *size))
+    for h in hooks:
+        h.remove()
+    assert out.shape == (1, 3, *size)
+    assert all(m.groups == 1 for m, _, _ in seen)
+    assert seen[0][1] == size and seen[0][2] == tuple(s // 2 for s in size)
+    assert all(all(a <= s // 2 for a, s in zip(inp, size)) for _, inp, _ in seen[1:])
+    from medseg.networks import input_multiple
+
+    assert input_multiple({"name": "light_unet", "spatial_dims": dims, "args": {"channels": [4, 8, 16]}}) == 8
