@@ -1,7 +1,7 @@
 """Deployment on CPU: each engine and precision against PyTorch fp32 in the same run (issue 18).
 
 For one medseg bundle (default ``bundles/liver_ct_segmentation``) and each of torch fp32, onnxruntime fp32,
-openvino fp32 (when installed), onnxruntime INT8 and openvino INT8 (when the bundle holds ``model_int8.onnx``):
+openvino fp32 and bf16 (when installed), onnxruntime INT8 and openvino INT8 (when the bundle holds ``model_int8.onnx``):
 
 - forward time of one sliding-window batch (``sw_batch_size`` windows of the training patch; median of repeats),
 - whole-CT prediction time through the one chain (synthetic 512x512x100 CT, 0.8 x 0.8 x 2.5 mm, as
@@ -9,11 +9,16 @@ openvino fp32 (when installed), onnxruntime INT8 and openvino INT8 (when the bun
 - peak resident memory of that prediction (a fresh process per engine, ``ru_maxrss``),
 - validation Dice per class on the run's validation cases (``--run RUN_DIR``: its ``cases.json``),
 
-and each figure's ratio to torch fp32. Threads: ``--threads`` (default 2) for torch and the runtimes alike. Targets:
-INT8 forward <= 0.5x torch fp32 with validation Dice within 0.005; the fastest engine's whole CT <= 0.5x.
+and each figure's ratio to torch fp32. ``--student BUNDLE`` (a ``python -m medseg.distill`` bundle) adds the
+student's torch forward time on the same batch and its validation Dice; ``--startup IMAGE`` times whole
+``python -m medseg.predict`` processes on one image (torch engine, median of 3) beside nnU-Net v2's
+``nnUNetv2_predict`` figure of issue 18 (19.7 s without TTA, measured by the issue's author, not here).
+Threads: ``--threads`` (default 2) for torch and the runtimes alike. Targets: INT8 forward <= 0.5x torch fp32 with
+validation Dice within 0.005; the fastest engine's whole CT <= 0.5x; the student's forward <= 0.3x the teacher's
+with liver Dice >= 0.92; start-up <= 0.4x nnU-Net's.
 
     .venv/bin/python benchmarks/bench_deploy.py [--bundle bundles/liver_ct_segmentation] [--run runs/liver/...]
-        [--threads 2] [--repeats 5] [--skip-ct]
+        [--student bundles/liver_ct_segmentation_light_unet] [--startup IMAGE] [--threads 2] [--repeats 5] [--skip-ct]
 """
 
 from __future__ import annotations
@@ -42,6 +47,9 @@ from medseg.inference.runtimes import INT8_FILE, build_engine  # noqa: E402
 sys.path.insert(0, str(ROOT / "benchmarks"))
 from bench_predict import synthetic_ct  # noqa: E402
 
+#: nnUNetv2_predict on the sample's 128x128x40 validation volume without TTA: issue 18's figure (its author's run)
+NNUNET_PREDICT_S = 19.7
+
 
 def variants(bundle: Path) -> list[tuple[str, str, bool]]:
     """(label, engine, int8) for every runnable combination."""
@@ -50,7 +58,7 @@ def variants(bundle: Path) -> list[tuple[str, str, bool]]:
     out = [("torch fp32", "torch", False), ("onnxruntime fp32", "onnxruntime", False)]
     has_ov = importlib.util.find_spec("openvino") is not None
     if has_ov:
-        out.append(("openvino fp32", "openvino", False))
+        out += [("openvino fp32", "openvino", False), ("openvino bf16", "openvino-bf16", False)]
     if (bundle / "models" / INT8_FILE).is_file():
         out.append(("onnxruntime int8", "onnxruntime", True))
         if has_ov:
@@ -94,6 +102,8 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--skip-ct", action="store_true", help="leave out the 512x512x100 CT (forward and Dice only)")
+    p.add_argument("--student", type=Path, help="a distilled student bundle: its forward time and validation Dice")
+    p.add_argument("--startup", type=Path, help="an image: whole python -m medseg.predict processes on it")
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--engine", help=argparse.SUPPRESS)
     p.add_argument("--int8", action="store_true", help=argparse.SUPPRESS)
@@ -148,6 +158,38 @@ def main() -> None:
             rows.append(row)
             print(json.dumps(row), flush=True)
 
+    student = None
+    if args.student is not None:  # the student's torch forward beside the teacher's, interleaved (the same load)
+        sloaded = load_bundle(resolve(args.student), torch.device("cpu"))
+        teacher_fwd = build_engine("torch", loaded.network, None).forward
+        student_fwd = build_engine("torch", sloaded.network, None).forward
+        t_times, s_times = [], []
+        with torch.no_grad():
+            teacher_fwd(batch), student_fwd(batch)
+            for _ in range(args.repeats):
+                for fwd, times in ((teacher_fwd, t_times), (student_fwd, s_times)):
+                    t = time.perf_counter()
+                    fwd(batch)
+                    times.append(time.perf_counter() - t)
+        student = {"network": sloaded.cfg.network.name, "forward_s": statistics.median(s_times),
+                   "teacher_forward_s": statistics.median(t_times)}
+        if val:
+            student["val_dice"] = {c: float(np.mean([dice(run_case(sloaded.chain, student_fwd, {"image": image})[0]
+                                                          .numpy(), ref, list(m)) for image, ref in val]))
+                                   for c, m in classes.items()}
+        print(json.dumps(student), flush=True)
+    startup = None
+    if args.startup is not None:  # whole processes, as a user runs one case
+        times = []
+        for _ in range(3):
+            with tempfile.TemporaryDirectory() as out:
+                t = time.perf_counter()
+                subprocess.run([sys.executable, "-m", "medseg.predict", "--bundle", str(bundle), "--input",
+                                str(args.startup), "--output", out], check=True, capture_output=True, cwd=ROOT)
+                times.append(time.perf_counter() - t)
+        startup = statistics.median(times)
+        print(json.dumps({"startup_s": times}), flush=True)
+
     base = rows[0]
     print(f"\n{bundle.name} ({cfg.network.name}, patch {patch}), {args.threads} threads, "
           f"{torch.__version__.split('+')[0]} torch")
@@ -161,6 +203,14 @@ def main() -> None:
         vd = ", ".join(f"{c} {v:.4f}" for c, v in r.get("val_dice", {}).items()) or "-"
         print(f"| {r['variant']} | {r['forward_s']:.3f} | {r['forward_s'] / base['forward_s']:.2f} | {ct_s} | {peak} |"
               f" {ctd} | {vd} |")
+    if student is not None:
+        vd = ", ".join(f"{c} {v:.4f}" for c, v in student.get("val_dice", {}).items()) or "-"
+        print(f"\nstudent {student['network']} (torch fp32): forward {student['forward_s']:.3f} s per batch, "
+              f"{student['forward_s'] / student['teacher_forward_s']:.2f}x the teacher's "
+              f"{student['teacher_forward_s']:.3f} s (interleaved); val Dice {vd}")
+    if startup is not None:
+        print(f"\nwhole python -m medseg.predict on {args.startup.name}: {startup:.1f} s (median of 3), "
+              f"{startup / NNUNET_PREDICT_S:.2f}x nnU-Net v2's {NNUNET_PREDICT_S} s (issue 18's figure, not measured here)")
 
 
 if __name__ == "__main__":
