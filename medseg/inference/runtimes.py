@@ -28,7 +28,7 @@ from medseg.inference.engines import Forward, torch_forward
 from medseg.networks.padding import PadToMultiple
 
 ENGINES = ("torch", "onnxruntime", "openvino", "openvino-bf16")
-#: pip package of each runtime (the extra that installs it: ``pip install medseg[openvino]``)
+#: pip package of each runtime (both are medseg dependencies; a missing one is named with its pip command)
 PACKAGES = {"onnxruntime": "onnxruntime", "openvino": "openvino", "openvino-bf16": "openvino"}
 ONNX_FILE, INT8_FILE = "model.onnx", "model_int8.onnx"
 
@@ -115,8 +115,8 @@ def build_engine(name: str, network: torch.nn.Module, models_dir: Path | None, *
     try:
         __import__(PACKAGES[name])
     except ImportError:
-        extra = "medseg[openvino]" if PACKAGES[name] == "openvino" else "onnxruntime"
-        raise MedsegError(f"--engine {name}: the {PACKAGES[name]} package is not installed; pip install {extra}") from None
+        raise MedsegError(f"--engine {name}: the {PACKAGES[name]} package is not installed; "
+                          f"pip install {PACKAGES[name]}") from None
     if models_dir is None:
         raise MedsegError(f"--engine {name}: this bundle has no model files medseg can find; use --engine torch")
     path = Path(models_dir) / (INT8_FILE if int8 else ONNX_FILE)

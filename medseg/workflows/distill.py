@@ -88,6 +88,14 @@ def _budget(trainer: Any, optimizer: torch.optim.Optimizer, minutes: float, min_
         if time.monotonic() - started > minutes * 60:
             engine.terminate()
 
+    @trainer.on(Events.EPOCH_COMPLETED)
+    def _log(engine: Any) -> None:
+        out = engine.state.output  # MONAI's trainer: a dict per sample (decollated), each holding the batch loss
+        item = out[0] if isinstance(out, list) and out else out
+        loss = float(item["loss"]) if isinstance(item, dict) and "loss" in item else float("nan")
+        logger.info("epoch %d | loss %.4f | lr %.2e | %d iterations | %.0fs of %.0fs", engine.state.epoch, loss,
+                    optimizer.param_groups[0]["lr"], engine.state.iteration, time.monotonic() - started, minutes * 60)
+
 
 def run(teacher: str | Path, *, student: str = "light_unet", data_dir: Path | None = None,
         budget_minutes: float = 10.0, output_dir: Path | None = None, overrides: Sequence[str] = ()) -> DistillOutcome:

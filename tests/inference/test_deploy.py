@@ -108,7 +108,7 @@ def test_bundle_holds_a_checked_onnx_model(trained) -> None:
 
 
 @pytest.mark.parametrize("engine", ["onnxruntime"] + [pytest.param(e, marks=pytest.mark.skipif(
-    not HAS_OPENVINO, reason="openvino not installed (pip install medseg[openvino])")) for e in ("openvino", "openvino-bf16")])
+    not HAS_OPENVINO, reason="openvino not installed (pip install openvino)")) for e in ("openvino", "openvino-bf16")])
 def test_engine_gives_the_torch_masks(random_bundle: Path, volume: Path, engine: str, tmp_path: Path) -> None:
     ref = _predict(random_bundle, volume, tmp_path / "torch")
     out = _predict(random_bundle, volume, tmp_path / engine, "--engine", engine)
