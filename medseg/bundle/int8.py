@@ -27,7 +27,7 @@ from medseg.engine.builders import training_dataset
 from medseg.errors import MedsegError
 from medseg.evaluation.classes import class_mask
 from medseg.inference import Forward, build_chain, run_case, torch_forward
-from medseg.inference.runtimes import INT8_FILE, ONNX_FILE, build_engine
+from medseg.inference.runtimes import INT8_ENGINE, INT8_FILE, ONNX_FILE, build_engine
 
 
 #: calibration patches run between two merges of the activation ranges (each holds every activation in memory)
@@ -132,14 +132,14 @@ def write_int8(bundle_dir: Path, cfg: Any, network: torch.nn.Module, train_cases
     limit, n = float(bundle.int8_max_dice_loss), int(bundle.int8_patches)
     models = bundle_dir / "models"
     path = quantise(models, cfg, train_cases, n)
-    engine = build_engine("onnxruntime", network, models, int8=True)
+    engine = build_engine(INT8_ENGINE, network, models, int8=True)  # what medseg.predict --int8 runs
     fp32 = torch_forward(copy.deepcopy(network).cpu())  # a copy: the caller's network stays where it is
     dice = validation_dice(cfg, {"fp32": fp32, "int8": engine.forward}, val_cases)
     loss = {c: dice["fp32"][c] - dice["int8"][c] for c in dice["fp32"]}
     worst = max(loss, key=loss.get)
     record = {"file": f"models/{INT8_FILE}", "method": "onnxruntime quantize_static, QDQ, per-channel int8 weights,"
               " uint8 activations, min/max calibration", "calibration_patches": n,
-              "validation_cases": len(val_cases), "dice": dice["int8"], "fp32_dice": dice["fp32"],
+              "validation_cases": len(val_cases), "engine": INT8_ENGINE, "dice": dice["int8"], "fp32_dice": dice["fp32"],
               "dice_loss": loss, "max_dice_loss": limit, "refused": loss[worst] > limit}
     if record["refused"]:
         path.unlink()

@@ -41,7 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="runtime of the forward passes (default torch; onnxruntime/openvino run models/model.onnx;"
                         " openvino-bf16: OpenVINO in bfloat16 on CPUs that have it)")
     p.add_argument("--int8", action="store_true",
-                   help="run the bundle's INT8 model (models/model_int8.onnx; onnxruntime unless --engine openvino)")
+                   help="run the bundle's INT8 model (models/model_int8.onnx; openvino unless --engine onnxruntime)")
     p.add_argument("--instances", action="store_true", default=None,
                    help="also write <case>_instances.tif and <case>_objects.csv (cells/nuclei; YAML inference.instances)")
     p.add_argument("--debug", action="store_true", help="show tracebacks")

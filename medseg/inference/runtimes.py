@@ -31,6 +31,9 @@ ENGINES = ("torch", "onnxruntime", "openvino", "openvino-bf16")
 #: pip package of each runtime (both are medseg dependencies; a missing one is named with its pip command)
 PACKAGES = {"onnxruntime": "onnxruntime", "openvino": "openvino", "openvino-bf16": "openvino"}
 ONNX_FILE, INT8_FILE = "model.onnx", "model_int8.onnx"
+#: the runtime of ``--int8`` without ``--engine``: ONNX Runtime's QDQ 3D convolutions ran slower than its float32
+#: ones on the liver bundle (1.7x), OpenVINO's INT8 faster (benchmarks/bench_deploy.py)
+INT8_ENGINE = "openvino"
 
 
 class _Session(torch.nn.Module):
@@ -100,7 +103,7 @@ def build_engine(name: str, network: torch.nn.Module, models_dir: Path | None, *
                  device: torch.device | str = "cpu", threads: int | None = None) -> Engine:
     """The engine ``name`` for a bundle whose network is ``network`` and whose model files are in ``models_dir``.
 
-    ``int8``: run ``model_int8.onnx`` (an ONNX engine; ``torch`` is then replaced by ``onnxruntime``). A runtime
+    ``int8``: run ``model_int8.onnx`` (an ONNX engine; ``torch`` is then replaced by :data:`INT8_ENGINE`). A runtime
     that is not installed, a model file that is missing or that the runtime cannot load: one-line
     :class:`MedsegError`.
     """
@@ -109,7 +112,7 @@ def build_engine(name: str, network: torch.nn.Module, models_dir: Path | None, *
     if name == "torch" and not int8:
         return Engine(name, torch_forward(network, device))
     if name == "torch":
-        name = "onnxruntime"
+        name = INT8_ENGINE
     if torch.device(device).type != "cpu":
         raise MedsegError(f"--engine {name}: runs on the CPU here; use --device cpu (or --engine torch on CUDA)")
     try:
@@ -132,4 +135,4 @@ def build_engine(name: str, network: torch.nn.Module, models_dir: Path | None, *
     return Engine(name, _wrap(network, session), path)
 
 
-__all__ = ["ENGINES", "Engine", "build_engine", "onnxruntime_session"]
+__all__ = ["ENGINES", "INT8_ENGINE", "Engine", "build_engine", "onnxruntime_session"]

@@ -184,7 +184,7 @@ def run(bundle: str | Path, inputs: str | Path, output: str | Path, *, format: s
         trust: allow a bundle not written by medseg to run its config code.
         on_case: called after each case with ``(case, written path or None, reason it was skipped or None)``.
         engine: the runtime of the forward passes, one of :data:`ENGINES` (:mod:`medseg.inference.runtimes`).
-        int8: run the bundle's INT8 model (``models/model_int8.onnx``; an ONNX engine, onnxruntime for torch).
+        int8: run the bundle's INT8 model (``models/model_int8.onnx``; an ONNX engine, openvino for torch).
         instances: also write instance label images and per-object CSVs (default: the task's
             ``inference.instances``).
 
