@@ -439,3 +439,29 @@ def test_a_short_cpu_budget_coarsens_the_fine_axes_before_the_patch_shrinks():
     assert iso.value == [1.5, 1.5, 1.5] and "120 (< 400) iterations in 15 min" in iso.reason
     thick = rules.coarser_spacing(rules.Decision([0.7, 0.7, 5.0], "median"), 120, 15)
     assert thick.value == [1.05, 1.05, 5.0]  # the coarse axis stays
+
+
+def test_an_attempt_timed_under_a_burst_of_load_is_timed_again_when_a_smaller_one_fits_far_more(tmp_path,
+                                                                                                 monkeypatch):
+    from medseg.plan import planner
+    from medseg.plan.timing import StepTime
+
+    calls = []
+
+    def step(cfg, device, steps=5):  # the first two attempts timed while other jobs had the cores
+        calls.append(list(cfg.training.patch_size))
+        s = 30.0 if len(calls) <= 2 else 0.01
+        return StepTime(s, amp=cfg.training.amp, samples=(s,) * steps)
+
+    monkeypatch.setattr(planner, "measure_step", step)
+    plan = plan_dataset(_msd(tmp_path), modality="CT", budget_minutes=15)
+    first, second = plan.timing[0], plan.timing[1]
+    assert first["step_s"] == second["step_s"] == 30.0 and plan.timing[2]["step_s"] == 0.01
+    again = [t for t in plan.timing if str(t["attempt"]).endswith("timed again")]
+    assert [t["attempt"] for t in again] == ["2 timed again", "1 timed again"]
+    # the plan is the first attempt's: the median spacing and its patch, no halving note
+    d = plan.decisions
+    assert d["preprocessing.spacing"].value == plan.fingerprint["median_spacing"]
+    assert d["training.patch_size"].value == first["patch"] == calls[0]
+    assert "halved" not in d["training.patch_size"].reason
+    assert plan.machine["step"]["step_s"] == 0.01
