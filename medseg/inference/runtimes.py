@@ -6,8 +6,8 @@ preprocessing, windows, inversion and post-processing stay the chain's. The ONNX
 ``models/model.onnx`` (or ``model_int8.onnx``) inside the same :class:`PadToMultiple` the torch network has, so
 any window size works as with torch. Each runtime uses as many threads as torch (``torch.get_num_threads()``).
 ``openvino`` computes in float32 (the masks torch gives); ``openvino-bf16`` lets OpenVINO compute in bfloat16 on
-CPUs that have it (AMX or AVX512-BF16; float32 elsewhere): 0.6x of float32's forward time on the liver bundle here,
-its masks checked against torch's by ``benchmarks/bench_deploy.py``.
+CPUs that have it (AMX or AVX512-BF16; float32 elsewhere): 0.7x of float32's forward time on the liver bundle here,
+but not torch's masks (whole-CT Dice against torch 0.988 liver, 0.957 tumour; ``benchmarks/bench_deploy.py``).
 
 Example:
     >>> forward = build_engine("onnxruntime", bundle.network, bundle_dir / "models").forward
