@@ -22,27 +22,30 @@ class EncoderDecoder(nn.Module):
     convolution up, the skip concatenated, a decoder block, and a 1x1 head.
 
     Subclasses choose the blocks: ``encoder(level, cin, cout)`` for each level top to bottom and
-    ``decoder(cin, cout)`` for each decoder level bottom to top (``cin`` = skip + upsampled features).
+    ``decoder(level, cin, cout)`` for each decoder level bottom to top (``cin`` = skip + upsampled features).
 
     Args:
         spatial_dims: 2 or 3.
         in_channels / out_channels: image channels / classes.
         channels: features per level, top to bottom (at least two levels).
         encoder / decoder: block factories as above.
+        pooling: max pooling between the encoders; False where the encoders downsample themselves (strides).
     """
 
     def __init__(self, spatial_dims: int, in_channels: int, out_channels: int, channels: Sequence[int],
-                 encoder: Callable[[int, int, int], nn.Module], decoder: Callable[[int, int], nn.Module]) -> None:
+                 encoder: Callable[[int, int, int], nn.Module], decoder: Callable[[int, int, int], nn.Module],
+                 pooling: bool = True) -> None:
         super().__init__()
         ch = list(channels)
         if len(ch) < 2:
             raise ValueError("channels needs at least two levels")
         self.encoders = nn.ModuleList([encoder(i, in_channels if i == 0 else ch[i - 1], ch[i]) for i in range(len(ch))])
-        self.pool = Pool[Pool.MAX, spatial_dims](kernel_size=2, stride=2)
+        self.pool = Pool[Pool.MAX, spatial_dims](kernel_size=2, stride=2) if pooling else nn.Identity()
         self.ups = nn.ModuleList(
             [Conv[Conv.CONVTRANS, spatial_dims](ch[i + 1], ch[i], kernel_size=2, stride=2) for i in reversed(range(len(ch) - 1))])
-        self.decoders = nn.ModuleList([decoder(2 * ch[i], ch[i]) for i in reversed(range(len(ch) - 1))])
+        self.decoders = nn.ModuleList([decoder(i, 2 * ch[i], ch[i]) for i in reversed(range(len(ch) - 1))])
         self.head = Conv[Conv.CONV, spatial_dims](ch[0], out_channels, kernel_size=1)
+        self.output = nn.Identity()  # what follows the head (LightUNet: upsampling to the input's size)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         skips: List[torch.Tensor] = []
@@ -54,7 +57,7 @@ class EncoderDecoder(nn.Module):
                 x = self.pool(x)
         for i, (up, dec) in enumerate(zip(self.ups, self.decoders)):
             x = dec(torch.cat([skips[n - 2 - i], up(x)], dim=1))
-        return self.head(x)
+        return self.output(self.head(x))
 
 
 class OriginalUNet(EncoderDecoder):
@@ -81,4 +84,4 @@ class OriginalUNet(EncoderDecoder):
         super().__init__(
             spatial_dims, in_channels, out_channels, channels,
             encoder=lambda i, cin, cout: DoubleConv(spatial_dims, cin, cout, norm, act, dropout if i == bottom else 0.0),
-            decoder=lambda cin, cout: DoubleConv(spatial_dims, cin, cout, norm, act))
+            decoder=lambda i, cin, cout: DoubleConv(spatial_dims, cin, cout, norm, act))
