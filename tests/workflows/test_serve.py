@@ -3,6 +3,7 @@ page in headless Chromium (Debian's chromium + chromium-driver)."""
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import socket
@@ -11,6 +12,7 @@ import sys
 import threading
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from pathlib import Path
 
@@ -91,6 +93,22 @@ def call(url: str, method: str = "GET", body: bytes | dict | None = None, token:
         return err.code, err.read(), dict(err.headers)
 
 
+def declared_upload(url: str, size: int) -> tuple[int, bytes]:
+    """POST headers that declare ``size`` bytes and wait for the answer before sending any: the server must refuse
+    on the declared size alone. (Sending the body first races the refusal: the server closes the connection and the
+    client's write fails with a broken pipe before it reads the 413.)"""
+    parts = urllib.parse.urlsplit(url)
+    conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=60)
+    try:
+        conn.putrequest("POST", f"{parts.path}?{parts.query}")
+        conn.putheader("Content-Length", str(size))
+        conn.endheaders()
+        response = conn.getresponse()
+        return response.status, response.read()
+    finally:
+        conn.close()
+
+
 @pytest.fixture
 def served(tmp_path):
     inputs = tmp_path / "inputs"
@@ -148,7 +166,7 @@ def test_upload_limits_and_case_names(served):
     small = src.read_bytes()
     status, body, _ = call(f"{url}/api/upload?name=up_001.nii.gz", "POST", small)
     assert status == 200 and json.loads(body)["case"] == "up_001"
-    status, body, _ = call(f"{url}/api/upload?name=big.nii.gz", "POST", small + b"\0" * 600_000)
+    status, body = declared_upload(f"{url}/api/upload?name=big.nii.gz", len(small) + 600_000)
     assert status == 413 and "limit" in json.loads(body)["detail"]
     for name in ("../evil.nii.gz", "..%2Fevil.nii.gz", "a%2Fb.nii.gz", ".hidden.nii.gz"):
         status, body, _ = call(f"{url}/api/upload?name={name}", "POST", small)
