@@ -38,22 +38,21 @@ def cut_gzip(folder: Path) -> Path:
     return path
 
 
-def terabyte_nifti1(folder: Path) -> Path:
-    header = nib.Nifti1Header()
-    header.set_data_shape((32767, 32767, 32767))
+def _huge_header(path: Path, header: nib.Nifti1Header, shape: tuple[int, ...]) -> Path:
+    """A float64 header claiming ``shape``, then 64 voxels of data (gzip-compressed for ``.gz``)."""
+    header.set_data_shape(shape)
     header.set_data_dtype(np.float64)
-    path = folder / "huge.nii"
-    path.write_bytes(header.binaryblock + b"\0" * 4 + np.zeros(64, np.float64).tobytes())
+    raw = header.binaryblock + b"\0" * 4 + np.zeros(64, np.float64).tobytes()
+    path.write_bytes(gzip.compress(raw) if path.suffix == ".gz" else raw)
     return path
+
+
+def terabyte_nifti1(folder: Path) -> Path:
+    return _huge_header(folder / "huge.nii", nib.Nifti1Header(), (32767, 32767, 32767))
 
 
 def petabyte_nifti2(folder: Path) -> Path:
-    header = nib.Nifti2Header()
-    header.set_data_shape((200000, 200000, 100000))
-    header.set_data_dtype(np.float64)
-    path = folder / "huge2.nii.gz"
-    path.write_bytes(gzip.compress(header.binaryblock + b"\0" * 4 + np.zeros(64, np.float64).tobytes()))
-    return path
+    return _huge_header(folder / "huge2.nii.gz", nib.Nifti2Header(), (200000, 200000, 100000))
 
 
 def nan_image(folder: Path) -> Path:
