@@ -1,7 +1,8 @@
 """INT8 in a bundle: ``models/model_int8.onnx``, post-training static quantisation of ``models/model.onnx``.
 
-ONNX Runtime's ``quantize_static`` (QDQ format, per-channel int8 weights, uint8 activations: the x86 CPU kernels'
-u8s8 path) calibrates activation ranges (min/max) on patches drawn by the training dataset of the engine's
+ONNX Runtime's ``quantize_static`` (QDQ format, per-channel int8 weights, symmetric int8 activations: OpenVINO fuses
+these into its int8 convolutions; with uint8 activations it left a zero-point subtraction and a reference-kernel
+conversion around every convolution and kept the transposed convolutions in float32, 2.1x slower here) calibrates activation ranges (min/max) on patches drawn by the training dataset of the engine's
 builders from the run's training cases (``bundle.int8_patches``, a few hundred at most). The quantised model then
 predicts the run's validation cases through the one prediction chain beside the fp32 network; its Dice per class
 and the loss against fp32 are recorded in ``metadata.json`` (``medseg_int8``). A loss above
@@ -96,8 +97,8 @@ def quantise(models_dir: Path, cfg: Any, train_cases: list[Case], n_patches: int
         # min/max ranges merged after every stride of patches: memory holds one stride's activations, not all
         stride = STRIDE if n_patches % STRIDE == 0 else 1
         quantize_static(str(prepared), str(target), reader, quant_format=QuantFormat.QDQ, per_channel=True,
-                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                        extra_options={"CalibStridedMinMax": stride})
+                        activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
+                        extra_options={"CalibStridedMinMax": stride, "ActivationSymmetric": True})
     return target
 
 
@@ -138,7 +139,7 @@ def write_int8(bundle_dir: Path, cfg: Any, network: torch.nn.Module, train_cases
     loss = {c: dice["fp32"][c] - dice["int8"][c] for c in dice["fp32"]}
     worst = max(loss, key=loss.get)
     record = {"file": f"models/{INT8_FILE}", "method": "onnxruntime quantize_static, QDQ, per-channel int8 weights,"
-              " uint8 activations, min/max calibration", "calibration_patches": n,
+              " symmetric int8 activations, min/max calibration", "calibration_patches": n,
               "validation_cases": len(val_cases), "engine": INT8_ENGINE, "dice": dice["int8"], "fp32_dice": dice["fp32"],
               "dice_loss": loss, "max_dice_loss": limit, "refused": loss[worst] > limit}
     if record["refused"]:
