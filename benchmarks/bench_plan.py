@@ -12,7 +12,8 @@ Subcommands (run each on a quiet machine, pinned to the cores training gets: the
         NNUNET/bin/nnUNetv2_plan_and_preprocess -d 501 502 503 --no_pp
     .venv/bin/python benchmarks/bench_plan.py compare --out /tmp/bench_plan --nnunet-preprocessed /tmp/nnunet_pre
     # trained runs side by side (run folders of `python -m medseg.train DATASET_DIR` / `... liver`)
-    .venv/bin/python benchmarks/bench_plan.py dice "planned 1 mm=RUN_DIR" "liver.yaml=RUN_DIR" ...
+    .venv/bin/python benchmarks/bench_plan.py dice "planned 1 mm=RUN_DIR" "liver.yaml=RUN_DIR" ... \
+        --classes liver=1+2,tumour=2
     # preprocess once: 60 synthetic CT-sized cases, disk cache vs the in-memory cache, under /usr/bin/time -v
     .venv/bin/python benchmarks/bench_plan.py cache --out /tmp/bench_cache --cases 60
 """
@@ -259,13 +260,35 @@ def _metric(metrics: dict[str, Any], name: str) -> str:
     return f"{metrics[name]['dice']:.3f}" if name in metrics else "-"
 
 
+def _rescored(run: Path, classes: dict[str, list[int]]) -> dict[str, Any]:
+    """The run's validation predictions (``predictions/<case>.nii.gz``) scored again with ``classes``, in the
+    layout of its ``metrics.json`` (so runs planned with other reported classes compare like with like)."""
+    from monai.transforms import LoadImage
+
+    from medseg.evaluation.classes import class_mask
+
+    loader = LoadImage(image_only=True)
+    scores: dict[str, list[float]] = {c: [] for c in classes}
+    for case in json.loads((run / "cases.json").read_text())["val"]:
+        name = Path(case["label"]).name
+        pred, ref = np.asarray(loader(str(run / "predictions" / name))), np.asarray(loader(case["label"]))
+        for c, members in classes.items():
+            p, r = class_mask(pred, members), class_mask(ref, members)
+            total = int(p.sum()) + int(r.sum())
+            scores[c].append(1.0 if total == 0 else 2.0 * int((p & r).sum()) / total)
+    return {c: {"dice": float(np.mean(v))} for c, v in scores.items()}
+
+
 def cmd_dice(args: argparse.Namespace) -> None:
+    from medseg.evaluation.classes import parse_classes
+
+    classes = parse_classes(args.classes) if args.classes else None
     print("| run | liver Dice | tumour Dice | spacing | mode, patch | epochs x iterations | step s (load) | wall s |")
     print("|---|---|---|---|---|---|---|---|")
     for spec in args.runs:
         title, _, folder = spec.rpartition("=")
         run = Path(folder)
-        metrics = json.loads((run / "metrics.json").read_text())
+        metrics = _rescored(run, classes) if classes else json.loads((run / "metrics.json").read_text())
         cfg = yaml.safe_load((run / "config.yaml").read_text())
         info = json.loads((run / "run.json").read_text())
         step = "-"
@@ -333,6 +356,7 @@ def cmd_startup(args: argparse.Namespace) -> None:
 
     sets = [f"data.dataset={args.dataset}", f"training.num_workers={args.workers}"]
     sets += [f"training.cache_dir={args.cache_dir}"] if args.cache_dir else []
+    sets += [f"training.cache_rate={args.cache_rate}"]
     cfg = load_config("liver", sets)
     train, val = load_dataset(cfg, args.dataset, cfg.training.seed)
     cfg = fit_preprocessing(cfg, items(train))
@@ -391,9 +415,12 @@ def cmd_cache(args: argparse.Namespace) -> None:
     child = [sys.executable, str(Path(__file__).resolve()), "_startup", "--dataset", str(root),
              "--batches", str(args.batches), "--workers", str(args.workers)]
     rows = {}
+    disk = ["--cache-dir", str(cache), "--cache-rate", "0"]  # nothing of it held in memory
     for title, extra in (("in-memory cache (CacheDataset, cache_rate 1)", []),
-                         ("disk cache, 1st run (fills it)", ["--cache-dir", str(cache), "--fill"]),
-                         ("disk cache, 2nd run (reuses it)", ["--cache-dir", str(cache)])):
+                         ("disk cache, cache_rate 0, 1st run (fills it)", disk + ["--fill"]),
+                         ("disk cache, cache_rate 0, 2nd run (reuses it)", disk),
+                         ("disk cache, cache_rate 0.25, 3rd run (a quarter held in memory)",
+                          ["--cache-dir", str(cache), "--cache-rate", "0.25"])):
         load = os.getloadavg()[0]
         rows[title] = {**_timed(child + extra, args.out / f"{len(rows)}.log"), "load": round(load, 2)}
         print(title, json.dumps(rows[title]), flush=True)
@@ -421,6 +448,8 @@ def main() -> None:
     c.add_argument("--nnunet-preprocessed", type=Path, required=True, help="nnUNet_preprocessed folder")
     d = sub.add_parser("dice", help="trained runs side by side: TITLE=RUN_DIR ...")
     d.add_argument("runs", nargs="+")
+    d.add_argument("--classes", help="score every run's validation predictions with these classes, e.g."
+                                     " liver=1+2,tumour=2 (default: each run's own metrics.json)")
     k = sub.add_parser("cache", help="disk cache vs in-memory cache on synthetic CT-sized cases")
     k.add_argument("--out", type=Path, required=True)
     k.add_argument("--cases", type=int, default=60)
@@ -432,6 +461,7 @@ def main() -> None:
     s.add_argument("--dataset", type=Path, required=True)
     s.add_argument("--cache-dir", default="")
     s.add_argument("--fill", action="store_true")
+    s.add_argument("--cache-rate", type=float, default=1.0)
     s.add_argument("--batches", type=int, default=20)
     s.add_argument("--workers", type=int, default=0)
     s.add_argument("--t0", type=float, default=0.0, help="the parent's time.time() when it started this process")

@@ -400,7 +400,8 @@ class TrainingConfig(Section):
     persistent_workers: bool = True
     cache_rate: Annotated[Float, _check(lambda v: 0.0 <= v <= 1.0, "must be between 0 and 1")] = 1.0
     # "" = the in-memory cache (cache_rate); a folder = the deterministic preprocessing stored once on disk (MONAI
-    # PersistentDataset under <folder>/<preprocessing digest>/), reused by later runs, folds and resumes
+    # PersistentDataset under <folder>/<preprocessing digest>/), reused by later runs, folds and resumes; with a
+    # folder cache_rate is the share of cases also held in memory (0: every draw reads its case from disk)
     cache_dir: str = ""
     threads: NonNegativeInt = 0  # torch threads; 0 = all cores
     device: Annotated[str, _one_of(reg.DEVICES)] = "auto"

@@ -25,7 +25,7 @@ from monai.data.samplers import DistributedSampler as EvalDistributedSampler
 from monai.engines import SupervisedEvaluator, SupervisedTrainer
 from monai.handlers import LrScheduleHandler, MeanDice, MeanIoUHandler, StatsHandler, ValidationHandler, from_engine
 from monai.inferers import Inferer
-from monai.transforms import AsDiscreted, Compose, MapTransform
+from monai.transforms import AsDiscreted, Compose, MapTransform, RandomizableTrait, Transform
 
 from medseg.engine import distributed
 from medseg.engine.losses import build_loss
@@ -70,16 +70,16 @@ def training_dataset(cases: Items, cfg: Any, cache_rate: float | None = None) ->
     (``test_augmentation`` checks it with every augmentation on). The copy took 38% of the data time in
     slice mode (a whole volume copied for each 2D slice), and far more for full-size CT volumes.
     """
-    if cfg.training.cache_dir:
-        return persistent_dataset(cases, cfg, build_train_transforms(cfg), "train")
     rate = cfg.training.cache_rate if cache_rate is None else cache_rate
+    if cfg.training.cache_dir:
+        return persistent_dataset(cases, cfg, build_train_transforms(cfg), "train", rate)
     return CacheDataset(_dicts(cases), build_train_transforms(cfg), cache_rate=rate, progress=False, copy_cache=False)
 
 
 def validation_dataset(cases: Items, cfg: Any) -> CacheDataset:
     """The validation cases with the deterministic preprocessing, cached."""
     if cfg.training.cache_dir:
-        return persistent_dataset(cases, cfg, build_eval_transforms(cfg), "val")
+        return persistent_dataset(cases, cfg, build_eval_transforms(cfg), "val", cfg.training.cache_rate)
     return CacheDataset(_dicts(cases), build_eval_transforms(cfg), cache_rate=cfg.training.cache_rate,
                         progress=False)
 
@@ -112,16 +112,30 @@ def case_key(item: dict[str, Any]) -> bytes:
     return hashlib.md5(json.dumps(state, default=str).encode()).hexdigest().encode()
 
 
-def persistent_dataset(cases: Items, cfg: Any, transform: Any, part: str) -> PersistentDataset:
-    """``training.cache_dir``: MONAI's PersistentDataset under ``<cache_dir>/<preprocessing key>/<part>``; the
-    deterministic steps run once per case and config, later runs, folds and resumes read them from disk
-    (memory stays bounded: nothing is held in memory)."""
+def split_random(transform: Compose) -> tuple[Compose, Compose]:
+    """``transform`` cut before its first random step (MONAI's rule for what a cache may store): the
+    deterministic head and the random tail, each a Compose with the original's item mapping."""
+    first = transform.get_index_of_first(lambda t: isinstance(t, RandomizableTrait) or not isinstance(t, Transform))
+    steps = list(transform.transforms)
+    first = len(steps) if first is None else first
+    kw = {"map_items": transform.map_items, "unpack_items": transform.unpack_items}
+    return Compose(steps[:first], **kw), Compose(steps[first:], **kw)
+
+
+def persistent_dataset(cases: Items, cfg: Any, transform: Compose, part: str, cache_rate: float = 0.0) -> CacheDataset:
+    """``training.cache_dir``: the deterministic steps stored once per case and config by MONAI's
+    PersistentDataset under ``<cache_dir>/<preprocessing key>/<part>``, so later runs, folds and resumes read
+    them from disk; ``cache_rate`` of the cases are then also held in memory (MONAI's CacheDataset over the
+    stored items), the others read from disk at every draw (``cache_rate`` 0: memory stays bounded by a batch)."""
     folder = Path(cfg.training.cache_dir) / preprocessing_key(cfg) / part
     folder.mkdir(parents=True, exist_ok=True)
+    head, tail = split_random(transform)
     # track_meta: MetaTensors back (affines for the random spatial steps); weights_only=False is needed for
     # them and reads only files this function wrote into the run's own cache folder
-    return PersistentDataset(_dicts(cases), transform, cache_dir=folder, hash_func=case_key, track_meta=True,
-                             weights_only=False)
+    stored = PersistentDataset(_dicts(cases), head, cache_dir=folder, hash_func=case_key, track_meta=True,
+                               weights_only=False)
+    # the random tail never writes into what it is given (see training_dataset), so no copy per draw
+    return CacheDataset(stored, tail, cache_rate=cache_rate, progress=False, copy_cache=False)
 
 
 def training_loader(dataset: Any, cfg: Any, ctx: distributed.Context | None = None, *,

@@ -31,8 +31,8 @@ ENGINES = ("torch", "onnxruntime", "openvino", "openvino-bf16")
 #: pip package of each runtime (both are medseg dependencies; a missing one is named with its pip command)
 PACKAGES = {"onnxruntime": "onnxruntime", "openvino": "openvino", "openvino-bf16": "openvino"}
 ONNX_FILE, INT8_FILE = "model.onnx", "model_int8.onnx"
-#: the runtime of ``--int8`` without ``--engine``: ONNX Runtime's QDQ 3D convolutions ran slower than its float32
-#: ones on the liver bundle (1.7x), OpenVINO's INT8 faster (benchmarks/bench_deploy.py)
+#: the runtime of ``--int8`` without ``--engine``: on the liver bundle OpenVINO's INT8 forward took 0.22x torch fp32's,
+#: ONNX Runtime's 1.19x (its QDQ 3D convolutions; benchmarks/bench_deploy.py)
 INT8_ENGINE = "openvino"
 
 

@@ -81,7 +81,7 @@ def _case_entry(case: Case, rng: np.random.Generator, label_map: dict[int, int])
         sizes = np.bincount(components.ravel())[1:] if n_comp else np.array([0])
         classes[str(int(v))] = {"voxels": int(c), "share": c / voxels, "components": int(n_comp),
                                 "largest_share": float(sizes.max() / c) if c else 0.0,
-                                "volume_mm3": float(c * np.prod(spacing))}
+                                "volume_mm3": float(c * np.prod(spacing)), "border": _border_shares(lab, v)}
     fg = lab > 0
     sampled: list[np.ndarray] = []
     per_class: dict[int, np.ndarray] = {}
@@ -104,6 +104,19 @@ def _case_entry(case: Case, rng: np.random.Generator, label_map: dict[int, int])
              "dims": len(shape), "channels": len(case.images), "label_values": [int(v) for v in values],
              "classes": classes, "image_min": image_min}
     return entry, sampled, per_class
+
+
+def _border_shares(lab: np.ndarray, value: int) -> dict[str, float]:
+    """What lies around class ``value``: the share of the voxels just outside it (face neighbours) that hold each
+    label value (a tumour inside the liver: mostly the liver's value)."""
+    box = ndimage.find_objects((lab == value).astype(np.uint8))[0]
+    box = tuple(slice(max(0, b.start - 1), min(n, b.stop + 1)) for b, n in zip(box, lab.shape))
+    part = lab[box]
+    inside = part == value
+    shell = ndimage.binary_dilation(inside, ndimage.generate_binary_structure(part.ndim, 1)) & ~inside
+    around, counts = np.unique(part[shell], return_counts=True)
+    total = max(1, int(counts.sum()))
+    return {str(int(a)): round(float(c) / total, 4) for a, c in zip(around, counts)}
 
 
 def _mapped(lab: np.ndarray, label_map: dict[int, int]) -> np.ndarray:
@@ -198,6 +211,9 @@ def fingerprint(cases: list[Case], labels: dict[str, int] | None = None, modalit
             "median_components": float(np.median([p["components"] for p in present])) if present else 0.0,
             "median_largest_share": float(np.median([p["largest_share"] for p in present])) if present else 0.0,
             "median_volume_mm3": float(np.median([p["volume_mm3"] for p in present])) if present else 0.0,
+            # per other label: the median share of this class's outer border it makes up (0 where absent)
+            "median_border": {other: float(np.median([p["border"].get(str(ov), 0.0) for p in present]))
+                              for other, ov in labels.items() if ov != v} if present else {},
             "intensity": _stats(np.concatenate(per_class.get(v, [np.zeros(0, np.float32)]))),
         }
     return {

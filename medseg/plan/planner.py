@@ -275,9 +275,7 @@ def _first_decisions(fp: dict[str, Any], mod: Decision, network: str,
     d["augmentation.crop.mode"] = Decision(crop.value["mode"], crop.reason)
     d["training.pos_neg_ratio"] = Decision(crop.value["pos_neg_ratio"], crop.reason)
     d["evaluation.keep_largest_component"] = rules.post_processing(fp)
-    d["evaluation.classes"] = Decision({n: [v] for n, v in fp["labels"].items() if v != 0},
-                                       "one reported class per foreground label (merge labels here, e.g."
-                                       " liver: [1, 2])")
+    d["evaluation.classes"] = rules.reported_classes(fp)
     d["network.name"] = Decision(network, "the chosen family" if network != "resunet" else
                                  "default family: MONAI UNet with residual units")
     return d, spacing, mode

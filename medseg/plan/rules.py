@@ -326,3 +326,39 @@ def post_processing(fp: dict[str, Any]) -> Decision:
     return Decision([], "off until measured: a planned run decides it after training on its validation"
                         " predictions (medseg.plan.post); candidates with one component per case:"
                         f" {', '.join(candidates) or 'none'}")
+
+
+#: a class whose outer border is at least this share (median over cases) one other foreground class lies inside it
+NESTED = 0.75
+
+
+def reported_classes(fp: dict[str, Any]) -> Decision:
+    """One reported class per foreground label, except that a class lying inside another (a tumour in the
+    liver or the kidney: at least ``NESTED`` of its border, median over cases, is that class) is also counted in
+    the outer one, reported as the whole organ (LiTS and KiTS score the liver and the kidney so, tumours
+    included); the inner class is still reported on its own."""
+    labels = {n: v for n, v in fp["labels"].items() if v != 0}
+    inside: dict[str, str] = {}
+    for name, stats in fp["classes"].items():
+        border = {o: s for o, s in stats.get("median_border", {}).items() if o in labels}
+        if border:
+            outer, share = max(border.items(), key=lambda kv: kv[1])
+            if share >= NESTED and fp["classes"].get(outer, {}).get("median_border", {}).get(name, 0.0) < NESTED:
+                inside[name] = outer
+
+    def members(name: str, seen: tuple[str, ...] = ()) -> list[int]:
+        out = [labels[name]]
+        for inner, outer in inside.items():
+            if outer == name and inner not in seen:
+                out += members(inner, seen + (name,))
+        return sorted(set(out))
+
+    classes = {n: members(n) for n in labels}
+    if not inside:
+        return Decision(classes, "one reported class per foreground label: none lies inside another (merge labels"
+                                 " here, e.g. liver: [1, 2])")
+    why = "; ".join(f"{i} lies inside {o} ({fp['classes'][i]['median_border'][o]:.0%} of its border, median)"
+                    for i, o in inside.items())
+    wholes = ", ".join(f"{o} = labels {'+'.join(str(v) for v in classes[o])}" for o in sorted(set(inside.values())))
+    return Decision(classes, f"{why}: {wholes} (the whole organ, as LiTS and KiTS report it); every label also"
+                             " on its own")

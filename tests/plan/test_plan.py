@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
+from typing import Any
 
 import nibabel as nib
 import numpy as np
@@ -143,6 +144,22 @@ def test_crop_ratio_and_post_processing_reasons():
     assert post.reason.endswith("candidates with one component per case: a")
 
 
+def test_a_class_inside_another_is_also_counted_in_the_whole_organ():
+    def fp(borders):
+        classes = {n: {"value": v, "median_share": 0.1, "median_components": 1, "intensity": {"n": 0},
+                       "median_border": borders.get(n, {})} for n, v in (("liver", 1), ("tumour", 2), ("cyst", 3))}
+        return {"labels": {"background": 0, "liver": 1, "tumour": 2, "cyst": 3}, "classes": classes}
+
+    nested = rules.reported_classes(fp({"tumour": {"background": 0.1, "liver": 0.8, "cyst": 0.1},
+                                        "cyst": {"tumour": 0.9, "liver": 0.1}}))
+    assert nested.value == {"liver": [1, 2, 3], "tumour": [2, 3], "cyst": [3]}  # a cyst in a tumour in the liver
+    assert "tumour lies inside liver (80% of its border" in nested.reason and "liver = labels 1+2+3" in nested.reason
+    beside = rules.reported_classes(fp({"tumour": {"background": 0.5, "liver": 0.5}}))
+    assert beside.value == {"liver": [1], "tumour": [2], "cyst": [3]} and "none lies inside" in beside.reason
+    mutual = rules.reported_classes(fp({"tumour": {"liver": 0.9}, "liver": {"tumour": 0.9}}))
+    assert mutual.value == {"liver": [1], "tumour": [2], "cyst": [3]}  # two halves of one region: no nesting
+
+
 def test_ras_geometry_reorders_an_lps_affine():
     affine_lps = np.diag([-0.7, -0.7, 5.0, 1.0])  # RAS diag(0.7, 0.7, 5) written in LPS
     shape, spacing, code = ras_geometry((512, 400, 30), affine_lps)
@@ -206,6 +223,9 @@ def test_fingerprint_has_geometry_classes_intensities_and_no_paths(tmp_path):
     liver = fp["classes"]["liver"]
     assert liver["median_components"] == 1.0 and 0.05 < liver["median_share"] < 0.2
     assert 60 < liver["intensity"]["p50"] < 160  # synthetic liver ~N(110, 15) HU
+    border = fp["classes"]["tumour"]["median_border"]  # the synthetic tumour sits inside the liver
+    assert border["liver"] > 0.9 and border["background"] < 0.1 and liver["median_border"]["tumour"] < 0.5
+    assert rules.reported_classes(fp).value == {"liver": [1, 2], "tumour": [2]}
     text = json.dumps(fp)
     assert str(tmp_path) not in text and [c["case"] for c in fp["cases"]] == [f"case_{i:03d}" for i in range(4)]
 
@@ -335,19 +355,26 @@ def test_train_dataset_dir_plans_and_trains(tmp_path, monkeypatch):
     assert runs and runs[0].data.params["plan.hash"] == plan["hash"]
 
 
-def test_persistent_preprocessing_cache_is_reused_and_invalidated(tmp_path):
-    import os
-
+def _cached_cases(tmp_path: Path, cache_rate: float) -> tuple[list, Path, Any]:
+    """Two synthetic cases and the liver config with a disk cache under ``tmp_path/cache`` at ``cache_rate``."""
     from medseg.data.case import Case
-    from medseg.engine.builders import preprocessing_key, validation_dataset
     from medseg.transforms import fit_preprocessing
 
     root = _msd(tmp_path, n=2)
     cases = [Case.of(root / "imagesTr" / f"case_{i:03d}.nii.gz", root / "labelsTr" / f"case_{i:03d}.nii.gz")
              for i in range(2)]
     cache = tmp_path / "cache"
-    cfg = fit_preprocessing(load_config("liver", FAST + [f"training.cache_dir={cache}"]), cases)
-    first = validation_dataset(cases, cfg)[0]["image"]
+    sets = [f"training.cache_dir={cache}", f"training.cache_rate={cache_rate}"]
+    return cases, cache, fit_preprocessing(load_config("liver", FAST + sets), cases)
+
+
+def test_persistent_preprocessing_cache_is_reused_and_invalidated(tmp_path):
+    import os
+
+    from medseg.engine.builders import preprocessing_key, validation_dataset
+
+    cases, cache, cfg = _cached_cases(tmp_path, 0.0)
+    first = validation_dataset(cases, cfg)[0]["image"]  # cache_rate 0: only what is read is stored
     folder = cache / preprocessing_key(cfg) / "val"
     entries = sorted(folder.glob("*.pt"))
     assert len(entries) == 1
@@ -359,6 +386,31 @@ def test_persistent_preprocessing_cache_is_reused_and_invalidated(tmp_path):
     assert len(list(folder.glob("*.pt"))) == 2
     other = cfg.model_copy(update={"preprocessing": cfg.preprocessing.model_copy(update={"window": "bone"})})
     assert preprocessing_key(other) != preprocessing_key(cfg)  # a changed plan: a new cache folder
+
+
+def test_disk_cache_holds_the_cache_rate_share_in_memory(tmp_path):
+    from medseg.engine.builders import preprocessing_key, training_dataset, validation_dataset
+    from medseg.transforms import fit_preprocessing
+
+    cases, cache, cfg = _cached_cases(tmp_path, 0.5)
+    val = validation_dataset(cases, cfg)
+    folder = cache / preprocessing_key(cfg) / "val"
+    assert val.cache_num == 1 and len(list(folder.glob("*.pt"))) == 1  # the in-memory half, stored on filling
+    held = val[0]["image"]
+    assert val[0]["image"] is held  # from memory: the same tensor again, no disk read
+    read = val[1]["image"]  # the other half: from disk (stored on its first read)
+    assert len(list(folder.glob("*.pt"))) == 2 and val[1]["image"] is not read
+    assert torch.equal(read.as_tensor(), val[1]["image"].as_tensor())
+    plain = fit_preprocessing(load_config("liver", FAST), cases)
+    reference = validation_dataset(cases, plain)  # the in-memory cache without a folder: the same volumes
+    for i in range(2):
+        assert torch.equal(reference[i]["image"].as_tensor(), val[i]["image"].as_tensor())
+        assert torch.equal(reference[i]["image"].affine, val[i]["image"].affine)
+    train = training_dataset(cases, cfg)  # the random tail still runs on every draw: patches of the patch size
+    patch = train[0]
+    patch = patch[0] if isinstance(patch, list) else patch
+    assert list(patch["image"].shape[1:]) == list(cfg.training.patch_size)
+    assert len(list((cache / preprocessing_key(cfg) / "train").glob("*.pt"))) == 1
 
 
 @pytest.mark.slow
