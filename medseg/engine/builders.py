@@ -72,7 +72,7 @@ def training_dataset(cases: Items, cfg: Any, cache_rate: float | None = None) ->
     """
     rate = cfg.training.cache_rate if cache_rate is None else cache_rate
     if cfg.training.cache_dir:
-        return persistent_dataset(cases, cfg, build_train_transforms(cfg), "train", rate)
+        return persistent_dataset(cases, cfg, build_train_transforms(cfg), "train", rate, copy_cache=False)
     return CacheDataset(_dicts(cases), build_train_transforms(cfg), cache_rate=rate, progress=False, copy_cache=False)
 
 
@@ -122,7 +122,8 @@ def split_random(transform: Compose) -> tuple[Compose, Compose]:
     return Compose(steps[:first], **kw), Compose(steps[first:], **kw)
 
 
-def persistent_dataset(cases: Items, cfg: Any, transform: Compose, part: str, cache_rate: float = 0.0) -> CacheDataset:
+def persistent_dataset(cases: Items, cfg: Any, transform: Compose, part: str, cache_rate: float = 0.0,
+                       copy_cache: bool = True) -> CacheDataset:
     """``training.cache_dir``: the deterministic steps stored once per case and config by MONAI's
     PersistentDataset under ``<cache_dir>/<preprocessing key>/<part>``, so later runs, folds and resumes read
     them from disk; ``cache_rate`` of the cases are then also held in memory (MONAI's CacheDataset over the
@@ -134,8 +135,7 @@ def persistent_dataset(cases: Items, cfg: Any, transform: Compose, part: str, ca
     # them and reads only files this function wrote into the run's own cache folder
     stored = PersistentDataset(_dicts(cases), head, cache_dir=folder, hash_func=case_key, track_meta=True,
                                weights_only=False)
-    # the random tail never writes into what it is given (see training_dataset), so no copy per draw
-    return CacheDataset(stored, tail, cache_rate=cache_rate, progress=False, copy_cache=False)
+    return CacheDataset(stored, tail, cache_rate=cache_rate, progress=False, copy_cache=copy_cache)
 
 
 def training_loader(dataset: Any, cfg: Any, ctx: distributed.Context | None = None, *,
