@@ -44,13 +44,26 @@ def initial_clicks(label: np.ndarray, n_labels: int, rng: np.random.Generator) -
     return clicks
 
 
-def largest_error_click(pred: np.ndarray, label: np.ndarray) -> Click | None:
-    """The voxel deepest inside (farthest from the border of) the largest connected region where ``pred`` and
-    ``label`` differ, with the true label there; None when they agree everywhere."""
+def largest_error_click(pred: np.ndarray, label: np.ndarray, earlier: Sequence[Click] = (),
+                        exclude: float = 2.0) -> Click | None:
+    """The voxel deepest inside (farthest from the border of) the largest connected error region, with the true
+    label there; None when nothing is left to click.
+
+    An error region is of one kind (one true label where one other label was predicted: missed liver and false
+    liver are separate regions, as MONAI's DeepEdit discrepancy maps keep them), so the click lands inside what
+    it should fix rather than on a thin shell mixing both. Voxels within ``exclude`` voxels of an ``earlier``
+    click are left out: a click the network did not follow is not repeated (a repeat adds nothing to its
+    guidance map)."""
     errors = pred != label
+    if earlier:
+        near = np.zeros(errors.shape, dtype=bool)
+        for click in earlier:
+            near[tuple(int(c) for c in click[: errors.ndim])] = True
+        errors &= ndimage.distance_transform_edt(~near) > exclude
     if not errors.any():
         return None
-    components = cc3d.connected_components(errors.astype(np.uint8), connectivity=6 if errors.ndim == 3 else 4)
+    kinds = label.astype(np.int64) * (int(max(pred.max(), label.max())) + 1) + pred.astype(np.int64) + 1
+    components = cc3d.connected_components(np.where(errors, kinds, 0), connectivity=6 if errors.ndim == 3 else 4)
     sizes = np.bincount(components.ravel())
     sizes[0] = 0
     region = components == int(sizes.argmax())
@@ -96,7 +109,7 @@ class ClickIteration:
                 finally:
                     network.train(was_training)
             for row, b in enumerate(active):
-                click = largest_error_click(pred[row], labels[b])
+                click = largest_error_click(pred[row], labels[b], clicks[b])
                 if click is None:
                     rounds[b] = 0
                     continue
@@ -118,14 +131,15 @@ def trainer_arguments(cfg: Any) -> dict[str, Any]:
                                                seed=cfg.training.seed)}
 
 
-def simulate_session(predict: Any, label: np.ndarray, n_clicks: int) -> tuple[list[Click], list[np.ndarray]]:
+def simulate_session(predict: Any, label: np.ndarray, n_clicks: int,
+                     exclude: float = 2.0) -> tuple[list[Click], list[np.ndarray]]:
     """The standard interactive benchmark on one case: ``predict(clicks) -> label map`` (same grid as ``label``),
-    starting with no clicks, each next click at the centre of the largest error region. Returns the clicks and
-    the ``n_clicks + 1`` predictions (0, 1, ... clicks)."""
+    starting with no clicks, each next click at the centre of the largest error region not within ``exclude``
+    voxels of an earlier click. Returns the clicks and the ``n_clicks + 1`` predictions (0, 1, ... clicks)."""
     clicks: list[Click] = []
     preds = [predict(clicks)]
     for _ in range(n_clicks):
-        click = largest_error_click(preds[-1], label)
+        click = largest_error_click(preds[-1], label, clicks, exclude)
         if click is None:
             preds.append(preds[-1])
             continue

@@ -80,6 +80,17 @@ def test_largest_error_click_is_the_centre_of_the_largest_error_region():
     assert largest_error_click(label, label) is None
 
 
+def test_error_regions_are_of_one_kind_and_earlier_clicks_are_not_repeated():
+    label = np.zeros((20, 20, 20), np.int64)
+    label[2:8, 2:12, 2:12] = 1  # missed liver (6x10x10 = 600 voxels)...
+    pred = np.zeros_like(label)
+    pred[8:16, 2:12, 2:12] = 1  # ...touching false liver (8x10x10 = 800): one mixed region of 1400 voxels
+    click = largest_error_click(pred, label)
+    assert click[-1] == 0 and 8 <= click[0] < 16  # the larger kind alone, its centre inside the false part
+    assert largest_error_click(pred, label, [click], exclude=5.0)[-1] == 1  # most of it excluded: the miss now
+    assert largest_error_click(pred, label, [click, [4, 6, 6, 1]], exclude=40.0) is None  # nothing left
+
+
 class GuidanceEcho(torch.nn.Module):
     """A tiny network that predicts label c where the guidance channel c is above 0.3 (background elsewhere)."""
 
@@ -116,7 +127,9 @@ def test_click_simulation_on_a_tiny_network_clicks_its_largest_errors():
         for n in range(3, len(clicks[b])):
             maps = guidance_maps((24, 24, 24), 3, clicks[b][:n], 1.5)
             pred = net(torch.cat([image[b:b + 1, :1], maps[None]], 1)).argmax(1)[0].numpy()
-            assert largest_error_click(pred, lab[b]) == clicks[b][n]
+            assert largest_error_click(pred, lab[b], clicks[b][:n]) == clicks[b][n]
+        points = [tuple(c[:-1]) for c in clicks[b]]
+        assert len(set(points)) == len(points)  # no click repeated
     assert net.training  # the simulation's eval passes leave the mode as it was
     sim_auto = ClickIteration(n_labels=3, max_clicks=6, sigma=1.5, auto_prob=1.0)
     assert sim_auto.simulate(net, image, label) == [[], []]
