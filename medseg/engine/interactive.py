@@ -4,10 +4,12 @@ The preprocessing appends one zero guidance channel per label to the image
 (:class:`medseg.transforms.guidance.AddGuidanced`); validation and automatic prediction run with those zeros.
 During training, :class:`ClickIteration` (the trainer's ``iteration_update``) fills them per sample before the
 usual training step: with probability ``interactive.auto_prob`` no clicks (the automatic segmentation is
-trained too); otherwise one initial click inside each label present in the patch, then up to
-``max_clicks - 1`` correction rounds, each running the network (eval mode, no gradients) on the current
-guidance and clicking the centre of the largest error region of its prediction, with the true label there
-(missed foreground: a positive click on that class; a false region: a click on background).
+trained too); otherwise, for half of them, 1 to ``max_clicks`` corrections of the network's automatic mask (as a
+user starts) and, for the other half, one initial click inside each label present in the patch (background:
+near the foreground, where the image is not 0) then up to ``max_clicks - 1`` corrections. Each correction runs
+the network (eval mode, no gradients) on the current guidance and clicks the centre of the largest error
+region of one kind in its prediction, away from earlier clicks, with the true label there (missed foreground:
+a positive click on that class; a false region: a click on background).
 
 Own loop and click rule, not ``monai.apps.deepedit``'s Interaction + FindDiscrepancyRegionsDeepEditd /
 AddRandomGuidanceDeepEditd: those draw a random voxel of the discrepancy on numpy copies per label name; medseg
@@ -34,11 +36,20 @@ logger = logging.getLogger("medseg.train")
 Click = list  # [i, j, k, label]
 
 
-def initial_clicks(label: np.ndarray, n_labels: int, rng: np.random.Generator) -> list[Click]:
-    """One click at a random voxel inside each label value ``0..n_labels-1`` present in ``label`` (spatial)."""
+def initial_clicks(label: np.ndarray, n_labels: int, rng: np.random.Generator,
+                   image: np.ndarray | None = None, margin: int = 3) -> list[Click]:
+    """One click at a random voxel inside each label value ``0..n_labels-1`` present in ``label`` (spatial).
+
+    With ``image`` (the first image channel, same grid) the background click is drawn where the image is not 0
+    and within ``margin`` voxels of the labelled foreground (anywhere in the background when there is no such
+    voxel): a click in the patch's zero padding or far out in the air tells the network nothing."""
     clicks = []
     for value in range(n_labels):
-        where = np.argwhere(label == value)
+        inside = label == value
+        if value == 0 and image is not None and (label > 0).any():
+            near = inside & (image != 0) & ndimage.binary_dilation(label > 0, iterations=margin)
+            inside = near if near.any() else inside
+        where = np.argwhere(inside)
         if len(where):
             clicks.append([*where[rng.integers(len(where))].tolist(), value])
     return clicks
@@ -80,8 +91,10 @@ class ClickIteration:
     """``iteration_update`` for MONAI's SupervisedTrainer: simulated clicks into the guidance channels
     (the last ``n_labels`` of ``batch["image"]``), then the trainer's own iteration (loss, backward, step)."""
 
-    def __init__(self, n_labels: int, max_clicks: int, sigma: float, auto_prob: float, seed: int = 0) -> None:
+    def __init__(self, n_labels: int, max_clicks: int, sigma: float, auto_prob: float, seed: int = 0,
+                 correct_prob: float = 0.5) -> None:
         self.n_labels, self.max_clicks, self.sigma, self.auto_prob = n_labels, max_clicks, sigma, auto_prob
+        self.correct_prob = correct_prob  # of the guided samples: no initial clicks, corrections of the automatic mask
         self.rng = np.random.default_rng(seed)
 
     def simulate(self, network: torch.nn.Module, image: torch.Tensor, label: torch.Tensor,
@@ -91,11 +104,19 @@ class ClickIteration:
         g0 = image.shape[1] - self.n_labels
         image[:, g0:] = 0
         labels = label[:, 0].detach().cpu().numpy().astype(np.int64)
+        first = image[:, 0].detach().cpu().numpy()
         clicks: list[list[Click]] = []
+        rounds: dict[int, int] = {}
         for b in range(image.shape[0]):
-            auto = self.rng.random() < self.auto_prob
-            clicks.append([] if auto else initial_clicks(labels[b], self.n_labels, self.rng))
-        rounds = {b: 0 if not clicks[b] else int(self.rng.integers(0, self.max_clicks)) for b in range(len(clicks))}
+            if self.rng.random() < self.auto_prob:  # the automatic segmentation: no clicks
+                clicks.append([])
+                rounds[b] = 0
+            elif self.rng.random() < self.correct_prob:  # as a user starts: corrections of the automatic mask
+                clicks.append([])
+                rounds[b] = int(self.rng.integers(1, self.max_clicks + 1))
+            else:  # DeepEdit's start: one click per label present, then corrections
+                clicks.append(initial_clicks(labels[b], self.n_labels, self.rng, first[b]))
+                rounds[b] = int(self.rng.integers(0, self.max_clicks))
         for b, sample in enumerate(clicks):
             for click in sample:
                 draw_click(image[b, g0 + click[-1]], click[:-1], self.sigma)

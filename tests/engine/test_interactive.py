@@ -80,6 +80,18 @@ def test_largest_error_click_is_the_centre_of_the_largest_error_region():
     assert largest_error_click(label, label) is None
 
 
+def test_the_initial_background_click_is_near_the_foreground_where_the_image_is_not_zero():
+    label = np.zeros((30, 30, 30), np.int64)
+    label[10:14, 10:14, 10:14] = 1
+    image = np.zeros((30, 30, 30), np.float32)
+    image[5:25, 5:25, 5:25] = 0.5  # the rest is padding (0)
+    for seed in range(20):
+        click = initial_clicks(label, 2, np.random.default_rng(seed), image)[0]
+        assert click[-1] == 0 and all(7 <= c < 17 for c in click[:3])  # within 3 voxels of the foreground
+    far = initial_clicks(label, 2, np.random.default_rng(0), np.zeros_like(image))[0]  # no such voxel: anywhere
+    assert far[-1] == 0 and label[tuple(far[:3])] == 0
+
+
 def test_error_regions_are_of_one_kind_and_earlier_clicks_are_not_repeated():
     label = np.zeros((20, 20, 20), np.int64)
     label[2:8, 2:12, 2:12] = 1  # missed liver (6x10x10 = 600 voxels)...
@@ -111,7 +123,7 @@ def test_click_simulation_on_a_tiny_network_clicks_its_largest_errors():
     label[:, 0, 3:15, 3:15, 3:15] = 1
     label[:, 0, 18:22, 18:22, 18:22] = 2
     image = torch.randn(2, 1 + 3, 24, 24, 24)
-    sim = ClickIteration(n_labels=3, max_clicks=6, sigma=1.5, auto_prob=0.0, seed=1)
+    sim = ClickIteration(n_labels=3, max_clicks=6, sigma=1.5, auto_prob=0.0, seed=1, correct_prob=0.0)
     net = GuidanceEcho(3)
     clicks = sim.simulate(net, image, label)
     lab = label[:, 0].numpy().astype(int)
@@ -131,6 +143,13 @@ def test_click_simulation_on_a_tiny_network_clicks_its_largest_errors():
         points = [tuple(c[:-1]) for c in clicks[b]]
         assert len(set(points)) == len(points)  # no click repeated
     assert net.training  # the simulation's eval passes leave the mode as it was
+    corrections = ClickIteration(n_labels=3, max_clicks=6, sigma=1.5, auto_prob=0.0, seed=1, correct_prob=1.0)
+    image = torch.randn(2, 1 + 3, 24, 24, 24)
+    started = corrections.simulate(net, image, label)
+    for b in range(2):  # no initial clicks: the first click corrects the automatic mask (all background here)
+        maps = guidance_maps((24, 24, 24), 3, [], 1.5)
+        auto = net(torch.cat([image[b:b + 1, :1], maps[None]], 1)).argmax(1)[0].numpy()
+        assert 1 <= len(started[b]) <= 6 and started[b][0] == largest_error_click(auto, lab[b])
     sim_auto = ClickIteration(n_labels=3, max_clicks=6, sigma=1.5, auto_prob=1.0)
     assert sim_auto.simulate(net, image, label) == [[], []]
     assert float(image[:, 1:].abs().sum()) == 0.0  # no clicks: zero guidance (automatic segmentation)
