@@ -41,6 +41,7 @@ sys.path.insert(0, str(ROOT))
 
 from medseg.bundle.load import load_bundle  # noqa: E402
 from medseg.bundle.versions import resolve  # noqa: E402
+from medseg.evaluation.classes import class_dice  # noqa: E402
 from medseg.inference import run_case  # noqa: E402
 from medseg.inference.runtimes import INT8_FILE, build_engine  # noqa: E402
 
@@ -75,12 +76,6 @@ def forward_time(forward, batch: torch.Tensor, repeats: int) -> float:
             forward(batch)
             times.append(time.perf_counter() - t)
     return statistics.median(times)
-
-
-def dice(a: np.ndarray, b: np.ndarray, members: list[int]) -> float:
-    x, y = np.isin(a, members), np.isin(b, members)
-    total = int(x.sum()) + int(y.sum())
-    return 1.0 if total == 0 else 2.0 * int((x & y).sum()) / total
 
 
 def child(args: argparse.Namespace) -> None:
@@ -144,10 +139,10 @@ def main() -> None:
                 val_masks[label] = [run_case(loaded.chain, forward, {"image": image})[0].numpy() for image, _ in val]
                 for pred, (_, ref) in zip(val_masks[label], val):
                     for c, members in classes.items():
-                        scores[c].append(dice(pred, ref, list(members)))
+                        scores[c].append(class_dice(pred, ref, list(members)))
                 row["val_dice"] = {c: float(np.mean(v)) for c, v in scores.items()}
                 # the same masks as torch's on the real validation cases (the CT below is synthetic)
-                row["val_dice_vs_torch"] = {c: float(np.mean([dice(p, t, list(m)) for p, t in
+                row["val_dice_vs_torch"] = {c: float(np.mean([class_dice(p, t, list(m)) for p, t in
                                                               zip(val_masks[label], val_masks["torch fp32"])]))
                                             for c, m in classes.items()}
             if not args.skip_ct:
@@ -158,7 +153,7 @@ def main() -> None:
                 row.update(json.loads(out))
                 masks[label] = np.load(mask)
                 ref = masks["torch fp32"]
-                row["ct_dice_vs_torch"] = {c: dice(masks[label], ref, list(m)) for c, m in classes.items()}
+                row["ct_dice_vs_torch"] = {c: class_dice(masks[label], ref, list(m)) for c, m in classes.items()}
             rows.append(row)
             print(json.dumps(row), flush=True)
 
@@ -178,7 +173,7 @@ def main() -> None:
         student = {"network": sloaded.cfg.network.name, "forward_s": statistics.median(s_times),
                    "teacher_forward_s": statistics.median(t_times)}
         if val:
-            student["val_dice"] = {c: float(np.mean([dice(run_case(sloaded.chain, student_fwd, {"image": image})[0]
+            student["val_dice"] = {c: float(np.mean([class_dice(run_case(sloaded.chain, student_fwd, {"image": image})[0]
                                                           .numpy(), ref, list(m)) for image, ref in val]))
                                    for c, m in classes.items()}
         print(json.dumps(student), flush=True)

@@ -265,7 +265,7 @@ def _rescored(run: Path, classes: dict[str, list[int]]) -> dict[str, Any]:
     layout of its ``metrics.json`` (so runs planned with other reported classes compare like with like)."""
     from monai.transforms import LoadImage
 
-    from medseg.evaluation.classes import class_mask
+    from medseg.evaluation.classes import class_dice
 
     loader = LoadImage(image_only=True)
     scores: dict[str, list[float]] = {c: [] for c in classes}
@@ -273,9 +273,7 @@ def _rescored(run: Path, classes: dict[str, list[int]]) -> dict[str, Any]:
         name = Path(case["label"]).name
         pred, ref = np.asarray(loader(str(run / "predictions" / name))), np.asarray(loader(case["label"]))
         for c, members in classes.items():
-            p, r = class_mask(pred, members), class_mask(ref, members)
-            total = int(p.sum()) + int(r.sum())
-            scores[c].append(1.0 if total == 0 else 2.0 * int((p & r).sum()) / total)
+            scores[c].append(class_dice(pred, ref, members))
     return {c: {"dice": float(np.mean(v))} for c, v in scores.items()}
 
 

@@ -1,8 +1,9 @@
 """INT8 in a bundle: ``models/model_int8.onnx``, post-training static quantisation of ``models/model.onnx``.
 
-ONNX Runtime's ``quantize_static`` (QDQ format, per-channel int8 weights, symmetric int8 activations: OpenVINO fuses
-these into its int8 convolutions; with uint8 activations it left a zero-point subtraction and a reference-kernel
-conversion around every convolution and kept the transposed convolutions in float32, 2.1x slower here) calibrates activation ranges (min/max) on patches drawn by the training dataset of the engine's
+ONNX Runtime's ``quantize_static`` (QDQ format, per-channel int8 weights, symmetric int8 activations: OpenVINO
+fuses these into its int8 convolutions; with uint8 activations it left a zero-point subtraction and a
+reference-kernel conversion around every convolution and kept the transposed convolutions in float32, 2.1x
+slower here) calibrates activation ranges (min/max) on patches drawn by the training dataset of the engine's
 builders from the run's training cases (``bundle.int8_patches``, a few hundred at most). The quantised model then
 predicts the run's validation cases through the one prediction chain beside the fp32 network; its Dice per class
 and the loss against fp32 are recorded in ``metadata.json`` (``medseg_int8``). A loss above
@@ -26,7 +27,7 @@ from medseg.data.case import Case
 from medseg.data.labelmaps import mapped_labels
 from medseg.engine.builders import training_dataset
 from medseg.errors import MedsegError
-from medseg.evaluation.classes import class_mask
+from medseg.evaluation.classes import class_dice
 from medseg.inference import Forward, build_chain, run_case, torch_forward
 from medseg.inference.runtimes import INT8_ENGINE, INT8_FILE, ONNX_FILE, build_engine
 
@@ -102,12 +103,6 @@ def quantise(models_dir: Path, cfg: Any, train_cases: list[Case], n_patches: int
     return target
 
 
-def _dice(pred: np.ndarray, ref: np.ndarray, members: list[int]) -> float:
-    p, r = class_mask(pred, members), class_mask(ref, members)
-    total = int(p.sum()) + int(r.sum())
-    return 1.0 if total == 0 else 2.0 * int((p & r).sum()) / total
-
-
 def validation_dice(cfg: Any, forwards: dict[str, Forward], cases: list[Case]) -> dict[str, dict[str, float]]:
     """Mean Dice per evaluation class over ``cases`` for each forward callable (name -> class -> Dice)."""
     if not cases:
@@ -121,7 +116,7 @@ def validation_dice(cfg: Any, forwards: dict[str, Forward], cases: list[Case]) -
         for name, forward in forwards.items():
             pred = run_case(chain, forward, case.item())[0].numpy()
             for c, members in classes.items():
-                sums[name][c] += _dice(pred, ref, list(members))
+                sums[name][c] += class_dice(pred, ref, members)
     return {name: {c: v / len(cases) for c, v in per.items()} for name, per in sums.items()}
 
 

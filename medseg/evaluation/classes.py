@@ -74,6 +74,15 @@ def class_mask(labels: np.ndarray, members: Iterable[int]) -> np.ndarray:
     return out.reshape(labels.shape, order=order)
 
 
+def class_dice(pred: np.ndarray, ref: np.ndarray, members: Iterable[int]) -> float:
+    """Dice of one reported class (the voxels labelled one of ``members``) between two label maps; 1.0 when
+    both masks are empty."""
+    members = list(members)
+    p, r = class_mask(pred, members), class_mask(ref, members)
+    total = int(p.sum()) + int(r.sum())
+    return 1.0 if total == 0 else 2.0 * int(np.count_nonzero(p & r)) / total
+
+
 def label_values(labels: np.ndarray) -> list[int]:
     """The distinct label values present, ascending (``np.unique`` on the array's own memory order)."""
     flat, _ = _flat(np.asarray(labels))

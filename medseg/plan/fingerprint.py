@@ -77,11 +77,12 @@ def _case_entry(case: Case, rng: np.random.Generator, label_map: dict[int, int])
     for v, c in zip(values.tolist(), counts.tolist()):
         if v == 0:
             continue
-        components, n_comp = ndimage.label(lab == v)
+        mask = lab == v
+        components, n_comp = ndimage.label(mask)
         sizes = np.bincount(components.ravel())[1:] if n_comp else np.array([0])
         classes[str(int(v))] = {"voxels": int(c), "share": c / voxels, "components": int(n_comp),
                                 "largest_share": float(sizes.max() / c) if c else 0.0,
-                                "volume_mm3": float(c * np.prod(spacing)), "border": _border_shares(lab, v)}
+                                "volume_mm3": float(c * np.prod(spacing)), "border": _border_shares(lab, mask)}
     fg = lab > 0
     sampled: list[np.ndarray] = []
     per_class: dict[int, np.ndarray] = {}
@@ -106,13 +107,13 @@ def _case_entry(case: Case, rng: np.random.Generator, label_map: dict[int, int])
     return entry, sampled, per_class
 
 
-def _border_shares(lab: np.ndarray, value: int) -> dict[str, float]:
-    """What lies around class ``value``: the share of the voxels just outside it (face neighbours) that hold each
-    label value (a tumour inside the liver: mostly the liver's value)."""
-    box = ndimage.find_objects((lab == value).astype(np.uint8))[0]
+def _border_shares(lab: np.ndarray, mask: np.ndarray) -> dict[str, float]:
+    """What lies around one class (``mask``, not empty): the share of the voxels just outside it (face
+    neighbours) that hold each label value (a tumour inside the liver: mostly the liver's value)."""
+    box = ndimage.find_objects(mask.view(np.uint8))[0]
     box = tuple(slice(max(0, b.start - 1), min(n, b.stop + 1)) for b, n in zip(box, lab.shape))
     part = lab[box]
-    inside = part == value
+    inside = mask[box]
     shell = ndimage.binary_dilation(inside, ndimage.generate_binary_structure(part.ndim, 1)) & ~inside
     around, counts = np.unique(part[shell], return_counts=True)
     total = max(1, int(counts.sum()))
