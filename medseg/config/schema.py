@@ -445,6 +445,8 @@ class InteractiveConfig(Section):
     sigma: Positive = 2.0  # Gaussian click map width, voxels of the preprocessed grid
     auto_prob: Prob = 0.25  # share of training samples with no clicks (the automatic segmentation)
     window: list[int] = Field(default_factory=list)  # medseg.serve: voxels recomputed around a click; [] = the patch
+    # medseg.serve on a bundle without guidance channels: a click changes voxels at most this far from it (mm)
+    correction_radius: Positive = 10.0
 
 
 class TrackingConfig(Section):

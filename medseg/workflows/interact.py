@@ -10,10 +10,10 @@ chain it does not cover). The forward passes run in torch or, with ``engine``, i
 - **click-guided bundle** (``interactive.enabled``): the click goes into the guidance channels (positive: the
   class's channel; negative: background's) and the network reruns on the window around it
   (``interactive.window`` voxels, default the training patch: one forward pass), with every click so far;
-- **any other bundle**: a local correction from the model's own probabilities: a positive click gives the class
-  the connected region around the click where its probability is at least half the probability at the click
-  (a ball of 3 voxels where that is under 0.05); a negative click takes the class's connected region under the
-  click away (the next most likely class wins there).
+- **any other bundle**: a local correction from the model's own probabilities: within
+  ``interactive.correction_radius`` mm (default 10) of the click, the connected voxels at least as likely to be
+  the click's class as the clicked voxel take it (a positive click gives them the class, a negative click takes
+  it away and the next most likely class wins there).
 
 Undo restores the window's logits (and drops the click). Saving writes ``<case>_seg.nii.gz`` (and
 ``<case>_seg.dcm``, a DICOM SEG, for a DICOM series) and ``<case>_clicks.json`` (clicks, times, changed
@@ -350,22 +350,41 @@ class CaseSession:
             self.logits[(slice(None), *box)] = self.bundle.chain.inferer(window, self.forward)[0]
 
     def _local(self, point: list[int], label: int, positive: bool, box: tuple[slice, ...]) -> None:
+        """A click on a bundle without guidance channels: a local shift of the decision threshold to the clicked
+        voxel's probability. The voxels connected to the click within ``interactive.correction_radius`` mm that
+        are at least as likely to be the click's class as the clicked voxel (positive: ``label``; negative: not
+        ``label``) take it: a positive click gives them ``label``, a negative one takes ``label`` away (the next
+        most likely class wins there). On the liver bundle's validation case this rule raised Dice with every
+        simulated click, where the unbounded component it replaces removed the whole liver on one negative click
+        (README, "Click and correct")."""
         logits = self.logits[(slice(None), *box)]
         q = tuple(p - s.start for p, s in zip(point, box))
         prob = torch.softmax(logits.float(), 0)
+        current = prob.argmax(0)
+        p_label = prob[label]
+        likely = p_label >= p_label[q] if positive else p_label <= p_label[q]
+        change = (current != label) if positive else (current == label)
+        grid = np.indices(logits.shape[1:], dtype=np.float32)
+        spacing = self._grid_spacing()
+        near = sum(((g - c) * s) ** 2 for g, c, s in zip(grid, q, spacing)) <= float(self._radius()) ** 2
+        taps = tuple(slice(max(0, c - 1), c + 2) for c in q)  # the grid voxels an input voxel at the click reads
+        likely[taps] = True
+        candidates = (likely & change).cpu().numpy() & near
+        candidates[q] = True
+        region = torch.from_numpy(_component_at(candidates, q))
         if positive:
-            at = float(prob[(label, *q)])
-            if at >= 0.05:
-                candidates = (prob[label] >= 0.5 * at).cpu().numpy()
-            else:
-                grid = np.indices(logits.shape[1:])
-                candidates = sum((g - c) ** 2 for g, c in zip(grid, q)) <= 9
-            region = _component_at(candidates, q)
-            logits[label][torch.from_numpy(region)] = logits.max(0).values[torch.from_numpy(region)] + 1.0
+            logits[label][region] = logits.max(0).values[region] + 1.0
         else:
-            region = _component_at((prob.argmax(0) == label).cpu().numpy(), q)
-            if region.any():
-                logits[label][torch.from_numpy(region)] = logits.min(0).values[torch.from_numpy(region)] - 1.0
+            logits[label][region] = logits.min(0).values[region] - 1.0
+
+    def _radius(self) -> float:
+        cfg = self.bundle.cfg
+        return float(cfg.interactive.correction_radius) if cfg is not None else 10.0
+
+    def _grid_spacing(self) -> list[float]:
+        """Voxel size (mm) of the network's grid."""
+        affine = np.asarray(self.data["image"].affine, dtype=np.float64)
+        return [float(v) for v in np.linalg.norm(affine[:3, :3], axis=0)]
 
     def _redraw_guidance(self) -> None:
         image = self.data["image"]

@@ -294,6 +294,39 @@ def test_negative_local_click_removes_the_region_under_it(tmp_path):
     assert session.labels[20, 18, 14] != 2 and entry["changed_voxels"] >= 1
 
 
+def test_local_correction_shifts_the_threshold_to_the_click_within_the_radius(tmp_path):
+    session = CaseSession(tiny_bundle(False), "ct", write_case(tmp_path / "ct.nii.gz"))
+    shape = tuple(session.logits.shape[1:])
+    spacing, radius = session._grid_spacing(), session._radius()
+    grid = np.indices(shape)
+    c0 = shape[0] // 2
+    ramp = torch.from_numpy((grid[0] - c0 - 0.5).astype(np.float32)) * 0.5  # class 1 likelier with i: > 0.5 for i > c0
+    session.logits = torch.stack([torch.zeros(shape), ramp, torch.full(shape, -20.0)])
+    before = session.logits.argmax(0).numpy()
+    full = tuple(slice(0, n) for n in shape)
+    centre = [shape[1] // 2, shape[2] // 2]
+
+    def near(point):
+        return sum(((g - c) * s) ** 2 for g, c, s in zip(grid, point, spacing)) <= radius ** 2
+
+    def taps(point):  # the grid voxels next to the click: always changed
+        return np.all([np.abs(g - c) <= 1 for g, c in zip(grid, point)], axis=0)
+
+    point = [c0 - 1, *centre]  # missed: a positive click where class 1 is under 0.5
+    session._local(point, 1, True, full)
+    after = session.logits.argmax(0).numpy()
+    expect = np.where(near(point) & ((grid[0] >= c0 - 1) | taps(point)) & (before != 1), 1, before)  # as likely as the click, nearby
+    assert np.array_equal(after, expect) and (after != before).sum() > 1
+    assert (after[: c0 - 2] == before[: c0 - 2]).all()  # less likely than the clicked voxel: untouched
+    point = [c0 + 2, *centre]  # false: a negative click on class 1 takes it away up to the click's probability
+    p1 = torch.softmax(session.logits, 0)[1].numpy()
+    session._local(point, 1, False, full)
+    again = session.logits.argmax(0).numpy()
+    expect = np.where(near(point) & ((p1 <= p1[tuple(point)]) | taps(point)) & (after == 1), 0, after)
+    assert np.array_equal(again, expect)
+    assert (again[grid[0] > c0 + 3] == 1).all()  # likelier class-1 voxels stay: not the whole region under the click
+
+
 @pytest.mark.parametrize("name", ["../evil", "a/b", "..", ".hidden", "x" * 200, ""])
 def test_case_names_cannot_leave_the_output_folder(tmp_path, name):
     with pytest.raises(MedsegError, match="case name"):
