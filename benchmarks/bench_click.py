@@ -16,7 +16,10 @@ figures.
 With ``--dice IMAGE LABEL`` (e.g. the sample's validation half, data/lits_sample/{imagesTr,labelsTr}/
 lits_sample_val.nii.gz) and a trained ``--bundle``: the standard interactive benchmark instead, simulated clicks
 each at the centre of the largest error region of the current liver mask (labels 1 and 2), starting from the
-automatic one; liver Dice after 0, 1, 3, 5, 10 clicks and the clicks to reach 0.95.
+automatic one; liver Dice after 0, 1, 3, 5, 10 clicks and the clicks to reach 0.95. ``--oracle R [R ...]`` adds,
+for the same bundle's automatic mask and the same click rule, what an ideal local correction would reach: each
+click fixes every error voxel of its kind (missed or false liver) connected to it within R mm, and nothing else
+(an upper bound for any correction of that reach, not a method).
 """
 
 from __future__ import annotations
@@ -102,6 +105,30 @@ def dice_after_clicks(loaded: LoadedBundle, image: Path, label: Path, n: int = 1
     return [dice(p, truth, (1,)) for p in preds]
 
 
+def oracle_after_clicks(loaded: LoadedBundle, image: Path, label: Path, radius: float, n: int = 10,
+                        members: tuple[int, ...] = (1, 2)) -> list[float]:
+    """Liver Dice after 0..n clicks of an ideal correction within ``radius`` mm (see the module's docstring)."""
+    from scipy import ndimage
+
+    from medseg.engine.interactive import dice, largest_error_click
+
+    truth = np.isin(np.asarray(nib.load(str(label)).dataobj), members).astype(np.int64)
+    session = CaseSession(loaded, "bench", image)
+    pred = np.isin(session.labels, members).astype(np.int64)
+    grid = np.indices(pred.shape, dtype=np.float32)
+    clicks: list = []
+    scores = [dice(pred, truth, (1,))]
+    for _ in range(n):
+        click = largest_error_click(pred, truth, clicks)
+        if click is not None:
+            clicks.append(click)
+            near = sum(((g - c) * s) ** 2 for g, c, s in zip(grid, click[:3], session.spacing)) <= radius ** 2
+            regions, _ = ndimage.label((pred != truth) & (truth == click[3]) & near)
+            pred[regions == regions[tuple(click[:3])]] = click[3]
+        scores.append(dice(pred, truth, (1,)))
+    return scores
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--bundle")
@@ -109,6 +136,8 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--dice", nargs=2, type=Path, metavar=("IMAGE", "LABEL"))
     p.add_argument("--engine", choices=("torch", "onnxruntime", "openvino"), default="torch")
+    p.add_argument("--oracle", nargs="+", type=float, metavar="MM", help="with --dice: an ideal correction's reach")
+    p.add_argument("--radius", type=float, help="interactive.correction_radius (mm) for a bundle without guidance")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory() as tmp:
@@ -119,11 +148,16 @@ def run(args: argparse.Namespace, tmp: Path) -> None:
     loaded = bundle(args.bundle, tmp if args.engine != "torch" and not args.bundle else None)
     print(f"engine {args.engine}, {args.threads} threads, load average at the start "
           + " / ".join(f"{v:.2f}" for v in os.getloadavg()) + " (1 / 5 / 15 min)")
+    if args.radius is not None and loaded.cfg is not None:
+        loaded.cfg.interactive.correction_radius = args.radius
     if args.dice:
         scores = dice_after_clicks(loaded, *args.dice, engine=args.engine)
         reach = next((i for i, d in enumerate(scores) if d >= 0.95), None)
         print("liver Dice after " + ", ".join(f"{k} clicks {scores[k]:.3f}" for k in (0, 1, 3, 5, 10))
               + f"; Dice 0.95 {'after ' + str(reach) + ' clicks' if reach is not None else 'not reached in 10'}")
+        for radius in args.oracle or []:
+            ideal = oracle_after_clicks(loaded, *args.dice, radius)
+            print(f"ideal correction within {radius:g} mm: " + ", ".join(f"{k} clicks {ideal[k]:.3f}" for k in (0, 1, 3, 5, 10)))
         return
     for name, (shape, spacing) in CASES.items():
         path = tmp / f"{name}.nii.gz"

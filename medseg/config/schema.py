@@ -446,7 +446,7 @@ class InteractiveConfig(Section):
     auto_prob: Prob = 0.25  # share of training samples with no clicks (the automatic segmentation)
     window: list[int] = Field(default_factory=list)  # medseg.serve: voxels recomputed around a click; [] = the patch
     # medseg.serve on a bundle without guidance channels: a click changes voxels at most this far from it (mm)
-    correction_radius: Positive = 10.0
+    correction_radius: Positive = 15.0
 
 
 class TrackingConfig(Section):

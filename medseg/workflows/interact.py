@@ -11,7 +11,7 @@ chain it does not cover). The forward passes run in torch or, with ``engine``, i
   class's channel; negative: background's) and the network reruns on the window around it
   (``interactive.window`` voxels, default the training patch: one forward pass), with every click so far;
 - **any other bundle**: a local correction from the model's own probabilities: within
-  ``interactive.correction_radius`` mm (default 10) of the click, the connected voxels at least as likely to be
+  ``interactive.correction_radius`` mm (default 15) of the click, the connected voxels at least as likely to be
   the click's class as the clicked voxel take it (a positive click gives them the class, a negative click takes
   it away and the next most likely class wins there).
 
@@ -354,9 +354,10 @@ class CaseSession:
         voxel's probability. The voxels connected to the click within ``interactive.correction_radius`` mm that
         are at least as likely to be the click's class as the clicked voxel (positive: ``label``; negative: not
         ``label``) take it: a positive click gives them ``label``, a negative one takes ``label`` away (the next
-        most likely class wins there). On the liver bundle's validation case this rule raised Dice with every
-        simulated click, where the unbounded component it replaces removed the whole liver on one negative click
-        (README, "Click and correct")."""
+        most likely class wins there); the grid voxels next to the click always do, so that the clicked input
+        voxel itself changes. On the liver bundle's validation case it raised Dice from 0.936 to 0.945 in 5
+        simulated clicks, where the unbounded region it replaces (the whole connected class under a negative
+        click) took the liver away (0.763 after one click; README, "Click and correct")."""
         logits = self.logits[(slice(None), *box)]
         q = tuple(p - s.start for p, s in zip(point, box))
         prob = torch.softmax(logits.float(), 0)
@@ -379,7 +380,7 @@ class CaseSession:
 
     def _radius(self) -> float:
         cfg = self.bundle.cfg
-        return float(cfg.interactive.correction_radius) if cfg is not None else 10.0
+        return float(cfg.interactive.correction_radius) if cfg is not None else 15.0
 
     def _grid_spacing(self) -> list[float]:
         """Voxel size (mm) of the network's grid."""
