@@ -101,7 +101,7 @@ class InvertToLabelsd(MapTransform):
         def inverted_after(values: torch.Tensor) -> MetaTensor:  # as Invertd: the image's trace and metadata
             pred = MetaTensor(values, meta=copy.deepcopy(image.meta),
                               applied_operations=copy.deepcopy(image.applied_operations))
-            return _inverse(steps[s + 1:], key, pred)
+            return invert_steps(steps[s + 1:], key, pred)
 
         values = probs.as_tensor() if isinstance(probs, MetaTensor) else probs
         mask = inverted_after(torch.ones((1, *values.shape[1:]), dtype=torch.uint8))
@@ -110,7 +110,7 @@ class InvertToLabelsd(MapTransform):
         trace = steps[s].get_most_recent_transform({key: mask}, key, check=False)
         if trace.get(TraceKeys.ID) != id(steps[s]) or trace[TraceKeys.EXTRA_INFO].get("mode") != "bilinear":
             return None
-        placed = _placement(mask, image.affine, values.shape[1:])
+        placed = grid_placement(mask, image.affine, values.shape[1:])
         if placed is None:  # not a zero padding/crop: MONAI inverts the probabilities themselves
             pred = inverted_after(values)
             grid = offset = None
@@ -119,7 +119,7 @@ class InvertToLabelsd(MapTransform):
             pred = MetaTensor(values[(slice(None), *region)], meta=mask.meta, applied_operations=mask.applied_operations)
             grid = mask.shape[1:]
         labels = steps[s].inverse_argmax({key: pred}, grid, offset)[key]
-        return _inverse(steps[:s], key, labels)
+        return invert_steps(steps[:s], key, labels)
 
 
 def file_axes(labels: MetaTensor) -> MetaTensor:
@@ -148,7 +148,7 @@ def file_axes(labels: MetaTensor) -> MetaTensor:
     return out
 
 
-def _inverse(steps: Sequence, key: Hashable, value: MetaTensor) -> MetaTensor:
+def invert_steps(steps: Sequence, key: Hashable, value: MetaTensor) -> MetaTensor:
     """MONAI's inverse of ``steps`` on ``{key: value}``, as ``Invertd`` runs it (other keys of the chain missing)."""
     invertible = [t for t in steps if isinstance(t, InvertibleTransform)]
     if not invertible:
@@ -158,7 +158,7 @@ def _inverse(steps: Sequence, key: Hashable, value: MetaTensor) -> MetaTensor:
         return chain.inverse({key: value})[key]
 
 
-def _placement(mask: MetaTensor, affine: torch.Tensor, shape: Sequence[int]) -> tuple[tuple, list[int]] | None:
+def grid_placement(mask: MetaTensor, affine: torch.Tensor, shape: Sequence[int]) -> tuple[tuple, list[int]] | None:
     """Where the inverted chain put the network's grid (``affine``, ``shape``), from ``mask`` (the chain's inverse
     of ones): ``(slices of the network's grid that are kept, their offset in the mask's grid)``, when the
     grids differ by an integer shift and the mask is 1 on one box of that shifted grid and 0 elsewhere."""

@@ -137,7 +137,7 @@ class ScaleSpacingd(MapTransform, InvertibleTransform):
         return d
 
 
-def _linear_taps(n_in: int, n_out: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+def linear_taps(n_in: int, n_out: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Source indices and weights of linear interpolation ``n_in -> n_out`` (align_corners=False), computed in
     float32 as torch's ``interpolate`` computes them: ``(i0, i1, w0, w1)`` with ``out = w0 * x[i0] + w1 * x[i1]``."""
     scale = torch.tensor(n_in, dtype=torch.float32) / n_out
@@ -174,7 +174,7 @@ def resize_argmax(
         raise ValueError(f"resize_argmax: {nd}D probabilities, size {size}, grid {grid}")
     if any(o < 0 or o + n > g for o, n, g in zip(offset, x.shape[1:], grid)):
         raise ValueError(f"resize_argmax: probabilities {tuple(x.shape[1:])} at {offset} outside the grid {grid}")
-    i0, i1, w0, w1 = _linear_taps(grid[0], size[0])
+    i0, i1, w0, w1 = linear_taps(grid[0], size[0])
     n = x.shape[1]
     j0, j1 = i0 - offset[0], i1 - offset[0]  # source planes in the probabilities; outside them the grid is 0
     in0, in1 = (j0 >= 0) & (j0 < n), (j1 >= 0) & (j1 < n)

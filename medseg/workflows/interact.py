@@ -45,10 +45,10 @@ from medseg.data.nifti import REVERSED_AXES
 from medseg.errors import MedsegError
 from medseg.fileio import atomic_write_text
 from medseg.inference import torch_forward
-from medseg.inference.postprocess import PERMUTING, InvertToLabelsd, _inverse, _placement
+from medseg.inference.postprocess import PERMUTING, InvertToLabelsd, grid_placement, invert_steps
 from medseg.inference.runtimes import build_engine
 from medseg.transforms.guidance import draw_click, map_clicks
-from medseg.transforms.resample import _linear_taps
+from medseg.transforms.resample import linear_taps
 from medseg.transforms.settings import guidance_channels
 
 #: case names: letters, digits, ``._-``, not starting with a dot (so never ``..`` or a path)
@@ -90,7 +90,7 @@ class WindowedInversion:
                  perm: list[int], flips: list[bool], rest: list[Any]) -> None:
         self.region, self.offset, self.grid, self.size = region, offset, grid, size
         self.perm, self.flips, self.rest = perm, flips, rest
-        self.taps = [_linear_taps(g, n) for g, n in zip(grid, size)]
+        self.taps = [linear_taps(g, n) for g, n in zip(grid, size)]
 
     @classmethod
     def build(cls, chain: Any, image: MetaTensor, labels_affine: np.ndarray, labels_shape: tuple[int, ...]
@@ -113,13 +113,13 @@ class WindowedInversion:
             return None
         ones = MetaTensor(torch.ones((1, *image.shape[1:]), dtype=torch.uint8), meta=copy.deepcopy(image.meta),
                           applied_operations=copy.deepcopy(image.applied_operations))  # inverses pop from traces
-        mask = _inverse(steps[s + 1:], key, ones)
+        mask = invert_steps(steps[s + 1:], key, ones)
         if not mask.applied_operations:
             return None
         trace = mask.applied_operations[-1]
         if trace.get(TraceKeys.ID) != id(steps[s]) or trace[TraceKeys.EXTRA_INFO].get("mode") != "bilinear":
             return None
-        placed = _placement(mask, image.affine, image.shape[1:])
+        placed = grid_placement(mask, image.affine, image.shape[1:])
         if placed is None:
             return None
         region, offset = placed
