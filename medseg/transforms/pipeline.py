@@ -100,6 +100,15 @@ def _intensity_spec(cfg: dict[str, Any]) -> list[dict[str, Any]]:
     return []
 
 
+def orientation_codes(cfg: Any) -> str:
+    """``preprocessing.orientation`` for the data's dimensions: its first two letters for 2D pictures (a 2D
+    network not in slice mode), which is what MONAI's Orientation uses of three letters anyway, without its
+    warning on every picture."""
+    net = cfg.network
+    return cfg.preprocessing.orientation[:2] if net.spatial_dims == 2 and not net.slice_mode else \
+        cfg.preprocessing.orientation
+
+
 def preprocess_spec(cfg: dict[str, Any], keys: tuple[str, ...] = KEYS, *,
                     before_intensity: bool = False) -> list[dict[str, Any]]:
     """The deterministic preprocessing as MONAI-bundle style entries ``{"_target_": name, **kwargs}``.
@@ -122,7 +131,7 @@ def preprocess_spec(cfg: dict[str, Any], keys: tuple[str, ...] = KEYS, *,
         {"_target_": "LoadImaged", "keys": k, "image_only": True, "reader": [DICOM_READER, NIFTI_READER, PICTURE_READER]},
         {"_target_": "EnsureChannelFirstd", "keys": k},
         *([{"_target_": "RGBToGreyd", "keys": "image"}] if cfg.data.rgb == "grey" else []),
-        {"_target_": "Orientationd", "keys": k, "axcodes": pre.orientation, "labels": None},
+        {"_target_": "Orientationd", "keys": k, "axcodes": orientation_codes(cfg), "labels": None},
         {"_target_": "ScaleSpacingd", "keys": k, "pixdim": spacing, "mode": modes},
     ]
     label_map = cfg.effective_label_map()
