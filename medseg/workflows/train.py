@@ -25,6 +25,7 @@ from monai.transforms import LoadImage
 
 from medseg.bundle import export_bundle
 from medseg.bundle.int8 import Int8Refused
+from medseg.bundle.versions import resolve as resolve_bundle
 from medseg.config import load_config
 from medseg.engine.checks import check_task
 from medseg.data.case import Case, items
@@ -350,7 +351,9 @@ def evaluate_export_report(opts: Options, cfg: Any, result: TrainResult, val_cas
     elapsed = time.monotonic() - started
     report = {"task": cfg.task, "seconds": round(elapsed, 1), "best_val_mean_dice": result.best_val_dice,
               "best_epoch": result.best_epoch, "epochs_run": result.epochs_run, "stop_reason": result.stop_reason,
-              "fold": fold, "bundle": str(bundle_dir) if bundle_dir else None}
+              "fold": fold, "bundle": str(bundle_dir) if bundle_dir else None,
+              # the version folder this run wrote: the stable name moves on to the next training's bundle
+              "bundle_version": str(resolve_bundle(bundle_dir)) if bundle_dir else None}
     (run_dir / "run.json").write_text(json.dumps(report, indent=2))
     figures = redraw(run_dir, cfg)
     if tracker is not None:

@@ -43,6 +43,13 @@ def test_each_export_is_a_new_version_and_the_name_points_at_the_latest(trained,
     assert export_main(["--list", "--dir", str(tmp_path / "nothing")]) == 2
 
 
+def test_run_json_names_the_version_the_run_wrote(trained):
+    report = json.loads((trained["run"] / "run.json").read_text())
+    assert report["bundle"] == str(trained["bundle"])  # the stable name, which a later training moves on
+    assert Path(report["bundle_version"]).name == "liver_ct_segmentation-v1"
+    assert Path(report["bundle_version"]) == versions.resolve(trained["bundle"])
+
+
 def test_the_stable_name_loads_and_runs_on_stock_monai(trained, tmp_path: Path):
     from medseg.bundle.load import load_bundle
 
