@@ -6,7 +6,8 @@ Routes (JSON unless said; with a token, every route but the page needs ``Authori
 - ``GET /api/info``: bundle name, labels, whether clicks rerun the network (click-guided bundle)
 - ``GET /api/cases``: the cases under ``--input-dir`` and the open ones
 - ``POST /api/open`` ``{"name": case}``: open a case of ``--input-dir`` (by its listed name only)
-- ``POST /api/upload?name=file.nii.gz``: open an uploaded NIfTI/NRRD/MHA file (body: the file; size-limited)
+- ``POST /api/upload?name=file.nii.gz``: open an uploaded NIfTI/NRRD/MHA file, or a DICOM series as one
+  ``name.zip`` of its files (body: the file; size-limited, a zip also on its unpacked size)
 - ``GET /api/cases/{case}``: shape, spacing, clicks; ``.../image`` float32 and ``.../mask`` uint8 raw voxels
   (C order, shape in ``X-Shape``)
 - ``POST /api/cases/{case}/click`` ``{"voxel": [i, j, k], "label": c, "positive": true}``; ``.../undo``;
@@ -17,10 +18,14 @@ Routes (JSON unless said; with a token, every route but the page needs ``Authori
 from __future__ import annotations
 
 import hmac
+import io
 import ipaddress
+import shutil
 import tempfile
 import threading
-from pathlib import Path
+import zipfile
+import zlib
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import torch
@@ -107,7 +112,7 @@ def _summary(session: CaseSession) -> dict[str, Any]:
 
 
 def _fail(err: MedsegError) -> HTTPException:
-    return HTTPException(400, str(err))
+    return HTTPException(413 if isinstance(err, TooLarge) else 400, str(err))
 
 
 def create_app(server: Server, token: str | None = None) -> FastAPI:
@@ -170,10 +175,10 @@ def _add_upload_route(app: FastAPI, server: Server) -> None:
             check_case_name(name)
         except MedsegError as err:
             raise _fail(err) from None
-        suffix = next((s for s in UPLOAD_SUFFIXES if name.lower().endswith(s)), None)
+        suffix = next((s for s in (*UPLOAD_SUFFIXES, ".zip") if name.lower().endswith(s)), None)
         if suffix is None:
-            raise HTTPException(400, f"upload {name!r}: send a {', '.join(UPLOAD_SUFFIXES)} file (DICOM series: put"
-                                     " them under --input-dir)")
+            raise HTTPException(400, f"upload {name!r}: send a {', '.join(UPLOAD_SUFFIXES)} file, or a DICOM series"
+                                     " as one .zip of its files")
         declared = request.headers.get("content-length")
         if declared and declared.isdigit() and int(declared) > server.max_upload:
             raise HTTPException(413, f"upload of {int(declared)} bytes: over the limit of {server.max_upload}")
@@ -184,11 +189,56 @@ def _add_upload_route(app: FastAPI, server: Server) -> None:
                 raise HTTPException(413, f"upload over the limit of {server.max_upload} bytes")
         case = name[: -len(suffix)]
         path = Path(server.uploads.name) / name
-        path.write_bytes(bytes(data))
         try:
+            if suffix == ".zip":
+                path = unzip_series(bytes(data), path.with_name(f"{case}_series"), server.max_upload)
+            else:
+                path.write_bytes(bytes(data))
             return _summary(server.open(check_case_name(case), path))
         except MedsegError as err:
             raise _fail(err) from None
+
+
+class TooLarge(MedsegError):
+    """An upload over the size limit (HTTP 413)."""
+
+
+def unzip_series(data: bytes, folder: Path, limit: int) -> Path:
+    """A DICOM series sent as one zip: its files written flat into ``folder`` (new) under numbered names, so no
+    member's path is ever used (none can leave the folder; symbolic links arrive as plain files, and a member
+    named with ``..`` or an absolute path is refused outright); hidden files are left out; refused with
+    :class:`TooLarge` once the unpacked bytes pass ``limit`` (counted while writing, not from the zip's own
+    sizes, which a zip bomb can fake)."""
+    try:
+        archive = zipfile.ZipFile(io.BytesIO(data))
+    except zipfile.BadZipFile:
+        raise MedsegError("upload: not a zip file; send the DICOM series' files as one .zip") from None
+    for member in archive.infolist():
+        path = PurePosixPath(member.filename.replace("\\", "/"))
+        if path.is_absolute() or ".." in path.parts:
+            raise MedsegError(f"upload: the zip member {member.filename!r} points outside the archive; zip the"
+                              " series' files themselves")
+    members = [m for m in archive.infolist() if not m.is_dir() and not any(  # hidden files, macOS resource forks
+        part.startswith(".") or part == "__MACOSX" for part in PurePosixPath(m.filename).parts)]
+    if not members:
+        raise MedsegError("upload: the zip holds no files; zip the DICOM series' files")
+    if folder.exists():  # an earlier upload of the same case name, inside the server's own temporary folder
+        shutil.rmtree(folder)
+    folder.mkdir()
+    written = 0
+    for i, member in enumerate(members):
+        try:
+            with archive.open(member) as src, open(folder / f"{i:06d}.dcm", "wb") as dst:
+                while chunk := src.read(1 << 20):
+                    written += len(chunk)
+                    if written > limit:
+                        raise TooLarge(f"upload: the zip unpacks to over the limit of {limit} bytes"
+                                       " (raise --max-upload-mb for a larger series)")
+                    dst.write(chunk)
+        except (zipfile.BadZipFile, zlib.error, NotImplementedError, RuntimeError) as err:  # damaged, encrypted
+            raise MedsegError(f"upload: cannot unpack {PurePosixPath(member.filename).name!r} from the zip ({err})"
+                              "; zip the series again without encryption") from None
+    return folder
 
 
 def _raw(array: Any) -> Response:

@@ -16,7 +16,7 @@ canvas{image-rendering:pixelated;background:#000;cursor:crosshair}
 </style></head><body>
 <div id="bar">
  <select id="cases"></select><button id="open">Open</button>
- <input type="file" id="file"><button id="upload">Upload</button>
+ <input type="file" id="file" title="a NIfTI/NRRD/MHA file, or a DICOM series as one .zip"><button id="upload">Upload</button>
  class <select id="klass"></select>
  level <input id="level" type="number" value="60" style="width:5em">
  width <input id="width" type="number" value="400" style="width:5em">

@@ -322,3 +322,46 @@ def test_dicom_series_case_saves_nifti_and_dicom_seg_on_the_series_grid(tmp_path
     assert [s.SegmentLabel for s in seg.SegmentSequence] == ["liver", "tumour"]
     log = files[2].read_text()
     assert "1.2.3.4" not in log and "PatientName" not in log  # no identifiers from the series in the log
+
+
+def test_dicom_series_uploaded_as_a_zip(served):
+    import io
+    import zipfile
+
+    import pydicom
+
+    from medseg.data.dicom import write_series
+    from tests.conftest import synthetic_case
+
+    url, tmp = served["url"], served["tmp"]
+    image, _, _ = synthetic_case()
+    lps = np.diag([1.5, 1.5, 2.0, 1.0])
+    write_series(tmp / "series", image.astype(np.float64), lps, series_uid="1.2.3.9", prefix="s")
+    def zipped(first: str) -> bytes:
+        buffer = io.BytesIO()
+        with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+            for i, f in enumerate(sorted((tmp / "series").iterdir())):
+                archive.write(f, first + f.name if i == 0 else f"scan/{f.name}")
+            archive.writestr("__MACOSX/scan/._s0001.dcm", b"not dicom")  # left out
+        return buffer.getvalue()
+
+    status, body, _ = call(f"{url}/api/upload?name=dcm_002.zip", "POST", zipped("../../escape/"))
+    assert status == 400 and "points outside the archive" in json.loads(body)["detail"]
+    status, body, _ = call(f"{url}/api/upload?name=dcm_002.zip", "POST", zipped("scan/"))
+    assert status == 200, body
+    assert json.loads(body)["shape"] == list(image.shape)
+    assert not (tmp / "escape").exists() and not (tmp.parent / "escape").exists()
+    status, body, _ = call(f"{url}/api/cases/dcm_002/save", "POST")
+    assert status == 200 and json.loads(body)["files"] == ["dcm_002_seg.nii.gz", "dcm_002_seg.dcm", "dcm_002_clicks.json"]
+    seg = pydicom.dcmread(served["out"] / "dcm_002_seg.dcm")
+    assert seg.Modality == "SEG" and seg.ReferencedSeriesSequence[0].SeriesInstanceUID == "1.2.3.9"
+    assert nib.load(served["out"] / "dcm_002_seg.nii.gz").shape == image.shape
+    bomb = io.BytesIO()  # 0.5 MB allowed: a few kilobytes that unpack to 2 MB
+    with zipfile.ZipFile(bomb, "w", zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("a.dcm", bytes(2_000_000))
+    assert len(bomb.getvalue()) < 50_000
+    status, body, _ = call(f"{url}/api/upload?name=bomb.zip", "POST", bomb.getvalue())
+    assert status == 413 and "unpacks to over the limit" in json.loads(body)["detail"]
+    status, body, _ = call(f"{url}/api/upload?name=fake.zip", "POST", b"PK not really")
+    assert status == 400 and "not a zip" in json.loads(body)["detail"]
+
