@@ -39,6 +39,7 @@ import torch
 from medseg.bundle.load import LoadedBundle, load_bundle
 from medseg.bundle.onnx import export_onnx
 from medseg.config import load_config
+from medseg.evaluation.classes import class_dice
 from medseg.inference import build_chain
 from medseg.networks import build_network
 from medseg.transforms import input_channels
@@ -88,7 +89,7 @@ def dice_after_clicks(loaded: LoadedBundle, image: Path, label: Path, n: int = 1
     """Liver Dice after 0..n simulated clicks, each at the centre of the largest error region of the liver mask
     (``members``' union, tumour inside the liver): missed liver gets a positive click on ``members[0]``, false
     liver a negative click on the class under it. (Errors between liver and tumour are not liver errors.)"""
-    from medseg.engine.interactive import dice, simulate_session
+    from medseg.engine.interactive import simulate_session
 
     truth = np.isin(np.asarray(nib.load(str(label)).dataobj), members).astype(np.int64)
     session = CaseSession(loaded, "bench", image, engine=engine)
@@ -102,7 +103,7 @@ def dice_after_clicks(loaded: LoadedBundle, image: Path, label: Path, n: int = 1
         return np.isin(session.labels, members).astype(np.int64)
 
     _, preds = simulate_session(predict, truth, n)
-    return [dice(p, truth, (1,)) for p in preds]
+    return [class_dice(p, truth, [1]) for p in preds]
 
 
 def oracle_after_clicks(loaded: LoadedBundle, image: Path, label: Path, radius: float, n: int = 10,
@@ -110,14 +111,14 @@ def oracle_after_clicks(loaded: LoadedBundle, image: Path, label: Path, radius: 
     """Liver Dice after 0..n clicks of an ideal correction within ``radius`` mm (see the module's docstring)."""
     from scipy import ndimage
 
-    from medseg.engine.interactive import dice, largest_error_click
+    from medseg.engine.interactive import largest_error_click
 
     truth = np.isin(np.asarray(nib.load(str(label)).dataobj), members).astype(np.int64)
     session = CaseSession(loaded, "bench", image)
     pred = np.isin(session.labels, members).astype(np.int64)
     grid = np.indices(pred.shape, dtype=np.float32)
     clicks: list = []
-    scores = [dice(pred, truth, (1,))]
+    scores = [class_dice(pred, truth, [1])]
     for _ in range(n):
         click = largest_error_click(pred, truth, clicks)
         if click is not None:
@@ -125,7 +126,7 @@ def oracle_after_clicks(loaded: LoadedBundle, image: Path, label: Path, radius: 
             near = sum(((g - c) * s) ** 2 for g, c, s in zip(grid, click[:3], session.spacing)) <= radius ** 2
             regions, _ = ndimage.label((pred != truth) & (truth == click[3]) & near)
             pred[regions == regions[tuple(click[:3])]] = click[3]
-        scores.append(dice(pred, truth, (1,)))
+        scores.append(class_dice(pred, truth, [1]))
     return scores
 
 

@@ -39,18 +39,14 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from medseg.data.nuclei import prepare_nuclei_sample  # noqa: E402
+from medseg.evaluation.classes import class_dice  # noqa: E402
 from medseg.evaluation.instances import instance_metrics  # noqa: E402
 from medseg.inference.instances import label_instances  # noqa: E402
 
 
-def dice(a: np.ndarray, b: np.ndarray) -> float:
-    total = a.sum() + b.sum()
-    return float(2 * (a & b).sum() / total) if total else 1.0
-
-
 def score(pred_semantic: np.ndarray, pred_instances: np.ndarray, ref_instances: np.ndarray) -> dict[str, float]:
     m = instance_metrics(ref_instances, pred_instances)
-    return {"pixel_dice": dice(pred_semantic > 0, ref_instances > 0), "object_f1": m["object_f1"], "aji": m["aji"],
+    return {"pixel_dice": class_dice(pred_semantic > 0, ref_instances > 0, [1]), "object_f1": m["object_f1"], "aji": m["aji"],
             "adapted_rand_error": m["adapted_rand_error"], "objects": m["objects_predicted"],
             "objects_reference": m["objects_reference"]}
 

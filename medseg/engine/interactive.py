@@ -168,9 +168,3 @@ def simulate_session(predict: Any, label: np.ndarray, n_clicks: int,
         preds.append(predict(list(clicks)))
     return clicks, preds
 
-
-def dice(pred: np.ndarray, label: np.ndarray, members: Sequence[int]) -> float:
-    """Dice of the union of ``members`` (1.0 when both are empty)."""
-    p, t = np.isin(pred, members), np.isin(label, members)
-    total = int(p.sum() + t.sum())
-    return 1.0 if total == 0 else 2.0 * int((p & t).sum()) / total

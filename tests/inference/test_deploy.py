@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from medseg.bundle.onnx import STATIC_SPATIAL, check_onnx, export_onnx
+from medseg.evaluation.classes import class_dice
 from medseg.inference.runtimes import build_engine
 from medseg.networks import build_network
 from medseg.predict import main as predict_main
@@ -89,11 +90,6 @@ def volume(tmp_path_factory) -> Path:
     return folder / "case.nii.gz"
 
 
-def dice(a: np.ndarray, b: np.ndarray, label: int) -> float:
-    x, y = a == label, b == label
-    return 1.0 if not (x.any() or y.any()) else 2 * float((x & y).sum()) / float(x.sum() + y.sum())
-
-
 def _predict(bundle: Path, image: Path, out: Path, *extra: str) -> np.ndarray:
     assert predict_main(["--bundle", str(bundle), "--input", str(image), "--output", str(out), "--device", "cpu",
                          *extra]) == 0
@@ -118,7 +114,7 @@ def test_engine_gives_the_torch_masks(random_bundle: Path, volume: Path, engine:
     # liver bundle's masks against torch's are in benchmarks/bench_deploy.py)
     limit = 0.97 if engine.endswith("bf16") else 0.99
     for label in (0, 1, 2):
-        assert dice(ref, out, label) >= limit, (engine, label)
+        assert class_dice(ref, out, [label]) >= limit, (engine, label)
 
 
 def test_engine_without_its_package_gives_one_line(random_bundle: Path, volume: Path, tmp_path: Path, capsys,
