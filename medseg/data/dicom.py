@@ -45,7 +45,8 @@ logger = logging.getLogger("medseg.data")
 STEP_RTOL, STEP_ATOL_MM = 0.02, 0.02
 ORIENT_ATOL = 1e-4
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
-_SKIP_NAMES = {"DICOMDIR", "Thumbs.db", "LOCKFILE", "VERSION"}
+#: files that DICOM exports carry beside the series (a folder's or a zip's), never read as images
+SKIP_NAMES = {"DICOMDIR", "Thumbs.db", "LOCKFILE", "VERSION"}
 
 
 @dataclass
@@ -105,7 +106,7 @@ def _candidate_files(folder: Path) -> list[Path]:
     return sorted(
         p for p in folder.rglob("*")
         if p.is_file() and not any(part.startswith(".") for part in p.relative_to(folder).parts)
-        and p.name not in _SKIP_NAMES
+        and p.name not in SKIP_NAMES
     )
 
 

@@ -155,10 +155,11 @@ def invert_steps(steps: Sequence, key: Hashable, value: MetaTensor) -> MetaTenso
     if not invertible:
         return value
     chain = Compose(invertible)
-    with allow_missing_keys_mode(chain), warnings.catch_warnings():
-        # a 2D picture's inverse Orientation gets three codes from its 4x4 affine and uses the first two, as
-        # meant, but warns on every picture
-        warnings.filterwarnings("ignore", message=r"axcodes .* length is smaller than number of input spatial")
+    # a 2D picture's inverse Orientation gets three codes from its 4x4 affine and uses the first two, as meant, but
+    # warns on every picture; the filter is added (once: filterwarnings keeps one copy) rather than scoped, as
+    # catch_warnings is not thread-safe under the server's threads
+    warnings.filterwarnings("ignore", message=r"axcodes .* length is smaller than number of input spatial dimensions")
+    with allow_missing_keys_mode(chain):
         return chain.inverse({key: value})[key]
 
 

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 import re
 import time
 from dataclasses import dataclass, field
@@ -293,10 +294,22 @@ class CaseSession:
     def _box(self, point: list[int]) -> tuple[slice, ...]:
         spatial = self.logits.shape[1:]
         box = []
-        for p, w, n in zip(point, self.window, spatial):
+        for p, w, n in zip(point, self._window(), spatial):
             lo = max(0, min(p - w // 2, n - w))
             box.append(slice(lo, min(n, lo + w)))
         return tuple(box)
+
+    def _window(self) -> list[int]:
+        """The window around a click on every axis of the grid: a 2D network on 3D volumes (slice mode) has a
+        2D patch, so the slice axis gets the slices the click reaches (its guidance map, or the local
+        correction's radius)."""
+        window, spatial = list(self.window), self.logits.shape[1:]
+        if len(window) < len(spatial):
+            cfg = self.bundle.cfg
+            axis = int(cfg.network.slice_axis) if cfg is not None else len(spatial) - 1
+            reach = 3 * self.sigma if self.n_guidance else self._radius() / self._grid_spacing()[axis]
+            window.insert(axis, min(int(spatial[axis]), 2 * math.ceil(reach) + 1))
+        return window
 
     # ---- clicks
 
@@ -354,8 +367,8 @@ class CaseSession:
         voxel's probability. The voxels connected to the click within ``interactive.correction_radius`` mm that
         are at least as likely to be the click's class as the clicked voxel (positive: ``label``; negative: not
         ``label``) take it: a positive click gives them ``label``, a negative one takes ``label`` away (the next
-        most likely class wins there); the grid voxels next to the click always do, so that the clicked input
-        voxel itself changes. On the liver bundle's validation case it raised Dice from 0.936 to 0.945 in 5
+        most likely class wins there); so do the grid voxels around the click (3 per axis, within the radius),
+        so that the clicked input voxel itself changes. On the liver bundle's validation case it raised Dice from 0.936 to 0.945 in 5
         simulated clicks, where the unbounded region it replaces (the whole connected class under a negative
         click) took the liver away (0.763 after one click; README, "Click and correct")."""
         logits = self.logits[(slice(None), *box)]

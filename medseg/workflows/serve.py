@@ -20,6 +20,8 @@ from __future__ import annotations
 import hmac
 import io
 import ipaddress
+import lzma
+import re
 import shutil
 import tempfile
 import threading
@@ -35,6 +37,7 @@ from starlette.middleware.base import BaseHTTPMiddleware
 
 from medseg.bundle.load import LoadedBundle, load_bundle
 from medseg.data.formats import VOLUME_SUFFIXES
+from medseg.data.dicom import SKIP_NAMES
 from medseg.errors import MedsegError
 from medseg.workflows import monailabel
 from medseg.workflows.interact import CaseSession, check_case_name, session_forward
@@ -188,14 +191,20 @@ def _add_upload_route(app: FastAPI, server: Server) -> None:
             if len(data) > server.max_upload:
                 raise HTTPException(413, f"upload over the limit of {server.max_upload} bytes")
         case = name[: -len(suffix)]
-        path = Path(server.uploads.name) / name
         try:
             if suffix == ".zip":
-                path = unzip_series(bytes(data), path.with_name(f"{case}_series"), server.max_upload)
-            else:
+                folder = unzip_series(bytes(data), Path(server.uploads.name), server.max_upload)
+                path = folder
+            else:  # a folder of its own: a case of that name already open keeps reading its own file
+                folder = Path(tempfile.mkdtemp(prefix="upload_", dir=server.uploads.name))
+                path = folder / name
                 path.write_bytes(bytes(data))
+        except MedsegError as err:
+            raise _fail(err) from None
+        try:
             return _summary(server.open(check_case_name(case), path))
         except MedsegError as err:
+            shutil.rmtree(folder, ignore_errors=True)
             raise _fail(err) from None
 
 
@@ -203,41 +212,57 @@ class TooLarge(MedsegError):
     """An upload over the size limit (HTTP 413)."""
 
 
-def unzip_series(data: bytes, folder: Path, limit: int) -> Path:
-    """A DICOM series sent as one zip: its files written flat into ``folder`` (new) under numbered names, so no
-    member's path is ever used (none can leave the folder; symbolic links arrive as plain files, and a member
-    named with ``..`` or an absolute path is refused outright); hidden files are left out; refused with
-    :class:`TooLarge` once the unpacked bytes pass ``limit`` (counted while writing, not from the zip's own
-    sizes, which a zip bomb can fake)."""
+#: files a zipped DICOM series may hold (a series of 20 000 slices is far beyond any scanner's)
+MAX_ZIP_FILES = 20_000
+#: what a damaged, truncated or encrypted zip raises while it is opened or read
+_ZIP_ERRORS = (zipfile.BadZipFile, ValueError, OSError, EOFError, lzma.LZMAError, zlib.error, NotImplementedError,
+               RuntimeError)
+
+
+def unzip_series(data: bytes, parent: Path, limit: int) -> Path:
+    """A DICOM series sent as one zip, unpacked flat into a new folder under ``parent`` (returned): no member's
+    folders are used, so nothing can land outside it (a member named with ``..`` or an absolute path is refused
+    outright; symbolic links arrive as plain files); hidden files, macOS resource forks and the files DICOM
+    exports carry beside a series (DICOMDIR, ...) are left out. Refused with :class:`TooLarge` over
+    :data:`MAX_ZIP_FILES` files or once the unpacked bytes pass ``limit`` (counted while writing, not from the
+    zip's own sizes, which a zip bomb can fake). The folder is removed again on any failure."""
     try:
         archive = zipfile.ZipFile(io.BytesIO(data))
-    except zipfile.BadZipFile:
-        raise MedsegError("upload: not a zip file; send the DICOM series' files as one .zip") from None
-    for member in archive.infolist():
-        path = PurePosixPath(member.filename.replace("\\", "/"))
+        infos = archive.infolist()
+    except _ZIP_ERRORS:
+        raise MedsegError("upload: not a readable zip file; send the DICOM series' files as one .zip") from None
+    members = []
+    for info in infos:
+        path = PurePosixPath(info.filename.replace("\\", "/"))
         if path.is_absolute() or ".." in path.parts:
-            raise MedsegError(f"upload: the zip member {member.filename!r} points outside the archive; zip the"
+            raise MedsegError(f"upload: the zip member {info.filename!r} points outside the archive; zip the"
                               " series' files themselves")
-    members = [m for m in archive.infolist() if not m.is_dir() and not any(  # hidden files, macOS resource forks
-        part.startswith(".") or part == "__MACOSX" for part in PurePosixPath(m.filename).parts)]
+        if not info.is_dir() and path.name not in SKIP_NAMES and not any(
+                part.startswith(".") or part == "__MACOSX" for part in path.parts):
+            members.append((info, path.name))
     if not members:
         raise MedsegError("upload: the zip holds no files; zip the DICOM series' files")
-    if folder.exists():  # an earlier upload of the same case name, inside the server's own temporary folder
-        shutil.rmtree(folder)
-    folder.mkdir()
+    if len(members) > MAX_ZIP_FILES:
+        raise TooLarge(f"upload: the zip holds {len(members)} files, more than {MAX_ZIP_FILES}")
+    folder = Path(tempfile.mkdtemp(prefix="series_", dir=parent))
     written = 0
-    for i, member in enumerate(members):
-        try:
-            with archive.open(member) as src, open(folder / f"{i:06d}.dcm", "wb") as dst:
-                while chunk := src.read(1 << 20):
-                    written += len(chunk)
-                    if written > limit:
-                        raise TooLarge(f"upload: the zip unpacks to over the limit of {limit} bytes"
-                                       " (raise --max-upload-mb for a larger series)")
-                    dst.write(chunk)
-        except (zipfile.BadZipFile, zlib.error, NotImplementedError, RuntimeError) as err:  # damaged, encrypted
-            raise MedsegError(f"upload: cannot unpack {PurePosixPath(member.filename).name!r} from the zip ({err})"
-                              "; zip the series again without encryption") from None
+    try:
+        for i, (info, name) in enumerate(members):
+            safe = re.sub(r"[^A-Za-z0-9._-]", "_", name)[-64:]
+            try:
+                with archive.open(info) as src, open(folder / f"{i:06d}_{safe}", "wb") as dst:
+                    while chunk := src.read(1 << 20):
+                        written += len(chunk)
+                        if written > limit:
+                            raise TooLarge(f"upload: the zip unpacks to over the limit of {limit} bytes"
+                                           " (raise --max-upload-mb for a larger series)")
+                        dst.write(chunk)
+            except _ZIP_ERRORS as err:
+                raise MedsegError(f"upload: cannot unpack {name!r} from the zip ({type(err).__name__}: {err}); zip"
+                                  " the series again, without encryption") from None
+    except BaseException:
+        shutil.rmtree(folder, ignore_errors=True)
+        raise
     return folder
 
 

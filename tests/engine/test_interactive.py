@@ -34,8 +34,10 @@ def test_guidance_maps_have_gaussian_values_at_the_clicks():
     maps = guidance_maps((20, 20, 20), 3, [[5, 6, 7, 1], [15, 15, 15, 0]], sigma=2.0)
     assert maps.shape == (3, 20, 20, 20)
     assert float(maps[1, 5, 6, 7]) == pytest.approx(1.0)
-    assert float(maps[1, 7, 6, 7]) == pytest.approx(math.exp(-4 / 8))  # 2 voxels = 1 sigma away
-    assert float(maps[1, 5, 6, 9]) == pytest.approx(math.exp(-4 / 8))
+    # 2 voxels = 1 sigma away; torch 2.13's CPU exp is off by up to 8e-5 (relative) in some processes, depending
+    # on where its input lies in memory (the same values cloned give the exact result): 1 in 7 runs here
+    assert float(maps[1, 7, 6, 7]) == pytest.approx(math.exp(-4 / 8), rel=2e-4)
+    assert float(maps[1, 5, 6, 9]) == pytest.approx(math.exp(-4 / 8), rel=2e-4)
     assert float(maps[0, 15, 15, 15]) == pytest.approx(1.0)
     assert float(maps[2].abs().sum()) == 0.0  # no click on label 2
     assert float(maps[1, 15, 15, 15]) == 0.0  # far from the label-1 click (beyond 4 sigma)
@@ -168,9 +170,10 @@ def test_interactive_config_gives_guidance_channels_and_the_trainer_hook():
 # ---- one case corrected by clicks (untrained tiny networks: the mechanics, not the quality)
 
 
-def tiny_bundle(interactive: bool, seed: int = 0) -> LoadedBundle:
-    cfg = load_config(str(REPO / "pipelines" / "liver_interactive.yaml"),
-                      FAST + [f"interactive.enabled={str(interactive).lower()}", "training.device=cpu"])
+def tiny_bundle(interactive: bool, seed: int = 0, sets: tuple[str, ...] = (),
+                pipeline: str = "liver_interactive.yaml") -> LoadedBundle:
+    cfg = load_config(str(REPO / "pipelines" / pipeline),
+                      FAST + [f"interactive.enabled={str(interactive).lower()}", "training.device=cpu", *sets])
     torch.manual_seed(seed)
     net = build_network(cfg.network, input_channels(cfg), len(cfg.data.labels)).eval()
     return LoadedBundle("tiny", cfg, net, {0: "background", 1: "liver", 2: "tumour"}, build_chain(cfg))
@@ -295,9 +298,11 @@ def test_negative_local_click_removes_the_region_under_it(tmp_path):
 
 
 def test_local_correction_shifts_the_threshold_to_the_click_within_the_radius(tmp_path):
-    session = CaseSession(tiny_bundle(False), "ct", write_case(tmp_path / "ct.nii.gz"))
+    bundle = tiny_bundle(False, sets=("preprocessing.spacing=[2.0,3.0,4.0]",))
+    session = CaseSession(bundle, "ct", write_case(tmp_path / "ct.nii.gz"))
     shape = tuple(session.logits.shape[1:])
     spacing, radius = session._grid_spacing(), session._radius()
+    assert spacing == pytest.approx([2.0, 3.0, 4.0]) and radius == 15.0  # mm on the network's grid, not voxels
     grid = np.indices(shape)
     c0 = shape[0] // 2
     ramp = torch.from_numpy((grid[0] - c0 - 0.5).astype(np.float32)) * 0.5  # class 1 likelier with i: > 0.5 for i > c0
@@ -325,6 +330,20 @@ def test_local_correction_shifts_the_threshold_to_the_click_within_the_radius(tm
     expect = np.where(near(point) & ((p1 <= p1[tuple(point)]) | taps(point)) & (after == 1), 0, after)
     assert np.array_equal(again, expect)
     assert (again[grid[0] > c0 + 3] == 1).all()  # likelier class-1 voxels stay: not the whole region under the click
+
+
+def test_click_on_a_slice_mode_bundle_works_on_nearby_slices(tmp_path):
+    bundle = tiny_bundle(False, pipeline="liver_2d.yaml", sets=("preprocessing.spacing=[2.0,2.0,2.0]",
+                                                                 "training.patch_size=[16,16]", "network.strides=null",
+                                                                 "network.num_res_units=null"))
+    assert bundle.cfg.network.slice_mode and len(bundle.cfg.training.patch_size) == 2
+    session = CaseSession(bundle, "ct", write_case(tmp_path / "ct.nii.gz"))
+    grid = session.logits.shape[1:]
+    window = session._window()
+    assert len(window) == 3 and window[2] == min(grid[2], 2 * math.ceil(15.0 / 2.0) + 1)  # the radius in slices
+    voxel = [s // 2 for s in session.shape]
+    entry = session.click(voxel, 1, positive=True)
+    assert session.labels[tuple(voxel)] == 1 and entry["changed_voxels"] >= 1
 
 
 @pytest.mark.parametrize("name", ["../evil", "a/b", "..", ".hidden", "x" * 200, ""])

@@ -259,7 +259,7 @@ def test_predict_pictures_round_trip(grey_bundle, tmp_path):
     Image.fromarray(np.stack([grey] * 3, -1)).save(inputs / "rgb.png")
     tifffile.imwrite(inputs / "stack.tif", np.stack([grey, grey[::-1]]))
     with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
+        warnings.simplefilter("always", append=True)  # behind the filters in force, as a user's run has them
         written = predict.run(grey_bundle, inputs, tmp_path / "out")
     assert not [w for w in caught if "axcodes" in str(w.message)]  # 2D orientation codes: no warning per picture
     assert sorted(p.name for p in written) == ["g16_seg.tif", "g_seg.png", "rgb_seg.png", "stack_seg.tif"]

@@ -324,44 +324,63 @@ def test_dicom_series_case_saves_nifti_and_dicom_seg_on_the_series_grid(tmp_path
     assert "1.2.3.4" not in log and "PatientName" not in log  # no identifiers from the series in the log
 
 
-def test_dicom_series_uploaded_as_a_zip(served):
+def test_dicom_series_uploaded_as_a_zip(served, monkeypatch):
     import io
     import zipfile
 
     import pydicom
 
     from medseg.data.dicom import write_series
+    from medseg.workflows import serve
     from tests.conftest import synthetic_case
 
-    url, tmp = served["url"], served["tmp"]
+    url, tmp, server = served["url"], served["tmp"], served["server"]
     image, _, _ = synthetic_case()
     lps = np.diag([1.5, 1.5, 2.0, 1.0])
     write_series(tmp / "series", image.astype(np.float64), lps, series_uid="1.2.3.9", prefix="s")
-    def zipped(first: str) -> bytes:
+
+    def zipped(first: str = "scan/", extra: dict[str, bytes] | None = None) -> bytes:
         buffer = io.BytesIO()
         with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
             for i, f in enumerate(sorted((tmp / "series").iterdir())):
                 archive.write(f, first + f.name if i == 0 else f"scan/{f.name}")
-            archive.writestr("__MACOSX/scan/._s0001.dcm", b"not dicom")  # left out
+            archive.writestr("__MACOSX/scan/._s0001.dcm", b"not dicom")  # left out, as are the export's extras
+            archive.writestr("scan/DICOMDIR", b"an index, not an image")
+            for name, data in (extra or {}).items():
+                archive.writestr(name, data)
         return buffer.getvalue()
+
+    def leftovers() -> list[str]:
+        return sorted(p.name for p in Path(server.uploads.name).iterdir())
 
     status, body, _ = call(f"{url}/api/upload?name=dcm_002.zip", "POST", zipped("../../escape/"))
     assert status == 400 and "points outside the archive" in json.loads(body)["detail"]
-    status, body, _ = call(f"{url}/api/upload?name=dcm_002.zip", "POST", zipped("scan/"))
+    status, body, _ = call(f"{url}/api/upload?name=dcm_002.zip", "POST", zipped())
     assert status == 200, body
-    assert json.loads(body)["shape"] == list(image.shape)
-    assert not (tmp / "escape").exists() and not (tmp.parent / "escape").exists()
+    assert json.loads(body)["shape"] == list(image.shape)  # every slice, none of the extras
+    kept = leftovers()
+    assert len(kept) == 1 and kept[0].startswith("series_")
     status, body, _ = call(f"{url}/api/cases/dcm_002/save", "POST")
     assert status == 200 and json.loads(body)["files"] == ["dcm_002_seg.nii.gz", "dcm_002_seg.dcm", "dcm_002_clicks.json"]
     seg = pydicom.dcmread(served["out"] / "dcm_002_seg.dcm")
     assert seg.Modality == "SEG" and seg.ReferencedSeriesSequence[0].SeriesInstanceUID == "1.2.3.9"
     assert nib.load(served["out"] / "dcm_002_seg.nii.gz").shape == image.shape
+
     bomb = io.BytesIO()  # 0.5 MB allowed: a few kilobytes that unpack to 2 MB
     with zipfile.ZipFile(bomb, "w", zipfile.ZIP_DEFLATED) as archive:
         archive.writestr("a.dcm", bytes(2_000_000))
     assert len(bomb.getvalue()) < 50_000
     status, body, _ = call(f"{url}/api/upload?name=bomb.zip", "POST", bomb.getvalue())
     assert status == 413 and "unpacks to over the limit" in json.loads(body)["detail"]
+    noise = np.random.default_rng(0).integers(0, 256, 5000, dtype=np.uint8).tobytes()  # stays 5 kB deflated
+    damaged = bytearray(zipped(extra={"scan/z.dcm": noise}))
+    at = damaged.find(b"scan/z.dcm") + len("scan/z.dcm")  # inside the first copy's compressed data
+    damaged[at + 100: at + 400] = bytes(300)
+    status, body, _ = call(f"{url}/api/upload?name=damaged.zip", "POST", bytes(damaged))
+    assert status == 400 and "cannot unpack" in json.loads(body)["detail"]
+    monkeypatch.setattr(serve, "MAX_ZIP_FILES", 3)
+    status, body, _ = call(f"{url}/api/upload?name=many.zip", "POST", zipped())
+    assert status == 413 and "more than 3" in json.loads(body)["detail"]
     status, body, _ = call(f"{url}/api/upload?name=fake.zip", "POST", b"PK not really")
-    assert status == 400 and "not a zip" in json.loads(body)["detail"]
-
+    assert status == 400 and "not a readable zip" in json.loads(body)["detail"]
+    assert leftovers() == kept  # nothing left behind by the refused uploads; the open case keeps its files
