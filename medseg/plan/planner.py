@@ -52,6 +52,10 @@ PLANNED_KEYS = (
 )
 
 
+#: decisions the planned run measures after training (medseg.plan.post), outside the plan's hash
+AFTER_TRAINING = frozenset({"evaluation.keep_largest_component"})
+
+
 @dataclass
 class Plan:
     task: str
@@ -66,8 +70,11 @@ class Plan:
 
     @property
     def hash(self) -> str:
-        """Digest of the planned values (not the reasons): the preprocessing cache key's plan part."""
-        text = json.dumps({k: d.value for k, d in sorted(self.decisions.items())}, sort_keys=True, default=str)
+        """Digest of the values planned before training (not the reasons, not :data:`AFTER_TRAINING`'s
+        measured decisions): the plan's identity in MLflow and plan.json, and the preprocessing cache key's plan
+        part. A decision measured after training does not change it (MLflow's params are written at the start)."""
+        text = json.dumps({k: d.value for k, d in sorted(self.decisions.items()) if k not in AFTER_TRAINING},
+                          sort_keys=True, default=str)
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
     def reasons(self) -> dict[str, str]:

@@ -359,6 +359,8 @@ def evaluate_export_report(opts: Options, cfg: Any, result: TrainResult, val_cas
     if tracker is not None:
         artifacts = [run_dir / "config.yaml", *reports, result.best_checkpoint, run_dir / "train.log",
                      run_dir / "history.json", *figures]
+        if (run_dir / "plan.json").is_file():  # a planned run: its decisions, the post-training one included
+            artifacts.append(run_dir / "plan.json")
         log_to_tracker(tracker, opts, cfg, summary, elapsed, artifacts, bundle_dir)
     logger.info("finished in %.0fs; results in %s", elapsed, run_dir)
     return TrainOutcome(run_dir, summary=summary, report=report)

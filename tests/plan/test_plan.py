@@ -276,6 +276,18 @@ def test_bad_input_is_one_line_naming_the_cases(tmp_path, capsys, problem):
     assert not (tmp_path / "out").exists()
 
 
+def test_plan_hash_ignores_the_decision_measured_after_training():
+    from medseg.plan.planner import AFTER_TRAINING, Decision, Plan
+
+    plan = Plan("t", {"training.patch_size": Decision([32, 32, 32], "fits"),
+                      "evaluation.keep_largest_component": Decision([], "measured after training")}, {}, {}, {}, 10.0)
+    before = plan.hash
+    plan.decisions["evaluation.keep_largest_component"] = Decision(["liver"], "raises Dice by 0.01")
+    assert plan.hash == before and "evaluation.keep_largest_component" in AFTER_TRAINING
+    plan.decisions["training.patch_size"] = Decision([32, 32, 16], "fits")
+    assert plan.hash != before  # a planned value is part of it
+
+
 @pytest.mark.slow
 def test_planned_yaml_round_trip_and_auto_keys_beside_hand_set_ones(tmp_path):
     from medseg.workflows import train
