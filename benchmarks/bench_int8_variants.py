@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
-import statistics
 import sys
 import tempfile
 import time
@@ -43,6 +42,9 @@ from medseg.data.case import Case  # noqa: E402
 from medseg.evaluation.classes import class_dice  # noqa: E402
 from medseg.inference import run_case, torch_forward  # noqa: E402
 from medseg.inference.runtimes import _Session, _wrap  # noqa: E402
+
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from bench_deploy import forward_time  # noqa: E402
 
 
 def ov_forward(network: torch.nn.Module, model, threads: int):
@@ -93,21 +95,11 @@ def main() -> None:
     def vs_torch(ms: list[np.ndarray]) -> dict[str, float]:
         return {k: float(np.mean([class_dice(a, b, list(m)) for a, b in zip(ms, torch_masks)])) for k, m in classes.items()}
 
-    def timed(forward) -> float:
-        with torch.no_grad():
-            forward(batch)
-            times = []
-            for _ in range(args.repeats):
-                t = time.perf_counter()
-                forward(batch)
-                times.append(time.perf_counter() - t)
-        return statistics.median(times)
-
     rows: list[dict] = []
 
     def row(name: str, forward, seconds: float | None = None) -> None:
         ms = masks(forward)
-        r = {"variant": name, "forward_s": timed(forward), "vs_torch": vs_torch(ms),
+        r = {"variant": name, "forward_s": forward_time(forward, batch, args.repeats), "vs_torch": vs_torch(ms),
              "val_dice": {k: float(np.mean([class_dice(a, ref, list(m)) for a, ref in zip(ms, refs)]))
                           for k, m in classes.items()}, "quantise_s": seconds}
         rows.append(r)

@@ -353,7 +353,7 @@ def evaluate_export_report(opts: Options, cfg: Any, result: TrainResult, val_cas
               "best_epoch": result.best_epoch, "epochs_run": result.epochs_run, "stop_reason": result.stop_reason,
               "fold": fold, "bundle": str(bundle_dir) if bundle_dir else None,
               # the version folder this run wrote: the stable name moves on to the next training's bundle
-              "bundle_version": str(resolve_bundle(bundle_dir)) if bundle_dir else None}
+              "bundle_version": str(bundle_dir.parent / resolve_bundle(bundle_dir).name) if bundle_dir else None}
     (run_dir / "run.json").write_text(json.dumps(report, indent=2))
     figures = redraw(run_dir, cfg)
     if tracker is not None:
