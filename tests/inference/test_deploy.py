@@ -69,6 +69,25 @@ def test_onnx_export_and_reload_every_family(name: str, dims: int, tmp_path: Pat
     assert float((out - ref).abs().max()) < 1e-4
 
 
+@pytest.mark.skipif(not HAS_OPENVINO, reason="openvino not installed (pip install openvino)")
+def test_openvino_compiles_once_per_input_shape_and_keeps_the_torch_logits(tmp_path: Path) -> None:
+    net = small_network("resunet", 3, 16)
+    export_onnx(net, tmp_path / "model.onnx", [16, 16, 16], 1)
+    forward = build_engine("openvino", net, tmp_path).forward
+    session = getattr(forward, "net", forward)  # the runtime inside the network's size padding
+    cache = session.run
+    cache.keep = 2
+    shapes = [(2, 1, 16, 16, 16), (1, 1, 16, 16, 16), (2, 1, 16, 16, 16), (1, 1, 32, 16, 16)]
+    for i, shape in enumerate(shapes):
+        x = torch.randn(*shape, generator=torch.Generator().manual_seed(i))
+        with torch.no_grad():
+            ref, out = net(x), session(x)
+        assert out.shape == ref.shape and float((out - ref).abs().max()) < 1e-4, shape
+    # the model is compiled for each shape seen, at most ``keep`` of them, the least recently used dropped
+    assert list(cache.compiled) == [(2, 1, 16, 16, 16), (1, 1, 32, 16, 16)]
+    assert [tuple(c.input(0).shape) for c in cache.compiled.values()] == list(cache.compiled)
+
+
 @pytest.fixture(scope="module")
 def random_bundle(trained, tmp_path_factory) -> Path:
     """The trained bundle with seeded random weights (varied classes to compare), its ONNX re-exported."""
