@@ -91,18 +91,19 @@ def _openvino(path: Path, threads: int | None, bf16: bool = False) -> _Session:
     elif INT8_FILE not in path.name:
         config["INFERENCE_PRECISION_HINT"] = "f32"  # no silent bf16 on CPUs that have it: same masks as torch
     model = core.read_model(str(path))
-    core.compile_model(model, "CPU", config)  # a model OpenVINO cannot compile fails here, at load (0.07 s)
-    return _Session(_ShapeCompiled(core, model, config))
+    dynamic = core.compile_model(model, "CPU", config)  # a model OpenVINO cannot compile fails here, at load
+    return _Session(_ShapeCompiled(core, model, config, dynamic))
 
 
 class _ShapeCompiled:
     """An OpenVINO model compiled once per input shape it is called with (at most ``keep`` shapes, the least
     recently used dropped). Own cache: OpenVINO's dynamic-shape kernels ran a float32 batch of two 64x96x96
     windows in 0.086 s against 0.072 s for the same model reshaped to that static shape (liver bundle, 2 threads);
-    a sliding window calls it with one or two shapes."""
+    a sliding window calls it with one or two shapes. A shape the graph cannot be reshaped to runs on
+    ``dynamic``, the model as compiled at load."""
 
-    def __init__(self, core: Any, model: Any, config: dict[str, Any], keep: int = 4) -> None:
-        self.core, self.model, self.config, self.keep = core, model, config, keep
+    def __init__(self, core: Any, model: Any, config: dict[str, Any], dynamic: Any, keep: int = 4) -> None:
+        self.core, self.model, self.config, self.dynamic, self.keep = core, model, config, dynamic, keep
         self.compiled: dict[tuple[int, ...], Any] = {}
 
     def __call__(self, x: np.ndarray) -> Any:
@@ -110,8 +111,11 @@ class _ShapeCompiled:
         compiled = self.compiled.pop(shape, None)
         if compiled is None:
             model = self.model.clone()
-            model.reshape(list(shape))
-            compiled = self.core.compile_model(model, "CPU", self.config)
+            try:
+                model.reshape(list(shape))
+                compiled = self.core.compile_model(model, "CPU", self.config)
+            except RuntimeError:  # OpenVINO's error for a graph that fixes a size: the load-time model runs it
+                compiled = self.dynamic
             while len(self.compiled) >= self.keep:
                 self.compiled.pop(next(iter(self.compiled)))
         self.compiled[shape] = compiled  # most recently used last
