@@ -1,16 +1,24 @@
 """The REST shapes of MONAI Label that 3D Slicer's MONAI Label module uses, on ``medseg.serve``'s cases.
 
 Own routes rather than a MONAI Label app: ``monailabel`` pins its own MONAI and torch ranges, and these few
-shapes are all the module needs to point at ``medseg.serve``:
+shapes are all the module needs to point at ``medseg.serve`` (the tests drive them with MONAI Label 0.8.5's own
+client, ``monailabel.client.MONAILabelClient``, the code the Slicer module calls):
 
 - ``GET /info/``: the app, its labels and one model (``deepedit`` for a click-guided bundle, else ``segmentation``)
-- ``GET /datastore/?output=all``: the cases under ``--input-dir`` (``objects``: id -> image and saved labels)
+- ``GET /datastore/?output=all``: the cases under ``--input-dir`` and the uploaded images (``objects``: id -> image
+  and saved labels)
+- ``PUT /datastore/?image=ID``: form field ``file`` (a NIfTI/NRRD/MHA file, size-limited): the image as a case of
+  that id (kept while the server runs; ``--input-dir`` is never written)
 - ``GET /datastore/image?image=ID``: the image file (a NIfTI/NRRD/MHA file; DICOM series are not served)
 - ``POST /activelearning/{strategy}``: the next case without a saved label (``medseg.rank``'s order when given)
 - ``POST /infer/{model}?image=ID``: the mask as NIfTI; form field ``params`` (JSON) may hold clicks per label name
-  (``{"liver": [[i, j, k], ...], "background": [...]}``, voxel indices as Slicer sends them), applied in order
+  (``{"liver": [[i, j, k], ...], "background": [...]}``, voxel indices as Slicer sends them), applied in order.
+  As MONAI Label answers: a multipart body with ``params`` (JSON: ``label_names``, ``latencies``) and the mask
+  file; ``&output=image`` the file alone, ``&output=json`` the JSON alone
 - ``PUT /datastore/label?image=ID``: form field ``label`` (a NIfTI file): the corrected label, saved into
   ``--output-dir`` as ``<id>_seg.nii.gz`` (atomically; the id is a listed case name only)
+- ``GET /auth/`` and ``POST /auth/token``: whether the server needs a token (``--token``), and the token itself
+  for the password equal to it (any user name), so the module's login gives it the bearer token
 
 Multipart bodies are parsed with the standard library's ``email`` parser (FastAPI's form parsing needs the
 ``python-multipart`` package, which nothing else here uses).
@@ -20,8 +28,12 @@ from __future__ import annotations
 
 import email.parser
 import email.policy
+import hmac
 import json
+import secrets
 import tempfile
+import time
+import urllib.parse
 from pathlib import Path
 from typing import Any
 
@@ -33,13 +45,15 @@ from fastapi.responses import FileResponse, Response
 from medseg import __version__
 from medseg.data.labelmaps import write_label_nifti
 from medseg.errors import MedsegError
-from medseg.workflows.interact import CaseSession, inside
+from medseg.workflows.interact import CaseSession, check_case_name, inside
 
 MODEL = "medseg"
+#: the image files ``PUT /datastore/`` takes (a DICOM series goes through the page's zip upload)
+IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
 
 
-def form_fields(content_type: str, body: bytes) -> dict[str, bytes]:
-    """``name -> bytes`` of a ``multipart/form-data`` body (``{}`` for any other body)."""
+def form_parts(content_type: str, body: bytes) -> dict[str, tuple[str | None, bytes]]:
+    """``name -> (file name or None, bytes)`` of a ``multipart/form-data`` body (``{}`` for any other body)."""
     if not content_type.startswith("multipart/form-data"):
         return {}
     message = email.parser.BytesParser(policy=email.policy.HTTP).parsebytes(
@@ -48,8 +62,27 @@ def form_fields(content_type: str, body: bytes) -> dict[str, bytes]:
     for part in message.iter_parts():
         name = part.get_param("name", header="content-disposition")
         if name:
-            fields[str(name)] = part.get_payload(decode=True) or b""
+            filename = part.get_param("filename", header="content-disposition")
+            fields[str(name)] = (str(filename) if filename else None, part.get_payload(decode=True) or b"")
     return fields
+
+
+def form_fields(content_type: str, body: bytes) -> dict[str, bytes]:
+    """``name -> bytes`` of a ``multipart/form-data`` body (``{}`` for any other body)."""
+    return {name: data for name, (_, data) in form_parts(content_type, body).items()}
+
+
+def multipart(fields: dict[str, tuple[str | None, str, bytes]]) -> Response:
+    """A ``multipart/form-data`` response: ``name -> (file name or None, content type, bytes)``, as MONAI Label's
+    infer answers (its client keeps the parts that have a file name as files, the others as form fields)."""
+    boundary = f"medseg-{secrets.token_hex(16)}"
+    body = bytearray()
+    for name, (filename, kind, data) in fields.items():
+        disposition = f'form-data; name="{name}"' + (f'; filename="{filename}"' if filename else "")
+        body += (f"--{boundary}\r\nContent-Disposition: {disposition}\r\nContent-Type: {kind}\r\n\r\n").encode()
+        body += data + b"\r\n"
+    body += f"--{boundary}--\r\n".encode()
+    return Response(bytes(body), media_type=f"multipart/form-data; boundary={boundary}")
 
 
 def info_payload(bundle_name: str, names: dict[str, int], guided: bool, total: int) -> dict[str, Any]:
@@ -94,8 +127,9 @@ def received_label(data: bytes, image_path: Path) -> tuple[np.ndarray, np.ndarra
     return array, np.asarray(label.affine)
 
 
-def add_routes(app: FastAPI, server: Any) -> None:
-    """Add the MONAI Label routes to ``app`` (``server``: :class:`medseg.workflows.serve.Server`)."""
+def add_routes(app: FastAPI, server: Any, token: str | None = None) -> None:
+    """Add the MONAI Label routes to ``app`` (``server``: :class:`medseg.workflows.serve.Server`; ``token``: the
+    server's bearer token, if it has one)."""
     bundle = server.bundle
     guided = bool(bundle.cfg is not None and bundle.cfg.interactive.enabled)
     names = {k: int(v) for v, k in bundle.labels.items()}
@@ -123,6 +157,44 @@ def add_routes(app: FastAPI, server: Any) -> None:
             return {"name": "medseg", "description": "--input-dir cases", "objects": objects}
         return {"total": len(objects), "completed": sum(1 for o in objects.values() if o["labels"])}
 
+    @app.put("/datastore/")
+    async def upload_image(request: Request, image: str = "") -> dict[str, Any]:
+        parts = form_parts(request.headers.get("content-type", ""), await server.read_body(request))
+        if "file" not in parts:
+            raise HTTPException(400, "file: send the image as the multipart field 'file'")
+        filename = Path((parts["file"][0] or "").replace("\\", "/")).name
+        suffix = next((s for s in IMAGE_SUFFIXES if filename.lower().endswith(s)), None)
+        if suffix is None:
+            raise HTTPException(400, f"file {filename!r}: send a {', '.join(IMAGE_SUFFIXES)} file")
+        name = image if image and image != "None" else filename[: -len(suffix)]  # the client sends None as 'None'
+        try:
+            check_case_name(name)
+        except MedsegError as err:
+            raise HTTPException(400, str(err)) from None
+        if server.input_dir is not None and name in server.listed() and name not in server.uploaded:
+            raise HTTPException(409, f"image {name!r} is a case of --input-dir; upload it under another id")
+        folder = Path(tempfile.mkdtemp(prefix="datastore_", dir=server.uploads.name))
+        path = folder / f"{name}{suffix}"
+        path.write_bytes(parts["file"][1])
+        try:
+            nib.load(str(path)) if suffix in (".nii.gz", ".nii") else None  # a NIfTI is checked now, not at infer
+        except Exception as err:  # nibabel raises many kinds for a file that is not NIfTI
+            raise HTTPException(400, f"file {filename!r}: not a readable NIfTI file ({type(err).__name__})") from None
+        server.uploaded[name] = path
+        return {"image": name}
+
+    @app.get("/auth/")
+    def auth() -> dict[str, Any]:
+        return {"enabled": bool(token), "client_id": "medseg"}
+
+    @app.post("/auth/token")
+    async def auth_token(request: Request) -> dict[str, Any]:
+        form = urllib.parse.parse_qs((await request.body()).decode("utf-8", "replace"))
+        password = (form.get("password") or [""])[0]
+        if not token or not hmac.compare_digest(password.encode(), token.encode()):
+            raise HTTPException(401, "wrong password: give the server's --token as the password")
+        return {"access_token": token, "token_type": "Bearer"}
+
     @app.get("/datastore/image")
     def image(image: str) -> FileResponse:
         path = listed(image)
@@ -138,7 +210,8 @@ def add_routes(app: FastAPI, server: Any) -> None:
         return {}
 
     @app.post("/infer/{model}")
-    async def infer(model: str, image: str, request: Request) -> Response:
+    async def infer(model: str, image: str, request: Request, output: str = "") -> Response:
+        started = time.perf_counter()
         if model != MODEL:
             raise HTTPException(404, f"model {model!r}: this server has {MODEL!r}")
         path = listed(image)
@@ -157,8 +230,16 @@ def add_routes(app: FastAPI, server: Any) -> None:
                 out = Path(tmp) / f"{image}_seg.nii.gz"
                 write_label_nifti(session.labels, session.affine, out, source=path)
                 data = out.read_bytes()
-        return Response(data, media_type="application/octet-stream",
-                        headers={"Content-Disposition": f'attachment; filename="{image}_seg.nii.gz"'})
+        result = {"label_names": {k: v for k, v in names.items() if v != 0}, "clicks": len(session.steps),
+                  "latencies": {"total": round(time.perf_counter() - started, 3)}}
+        filename = f"{image}_seg.nii.gz"
+        if output == "json":
+            return Response(json.dumps(result), media_type="application/json")
+        if output == "image":
+            return Response(data, media_type="application/octet-stream",
+                            headers={"Content-Disposition": f'attachment; filename="{filename}"'})
+        return multipart({"params": (None, "application/json", json.dumps(result).encode()),
+                          "image": (filename, "application/octet-stream", data)})
 
     @app.put("/datastore/label")
     async def put_label(image: str, request: Request, tag: str = "final") -> dict[str, Any]:

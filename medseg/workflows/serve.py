@@ -1,6 +1,7 @@
 """The click-and-correct server (``python -m medseg.serve``): a FastAPI app over :mod:`medseg.workflows.interact`.
 
-Routes (JSON unless said; with a token, every route but the page needs ``Authorization: Bearer <token>``):
+Routes (JSON unless said; with a token, every route but the page and MONAI Label's ``/auth/`` needs
+``Authorization: Bearer <token>``):
 
 - ``GET /``: the page (:mod:`medseg.workflows.serve_page`; plain canvas, no script libraries, works offline)
 - ``GET /api/info``: bundle name, labels, whether clicks rerun the network (click-guided bundle)
@@ -65,13 +66,18 @@ def check_host(host: str, token: str | None) -> None:
                           " 'Authorization: Bearer T')")
 
 
+#: what a token server answers without the token: the page (it holds no data and sends the token, from #token=,
+#: with every call) and MONAI Label's auth routes (whether a token is needed; the token for the right password)
+OPEN_PATHS = ("/", "/auth/", "/auth/token")
+
+
 class _Token(BaseHTTPMiddleware):
     def __init__(self, app: Any, token: str) -> None:
         super().__init__(app)
         self.expected = f"Bearer {token}".encode()
 
     async def dispatch(self, request: Request, call_next: Any) -> Response:
-        if request.url.path != "/":  # the page holds no data; it sends the token (from #token=) with every call
+        if request.url.path not in OPEN_PATHS:
             given = request.headers.get("authorization", "").encode()
             if not hmac.compare_digest(given, self.expected):
                 return JSONResponse({"detail": "missing or wrong bearer token"}, status_code=401)
@@ -92,10 +98,26 @@ class Server:
         self.cases: dict[str, CaseSession] = {}
         self.lock = threading.Lock()
         self.uploads = tempfile.TemporaryDirectory(prefix="medseg-serve-")
+        self.uploaded: dict[str, Path] = {}  # images put into the datastore over MONAI Label's PUT /datastore/
 
     def listed(self) -> dict[str, Path]:
+        """The datastore: the cases under ``--input-dir`` (``medseg.rank``'s order, then by name), then the
+        uploaded images."""
         found = find_inputs(self.input_dir) if self.input_dir else []
-        return dict(sorted(found, key=lambda c: (self.order.get(c[0], len(self.order)), c[0])))
+        listed = dict(sorted(found, key=lambda c: (self.order.get(c[0], len(self.order)), c[0])))
+        return {**listed, **{k: v for k, v in self.uploaded.items() if k not in listed}}
+
+    async def read_body(self, request: Request) -> bytes:
+        """The request's body, refused (HTTP 413) once it is over the upload limit (the declared length first)."""
+        declared = request.headers.get("content-length")
+        if declared and declared.isdigit() and int(declared) > self.max_upload:
+            raise HTTPException(413, f"upload of {int(declared)} bytes: over the limit of {self.max_upload}")
+        data = bytearray()
+        async for chunk in request.stream():
+            data += chunk
+            if len(data) > self.max_upload:
+                raise HTTPException(413, f"upload over the limit of {self.max_upload} bytes")
+        return bytes(data)
 
     def open(self, name: str, path: Path) -> CaseSession:
         with self.lock:
@@ -128,7 +150,7 @@ def create_app(server: Server, token: str | None = None) -> FastAPI:
     _add_volume_routes(app, server)
     _add_click_routes(app, server)
     _add_save_route(app, server)
-    monailabel.add_routes(app, server)  # 3D Slicer's MONAI Label module: /info/, /infer/{model}, /datastore/...
+    monailabel.add_routes(app, server, token)  # 3D Slicer's MONAI Label module: /info/, /infer/{model}, /datastore/...
     return app
 
 
@@ -182,14 +204,7 @@ def _add_upload_route(app: FastAPI, server: Server) -> None:
         if suffix is None:
             raise HTTPException(400, f"upload {name!r}: send a {', '.join(UPLOAD_SUFFIXES)} file, or a DICOM series"
                                      " as one .zip of its files")
-        declared = request.headers.get("content-length")
-        if declared and declared.isdigit() and int(declared) > server.max_upload:
-            raise HTTPException(413, f"upload of {int(declared)} bytes: over the limit of {server.max_upload}")
-        data = bytearray()
-        async for chunk in request.stream():
-            data += chunk
-            if len(data) > server.max_upload:
-                raise HTTPException(413, f"upload over the limit of {server.max_upload} bytes")
+        data = await server.read_body(request)
         case = name[: -len(suffix)]
         try:
             if suffix == ".zip":

@@ -269,15 +269,17 @@ def test_monai_label_shapes_for_slicer(served):
     assert json.loads(call(f"{url}/activelearning/random", "POST", {})[1])["id"] == "ct_001"
     assert call(f"{url}/datastore/image?image=ct_001")[1] == src.read_bytes()
     assert call(f"{url}/datastore/image?image=../inputs/ct_001")[0] == 404
-    status, auto, _ = call(f"{url}/infer/medseg?image=ct_001", "POST", b"")
+    status, auto, _ = call(f"{url}/infer/medseg?image=ct_001&output=image", "POST", b"")
     assert status == 200
+    status, result, _ = call(f"{url}/infer/medseg?image=ct_001&output=json", "POST", b"")
+    assert json.loads(result)["label_names"] == {"liver": 1, "tumour": 2}
     auto_path = served["tmp"] / "auto.nii.gz"
     auto_path.write_bytes(auto)
     auto_labels = np.asarray(nib.load(auto_path).dataobj)
     assert auto_labels.shape == nib.load(src).shape and int((auto_labels == 1).sum()) > 500
     centre = [int(v) for v in np.argwhere(auto_labels == 1).mean(0).round()]
     body, kind = multipart({"params": json.dumps({"background": [centre]}).encode()})
-    request = urllib.request.Request(f"{url}/infer/medseg?image=ct_001", data=body, method="POST",
+    request = urllib.request.Request(f"{url}/infer/medseg?image=ct_001&output=image", data=body, method="POST",
                                      headers={"Content-Type": kind})
     with urllib.request.urlopen(request, timeout=60) as r:
         (served["tmp"] / "clicked.nii.gz").write_bytes(r.read())
@@ -293,6 +295,84 @@ def test_monai_label_shapes_for_slicer(served):
     listing = json.loads(call(f"{url}/datastore/?output=all")[1])
     assert listing["objects"]["ct_001"]["labels"] == {"final": {"ext": ".nii.gz", "info": {}}}
     assert json.loads(call(f"{url}/activelearning/random", "POST", {})[1]) == {}
+
+
+MONAILABEL = "monailabel==0.8.5"
+
+
+@pytest.fixture(scope="session")
+def monailabel_client():
+    """MONAI Label 0.8.5's own client class (what 3D Slicer's module calls), imported from its PyPI wheel (fetched
+    once into data/downloads, no dependencies; the server side of monailabel is never imported)."""
+    import importlib.util
+    import zipimport
+
+    pytest.importorskip("cgi", reason="MONAI Label 0.8.5's client parses multipart bodies with cgi (Python < 3.13)")
+    from medseg.data.wheels import fetch_wheel
+
+    wheel = fetch_wheel(REPO / "data" / "downloads", MONAILABEL, "monailabel-0.8.5-*.whl", "MONAI Label client")
+    spec = zipimport.zipimporter(str(wheel / "monailabel" / "client")).find_spec("client")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.MONAILabelClient
+
+
+def test_real_monai_label_client_uploads_infers_with_clicks_and_saves(served, monailabel_client):
+    url, src, tmp = served["url"], served["src"], served["tmp"]
+    client = monailabel_client(url, tmpdir=str(tmp / "client"))
+    (tmp / "client").mkdir()
+    assert client.auth_enabled() is False
+    info = client.info()
+    assert info["labels"] == ["liver", "tumour"] and info["models"]["medseg"]["type"] == "segmentation"
+    assert list(client.datastore()["objects"]) == ["ct_001"]
+    assert client.next_sample("uncertainty", {})["id"] == "ct_001"
+    # an image Slicer has loaded locally: uploaded under its own id, then listed beside the --input-dir case
+    local = tmp / "local_scan.nii.gz"
+    local.write_bytes(src.read_bytes())
+    assert client.upload_image(str(local), "scan_b") == {"image": "scan_b"}
+    assert list(client.datastore()["objects"]) == ["ct_001", "scan_b"]
+    result_file, params = client.infer("medseg", "scan_b", {})
+    auto = nib.load(result_file)
+    assert params["label_names"] == {"liver": 1, "tumour": 2} and params["clicks"] == 0
+    assert auto.shape == nib.load(src).shape and np.allclose(auto.affine, nib.load(src).affine)
+    labels = np.asarray(auto.dataobj)
+    centre = [int(v) for v in np.argwhere(labels == 1).mean(0).round()]
+    result_file, params = client.infer("medseg", "scan_b", {"background": [centre], "label_info": []})
+    clicked = np.asarray(nib.load(result_file).dataobj)
+    assert params["clicks"] == 1 and labels[tuple(centre)] == 1 and clicked[tuple(centre)] == 0
+    assert 0 < int((labels != clicked).sum()) < int((labels == 1).sum())  # a local change, not the whole liver
+    assert client.save_label("scan_b", result_file, tag="final")["label"] == "scan_b_seg.nii.gz"
+    stored = nib.load(served["out"] / "scan_b_seg.nii.gz")
+    assert np.array_equal(np.asarray(stored.dataobj), clicked)
+    assert client.datastore()["objects"]["scan_b"]["labels"] == {"final": {"ext": ".nii.gz", "info": {}}}
+    assert client.next_sample("uncertainty", {})["id"] == "ct_001"  # scan_b now has its label
+    notes = tmp / "notes.txt"
+    notes.write_text("not an image")
+    with pytest.raises(Exception, match="400"):
+        client.upload_image(str(notes), "notes")
+    with pytest.raises(Exception, match="400"):
+        client.upload_image(str(local), "../escape")
+    assert list(client.datastore()["objects"]) == ["ct_001", "scan_b"]
+
+
+def test_real_monai_label_client_logs_in_with_the_token(tmp_path, monailabel_client):
+    inputs = tmp_path / "inputs"
+    inputs.mkdir()
+    write_case(inputs / "ct_001.nii.gz")
+    running = Running(create_app(Server(threshold_bundle(), tmp_path / "out", inputs), token="s3cret"))
+    try:
+        client = monailabel_client(running.url, tmpdir=str(tmp_path))
+        assert client.auth_enabled() is True
+        with pytest.raises(Exception, match="401"):
+            client.info()  # no bearer token yet
+        with pytest.raises(Exception, match="401"):
+            client.auth_token("radiologist", "wrong")
+        client.update_auth(client.auth_token("radiologist", "s3cret"))
+        assert client.info()["labels"] == ["liver", "tumour"]
+        result_file, _ = client.infer("medseg", "ct_001", {})
+        assert nib.load(result_file).shape == nib.load(inputs / "ct_001.nii.gz").shape
+    finally:
+        running.stop()
 
 
 def test_dicom_series_case_saves_nifti_and_dicom_seg_on_the_series_grid(tmp_path):
