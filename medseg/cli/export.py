@@ -1,4 +1,6 @@
-"""``python -m medseg.export RUN_DIR [--out DIR]``: write a finished run's MONAI Bundle (again), as a new version;
+"""``python -m medseg.export RUN_DIR [--out DIR] [--int8] [--set bundle.KEY=VALUE]``: a run's bundle, again.
+
+``python -m medseg.export RUN_DIR``: write a finished run's MONAI Bundle (again), as a new version;
 ``python -m medseg.export --list [--dir bundles]``: every bundle version kept.
 
 Training exports at its end; this command redoes it from what the run directory holds: the resolved
@@ -22,6 +24,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--int8", action="store_true",
                         help="also models/model_int8.onnx: calibrated on the run's training patches, refused when its "
                         "validation Dice falls more than bundle.int8_max_dice_loss (default 0.005)")
+    parser.add_argument("--set", action="append", default=[], metavar="bundle.KEY=VALUE",
+                        help="override a bundle.* key of the run's config.yaml for this export, e.g. "
+                        "--set bundle.int8_max_dice_loss=0.01 (repeatable)")
     parser.add_argument("--list", action="store_true", help="list the bundle versions in --dir instead")
     parser.add_argument("--dir", type=Path, default=Path("bundles"), help="bundles folder for --list (default: bundles)")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
@@ -43,7 +48,7 @@ def run(argv: Sequence[str] | None = None) -> int:
     # deferred: --help and --list answer without torch and MONAI
     from medseg.workflows.export import export_run
 
-    path = export_run(args.run_dir, args.out, int8=True if args.int8 else None)
+    path = export_run(args.run_dir, args.out, int8=True if args.int8 else None, overrides=args.set)
     print(f"bundle written to {path.parent / path.resolve().name} ({path} points at it)")
     return 0
 

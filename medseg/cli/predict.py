@@ -56,13 +56,15 @@ def run(argv: Sequence[str] | None = None) -> int:
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     # the bar shows on a terminal only (a line per case otherwise)
+    done = [0]  # cases so far (a disabled bar counts nothing)
     with tqdm(desc="predicting", unit="case", file=sys.stderr, disable=None) as bar:
         def report(name: str, out: Path | None, reason: str | None) -> None:
+            done[0] += 1
             bar.update()
             if reason is not None:
                 print(f"medseg: case '{name}' skipped: {reason}", file=sys.stderr)
             elif bar.disable:
-                print(f"[{bar.n}] {name} -> {out.name}", flush=True)
+                print(f"[{done[0]}] {name} -> {out.name}", flush=True)
 
         written = predict.run(args.bundle, args.input, args.output, format=args.format, tta=args.tta, device=device,
                               series=args.series, trust=args.trust, on_case=report,

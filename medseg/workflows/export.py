@@ -13,6 +13,7 @@ import yaml
 from medseg.bundle import export_bundle
 from medseg.bundle import versions as bundle_versions
 from medseg.config import TaskConfig
+from medseg.config.load import merged, parse_override
 from medseg.engine.resume import STATE, read_state
 from medseg.errors import MedsegError
 from medseg.networks import build_network
@@ -20,18 +21,25 @@ from medseg.transforms import input_channels
 from medseg.workflows.train import read_cases
 
 
-def export_run(run_dir: Path, out: Path | None = None, int8: bool | None = None) -> Path:
+def export_run(run_dir: Path, out: Path | None = None, int8: bool | None = None,
+               overrides: list[str] | None = None) -> Path:
     """Export the bundle of ``run_dir`` as the next version of ``out`` (default: the config's
     ``bundle.dir``/``bundle.name``); returns the stable path, which now points at the new version.
 
     ``int8`` (default: the config's ``bundle.int8``): also ``models/model_int8.onnx``, calibrated on the run's
     training cases and measured on its validation cases (``cases.json``); a refused one raises ``Int8Refused``
-    after the bundle is written without it."""
+    after the bundle is written without it. ``overrides``: ``bundle.key=value`` strings over the run's config
+    (e.g. ``bundle.int8_max_dice_loss=0.01``); only ``bundle.*`` keys, as the weights fix everything else."""
     needed = [run_dir / "config.yaml", run_dir / "checkpoints" / "best.pt", run_dir / "metrics.json"]
     for path in needed:
         if not path.is_file():
             raise MedsegError(f"{path}: missing; is {run_dir} a finished medseg training run?")
     data = yaml.safe_load(needed[0].read_text())
+    for key, nested in (parse_override(item) for item in overrides or []):
+        if not key.startswith("bundle."):
+            raise MedsegError(f"--set {key}: export takes bundle.* keys only (the network, preprocessing and labels "
+                              "are the run's, fixed by its weights)")
+        data = merged(data, nested)
     if out is not None:
         data["bundle"]["dir"], data["bundle"]["name"] = str(out.parent), out.name
     cfg = TaskConfig.from_dict(data, source=str(needed[0]))

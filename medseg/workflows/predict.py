@@ -24,6 +24,7 @@ from monai.transforms import LoadImaged
 from medseg import __version__
 from medseg.bundle.load import LoadedBundle, load_bundle
 from medseg.data.check import read_header
+from medseg.data.dicom import is_dicom_file
 from medseg.data.dicom_seg import is_dicom_series, write_dicom_seg
 from medseg.data.formats import VOLUME_SUFFIXES as IMAGE_SUFFIXES
 from medseg.data.labelmaps import case_name, write_label_nifti
@@ -45,6 +46,11 @@ class Written(list):
     def __init__(self) -> None:
         super().__init__()
         self.failed: list[tuple[str, str]] = []
+
+
+#: the names of what predict writes beside a case (``<case>_seg``, ``<case>_instances``): not cases of a later run
+#: into the same folder
+OWN_OUTPUTS = ("_seg", "_instances")
 
 
 def find_inputs(path: Path) -> list[tuple[str, Path]]:
@@ -144,7 +150,11 @@ def predict_one(bundle: LoadedBundle, path: Path, out: Path, device: torch.devic
     label image and the per-object CSV (:func:`write_instances`)."""
     # every check that needs no voxels (DICOM series order/spacing/tilt/gaps/choice; claimed size, truncated or cut
     # files, 4D, a single voxel, colour) before any pixel is read
-    read_header(path, series)
+    header = read_header(path, series)
+    cfg = bundle.cfg
+    if cfg is not None and int(cfg.network.spatial_dims) == 3 and len(header.shape) == 2:
+        raise MedsegError(f"{path}: a 2D image {tuple(header.shape)}, and this bundle's network is 3D; give a 3D "
+                          "volume, or use a bundle trained on 2D images")
     if fmt == "auto" and is_picture(path):
         stack, spacing = read_picture(path)
         if _two_d(bundle) and path.name.lower().endswith((".tif", ".tiff")) and stack.ndim == 3 and stack.shape[-1] != 3:
@@ -194,22 +204,33 @@ def run(bundle: str | Path, inputs: str | Path, output: str | Path, *, format: s
     """
     if format not in FORMATS:
         raise MedsegError(f"format {format!r}: choose one of {', '.join(FORMATS)}")
+    output = Path(output)
+    if output.exists() and not output.is_dir():
+        raise MedsegError(f"--output {output}: a file, not a folder; give a folder for the masks")
     dev = _device(device)
+    cases = find_inputs(Path(inputs))
+    if Path(inputs).is_dir() and Path(inputs).resolve() == output.resolve():
+        # this command's own masks from an earlier run into the input folder are not cases
+        cases = [(name, path) for name, path in cases if not name.endswith(OWN_OUTPUTS)]
+        if not cases:
+            raise MedsegError(f"--input {inputs}: holds only masks medseg wrote (*_seg); give the image folder")
+    if format == "dicom-seg":
+        not_dicom = [name for name, path in cases if not (is_dicom_series(path) or (path.is_file() and is_dicom_file(path)))]
+        if not_dicom:
+            raise MedsegError(f"--format dicom-seg needs DICOM input (a series folder or an enhanced multi-frame file);"
+                              f" not DICOM: {', '.join(not_dicom)}")
     loaded = load_bundle(Path(bundle), dev, trust=trust)
     if engine != "torch" or int8:  # the engine's forward module stands in for the network in every pass below
         loaded.network = build_engine(engine, loaded.network, loaded.root / "models" if loaded.root else None,
                                       int8=int8, device=dev).forward
-    cases = find_inputs(Path(inputs))
-    if format == "dicom-seg":
-        not_dicom = [name for name, path in cases if not is_dicom_series(path)]
-        if not_dicom:
-            raise MedsegError(f"--format dicom-seg needs DICOM series input; not DICOM: {', '.join(not_dicom)}")
     if series is not None:  # registered last, so LoadImage tries it first: the chosen series of a DICOM folder
         for step in loaded.chain.preprocessing.transforms:
             if isinstance(step, LoadImaged):
                 step.register(DicomSeriesReader(series_uid=series))
-    output = Path(output)
-    output.mkdir(parents=True, exist_ok=True)
+    try:
+        output.mkdir(parents=True, exist_ok=True)
+    except OSError as err:  # a file on the way, no permission
+        raise MedsegError(f"--output {output}: cannot create the folder ({err.strerror or type(err).__name__})") from None
     written = Written()
     want_instances = bool(instances) if instances is not None else bool(
         loaded.cfg is not None and loaded.cfg.inference.instances)

@@ -16,7 +16,7 @@ import torch
 
 from medseg.bundle.onnx import STATIC_SPATIAL, check_onnx, export_onnx
 from medseg.evaluation.classes import class_dice
-from medseg.inference.runtimes import build_engine
+from medseg.inference.runtimes import INT8_FILE, build_engine
 from medseg.networks import build_network
 from medseg.predict import main as predict_main
 
@@ -243,6 +243,18 @@ def test_int8_losing_more_dice_than_allowed_is_refused(trained, tmp_path: Path, 
     assert not (out / "models" / "model_int8.onnx").exists() and (out / "models" / "model.onnx").is_file()
     worst = max(meta["dice_loss"].values())
     assert f"fell by {worst:.4f}" in err[0]
+    assert "python -m medseg.export RUN_DIR --int8 --set bundle.int8_max_dice_loss=" in err[0]
+    # the remedy the line names works: the same run, the limit raised for this export only
+    accepted = tmp_path / "bundles" / "accepted"
+    assert export_main([str(run), "--int8", "--out", str(accepted), "--set", "bundle.int8_max_dice_loss=1.0"]) == 0
+    again = json.loads((accepted / "configs" / "metadata.json").read_text())["medseg_int8"]
+    assert again["refused"] is False and again["max_dice_loss"] == 1.0 and (accepted / "models" / INT8_FILE).is_file()
+    assert again["dice"] == meta["dice"]  # the same calibration patches, the same INT8 model (seeded transforms)
+    assert "int8_max_dice_loss: -1.0" in (run / "config.yaml").read_text()  # the run itself is unchanged
+    capsys.readouterr()
+    assert export_main([str(run), "--out", str(tmp_path / "bundles" / "x"), "--set", "network.channels=[4,8]"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--set network.channels: export takes bundle.* keys only" in err[0]
     code = predict_main(["--bundle", str(out), "--input", str(trained["dataset"] / "imagesTr"),
                          "--output", str(tmp_path / "p"), "--int8"])
     err = capsys.readouterr().err.strip().splitlines()
@@ -399,3 +411,20 @@ def test_distill_budget_anneals_the_learning_rate_and_stops(monkeypatch) -> None
     assert trainer.state.iteration == 11  # stops after the iteration that passes the budget
     assert lrs[0] == pytest.approx(1.0) and lrs[5] == pytest.approx(0.505)  # cosine over the time: half way at 30 s
     assert lrs[10] == pytest.approx(0.01) and all(a >= b for a, b in zip(lrs, lrs[1:]))
+
+
+def test_calibration_patches_are_the_same_for_the_same_seed(trained) -> None:
+    """MONAI's random crops and augmentations keep their own random states: seeding torch alone drew other patches
+    in each export of the same run (and so another INT8 model and verdict)."""
+    import yaml
+
+    from medseg.bundle.int8 import calibration_patches
+    from medseg.config import TaskConfig
+    from medseg.workflows.train import read_cases
+
+    run = trained["run"]
+    cfg = TaskConfig.from_dict(yaml.safe_load((run / "config.yaml").read_text()), source="config.yaml")
+    train_cases, _ = read_cases(run, str(trained["work"]))
+    first, second, other = (list(calibration_patches(cfg, train_cases, 6, seed)) for seed in (0, 0, 1))
+    assert len(first) == 6 and all(np.array_equal(a, b) for a, b in zip(first, second))
+    assert not all(np.array_equal(a, b) for a, b in zip(first, other))

@@ -270,3 +270,44 @@ def test_series_picks_one_of_several_in_a_folder(trained, tmp_path: Path, capsys
     for uid, shape in (("1.2.3.5", (20, 24, 6)), ("1.2.3.4", (30, 28, 10))):
         assert predict_main(args + ["--series", uid]) == 0
         assert nib.load(tmp_path / "o" / "two_seg.nii.gz").shape == shape
+
+
+def test_output_checks_2d_input_rerun_into_the_input_folder_and_enhanced_file_to_dicom_seg(trained, scans,
+                                                                                           tmp_path: Path, capsys):
+    import highdicom as hd
+    import pydicom
+    from pydicom.data import get_testdata_file
+
+    bundle = str(trained["bundle"])
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a folder")
+    for out in (blocker, blocker / "sub"):  # an existing file, a folder under one: one line, exit 2
+        assert predict_main(["--bundle", bundle, "--input", str(scans), "--output", str(out)]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and f"--output {out}" in err[0], err
+    flat = tmp_path / "flat.nii.gz"
+    nib.save(nib.Nifti1Image(np.zeros((30, 28), np.float32), np.eye(4)), flat)
+    assert predict_main(["--bundle", bundle, "--input", str(flat), "--output", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "a 2D image (30, 28), and this bundle's network is 3D" in err[0], err
+    # the output folder is the input folder: a second run does not segment the first run's masks
+    same = tmp_path / "same"
+    shutil.copytree(scans, same)
+    for _ in range(2):
+        assert predict_main(["--bundle", bundle, "--input", str(same), "--output", str(same)]) == 0
+        out = capsys.readouterr().out
+        assert "[1] oblique -> oblique_seg.nii.gz" in out and "[2] second -> second_seg.nii.gz" in out, out
+    assert sorted(p.name for p in same.iterdir()) == ["oblique.nii.gz", "oblique_seg.nii.gz", "second.nii.gz",
+                                                      "second_seg.nii.gz"]
+    # one enhanced multi-frame CT file (pydicom-data) as DICOM SEG, referencing its frames
+    ect = Path(get_testdata_file("eCT_Supplemental.dcm"))
+    assert predict_main(["--bundle", bundle, "--input", str(ect), "--output", str(tmp_path / "seg"),
+                         "--format", "dicom-seg"]) == 0, capsys.readouterr().err
+    seg = hd.seg.segread(str(tmp_path / "seg" / "eCT_Supplemental_seg.dcm"))
+    source = pydicom.dcmread(ect, stop_before_pixels=True)
+    assert seg.ReferencedSeriesSequence[0].SeriesInstanceUID == source.SeriesInstanceUID
+    assert [s.segment_label for s in seg.SegmentSequence] == ["liver", "tumour"]
+    nifti = tmp_path / "n"
+    assert predict_main(["--bundle", bundle, "--input", str(ect), "--output", str(nifti)]) == 0
+    expected = np.asarray(nib.load(nifti / "eCT_Supplemental_seg.nii.gz").dataobj)
+    assert int(seg.NumberOfFrames) >= 1 and expected.shape[-1] == int(source.NumberOfFrames)
