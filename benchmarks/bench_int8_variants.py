@@ -1,13 +1,14 @@
 """INT8 variants against float32 on one bundle: can any post-training INT8 model keep torch's masks (issue 18)?
 
 Issue 18 asks for the fastest engine's whole-CT masks to match torch's within Dice 0.995 per class. medseg's INT8
-model (``medseg.export --int8``: ONNX Runtime ``quantize_static``, min/max) keeps the validation Dice within the
+model (``medseg.export --int8``: ONNX Runtime ``quantize_static``) keeps the validation Dice within the
 allowed 0.005 but changes the tumour masks by more than that. This script quantises the bundle's
 ``models/model.onnx`` several ways on the same calibration patches (drawn from the run's training cases as
 ``medseg.export --int8`` does) and, for each, prints the OpenVINO forward time of one sliding-window batch, the
 mask Dice against torch fp32 on the run's validation cases, and the validation Dice:
 
-- ``ort minmax``: medseg's method (per-channel int8 weights, symmetric int8 activations, min/max ranges);
+- ``ort minmax``: per-channel int8 weights, symmetric int8 activations, min/max extremes as ranges (medseg's
+  export uses moving averages of each patch's min/max: ``benchmarks/bench_int8_calibration.py``);
 - ``ort percentile``: the same with 99.999th-percentile ranges;
 - ``ort minmax, first+last conv fp32``: the first and the output convolution left in float32;
 - ``nncf``, ``nncf accuracy control`` (only when ``nncf`` is installed; it is not a medseg dependency): NNCF's
