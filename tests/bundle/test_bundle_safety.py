@@ -9,6 +9,8 @@ import sys
 import zipfile
 from pathlib import Path
 
+import nibabel as nib
+import numpy as np
 import pytest
 import torch
 
@@ -88,8 +90,9 @@ def test_predict_command_refuses_the_pickle_in_one_line(tmp_path, capsys):
     marker = tmp_path / "marker"
     bundle = _foreign_bundle(tmp_path / "bundle", weights={"payload": CreatesMarker(marker)})
     (tmp_path / "in").mkdir()
+    nib.save(nib.Nifti1Image(np.zeros((8, 8, 8), np.float32), np.eye(4)), tmp_path / "in" / "case.nii.gz")
     code = predict_main(["--bundle", str(bundle), "--input", str(tmp_path / "in"), "--output", str(tmp_path / "out"),
-                         "--device", "cpu", "--trust"])
+                         "--device", "cpu", "--trust"])  # the inputs are checked first, then the bundle is loaded
     err = capsys.readouterr().err.strip()
     assert code == 2 and not marker.exists()
     assert len(err.splitlines()) == 1 and "refused: the file is a pickle holding more than tensors" in err
