@@ -10,6 +10,7 @@ Example:
 from __future__ import annotations
 
 import argparse
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -33,14 +34,20 @@ def build_parser() -> argparse.ArgumentParser:
 
 def run(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    rows = rank.run(args.bundle, args.input, args.output, device=args.device, trust=args.trust)
+    skipped = []
+
+    def skip(name: str, reason: str) -> None:
+        skipped.append(name)
+        print(f"medseg: case '{name}' skipped: {reason}", file=sys.stderr)
+
+    rows = rank.run(args.bundle, args.input, args.output, device=args.device, trust=args.trust, on_skip=skip)
     for row in rows:
         print(f"{row['rank']:>3}  {row['case']}  {row['uncertainty']:.4f}")
-    print(f"wrote {args.output}")
+    print(f"wrote {args.output}" + (f"; {len(skipped)} skipped: {', '.join(skipped)}" if skipped else ""))
     if args.serve:
         serve.run(args.bundle, port=args.port, input_dir=args.input, output_dir=args.output_dir, device=args.device,
                   trust=args.trust, order=[r["case"] for r in rows])
-    return 0
+    return 1 if skipped else 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:

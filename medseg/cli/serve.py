@@ -40,7 +40,6 @@ def build_parser() -> argparse.ArgumentParser:
 def run(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     serve.check_host(args.host, args.token)  # before the bundle loads: a refused host costs nothing
-    print(f"serving {args.bundle} on http://{args.host}:{args.port}/" + ("#token=..." if args.token else ""), flush=True)
     serve.run(args.bundle, host=args.host, port=args.port, token=args.token, input_dir=args.input_dir,
               output_dir=args.output_dir, device=args.device, max_upload_mb=args.max_upload_mb, trust=args.trust,
               engine=args.engine)

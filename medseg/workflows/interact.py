@@ -60,7 +60,8 @@ CASE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 def check_case_name(name: str) -> str:
     """``name`` if it is a safe case name (no path separators, no ``..``), else a one-line error."""
     if not CASE_NAME.match(name) or ".." in name:
-        raise MedsegError(f"case name {name!r}: use letters, digits, '.', '_' and '-' only (no paths, no '..')")
+        raise MedsegError(f"case name {name!r}: use letters, digits, '.', '_' and '-' only, starting with a letter or"
+                          " digit (no paths, no '..')")
     return name
 
 
@@ -227,6 +228,7 @@ class CaseSession:
     forward: Any = None  # a built engine's forward, shared by the cases of one server
     steps: list[Step] = field(default_factory=list)
     log: list[dict[str, Any]] = field(default_factory=list)
+    save_warning: str | None = None  # why the last save wrote no DICOM SEG (a series that lacks what it needs)
 
     def __post_init__(self) -> None:
         check_case_name(self.name)
@@ -428,15 +430,23 @@ class CaseSession:
         nifti = inside(out_dir, f"{self.name}_seg.nii.gz")
         write_label_nifti(self.labels, self.affine, nifti, source=self.path)
         written = [nifti]
+        self.save_warning = None
         if self.path.is_dir():  # a DICOM series
             names = {v: k for v, k in self.bundle.labels.items() if v != 0}
-            written.append(write_dicom_seg(self.labels, self.affine, self.path, inside(out_dir, f"{self.name}_seg.dcm"),
-                                           names, self.bundle.name, __version__))
+            seg = inside(out_dir, f"{self.name}_seg.dcm")
+            try:
+                written.append(write_dicom_seg(self.labels, self.affine, self.path, seg, names, self.bundle.name,
+                                               __version__))
+            except MedsegError as err:  # the series lacks what a SEG must reference: the NIfTI mask still counts
+                reason = str(err).split("; write NIfTI instead")[0]
+                self.save_warning = f"{reason}; saved the NIfTI mask and the click log only"
+                seg.unlink(missing_ok=True)  # no SEG of an earlier save beside the new mask
         log = inside(out_dir, f"{self.name}_clicks.json")
         record = {"case": self.name, "bundle": self.bundle.name, "medseg": __version__,
                   "mode": "guided rerun" if self.n_guidance else "local correction",
                   "automatic_seconds": round(self.auto_seconds, 3), "events": self.log,
-                  "labels": {int(v): str(k) for v, k in self.bundle.labels.items()}}
+                  "labels": {int(v): str(k) for v, k in self.bundle.labels.items()},
+                  **({"dicom_seg_not_written": self.save_warning} if self.save_warning else {})}
         atomic_write_text(log, json.dumps(record, indent=2) + "\n")
         return [*written, log]
 

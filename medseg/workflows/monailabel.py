@@ -43,6 +43,8 @@ from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import FileResponse, Response
 
 from medseg import __version__
+from medseg.data.check import read_header
+from medseg.data.formats import NIFTI_SUFFIXES, has_suffix
 from medseg.data.labelmaps import write_label_nifti
 from medseg.errors import MedsegError
 from medseg.workflows.interact import CaseSession, check_case_name, inside
@@ -103,7 +105,12 @@ def apply_clicks(session: CaseSession, params: Any, names: dict[str, int]) -> No
         if key not in names or not isinstance(points, list):
             continue
         for point in points:
+            if not (isinstance(point, list) and len(point) >= 3 and all(
+                    isinstance(v, (int, float)) and not isinstance(v, bool) for v in point[:3])):
+                raise MedsegError(f"params {key!r}: a click {point!r} is not [i, j, k] voxel indices")
             voxel = [float(v) for v in point[:3]]
+            if any(not 0 <= v < n for v, n in zip(voxel, session.shape)):
+                raise MedsegError(f"params {key!r}: click {point[:3]} is outside the image {list(session.shape)}")
             if names[key] != 0:
                 session.click(voxel, names[key], positive=True)
             else:
@@ -112,8 +119,9 @@ def apply_clicks(session: CaseSession, params: Any, names: dict[str, int]) -> No
                     session.click(voxel, under, positive=False)
 
 
-def received_label(data: bytes, image_path: Path) -> tuple[np.ndarray, np.ndarray]:
-    """``(array, affine)`` of an uploaded NIfTI label, refused (HTTP 400) unless it is 3D on the image's grid."""
+def received_label(data: bytes, image_path: Path, values: set[int]) -> tuple[np.ndarray, np.ndarray]:
+    """``(array, affine)`` of an uploaded NIfTI label, refused (HTTP 400) unless it is 3D on the image's grid (shape,
+    and for a NIfTI image its affine within 1e-3 mm) and holds only the bundle's label ``values``."""
     with tempfile.TemporaryDirectory() as tmp:
         received = Path(tmp) / "label.nii.gz"
         received.write_bytes(data)
@@ -122,9 +130,19 @@ def received_label(data: bytes, image_path: Path) -> tuple[np.ndarray, np.ndarra
             array = np.asarray(label.dataobj)
         except Exception as err:  # nibabel raises many kinds for a file that is not NIfTI
             raise HTTPException(400, f"label: not a NIfTI file ({type(err).__name__})") from None
-    if array.ndim != 3 or (not image_path.is_dir() and array.shape != nib.load(str(image_path)).shape[:3]):
-        raise HTTPException(400, f"label {array.shape}: not on the image's grid")
-    return array, np.asarray(label.affine)
+    header = read_header(image_path)
+    if array.ndim != 3 or array.shape != tuple(header.shape[:3]):
+        raise HTTPException(400, f"label {array.shape}: not on the image's grid {tuple(header.shape)}")
+    affine = np.asarray(label.affine)
+    if has_suffix(image_path, NIFTI_SUFFIXES):
+        image_affine = nib.load(str(image_path)).affine
+        if not np.allclose(affine, image_affine, atol=1e-3):
+            raise HTTPException(400, "label: its affine is not the image's (another grid or orientation)")
+        affine = image_affine
+    found = {int(v) for v in np.unique(array)}
+    if not np.array_equal(array, np.round(array)) or not found <= values:
+        raise HTTPException(400, f"label: values {sorted(found)[:10]} are not the bundle's labels {sorted(values)}")
+    return array, affine
 
 
 def add_routes(app: FastAPI, server: Any, token: str | None = None) -> None:
@@ -222,9 +240,9 @@ def add_routes(app: FastAPI, server: Any, token: str | None = None) -> None:
             raise HTTPException(400, "params: not JSON") from None
         with server.lock:
             try:
-                session = CaseSession(bundle, image, path, server.device, forward=server.forward)
+                session = server.session(image, path)
                 apply_clicks(session, params, names)
-            except (MedsegError, IndexError, TypeError, ValueError) as err:
+            except MedsegError as err:
                 raise HTTPException(400, str(err)) from None
             with tempfile.TemporaryDirectory() as tmp:
                 out = Path(tmp) / f"{image}_seg.nii.gz"
@@ -249,7 +267,7 @@ def add_routes(app: FastAPI, server: Any, token: str | None = None) -> None:
             raise HTTPException(400, "label: send the label file as the multipart field 'label'")
         if len(fields["label"]) > server.max_upload:
             raise HTTPException(413, f"label over the limit of {server.max_upload} bytes")
-        array, affine = received_label(fields["label"], path)
+        array, affine = received_label(fields["label"], path, set(names.values()))
         server.output_dir.mkdir(parents=True, exist_ok=True)
         out = inside(server.output_dir, f"{image}_seg.nii.gz")
         write_label_nifti(array.astype(np.uint8), affine, out)

@@ -23,7 +23,7 @@ from typing import Any
 import torch
 
 from medseg.bundle.load import LoadedBundle, load_bundle
-from medseg.errors import MedsegError
+from medseg.errors import MedsegError, user_error
 from medseg.fileio import atomic_write_text
 from medseg.inference import torch_forward
 from medseg.workflows.predict import find_inputs
@@ -48,14 +48,32 @@ def uncertainty(prob: torch.Tensor) -> tuple[float, int]:
 
 
 def run(bundle: str | Path, inputs: str | Path, output: str | Path, *, device: str = "cpu", trust: bool = False,
-        on_case: Callable[[str, float], None] | None = None) -> list[dict[str, Any]]:
-    """Score every case under ``inputs``; write ``output`` (CSV), most uncertain first; returns the rows."""
+        on_case: Callable[[str, float], None] | None = None,
+        on_skip: Callable[[str, str], None] | None = None) -> list[dict[str, Any]]:
+    """Score every case under ``inputs``; write ``output`` (CSV), most uncertain first; returns the rows.
+
+    A case that cannot be read or segmented is reported through ``on_skip(case, reason)`` (when given) and left out
+    of the ranking; with a single case, or none left, it stops with one :class:`MedsegError` line."""
+    out = Path(output)
+    if out.is_dir() or (out.parent.exists() and not out.parent.is_dir()):
+        raise MedsegError(f"--output {out}: give a CSV file name (a folder or a path under a file was given)")
+    cases = find_inputs(Path(inputs))
     loaded = load_bundle(Path(bundle), torch.device(device), trust=trust)
     if len(loaded.chain.postprocessing.transforms) == 0:
         raise MedsegError(f"{bundle}: no postprocessing in its chain")
     rows = []
-    for name, path in find_inputs(Path(inputs)):
-        score, voxels = uncertainty(probabilities(loaded, path, device))
+    for name, path in cases:
+        try:
+            score, voxels = uncertainty(probabilities(loaded, path, device))
+        except Exception as err:  # one unreadable case must not lose the others' scores
+            found = user_error(err)
+            reason = str(found) if found is not None else \
+                f"{type(err).__name__}: {(str(err).strip().splitlines() or [''])[0][:300]}"
+            if len(cases) == 1:
+                raise MedsegError(f"{path}: cannot be ranked ({reason})") from None
+            if on_skip is not None:
+                on_skip(name, reason)
+            continue
         rows.append({"case": name, "uncertainty": round(score, 6), "foreground_voxels": voxels, "path": str(path)})
         if on_case is not None:
             on_case(name, score)
@@ -66,7 +84,8 @@ def run(bundle: str | Path, inputs: str | Path, output: str | Path, *, device: s
     for i, row in enumerate(rows, start=1):
         row["rank"] = i
         writer.writerow({k: row[k] for k in writer.fieldnames})
-    out = Path(output)
+    if not rows:
+        raise MedsegError(f"--input {inputs}: no case could be ranked")
     out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out, buffer.getvalue())
     return rows

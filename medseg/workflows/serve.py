@@ -24,6 +24,9 @@ import ipaddress
 import lzma
 import re
 import shutil
+import signal
+import socket
+import sys
 import tempfile
 import threading
 import zipfile
@@ -39,7 +42,8 @@ from starlette.middleware.base import BaseHTTPMiddleware
 from medseg.bundle.load import LoadedBundle, load_bundle
 from medseg.data.formats import VOLUME_SUFFIXES
 from medseg.data.dicom import SKIP_NAMES
-from medseg.errors import MedsegError
+from medseg.data.check import read_header
+from medseg.errors import MedsegError, user_error
 from medseg.workflows import monailabel
 from medseg.workflows.interact import CaseSession, check_case_name, session_forward
 from medseg.workflows.predict import find_inputs
@@ -74,12 +78,12 @@ OPEN_PATHS = ("/", "/auth/", "/auth/token")
 class _Token(BaseHTTPMiddleware):
     def __init__(self, app: Any, token: str) -> None:
         super().__init__(app)
-        self.expected = f"Bearer {token}".encode()
+        self.expected = token.encode()
 
     async def dispatch(self, request: Request, call_next: Any) -> Response:
         if request.url.path not in OPEN_PATHS:
-            given = request.headers.get("authorization", "").encode()
-            if not hmac.compare_digest(given, self.expected):
+            scheme, _, given = request.headers.get("authorization", "").partition(" ")
+            if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), self.expected):
                 return JSONResponse({"detail": "missing or wrong bearer token"}, status_code=401)
         return await call_next(request)
 
@@ -104,7 +108,9 @@ class Server:
         """The datastore: the cases under ``--input-dir`` (``medseg.rank``'s order, then by name), then the
         uploaded images."""
         found = find_inputs(self.input_dir) if self.input_dir else []
-        listed = dict(sorted(found, key=lambda c: (self.order.get(c[0], len(self.order)), c[0])))
+        listed: dict[str, Path] = {}
+        for name, path in sorted(found, key=lambda c: (self.order.get(c[0], len(self.order)), c[0])):
+            listed[_unique(safe_case_name(name), listed)] = path  # "Patient 1 (CT)" is listed as Patient_1_CT
         return {**listed, **{k: v for k, v in self.uploaded.items() if k not in listed}}
 
     async def read_body(self, request: Request) -> bytes:
@@ -119,9 +125,27 @@ class Server:
                 raise HTTPException(413, f"upload over the limit of {self.max_upload} bytes")
         return bytes(data)
 
+    def session(self, name: str, path: Path) -> CaseSession:
+        """A new session of the case at ``path``; whatever stops it is one :class:`MedsegError` line (the header
+        checks of ``medseg.predict`` first: damaged, 4D, colour, 2D for a 3D network)."""
+        header = read_header(path)
+        cfg = self.bundle.cfg
+        if cfg is not None and int(cfg.network.spatial_dims) == 3 and len(header.shape) == 2:
+            raise MedsegError(f"case {name}: a 2D image {tuple(header.shape)}, and this bundle's network is 3D")
+        try:
+            return CaseSession(self.bundle, name, path, self.device, forward=self.forward)
+        except MedsegError:
+            raise
+        except Exception as err:  # MONAI wraps a reader's or a transform's error in RuntimeError
+            found = user_error(err)
+            if found is not None:
+                raise found from None
+            reason = (str(err).strip().splitlines() or [type(err).__name__])[0][:300]
+            raise MedsegError(f"case {name}: cannot be read or segmented ({type(err).__name__}: {reason})") from None
+
     def open(self, name: str, path: Path) -> CaseSession:
         with self.lock:
-            session = CaseSession(self.bundle, name, path, self.device, forward=self.forward)
+            session = self.session(name, path)
             self.cases[name] = session
             return session
 
@@ -129,6 +153,24 @@ class Server:
         if name not in self.cases:
             raise HTTPException(404, f"case {name!r} is not open")
         return self.cases[name]
+
+
+def safe_case_name(name: str) -> str:
+    """``name`` with every character a case name may not hold replaced by ``_`` (no leading ``.``/``_``/``-``)."""
+    safe = re.sub(r"_+", "_", re.sub(r"[^A-Za-z0-9_.-]", "_", name)).strip("._-").replace("..", "_")
+    return safe[:120] or "case"
+
+
+def _unique(name: str, taken: dict[str, Any]) -> str:
+    n, out = 1, name
+    while out in taken:
+        n += 1
+        out = f"{name}_{n}"
+    return out
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def _summary(session: CaseSession) -> dict[str, Any]:
@@ -204,8 +246,12 @@ def _add_upload_route(app: FastAPI, server: Server) -> None:
         if suffix is None:
             raise HTTPException(400, f"upload {name!r}: send a {', '.join(UPLOAD_SUFFIXES)} file, or a DICOM series"
                                      " as one .zip of its files")
-        data = await server.read_body(request)
         case = name[: -len(suffix)]
+        if case in server.cases or case in server.listed():
+            raise HTTPException(409, f"upload {name!r}: a case named {case!r} is already open or in the input folder;"
+                                     " upload it under another name")
+        data = await server.read_body(request)
+        folder = None
         try:
             if suffix == ".zip":
                 folder = unzip_series(bytes(data), Path(server.uploads.name), server.max_upload)
@@ -214,13 +260,12 @@ def _add_upload_route(app: FastAPI, server: Server) -> None:
                 folder = Path(tempfile.mkdtemp(prefix="upload_", dir=server.uploads.name))
                 path = folder / name
                 path.write_bytes(bytes(data))
-        except MedsegError as err:
-            raise _fail(err) from None
-        try:
             return _summary(server.open(check_case_name(case), path))
         except MedsegError as err:
-            shutil.rmtree(folder, ignore_errors=True)
             raise _fail(err) from None
+        finally:
+            if folder is not None and case not in server.cases:  # nothing of a refused upload stays on disk
+                shutil.rmtree(folder, ignore_errors=True)
 
 
 class TooLarge(MedsegError):
@@ -308,11 +353,12 @@ def _add_click_routes(app: FastAPI, server: Server) -> None:
     @app.post("/api/cases/{case}/click")
     def click(case: str, body: dict[str, Any]) -> dict[str, Any]:
         session = server.case(case)
-        try:
-            voxel = [float(v) for v in body["voxel"]]
-            label, positive = int(body["label"]), bool(body.get("positive", True))
-        except (KeyError, TypeError, ValueError):
-            raise HTTPException(400, 'click: send {"voxel": [i, j, k], "label": class, "positive": true|false}') from None
+        voxel, label, positive = body.get("voxel"), body.get("label"), body.get("positive", True)
+        if not (isinstance(voxel, list) and all(_number(v) for v in voxel) and isinstance(label, int)
+                and not isinstance(label, bool) and isinstance(positive, bool)):
+            raise HTTPException(400, 'click: send {"voxel": [i, j, k], "label": class, "positive": true|false}'
+                                     " (numbers, a whole class number, a JSON true or false)")
+        voxel = [float(v) for v in voxel]
         with server.lock:
             try:
                 return {**session.click(voxel, label, positive), "clicks": len(session.steps)}
@@ -337,7 +383,8 @@ def _add_save_route(app: FastAPI, server: Server) -> None:
                 files = session.save(server.output_dir)
             except MedsegError as err:
                 raise _fail(err) from None
-        return {"files": [p.name for p in files], "output_dir": str(server.output_dir)}
+        return {"files": [p.name for p in files], "output_dir": str(server.output_dir),
+                **({"warning": session.save_warning} if session.save_warning else {})}
 
 
 def run(bundle: str | Path, *, host: str = "127.0.0.1", port: int = 8000, token: str | None = None,
@@ -350,7 +397,25 @@ def run(bundle: str | Path, *, host: str = "127.0.0.1", port: int = 8000, token:
     check_host(host, token)
     if input_dir is not None and not Path(input_dir).is_dir():
         raise MedsegError(f"--input-dir {input_dir}: no such folder")
+    if Path(output_dir).exists() and not Path(output_dir).is_dir():
+        raise MedsegError(f"--output-dir {output_dir}: a file, not a folder; give the folder corrected masks go to")
+    with socket.socket() as probe:  # a port in use is one line now, not uvicorn's error after the bundle loaded
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
+        try:
+            probe.bind((host, port))
+        except OSError as err:
+            raise MedsegError(f"--port {port}: cannot listen on {host} ({err.strerror}); choose another port") from None
     loaded = load_bundle(Path(bundle), torch.device(device), trust=trust)
     server = Server(loaded, Path(output_dir), Path(input_dir) if input_dir else None, max_upload_mb, device, order,
                     engine)
-    uvicorn.run(create_app(server, token), host=host, port=port, log_level="warning")
+    print(f"serving {bundle} on http://{host}:{port}/" + ("#token=..." if token else ""), flush=True)
+    # uvicorn re-raises SIGTERM after its shutdown, with the handler it found: this one exits through Python, so
+    # the uploads folder (patient data) is removed as on Ctrl-C
+    main = threading.current_thread() is threading.main_thread()  # signal handlers: the main thread only
+    previous = signal.signal(signal.SIGTERM, lambda *_: sys.exit(0)) if main else None
+    try:
+        uvicorn.run(create_app(server, token), host=host, port=port, log_level="warning")
+    finally:
+        if main:
+            signal.signal(signal.SIGTERM, previous)
+        server.uploads.cleanup()

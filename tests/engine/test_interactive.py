@@ -440,3 +440,25 @@ def test_click_guided_training_exports_a_bundle_that_runs_automatic(tmp_path, mo
     session = CaseSession(loaded, "case_000", tmp_path / "data" / "Synthetic" / "imagesTr" / "case_000.nii.gz")
     assert session.n_guidance == 3 and session.labels.shape == (40, 36, 28)
     assert session.click([20, 18, 14], 1)["mode"] == "guided rerun"
+
+
+def test_rank_skips_an_unreadable_case_and_refuses_a_folder_as_output(tmp_path, monkeypatch, capsys):
+    from medseg.cli.rank import run as rank_cli
+
+    monkeypatch.setattr(rank, "load_bundle", lambda *a, **k: tiny_bundle(False, seed=3))
+    folder = tmp_path / "unlabelled"
+    folder.mkdir()
+    write_case(folder / "clean.nii.gz")
+    write_case(folder / "noisy.nii.gz", noise=300.0)
+    (folder / "broken.nii.gz").write_bytes(b"not a nifti file")
+    out = tmp_path / "ranking.csv"
+    assert rank_cli(["--bundle", "b", "--input", str(folder), "--output", str(out)]) == 1
+    captured = capsys.readouterr()
+    assert "case 'broken' skipped" in captured.err and "1 skipped: broken" in captured.out
+    lines = out.read_text().splitlines()
+    assert lines[0] == "rank,case,uncertainty,foreground_voxels" and {l.split(",")[1] for l in lines[1:]} == {
+        "clean", "noisy"}
+    with pytest.raises(MedsegError, match="--output .*give a CSV file name"):
+        rank.run("b", folder, tmp_path)
+    with pytest.raises(MedsegError, match="broken.nii.gz: cannot be ranked"):
+        rank.run("b", folder / "broken.nii.gz", out)

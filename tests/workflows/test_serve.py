@@ -388,6 +388,9 @@ def test_dicom_series_case_saves_nifti_and_dicom_seg_on_the_series_grid(tmp_path
     write_series(tmp_path / "series", image.astype(np.float64), lps, series_uid="1.2.3.4", prefix="s")
     session = CaseSession(threshold_bundle(), "dcm_001", tmp_path / "series")
     assert session.shape == image.shape and session.image_array().shape == image.shape
+    from medseg.data.check import read_header
+
+    assert tuple(read_header(tmp_path / "series").shape) == session.shape  # what PUT /datastore/label checks
     centre = [int(v) for v in np.argwhere(session.labels == 1).mean(0).round()]
     session.click(centre, 2, positive=True)
     assert session.labels[tuple(centre)] == 2
@@ -464,3 +467,94 @@ def test_dicom_series_uploaded_as_a_zip(served, monkeypatch):
     status, body, _ = call(f"{url}/api/upload?name=fake.zip", "POST", b"PK not really")
     assert status == 400 and "not a readable zip" in json.loads(body)["detail"]
     assert leftovers() == kept  # nothing left behind by the refused uploads; the open case keeps its files
+
+
+def test_bad_uploads_clicks_labels_and_names_are_4xx_and_leave_nothing_behind(served, tmp_path):
+    url, src, server = served["url"], served["src"], served["server"]
+    uploads = Path(server.uploads.name)
+    status, body, _ = call(f"{url}/api/upload?name=junk.nii.gz", "POST", b"\x1f\x8b not really gzip" * 50)
+    assert status == 400 and "junk" in json.loads(body)["detail"] and list(uploads.iterdir()) == []
+    flat = tmp_path / "flat.nii.gz"
+    nib.save(nib.Nifti1Image(np.zeros((30, 28), np.float32), np.eye(4)), flat)
+    status, body, _ = call(f"{url}/api/upload?name=flat.nii.gz", "POST", flat.read_bytes())
+    assert status == 400 and "a 2D image (30, 28)" in json.loads(body)["detail"] and list(uploads.iterdir()) == []
+    status, body, _ = call(f"{url}/api/upload?name=ct_001.nii.gz", "POST", src.read_bytes())
+    assert status == 409  # the input folder's case keeps its name and its clicks
+    assert call(f"{url}/api/open", "POST", {"name": "ct_001"})[0] == 200
+    for bad in ({"voxel": [5, 5, 5], "label": 1, "positive": "false"}, {"voxel": "123", "label": 1},
+                {"voxel": [5, 5, 5], "label": 1.7}, {"voxel": [5, 5, 5], "label": True}):
+        assert call(f"{url}/api/cases/ct_001/click", "POST", bad)[0] == 400, bad
+    for params in ({"liver": [5]}, {"background": [[-1, -1, -1]]}, {"liver": [[1, 2]]}):
+        body, kind = multipart({"params": json.dumps(params).encode()})
+        request = urllib.request.Request(f"{url}/infer/medseg?image=ct_001", data=body, method="POST",
+                                         headers={"Content-Type": kind})
+        with pytest.raises(urllib.error.HTTPError) as err:
+            urllib.request.urlopen(request, timeout=60)
+        assert err.value.code == 400 and "params" in json.loads(err.value.read())["detail"], params
+    image = nib.load(src)
+    wrong = [("affine", nib.Nifti1Image(np.zeros(image.shape, np.uint8), np.diag([3.0, 3.0, 3.0, 1.0])), "affine"),
+             ("values", nib.Nifti1Image(np.full(image.shape, 300, np.uint16), image.affine), "values [300]")]
+    for name, label, message in wrong:
+        path = tmp_path / f"label_{name}.nii.gz"
+        nib.save(label, path)
+        body, kind = multipart({"label": path.read_bytes()})
+        request = urllib.request.Request(f"{url}/datastore/label?image=ct_001", data=body, method="PUT",
+                                         headers={"Content-Type": kind})
+        with pytest.raises(urllib.error.HTTPError) as err:
+            urllib.request.urlopen(request, timeout=60)
+        assert err.value.code == 400 and message in json.loads(err.value.read())["detail"]
+    assert not (served["out"] / "ct_001_seg.nii.gz").exists()
+
+
+def test_input_names_that_are_no_case_names_are_listed_safely_and_open(tmp_path):
+    inputs = tmp_path / "inputs"
+    inputs.mkdir()
+    write_case(inputs / "Patient 1 (CT).nii.gz")
+    write_case(inputs / "_under.nii.gz", seed=1)
+    running = Running(create_app(Server(threshold_bundle(), tmp_path / "out", inputs), token="s3cret"))
+    try:
+        request = urllib.request.Request(f"{running.url}/api/cases", headers={"Authorization": "bearer s3cret"})
+        with urllib.request.urlopen(request, timeout=60) as r:  # the scheme's case does not matter (RFC 9110)
+            assert json.loads(r.read())["input"] == ["Patient_1_CT", "under"]
+        status, body, _ = call(f"{running.url}/api/open", "POST", {"name": "Patient_1_CT"}, token="s3cret")
+        assert status == 200 and json.loads(body)["case"] == "Patient_1_CT"
+    finally:
+        running.stop()
+
+
+def test_serve_refuses_an_output_file_and_a_busy_port_in_one_line(tmp_path):
+    from medseg.errors import MedsegError
+    from medseg.workflows.serve import run
+
+    (tmp_path / "a_file").write_text("x")
+    with pytest.raises(MedsegError, match="--output-dir .*a file, not a folder"):
+        run(tmp_path / "no_bundle", output_dir=tmp_path / "a_file")
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        with pytest.raises(MedsegError, match=f"--port {busy.getsockname()[1]}: cannot listen"):
+            run(tmp_path / "no_bundle", port=busy.getsockname()[1], output_dir=tmp_path / "out")
+
+
+def test_dicom_series_without_what_a_seg_needs_still_saves_the_nifti_mask(tmp_path):
+    import pydicom
+
+    from medseg.data.dicom import write_series
+    from medseg.workflows.interact import CaseSession
+    from tests.conftest import synthetic_case
+
+    image, _, _ = synthetic_case()
+    write_series(tmp_path / "series", image.astype(np.float64), np.diag([1.5, 1.5, 2.0, 1.0]), series_uid="1.2.3.5",
+                 prefix="s")
+    for path in (tmp_path / "series").iterdir():
+        ds = pydicom.dcmread(path)
+        del ds.StudyTime
+        ds.save_as(path)
+    session = CaseSession(threshold_bundle(), "dcm_002", tmp_path / "series")
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "dcm_002_seg.dcm").write_bytes(b"a SEG of an earlier save")
+    files = session.save(tmp_path / "out")
+    assert [f.name for f in files] == ["dcm_002_seg.nii.gz", "dcm_002_clicks.json"]
+    assert "StudyTime" in session.save_warning and "--format" not in session.save_warning
+    assert not (tmp_path / "out" / "dcm_002_seg.dcm").exists()
+    assert json.loads(files[1].read_text())["dicom_seg_not_written"] == session.save_warning
