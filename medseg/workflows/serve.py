@@ -260,7 +260,9 @@ def _add_upload_route(app: FastAPI, server: Server) -> None:
                 folder = Path(tempfile.mkdtemp(prefix="upload_", dir=server.uploads.name))
                 path = folder / name
                 path.write_bytes(bytes(data))
-            return _summary(server.open(check_case_name(case), path))
+            summary = _summary(server.open(check_case_name(case), path))
+            server.uploaded[case] = path  # in MONAI Label's datastore too, as a PUT /datastore/ upload is
+            return summary
         except MedsegError as err:
             raise _fail(err) from None
         finally:

@@ -480,6 +480,9 @@ def test_bad_uploads_clicks_labels_and_names_are_4xx_and_leave_nothing_behind(se
     assert status == 400 and "a 2D image (30, 28)" in json.loads(body)["detail"] and list(uploads.iterdir()) == []
     status, body, _ = call(f"{url}/api/upload?name=ct_001.nii.gz", "POST", src.read_bytes())
     assert status == 409  # the input folder's case keeps its name and its clicks
+    assert call(f"{url}/api/upload?name=scan_c.nii.gz", "POST", src.read_bytes())[0] == 200
+    assert list(json.loads(call(f"{url}/datastore/?output=all")[1])["objects"]) == ["ct_001", "scan_c"]
+    assert call(f"{url}/api/upload?name=scan_c.nii.gz", "POST", src.read_bytes())[0] == 409
     assert call(f"{url}/api/open", "POST", {"name": "ct_001"})[0] == 200
     for bad in ({"voxel": [5, 5, 5], "label": 1, "positive": "false"}, {"voxel": "123", "label": 1},
                 {"voxel": [5, 5, 5], "label": 1.7}, {"voxel": [5, 5, 5], "label": True}):
