@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -73,7 +72,6 @@ def main() -> None:
             kept = sum(w <= limit for w in worst)
             print(f"{name}: worst-class loss {min(worst):.4f}-{max(worst):.4f}, {kept} of {len(worst)} seeds within "
                   f"{limit}", flush=True)
-        shutil.rmtree(models)
 
 
 if __name__ == "__main__":

@@ -25,6 +25,16 @@ def user_error(err: BaseException) -> MedsegError | None:
     return None
 
 
+def failure_line(err: BaseException, limit: int = 300) -> str:
+    """Why ``err`` stopped a case, in one line: the :class:`MedsegError` behind it (:func:`user_error`), else its
+    type and the first line of its text."""
+    found = user_error(err)
+    if found is not None:
+        return str(found)
+    first = (str(err).strip().splitlines() or [""])[0][:limit]
+    return f"{type(err).__name__}: {first}" if first else type(err).__name__
+
+
 def run_cli(main: Callable[[Sequence[str] | None], int | None], argv: Sequence[str] | None = None) -> int:
     """Run a command's ``main`` and map a :class:`MedsegError` to one line on stderr and exit code 2.
 

@@ -40,7 +40,11 @@ def run(argv: Sequence[str] | None = None) -> int:
         skipped.append(name)
         print(f"medseg: case '{name}' skipped: {reason}", file=sys.stderr)
 
-    rows = rank.run(args.bundle, args.input, args.output, device=args.device, trust=args.trust, on_skip=skip)
+    def scored(name: str, score: float) -> None:  # a line per case: a folder of CTs takes minutes
+        print(f"scored {name}: {score:.4f}", file=sys.stderr, flush=True)
+
+    rows = rank.run(args.bundle, args.input, args.output, device=args.device, trust=args.trust, on_case=scored,
+                    on_skip=skip)
     for row in rows:
         print(f"{row['rank']:>3}  {row['case']}  {row['uncertainty']:.4f}")
     print(f"wrote {args.output}" + (f"; {len(skipped)} skipped: {', '.join(skipped)}" if skipped else ""))

@@ -25,6 +25,14 @@ _CODES = {
 }
 
 
+class SegNotWritten(MedsegError):
+    """A series highdicom cannot reference in a SEG: ``reason`` the why, the message also ``hint`` (what to do)."""
+
+    def __init__(self, reason: str, hint: str) -> None:
+        super().__init__(reason + hint)
+        self.reason = reason
+
+
 def is_dicom_series(folder: Path) -> bool:
     return folder.is_dir() and any(p.is_file() and is_dicom_file(p) for p in folder.iterdir())
 
@@ -115,6 +123,6 @@ def write_dicom_seg(
         raise
     except Exception as err:  # highdicom/pydicom raise KeyError, ValueError, TypeError, AttributeError, ...
         reason = str(err).strip().splitlines()[0][:200] if str(err).strip() else ""
-        raise MedsegError(f"{series_dir}: DICOM SEG cannot be written from this series ({type(err).__name__}"
-                          f"{': ' + reason if reason else ''}); write NIfTI instead (--format nifti)") from err
+        raise SegNotWritten(f"{series_dir}: DICOM SEG cannot be written from this series ({type(err).__name__}"
+                            f"{': ' + reason if reason else ''})", "; write NIfTI instead (--format nifti)") from err
     return out_path

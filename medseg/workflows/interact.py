@@ -41,7 +41,7 @@ from monai.utils import TraceKeys
 from medseg import __version__
 from medseg.bundle.load import LoadedBundle
 from medseg.config.schema import InteractiveConfig
-from medseg.data.dicom_seg import write_dicom_seg
+from medseg.data.dicom_seg import SegNotWritten, write_dicom_seg
 from medseg.data.labelmaps import write_label_nifti
 from medseg.data.nifti import REVERSED_AXES
 from medseg.errors import MedsegError
@@ -63,6 +63,11 @@ def check_case_name(name: str) -> str:
         raise MedsegError(f"case name {name!r}: use letters, digits, '.', '_' and '-' only, starting with a letter or"
                           " digit (no paths, no '..')")
     return name
+
+
+def is_number(value: Any) -> bool:
+    """A JSON number (not a boolean, which Python counts as an int): what a click's coordinates must be."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def inside(folder: Path, name: str) -> Path:
@@ -437,9 +442,8 @@ class CaseSession:
             try:
                 written.append(write_dicom_seg(self.labels, self.affine, self.path, seg, names, self.bundle.name,
                                                __version__))
-            except MedsegError as err:  # the series lacks what a SEG must reference: the NIfTI mask still counts
-                reason = str(err).split("; write NIfTI instead")[0]
-                self.save_warning = f"{reason}; saved the NIfTI mask and the click log only"
+            except SegNotWritten as err:  # the series lacks what a SEG must reference: the NIfTI mask still counts
+                self.save_warning = f"{err.reason}; saved the NIfTI mask and the click log only"
                 seg.unlink(missing_ok=True)  # no SEG of an earlier save beside the new mask
         log = inside(out_dir, f"{self.name}_clicks.json")
         record = {"case": self.name, "bundle": self.bundle.name, "medseg": __version__,

@@ -31,6 +31,7 @@ import email.policy
 import hmac
 import json
 import secrets
+import shutil
 import tempfile
 import time
 import urllib.parse
@@ -47,7 +48,8 @@ from medseg.data.check import read_header
 from medseg.data.formats import NIFTI_SUFFIXES, has_suffix
 from medseg.data.labelmaps import write_label_nifti
 from medseg.errors import MedsegError
-from medseg.workflows.interact import CaseSession, check_case_name, inside
+from medseg.workflows.interact import CaseSession, check_case_name, inside, is_number
+from medseg.workflows.predict import check_input
 
 MODEL = "medseg"
 #: the image files ``PUT /datastore/`` takes (a DICOM series goes through the page's zip upload)
@@ -105,8 +107,7 @@ def apply_clicks(session: CaseSession, params: Any, names: dict[str, int]) -> No
         if key not in names or not isinstance(points, list):
             continue
         for point in points:
-            if not (isinstance(point, list) and len(point) >= 3 and all(
-                    isinstance(v, (int, float)) and not isinstance(v, bool) for v in point[:3])):
+            if not (isinstance(point, list) and len(point) >= 3 and all(is_number(v) for v in point[:3])):
                 raise MedsegError(f"params {key!r}: a click {point!r} is not [i, j, k] voxel indices")
             voxel = [float(v) for v in point[:3]]
             if any(not 0 <= v < n for v, n in zip(voxel, session.shape)):
@@ -189,15 +190,16 @@ def add_routes(app: FastAPI, server: Any, token: str | None = None) -> None:
             check_case_name(name)
         except MedsegError as err:
             raise HTTPException(400, str(err)) from None
-        if server.input_dir is not None and name in server.listed() and name not in server.uploaded:
+        if name in server.listed() and name not in server.uploaded:
             raise HTTPException(409, f"image {name!r} is a case of --input-dir; upload it under another id")
         folder = Path(tempfile.mkdtemp(prefix="datastore_", dir=server.uploads.name))
         path = folder / f"{name}{suffix}"
         path.write_bytes(parts["file"][1])
         try:
-            nib.load(str(path)) if suffix in (".nii.gz", ".nii") else None  # a NIfTI is checked now, not at infer
-        except Exception as err:  # nibabel raises many kinds for a file that is not NIfTI
-            raise HTTPException(400, f"file {filename!r}: not a readable NIfTI file ({type(err).__name__})") from None
+            check_input(bundle, path)  # checked now, not at the first infer
+        except MedsegError as err:
+            shutil.rmtree(folder, ignore_errors=True)
+            raise HTTPException(400, f"file {filename!r}: {err}") from None
         server.uploaded[name] = path
         return {"image": name}
 

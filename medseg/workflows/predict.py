@@ -144,17 +144,22 @@ def write_instances(bundle: LoadedBundle, labels: np.ndarray, spacing: list[floa
     return written
 
 
-def predict_one(bundle: LoadedBundle, path: Path, out: Path, device: torch.device, fmt: str = "nifti",
-                tta: bool = False, series: str | None = None, instances: bool = False) -> Path:
-    """Predict the case at ``path`` and write it to ``out``; returns ``out``. ``instances``: also the instance
-    label image and the per-object CSV (:func:`write_instances`)."""
-    # every check that needs no voxels (DICOM series order/spacing/tilt/gaps/choice; claimed size, truncated or cut
-    # files, 4D, a single voxel, colour) before any pixel is read
+def check_input(bundle: LoadedBundle, path: Path, series: str | None = None) -> None:
+    """Every check that needs no voxels, before any pixel is read: the header's (DICOM series order, spacing,
+    tilt, gaps, choice; claimed size, truncated or cut files, 4D, a single voxel, colour) and a 2D image for a 3D
+    network; one :class:`MedsegError` line."""
     header = read_header(path, series)
     cfg = bundle.cfg
     if cfg is not None and int(cfg.network.spatial_dims) == 3 and len(header.shape) == 2:
         raise MedsegError(f"{path}: a 2D image {tuple(header.shape)}, and this bundle's network is 3D; give a 3D "
                           "volume, or use a bundle trained on 2D images")
+
+
+def predict_one(bundle: LoadedBundle, path: Path, out: Path, device: torch.device, fmt: str = "nifti",
+                tta: bool = False, series: str | None = None, instances: bool = False) -> Path:
+    """Predict the case at ``path`` and write it to ``out``; returns ``out``. ``instances``: also the instance
+    label image and the per-object CSV (:func:`write_instances`)."""
+    check_input(bundle, path, series)
     if fmt == "auto" and is_picture(path):
         stack, spacing = read_picture(path)
         if _two_d(bundle) and path.name.lower().endswith((".tif", ".tiff")) and stack.ndim == 3 and stack.shape[-1] != 3:
@@ -257,4 +262,4 @@ def run(bundle: str | Path, inputs: str | Path, output: str | Path, *, format: s
     return written
 
 
-__all__ = ["ENGINES", "FORMATS", "Written", "find_inputs", "predict_one", "run"]
+__all__ = ["ENGINES", "FORMATS", "Written", "check_input", "find_inputs", "predict_one", "run"]

@@ -23,7 +23,7 @@ from typing import Any
 import torch
 
 from medseg.bundle.load import LoadedBundle, load_bundle
-from medseg.errors import MedsegError, user_error
+from medseg.errors import MedsegError, failure_line
 from medseg.fileio import atomic_write_text
 from medseg.inference import torch_forward
 from medseg.workflows.predict import find_inputs
@@ -66,9 +66,7 @@ def run(bundle: str | Path, inputs: str | Path, output: str | Path, *, device: s
         try:
             score, voxels = uncertainty(probabilities(loaded, path, device))
         except Exception as err:  # one unreadable case must not lose the others' scores
-            found = user_error(err)
-            reason = str(found) if found is not None else \
-                f"{type(err).__name__}: {(str(err).strip().splitlines() or [''])[0][:300]}"
+            reason = failure_line(err)
             if len(cases) == 1:
                 raise MedsegError(f"{path}: cannot be ranked ({reason})") from None
             if on_skip is not None:

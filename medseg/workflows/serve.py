@@ -42,11 +42,10 @@ from starlette.middleware.base import BaseHTTPMiddleware
 from medseg.bundle.load import LoadedBundle, load_bundle
 from medseg.data.formats import VOLUME_SUFFIXES
 from medseg.data.dicom import SKIP_NAMES
-from medseg.data.check import read_header
-from medseg.errors import MedsegError, user_error
+from medseg.errors import MedsegError, failure_line, user_error
 from medseg.workflows import monailabel
-from medseg.workflows.interact import CaseSession, check_case_name, session_forward
-from medseg.workflows.predict import find_inputs
+from medseg.workflows.interact import CaseSession, check_case_name, is_number, session_forward
+from medseg.workflows.predict import check_input, find_inputs
 from medseg.workflows.serve_page import PAGE
 
 #: uploads larger than this are refused (413)
@@ -126,22 +125,16 @@ class Server:
         return bytes(data)
 
     def session(self, name: str, path: Path) -> CaseSession:
-        """A new session of the case at ``path``; whatever stops it is one :class:`MedsegError` line (the header
+        """A new session of the case at ``path``; whatever stops it is one :class:`MedsegError` line (the input
         checks of ``medseg.predict`` first: damaged, 4D, colour, 2D for a 3D network)."""
-        header = read_header(path)
-        cfg = self.bundle.cfg
-        if cfg is not None and int(cfg.network.spatial_dims) == 3 and len(header.shape) == 2:
-            raise MedsegError(f"case {name}: a 2D image {tuple(header.shape)}, and this bundle's network is 3D")
+        check_input(self.bundle, path)
         try:
             return CaseSession(self.bundle, name, path, self.device, forward=self.forward)
         except MedsegError:
             raise
         except Exception as err:  # MONAI wraps a reader's or a transform's error in RuntimeError
             found = user_error(err)
-            if found is not None:
-                raise found from None
-            reason = (str(err).strip().splitlines() or [type(err).__name__])[0][:300]
-            raise MedsegError(f"case {name}: cannot be read or segmented ({type(err).__name__}: {reason})") from None
+            raise (found or MedsegError(f"case {name}: cannot be read or segmented ({failure_line(err)})")) from None
 
     def open(self, name: str, path: Path) -> CaseSession:
         with self.lock:
@@ -167,10 +160,6 @@ def _unique(name: str, taken: dict[str, Any]) -> str:
         n += 1
         out = f"{name}_{n}"
     return out
-
-
-def _number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def _summary(session: CaseSession) -> dict[str, Any]:
@@ -356,7 +345,7 @@ def _add_click_routes(app: FastAPI, server: Server) -> None:
     def click(case: str, body: dict[str, Any]) -> dict[str, Any]:
         session = server.case(case)
         voxel, label, positive = body.get("voxel"), body.get("label"), body.get("positive", True)
-        if not (isinstance(voxel, list) and all(_number(v) for v in voxel) and isinstance(label, int)
+        if not (isinstance(voxel, list) and all(is_number(v) for v in voxel) and isinstance(label, int)
                 and not isinstance(label, bool) and isinstance(positive, bool)):
             raise HTTPException(400, 'click: send {"voxel": [i, j, k], "label": class, "positive": true|false}'
                                      " (numbers, a whole class number, a JSON true or false)")
