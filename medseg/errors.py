@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 logger = logging.getLogger("medseg")
 
@@ -33,6 +34,12 @@ def failure_line(err: BaseException, limit: int = 300) -> str:
         return str(found)
     first = (str(err).strip().splitlines() or [""])[0][:limit]
     return f"{type(err).__name__}: {first}" if first else type(err).__name__
+
+
+def check_folder_option(path: str | Path | None, flag: str, what: str) -> None:
+    """One line, before any work, when ``path`` (a command's output folder option) is an existing file."""
+    if path is not None and Path(path).exists() and not Path(path).is_dir():
+        raise MedsegError(f"{flag} {path}: a file, not a folder; give the folder {what}")
 
 
 def run_cli(main: Callable[[Sequence[str] | None], int | None], argv: Sequence[str] | None = None) -> int:

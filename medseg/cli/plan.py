@@ -11,6 +11,7 @@ import argparse
 from collections.abc import Sequence
 from pathlib import Path
 
+from medseg.cli import minutes
 from medseg.errors import run_cli
 
 
@@ -21,7 +22,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="default: dataset.json's, else guessed from the intensities")
     parser.add_argument("--labels", metavar="NAME=VALUE,...", help="label values (default: dataset.json's, else"
                         " the values found)")
-    parser.add_argument("--budget-minutes", type=float, default=15.0, metavar="M",
+    parser.add_argument("--budget-minutes", type=minutes(), default=15.0, metavar="M",
                         help="training time budget on this machine (default 15)")
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="where training will run")
     parser.add_argument("--network", default="resunet", help="network family (any registry name; default resunet)")

@@ -10,6 +10,7 @@ import argparse
 from collections.abc import Sequence
 from pathlib import Path
 
+from medseg.cli import minutes
 from medseg.config import available_tasks
 from medseg.errors import run_cli
 
@@ -23,7 +24,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="continue an interrupted run from its last checkpoint (same config, same MLflow run)")
     parser.add_argument("--fold", type=int, metavar="K", help="train fold K (0-based) of training.folds-fold CV")
     parser.add_argument("--folds", choices=["all"], help="train every fold of the cross-validation, then summarise")
-    parser.add_argument("--max-minutes", type=float, default=0.0, metavar="M",
+    parser.add_argument("--max-minutes", type=minutes(allow_zero=True), default=0.0, metavar="M",
                         help="stop training after M minutes (after that epoch's validation), then evaluate and export")
     parser.add_argument("--epochs", type=int, help="override training.epochs")
     parser.add_argument("--data-dir", type=Path, help="folder holding the datasets (default: ./data)")

@@ -6,6 +6,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from medseg.data.layouts import detect_layout
 from medseg.data.nuclei import prepare_nuclei_sample
 from medseg.data.sample import prepare_lits_sample
 from medseg.errors import MedsegError
@@ -27,6 +28,9 @@ def locate_dataset(cfg: Any, data_dir: Path, explicit: bool) -> Path:
     root = root if root.is_absolute() else data_dir / root
     if cfg.data.dataset and root.exists():
         return root
+    if explicit and _is_dataset(data_dir):  # --data-dir names the dataset folder itself, not the folder holding it
+        logger.info("--data-dir %s holds a dataset itself: using it", data_dir)
+        return data_dir
     if cfg.data.sample == "lits117":
         sample = prepare_lits_sample(data_dir)
         where = f"no dataset at {root}" if cfg.data.dataset else "no dataset configured"
@@ -37,3 +41,12 @@ def locate_dataset(cfg: Any, data_dir: Path, explicit: bool) -> Path:
         logger.info("no dataset at %s: using the built-in nuclei sample (DSB 2018, 512x512) at %s", root, sample)
         return sample
     raise MedsegError(f"dataset folder {root} does not exist: put the dataset there or pass --data-dir")
+
+
+def _is_dataset(folder: Path) -> bool:
+    """``folder`` has a layout of its own (``dataset.json``, or ``images/`` + ``labels/``)."""
+    try:
+        detect_layout(folder)
+    except MedsegError:
+        return False
+    return True

@@ -24,15 +24,18 @@ def fetch_wheel(download_dir: Path, package: str, wheel_glob: str, what: str) ->
     wheels = sorted(download_dir.glob(wheel_glob))
     if wheels:
         return wheels[0]
+    created = not download_dir.exists()
     download_dir.mkdir(parents=True, exist_ok=True)
     logger.info("downloading %s (wheel only, no dependencies) from the package index", package)
     cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "-q", package]
     result = subprocess.run(cmd + ["-d", str(download_dir)], capture_output=True, text=True, check=False)
     wheels = sorted(download_dir.glob(wheel_glob))
     if result.returncode != 0 or not wheels:
+        if created and not any(download_dir.iterdir()):
+            download_dir.rmdir()  # leave the user's folder as it was
         reason = (result.stderr.strip().splitlines() or ["no wheel downloaded"])[-1]
-        raise MedsegError(f"could not download the {what} {package} ({reason}); put its wheel in {download_dir}"
-                          " or provide a dataset with --data-dir")
+        raise MedsegError(f"could not download the {what} {package} ({reason}); put its wheel in {download_dir},"
+                          " or give --data-dir your own dataset's folder (or the folder holding it)")
     return wheels[0]
 
 

@@ -16,6 +16,7 @@ Example:
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -122,6 +123,15 @@ class _ShapeCompiled:
         return compiled(x)[compiled.output(0)]
 
 
+def _run_folder(bundle_dir: Path) -> str:
+    """The training run a medseg bundle names in ``metadata.json`` (``medseg_export.run``), else ``RUN_DIR``."""
+    try:
+        meta = json.loads((bundle_dir / "configs" / "metadata.json").read_text())
+        return str(meta["medseg_export"]["run"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return "RUN_DIR"
+
+
 _LOADERS = {"onnxruntime": _onnxruntime, "openvino": _openvino,
             "openvino-bf16": lambda path, threads: _openvino(path, threads, bf16=True)}
 
@@ -151,9 +161,9 @@ def build_engine(name: str, network: torch.nn.Module, models_dir: Path | None, *
         raise MedsegError(f"--engine {name}: this bundle has no model files medseg can find; use --engine torch")
     path = Path(models_dir) / (INT8_FILE if int8 else ONNX_FILE)
     if not path.is_file():
-        how = "export with --int8" if int8 else "re-export"
-        raise MedsegError(f"{path}: missing (bundle written before ONNX export or without INT8); {how} the bundle "
-                          "from its run with python -m medseg.export RUN_DIR" + (" --int8" if int8 else ""))
+        why = "this bundle was exported without INT8" if int8 else "this bundle was written before medseg exported ONNX"
+        raise MedsegError(f"{path}: missing ({why}); write a new version with python -m medseg.export "
+                          f"{_run_folder(Path(models_dir).parent)}" + (" --int8" if int8 else ""))
     try:
         session = _LOADERS[name](path, threads)
     except Exception as err:  # the runtime's own error types; one line naming the file

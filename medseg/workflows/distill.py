@@ -27,6 +27,7 @@ import yaml
 from ignite.engine import Events
 
 from medseg.bundle import export_bundle
+from medseg.bundle.int8 import Int8Refused
 from medseg.bundle.load import load_bundle
 from medseg.bundle.versions import resolve
 from medseg.config import TaskConfig
@@ -37,7 +38,7 @@ from medseg.engine import builders
 from medseg.engine.checks import check_task
 from medseg.engine.distill import DistillationLoss, TeacherStudent
 from medseg.engine.optim import build_optimizer
-from medseg.errors import MedsegError
+from medseg.errors import MedsegError, check_folder_option
 from medseg.evaluation import format_table, summarise, write_reports
 from medseg.fileio import atomic_write_text, new_dir
 from medseg.workflows.logs import setup_logging
@@ -111,8 +112,11 @@ def run(teacher: str | Path, *, student: str = "light_unet", data_dir: Path | No
         overrides: ``key=value`` config overrides for the student (``distill.temperature=4``...).
     """
     setup_logging()
-    if budget_minutes <= 0:
-        raise MedsegError(f"--budget-minutes {budget_minutes}: give a positive number of minutes")
+    if not math.isfinite(budget_minutes) or budget_minutes <= 0:
+        raise MedsegError(f"--budget-minutes {budget_minutes}: give a positive finite number of minutes")
+    check_folder_option(output_dir, "--output-dir", "the student's run writes to")
+    if not Path(teacher).exists():
+        raise MedsegError(f"--teacher {teacher}: no such bundle folder; give a bundle medseg wrote (bundles/<name>)")
     teacher_path = resolve(Path(teacher))
     loaded = load_bundle(teacher_path, torch.device("cpu"))
     if loaded.cfg is None:
@@ -122,7 +126,7 @@ def run(teacher: str | Path, *, student: str = "light_unet", data_dir: Path | No
     root = locate_dataset(cfg, Path(data_dir or "data"), explicit=data_dir is not None)
     train_cases, val_cases = load_dataset(cfg, root, cfg.training.seed)
     run_dir = output_dir or new_dir(Path("runs") / f"{cfg.task}_distill", time.strftime("%Y%m%d-%H%M%S"))
-    run_dir = Path(run_dir)
+    run_dir = Path(run_dir).resolve()  # absolute: the bundle's metadata.json names the run from anywhere
     (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
     setup_logging(run_dir)
     atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
@@ -145,10 +149,16 @@ def run(teacher: str | Path, *, student: str = "light_unet", data_dir: Path | No
     seconds = time.monotonic() - started
     torch.save({k: v.cpu() for k, v in net.state_dict().items()}, run_dir / "checkpoints" / "best.pt")
 
+    # the epochs it ran, not the cap the budget stopped: config.yaml and the bundle's train.json are its recipe
+    cfg = TaskConfig.from_dict(merged(cfg.to_dict(), {"training": {"epochs": int(trainer.state.epoch)}}),
+                               source=cfg.source)
+    atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
     net.eval()
+    logger.info("validation, student (%s):", student)
     per_case = evaluate_cases(cfg, net, val_cases, device, run_dir / "predictions")
     student_summary = summarise(per_case)
     write_reports(per_case, student_summary, run_dir)  # metrics.json + per case: medseg.export RUN_DIR works on it
+    logger.info("validation, teacher (%s):", tcfg.network.name)
     teacher_summary = summarise(evaluate_cases(tcfg, pair.teacher, val_cases, device,
                                                run_dir / "teacher_predictions"))
     side = {c: {"teacher_dice": round(float(teacher_summary[c]["dice"]), 4),
@@ -161,7 +171,14 @@ def run(teacher: str | Path, *, student: str = "light_unet", data_dir: Path | No
     logger.info("validation Dice, teacher vs student:\n%s", "\n".join(
         f"  {c:<12} teacher {v['teacher_dice']:.3f}  student {v['student_dice']:.3f}" for c, v in side.items()))
     logger.info("student metrics:\n%s", format_table(student_summary))
-    bundle = export_bundle(cfg, run_dir, net, student_summary, seconds, extra_metadata={"medseg_distill": record})
+    # bundle.int8 (--int8): the student's INT8 model, calibrated and measured on the teacher's cases as at training
+    int8_cases = (train_cases, val_cases) if cfg.bundle.int8 else None
+    try:
+        bundle = export_bundle(cfg, run_dir, net, student_summary, seconds, int8_cases=int8_cases,
+                               extra_metadata={"medseg_distill": record})
+    except Int8Refused as err:  # the bundle is written without the INT8 model; the distillation itself succeeded
+        logger.warning("%s", err)
+        bundle = Path(cfg.bundle.dir) / cfg.bundle_name()
     logger.info("student bundle written to %s", bundle)
     return DistillOutcome(run_dir, bundle, teacher_summary, student_summary, int(trainer.state.epoch))
 

@@ -58,7 +58,10 @@ def export_run(run_dir: Path, out: Path | None = None, int8: bool | None = None,
             raise MedsegError(f"{run_dir / 'cases.json'}: missing; INT8 needs the run's training and validation cases")
         cwd = read_state(run_dir).get("cwd") if (run_dir / STATE).is_file() else None  # relative case paths' base
         int8_cases = read_cases(run_dir, cwd)
-    return export_bundle(cfg, run_dir, net, summary, seconds, int8_cases=int8_cases)
+    extra = None
+    if (run_dir / "distill.json").is_file():  # a medseg.distill run: its teacher/student record stays in the bundle
+        extra = {"medseg_distill": json.loads((run_dir / "distill.json").read_text())}
+    return export_bundle(cfg, run_dir, net, summary, seconds, int8_cases=int8_cases, extra_metadata=extra)
 
 
 def list_bundles(bundles_dir: Path) -> list[dict[str, Any]]:

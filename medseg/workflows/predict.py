@@ -30,7 +30,7 @@ from medseg.data.formats import VOLUME_SUFFIXES as IMAGE_SUFFIXES
 from medseg.data.labelmaps import case_name, write_label_nifti
 from medseg.data.pictures import PICTURE_SUFFIXES, is_picture, output_suffix, read_picture, write_picture
 from medseg.data.dicom_reader import DicomSeriesReader
-from medseg.errors import MedsegError
+from medseg.errors import MedsegError, check_folder_option
 from medseg.inference import run_case, torch_forward
 from medseg.inference.instances import label_instances, object_table, write_object_csv
 from medseg.inference.runtimes import ENGINES, build_engine
@@ -210,8 +210,7 @@ def run(bundle: str | Path, inputs: str | Path, output: str | Path, *, format: s
     if format not in FORMATS:
         raise MedsegError(f"format {format!r}: choose one of {', '.join(FORMATS)}")
     output = Path(output)
-    if output.exists() and not output.is_dir():
-        raise MedsegError(f"--output {output}: a file, not a folder; give a folder for the masks")
+    check_folder_option(output, "--output", "the masks go to")
     dev = _device(device)
     cases = find_inputs(Path(inputs))
     if Path(inputs).is_dir() and Path(inputs).resolve() == output.resolve():

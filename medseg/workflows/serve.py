@@ -42,7 +42,7 @@ from starlette.middleware.base import BaseHTTPMiddleware
 from medseg.bundle.load import LoadedBundle, load_bundle
 from medseg.data.formats import VOLUME_SUFFIXES
 from medseg.data.dicom import SKIP_NAMES
-from medseg.errors import MedsegError, failure_line, user_error
+from medseg.errors import MedsegError, check_folder_option, failure_line, user_error
 from medseg.workflows import monailabel
 from medseg.workflows.interact import CaseSession, check_case_name, is_number, session_forward
 from medseg.workflows.predict import check_input, find_inputs
@@ -388,8 +388,7 @@ def run(bundle: str | Path, *, host: str = "127.0.0.1", port: int = 8000, token:
     check_host(host, token)
     if input_dir is not None and not Path(input_dir).is_dir():
         raise MedsegError(f"--input-dir {input_dir}: no such folder")
-    if Path(output_dir).exists() and not Path(output_dir).is_dir():
-        raise MedsegError(f"--output-dir {output_dir}: a file, not a folder; give the folder corrected masks go to")
+    check_folder_option(output_dir, "--output-dir", "corrected masks go to")
     with socket.socket() as probe:  # a port in use is one line now, not uvicorn's error after the bundle loaded
         probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
         try:

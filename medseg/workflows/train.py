@@ -41,7 +41,7 @@ from medseg.plan.post import decide_largest_component
 from medseg.plan.rules import OVERHEAD
 from medseg.engine.resume import read_state, resume_config, stored_config, write_state
 from medseg.engine.trainer import TrainResult, train
-from medseg.errors import MedsegError
+from medseg.errors import MedsegError, check_folder_option
 from medseg.evaluation import evaluate_case, summarise, write_reports
 from medseg.evaluation.figures import write_preview
 from medseg.fileio import atomic_write_text, new_dir
@@ -102,6 +102,7 @@ def run(
         overrides.append("data.skip_bad=true")
     if fold is not None and folds:
         raise MedsegError("--fold and --folds: give one of them")
+    check_folder_option(output_dir, "--output-dir", "the run writes to")
     opts = Options(None if data_dir is None else Path(data_dir), None if output_dir is None else Path(output_dir),
                    fold, folds, None if resume is None else Path(resume), float(max_minutes), export, register,
                    tracking_optional)

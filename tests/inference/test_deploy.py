@@ -289,10 +289,12 @@ def test_distillation_loss_and_teacher_held_apart() -> None:
 def test_distill_end_to_end_on_a_tiny_budget(trained, tmp_path: Path, capsys) -> None:
     from medseg.distill import main as distill_main
 
+    # --data-dir the dataset folder itself (not the folder holding it); --int8 on the student
     code = distill_main(["--teacher", str(trained["bundle"]), "--student", "light_unet",
-                         "--data-dir", str(trained["work"] / "data"), "--budget-minutes", "0.2",
+                         "--data-dir", str(trained["dataset"]), "--budget-minutes", "0.2",
                          "--output-dir", str(tmp_path / "run"), "--set", "distill.temperature=3",
-                         "--set", "network.channels=[4,8,16]"])
+                         "--set", "network.channels=[4,8,16]", "--int8", "--set", "bundle.int8_patches=4",
+                         "--set", "bundle.int8_max_dice_loss=1.0"])
     captured = capsys.readouterr()
     out = captured.out
     assert code == 0, captured.err
@@ -301,6 +303,18 @@ def test_distill_end_to_end_on_a_tiny_budget(trained, tmp_path: Path, capsys) ->
     student_bundle = trained["bundle"].parent / "liver_ct_segmentation_light_unet"
     meta = json.loads((student_bundle / "configs" / "metadata.json").read_text())
     assert meta["medseg_distill"]["dice"] == record["dice"]
+    assert meta["medseg_export"]["run"] == str((tmp_path / "run").resolve())  # absolute: found from anywhere
+    assert (student_bundle / "models" / INT8_FILE).is_file() and meta["medseg_int8"]["calibration_patches"] == 4
+    # the recipe the bundle and the run keep is the epochs it ran, not the cap the time budget stopped
+    train_json = json.loads((student_bundle / "configs" / "train.json").read_text())
+    assert train_json["epochs"] == record["epochs_run"] < 100_000
+    assert json.loads((student_bundle / "configs" / "medseg_task.json").read_text())["training"]["epochs"] == \
+        record["epochs_run"]
+    # exported again from its run (as the missing-INT8 message says), the bundle keeps the teacher/student record
+    from medseg.workflows.export import export_run
+
+    again = export_run(tmp_path / "run", out=tmp_path / "again" / "student")
+    assert json.loads((again / "configs" / "metadata.json").read_text())["medseg_distill"] == record
     assert json.loads((student_bundle / "configs" / "medseg_task.json").read_text())["network"]["name"] == "light_unet"
     assert (student_bundle / "models" / "model.onnx").is_file()
     # the teacher's Dice is its own bundle's validation Dice (same cases, same chain)
@@ -309,6 +323,41 @@ def test_distill_end_to_end_on_a_tiny_budget(trained, tmp_path: Path, capsys) ->
         assert record["dice"][name]["teacher_dice"] == pytest.approx(teacher_meta["eval_metrics"][f"{name}_dice"],
                                                                       abs=1e-4)
         assert f"{name}: teacher Dice {record['dice'][name]['teacher_dice']:.3f}" in out
+
+
+@pytest.mark.parametrize("budget", ["nan", "inf", "0", "-3"])
+def test_distill_refuses_a_budget_that_never_ends_or_never_starts(budget: str, tmp_path: Path, capsys) -> None:
+    from medseg.distill import main as distill_main
+
+    with pytest.raises(SystemExit) as stop:
+        distill_main(["--teacher", str(tmp_path), "--budget-minutes", budget])
+    assert stop.value.code == 2 and "finite number of minutes" in capsys.readouterr().err
+
+
+def test_distill_one_line_for_a_missing_teacher_and_a_file_as_output_dir(tmp_path: Path, capsys) -> None:
+    from medseg.distill import main as distill_main
+
+    assert distill_main(["--teacher", str(tmp_path / "nope")]) == 2
+    err = capsys.readouterr().err
+    assert "nope: no such bundle folder" in err and "Traceback" not in err
+    afile = tmp_path / "afile.txt"
+    afile.write_text("x")
+    assert distill_main(["--teacher", str(tmp_path), "--output-dir", str(afile)]) == 2  # before the teacher loads
+    err = capsys.readouterr().err
+    assert f"--output-dir {afile}: a file, not a folder" in err and "Traceback" not in err
+
+
+def test_missing_engine_model_names_the_bundle_run_to_export_again(tmp_path: Path) -> None:
+    from medseg.errors import MedsegError
+
+    (tmp_path / "configs").mkdir()
+    (tmp_path / "models").mkdir()
+    (tmp_path / "configs" / "metadata.json").write_text(json.dumps({"medseg_export": {"run": "/data/runs/liver/7"}}))
+    net = small_network("unet", 3, 16)
+    with pytest.raises(MedsegError, match=r"exported without INT8\); .*medseg.export /data/runs/liver/7 --int8$"):
+        build_engine("openvino", net, tmp_path / "models", int8=True)
+    with pytest.raises(MedsegError, match=r"before medseg exported ONNX\); .*medseg.export /data/runs/liver/7$"):
+        build_engine("onnxruntime", net, tmp_path / "models")
 
 
 def test_predict_help_choices_are_the_workflow_tables() -> None:
