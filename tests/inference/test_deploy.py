@@ -334,6 +334,19 @@ def test_distill_refuses_a_budget_that_never_ends_or_never_starts(budget: str, t
     assert stop.value.code == 2 and "finite number of minutes" in capsys.readouterr().err
 
 
+
+@pytest.mark.parametrize("command,flag", [("train", "--max-minutes"), ("plan", "--budget-minutes")])
+def test_time_budgets_of_train_and_plan_are_finite(command: str, flag: str, capsys) -> None:
+    import importlib
+
+    parser = importlib.import_module(f"medseg.cli.{command}").build_parser()
+    for bad in ("nan", "inf", "-1", "ten"):
+        with pytest.raises(SystemExit):
+            parser.parse_args(["liver", flag, bad])
+        assert "number of minutes" in capsys.readouterr().err
+    assert getattr(parser.parse_args(["liver", flag, "2.5"]), flag[2:].replace("-", "_")) == 2.5
+
+
 def test_distill_one_line_for_a_missing_teacher_and_a_file_as_output_dir(tmp_path: Path, capsys) -> None:
     from medseg.distill import main as distill_main
 
