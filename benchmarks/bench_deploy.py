@@ -4,8 +4,8 @@ For one medseg bundle (default ``bundles/liver_ct_segmentation``) and each of to
 openvino fp32 and bf16 (when installed), onnxruntime INT8 and openvino INT8 (when the bundle holds ``model_int8.onnx``):
 
 - forward time of one sliding-window batch (``sw_batch_size`` windows of the training patch; median of repeats),
-- whole-CT prediction time through the one chain (synthetic 512x512x100 CT, 0.8 x 0.8 x 2.5 mm, as
-  ``bench_predict.py``), and the mask's Dice against torch fp32's,
+- whole-CT prediction time through the one chain (median of ``--ct-repeats`` fresh processes; synthetic
+  512x512x100 CT, 0.8 x 0.8 x 2.5 mm, as ``bench_predict.py``), and the mask's Dice against torch fp32's,
 - peak resident memory of that prediction (a fresh process per engine, ``ru_maxrss``),
 - validation Dice per class on the run's validation cases (``--run RUN_DIR``: its ``cases.json``),
 
@@ -18,7 +18,7 @@ validation Dice within 0.005; the fastest engine's whole CT <= 0.5x; the student
 with liver Dice >= 0.92; start-up <= 0.4x nnU-Net's.
 
     .venv/bin/python benchmarks/bench_deploy.py [--bundle bundles/liver_ct_segmentation] [--run runs/liver/...]
-        [--student bundles/liver_ct_segmentation_light_unet] [--startup IMAGE] [--threads 2] [--repeats 5] [--skip-ct]
+        [--student bundles/liver_ct_segmentation_light_unet] [--startup IMAGE] [--threads 2] [--repeats 5] [--ct-repeats 3] [--skip-ct]
 """
 
 from __future__ import annotations
@@ -96,6 +96,8 @@ def main() -> None:
     p.add_argument("--run", type=Path, help="the bundle's training run (validation cases in its cases.json)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--ct-repeats", type=int, default=3, help="whole-CT predictions per engine, a fresh process "
+                   "each; the median is reported (default 3)")
     p.add_argument("--skip-ct", action="store_true", help="leave out the 512x512x100 CT (forward and Dice only)")
     p.add_argument("--student", type=Path, help="a distilled student bundle: its forward time and validation Dice")
     p.add_argument("--startup", type=Path, help="an image: whole python -m medseg.predict processes on it")
@@ -149,8 +151,11 @@ def main() -> None:
                 mask = Path(tmp) / f"{label.replace(' ', '_')}.npy"
                 cmd = [sys.executable, __file__, "--child", "--bundle", str(bundle), "--engine", engine,
                        "--threads", str(args.threads), "--ct", str(ct), "--mask", str(mask)] + (["--int8"] if int8 else [])
-                out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1]
-                row.update(json.loads(out))
+                runs = [json.loads(subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.strip()
+                                   .splitlines()[-1]) for _ in range(args.ct_repeats)]
+                row.update({"seconds": statistics.median(r["seconds"] for r in runs),
+                            "seconds_all": [round(r["seconds"], 3) for r in runs],
+                            "peak_mb": max(r["peak_mb"] for r in runs)})
                 masks[label] = np.load(mask)
                 ref = masks["torch fp32"]
                 row["ct_dice_vs_torch"] = {c: class_dice(masks[label], ref, list(m)) for c, m in classes.items()}

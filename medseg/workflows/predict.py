@@ -30,7 +30,7 @@ from medseg.data.formats import VOLUME_SUFFIXES as IMAGE_SUFFIXES
 from medseg.data.labelmaps import case_name, write_label_nifti
 from medseg.data.pictures import PICTURE_SUFFIXES, is_picture, output_suffix, read_picture, write_picture
 from medseg.data.dicom_reader import DicomSeriesReader
-from medseg.errors import MedsegError, check_folder_option
+from medseg.errors import MedsegError, check_folder_option, failure_line, user_error
 from medseg.inference import run_case, torch_forward
 from medseg.inference.instances import label_instances, object_table, write_object_csv
 from medseg.inference.runtimes import ENGINES, build_engine
@@ -245,12 +245,10 @@ def run(bundle: str | Path, inputs: str | Path, output: str | Path, *, format: s
                                else f"{name}{suffix}")
             out = predict_one(loaded, path, target, dev, format, tta, series, want_instances)
         except Exception as err:  # one unreadable case must not stop the others
-            if isinstance(err, MedsegError):
-                if len(cases) == 1:
-                    raise
-                reason = str(err)
-            else:
-                reason = str(err).strip().splitlines()[0][:300] if str(err).strip() else type(err).__name__
+            found = user_error(err)  # medseg's line, also behind MONAI's "applying transform" wrapper
+            if found is not None and len(cases) == 1:
+                raise found from None
+            reason = failure_line(err)
             written.failed.append((name, reason))
             if on_case is not None:
                 on_case(name, None, reason)
