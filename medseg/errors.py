@@ -42,6 +42,21 @@ def check_folder_option(path: str | Path | None, flag: str, what: str) -> None:
         raise MedsegError(f"{flag} {path}: a file, not a folder; give the folder {what}")
 
 
+#: files a training or distillation run writes at its start (what marks a folder as holding a run)
+RUN_MARKERS = ("resume.json", "run.json", "config.yaml", "distill.json", "checkpoints")
+
+
+def check_new_run_folder(path: str | Path | None, flag: str, hint: str = "") -> None:
+    """One line, before any work, when ``path`` (a run's ``--output-dir``) already holds a run: a second run
+    there would overwrite its checkpoints, metrics and report. ``hint``: how to continue that run instead."""
+    if path is None or not Path(path).is_dir():
+        return
+    found = [m for m in RUN_MARKERS if (Path(path) / m).exists()]
+    if found:
+        raise MedsegError(f"{flag} {path}: holds an earlier run ({found[0]}); give a new or empty folder"
+                          + (f" ({hint})" if hint else ""))
+
+
 def run_cli(main: Callable[[Sequence[str] | None], int | None], argv: Sequence[str] | None = None) -> int:
     """Run a command's ``main`` and map a :class:`MedsegError` to one line on stderr and exit code 2.
 

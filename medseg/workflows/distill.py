@@ -38,7 +38,7 @@ from medseg.engine import builders
 from medseg.engine.checks import check_task
 from medseg.engine.distill import DistillationLoss, TeacherStudent
 from medseg.engine.optim import build_optimizer
-from medseg.errors import MedsegError, check_folder_option
+from medseg.errors import MedsegError, check_folder_option, check_new_run_folder
 from medseg.evaluation import format_table, summarise, write_reports
 from medseg.fileio import atomic_write_text, new_dir
 from medseg.workflows.logs import setup_logging
@@ -115,6 +115,7 @@ def run(teacher: str | Path, *, student: str = "light_unet", data_dir: Path | No
     if not math.isfinite(budget_minutes) or budget_minutes <= 0:
         raise MedsegError(f"--budget-minutes {budget_minutes}: give a positive finite number of minutes")
     check_folder_option(output_dir, "--output-dir", "the student's run writes to")
+    check_new_run_folder(output_dir, "--output-dir")
     if not Path(teacher).exists():
         raise MedsegError(f"--teacher {teacher}: no such bundle folder; give a bundle medseg wrote (bundles/<name>)")
     teacher_path = resolve(Path(teacher))

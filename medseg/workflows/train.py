@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -41,7 +42,7 @@ from medseg.plan.post import decide_largest_component
 from medseg.plan.rules import OVERHEAD
 from medseg.engine.resume import read_state, resume_config, stored_config, write_state
 from medseg.engine.trainer import TrainResult, train
-from medseg.errors import MedsegError, check_folder_option
+from medseg.errors import MedsegError, check_folder_option, check_new_run_folder
 from medseg.evaluation import evaluate_case, summarise, write_reports
 from medseg.evaluation.figures import write_preview
 from medseg.fileio import atomic_write_text, new_dir
@@ -103,6 +104,8 @@ def run(
     if fold is not None and folds:
         raise MedsegError("--fold and --folds: give one of them")
     check_folder_option(output_dir, "--output-dir", "the run writes to")
+    if resume is None and os.environ.get("RANK", "0") == "0":  # torchrun: rank 0's check (the others find its files)
+        check_new_run_folder(output_dir, "--output-dir", f"to continue it: --resume {output_dir}")
     opts = Options(None if data_dir is None else Path(data_dir), None if output_dir is None else Path(output_dir),
                    fold, folds, None if resume is None else Path(resume), float(max_minutes), export, register,
                    tracking_optional)

@@ -490,3 +490,37 @@ def test_calibration_patches_are_the_same_for_the_same_seed(trained) -> None:
     first, second, other = (list(calibration_patches(cfg, train_cases, 6, seed)) for seed in (0, 0, 1))
     assert len(first) == 6 and all(np.array_equal(a, b) for a, b in zip(first, second))
     assert not all(np.array_equal(a, b) for a, b in zip(first, other))
+
+
+def test_train_and_distill_refuse_an_output_dir_holding_an_earlier_run(tmp_path: Path, capsys) -> None:
+    """A second run into an earlier run's folder would overwrite its checkpoints, metrics and report: one line,
+    exit 2, before any work, and the earlier run's files are untouched. A new or empty folder is fine."""
+    from medseg.distill import main as distill_main
+    from medseg.errors import MedsegError, check_new_run_folder
+    from medseg.train import main as train_main
+
+    earlier = tmp_path / "run"
+    (earlier / "checkpoints").mkdir(parents=True)
+    (earlier / "config.yaml").write_text("task: liver\n")
+    (earlier / "checkpoints" / "best.pt").write_bytes(b"weights")
+    assert train_main(["liver", "--output-dir", str(earlier)]) == 2
+    err = capsys.readouterr().err
+    assert f"--output-dir {earlier}: holds an earlier run (config.yaml)" in err
+    assert f"--resume {earlier}" in err and "Traceback" not in err
+    assert distill_main(["--teacher", str(tmp_path), "--output-dir", str(earlier)]) == 2  # before the teacher loads
+    err = capsys.readouterr().err
+    assert f"--output-dir {earlier}: holds an earlier run (config.yaml)" in err and "Traceback" not in err
+    assert (earlier / "config.yaml").read_text() == "task: liver\n"
+    assert (earlier / "checkpoints" / "best.pt").read_bytes() == b"weights"
+    assert sorted(p.name for p in earlier.iterdir()) == ["checkpoints", "config.yaml"]
+
+    only_checkpoints = tmp_path / "other"
+    (only_checkpoints / "checkpoints").mkdir(parents=True)
+    with pytest.raises(MedsegError, match=r"holds an earlier run \(checkpoints\)"):
+        check_new_run_folder(only_checkpoints, "--output-dir")
+    empty, unrelated = tmp_path / "empty", tmp_path / "notes"
+    empty.mkdir()
+    unrelated.mkdir()
+    (unrelated / "README.txt").write_text("my notes")
+    for fine in (empty, unrelated, tmp_path / "not-yet"):
+        check_new_run_folder(fine, "--output-dir")  # no error
