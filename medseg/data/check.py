@@ -16,15 +16,12 @@ import nibabel as nib
 import numpy as np
 import pydicom
 
-from medseg.data.dicom import is_dicom_file, series_headers_ok
+from medseg.data.dicom import SEG_SOP_CLASS, is_dicom_file, series_headers_ok
 from medseg.data.formats import NIFTI_SUFFIXES, PLAIN_2D_SUFFIXES, has_suffix, sitk_affine, suffix_of
 from medseg.data.images import check_file, describe_geometry, read_image, sitk_information
 from medseg.data.labelmaps import case_name, read_labelmap
 from medseg.data.pictures import is_picture
 from medseg.errors import MedsegError
-
-SEG_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.66.4"
-
 
 @dataclass
 class Header:

@@ -85,6 +85,10 @@ class DicomVolume:
         return tuple(float(v) for v in np.linalg.norm(self.affine[:3, :3], axis=0))
 
 
+#: DICOM SEG (Segmentation Storage): a label object, never the image a series folder is read for
+SEG_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.66.4"
+
+
 def hashed_uid(uid: str) -> str:
     """A stable, non-identifying case name for a series: ``series-`` and 12 hex digits of its UID's SHA-256."""
     return "series-" + hashlib.sha256(uid.encode()).hexdigest()[:12]
@@ -147,10 +151,14 @@ def _scan(folder: Path, headers_only: bool) -> tuple[dict[str, SeriesInfo], dict
     series: dict[str, SeriesInfo] = {}
     datasets: dict[Path, object] = {}
     patients: dict[str, set[str]] = {}  # hashed patient identity -> series UIDs (never shown)
+    segs = 0
     for path in files:
         ds = _dcmread(path, headers_only)
         if str(ds.get("SOPClassUID", "")) == "1.2.840.10008.1.3.10" or "Rows" not in ds:
             continue  # DICOMDIR, structured reports, RT structures, presentation states: not images
+        if str(ds.get("SOPClassUID", "")) == SEG_SOP_CLASS:
+            segs += 1  # a segmentation beside its series (e.g. a saved correction): labels, not the image
+            continue
         _require_pixels(path, ds)
         uid = str(ds.SeriesInstanceUID)
         patients.setdefault(_patient_key(ds), set()).add(uid)
@@ -159,7 +167,8 @@ def _scan(folder: Path, headers_only: bool) -> tuple[dict[str, SeriesInfo], dict
         info.frames += int(ds.get("NumberOfFrames", 1) or 1)
         datasets[path] = ds
     if not series:
-        raise MedsegError(f"{folder}: no DICOM image files in it")
+        skipped = f" (only {segs} DICOM SEG file(s): segmentations, not images)" if segs else ""
+        raise MedsegError(f"{folder}: no DICOM image files in it{skipped}")
     if len(patients) > 1:
         listing = "; ".join(f"patient {n}: {', '.join(hashed_uid(u) for u in sorted(uids))}"
                             for n, uids in enumerate(sorted(patients.values(), key=sorted), 1))
@@ -201,6 +210,9 @@ def _select(path: Path, series_uid: str | None, headers_only: bool) -> tuple[Ser
     path = Path(path)
     if path.is_file():
         ds = _dcmread(path, headers_only)
+        if str(ds.get("SOPClassUID", "")) == SEG_SOP_CLASS:
+            raise MedsegError(f"{path}: a DICOM SEG (a segmentation, not an image); give the image series it"
+                              " segments (python -m medseg.convert turns a SEG into a label map)")
         _require_pixels(path, ds)
         info = SeriesInfo(str(ds.SeriesInstanceUID), str(ds.get("SeriesDescription", "") or ""),
                           str(ds.get("Modality", "")), [path], int(ds.get("NumberOfFrames", 1) or 1))

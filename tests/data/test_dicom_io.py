@@ -734,3 +734,28 @@ def test_channels_mixing_dicom_and_nifti_refused_not_read_by_itk(tmp_path):
     nib.save(nib.Nifti1Image(volume(19).astype(np.float32), np.eye(4)), tmp_path / "x.nii.gz")
     with pytest.raises(MedsegError, match="the channels of one case mix DICOM and other files"):
         LoadImage(image_only=True, reader=READER_PATH)([str(tmp_path / "s"), str(tmp_path / "x.nii.gz")])
+
+
+def test_a_dicom_seg_beside_its_series_is_not_read_as_an_image(tmp_path):
+    """A folder holding a CT series and a DICOM SEG of it (a saved correction, an archive's export) reads as
+    that one series; a SEG alone, as a folder or a file, is one line naming what it is."""
+    from medseg.data.dicom_seg import write_dicom_seg
+
+    vol, affine = volume(3), oblique_affine()
+    write_series(tmp_path / "ct", vol, affine, series_uid="1.2.3.40")
+    ct = read_dicom(tmp_path / "ct")
+    labels = (ct.array > np.median(ct.array)).astype(np.uint8)
+    (tmp_path / "seg").mkdir()
+    seg = write_dicom_seg(labels, ct.affine_ras, tmp_path / "ct", tmp_path / "seg" / "mask.dcm", {1: "hot"},
+                          "test-model", "0.1")
+    both = tmp_path / "both"
+    shutil.copytree(tmp_path / "ct", both)
+    shutil.copy(seg, both / "zz_mask.dcm")
+    assert list(find_series(both)) == ["1.2.3.40"]  # was two series: "choose one with --series UID"
+    again = read_dicom(both)
+    np.testing.assert_array_equal(again.array, ct.array)
+    np.testing.assert_allclose(again.affine, ct.affine)
+    with pytest.raises(MedsegError, match=r"no DICOM image files in it \(only 1 DICOM SEG file\(s\)"):
+        read_dicom(tmp_path / "seg")
+    with pytest.raises(MedsegError, match=r"mask\.dcm: a DICOM SEG \(a segmentation, not an image\)"):
+        read_dicom(seg)
