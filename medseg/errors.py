@@ -42,16 +42,20 @@ def check_folder_option(path: str | Path | None, flag: str, what: str) -> None:
         raise MedsegError(f"{flag} {path}: a file, not a folder; give the folder {what}")
 
 
-#: files a training or distillation run writes at its start (what marks a folder as holding a run)
-RUN_MARKERS = ("resume.json", "run.json", "config.yaml", "distill.json", "checkpoints")
+#: what a training or distillation run writes once it trains (what marks a folder as holding one; a run that
+#: stopped before its first step, e.g. at an unreachable tracking server, leaves only its config and may be redone)
+RUN_MARKERS = ("checkpoints", "history.json", "metrics.json", "run.json", "distill.json")
 
 
 def check_new_run_folder(path: str | Path | None, flag: str, hint: str = "") -> None:
-    """One line, before any work, when ``path`` (a run's ``--output-dir``) already holds a run: a second run
-    there would overwrite its checkpoints, metrics and report. ``hint``: how to continue that run instead."""
+    """One line, before any work, when ``path`` (a run's ``--output-dir``) already holds a run (or a fold of a
+    k-fold run, ``fold_<i>/``): a second run there would overwrite its checkpoints, metrics and report.
+    ``hint``: how to continue that run instead."""
     if path is None or not Path(path).is_dir():
         return
-    found = [m for m in RUN_MARKERS if (Path(path) / m).exists()]
+    folders = [Path(path), *sorted(Path(path).glob("fold_*"))]
+    found = [str(f.relative_to(path) / m) if f != Path(path) else m
+             for f in folders for m in RUN_MARKERS if (f / m).exists()]
     if found:
         raise MedsegError(f"{flag} {path}: holds an earlier run ({found[0]}); give a new or empty folder"
                           + (f" ({hint})" if hint else ""))

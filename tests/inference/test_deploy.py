@@ -503,24 +503,30 @@ def test_train_and_distill_refuse_an_output_dir_holding_an_earlier_run(tmp_path:
     (earlier / "checkpoints").mkdir(parents=True)
     (earlier / "config.yaml").write_text("task: liver\n")
     (earlier / "checkpoints" / "best.pt").write_bytes(b"weights")
+    (earlier / "history.json").write_text("[]")
     assert train_main(["liver", "--output-dir", str(earlier)]) == 2
     err = capsys.readouterr().err
-    assert f"--output-dir {earlier}: holds an earlier run (config.yaml)" in err
+    assert f"--output-dir {earlier}: holds an earlier run (checkpoints)" in err
     assert f"--resume {earlier}" in err and "Traceback" not in err
     assert distill_main(["--teacher", str(tmp_path), "--output-dir", str(earlier)]) == 2  # before the teacher loads
     err = capsys.readouterr().err
-    assert f"--output-dir {earlier}: holds an earlier run (config.yaml)" in err and "Traceback" not in err
+    assert f"--output-dir {earlier}: holds an earlier run (checkpoints)" in err and "Traceback" not in err
     assert (earlier / "config.yaml").read_text() == "task: liver\n"
     assert (earlier / "checkpoints" / "best.pt").read_bytes() == b"weights"
-    assert sorted(p.name for p in earlier.iterdir()) == ["checkpoints", "config.yaml"]
+    assert sorted(p.name for p in earlier.iterdir()) == ["checkpoints", "config.yaml", "history.json"]
 
-    only_checkpoints = tmp_path / "other"
-    (only_checkpoints / "checkpoints").mkdir(parents=True)
-    with pytest.raises(MedsegError, match=r"holds an earlier run \(checkpoints\)"):
-        check_new_run_folder(only_checkpoints, "--output-dir")
-    empty, unrelated = tmp_path / "empty", tmp_path / "notes"
+    kfold = tmp_path / "kfold"
+    (kfold / "fold_1").mkdir(parents=True)
+    (kfold / "fold_1" / "history.json").write_text("[]")
+    with pytest.raises(MedsegError, match=r"holds an earlier run \(fold_1/history\.json\)"):
+        check_new_run_folder(kfold, "--output-dir")
+    # a run that stopped before training (e.g. at an unreachable tracking server) left only its config: redo it
+    unstarted, empty, unrelated = tmp_path / "unstarted", tmp_path / "empty", tmp_path / "notes"
+    unstarted.mkdir()
+    (unstarted / "config.yaml").write_text("task: liver\n")
+    (unstarted / "resume.json").write_text("{}")
     empty.mkdir()
     unrelated.mkdir()
     (unrelated / "README.txt").write_text("my notes")
-    for fine in (empty, unrelated, tmp_path / "not-yet"):
+    for fine in (unstarted, empty, unrelated, tmp_path / "not-yet"):
         check_new_run_folder(fine, "--output-dir")  # no error
