@@ -5,7 +5,9 @@ openvino fp32 and bf16 (when installed), onnxruntime INT8 and openvino INT8 (whe
 
 - forward time of one sliding-window batch (``sw_batch_size`` windows of the training patch; median of repeats),
 - whole-CT prediction time through the one chain (median of ``--ct-repeats`` fresh processes; synthetic
-  512x512x100 CT, 0.8 x 0.8 x 2.5 mm, as ``bench_predict.py``), and the mask's Dice against torch fp32's,
+  512x512x100 CT, 0.8 x 0.8 x 2.5 mm, as ``bench_predict.py``), and the mask's Dice against torch fp32's;
+  beside it the engine's load in that process (``build_engine``: reading and compiling the model, which for
+  OpenVINO includes compiling the sliding window's shape),
 - peak resident memory of that prediction (a fresh process per engine, ``ru_maxrss``),
 - validation Dice per class on the run's validation cases (``--run RUN_DIR``: its ``cases.json``),
 
@@ -43,7 +45,7 @@ from medseg.bundle.load import load_bundle  # noqa: E402
 from medseg.bundle.versions import resolve  # noqa: E402
 from medseg.evaluation.classes import class_dice  # noqa: E402
 from medseg.inference import run_case  # noqa: E402
-from medseg.inference.runtimes import INT8_FILE, build_engine  # noqa: E402
+from medseg.inference.runtimes import INT8_FILE, build_engine, window_input  # noqa: E402
 
 sys.path.insert(0, str(ROOT / "benchmarks"))
 from bench_predict import synthetic_ct  # noqa: E402
@@ -82,12 +84,15 @@ def child(args: argparse.Namespace) -> None:
     """One engine's whole-CT prediction in this process: prints seconds, peak RSS (MB) and writes the mask."""
     torch.set_num_threads(args.threads)
     loaded = load_bundle(args.bundle, torch.device("cpu"))
-    forward = build_engine(args.engine, loaded.network, loaded.root / "models", int8=args.int8).forward
+    t = time.perf_counter()
+    forward = build_engine(args.engine, loaded.network, loaded.root / "models", int8=args.int8,
+                           window=window_input(loaded.chain)).forward
+    load = time.perf_counter() - t
     t = time.perf_counter()
     pred = run_case(loaded.chain, forward, {"image": str(args.ct)})
     seconds = time.perf_counter() - t
     np.save(args.mask, pred[0].numpy().astype(np.uint8))
-    print(json.dumps({"seconds": seconds, "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+    print(json.dumps({"seconds": seconds, "load_seconds": load, "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
 
 
 def main() -> None:
@@ -155,6 +160,7 @@ def main() -> None:
                                    .splitlines()[-1]) for _ in range(args.ct_repeats)]
                 row.update({"seconds": statistics.median(r["seconds"] for r in runs),
                             "seconds_all": [round(r["seconds"], 3) for r in runs],
+                            "load_seconds": statistics.median(r["load_seconds"] for r in runs),
                             "peak_mb": max(r["peak_mb"] for r in runs)})
                 masks[label] = np.load(mask)
                 ref = masks["torch fp32"]
@@ -197,12 +203,13 @@ def main() -> None:
     base = rows[0]
     print(f"\n{bundle.name} ({cfg.network.name}, patch {patch}), {args.threads} threads, "
           f"{torch.__version__.split('+')[0]} torch")
-    head = ("| engine | forward / batch (s) | x torch | whole CT (s) | x torch | peak MB | CT Dice vs torch |"
-            " val Dice vs torch | val Dice |")
+    head = ("| engine | forward / batch (s) | x torch | whole CT (s) | x torch | engine load (s) | peak MB |"
+            " CT Dice vs torch | val Dice vs torch | val Dice |")
     print(head)
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
-        ct_s = f"{r['seconds']:.1f} | {r['seconds'] / base['seconds']:.2f}" if "seconds" in r else "- | -"
+        ct_s = (f"{r['seconds']:.1f} | {r['seconds'] / base['seconds']:.2f} | {r['load_seconds']:.2f}" if "seconds" in r
+                else "- | - | -")
         peak = f"{r['peak_mb']:.0f}" if "peak_mb" in r else "-"
         ctd = ", ".join(f"{v:.4f}" for v in r.get("ct_dice_vs_torch", {}).values()) or "-"
         vtd = ", ".join(f"{v:.4f}" for v in r.get("val_dice_vs_torch", {}).values()) or "-"

@@ -82,7 +82,7 @@ def _onnxruntime(path: Path, threads: int | None) -> _Session:
     return _Session(lambda x: session.run(None, {name: x})[0])
 
 
-def _openvino(path: Path, threads: int | None, bf16: bool = False) -> _Session:
+def _openvino(path: Path, threads: int | None, bf16: bool = False, first: tuple[int, ...] | None = None) -> _Session:
     import openvino as ov  # deferred: an optional runtime, imported only when chosen
 
     core = ov.Core()
@@ -92,8 +92,10 @@ def _openvino(path: Path, threads: int | None, bf16: bool = False) -> _Session:
     elif INT8_FILE not in path.name:
         config["INFERENCE_PRECISION_HINT"] = "f32"  # no silent bf16 on CPUs that have it: same masks as torch
     model = core.read_model(str(path))
-    dynamic = core.compile_model(model, "CPU", config)  # a model OpenVINO cannot compile fails here, at load
-    return _Session(_ShapeCompiled(core, model, config, dynamic))
+    compiled = _ShapeCompiled(core, model, config)
+    if first is None or not compiled.prepare(first):  # a model OpenVINO cannot compile fails here, at load
+        compiled.dynamic = core.compile_model(model, "CPU", config)
+    return _Session(compiled)
 
 
 class _ShapeCompiled:
@@ -101,21 +103,39 @@ class _ShapeCompiled:
     recently used dropped). Own cache: OpenVINO's dynamic-shape kernels ran a float32 batch of two 64x96x96
     windows in 0.086 s against 0.072 s for the same model reshaped to that static shape (liver bundle, 2 threads);
     a sliding window calls it with one or two shapes. A shape the graph cannot be reshaped to runs on
-    ``dynamic``, the model as compiled at load."""
+    ``dynamic``, the model compiled as it is (at load when the sliding window's shape is not known or cannot be
+    compiled, else when first needed). The sliding window's own shape is compiled at load (:meth:`prepare`): a
+    dynamic compile nothing would run is not made (0.2 s of a process on 2 cores), and the first window batch
+    of a case does not wait for a compile."""
 
-    def __init__(self, core: Any, model: Any, config: dict[str, Any], dynamic: Any, keep: int = 4) -> None:
+    def __init__(self, core: Any, model: Any, config: dict[str, Any], dynamic: Any = None, keep: int = 4) -> None:
         self.core, self.model, self.config, self.dynamic, self.keep = core, model, config, dynamic, keep
         self.compiled: dict[tuple[int, ...], Any] = {}
+
+    def _static(self, shape: tuple[int, ...]) -> Any:
+        """The model compiled for ``shape``; None when the graph cannot take it (a graph that fixes a size)."""
+        model = self.model.clone()
+        try:
+            model.reshape(list(shape))
+            return self.core.compile_model(model, "CPU", self.config)
+        except RuntimeError:  # OpenVINO's error for a shape the graph cannot be reshaped to
+            return None
+
+    def prepare(self, shape: tuple[int, ...]) -> bool:
+        """Compile ``shape`` now; False when the graph cannot take it."""
+        compiled = self._static(shape)
+        if compiled is not None:
+            self.compiled[shape] = compiled
+        return compiled is not None
 
     def __call__(self, x: np.ndarray) -> Any:
         shape = tuple(x.shape)
         compiled = self.compiled.pop(shape, None)
         if compiled is None:
-            model = self.model.clone()
-            try:
-                model.reshape(list(shape))
-                compiled = self.core.compile_model(model, "CPU", self.config)
-            except RuntimeError:  # OpenVINO's error for a graph that fixes a size: the load-time model runs it
+            compiled = self._static(shape)
+            if compiled is None:
+                if self.dynamic is None:
+                    self.dynamic = self.core.compile_model(self.model, "CPU", self.config)
                 compiled = self.dynamic
             while len(self.compiled) >= self.keep:
                 self.compiled.pop(next(iter(self.compiled)))
@@ -132,17 +152,34 @@ def _run_folder(bundle_dir: Path) -> str:
         return "RUN_DIR"
 
 
-_LOADERS = {"onnxruntime": _onnxruntime, "openvino": _openvino,
-            "openvino-bf16": lambda path, threads: _openvino(path, threads, bf16=True)}
+_LOADERS = {"onnxruntime": lambda path, threads, first: _onnxruntime(path, threads),
+            "openvino": lambda path, threads, first: _openvino(path, threads, first=first),
+            "openvino-bf16": lambda path, threads, first: _openvino(path, threads, bf16=True, first=first)}
+
+
+def window_input(chain: Any) -> tuple[int, ...] | None:
+    """The input shape ``(windows, channels, *roi)`` of a full batch of the chain's sliding window (MONAI's
+    ``SlidingWindowInferer`` / ``SliceInferer``), before the network's size padding; None when not fixed."""
+    inferer = getattr(chain, "inferer", None)
+    roi, batch = getattr(inferer, "roi_size", None), getattr(inferer, "sw_batch_size", None)
+    channels = getattr(chain, "in_channels", None)
+    if roi is None or not batch or not channels:
+        return None
+    roi = [int(roi)] if isinstance(roi, int) else [int(v) for v in roi]
+    if any(v <= 0 for v in roi):  # MONAI's "the image's size on this axis"
+        return None
+    return (int(batch), int(channels), *roi)
 
 
 def build_engine(name: str, network: torch.nn.Module, models_dir: Path | None, *, int8: bool = False,
-                 device: torch.device | str = "cpu", threads: int | None = None) -> Engine:
+                 device: torch.device | str = "cpu", threads: int | None = None,
+                 window: tuple[int, ...] | None = None) -> Engine:
     """The engine ``name`` for a bundle whose network is ``network`` and whose model files are in ``models_dir``.
 
     ``int8``: run ``model_int8.onnx`` (an ONNX engine; ``torch`` is then replaced by :data:`INT8_ENGINE`). A runtime
     that is not installed, a model file that is missing or that the runtime cannot load: one-line
-    :class:`MedsegError`.
+    :class:`MedsegError`. ``window``: the input shape the sliding window calls with (:func:`window_input`);
+    OpenVINO compiles it at load.
     """
     if name not in ENGINES:
         raise MedsegError(f"--engine {name}: choose one of {', '.join(ENGINES)}")
@@ -165,11 +202,15 @@ def build_engine(name: str, network: torch.nn.Module, models_dir: Path | None, *
         raise MedsegError(f"{path}: missing ({why}); write a new version with python -m medseg.export "
                           f"{_run_folder(Path(models_dir).parent)}" + (" --int8" if int8 else ""))
     try:
-        session = _LOADERS[name](path, threads)
+        first = None
+        if window is not None:  # the shape the session sees: after the network's own size padding
+            spatial = network._target(list(window[2:])) if isinstance(network, PadToMultiple) else window[2:]
+            first = (*window[:2], *spatial)
+        session = _LOADERS[name](path, threads, first)
     except Exception as err:  # the runtime's own error types; one line naming the file
         reason = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
         raise MedsegError(f"{path}: {name} cannot load it ({reason}); re-export the bundle or use --engine torch") from None
     return Engine(name, _wrap(network, session), path)
 
 
-__all__ = ["ENGINES", "INT8_ENGINE", "Engine", "build_engine", "onnxruntime_session"]
+__all__ = ["ENGINES", "INT8_ENGINE", "Engine", "build_engine", "onnxruntime_session", "window_input"]

@@ -48,7 +48,7 @@ from medseg.errors import MedsegError
 from medseg.fileio import atomic_write_text
 from medseg.inference import torch_forward
 from medseg.inference.postprocess import PERMUTING, InvertToLabelsd, grid_placement, invert_steps
-from medseg.inference.runtimes import build_engine
+from medseg.inference.runtimes import build_engine, window_input
 from medseg.transforms.guidance import draw_click, map_clicks
 from medseg.transforms.resample import linear_taps
 from medseg.transforms.settings import guidance_channels
@@ -210,7 +210,7 @@ def session_forward(bundle: LoadedBundle, engine: str = "torch", device: torch.d
     if engine == "torch":
         return torch_forward(bundle.network)
     models = bundle.root / "models" if bundle.root else None
-    return build_engine(engine, bundle.network, models, device=device).forward
+    return build_engine(engine, bundle.network, models, device=device, window=window_input(bundle.chain)).forward
 
 
 @dataclass

@@ -33,7 +33,7 @@ from medseg.data.dicom_reader import DicomSeriesReader
 from medseg.errors import MedsegError, check_folder_option, failure_line, user_error
 from medseg.inference import run_case, torch_forward
 from medseg.inference.instances import label_instances, object_table, write_object_csv
-from medseg.inference.runtimes import ENGINES, build_engine
+from medseg.inference.runtimes import ENGINES, build_engine, window_input
 import tempfile
 
 #: auto: pictures (PNG/TIFF/JPEG) in their own format, everything else NIfTI
@@ -226,7 +226,7 @@ def run(bundle: str | Path, inputs: str | Path, output: str | Path, *, format: s
     loaded = load_bundle(Path(bundle), dev, trust=trust)
     if engine != "torch" or int8:  # the engine's forward module stands in for the network in every pass below
         loaded.network = build_engine(engine, loaded.network, loaded.root / "models" if loaded.root else None,
-                                      int8=int8, device=dev).forward
+                                      int8=int8, device=dev, window=window_input(loaded.chain)).forward
     if series is not None:  # registered last, so LoadImage tries it first: the chosen series of a DICOM folder
         for step in loaded.chain.preprocessing.transforms:
             if isinstance(step, LoadImaged):

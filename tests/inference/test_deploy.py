@@ -101,6 +101,56 @@ def test_openvino_compiles_once_per_input_shape_and_keeps_the_torch_logits(tmp_p
     assert float((out - ref).abs().max()) < 1e-4 and cache.compiled[(1, 1, 16, 32, 16)] is cache.dynamic
 
 
+@pytest.mark.skipif(not HAS_OPENVINO, reason="openvino not installed (pip install openvino)")
+def test_openvino_compiles_the_sliding_windows_shape_at_load(tmp_path: Path) -> None:
+    """With the sliding window's input shape (``window_input`` of the chain), OpenVINO compiles that shape (after
+    the network's size padding) at load and no dynamic model; a shape the graph cannot take compiles the dynamic
+    model when first needed. Logits stay torch's."""
+    from types import SimpleNamespace
+
+    from monai.inferers import SlidingWindowInferer
+
+    from medseg.inference.runtimes import window_input
+
+    chain = SimpleNamespace(inferer=SlidingWindowInferer(roi_size=[12, 16, 16], sw_batch_size=2), in_channels=1)
+    assert window_input(chain) == (2, 1, 12, 16, 16)
+    assert window_input(SimpleNamespace(inferer=SlidingWindowInferer(roi_size=[-1, 16, 16]), in_channels=1)) is None
+    assert window_input(SimpleNamespace(inferer=chain.inferer, in_channels=None)) is None
+    net = small_network("resunet", 3, 16)
+    export_onnx(net, tmp_path / "model.onnx", [16, 16, 16], 1)
+    forward = build_engine("openvino", net, tmp_path, window=window_input(chain)).forward
+    session = getattr(forward, "net", forward)
+    cache = session.run
+    padded = (2, 1, *net._target([12, 16, 16]))
+    assert list(cache.compiled) == [padded] and cache.dynamic is None
+    first = cache.compiled[padded]
+    x = torch.randn(2, 1, 12, 16, 16, generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        ref, out = net(x), forward(x)
+    assert out.shape == ref.shape and float((out - ref).abs().max()) < 1e-4
+    assert cache.compiled[padded] is first and len(cache.compiled) == 1  # the load's compile ran it
+
+    class Unreshapable:  # a graph that fixes a size: OpenVINO's reshape raises RuntimeError
+        def __init__(self, model):
+            self.model = model
+
+        def clone(self):
+            return self
+
+        def reshape(self, shape):
+            raise RuntimeError("cannot reshape")
+
+    real, core = cache.model, cache.core
+    cache.model = Unreshapable(real)
+    cache.core = SimpleNamespace(compile_model=lambda model, *a: core.compile_model(
+        real if isinstance(model, Unreshapable) else model, *a))
+    x = torch.randn(1, 1, 16, 16, 16, generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        ref, out = net(x), session(x)
+    assert cache.dynamic is not None and cache.compiled[(1, 1, 16, 16, 16)] is cache.dynamic
+    assert float((out - ref).abs().max()) < 1e-4
+
+
 @pytest.fixture(scope="module")
 def random_bundle(trained, tmp_path_factory) -> Path:
     """The trained bundle with seeded random weights (varied classes to compare), its ONNX re-exported."""
