@@ -26,7 +26,7 @@ from medseg.workflows import evaluate
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m medseg.evaluate", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m medseg.evaluate", description=__doc__.splitlines()[0].replace("``", ""))
     p.add_argument("--pred", type=Path, required=True, help="folder of predicted label maps")
     p.add_argument("--ref", type=Path, required=True, help="folder of reference label maps")
     p.add_argument("--labels", help="classes as NAME=VALUE[+VALUE], e.g. liver=1+2,tumour=2 (default: each label)")
@@ -76,6 +76,15 @@ def run(argv: Sequence[str] | None = None) -> int:
     print(format_table(result.summary))
     if result.missing:
         print(f"{len(result.missing)} missing prediction(s) scored as empty: {', '.join(result.missing)}")
+    if result.unmatched:
+        shown = ", ".join(result.unmatched[:5]) + (", ..." if len(result.unmatched) > 5 else "")
+        print(f"{len(result.unmatched)} prediction file(s) match no reference case, not scored: {shown}")
+    for name in result.summary:
+        rows = [case[name] for case in result.per_case.values() if name in case]
+        if rows and all(r["flag"] == "both empty" for r in rows):
+            values = "+".join(str(v) for v in classes[name]) if classes else name
+            print(f"medseg: warning: class '{name}' (label {values}) is empty in every reference and prediction;"
+                  " its Dice 1 and distances 0 are the both-empty rule, not a result: check --labels", file=sys.stderr)
     files = result.files
     print(f"wrote {files['csv']}, {files['json']} and {files['boxplot']}")
     return 0

@@ -27,11 +27,15 @@ def parse_classes(text: str | None) -> dict[str, list[int]] | None:
     for item in text.split(","):
         name, _, values = item.partition("=")
         try:
-            classes[name.strip()] = [int(v) for v in values.split("+")]
+            members = [int(v) for v in values.split("+")]
         except ValueError:
             raise MedsegError(f"--labels '{item}': expected NAME=VALUE or NAME=V1+V2, e.g. liver=1+2,tumour=2") from None
         if not name.strip():
             raise MedsegError(f"--labels '{item}': the class needs a name, e.g. liver=1")
+        if name.strip() in classes:
+            raise MedsegError(f"--labels '{text}': class '{name.strip()}' is given twice; merge its values as"
+                              f" {name.strip()}=V1+V2 or give each class its own name")
+        classes[name.strip()] = members
     return classes
 
 
@@ -84,6 +88,9 @@ def class_dice(pred: np.ndarray, ref: np.ndarray, members: Iterable[int]) -> flo
 
 
 def label_values(labels: np.ndarray) -> list[int]:
-    """The distinct label values present, ascending (``np.unique`` on the array's own memory order)."""
+    """The distinct label values present, ascending (``np.unique`` on the array's own memory order; a count
+    per value for uint8/uint16, which needs no sort)."""
     flat, _ = _flat(np.asarray(labels))
+    if flat.dtype.kind == "u" and flat.dtype.itemsize <= 2:
+        return [int(v) for v in np.flatnonzero(np.bincount(flat))]
     return [int(v) for v in np.unique(flat)]

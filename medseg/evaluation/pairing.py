@@ -16,7 +16,8 @@ def find_cases(folder: Path, what: str) -> dict[str, Path]:
     """Case name -> label file in ``folder`` (``what`` names the folder in messages: "prediction", "reference")."""
     folder = Path(folder)
     if not folder.is_dir():
-        raise MedsegError(f"{what} folder {folder} does not exist")
+        state = "is a file" if folder.exists() else "does not exist"
+        raise MedsegError(f"{what} folder {folder} {state}; give the folder that holds the {what} label files")
     found: dict[str, Path] = {}
     for path in sorted(folder.iterdir()):
         if path.is_file() and path.name.lower().endswith(SUFFIXES):

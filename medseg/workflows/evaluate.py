@@ -12,6 +12,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 import os
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
@@ -24,7 +25,7 @@ from medseg.data.images import read_image
 from medseg.data.labelmaps import case_name
 from medseg.data.pictures import is_picture, read_picture
 from medseg.errors import MedsegError
-from medseg.evaluation import summarise, write_reports
+from medseg.evaluation import binary_metrics, summarise, write_reports
 from medseg.evaluation.classes import parse_classes
 from medseg.evaluation.instances import instance_metrics, membrane_metrics
 from medseg.evaluation.pairing import find_cases, match
@@ -36,9 +37,12 @@ from medseg.fileio import atomic_write_text
 class MissingPredictions(MedsegError):
     """Reference cases without a prediction (and ``missing_as_empty`` not set)."""
 
-    def __init__(self, cases: list[str]):
-        self.cases = cases
-        super().__init__(f"no prediction for {len(cases)} reference case(s): {', '.join(cases)};"
+    def __init__(self, cases: list[str], unmatched: list[str] | None = None):
+        self.cases, self.unmatched = cases, unmatched or []
+        names = (f"; {len(self.unmatched)} prediction file(s) match no reference case ({', '.join(self.unmatched)}):"
+                 " files pair by name without the suffix (case.nii.gz, case.nrrd or case_seg.nii.gz), rename them"
+                 if self.unmatched else "")
+        super().__init__(f"no prediction for {len(cases)} reference case(s): {', '.join(cases)}{names};"
                          " pass --missing-as-empty (missing_as_empty=True) to score them as empty predictions")
 
 
@@ -47,6 +51,7 @@ class EvaluationResult:
     summary: dict[str, dict[str, float]]  # class -> metric (mean), metric_std, metric_median, cases, flagged
     per_case: dict[str, dict[str, dict]]  # case -> class -> metric -> value (and "flag")
     missing: list[str] = field(default_factory=list)  # reference cases scored as empty predictions
+    unmatched: list[str] = field(default_factory=list)  # prediction files of no reference case (not scored)
     files: dict[str, Path] = field(default_factory=dict)  # "csv", "json", "boxplot" -> written path
 
 
@@ -77,11 +82,15 @@ def run(
         on_case: called as ``on_case(case, done, total)`` after each case.
     """
     classes = parse_classes(labels) if isinstance(labels, str) else labels
+    _check_options(tolerance_mm, worst_mm, jobs)
+    check_output_folder(Path(output))
     refs = find_cases(Path(ref_dir), "reference")
     preds = find_cases(Path(pred_dir), "prediction")
     matched, missing = match(preds, refs)
+    used = {p for p in matched.values() if p is not None}
+    unmatched = [p.name for p in preds.values() if p not in used]
     if missing and not missing_as_empty:
-        raise MissingPredictions(missing)
+        raise MissingPredictions(missing, unmatched)
     work = [CaseJob(c, p, refs[c], classes, tolerance_mm, resample, worst_mm) for c, p in matched.items()]
     workers = min(jobs or os.cpu_count() or 1, len(work))
     per_case: dict[str, dict] = {}
@@ -98,11 +107,40 @@ def run(
     else:
         for job in work:
             collect(*score_case(job))
+    if classes is None:  # each case has a class per label value of its own two masks: the others are both empty there
+        names = sorted({c for result in per_case.values() for c in result}, key=lambda n: int(n.split("_", 1)[1]))
+        empty = binary_metrics(np.zeros(1, bool), np.zeros(1, bool), (1.0,))
+        per_case = {case: {n: result.get(n, empty) for n in names} for case, result in per_case.items()}
     summary = summarise(per_case)
     output = Path(output)
     json_path, csv_path = write_reports(per_case, summary, output)
     png = boxplot(per_case, output / "metrics_boxplot.png")
-    return EvaluationResult(summary, per_case, missing, {"csv": csv_path, "json": json_path, "boxplot": png})
+    return EvaluationResult(summary, per_case, missing, unmatched,
+                            {"csv": csv_path, "json": json_path, "boxplot": png})
+
+
+def _check_options(tolerance_mm: float, worst_mm: float | None, jobs: int | None) -> None:
+    """One line, before any work, for a tolerance, worst distance or process count that cannot be meant."""
+    if not (math.isfinite(tolerance_mm) and tolerance_mm >= 0):
+        raise MedsegError(f"--tolerance-mm {tolerance_mm}: expected a distance of 0 mm or more, e.g. 2")
+    if worst_mm is not None and not (math.isfinite(worst_mm) and worst_mm > 0):
+        raise MedsegError(f"--worst-mm {worst_mm}: expected a positive finite distance in mm, e.g. 100"
+                          " (leave it out for the image diagonal)")
+    if jobs is not None and jobs < 1:
+        raise MedsegError(f"--jobs {jobs}: expected 1 or more processes")
+
+
+def check_output_folder(output: Path) -> None:
+    """One line, before any work, when ``output`` cannot become a folder (it or a folder above it is a file, or the
+    nearest existing folder above it is not writable)."""
+    for folder in (output, *output.parents):
+        if not folder.exists():
+            continue
+        if not folder.is_dir():
+            raise MedsegError(f"--output {output}: {folder} is a file, not a folder; give a folder for the metrics files")
+        if not os.access(folder, os.W_OK | os.X_OK):
+            raise MedsegError(f"--output {output}: folder {folder} is not writable; give a folder you can write to")
+        return
 
 
 def run_instances(pred_dir: str | Path, ref_dir: str | Path, output: str | Path = "evaluation",
@@ -118,6 +156,11 @@ def run_instances(pred_dir: str | Path, ref_dir: str | Path, output: str | Path 
     def read(path: Path) -> np.ndarray:
         return read_picture(path)[0] if is_picture(path) else np.asarray(read_image(path).array)
 
+    check_output_folder(Path(output))
+    for folder, what in ((Path(ref_dir), "reference"), (Path(pred_dir), "prediction")):
+        if not folder.is_dir():
+            state = "is a file" if folder.exists() else "does not exist"
+            raise MedsegError(f"{what} folder {folder} {state}; give the folder that holds the {what} images")
     suffix = "_seg" if membranes else "_instances"
     refs = {case_name(p): p for p in sorted(Path(ref_dir).iterdir()) if p.is_file()}
     preds = {}
