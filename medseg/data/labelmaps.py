@@ -124,7 +124,9 @@ def onto_grid(src: LabelMap, ref: LabelMap, resample: bool, what: str) -> np.nda
     if same_grid(src, ref):
         return src.array
     if src.array.ndim != ref.array.ndim:
-        raise MedsegError(f"{what}: {src.array.ndim}D prediction against a {ref.array.ndim}D reference")
+        raise MedsegError(f"{what}: {src.array.ndim}D prediction ({src.describe()}) against a {ref.array.ndim}D"
+                          f" reference ({ref.describe()}); predict with a network of the reference's dimensions (or"
+                          " compare 2D masks with 2D references)")
     mapping = np.linalg.solve(src.affine, ref.affine)  # ref index -> src index
     lin, shift = mapping[:-1, :-1], mapping[:-1, -1]
     exact = np.allclose(lin, np.round(lin), atol=1e-4) and np.allclose(shift, np.round(shift), atol=1e-3)

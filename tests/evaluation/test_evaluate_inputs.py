@@ -201,3 +201,16 @@ def test_help_describes_the_command_without_markup(capsys):
         evaluate_main(["--help"])
     out = capsys.readouterr().out
     assert "python -m medseg.evaluate: score a folder of predictions" in out and "``" not in out
+
+
+def test_a_2d_prediction_against_a_3d_reference_names_both_grids(tmp_path, capsys):
+    pred, ref, out = _folders(tmp_path)
+    organ = np.zeros((20, 20, 10), np.uint8)
+    organ[5:15, 5:15, 3:7] = 1
+    _nifti(organ, ref / "a.nii.gz")
+    nib.save(nib.Nifti1Image(organ[:, :, 5].copy(), np.eye(4)), pred / "a.nii.gz")
+    assert evaluate_main(["--pred", str(pred), "--ref", str(ref), "--output", str(out), "--jobs", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "case 'a': 2D prediction (shape (20, 20)," in err and "against a 3D reference (shape (20, 20, 10)," in err
+    assert "network of the reference's dimensions" in err and "Traceback" not in err
+    assert not (out / "metrics.json").exists()
