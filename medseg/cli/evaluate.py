@@ -34,6 +34,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--worst-mm", type=float, help="distance given when one mask is empty (default: image diagonal)")
     p.add_argument("--resample", action="store_true", help="map predictions on another grid to the reference grid")
     p.add_argument("--missing-as-empty", action="store_true", help="score a missing prediction as an empty mask")
+    p.add_argument("--predicted-only", action="store_true",
+                   help="score only the reference cases that have a prediction (e.g. --ref labelsTr holding the"
+                        " training cases too, --pred the validation predictions); the others are listed, not scored")
     p.add_argument("--output", type=Path, default=Path("evaluation"), help="output folder (default ./evaluation)")
     p.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="parallel processes, one case each")
     p.add_argument("--instances", action="store_true",
@@ -68,7 +71,8 @@ def run(argv: Sequence[str] | None = None) -> int:
         try:
             result = evaluate.run(args.pred, args.ref, labels=classes, tolerance_mm=args.tolerance_mm,
                                   output=args.output, resample=args.resample, missing_as_empty=args.missing_as_empty,
-                                  worst_mm=args.worst_mm, jobs=args.jobs, on_case=advance)
+                                  worst_mm=args.worst_mm, jobs=args.jobs, on_case=advance,
+                                  predicted_only=args.predicted_only)
         except evaluate.MissingPredictions as err:
             bar.close()
             print(f"medseg: error: {err}", file=sys.stderr)
@@ -76,6 +80,9 @@ def run(argv: Sequence[str] | None = None) -> int:
     print(format_table(result.summary))
     if result.missing:
         print(f"{len(result.missing)} missing prediction(s) scored as empty: {', '.join(result.missing)}")
+    if result.not_predicted:
+        shown = ", ".join(result.not_predicted[:5]) + (", ..." if len(result.not_predicted) > 5 else "")
+        print(f"{len(result.not_predicted)} reference case(s) without a prediction left out (--predicted-only): {shown}")
     if result.unmatched:
         shown = ", ".join(result.unmatched[:5]) + (", ..." if len(result.unmatched) > 5 else "")
         print(f"{len(result.unmatched)} prediction file(s) match no reference case, not scored: {shown}")

@@ -43,7 +43,8 @@ class MissingPredictions(MedsegError):
                  " files pair by name without the suffix (case.nii.gz, case.nrrd or case_seg.nii.gz), rename them"
                  if self.unmatched else "")
         super().__init__(f"no prediction for {len(cases)} reference case(s): {', '.join(cases)}{names};"
-                         " pass --missing-as-empty (missing_as_empty=True) to score them as empty predictions")
+                         " pass --missing-as-empty (missing_as_empty=True) to score them as empty predictions, or"
+                         " --predicted-only (predicted_only=True) to score only the cases that have a prediction")
 
 
 @dataclass
@@ -51,6 +52,7 @@ class EvaluationResult:
     summary: dict[str, dict[str, float]]  # class -> metric (mean), metric_std, metric_median, cases, flagged
     per_case: dict[str, dict[str, dict]]  # case -> class -> metric -> value (and "flag")
     missing: list[str] = field(default_factory=list)  # reference cases scored as empty predictions
+    not_predicted: list[str] = field(default_factory=list)  # reference cases left out (predicted_only)
     unmatched: list[str] = field(default_factory=list)  # prediction files of no reference case (not scored)
     files: dict[str, Path] = field(default_factory=dict)  # "csv", "json", "boxplot" -> written path
 
@@ -66,6 +68,7 @@ def run(
     worst_mm: float | None = None,
     jobs: int | None = None,
     on_case: Callable[[str, int, int], None] | None = None,
+    predicted_only: bool = False,
 ) -> EvaluationResult:
     """Score every reference case; write ``metrics_per_case.csv``, ``metrics.json`` and ``metrics_boxplot.png``.
 
@@ -77,6 +80,8 @@ def run(
         output: folder for the three files (created; each file written atomically).
         resample: map predictions on another grid onto the reference grid (nearest neighbour).
         missing_as_empty: score a missing prediction as an empty mask instead of raising MissingPredictions.
+        predicted_only: score only the reference cases that have a prediction (a reference folder holding the
+            training cases too, predictions of the validation cases); the others are listed in ``not_predicted``.
         worst_mm: distance given when exactly one mask is empty (default: the image diagonal).
         jobs: worker processes, one case each (default: CPU count).
         on_case: called as ``on_case(case, done, total)`` after each case.
@@ -86,9 +91,18 @@ def run(
     check_output_folder(Path(output))
     refs = find_cases(Path(ref_dir), "reference")
     preds = find_cases(Path(pred_dir), "prediction")
+    if predicted_only and missing_as_empty:
+        raise MedsegError("--predicted-only and --missing-as-empty: give one of them (leave out the references"
+                          " without a prediction, or score them as empty predictions)")
     matched, missing = match(preds, refs)
     used = {p for p in matched.values() if p is not None}
     unmatched = [p.name for p in preds.values() if p not in used]
+    not_predicted: list[str] = []
+    if predicted_only:
+        if not used:
+            raise MissingPredictions(missing, unmatched)
+        not_predicted, missing = missing, []
+        matched = {c: p for c, p in matched.items() if p is not None}
     if missing and not missing_as_empty:
         raise MissingPredictions(missing, unmatched)
     work = [CaseJob(c, p, refs[c], classes, tolerance_mm, resample, worst_mm) for c, p in matched.items()]
@@ -115,7 +129,7 @@ def run(
     output = Path(output)
     json_path, csv_path = write_reports(per_case, summary, output)
     png = boxplot(per_case, output / "metrics_boxplot.png")
-    return EvaluationResult(summary, per_case, missing, unmatched,
+    return EvaluationResult(summary, per_case, missing, not_predicted, unmatched,
                             {"csv": csv_path, "json": json_path, "boxplot": png})
 
 

@@ -214,3 +214,35 @@ def test_a_2d_prediction_against_a_3d_reference_names_both_grids(tmp_path, capsy
     assert "case 'a': 2D prediction (shape (20, 20)," in err and "against a 3D reference (shape (20, 20, 10)," in err
     assert "network of the reference's dimensions" in err and "Traceback" not in err
     assert not (out / "metrics.json").exists()
+
+
+def test_predicted_only_scores_the_predicted_cases_and_lists_the_rest(tmp_path, capsys):
+    """A reference folder with training and validation cases, predictions of the validation case only: without an
+    option the command stops (naming both remedies); --missing-as-empty would count the training cases as Dice 0;
+    --predicted-only scores the one predicted case and lists the two left out."""
+    pred, ref, out = _folders(tmp_path)
+    organ = np.zeros((20, 20, 10), np.uint8)
+    organ[5:15, 5:15, 3:7] = 1
+    for name in ("train_a", "train_b", "val_c"):
+        _nifti(organ, ref / f"{name}.nii.gz")
+    half = organ.copy()
+    half[5:10] = 0  # 200 of the 400 reference voxels: Dice 2 * 200 / 600
+    _nifti(half, pred / "val_c_seg.nii.gz")
+    base = ["--pred", str(pred), "--ref", str(ref), "--output", str(out), "--jobs", "1"]
+    assert evaluate_main(base) == 1
+    assert "--predicted-only" in capsys.readouterr().err
+    assert evaluate_main(base + ["--predicted-only", "--missing-as-empty"]) == 2
+    assert "give one of them" in capsys.readouterr().err
+    assert evaluate_main(base + ["--predicted-only"]) == 0
+    printed = capsys.readouterr().out
+    assert "2 reference case(s) without a prediction left out (--predicted-only): train_a, train_b" in printed
+    rows = _rows(out)
+    assert sorted({case for case, _ in rows}) == ["val_c"]
+    assert float(rows[("val_c", "label_1")]["dice"]) == pytest.approx(2 * 200 / 600)
+    summary = json.loads((out / "metrics.json").read_text())
+    assert summary["label_1"]["dice"] == pytest.approx(2 * 200 / 600)
+    empty = tmp_path / "none"
+    empty.mkdir()
+    (empty / "other.nii.gz").write_bytes((pred / "val_c_seg.nii.gz").read_bytes())
+    assert evaluate_main(["--pred", str(empty), "--ref", str(ref), "--output", str(out), "--predicted-only"]) == 1
+    assert "match no reference case (other.nii.gz)" in capsys.readouterr().err
