@@ -73,10 +73,9 @@ def run(argv: Sequence[str] | None = None) -> int:
                                   output=args.output, resample=args.resample, missing_as_empty=args.missing_as_empty,
                                   worst_mm=args.worst_mm, jobs=args.jobs, on_case=advance,
                                   predicted_only=args.predicted_only)
-        except evaluate.MissingPredictions as err:
-            bar.close()
-            print(f"medseg: error: {err}", file=sys.stderr)
-            return 1
+        except evaluate.MissingPredictions:
+            bar.close()  # before run_cli prints the line (exit code 2: the folders do not pair up)
+            raise
     print(format_table(result.summary))
     if result.missing:
         print(f"{len(result.missing)} missing prediction(s) scored as empty: {', '.join(result.missing)}")

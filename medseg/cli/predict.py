@@ -62,16 +62,19 @@ def run(argv: Sequence[str] | None = None) -> int:
             done[0] += 1
             bar.update()
             if reason is not None:
-                print(f"medseg: case '{name}' skipped: {reason}", file=sys.stderr)
+                print(f"medseg: case '{name}' failed: {reason}", file=sys.stderr)
             elif bar.disable:
                 print(f"[{done[0]}] {name} -> {out.name}", flush=True)
 
         written = predict.run(args.bundle, args.input, args.output, format=args.format, tta=args.tta, device=device,
                               series=args.series, trust=args.trust, on_case=report,
-                              engine=args.engine, int8=args.int8, instances=args.instances)
+                              engine=args.engine, int8=args.int8, instances=args.instances, debug=args.debug)
     failed = [name for name, _ in written.failed]
     print(f"wrote {len(written)} segmentation(s) to {args.output}"
           + (f"; {len(failed)} failed: {', '.join(failed)}" if failed else ""))
+    if written.unexpected:  # not a refusal of the input: a fault worth a report, with its traceback
+        print(f"medseg: --debug stops at the first of these errors with its traceback ({', '.join(written.unexpected)})",
+              file=sys.stderr)
     return 1 if failed else 0
 
 

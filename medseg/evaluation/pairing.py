@@ -19,8 +19,10 @@ def find_cases(folder: Path, what: str) -> dict[str, Path]:
         state = "is a file" if folder.exists() else "does not exist"
         raise MedsegError(f"{what} folder {folder} {state}; give the folder that holds the {what} label files")
     found: dict[str, Path] = {}
+    # an earlier evaluation written into this folder (its CSV beside it): its plot is not a case
+    own = {"metrics_boxplot.png"} if (folder / "metrics_per_case.csv").is_file() else set()
     for path in sorted(folder.iterdir()):
-        if path.is_file() and path.name.lower().endswith(SUFFIXES):
+        if path.is_file() and path.name.lower().endswith(SUFFIXES) and path.name not in own:
             name = case_name(path)
             if name in found:
                 raise MedsegError(f"{what} folder {folder}: two files for case '{name}' ({found[name].name}, {path.name})")

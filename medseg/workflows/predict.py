@@ -41,11 +41,13 @@ FORMATS = ("auto", "nifti", "dicom-seg")
 
 
 class Written(list):
-    """The paths written, one per case that succeeded; ``failed``: ``(case, reason)`` of those skipped."""
+    """The paths written, one per case that succeeded; ``failed``: ``(case, reason)`` of those that failed;
+    ``unexpected``: those of them whose error is not a refusal of the input (a fault to report, with ``debug``)."""
 
     def __init__(self) -> None:
         super().__init__()
         self.failed: list[tuple[str, str]] = []
+        self.unexpected: list[str] = []
 
 
 #: the names of what predict writes beside a case (``<case>_seg``, ``<case>_instances``): not cases of a later run
@@ -184,7 +186,7 @@ def predict_one(bundle: LoadedBundle, path: Path, out: Path, device: torch.devic
 def run(bundle: str | Path, inputs: str | Path, output: str | Path, *, format: str = "auto", tta: bool = False,
         device: str = "cpu", series: str | None = None, trust: bool = False,
         on_case: Callable[[str, Path | None, str | None], None] | None = None, engine: str = "torch",
-        int8: bool = False, instances: bool | None = None) -> Written:
+        int8: bool = False, instances: bool | None = None, debug: bool = False) -> Written:
     """Segment every case under ``inputs`` with the bundle at ``bundle``, writing into ``output``.
 
     Args:
@@ -202,6 +204,7 @@ def run(bundle: str | Path, inputs: str | Path, output: str | Path, *, format: s
         int8: run the bundle's INT8 model (``models/model_int8.onnx``; an ONNX engine, openvino for torch).
         instances: also write instance label images and per-object CSVs (default: the task's
             ``inference.instances``).
+        debug: raise an error that is not a refusal of the input (with its traceback) instead of going on.
 
     Returns:
         the written paths; ``.failed`` lists ``(case, reason)`` for cases skipped (an error in one case does not
@@ -248,8 +251,12 @@ def run(bundle: str | Path, inputs: str | Path, output: str | Path, *, format: s
             found = user_error(err)  # medseg's line, also behind MONAI's "applying transform" wrapper
             if found is not None and len(cases) == 1:
                 raise found from None
+            if found is None and debug:
+                raise
             reason = failure_line(err)
             written.failed.append((name, reason))
+            if found is None:
+                written.unexpected.append(name)
             if on_case is not None:
                 on_case(name, None, reason)
             continue

@@ -252,7 +252,7 @@ def test_predict_skips_bad_cases_among_good_ones(bundle, tmp_path, capsys):
     assert predict(["--bundle", str(bundle), "--input", str(inputs), "--output", str(tmp_path / "out")]) == 1
     err = capsys.readouterr().err
     assert "Traceback" not in err
-    skipped = [ln for ln in err.splitlines() if "skipped" in ln]
+    skipped = [ln for ln in err.splitlines() if "failed:" in ln]
     assert len(skipped) == 4, err
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["good_seg.nii.gz"]
     assert snapshot(inputs) == before

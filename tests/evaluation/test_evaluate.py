@@ -171,7 +171,7 @@ def test_evaluate_command_writes_csv_json_and_boxplot(folders, capsys):
 def test_missing_predictions(folders, capsys):
     pred, ref, out = folders
     (pred / "case_2.nii.gz").unlink()
-    assert evaluate_main(["--pred", str(pred), "--ref", str(ref), "--output", str(out)]) == 1
+    assert evaluate_main(["--pred", str(pred), "--ref", str(ref), "--output", str(out)]) == 2
     assert "no prediction for 1 reference case(s): case_2" in capsys.readouterr().err
     assert evaluate_main(["--pred", str(pred), "--ref", str(ref), "--output", str(out), "--missing-as-empty",
                           "--jobs", "1"]) == 0
@@ -424,3 +424,19 @@ def test_workflow_run_is_callable_from_python(folders):
     with pytest.raises(evaluate.MissingPredictions, match="case_2") as err:
         evaluate.run(pred, ref, output=out, jobs=1)
     assert err.value.cases == ["case_2"]
+
+
+def test_an_evaluation_written_into_the_prediction_folder_is_not_read_as_a_case(folders, capsys):
+    """--output the prediction folder: the second run must not take metrics_boxplot.png for a prediction."""
+    pred, ref, _ = folders
+    args = ["--pred", str(pred), "--ref", str(ref), "--output", str(pred), "--jobs", "1"]
+    assert evaluate_main(args) == 0
+    assert (pred / "metrics_boxplot.png").is_file()
+    first = (pred / "metrics_per_case.csv").read_text()
+    capsys.readouterr()
+    assert evaluate_main(args) == 0
+    out = capsys.readouterr().out
+    assert "match no reference case" not in out
+    assert (pred / "metrics_per_case.csv").read_text() == first
+    rows = list(csv.DictReader((pred / "metrics_per_case.csv").open()))
+    assert sorted({r["case"] for r in rows}) == ["case_0", "case_1", "case_2"]

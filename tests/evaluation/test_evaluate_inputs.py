@@ -171,7 +171,7 @@ def test_predictions_whose_names_match_no_reference_are_named(tmp_path, capsys):
     _nifti(mask, ref / "case1.nii.gz"), _nifti(mask, ref / "case2.nii.gz")
     _nifti(mask, pred / "case1.nii.gz"), _nifti(mask, pred / "Case2.nii.gz")
     base = ["--pred", str(pred), "--ref", str(ref), "--output", str(out), "--jobs", "1"]
-    assert evaluate_main(base) == 1
+    assert evaluate_main(base) == 2
     err = capsys.readouterr().err
     assert err.startswith("medseg: error: no prediction for 1 reference case(s): case2; 1 prediction file(s) match"
                           " no reference case (Case2.nii.gz): files pair by name without the suffix")
@@ -229,7 +229,7 @@ def test_predicted_only_scores_the_predicted_cases_and_lists_the_rest(tmp_path, 
     half[5:10] = 0  # 200 of the 400 reference voxels: Dice 2 * 200 / 600
     _nifti(half, pred / "val_c_seg.nii.gz")
     base = ["--pred", str(pred), "--ref", str(ref), "--output", str(out), "--jobs", "1"]
-    assert evaluate_main(base) == 1
+    assert evaluate_main(base) == 2
     assert "--predicted-only" in capsys.readouterr().err
     assert evaluate_main(base + ["--predicted-only", "--missing-as-empty"]) == 2
     assert "give one of them" in capsys.readouterr().err
@@ -244,5 +244,5 @@ def test_predicted_only_scores_the_predicted_cases_and_lists_the_rest(tmp_path, 
     empty = tmp_path / "none"
     empty.mkdir()
     (empty / "other.nii.gz").write_bytes((pred / "val_c_seg.nii.gz").read_bytes())
-    assert evaluate_main(["--pred", str(empty), "--ref", str(ref), "--output", str(out), "--predicted-only"]) == 1
+    assert evaluate_main(["--pred", str(empty), "--ref", str(ref), "--output", str(out), "--predicted-only"]) == 2
     assert "match no reference case (other.nii.gz)" in capsys.readouterr().err

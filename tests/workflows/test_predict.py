@@ -218,8 +218,36 @@ def test_bad_inputs(trained, scans, tmp_path: Path, capsys):
     (mixed / "bad.nii.gz").write_bytes(b"not a nifti file")
     assert predict_main(["--bundle", str(trained["bundle"]), "--input", str(mixed), "--output", out]) == 1
     captured = capsys.readouterr()
-    assert "case 'bad' skipped" in captured.err and "1 failed: bad" in captured.out
+    assert "case 'bad' failed" in captured.err and "1 failed: bad" in captured.out
     assert (tmp_path / "o" / "good_seg.nii.gz").is_file()
+
+
+def test_a_fault_in_one_case_says_failed_and_debug_raises_it(trained, scans, tmp_path: Path, capsys, monkeypatch):
+    """An error that is not a refusal of the input (a fault in medseg or a library): the case is reported as failed,
+    the others are written, the summary points at --debug; with --debug the error itself comes out."""
+    from medseg.workflows import predict as workflow
+
+    real = workflow.predict_one
+
+    def faulty(loaded, path, *args, **kwargs):
+        if "oblique" in str(path):
+            raise RuntimeError("kernel fault\nsecond line")
+        return real(loaded, path, *args, **kwargs)
+
+    monkeypatch.setattr(workflow, "predict_one", faulty)
+    out = tmp_path / "o"
+    assert predict_main(["--bundle", str(trained["bundle"]), "--input", str(scans), "--output", str(out)]) == 1
+    captured = capsys.readouterr()
+    assert "medseg: case 'oblique' failed: RuntimeError: kernel fault\n" in captured.err
+    assert "second line" not in captured.err and "Traceback" not in captured.err
+    assert "--debug stops at the first of these errors with its traceback (oblique)" in captured.err
+    assert "wrote 1 segmentation(s)" in captured.out and "1 failed: oblique" in captured.out
+    assert sorted(p.name for p in out.iterdir()) == ["second_seg.nii.gz"]
+    single = ["--bundle", str(trained["bundle"]), "--input", str(scans / "oblique.nii.gz"), "--output", str(out)]
+    assert predict_main(single) == 1
+    assert "skipped" not in capsys.readouterr().err
+    with pytest.raises(RuntimeError, match="kernel fault"):
+        predict_main([*single, "--debug"])
 
 
 def test_tilted_series_refused_alone_and_skipped_among_others(trained, scans, tmp_path: Path, capsys):
@@ -238,7 +266,7 @@ def test_tilted_series_refused_alone_and_skipped_among_others(trained, scans, tm
     shutil.copy(scans / "second.nii.gz", folder / "good.nii.gz")
     assert predict_main(["--bundle", str(trained["bundle"]), "--input", str(folder), "--output", str(out)]) == 1
     captured = capsys.readouterr()
-    assert "case 'tilted' skipped" in captured.err and "gantry tilt" in captured.err
+    assert "case 'tilted' failed" in captured.err and "gantry tilt" in captured.err
     assert (out / "good_seg.nii.gz").is_file() and not (out / "tilted_seg.nii.gz").exists()
 
 
