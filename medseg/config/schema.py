@@ -444,7 +444,9 @@ class InteractiveConfig(Section):
     max_clicks: AtLeast1 = 5  # simulated clicks per training sample: 1 initial per class + corrections
     sigma: Positive = 2.0  # Gaussian click map width, voxels of the preprocessed grid
     auto_prob: Prob = 0.25  # share of training samples with no clicks (the automatic segmentation)
-    window: list[int] = Field(default_factory=list)  # medseg.serve: voxels recomputed around a click; [] = the patch
+    # medseg.serve: voxels recomputed around a click, one per axis of training.patch_size; [] = the patch
+    window: Annotated[list[int], _check(lambda v: all(w >= 1 for w in v), "is {v}; sizes must be >= 1")] = \
+        Field(default_factory=list)
     # medseg.serve on a bundle without guidance channels: a click changes voxels at most this far from it (mm)
     correction_radius: Positive = 15.0
 
@@ -531,6 +533,10 @@ class TaskConfig(Section):
                 raise _fail("evaluation.keep_largest_component", f"names unknown class '{name}'")
         self._check_dimensions()
         patch = self.training.patch_size
+        window = self.interactive.window
+        if window and len(window) != len(patch):  # a click's window has the patch's axes (slice mode: 2)
+            raise _fail("interactive.window", f"is {window}; give {len(patch)} values, one per axis of"
+                                              f" training.patch_size {patch}, or [] for the patch itself")
         size_arg = reg.NETWORK_INPUT_SIZE.get(self.network.name)
         if size_arg and size_arg not in self.network.args:  # a fixed-size network (UNETR) takes the patch size
             self.network = self.network.model_copy(update={"args": {**self.network.args, size_arg: list(patch)}})

@@ -16,6 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from ignite.engine import Engine, Events
 from ignite.handlers import EarlyStopping
@@ -292,7 +293,14 @@ class TrainingState:
             "history": p["progress"].history,
             "rng": rng_state(p["transforms"]),
             "data_generator": p["loader"].generator.get_state(),
+            # click-guided training: the click simulation's own generator (medseg.engine.interactive.ClickIteration)
+            "clicks": json.dumps(self._clicks().bit_generator.state) if self._clicks() is not None else "",
         }
+
+    def _clicks(self) -> Any:
+        """The trainer's click simulation's random generator, when its iteration is one (else None)."""
+        rng = getattr(getattr(self.p["trainer"], "_process_function", None), "rng", None)
+        return rng if isinstance(rng, np.random.Generator) else None
 
     def restore(self, state: dict[str, Any]) -> None:
         """Put a snapshot back; a stored time-budget stop is dropped (a resumed run has a new budget)."""
@@ -310,6 +318,8 @@ class TrainingState:
         p["stop"].reason = state["stop_reason"] if state["stop_reason"] == "early stopping" else ""
         set_rng_state(state["rng"], p["transforms"])
         p["loader"].generator.set_state(state["data_generator"])
+        if self._clicks() is not None and state.get("clicks"):  # checkpoints written before it lack the key
+            self._clicks().bit_generator.state = json.loads(state["clicks"])
 
 
 class ResumableCheckpoint:

@@ -61,7 +61,9 @@ def map_clicks(clicks: Iterable[Click], from_affine: Any, to_affine: Any) -> lis
     out = []
     for click in clicks:
         *point, label = click
-        ijk = to_voxel @ np.array([*map(float, point), 1.0])
+        # a 2D grid carries a 3D (4x4) affine, as MONAI's MetaTensor does: the missing axes are at voxel 0
+        pad = [0.0] * max(0, len(to_voxel) - 1 - len(point))
+        ijk = to_voxel @ np.array([*map(float, point), *pad, 1.0])
         out.append([*ijk[: len(point)].tolist(), int(label)])
     return out
 

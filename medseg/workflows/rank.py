@@ -26,11 +26,12 @@ from medseg.bundle.load import LoadedBundle, load_bundle
 from medseg.errors import MedsegError, failure_line
 from medseg.fileio import atomic_write_text
 from medseg.inference import torch_forward
-from medseg.workflows.predict import find_inputs
+from medseg.workflows.predict import check_input, find_inputs
 
 
 def probabilities(bundle: LoadedBundle, path: Path, device: torch.device | str = "cpu") -> torch.Tensor:
     """Softmax class probabilities ``(C, *spatial)`` of one case on the chain's preprocessed grid."""
+    check_input(bundle, path)  # medseg.predict's header checks first: a damaged or 2D file is refused in one line
     chain = bundle.chain
     data = chain.preprocessing({"image": str(path)})
     with torch.no_grad():
@@ -55,7 +56,8 @@ def run(bundle: str | Path, inputs: str | Path, output: str | Path, *, device: s
     A case that cannot be read or segmented is reported through ``on_skip(case, reason)`` (when given) and left out
     of the ranking; with a single case, or none left, it stops with one :class:`MedsegError` line."""
     out = Path(output)
-    if out.is_dir() or (out.parent.exists() and not out.parent.is_dir()):
+    above = next((p for p in out.absolute().parents if p.exists()), None)  # a file anywhere on the way is refused now
+    if out.is_dir() or (above is not None and not above.is_dir()):
         raise MedsegError(f"--output {out}: give a CSV file name (a folder or a path under a file was given)")
     cases = find_inputs(Path(inputs))
     loaded = load_bundle(Path(bundle), torch.device(device), trust=trust)
