@@ -45,7 +45,7 @@ from fastapi.responses import FileResponse, Response
 
 from medseg import __version__
 from medseg.data.check import read_header
-from medseg.data.formats import NIFTI_SUFFIXES, has_suffix
+from medseg.data.formats import IMAGE_SUFFIXES as ALL_SUFFIXES, NIFTI_SUFFIXES, has_suffix
 from medseg.data.labelmaps import write_label_nifti
 from medseg.errors import MedsegError
 from medseg.workflows.interact import CaseSession, check_case_name, inside, is_number
@@ -89,13 +89,15 @@ def multipart(fields: dict[str, tuple[str | None, str, bytes]]) -> Response:
     return Response(bytes(body), media_type=f"multipart/form-data; boundary={boundary}")
 
 
-def info_payload(bundle_name: str, names: dict[str, int], guided: bool, total: int) -> dict[str, Any]:
-    """MONAI Label's ``/info/``: the app, its labels (name -> value, background left out) and the one model."""
+def info_payload(bundle_name: str, names: dict[str, int], guided: bool, total: int,
+                 dimension: int = 3) -> dict[str, Any]:
+    """MONAI Label's ``/info/``: the app, its labels (name -> value, background left out) and the one model
+    (``dimension``: its network's, 2 or 3)."""
     labels = {k: v for k, v in names.items() if v != 0}
     return {"name": f"medseg ({bundle_name})", "description": "medseg.serve", "version": __version__,
             "labels": list(labels),
             "models": {MODEL: {"type": "deepedit" if guided else "segmentation", "labels": labels,
-                               "dimension": 3, "description": f"medseg bundle {bundle_name}"}},
+                               "dimension": dimension, "description": f"medseg bundle {bundle_name}"}},
             "trainers": {}, "strategies": {"uncertainty": {"description": "medseg.rank order, unsaved first"}},
             "scoring": {}, "train_stats": {}, "datastore": {"total": total}}
 
@@ -106,12 +108,16 @@ def apply_clicks(session: CaseSession, params: Any, names: dict[str, int]) -> No
     for key, points in (params.items() if isinstance(params, dict) else []):
         if key not in names or not isinstance(points, list):
             continue
+        dims = len(session.shape)  # a 2D picture's clicks are [i, j] (a third index, as Slicer sends, must be 0)
+        axes = "[i, j, k]" if dims == 3 else "[i, j]"
         for point in points:
-            if not (isinstance(point, list) and len(point) >= 3 and all(is_number(v) for v in point[:3])):
-                raise MedsegError(f"params {key!r}: a click {point!r} is not [i, j, k] voxel indices")
-            voxel = [float(v) for v in point[:3]]
+            if not (isinstance(point, list) and len(point) >= dims and all(is_number(v) for v in point[:dims])):
+                raise MedsegError(f"params {key!r}: a click {point!r} is not {axes} voxel indices")
+            if dims == 2 and len(point) >= 3 and is_number(point[2]) and float(point[2]) != 0:
+                raise MedsegError(f"params {key!r}: click {point[:3]} is off the 2D image's one slice (k must be 0)")
+            voxel = [float(v) for v in point[:dims]]
             if any(not 0 <= v < n for v, n in zip(voxel, session.shape)):
-                raise MedsegError(f"params {key!r}: click {point[:3]} is outside the image {list(session.shape)}")
+                raise MedsegError(f"params {key!r}: click {point[:dims]} is outside the image {list(session.shape)}")
             if names[key] != 0:
                 session.click(voxel, names[key], positive=True)
             else:
@@ -121,7 +127,7 @@ def apply_clicks(session: CaseSession, params: Any, names: dict[str, int]) -> No
 
 
 def received_label(data: bytes, image_path: Path, values: set[int]) -> tuple[np.ndarray, np.ndarray]:
-    """``(array, affine)`` of an uploaded NIfTI label, refused (HTTP 400) unless it is 3D on the image's grid (shape,
+    """``(array, affine)`` of an uploaded NIfTI label, refused (HTTP 400) unless it is on the image's grid (shape,
     and for a NIfTI image its affine within 1e-3 mm) and holds only the bundle's label ``values``."""
     with tempfile.TemporaryDirectory() as tmp:
         received = Path(tmp) / "label.nii.gz"
@@ -132,8 +138,11 @@ def received_label(data: bytes, image_path: Path, values: set[int]) -> tuple[np.
         except Exception as err:  # nibabel raises many kinds for a file that is not NIfTI
             raise HTTPException(400, f"label: not a NIfTI file ({type(err).__name__})") from None
     header = read_header(image_path)
-    if array.ndim != 3 or array.shape != tuple(header.shape[:3]):
-        raise HTTPException(400, f"label {array.shape}: not on the image's grid {tuple(header.shape)}")
+    grid = tuple(header.shape)
+    if len(grid) == 2 and array.ndim == 3 and array.shape[2] == 1:  # a 2D label stored as one NIfTI slice
+        array = array[..., 0]
+    if array.shape != grid:
+        raise HTTPException(400, f"label {array.shape}: not on the image's grid {grid}")
     affine = np.asarray(label.affine)
     if has_suffix(image_path, NIFTI_SUFFIXES):
         image_affine = nib.load(str(image_path)).affine
@@ -151,6 +160,7 @@ def add_routes(app: FastAPI, server: Any, token: str | None = None) -> None:
     server's bearer token, if it has one)."""
     bundle = server.bundle
     guided = bool(bundle.cfg is not None and bundle.cfg.interactive.enabled)
+    dimension = int(bundle.cfg.network.spatial_dims) if bundle.cfg is not None else 3
     names = {k: int(v) for v, k in bundle.labels.items()}
 
     def listed(image: str) -> Path:
@@ -164,7 +174,7 @@ def add_routes(app: FastAPI, server: Any, token: str | None = None) -> None:
 
     @app.get("/info/")
     def info() -> dict[str, Any]:
-        return info_payload(bundle.name, names, guided, len(server.listed()))
+        return info_payload(bundle.name, names, guided, len(server.listed()), dimension)
 
     @app.get("/datastore/")
     def datastore(output: str = "stats") -> dict[str, Any]:
@@ -199,7 +209,8 @@ def add_routes(app: FastAPI, server: Any, token: str | None = None) -> None:
             check_input(bundle, path)  # checked now, not at the first infer
         except MedsegError as err:
             shutil.rmtree(folder, ignore_errors=True)
-            raise HTTPException(400, f"file {filename!r}: {err}") from None
+            # the line names the server's own temporary copy: the client knows the file by its name
+            raise HTTPException(400, f"file {filename!r}: {str(err).replace(str(path), filename)}") from None
         server.uploaded[name] = path
         return {"image": name}
 
@@ -225,8 +236,9 @@ def add_routes(app: FastAPI, server: Any, token: str | None = None) -> None:
     @app.post("/activelearning/{strategy}")
     def next_sample(strategy: str) -> dict[str, Any]:
         for name, path in server.listed().items():
-            if not saved(name):
-                return {"id": name, "name": name, "path": str(path.name)}
+            if not saved(name):  # the listed (safe) name, never the file's own name (it may name the patient)
+                suffix = "" if path.is_dir() else next((x for x in ALL_SUFFIXES if path.name.lower().endswith(x)), "")
+                return {"id": name, "name": name, "path": f"{name}{suffix}"}
         return {}
 
     @app.post("/infer/{model}")

@@ -561,3 +561,58 @@ def test_dicom_series_without_what_a_seg_needs_still_saves_the_nifti_mask(tmp_pa
     assert "StudyTime" in session.save_warning and "--format" not in session.save_warning
     assert not (tmp_path / "out" / "dcm_002_seg.dcm").exists()
     assert json.loads(files[1].read_text())["dicom_seg_not_written"] == session.save_warning
+
+
+def test_monai_label_routes_on_a_2d_bundle_and_names_that_could_identify_a_patient(tmp_path):
+    """A 2D (microscopy) bundle: /info/ says dimension 2, clicks are [i, j] (or [i, j, 0], as Slicer sends),
+    a 2D label is stored on the picture's grid. /activelearning and a refused upload name the listed case and the
+    sent file, never the input file's own name nor the server's temporary copy."""
+    from tests.engine.test_interactive_own_data import tiny_2d_bundle, write_png
+
+    inputs = tmp_path / "inputs"
+    inputs.mkdir()
+    write_png(inputs / "Smith John 1990.png")
+    server = Server(tiny_2d_bundle(), tmp_path / "out", inputs)
+    running = Running(create_app(server))
+    url = running.url
+    try:
+        info = json.loads(call(f"{url}/info/")[1])
+        assert info["models"]["medseg"]["dimension"] == 2 and info["models"]["medseg"]["type"] == "deepedit"
+        assert json.loads(call(f"{url}/activelearning/random", "POST", {})[1]) == {
+            "id": "Smith_John_1990", "name": "Smith_John_1990", "path": "Smith_John_1990.png"}
+        answers = []
+        for params, expected in (({}, 200), ({"membrane": [[5, 7]]}, 200), ({"membrane": [[6, 7, 0]]}, 200),
+                                 ({"membrane": [[6, 7, 2]]}, 400), ({"membrane": [[5]]}, 400)):
+            body, kind = multipart({"params": json.dumps(params).encode()})
+            request = urllib.request.Request(f"{url}/infer/medseg?image=Smith_John_1990&output=image", data=body,
+                                             method="POST", headers={"Content-Type": kind})
+            try:
+                with urllib.request.urlopen(request, timeout=60) as r:
+                    status, answer = r.status, r.read()
+            except urllib.error.HTTPError as err:
+                status, answer = err.code, err.read()
+            assert status == expected, (params, answer)
+            answers.append(answer)
+        assert "[i, j]" in json.loads(answers[-1])["detail"] and "k must be 0" in json.loads(answers[-2])["detail"]
+        (tmp_path / "auto.nii.gz").write_bytes(answers[0])
+        auto = nib.load(tmp_path / "auto.nii.gz")
+        assert auto.shape == (48, 40)  # (x, y) of the 40x48 picture, as the session holds it
+        body, kind = multipart({"label": answers[0]})
+        request = urllib.request.Request(f"{url}/datastore/label?image=Smith_John_1990", data=body, method="PUT",
+                                         headers={"Content-Type": kind})
+        with urllib.request.urlopen(request, timeout=60) as r:
+            assert json.loads(r.read())["label"] == "Smith_John_1990_seg.nii.gz"
+        stored = np.asarray(nib.load(tmp_path / "out" / "Smith_John_1990_seg.nii.gz").dataobj)
+        assert np.array_equal(stored, np.asarray(auto.dataobj))
+        assert json.loads(call(f"{url}/activelearning/random", "POST", {})[1]) == {}
+        junk, kind = multipart({"file": b"not an image at all" * 20})
+        body = junk.replace(b'filename="file"', b'filename="Doe Jane.nii.gz"')
+        request = urllib.request.Request(f"{url}/datastore/?image=scan", data=body, method="PUT",
+                                         headers={"Content-Type": kind})
+        with pytest.raises(urllib.error.HTTPError) as err:
+            urllib.request.urlopen(request, timeout=60)
+        detail = json.loads(err.value.read())["detail"]
+        assert err.value.code == 400 and "Doe Jane.nii.gz" in detail
+        assert server.uploads.name not in detail and "datastore_" not in detail
+    finally:
+        running.stop()
