@@ -143,13 +143,39 @@ class _ShapeCompiled:
         return compiled(x)[compiled.output(0)]
 
 
+def _metadata(bundle_dir: Path) -> dict[str, Any]:
+    try:
+        meta = json.loads((bundle_dir / "configs" / "metadata.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    return meta if isinstance(meta, dict) else {}
+
+
 def _run_folder(bundle_dir: Path) -> str:
     """The training run a medseg bundle names in ``metadata.json`` (``medseg_export.run``), else ``RUN_DIR``."""
     try:
-        meta = json.loads((bundle_dir / "configs" / "metadata.json").read_text())
-        return str(meta["medseg_export"]["run"])
-    except (OSError, ValueError, KeyError, TypeError):
+        return str(_metadata(bundle_dir)["medseg_export"]["run"])
+    except (KeyError, TypeError):
         return "RUN_DIR"
+
+
+def _missing_int8(bundle_dir: Path) -> str:
+    """Why a bundle has no INT8 model and what writes one: an export that refused it (``medseg_int8.refused``)
+    needs a larger allowed loss, not the same export again (its calibration patches are the same every time)."""
+    run = _run_folder(bundle_dir)
+    record = _metadata(bundle_dir).get("medseg_int8")
+    try:
+        if isinstance(record, dict) and record.get("refused"):
+            loss = record["dice_loss"]
+            worst = max(loss, key=loss.get)
+            return (f"missing: its INT8 model was refused at export (validation Dice of '{worst}' fell by "
+                    f"{loss[worst]:.4f}, more than bundle.int8_max_dice_loss {record['max_dice_loss']}); run without"
+                    f" --int8, or write a new version allowing more: python -m medseg.export {run} --int8 --set"
+                    " bundle.int8_max_dice_loss=...")
+    except (KeyError, TypeError, ValueError, AttributeError):
+        pass
+    return (f"missing (this bundle was exported without INT8); write a new version with python -m medseg.export "
+            f"{run} --int8")
 
 
 _LOADERS = {"onnxruntime": lambda path, threads, first: _onnxruntime(path, threads),
@@ -198,9 +224,10 @@ def build_engine(name: str, network: torch.nn.Module, models_dir: Path | None, *
         raise MedsegError(f"--engine {name}: this bundle has no model files medseg can find; use --engine torch")
     path = Path(models_dir) / (INT8_FILE if int8 else ONNX_FILE)
     if not path.is_file():
-        why = "this bundle was exported without INT8" if int8 else "this bundle was written before medseg exported ONNX"
-        raise MedsegError(f"{path}: missing ({why}); write a new version with python -m medseg.export "
-                          f"{_run_folder(Path(models_dir).parent)}" + (" --int8" if int8 else ""))
+        if int8:
+            raise MedsegError(f"{path}: {_missing_int8(Path(models_dir).parent)}")
+        raise MedsegError(f"{path}: missing (this bundle was written before medseg exported ONNX); write a new "
+                          f"version with python -m medseg.export {_run_folder(Path(models_dir).parent)}")
     try:
         first = None
         if window is not None:  # the shape the session sees: after the network's own size padding

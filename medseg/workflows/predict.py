@@ -31,6 +31,7 @@ from medseg.data.labelmaps import case_name, write_label_nifti
 from medseg.data.pictures import PICTURE_SUFFIXES, is_picture, output_suffix, read_picture, write_picture
 from medseg.data.dicom_reader import DicomSeriesReader
 from medseg.errors import MedsegError, check_folder_option, failure_line, user_error
+from medseg.fileio import atomic_path
 from medseg.inference import run_case, torch_forward
 from medseg.inference.instances import label_instances, object_table, write_object_csv
 from medseg.inference.runtimes import ENGINES, build_engine, window_input
@@ -107,14 +108,19 @@ def _two_d(bundle: LoadedBundle) -> bool:
 
 
 def _picture_pages(bundle: LoadedBundle, path: Path, device: torch.device, tta: bool) -> np.ndarray:
-    """A multi-page TIFF through a 2D network page by page: labels ``(x, y, pages)``."""
+    """A multi-page TIFF through a 2D network page by page: labels ``(x, y, pages)``. Each page goes to the chain
+    as a one-page TIFF of its stored values and the file's pixel size (a float page is not cut to integers, and
+    a page is resampled as the same picture on its own would be)."""
+    import tifffile  # deferred: only multi-page TIFFs come here
 
-    array, _ = read_picture(path)
     pages = []
-    with tempfile.TemporaryDirectory(prefix="medseg-pages-") as tmp:
-        for i, page in enumerate(array):
+    with tifffile.TiffFile(path) as tif, tempfile.TemporaryDirectory(prefix="medseg-pages-") as tmp:
+        tags = tif.pages[0].tags
+        x_res, y_res = tags.get("XResolution"), tags.get("YResolution")
+        resolution = (x_res.value, y_res.value) if x_res is not None and y_res is not None else None
+        for i, page in enumerate(tif.pages):
             one = Path(tmp) / f"page{i:04d}.tif"
-            write_picture(page.T, one)  # (x, y) in, stored rows x cols
+            tifffile.imwrite(one, page.asarray(), photometric="minisblack", resolution=resolution)
             pred = run_case(bundle.chain, torch_forward(bundle.network), {"image": str(one)}, device, tta)
             pages.append(_labels(pred))
     return np.stack(pages, axis=-1)
@@ -132,7 +138,8 @@ def write_instances(bundle: LoadedBundle, labels: np.ndarray, spacing: list[floa
     # the watershed grows over every class but a background one (EM: membranes 0 belong to the cells around them)
     foreground = [v for v in named if named[v] != "background"] if named.get(0) == "background" else None
     found = label_instances(labels, interior, method, foreground, int(inf.instance_seed_erosion) if inf else 0)
-    stem = out.name.split("_seg")[0] if "_seg" in out.name else out.name.split(".")[0]
+    # the mask is <case>_seg<suffix>: its last "_seg" is predict's own (a case may have "_seg" in its name)
+    stem = out.name.rsplit("_seg", 1)[0] if "_seg" in out.name else out.name.split(".")[0]
     unit = "um" if is_picture(out) else "mm"
     written = [write_object_csv(object_table(found, spacing, unit), out.with_name(f"{stem}_objects.csv"),
                                 labels.ndim, unit)]
@@ -141,27 +148,39 @@ def write_instances(bundle: LoadedBundle, labels: np.ndarray, spacing: list[floa
         import tifffile  # deferred: only instance output writes 32-bit TIFFs
 
         stored = found.T if found.ndim == 2 else np.transpose(found, (2, 1, 0))
-        tifffile.imwrite(image, np.ascontiguousarray(stored.astype(np.uint16 if found.max() < 65536 else np.uint32)))
+        with atomic_path(image, ".tif") as tmp:  # a kill leaves no partial file under the final name
+            tifffile.imwrite(tmp, np.ascontiguousarray(stored.astype(np.uint16 if found.max() < 65536 else np.uint32)))
         written.append(image)
     return written
 
 
-def check_input(bundle: LoadedBundle, path: Path, series: str | None = None) -> None:
+def _pages(path: Path) -> bool:
+    """A TIFF, whose pages a 2D network segments one by one (``format="auto"``)."""
+    return str(path).lower().endswith((".tif", ".tiff"))
+
+
+def check_input(bundle: LoadedBundle, path: Path, series: str | None = None, pages: bool = True) -> None:
     """Every check that needs no voxels, before any pixel is read: the header's (DICOM series order, spacing,
-    tilt, gaps, choice; claimed size, truncated or cut files, 4D, a single voxel, colour) and a 2D image for a 3D
-    network; one :class:`MedsegError` line."""
+    tilt, gaps, choice; claimed size, truncated or cut files, 4D, a single voxel, colour), a 2D image for a 3D
+    network and a 3D one for a 2D network (but a multi-page TIFF where ``pages``: segmented page by page);
+    one :class:`MedsegError` line."""
     header = read_header(path, series)
     cfg = bundle.cfg
     if cfg is not None and int(cfg.network.spatial_dims) == 3 and len(header.shape) == 2:
         raise MedsegError(f"{path}: a 2D image {tuple(header.shape)}, and this bundle's network is 3D; give a 3D "
                           "volume, or use a bundle trained on 2D images")
+    if _two_d(bundle) and len(header.shape) == 3 and not (pages and _pages(path)):
+        hint = (" (a multi-page TIFF is segmented page by page with --format auto)" if _pages(path)
+                else ", or use a bundle trained on 3D volumes")
+        raise MedsegError(f"{path}: a 3D image {tuple(header.shape)}, and this bundle's network is 2D; give 2D "
+                          f"images{hint}")
 
 
 def predict_one(bundle: LoadedBundle, path: Path, out: Path, device: torch.device, fmt: str = "nifti",
                 tta: bool = False, series: str | None = None, instances: bool = False) -> Path:
     """Predict the case at ``path`` and write it to ``out``; returns ``out``. ``instances``: also the instance
     label image and the per-object CSV (:func:`write_instances`)."""
-    check_input(bundle, path, series)
+    check_input(bundle, path, series, pages=fmt == "auto")
     if fmt == "auto" and is_picture(path):
         stack, spacing = read_picture(path)
         if _two_d(bundle) and path.name.lower().endswith((".tif", ".tiff")) and stack.ndim == 3 and stack.shape[-1] != 3:
@@ -221,6 +240,12 @@ def run(bundle: str | Path, inputs: str | Path, output: str | Path, *, format: s
         cases = [(name, path) for name, path in cases if not name.endswith(OWN_OUTPUTS)]
         if not cases:
             raise MedsegError(f"--input {inputs}: holds only masks medseg wrote (*_seg); give the image folder")
+    first: dict[str, Path] = {}
+    for name, path in cases:  # a.png + a.tif, a.jpg + a.png: one case's outputs would replace the other's
+        if name in first:
+            raise MedsegError(f"--input {inputs}: {first[name].name} and {path.name} are both case '{name}' (their "
+                              f"{name}_seg / {name}_instances outputs would overwrite each other); rename one")
+        first[name] = path
     if format == "dicom-seg":
         not_dicom = [name for name, path in cases if not (is_dicom_series(path) or (path.is_file() and is_dicom_file(path)))]
         if not_dicom:
