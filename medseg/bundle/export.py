@@ -394,7 +394,8 @@ def export_bundle(
     def finalise(folder: Path, version: str, changelog: dict[str, str]) -> None:
         entry = f"{exported} UTC: exported by medseg {__version__} from run {run_dir} (task '{cfg.task}'); validation Dice {dice}"
         final = {**meta, "version": version, "changelog": {version: entry, **changelog},
-                 "medseg_export": {"exported": exported, "task": cfg.task, "run": str(run_dir)}}
+                 # absolute: the remedy lines that name the run (medseg.export RUN --int8) work from any folder
+                 "medseg_export": {"exported": exported, "task": cfg.task, "run": str(Path(run_dir).resolve())}}
         (folder / "configs" / "metadata.json").write_text(json.dumps(final, indent=2) + "\n")
         _torchscript(folder, cfg)  # embeds the configs, metadata.json with its final version included
 

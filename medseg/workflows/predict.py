@@ -202,6 +202,17 @@ def predict_one(bundle: LoadedBundle, path: Path, out: Path, device: torch.devic
     return out
 
 
+def check_unique_cases(cases: list[tuple[str, Path]], inputs: str | Path, why: str) -> None:
+    """One line when two inputs are one case (a.png + a.tif, a.nii + a.nii.gz); ``why``: what would go wrong, with
+    ``{name}`` for the case."""
+    first: dict[str, Path] = {}
+    for name, path in cases:
+        if name in first:
+            raise MedsegError(f"--input {inputs}: {first[name].name} and {path.name} are both case '{name}' "
+                              f"({why.format(name=name)}); rename one")
+        first[name] = path
+
+
 def run(bundle: str | Path, inputs: str | Path, output: str | Path, *, format: str = "auto", tta: bool = False,
         device: str = "cpu", series: str | None = None, trust: bool = False,
         on_case: Callable[[str, Path | None, str | None], None] | None = None, engine: str = "torch",
@@ -240,12 +251,7 @@ def run(bundle: str | Path, inputs: str | Path, output: str | Path, *, format: s
         cases = [(name, path) for name, path in cases if not name.endswith(OWN_OUTPUTS)]
         if not cases:
             raise MedsegError(f"--input {inputs}: holds only masks medseg wrote (*_seg); give the image folder")
-    first: dict[str, Path] = {}
-    for name, path in cases:  # a.png + a.tif, a.jpg + a.png: one case's outputs would replace the other's
-        if name in first:
-            raise MedsegError(f"--input {inputs}: {first[name].name} and {path.name} are both case '{name}' (their "
-                              f"{name}_seg / {name}_instances outputs would overwrite each other); rename one")
-        first[name] = path
+    check_unique_cases(cases, inputs, f"their {{name}}_seg / {{name}}_instances outputs would overwrite each other")
     if format == "dicom-seg":
         not_dicom = [name for name, path in cases if not (is_dicom_series(path) or (path.is_file() and is_dicom_file(path)))]
         if not_dicom:
@@ -291,4 +297,4 @@ def run(bundle: str | Path, inputs: str | Path, output: str | Path, *, format: s
     return written
 
 
-__all__ = ["ENGINES", "FORMATS", "Written", "check_input", "find_inputs", "predict_one", "run"]
+__all__ = ["ENGINES", "FORMATS", "Written", "check_input", "check_unique_cases", "find_inputs", "predict_one", "run"]

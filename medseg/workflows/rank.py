@@ -26,7 +26,7 @@ from medseg.bundle.load import LoadedBundle, load_bundle
 from medseg.errors import MedsegError, failure_line
 from medseg.fileio import atomic_write_text
 from medseg.inference import torch_forward
-from medseg.workflows.predict import check_input, find_inputs
+from medseg.workflows.predict import check_input, check_unique_cases, find_inputs
 
 
 def probabilities(bundle: LoadedBundle, path: Path, device: torch.device | str = "cpu") -> torch.Tensor:
@@ -60,6 +60,7 @@ def run(bundle: str | Path, inputs: str | Path, output: str | Path, *, device: s
     if out.is_dir() or (above is not None and not above.is_dir()):
         raise MedsegError(f"--output {out}: give a CSV file name (a folder or a path under a file was given)")
     cases = find_inputs(Path(inputs))
+    check_unique_cases(cases, inputs, "the CSV would list two rows of one name")
     loaded = load_bundle(Path(bundle), torch.device(device), trust=trust)
     if len(loaded.chain.postprocessing.transforms) == 0:
         raise MedsegError(f"{bundle}: no postprocessing in its chain")

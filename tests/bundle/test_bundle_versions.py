@@ -98,3 +98,21 @@ def test_two_exports_finishing_at_once_never_mix(trained, tmp_path: Path):
         extra = torch.jit.load(str(folder / "models" / "model.ts"), _extra_files={"metadata.json": ""}, map_location="cpu")
         assert extra is not None
     assert out.resolve().name == "liver_bundle-v2"
+
+
+def test_a_run_given_as_a_relative_path_is_recorded_absolute(trained, tmp_path: Path, monkeypatch):
+    """metadata.json names the run in the remedy lines (medseg.export RUN --int8): a relative path only worked
+    from the folder the export ran in."""
+    monkeypatch.chdir(trained["run"].parent)
+    out = tmp_path / "bundles" / "relative"
+    assert export_main([trained["run"].name, "--out", str(out)]) == 0
+    assert _meta(out)["medseg_export"]["run"] == str(trained["run"].resolve())
+
+
+def test_a_negative_int8_dice_loss_limit_is_refused():
+    from medseg.config import load_config
+    from medseg.errors import MedsegError
+
+    repo = Path(__file__).resolve().parents[2]
+    with pytest.raises(MedsegError, match="int8_max_dice_loss.*must not be negative"):
+        load_config(str(repo / "pipelines" / "liver.yaml"), ["bundle.int8_max_dice_loss=-0.01"])

@@ -110,6 +110,21 @@ def test_rank_refuses_an_output_below_a_file_before_scoring(tmp_path, monkeypatc
         rank.run("b", folder, tmp_path / "a_file" / "sub" / "ranking.csv")
 
 
+def test_rank_refuses_two_inputs_of_one_case_before_scoring(tmp_path, monkeypatch):
+    """case0.nii.gz + case0.nii gave two rows named case0 (which is which?)."""
+    monkeypatch.setattr(rank, "load_bundle", lambda *a, **k: pytest.fail("scored before the names were checked"))
+    folder = tmp_path / "unlabelled"
+    folder.mkdir()
+    write_case(folder / "case0.nii.gz")
+    import nibabel as nib
+
+    nib.save(nib.load(folder / "case0.nii.gz"), folder / "case0.nii")
+    with pytest.raises(MedsegError, match=r"case0\.nii and case0\.nii\.gz are both case 'case0' \(the CSV would"
+                                          r" list two rows of one name\)|case0\.nii\.gz and case0\.nii are both"):
+        rank.run("b", folder, tmp_path / "ranking.csv")
+    assert not (tmp_path / "ranking.csv").exists()
+
+
 @pytest.mark.slow
 def test_killed_and_resumed_click_guided_run_ends_with_the_same_weights(tmp_path):
     """``--resume`` restores every random state: the click simulation's generator too (it restarted from the seed,
