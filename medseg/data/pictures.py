@@ -84,6 +84,22 @@ def _tiff_spacing(page: Any) -> list[float]:
         return [1.0, 1.0]
 
 
+def tiff_resolution(source: str | os.PathLike | None) -> dict[str, Any]:
+    """``tifffile.imwrite`` keywords that give a written TIFF the pixel size of the TIFF ``source`` (its
+    XResolution, YResolution and ResolutionUnit tags, as stored); empty where it has none or is no TIFF."""
+    if source is None or not _is_tiff(str(source)) or tifffile is None:
+        return {}
+    try:
+        with tifffile.TiffFile(source) as tif:
+            tags = tif.pages[0].tags
+            out = {"resolution": (tuple(tags["XResolution"].value), tuple(tags["YResolution"].value))}
+            if "ResolutionUnit" in tags:
+                out["resolutionunit"] = int(tags["ResolutionUnit"].value)
+            return out
+    except (KeyError, TypeError, ValueError, OSError, IndexError):
+        return {}
+
+
 def is_colour(array: np.ndarray, path: str | os.PathLike) -> bool:
     """A colour picture: a trailing axis of 3 on a 2D picture (a 3-page TIFF stack has it first)."""
     return array.ndim == 3 and array.shape[-1] == 3 and not (_is_tiff(str(path)) and array.shape[0] > 3)
@@ -156,8 +172,10 @@ def stored_values(labels: np.ndarray, value_map: Mapping[int, int] | None) -> np
     return out.astype(np.uint8 if not out.size or out.max() <= 255 else np.uint16)
 
 
-def write_picture(labels: np.ndarray, path: str | os.PathLike, value_map: Mapping[int, int] | None = None) -> Path:
-    """Write ``labels`` in MONAI's ``(x, y)`` (or ``(x, y, pages)``) order as a PNG or (multi-page) TIFF, atomically.
+def write_picture(labels: np.ndarray, path: str | os.PathLike, value_map: Mapping[int, int] | None = None,
+                  source: str | os.PathLike | None = None) -> Path:
+    """Write ``labels`` in MONAI's ``(x, y)`` (or ``(x, y, pages)``) order as a PNG or (multi-page) TIFF, atomically;
+    a TIFF gets the pixel size of a TIFF ``source`` (the input picture).
 
     Example:
         >>> write_picture(labels, "masks/cell_seg.png", {1: 255})
@@ -169,7 +187,7 @@ def write_picture(labels: np.ndarray, path: str | os.PathLike, value_map: Mappin
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp{path.suffix}")
     try:
         if _is_tiff(str(path)) and tifffile is not None:
-            tifffile.imwrite(tmp, np.ascontiguousarray(stored))
+            tifffile.imwrite(tmp, np.ascontiguousarray(stored), **tiff_resolution(source))
         elif stored.ndim == 3:
             frames = [PILImage.fromarray(np.ascontiguousarray(p)) for p in stored]
             frames[0].save(tmp, save_all=True, append_images=frames[1:])
@@ -207,5 +225,5 @@ class SavePictured(MapTransform):
                 if name.lower().endswith(suffix):
                     name = name[: -len(suffix)]
             write_picture(labels[0], Path(self.output_dir) / f"{name}{self.output_postfix}{output_suffix(source)}",
-                          self.value_map)
+                          self.value_map, source=source)
         return d

@@ -28,7 +28,8 @@ from medseg.data.dicom import is_dicom_file
 from medseg.data.dicom_seg import is_dicom_series, write_dicom_seg
 from medseg.data.formats import VOLUME_SUFFIXES as IMAGE_SUFFIXES
 from medseg.data.labelmaps import case_name, write_label_nifti
-from medseg.data.pictures import PICTURE_SUFFIXES, is_picture, output_suffix, read_picture, write_picture
+from medseg.data.pictures import (PICTURE_SUFFIXES, is_picture, output_suffix, read_picture, tiff_resolution,
+                                  write_picture)
 from medseg.data.dicom_reader import DicomSeriesReader
 from medseg.errors import MedsegError, check_folder_option, failure_line, user_error
 from medseg.fileio import atomic_path
@@ -126,8 +127,10 @@ def _picture_pages(bundle: LoadedBundle, path: Path, device: torch.device, tta: 
     return np.stack(pages, axis=-1)
 
 
-def write_instances(bundle: LoadedBundle, labels: np.ndarray, spacing: list[float], out: Path) -> list[Path]:
-    """``<case>_instances.tif`` (2D; uint16/32 object numbers) and ``<case>_objects.csv`` beside the mask ``out``:
+def write_instances(bundle: LoadedBundle, labels: np.ndarray, spacing: list[float], out: Path,
+                    source: Path | None = None) -> list[Path]:
+    """``<case>_instances.tif`` (2D; uint16/32 object numbers; the pixel size of a TIFF ``source``) and
+    ``<case>_objects.csv`` beside the mask ``out``:
     the task's ``inference.instance_method`` on its ``inference.instance_class`` (:mod:`medseg.inference.instances`);
     areas in um^2 for pictures (TIFF resolution, else 1 per pixel), mm^2/mm^3 for volumes."""
     cfg = bundle.cfg
@@ -149,7 +152,8 @@ def write_instances(bundle: LoadedBundle, labels: np.ndarray, spacing: list[floa
 
         stored = found.T if found.ndim == 2 else np.transpose(found, (2, 1, 0))
         with atomic_path(image, ".tif") as tmp:  # a kill leaves no partial file under the final name
-            tifffile.imwrite(tmp, np.ascontiguousarray(stored.astype(np.uint16 if found.max() < 65536 else np.uint32)))
+            tifffile.imwrite(tmp, np.ascontiguousarray(stored.astype(np.uint16 if found.max() < 65536 else np.uint32)),
+                             **tiff_resolution(source))  # the input TIFF's pixel size (none for PNG input)
         written.append(image)
     return written
 
@@ -187,9 +191,9 @@ def predict_one(bundle: LoadedBundle, path: Path, out: Path, device: torch.devic
             labels = _picture_pages(bundle, path, device, tta)
         else:
             labels = _labels(run_case(bundle.chain, torch_forward(bundle.network), {"image": str(path)}, device, tta))
-        written = write_picture(labels, out, stored_value_map(bundle))
+        written = write_picture(labels, out, stored_value_map(bundle), source=path)
         if instances:
-            write_instances(bundle, labels, spacing + [1.0] * (labels.ndim - 2), out)
+            write_instances(bundle, labels, spacing + [1.0] * (labels.ndim - 2), out, source=path)
         return written
     pred = run_case(bundle.chain, torch_forward(bundle.network), {"image": str(path)}, device, tta)
     labels, affine = _labels(pred), pred.affine.numpy()

@@ -126,3 +126,23 @@ def test_3d_input_for_a_2d_network_is_refused_in_one_line(bundle, tmp_path):
     tifffile.imwrite(tmp_path / "stack.tif", np.stack([_picture(5)] * 4), photometric="minisblack")
     with pytest.raises(MedsegError, match="segmented page by page with --format auto"):
         predict.run(bundle, tmp_path / "stack.tif", tmp_path / "out", format="nifti")
+
+
+def test_tiff_outputs_carry_the_input_tiffs_pixel_size(bundle, tmp_path):
+    """<case>_seg.tif and <case>_instances.tif had no resolution tags: opened in Fiji or QuPath beside the input
+    they had 1-unit pixels, and areas measured on them were off by the pixel size squared."""
+    from medseg.workflows import predict
+
+    page = (_picture(4) * 200).astype(np.uint16)
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    tifffile.imwrite(inputs / "cells.tif", page, resolution=(2.0, 4.0), resolutionunit="MICROMETER")
+    Image.fromarray((_picture(5) * 255).astype(np.uint8)).save(inputs / "plain.png")
+    predict.run(bundle, inputs, tmp_path / "out", instances=True)
+    for name in ("cells_seg.tif", "cells_instances.tif"):
+        with tifffile.TiffFile(tmp_path / "out" / name) as tif:
+            tags = tif.pages[0].tags
+            assert tags["XResolution"].value == (2, 1) and tags["YResolution"].value == (4, 1), name
+            assert int(tags["ResolutionUnit"].value) == int(tifffile.RESUNIT.MICROMETER), name
+    with tifffile.TiffFile(tmp_path / "out" / "plain_instances.tif") as tif:  # a PNG has none to carry
+        assert tif.pages[0].tags["XResolution"].value == (1, 1)
