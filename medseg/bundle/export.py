@@ -258,9 +258,9 @@ def metadata(cfg: dict[str, Any], summary: dict[str, dict[str, float]]) -> dict[
         "license": cfg.bundle.license,
         "intended_use": "Research only; not for clinical diagnosis.",
         "data_source": cfg.data.dataset or cfg.data.sample,
-        "data_type": "nibabel",
+        "data_type": "png/tiff" if _pictures(cfg) else "nibabel",
         "image_classes": f"{input_channels(cfg)} channel(s) {cfg.data.modality}: {describe_intensity(cfg)};"
-        f" resampled to {cfg.preprocessing.spacing} mm",
+        f" resampled to {cfg.preprocessing.spacing} {_unit(cfg)}",
         "label_classes": ", ".join(f"{v}: {k}" for v, k in sorted(labels.items())),
         "pred_classes": ", ".join(f"{v}: {k}" for v, k in sorted(labels.items())),
         "eval_metrics": {f"{c}_{m}": round(float(e[m]), 4) for c, e in summary.items() for m in ("dice", "hd95_mm", "assd_mm")},
@@ -278,6 +278,16 @@ def metadata(cfg: dict[str, Any], summary: dict[str, dict[str, float]]) -> dict[
             }},
         },
     }
+
+
+def _pictures(cfg: Any) -> bool:
+    """A 2D network on whole pictures (PNG/TIFF microscopy), not slices of volumes."""
+    return int(cfg.network.spatial_dims) == 2 and not cfg.network.slice_mode
+
+
+def _unit(cfg: Any) -> str:
+    """The unit of the spacing: a picture's pixel size is in um (from TIFF resolution tags, else 1 per pixel)."""
+    return "um (pixel size; 1 per pixel without TIFF resolution tags)" if _pictures(cfg) else "mm"
 
 
 def _version(package: str) -> str:
@@ -301,7 +311,7 @@ def _readme(cfg: dict[str, Any], summary: dict[str, dict[str, float]], run_secon
 Source: {cfg.data.dataset or cfg.data.sample}. Labels: {', '.join(f'{v} = {k}' for k, v in cfg.data.labels.items())}.
 
 ## Preprocessing
-Orientation {pre.orientation}; resampled to {pre.spacing} mm; {describe_intensity(cfg)}
+Orientation {pre.orientation}; resampled to {pre.spacing} {_unit(cfg)}; {describe_intensity(cfg)}
 {'; cropped to the foreground' if pre.crop_foreground else ''}. Inference undoes the spatial steps, so each
 mask is written in its input's own grid.
 

@@ -146,3 +146,13 @@ def test_tiff_outputs_carry_the_input_tiffs_pixel_size(bundle, tmp_path):
             assert int(tags["ResolutionUnit"].value) == int(tifffile.RESUNIT.MICROMETER), name
     with tifffile.TiffFile(tmp_path / "out" / "plain_instances.tif") as tif:  # a PNG has none to carry
         assert tif.pages[0].tags["XResolution"].value == (1, 1)
+
+
+def test_a_picture_bundle_describes_its_data_as_pictures(bundle):
+    """metadata.json and the bundle's README said "nibabel" data "resampled to [1.0, 1.0] mm" for PNG/TIFF."""
+    import json
+
+    meta = json.loads((Path(bundle) / "configs" / "metadata.json").read_text())
+    assert meta["data_type"] == "png/tiff"
+    assert "resampled to [1.0, 1.0] um (pixel size" in meta["image_classes"] and " mm" not in meta["image_classes"]
+    assert "resampled to [1.0, 1.0] um (pixel size" in (Path(bundle) / "docs" / "README.md").read_text()
