@@ -6,6 +6,7 @@ files in slice order, or one enhanced multi-frame file, whose frames the SEG kee
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -110,13 +111,15 @@ def write_dicom_seg(
                 segmented_property_category=getattr(codes.SCT, category), segmented_property_type=getattr(codes.SCT, kind),
                 algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC, algorithm_identification=algorithm,
             ))
-        seg = hd.seg.Segmentation(
-            source_images=datasets, pixel_array=pixels.astype(np.uint8),
-            segmentation_type=hd.seg.SegmentationTypeValues.BINARY, segment_descriptions=descriptions,
-            series_instance_uid=hd.UID(), series_number=900, sop_instance_uid=hd.UID(), instance_number=1,
-            manufacturer="medseg", manufacturer_model_name=model_name, software_versions=version,
-            device_serial_number="none", series_description=f"{model_name} segmentation",
-        )
+        with warnings.catch_warnings():  # highdicom warns of a one-component PatientName by printing the name
+            warnings.filterwarnings("ignore", message=r"The string .* is unlikely to represent the intended person")
+            seg = hd.seg.Segmentation(
+                source_images=datasets, pixel_array=pixels.astype(np.uint8),
+                segmentation_type=hd.seg.SegmentationTypeValues.BINARY, segment_descriptions=descriptions,
+                series_instance_uid=hd.UID(), series_number=900, sop_instance_uid=hd.UID(), instance_number=1,
+                manufacturer="medseg", manufacturer_model_name=model_name, software_versions=version,
+                device_serial_number="none", series_description=f"{model_name} segmentation",
+            )
         with atomic_path(out_path) as tmp:
             seg.save_as(str(tmp))
     except MedsegError:

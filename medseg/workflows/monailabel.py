@@ -47,6 +47,7 @@ from medseg import __version__
 from medseg.data.check import read_header
 from medseg.data.formats import IMAGE_SUFFIXES as ALL_SUFFIXES, NIFTI_SUFFIXES, has_suffix
 from medseg.data.labelmaps import write_label_nifti
+from medseg.data.uploads import check_self_contained
 from medseg.errors import MedsegError
 from medseg.workflows.interact import CaseSession, check_case_name, inside, is_number
 from medseg.workflows.predict import check_input
@@ -128,7 +129,8 @@ def apply_clicks(session: CaseSession, params: Any, names: dict[str, int]) -> No
 
 def received_label(data: bytes, image_path: Path, values: set[int]) -> tuple[np.ndarray, np.ndarray]:
     """``(array, affine)`` of an uploaded NIfTI label, refused (HTTP 400) unless it is on the image's grid (shape,
-    and for a NIfTI image its affine within 1e-3 mm) and holds only the bundle's label ``values``."""
+    and for a 3D image its affine within 1e-3 mm: a DICOM series', NRRD's or MHA's in NIfTI's RAS) and holds only
+    the bundle's label ``values``."""
     with tempfile.TemporaryDirectory() as tmp:
         received = Path(tmp) / "label.nii.gz"
         received.write_bytes(data)
@@ -144,8 +146,12 @@ def received_label(data: bytes, image_path: Path, values: set[int]) -> tuple[np.
     if array.shape != grid:
         raise HTTPException(400, f"label {array.shape}: not on the image's grid {grid}")
     affine = np.asarray(label.affine)
+    image_affine = None
     if has_suffix(image_path, NIFTI_SUFFIXES):
         image_affine = nib.load(str(image_path)).affine
+    elif len(grid) == 3 and np.shape(header.affine) == (4, 4):  # a DICOM series, NRRD, MHA: LPS -> NIfTI's RAS
+        image_affine = np.diag([-1.0, -1.0, 1.0, 1.0]) @ np.asarray(header.affine, dtype=np.float64)
+    if image_affine is not None:
         if not np.allclose(affine, image_affine, atol=1e-3):
             raise HTTPException(400, "label: its affine is not the image's (another grid or orientation)")
         affine = image_affine
@@ -206,6 +212,7 @@ def add_routes(app: FastAPI, server: Any, token: str | None = None) -> None:
         path = folder / f"{name}{suffix}"
         path.write_bytes(parts["file"][1])
         try:
+            check_self_contained(path, filename)  # no header that reads a file of the server's
             check_input(bundle, path)  # checked now, not at the first infer
         except MedsegError as err:
             shutil.rmtree(folder, ignore_errors=True)

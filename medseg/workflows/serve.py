@@ -42,6 +42,7 @@ from starlette.middleware.base import BaseHTTPMiddleware
 from medseg.bundle.load import LoadedBundle, load_bundle
 from medseg.data.formats import VOLUME_SUFFIXES
 from medseg.data.dicom import SKIP_NAMES
+from medseg.data.uploads import check_self_contained
 from medseg.errors import MedsegError, check_folder_option, failure_line, user_error
 from medseg.workflows import monailabel
 from medseg.workflows.interact import CaseSession, check_case_name, is_number, session_forward
@@ -127,7 +128,7 @@ class Server:
     def session(self, name: str, path: Path) -> CaseSession:
         """A new session of the case at ``path``; whatever stops it is one :class:`MedsegError` line (the input
         checks of ``medseg.predict`` first: damaged, 4D, colour, 2D for a 3D network)."""
-        check_input(self.bundle, path)
+        check_input(self.bundle, path, pages=False)  # a multi-page TIFF on a 2D network: one line, not the chain's
         try:
             return CaseSession(self.bundle, name, path, self.device, forward=self.forward)
         except MedsegError:
@@ -249,11 +250,13 @@ def _add_upload_route(app: FastAPI, server: Server) -> None:
                 folder = Path(tempfile.mkdtemp(prefix="upload_", dir=server.uploads.name))
                 path = folder / name
                 path.write_bytes(bytes(data))
+                check_self_contained(path, name)  # no header that reads a file of the server's
             summary = _summary(server.open(check_case_name(case), path))
             server.uploaded[case] = path  # in MONAI Label's datastore too, as a PUT /datastore/ upload is
             return summary
-        except MedsegError as err:
-            raise _fail(err) from None
+        except MedsegError as err:  # named as the client sent it, not by the server's temporary copy
+            line = str(err) if folder is None else str(err).replace(str(path), name).replace(str(folder), name)
+            raise HTTPException(_fail(err).status_code, line) from None
         finally:
             if folder is not None and case not in server.cases:  # nothing of a refused upload stays on disk
                 shutil.rmtree(folder, ignore_errors=True)

@@ -34,7 +34,7 @@ canvas{image-rendering:pixelated;background:#000;cursor:crosshair}
 const token = new URLSearchParams(location.hash.slice(1)).get("token");
 const headers = token ? {"Authorization": "Bearer " + token} : {};
 const COLOURS = [[0,0,0],[255,60,60],[60,160,255],[80,230,80],[255,220,40],[220,80,255]];
-let caseName = null, shape = null, spacing = [1,1,1], image = null, mask = null, pos = [0,0,0];
+let caseName = null, shape = null, spacing = [1,1,1], image = null, mask = null, pos = [0,0,0], flat = false;
 const $ = id => document.getElementById(id);
 let pending = 0;
 function busy(d){ pending += d; $("busy").classList.toggle("on", pending > 0); document.body.dataset.busy = pending; }
@@ -57,6 +57,8 @@ async function loadInfo(){
 }
 async function show(summary){
   caseName = summary.case; shape = summary.shape; spacing = summary.spacing;
+  flat = shape.length === 2;  // a 2D picture: one slice, rows top down, clicks [i, j]
+  if (flat) shape = [...shape, 1];
   const r = await api(`/api/cases/${caseName}/image`);
   image = new Float32Array(await r.arrayBuffer());
   pos = shape.map(n => Math.floor(n / 2));
@@ -83,7 +85,7 @@ function draw(){
     const ctx = c.getContext("2d"), img = ctx.createImageData(w, h);
     const ijk = [0, 0, 0]; ijk[pl.fixed] = pos[pl.fixed];
     for (let y = 0; y < h; y++) for (let x = 0; x < w; x++){
-      ijk[pl.u] = x; ijk[pl.v] = h - 1 - y;
+      ijk[pl.u] = x; ijk[pl.v] = flat && p === 0 ? y : h - 1 - y;
       const n = voxelIndex(ijk[0], ijk[1], ijk[2]);
       let g = Math.min(255, Math.max(0, (image[n] - lo) / width * 255));
       const o = 4 * (y * w + x), m = mask[n];
@@ -99,7 +101,8 @@ function voxelAt(p, e){
   const pl = PLANES[p], c = $("c" + p);
   const x = Math.floor(e.offsetX * c.width / c.clientWidth), y = Math.floor(e.offsetY * c.height / c.clientHeight);
   const ijk = [...pos]; ijk[pl.u] = Math.min(c.width - 1, Math.max(0, x)); ijk[pl.v] = c.height - 1 - Math.min(c.height - 1, Math.max(0, y));
-  return ijk;
+  if (flat && p === 0) ijk[pl.v] = c.height - 1 - ijk[pl.v];
+  return flat ? ijk.slice(0, 2) : ijk;
 }
 async function click(p, e, positive){
   e.preventDefault();
