@@ -106,6 +106,29 @@ def is_dicom_file(path: Path) -> bool:
     return len(head) == 132 and head[128:132] == b"DICM"
 
 
+def multiframe_files(folder: Path) -> list[Path]:
+    """The DICOM files at the top of ``folder`` when each one is a whole volume (a multi-frame image, as enhanced
+    CT/MR files are; SEG files left out): such a folder holds one case per file, not one series. Empty when any
+    of them is a single-frame slice or cannot be read (a classic series: the folder is one case)."""
+    import pydicom  # deferred: as _dcmread
+
+    volumes = []
+    for path in sorted(folder.iterdir()):
+        if not path.is_file() or path.name in SKIP_NAMES or path.name.startswith(".") or not is_dicom_file(path):
+            continue
+        try:
+            ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["SOPClassUID", "NumberOfFrames"])
+            frames = int(ds.get("NumberOfFrames", 1) or 1)
+        except Exception:  # pydicom's many errors for a damaged file: the series reader names it
+            return []
+        if str(ds.get("SOPClassUID", "")) == SEG_SOP_CLASS:
+            continue
+        if frames <= 1:
+            return []  # a slice of a classic series (checked first: its first file ends the scan)
+        volumes.append(path)
+    return volumes
+
+
 def _candidate_files(folder: Path) -> list[Path]:
     return sorted(
         p for p in folder.rglob("*")

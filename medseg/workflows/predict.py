@@ -24,7 +24,7 @@ from monai.transforms import LoadImaged
 from medseg import __version__
 from medseg.bundle.load import LoadedBundle, load_bundle
 from medseg.data.check import read_header
-from medseg.data.dicom import is_dicom_file
+from medseg.data.dicom import is_dicom_file, multiframe_files
 from medseg.data.dicom_seg import is_dicom_series, write_dicom_seg
 from medseg.data.formats import VOLUME_SUFFIXES as IMAGE_SUFFIXES
 from medseg.data.labelmaps import case_name, write_label_nifti
@@ -58,15 +58,20 @@ OWN_OUTPUTS = ("_seg", "_instances")
 
 
 def find_inputs(path: Path) -> list[tuple[str, Path]]:
-    """Cases under ``path``: one image file, one DICOM series folder, or a folder of either."""
+    """Cases under ``path``: one image file, one DICOM series folder, or a folder of either (enhanced multi-frame
+    DICOM files among them, one case each)."""
     path = Path(path)
     if path.is_file():
         return [(case_name(path), path)]
     if not path.is_dir():
         raise MedsegError(f"--input {path}: no such file or folder")
+    volumes: list[Path] = []
     if is_dicom_series(path):
-        return [(path.name, path)]
-    cases = []
+        volumes = multiframe_files(path)  # enhanced multi-frame files: a volume each, not slices of one series
+        beside = [c for c in path.iterdir() if c.is_dir() and is_dicom_series(c)]
+        if not volumes or len(volumes) + len(beside) < 2:
+            return [(path.name, path)]
+    cases = [(case_name(v), v) for v in volumes]
     for child in sorted(path.iterdir()):
         if child.is_file() and child.name.lower().endswith((*IMAGE_SUFFIXES, *PICTURE_SUFFIXES)):
             cases.append((case_name(child), child))

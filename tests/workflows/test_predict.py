@@ -339,3 +339,27 @@ def test_output_checks_2d_input_rerun_into_the_input_folder_and_enhanced_file_to
     assert predict_main(["--bundle", bundle, "--input", str(ect), "--output", str(nifti)]) == 0
     expected = np.asarray(nib.load(nifti / "eCT_Supplemental_seg.nii.gz").dataobj)
     assert int(seg.NumberOfFrames) >= 1 and expected.shape[-1] == int(source.NumberOfFrames)
+
+
+def test_a_folder_of_enhanced_multiframe_files_is_a_case_per_file(tmp_path: Path):
+    """Each enhanced CT/MR file is a whole volume: a folder of them (as scanners export) was taken for one series
+    and refused as several series; a classic series folder stays one case."""
+    from pydicom.data import get_testdata_file
+
+    from medseg.data.dicom import write_series
+    from medseg.workflows.predict import find_inputs
+
+    folder = tmp_path / "scanner"
+    folder.mkdir()
+    ect = Path(get_testdata_file("eCT_Supplemental.dcm"))  # pydicom-data: enhanced CT, 2 frames
+    shutil.copy(ect, folder / "study_a.dcm")
+    shutil.copy(ect, folder / "study_b.dcm")
+    write_series(folder / "classic", np.full((8, 6, 4), 40.0, np.float32), np.diag([-1.0, -1.0, 2.0, 1.0]),
+                 series_uid="1.2.3.9", prefix="s")
+    assert find_inputs(folder) == [("study_a", folder / "study_a.dcm"), ("study_b", folder / "study_b.dcm"),
+                                   ("classic", folder / "classic")]
+    assert find_inputs(folder / "classic") == [("classic", folder / "classic")]
+    one = tmp_path / "one"
+    one.mkdir()
+    shutil.copy(ect, one / "study.dcm")
+    assert find_inputs(one) == [("one", one)]  # one enhanced file alone: the folder is that one case, as before
