@@ -46,6 +46,8 @@ from fastapi.responses import FileResponse, Response
 from medseg import __version__
 from medseg.data.check import read_header
 from medseg.data.formats import IMAGE_SUFFIXES as ALL_SUFFIXES, NIFTI_SUFFIXES, has_suffix
+from medseg.data.dicom import is_dicom_file
+from medseg.data.dicom_seg import SegNotWritten, is_dicom_series, write_dicom_seg
 from medseg.data.labelmaps import write_label_nifti
 from medseg.data.uploads import check_self_contained
 from medseg.errors import MedsegError
@@ -292,4 +294,14 @@ def add_routes(app: FastAPI, server: Any, token: str | None = None) -> None:
         server.output_dir.mkdir(parents=True, exist_ok=True)
         out = inside(server.output_dir, f"{image}_seg.nii.gz")
         write_label_nifti(array.astype(np.uint8), affine, out)
-        return {"image": image, "label": out.name, "tag": tag}
+        answer = {"image": image, "label": out.name, "tag": tag}
+        if is_dicom_series(path) or (path.is_file() and is_dicom_file(path)):  # its SEG is this label, as the page saves
+            seg = inside(server.output_dir, f"{image}_seg.dcm")
+            segments = {v: k for v, k in bundle.labels.items() if v != 0}
+            try:
+                write_dicom_seg(array.astype(np.uint8), affine, path, seg, segments, bundle.name, __version__)
+                answer["dicom_seg"] = seg.name
+            except SegNotWritten as err:  # the series lacks what a SEG must reference: no SEG of an earlier save stays
+                seg.unlink(missing_ok=True)
+                answer["dicom_seg_not_written"] = err.reason
+        return answer

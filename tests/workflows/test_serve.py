@@ -616,3 +616,37 @@ def test_monai_label_routes_on_a_2d_bundle_and_names_that_could_identify_a_patie
         assert server.uploads.name not in detail and "datastore_" not in detail
     finally:
         running.stop()
+
+
+def test_a_label_put_for_a_dicom_case_writes_its_seg_too(tmp_path):
+    """PUT /datastore/label on a DICOM series wrote only the NIfTI: a SEG of an earlier save stayed beside it,
+    holding another mask. Now the SEG is rewritten from the label (each PUT: the newest label)."""
+    import pydicom
+
+    from medseg.data.dicom import write_series
+    from tests.conftest import synthetic_case
+
+    image, _, _ = synthetic_case()
+    lps = np.diag([1.5, 1.5, 2.0, 1.0])
+    inputs = tmp_path / "inputs"
+    write_series(inputs / "series_a", image.astype(np.float64), lps, series_uid="1.2.3.4", prefix="s")
+    running = Running(create_app(Server(threshold_bundle(), tmp_path / "out", inputs)))
+    try:
+        for size in (4, 6):
+            label = np.zeros(image.shape, np.uint8)
+            label[4:4 + size, 5:5 + size, 3:3 + size] = 1
+            path = tmp_path / f"label_{size}.nii.gz"
+            nib.save(nib.Nifti1Image(label, np.diag([-1.0, -1.0, 1.0, 1.0]) @ lps), path)
+            body, kind = multipart({"label": path.read_bytes()})
+            request = urllib.request.Request(f"{running.url}/datastore/label?image=series_a", data=body,
+                                             method="PUT", headers={"Content-Type": kind})
+            with urllib.request.urlopen(request, timeout=60) as r:
+                assert json.loads(r.read())["dicom_seg"] == "series_a_seg.dcm"
+            seg = pydicom.dcmread(tmp_path / "out" / "series_a_seg.dcm")
+            assert seg.ReferencedSeriesSequence[0].SeriesInstanceUID == "1.2.3.4"
+            frames = seg.pixel_array.reshape(-1, *seg.pixel_array.shape[-2:])
+            liver = [i for i, f in enumerate(seg.PerFrameFunctionalGroupsSequence)
+                     if f.SegmentIdentificationSequence[0].ReferencedSegmentNumber == 1]
+            assert int(frames[liver].sum()) == size ** 3  # this PUT's label, not the earlier one
+    finally:
+        running.stop()
