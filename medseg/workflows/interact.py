@@ -41,9 +41,11 @@ from monai.utils import TraceKeys
 from medseg import __version__
 from medseg.bundle.load import LoadedBundle
 from medseg.config.schema import InteractiveConfig
+from medseg.data.dicom import is_dicom_file
 from medseg.data.dicom_seg import SegNotWritten, write_dicom_seg
 from medseg.data.labelmaps import write_label_nifti
 from medseg.data.nifti import REVERSED_AXES
+from medseg.data.pictures import is_picture, output_suffix, write_picture
 from medseg.errors import MedsegError
 from medseg.fileio import atomic_write_text
 from medseg.inference import torch_forward
@@ -52,6 +54,7 @@ from medseg.inference.runtimes import build_engine, window_input
 from medseg.transforms.guidance import draw_click, map_clicks
 from medseg.transforms.resample import linear_taps
 from medseg.transforms.settings import guidance_channels
+from medseg.workflows.predict import stored_value_map
 
 #: case names: letters, digits, ``._-``, not starting with a dot (so never ``..`` or a path)
 CASE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
@@ -430,13 +433,17 @@ class CaseSession:
     # ---- saving
 
     def save(self, out_dir: Path) -> list[Path]:
-        """``<case>_seg.nii.gz`` (+ ``<case>_seg.dcm`` for DICOM input) and ``<case>_clicks.json``, atomically."""
+        """``<case>_seg.nii.gz`` (+ ``<case>_seg.dcm`` for DICOM input, ``<case>_seg.png``/``.tif`` with the
+        dataset's stored values for a picture, as ``medseg.predict`` writes) and ``<case>_clicks.json``, atomically."""
         out_dir.mkdir(parents=True, exist_ok=True)
         nifti = inside(out_dir, f"{self.name}_seg.nii.gz")
         write_label_nifti(self.labels, self.affine, nifti, source=self.path)
         written = [nifti]
         self.save_warning = None
-        if self.path.is_dir():  # a DICOM series
+        if is_picture(self.path) and self.labels.ndim == 2:  # also as medseg.predict writes it: the picture's format
+            picture = inside(out_dir, f"{self.name}_seg{output_suffix(self.path)}")
+            written.append(write_picture(self.labels, picture, stored_value_map(self.bundle), source=self.path))
+        if self.path.is_dir() or is_dicom_file(self.path):  # a DICOM series or one enhanced multi-frame file
             names = {v: k for v, k in self.bundle.labels.items() if v != 0}
             seg = inside(out_dir, f"{self.name}_seg.dcm")
             try:

@@ -67,7 +67,10 @@ def test_click_undo_save_on_a_click_guided_2d_bundle(tmp_path):
     assert entry["mode"] == "guided rerun"
     assert float(session.data["image"][session.g0 + 1].max()) == pytest.approx(1.0)  # the click's guidance map
     assert session.undo() and np.array_equal(session.labels, auto)
-    assert [p.name for p in session.save(tmp_path / "out")] == ["sec_seg.nii.gz", "sec_clicks.json"]
+    assert [p.name for p in session.save(tmp_path / "out")] == ["sec_seg.nii.gz", "sec_seg.png", "sec_clicks.json"]
+    from PIL import Image  # the picture mask as medseg.predict writes it: rows x columns, the stored values
+
+    assert np.array_equal(np.asarray(Image.open(tmp_path / "out" / "sec_seg.png")), session.labels.T)
 
 
 @pytest.mark.parametrize("window, message", [("[0,0,0]", "sizes must be >= 1"), ("[-5,10,10]", "sizes must be >= 1"),

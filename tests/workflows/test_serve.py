@@ -650,3 +650,19 @@ def test_a_label_put_for_a_dicom_case_writes_its_seg_too(tmp_path):
             assert int(frames[liver].sum()) == size ** 3  # this PUT's label, not the earlier one
     finally:
         running.stop()
+
+
+def test_an_enhanced_multiframe_file_case_saves_its_dicom_seg(tmp_path):
+    """A case that is one enhanced multi-frame file (pydicom-data's enhanced CT) saved only the NIfTI mask from the
+    page: the SEG was written for series folders alone."""
+    import pydicom
+    from pydicom.data import get_testdata_file
+
+    from medseg.workflows.interact import CaseSession
+
+    session = CaseSession(threshold_bundle(), "ect", Path(get_testdata_file("eCT_Supplemental.dcm")))
+    files = session.save(tmp_path / "out")
+    assert [f.name for f in files] == ["ect_seg.nii.gz", "ect_seg.dcm", "ect_clicks.json"], session.save_warning
+    seg = pydicom.dcmread(files[1])
+    assert seg.Modality == "SEG" and seg.ReferencedSeriesSequence[0].SeriesInstanceUID == pydicom.dcmread(
+        get_testdata_file("eCT_Supplemental.dcm"), stop_before_pixels=True).SeriesInstanceUID
