@@ -108,11 +108,3 @@ def test_a_run_given_as_a_relative_path_is_recorded_absolute(trained, tmp_path: 
     assert export_main([trained["run"].name, "--out", str(out)]) == 0
     assert _meta(out)["medseg_export"]["run"] == str(trained["run"].resolve())
 
-
-def test_a_negative_int8_dice_loss_limit_is_refused():
-    from medseg.config import load_config
-    from medseg.errors import MedsegError
-
-    repo = Path(__file__).resolve().parents[2]
-    with pytest.raises(MedsegError, match="int8_max_dice_loss.*must not be negative"):
-        load_config(str(repo / "pipelines" / "liver.yaml"), ["bundle.int8_max_dice_loss=-0.01"])
