@@ -30,6 +30,10 @@ from ignite.engine import Events  # noqa: E402
 from medseg.config import load_config  # noqa: E402
 from medseg.engine import builders  # noqa: E402
 from medseg.engine.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
+from medseg.errors import MedsegError  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _cli import positive, run as cli_run  # noqa: E402
 
 
 def run(setting: str, device: torch.device, steps: int, patch: list[int], batch: int) -> dict:
@@ -78,7 +82,7 @@ def run(setting: str, device: torch.device, steps: int, patch: list[int], batch:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--steps", type=positive, default=20)
     parser.add_argument("--batch", type=int, default=2)
     parser.add_argument("--patch", default="64,96,96")
     parser.add_argument("--settings", default="")
@@ -87,7 +91,10 @@ def main() -> None:
     device = torch.device(args.device)
     settings = args.settings.split(",") if args.settings else (
         ["none", "bf16", "fp16", "none+ckpt", "bf16+ckpt"] if device.type == "cuda" else ["none", "bf16"])
-    patch = [int(v) for v in args.patch.split(",")]
+    try:
+        patch = [int(v) for v in args.patch.split(",")]
+    except ValueError:
+        raise MedsegError(f"--patch {args.patch}: give the patch as comma-separated integers, e.g. 64,96,96") from None
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)"
     print(f"device {name}; patch {patch}, batch {args.batch}, {args.steps} timed steps; torch {torch.__version__}")
     results = [run(s, device, args.steps, patch, args.batch) for s in settings]
@@ -102,4 +109,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    cli_run(main)

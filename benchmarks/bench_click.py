@@ -39,11 +39,14 @@ import torch
 from medseg.bundle.load import LoadedBundle, load_bundle
 from medseg.bundle.onnx import export_onnx
 from medseg.config import load_config
+from medseg.errors import MedsegError
 from medseg.evaluation.classes import class_dice
 from medseg.inference import build_chain
 from medseg.networks import build_network
 from medseg.transforms import input_channels
 from medseg.workflows.interact import CaseSession
+
+from _cli import need, run as cli_run
 
 REPO = Path(__file__).resolve().parent.parent
 CASES = {"3mm_120x100x110": ((120, 100, 110), (3.0, 3.0, 3.0)), "512x512x100": ((512, 512, 100), (0.8, 0.8, 2.5))}
@@ -131,15 +134,24 @@ def oracle_after_clicks(loaded: LoadedBundle, image: Path, label: Path, radius: 
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--bundle")
-    p.add_argument("--clicks", type=int, default=5)
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--bundle", help="a bundle (default: an untrained network of liver_interactive.yaml; weights do "
+                   "not change the time)")
+    p.add_argument("--clicks", type=int, default=5, help="timed clicks per case (default 5)")
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--dice", nargs=2, type=Path, metavar=("IMAGE", "LABEL"))
+    p.add_argument("--dice", nargs=2, type=Path, metavar=("IMAGE", "LABEL"),
+                   help="instead of the timing: the trained --bundle's liver Dice after 0-10 simulated clicks")
     p.add_argument("--engine", choices=("torch", "onnxruntime", "openvino"), default="torch")
     p.add_argument("--oracle", nargs="+", type=float, metavar="MM", help="with --dice: an ideal correction's reach")
     p.add_argument("--radius", type=float, help="interactive.correction_radius (mm) for a bundle without guidance")
     args = p.parse_args()
+    if args.dice:
+        if not args.bundle:
+            raise MedsegError("--dice: give the trained --bundle to score (an untrained network's clicks mean nothing)")
+        need(args.dice[0], "--dice IMAGE")
+        need(args.dice[1], "--dice LABEL")
+    elif args.oracle:
+        raise MedsegError("--oracle: only with --dice IMAGE LABEL")
     torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory() as tmp:
         run(args, Path(tmp))
@@ -178,4 +190,4 @@ def run(args: argparse.Namespace, tmp: Path) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    cli_run(main)

@@ -36,6 +36,8 @@ from medseg.engine import builders
 from medseg.transforms import fit_preprocessing
 from medseg.transforms.pipeline import instantiate, preprocess_spec, random_spec
 
+from _cli import positive, run
+
 
 def monai_reference(cfg: dict) -> mt.Compose:
     """The baseline: the same chain with MONAI's own spatial augmentation, as medseg had it before
@@ -92,16 +94,22 @@ def measure(cfg: dict, ds: CacheDataset, workers: str, steps: int, warmup: int) 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--task", default="liver")
-    parser.add_argument("--steps", type=int, default=10, help="timed steps per setting (after --warmup)")
+    parser.add_argument("--steps", type=positive, default=10, help="timed steps per setting (after --warmup)")
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--workers", nargs="+", default=["monai", "0", "2"],
                         help="per setting: worker processes, 'thread', or 'monai' (MONAI's spatial augmentation, 0 workers)")
-    parser.add_argument("--data-dir", type=Path, default=Path("data"))
+    parser.add_argument("--data-dir", type=Path, help="the folder holding the task's dataset (default: data; given, "
+                        "it must exist)")
     parser.add_argument("--set", dest="overrides", action="append", default=[])
     args = parser.parse_args()
+    bad = [w for w in args.workers if not (w.isdigit() or w in ("monai", "thread"))]
+    if bad:
+        from medseg.errors import MedsegError
+
+        raise MedsegError(f"--workers {' '.join(bad)}: each setting is a number of worker processes, 'thread' or 'monai'")
     cfg = load_config(args.task, args.overrides)
     torch.set_num_threads(cfg.training.threads or os.cpu_count() or 1)
-    root = locate_dataset(cfg, args.data_dir, explicit=False)
+    root = locate_dataset(cfg, args.data_dir or Path("data"), explicit=args.data_dir is not None)
     cases = load_dataset(cfg, root, cfg.training.seed)[0]
     cfg = fit_preprocessing(cfg, cases)
     t = time.perf_counter()
@@ -125,4 +133,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

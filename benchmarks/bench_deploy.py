@@ -29,7 +29,6 @@ import argparse
 import json
 import resource
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -48,6 +47,7 @@ from medseg.inference import run_case  # noqa: E402
 from medseg.inference.runtimes import INT8_FILE, build_engine, window_input  # noqa: E402
 
 sys.path.insert(0, str(ROOT / "benchmarks"))
+from _cli import check_run, need, positive, run  # noqa: E402
 from bench_predict import synthetic_ct  # noqa: E402
 
 #: nnUNetv2_predict on the sample's 128x128x40 validation volume without TTA: issue 18's figure (its author's run)
@@ -100,8 +100,8 @@ def main() -> None:
     p.add_argument("--bundle", type=Path, default=Path("bundles/liver_ct_segmentation"))
     p.add_argument("--run", type=Path, help="the bundle's training run (validation cases in its cases.json)")
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--repeats", type=int, default=5)
-    p.add_argument("--ct-repeats", type=int, default=3, help="whole-CT predictions per engine, a fresh process "
+    p.add_argument("--repeats", type=positive, default=5)
+    p.add_argument("--ct-repeats", type=positive, default=3, help="whole-CT predictions per engine, a fresh process "
                    "each; the median is reported (default 3)")
     p.add_argument("--skip-ct", action="store_true", help="leave out the 512x512x100 CT (forward and Dice only)")
     p.add_argument("--student", type=Path, help="a distilled student bundle: its forward time and validation Dice")
@@ -114,6 +114,10 @@ def main() -> None:
     args = p.parse_args()
     if args.child:
         return child(args)
+    need(args.run, "--run", "folder", "the bundle's training run")
+    need(args.run and args.run / "cases.json", "--run", "file", "the run's list of cases")
+    need(args.student, "--student", "folder", "a python -m medseg.distill bundle")
+    need(args.startup, "--startup", "file", "an image, e.g. data/lits_sample/imagesTr/lits_sample_val.nii.gz")
     torch.set_num_threads(args.threads)
     bundle = resolve(args.bundle)
     loaded = load_bundle(bundle, torch.device("cpu"))
@@ -156,7 +160,7 @@ def main() -> None:
                 mask = Path(tmp) / f"{label.replace(' ', '_')}.npy"
                 cmd = [sys.executable, __file__, "--child", "--bundle", str(bundle), "--engine", engine,
                        "--threads", str(args.threads), "--ct", str(ct), "--mask", str(mask)] + (["--int8"] if int8 else [])
-                runs = [json.loads(subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.strip()
+                runs = [json.loads(check_run(cmd, f"{label}: the whole-CT prediction").stdout.strip()
                                    .splitlines()[-1]) for _ in range(args.ct_repeats)]
                 row.update({"seconds": statistics.median(r["seconds"] for r in runs),
                             "seconds_all": [round(r["seconds"], 3) for r in runs],
@@ -194,8 +198,8 @@ def main() -> None:
         for _ in range(3):
             with tempfile.TemporaryDirectory() as out:
                 t = time.perf_counter()
-                subprocess.run([sys.executable, "-m", "medseg.predict", "--bundle", str(bundle), "--input",
-                                str(args.startup), "--output", out], check=True, capture_output=True, cwd=ROOT)
+                check_run([sys.executable, "-m", "medseg.predict", "--bundle", str(bundle.resolve()), "--input",
+                           str(args.startup.resolve()), "--output", out], "python -m medseg.predict", cwd=ROOT)
                 times.append(time.perf_counter() - t)
         startup = statistics.median(times)
         print(json.dumps({"startup_s": times}), flush=True)
@@ -227,4 +231,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

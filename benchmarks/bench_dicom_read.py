@@ -18,14 +18,18 @@ from pathlib import Path
 
 import numpy as np
 
+from _cli import need, positive, run
+
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--slices", type=int, default=300)
     parser.add_argument("--size", type=int, default=512)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=positive, default=3)
     parser.add_argument("--keep", type=Path, help="write the series here and keep it (default: a temporary folder)")
     args = parser.parse_args()
+    if args.keep is not None and args.keep.exists():
+        need(args.keep, "--keep", "folder", "where the series is written and kept")
 
     import SimpleITK as sitk
 
@@ -75,4 +79,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    run(main)

@@ -25,6 +25,7 @@ import torch
 from monai.metrics import HausdorffDistanceMetric, SurfaceDiceMetric, SurfaceDistanceMetric
 from monai.transforms import LoadImage
 
+from _cli import positive, run
 from bench_surface_metrics import SPACING, liver_like_pair
 
 TOL = 2.0
@@ -74,7 +75,7 @@ def best(fn, repeats: int):
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--repeats", type=positive, default=5)
     parser.add_argument("--jobs", type=int, default=2, help="the command's --jobs")
     parser.add_argument("--profile", action="store_true", help="also write a cProfile of one big-pair run")
     args = parser.parse_args()
@@ -110,4 +111,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

@@ -35,6 +35,9 @@ from medseg.networks import build_network  # noqa: E402
 from medseg.transforms import input_channels  # noqa: E402
 from medseg.workflows.train import read_cases  # noqa: E402
 
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from _cli import need, run  # noqa: E402
+
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -43,6 +46,9 @@ def main() -> None:
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     p.add_argument("--threads", type=int, default=2)
     args = p.parse_args()
+    need(args.run, "--run", "folder", "a finished training run")
+    for part in ("config.yaml", "cases.json", "checkpoints/best.pt"):
+        need(args.run / part, "--run", "file", "a finished training run holds it")
     torch.set_num_threads(args.threads)
     cfg = TaskConfig.from_dict(yaml.safe_load((args.run / "config.yaml").read_text()), source="config.yaml")
     cwd = read_state(args.run).get("cwd") if (args.run / STATE).is_file() else None
@@ -75,4 +81,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

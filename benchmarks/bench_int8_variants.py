@@ -7,8 +7,10 @@ allowed 0.005 but changes the tumour masks by more than that. This script quanti
 ``medseg.export --int8`` does) and, for each, prints the OpenVINO forward time of one sliding-window batch, the
 mask Dice against torch fp32 on the run's validation cases, and the validation Dice:
 
-- ``ort minmax``: per-channel int8 weights, symmetric int8 activations, min/max extremes as ranges (medseg's
-  export uses moving averages of each patch's min/max: ``benchmarks/bench_int8_calibration.py``);
+- ``ort moving-average``: per-channel int8 weights, symmetric int8 activations, ranges the moving average of
+  each patch's min/max, as medseg's export quantises (``benchmarks/bench_int8_calibration.py`` compares the two
+  over seeds);
+- ``ort min/max extremes``: the same with the patches' min/max extremes as ranges (medseg's export before);
 - ``ort percentile``: the same with 99.999th-percentile ranges;
 - ``ort minmax, first+last conv fp32``: the first and the output convolution left in float32;
 - ``nncf``, ``nncf accuracy control`` (only when ``nncf`` is installed; it is not a medseg dependency): NNCF's
@@ -45,6 +47,7 @@ from medseg.inference import run_case, torch_forward  # noqa: E402
 from medseg.inference.runtimes import _Session, _wrap  # noqa: E402
 
 sys.path.insert(0, str(ROOT / "benchmarks"))
+from _cli import need, positive, run  # noqa: E402
 from bench_deploy import forward_time  # noqa: E402
 
 
@@ -66,8 +69,10 @@ def main() -> None:
     p.add_argument("--run", type=Path, required=True, help="the bundle's training run (cases.json)")
     p.add_argument("--patches", type=int, default=64)
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--repeats", type=positive, default=5)
     args = p.parse_args()
+    need(args.run, "--run", "folder", "the bundle's training run")
+    need(args.run / "cases.json", "--run", "file", "the run's list of cases")
     torch.set_num_threads(args.threads)
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
@@ -122,7 +127,8 @@ def main() -> None:
                             weight_type=QuantType.QInt8, extra_options=extra, **kw)
             row(name, ov_forward(net, out, args.threads), time.perf_counter() - t)
 
-        ort("ort minmax (medseg --int8)")
+        ort("ort moving-average min/max (medseg --int8)", extra={"CalibMovingAverage": True})
+        ort("ort min/max extremes (medseg --int8 before)")
         ort("ort percentile 99.999", calibrate_method=CalibrationMethod.Percentile, extra={"CalibPercentile": 99.999})
         ort("ort minmax, first+last conv fp32", nodes_to_exclude=[convs[0], convs[-1]])
     if importlib.util.find_spec("nncf") is None:
@@ -166,4 +172,4 @@ def nncf_rows(args, net, loaded, patches, val, torch_masks, classes, row: Callab
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

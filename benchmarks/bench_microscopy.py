@@ -43,6 +43,9 @@ from medseg.evaluation.classes import class_dice  # noqa: E402
 from medseg.evaluation.instances import instance_metrics  # noqa: E402
 from medseg.inference.instances import label_instances  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _cli import need, run  # noqa: E402
+
 
 def score(pred_semantic: np.ndarray, pred_instances: np.ndarray, ref_instances: np.ndarray) -> dict[str, float]:
     m = instance_metrics(ref_instances, pred_instances)
@@ -172,6 +175,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--copies", type=int, default=100, help="PNGs in the prediction-time folder (0: no timing)")
     p.add_argument("--threads", type=int, default=2)
     args = p.parse_args(argv)
+    if args.data_dir.exists():
+        need(args.data_dir, "--data-dir", "folder", "where the nuclei sample is or is prepared")
+    if args.out.exists():
+        need(args.out, "--out", "folder")
     torch.set_num_threads(args.threads)
     root = prepare_nuclei_sample(args.data_dir)
     args.out.mkdir(parents=True, exist_ok=True)
@@ -204,4 +211,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    run(main)

@@ -37,6 +37,9 @@ from medseg.engine.losses import build_loss  # noqa: E402
 from medseg.networks import REGISTRY, build_network, wrap_deep_supervision  # noqa: E402
 from medseg.transforms import build_eval_transforms, build_train_transforms  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _cli import need, run  # noqa: E402
+
 #: per network: --set overrides (widths that fit a short CPU budget; the same family-typical depth of 5 levels)
 WIDTHS = {
     "unet": ["network.channels=[16,32,64,128,256]", "network.norm=batch"],
@@ -110,6 +113,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", nargs="+", choices=list(REGISTRY), help="networks to run (default: all)")
     parser.add_argument("--data-dir", type=Path, help="where the LiTS sample is (or is prepared); default: a temp dir")
     args = parser.parse_args(argv)
+    if args.data_dir is not None and args.data_dir.exists():
+        need(args.data_dir, "--data-dir", "folder", "where the LiTS sample is or is prepared")
     logging.getLogger("medseg").setLevel(logging.WARNING)
     data_dir = args.data_dir or Path(tempfile.mkdtemp(prefix="bench_networks_"))
     print(f"{args.dims}D, {args.seconds:.0f} s training per network, {torch.get_num_threads()} threads")
@@ -123,4 +128,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    run(main)

@@ -45,6 +45,9 @@ from medseg.config import load_config  # noqa: E402
 from medseg.data import prepare_lits_sample  # noqa: E402
 from medseg.plan import plan_dataset, write_plan  # noqa: E402
 
+sys.path.insert(0, str(REPO / "benchmarks"))
+from _cli import need, run  # noqa: E402
+
 KEYS = ("preprocessing.spacing", "network.spatial_dims", "network.slice_mode", "training.patch_size",
         "network.strides", "network.channels", "training.batch_size", "training.amp", "training.epochs",
         "training.iterations_per_epoch", "preprocessing.intensity", "preprocessing.window",
@@ -239,7 +242,9 @@ def medseg_row(plan: dict[str, Any]) -> dict[str, str]:
 
 
 def cmd_compare(args: argparse.Namespace) -> None:
+    need(args.nnunet_preprocessed, "--nnunet-preprocessed", "folder", "nnUNet_preprocessed of the planner's run")
     for folder, ident, nn_name, title in DATASETS:
+        need(args.out / "plans" / f"{folder}.plan.json", "--out", "file", "run `bench_plan.py plans --out` first")
         ours = json.loads((args.out / "plans" / f"{folder}.plan.json").read_text())
         found = sorted(args.nnunet_preprocessed.glob(f"Dataset{ident:03d}_*/nnUNetPlans.json"))
         if not found:
@@ -281,6 +286,11 @@ def cmd_dice(args: argparse.Namespace) -> None:
     from medseg.evaluation.classes import parse_classes
 
     classes = parse_classes(args.classes) if args.classes else None
+    for spec in args.runs:  # every run's files checked first: a wrong folder is named before the table
+        run = Path(spec.rpartition("=")[2])
+        need(run, "TITLE=RUN_DIR", "folder", "a finished training run")
+        for part in ("config.yaml", "run.json", *(("cases.json",) if classes else ("metrics.json",))):
+            need(run / part, "TITLE=RUN_DIR", "file", "a finished training run holds it")
     print("| run | liver Dice | tumour Dice | spacing | mode, patch | epochs x iterations | step s (load) | wall s |")
     print("|---|---|---|---|---|---|---|---|")
     for spec in args.runs:
@@ -433,8 +443,8 @@ def cmd_cache(args: argparse.Namespace) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    sub = parser.add_subparsers(dest="command")
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", metavar="{plans,compare,dice,cache}")
     p = sub.add_parser("plans", help="plan the three datasets here (measured step times)")
     p.add_argument("--budget-minutes", type=float, default=15.0)
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
@@ -474,4 +484,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

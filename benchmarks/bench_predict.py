@@ -32,6 +32,8 @@ from medseg.inference import build_chain, chain_from_config, inference_spec, run
 from medseg.inference.chain import local_targets
 from medseg.networks import build_network
 
+from _cli import positive, run
+
 
 def synthetic_ct(path: Path) -> None:
     shape, spacing = (512, 512, 100), (0.8, 0.8, 2.5)
@@ -78,7 +80,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--bundle", type=Path, help="a medseg bundle (default: untrained liver network)")
     parser.add_argument("--tta", action="store_true")
-    parser.add_argument("--repeats", type=int, default=3, help="cases predicted in a row (the first is cold)")
+    parser.add_argument("--repeats", type=positive, default=3, help="cases predicted in a row (the first is cold)")
     parser.add_argument("--baseline", action="store_true", help="also time MONAI's own steps, alternating")
     args = parser.parse_args()
     torch.set_num_threads(torch.get_num_threads())
@@ -132,4 +134,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

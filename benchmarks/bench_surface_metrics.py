@@ -17,6 +17,8 @@ from monai.metrics import HausdorffDistanceMetric, SurfaceDiceMetric, SurfaceDis
 
 from medseg.evaluation import binary_metrics
 
+from _cli import positive, run
+
 SHAPE = (512, 512, 200)
 SPACING = (0.8, 0.8, 2.5)
 
@@ -66,7 +68,7 @@ def best_time(fn, *args, repeats: int) -> tuple[float, tuple]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=positive, default=3)
     parser.add_argument("--tolerance-mm", type=float, default=2.0)
     args = parser.parse_args()
     pred, ref = liver_like_pair()
@@ -85,4 +87,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

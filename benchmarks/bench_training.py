@@ -26,6 +26,8 @@ import tempfile
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "benchmarks"))
+from _cli import need, run as cli_run  # noqa: E402
 
 SETTINGS = {
     "fp32": [],
@@ -65,7 +67,7 @@ def run(name: str, args: argparse.Namespace, work: Path, batch: int) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--iterations", type=int, default=20, help="iterations per epoch at the full batch")
     parser.add_argument("--settings", default="fp32,bf16,fp32-acc2,bf16-acc2")
@@ -73,6 +75,7 @@ def main() -> None:
     parser.add_argument("--data-dir", type=Path, default=REPO / "data")
     parser.add_argument("--out", type=Path, help="write the results as JSON here")
     args = parser.parse_args()
+    need(args.data_dir, "--data-dir", "folder", "the folder holding the liver dataset")
     args.data_dir = args.data_dir.resolve()
     names = args.settings.split(",")
     unknown = [n for n in names if n not in SETTINGS]
@@ -97,4 +100,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    cli_run(main)
