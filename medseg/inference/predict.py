@@ -14,6 +14,16 @@ from medseg.inference.chain import InferenceChain, build_chain
 from medseg.inference.engines import Forward, torch_forward
 
 
+def check_preprocessed(chain: InferenceChain, image: MetaTensor, source: Any) -> MetaTensor:
+    """``image`` (the chain's preprocessed input of ``source``), or one line when the network cannot take it: other
+    channels than it takes (an RGB picture for a grey network), NaN/inf voxels (they would spread over windows)."""
+    if chain.in_channels is not None and image.shape[0] != chain.in_channels:
+        raise MedsegError(f"{source}: {image.shape[0]} image channels; the network takes {chain.in_channels}")
+    if image.is_floating_point() and not bool(torch.isfinite(image).all()):
+        raise MedsegError(f"{source}: NaN/inf voxels in the image; replace them (e.g. by the background value)")
+    return image
+
+
 def run_case(chain: InferenceChain, forward: Forward, item: dict[str, Any], device: torch.device | str = "cpu",
              tta: bool = False) -> MetaTensor:
     """The chain's output for one case: the label map ``(1, *spatial)`` on the input grid, post-processed.
@@ -30,11 +40,7 @@ def run_case(chain: InferenceChain, forward: Forward, item: dict[str, Any], devi
         >>> labels = run_case(build_chain(cfg), torch_forward(net), {"image": "ct.nii.gz"})
     """
     data = chain.preprocessing(dict(item))
-    image = data["image"]
-    if chain.in_channels is not None and image.shape[0] != chain.in_channels:
-        raise MedsegError(f"{item['image']}: {image.shape[0]} image channels; the network takes {chain.in_channels}")
-    if image.is_floating_point() and not bool(torch.isfinite(image).all()):  # NaN/inf would spread over windows
-        raise MedsegError(f"{item['image']}: NaN/inf voxels in the image; replace them (e.g. by the background value)")
+    image = check_preprocessed(chain, data["image"], item["image"])
     batch = image.unsqueeze(0).to(device)
     post = chain.postprocessing
     with torch.no_grad():

@@ -49,6 +49,7 @@ from medseg.data.pictures import is_picture, output_suffix, write_picture
 from medseg.errors import MedsegError
 from medseg.fileio import atomic_write_text
 from medseg.inference import torch_forward
+from medseg.inference.predict import check_preprocessed
 from medseg.inference.postprocess import PERMUTING, InvertToLabelsd, grid_placement, invert_steps
 from medseg.inference.runtimes import build_engine, window_input
 from medseg.transforms.guidance import draw_click, map_clicks
@@ -245,7 +246,7 @@ class CaseSession:
         if self.forward is None:
             self.forward = session_forward(self.bundle, self.engine, self.device)
         self.data = chain.preprocessing({"image": str(self.path)})
-        image = self.data["image"]
+        image = check_preprocessed(chain, self.data["image"], self.path.name)  # as medseg.predict: one line
         cfg = self.bundle.cfg
         self.n_guidance = guidance_channels(cfg) if cfg is not None else 0
         self.sigma = float(cfg.interactive.sigma) if self.n_guidance else 0.0

@@ -163,3 +163,16 @@ def test_killed_and_resumed_click_guided_run_ends_with_the_same_weights(tmp_path
     assert a["history"]["loss"] == b["history"]["loss"]
     for key, value in a["network"].items():
         assert torch.equal(value, b["network"][key]), key
+
+
+def test_a_colour_picture_for_a_grey_bundle_is_one_line_in_a_session(tmp_path):
+    """medseg.serve gave PyTorch's convolution error for an RGB picture on a grey network, where medseg.predict
+    says how many channels the network takes."""
+    from PIL import Image
+
+    bundle = tiny_2d_bundle(interactive=False)
+    rgb = np.zeros((40, 48, 3), np.uint8)
+    rgb[..., 0] = 200
+    Image.fromarray(rgb).save(tmp_path / "colour.png")
+    with pytest.raises(MedsegError, match=r"colour\.png: 3 image channels; the network takes 1"):
+        CaseSession(bundle, "colour", tmp_path / "colour.png")
