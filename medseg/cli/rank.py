@@ -23,6 +23,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bundle", type=Path, required=True, help="MONAI Bundle folder (bundles/<name>) or .zip")
     p.add_argument("--input", type=Path, required=True, help="folder of unlabelled images / DICOM series")
     p.add_argument("--output", type=Path, default=Path("ranking.csv"), help="CSV to write (default ranking.csv)")
+    p.add_argument("--series", metavar="UID", help="which series (SeriesInstanceUID) where a DICOM folder holds several")
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     p.add_argument("--trust", action="store_true", help="allow a bundle not written by medseg to run its config code")
     p.add_argument("--serve", action="store_true", help="then serve the cases in that order (medseg.serve)")
@@ -44,7 +45,7 @@ def run(argv: Sequence[str] | None = None) -> int:
         print(f"scored {name}: {score:.4f}", file=sys.stderr, flush=True)
 
     rows = rank.run(args.bundle, args.input, args.output, device=args.device, trust=args.trust, on_case=scored,
-                    on_skip=skip)
+                    on_skip=skip, series=args.series)
     for row in rows:
         print(f"{row['rank']:>3}  {row['case']}  {row['uncertainty']:.4f}")
     print(f"wrote {args.output}" + (f"; {len(skipped)} skipped: {', '.join(skipped)}" if skipped else ""))

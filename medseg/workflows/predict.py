@@ -211,6 +211,14 @@ def predict_one(bundle: LoadedBundle, path: Path, out: Path, device: torch.devic
     return out
 
 
+def use_series(bundle: LoadedBundle, series: str | None) -> None:
+    """Read the series ``series`` (SeriesInstanceUID) of a DICOM folder that holds several (``--series``)."""
+    if series is not None:  # registered last, so LoadImage tries it first: the chosen series of a DICOM folder
+        for step in bundle.chain.preprocessing.transforms:
+            if isinstance(step, LoadImaged):
+                step.register(DicomSeriesReader(series_uid=series))
+
+
 def check_unique_cases(cases: list[tuple[str, Path]], inputs: str | Path, why: str) -> None:
     """One line when two inputs are one case (a.png + a.tif, a.nii + a.nii.gz); ``why``: what would go wrong, with
     ``{name}`` for the case."""
@@ -270,10 +278,7 @@ def run(bundle: str | Path, inputs: str | Path, output: str | Path, *, format: s
     if engine != "torch" or int8:  # the engine's forward module stands in for the network in every pass below
         loaded.network = build_engine(engine, loaded.network, loaded.root / "models" if loaded.root else None,
                                       int8=int8, device=dev, window=window_input(loaded.chain)).forward
-    if series is not None:  # registered last, so LoadImage tries it first: the chosen series of a DICOM folder
-        for step in loaded.chain.preprocessing.transforms:
-            if isinstance(step, LoadImaged):
-                step.register(DicomSeriesReader(series_uid=series))
+    use_series(loaded, series)
     try:
         output.mkdir(parents=True, exist_ok=True)
     except OSError as err:  # a file on the way, no permission
@@ -306,4 +311,4 @@ def run(bundle: str | Path, inputs: str | Path, output: str | Path, *, format: s
     return written
 
 
-__all__ = ["ENGINES", "FORMATS", "Written", "check_input", "check_unique_cases", "find_inputs", "predict_one", "run"]
+__all__ = ["ENGINES", "FORMATS", "Written", "check_input", "check_unique_cases", "find_inputs", "predict_one", "run", "use_series"]

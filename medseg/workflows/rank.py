@@ -26,16 +26,20 @@ from medseg.bundle.load import LoadedBundle, load_bundle
 from medseg.errors import MedsegError, failure_line
 from medseg.fileio import atomic_write_text
 from medseg.inference import torch_forward
-from medseg.workflows.predict import check_input, check_unique_cases, find_inputs
+from medseg.inference.predict import check_preprocessed
+from medseg.workflows.predict import check_input, check_unique_cases, find_inputs, use_series
 
 
-def probabilities(bundle: LoadedBundle, path: Path, device: torch.device | str = "cpu") -> torch.Tensor:
-    """Softmax class probabilities ``(C, *spatial)`` of one case on the chain's preprocessed grid."""
-    check_input(bundle, path)  # medseg.predict's header checks first: a damaged or 2D file is refused in one line
+def probabilities(bundle: LoadedBundle, path: Path, device: torch.device | str = "cpu",
+                  series: str | None = None) -> torch.Tensor:
+    """Softmax class probabilities ``(C, *spatial)`` of one case on the chain's preprocessed grid (``series``: the
+    series to read of a DICOM folder that holds several, with :func:`use_series` done on the bundle)."""
+    check_input(bundle, path, series)  # medseg.predict's header checks first: a damaged or 2D file is one line
     chain = bundle.chain
     data = chain.preprocessing({"image": str(path)})
+    image = check_preprocessed(chain, data["image"], path.name)
     with torch.no_grad():
-        logits = chain.inferer(data["image"].unsqueeze(0).to(device), torch_forward(bundle.network))[0]
+        logits = chain.inferer(image.unsqueeze(0).to(device), torch_forward(bundle.network))[0]
     return torch.softmax(torch.as_tensor(logits).float(), 0)
 
 
@@ -50,8 +54,9 @@ def uncertainty(prob: torch.Tensor) -> tuple[float, int]:
 
 def run(bundle: str | Path, inputs: str | Path, output: str | Path, *, device: str = "cpu", trust: bool = False,
         on_case: Callable[[str, float], None] | None = None,
-        on_skip: Callable[[str, str], None] | None = None) -> list[dict[str, Any]]:
+        on_skip: Callable[[str, str], None] | None = None, series: str | None = None) -> list[dict[str, Any]]:
     """Score every case under ``inputs``; write ``output`` (CSV), most uncertain first; returns the rows.
+    ``series``: which series (SeriesInstanceUID) where a DICOM folder holds several, as ``medseg.predict --series``.
 
     A case that cannot be read or segmented is reported through ``on_skip(case, reason)`` (when given) and left out
     of the ranking; with a single case, or none left, it stops with one :class:`MedsegError` line."""
@@ -62,12 +67,13 @@ def run(bundle: str | Path, inputs: str | Path, output: str | Path, *, device: s
     cases = find_inputs(Path(inputs))
     check_unique_cases(cases, inputs, "the CSV would list two rows of one name")
     loaded = load_bundle(Path(bundle), torch.device(device), trust=trust)
+    use_series(loaded, series)
     if len(loaded.chain.postprocessing.transforms) == 0:
         raise MedsegError(f"{bundle}: no postprocessing in its chain")
     rows = []
     for name, path in cases:
         try:
-            score, voxels = uncertainty(probabilities(loaded, path, device))
+            score, voxels = uncertainty(probabilities(loaded, path, device, series))
         except Exception as err:  # one unreadable case must not lose the others' scores
             reason = failure_line(err)
             if len(cases) == 1:

@@ -128,6 +128,25 @@ def test_rank_refuses_two_inputs_of_one_case_before_scoring(tmp_path, monkeypatc
     assert not (tmp_path / "ranking.csv").exists()
 
 
+def test_rank_series_picks_one_of_several_in_a_dicom_folder(tmp_path, monkeypatch):
+    """The refusal of a two-series folder said "choose one with --series UID", which medseg.rank did not have."""
+    from medseg.data.dicom import write_series
+
+    monkeypatch.setattr(rank, "load_bundle", lambda *a, **k: tiny_bundle(False, seed=3))
+    folder = tmp_path / "two"
+    write_series(folder, np.full((30, 28, 10), 40.0, np.float32), np.diag([-0.9, -0.9, 2.5, 1.0]),
+                 series_uid="1.2.3.4", prefix="a")
+    write_series(folder, np.full((20, 24, 6), 40.0, np.float32), np.diag([-1.0, -1.0, 3.0, 1.0]),
+                 series_uid="1.2.3.5", prefix="b")
+    with pytest.raises(MedsegError, match="--series"):
+        rank.run("b", folder, tmp_path / "ranking.csv")
+    rows = rank.run("b", folder, tmp_path / "ranking.csv", series="1.2.3.5")
+    assert [r["case"] for r in rows] == ["two"]
+    from medseg.cli.rank import build_parser
+
+    assert build_parser().parse_args(["--bundle", "b", "--input", "i", "--series", "1.2.3.5"]).series == "1.2.3.5"
+
+
 @pytest.mark.slow
 def test_killed_and_resumed_click_guided_run_ends_with_the_same_weights(tmp_path):
     """``--resume`` restores every random state: the click simulation's generator too (it restarted from the seed,
