@@ -364,7 +364,7 @@ def test_rank_orders_ambiguous_cases_first(tmp_path, monkeypatch):
         write_case(folder / f"{name}.nii.gz")
     calls = []
 
-    def fake_probabilities(loaded, path, device="cpu"):  # the entropy ranking on controlled class probabilities
+    def fake_probabilities(loaded, path, device="cpu", series=None):  # the entropy ranking on controlled class probabilities
         calls.append(Path(path).name)
         sharp = {"a_clear": 0.98, "c_middle": 0.8, "b_vague": 0.4}[Path(path).name.split(".")[0]]
         p = torch.full((3, 8, 8, 8), (1 - sharp) / 2)
