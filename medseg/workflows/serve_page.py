@@ -5,7 +5,7 @@ the server has one, comes from the page address's fragment (``/#token=T``) and g
 """
 
 PAGE = r"""<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>medseg.serve</title>
+<html lang="en"><head><meta charset="utf-8"><title>medseg.serve</title><link rel="icon" href="data:,">
 <style>
 body{font:14px sans-serif;margin:8px;background:#1e1e1e;color:#ddd}
 #bar>*{margin-right:6px} .views{display:flex;gap:8px;margin-top:8px;flex-wrap:wrap}
@@ -37,38 +37,42 @@ const COLOURS = [[0,0,0],[255,60,60],[60,160,255],[80,230,80],[255,220,40],[220,
 let caseName = null, shape = null, spacing = [1,1,1], image = null, mask = null, pos = [0,0,0], flat = false;
 const $ = id => document.getElementById(id);
 let pending = 0;
-function busy(d){ pending += d; $("busy").classList.toggle("on", pending > 0); document.body.dataset.busy = pending; }
-async function api(path, opts = {}){
+function busy(d){ pending += d; $("busy").classList.toggle("on", pending > 0); document.body.dataset.busy = pending;
+  for (const id of ["open", "upload", "undo", "save"]) $(id).disabled = pending > 0; }  // no double submission
+// the answer's body ("json" or "arrayBuffer"), read while the hourglass is on (a volume downloads after its headers)
+async function api(path, opts = {}, as = "json"){
   busy(1);
   try {
     const r = await fetch(path, {...opts, headers: {...headers, ...(opts.headers || {})}});
     if (!r.ok){ let d = r.statusText; try { d = (await r.json()).detail; } catch (e) {} throw new Error(d); }
-    return r;
+    return await r[as]();
   } finally { busy(-1); }
 }
+// one user action at a time: ignored while a request runs, the hourglass on (buttons disabled) until it ends
+async function task(fn){ if (pending) return; busy(1); try { await fn(); } finally { busy(-1); } }
 function say(t){ $("status").textContent = t; }
 async function loadInfo(){
-  const info = await (await api("/api/info")).json();
+  const info = await api("/api/info");
   for (const [v, n] of Object.entries(info.labels)) if (v !== "0"){
     const o = document.createElement("option"); o.value = v; o.textContent = n; $("klass").appendChild(o); }
-  const cases = await (await api("/api/cases")).json();
+  const cases = await api("/api/cases");
   for (const n of cases.input){ const o = document.createElement("option"); o.value = o.textContent = n; $("cases").appendChild(o); }
   document.title = "medseg.serve: " + info.bundle + (info.guided ? " (click-guided)" : "");
 }
 async function show(summary){
-  caseName = summary.case; shape = summary.shape; spacing = summary.spacing;
+  // both volumes first: the views keep drawing the case shown until then
+  const img = new Float32Array(await api(`/api/cases/${summary.case}/image`, {}, "arrayBuffer"));
+  const m = new Uint8Array(await api(`/api/cases/${summary.case}/mask`, {}, "arrayBuffer"));
+  caseName = summary.case; shape = summary.shape; spacing = summary.spacing; image = img; mask = m;
   flat = shape.length === 2;  // a 2D picture: one slice, rows top down, clicks [i, j]
   if (flat) shape = [...shape, 1];
-  const r = await api(`/api/cases/${caseName}/image`);
-  image = new Float32Array(await r.arrayBuffer());
   pos = shape.map(n => Math.floor(n / 2));
   ["s0","s1","s2"].forEach((s, p) => { const ax = [2,1,0][p]; $(s).max = shape[ax] - 1; $(s).value = pos[ax]; });
-  await refreshMask();
+  draw();
   say(`${caseName}: ${shape.join("x")} voxels, automatic mask in ${summary.automatic_seconds} s`);
 }
 async function refreshMask(){
-  const r = await api(`/api/cases/${caseName}/mask`);
-  mask = new Uint8Array(await r.arrayBuffer());
+  mask = new Uint8Array(await api(`/api/cases/${caseName}/mask`, {}, "arrayBuffer"));
   draw();
 }
 // plane p: 0 axial (x right, y up; fixed k), 1 coronal (x, z; fixed j), 2 sagittal (y, z; fixed i)
@@ -98,8 +102,10 @@ function draw(){
   });
 }
 function voxelAt(p, e){
-  const pl = PLANES[p], c = $("c" + p);
-  const x = Math.floor(e.offsetX * c.width / c.clientWidth), y = Math.floor(e.offsetY * c.height / c.clientHeight);
+  // from the canvas's box, not offsetX/clientWidth: both are rounded to whole CSS pixels, and a view centred at a
+  // half pixel then sends the voxel beside the one under the cursor
+  const pl = PLANES[p], c = $("c" + p), b = c.getBoundingClientRect();
+  const x = Math.floor((e.clientX - b.left) * c.width / b.width), y = Math.floor((e.clientY - b.top) * c.height / b.height);
   const ijk = [...pos]; ijk[pl.u] = Math.min(c.width - 1, Math.max(0, x)); ijk[pl.v] = c.height - 1 - Math.min(c.height - 1, Math.max(0, y));
   if (flat && p === 0) ijk[pl.v] = c.height - 1 - ijk[pl.v];
   return flat ? ijk.slice(0, 2) : ijk;
@@ -108,13 +114,12 @@ async function click(p, e, positive){
   e.preventDefault();
   if (!caseName || pending) return;
   const voxel = voxelAt(p, e);
-  try {
-    const r = await api(`/api/cases/${caseName}/click`, {method: "POST", headers: {"Content-Type": "application/json"},
+  await task(async () => { try {
+    const out = await api(`/api/cases/${caseName}/click`, {method: "POST", headers: {"Content-Type": "application/json"},
       body: JSON.stringify({voxel, label: +$("klass").value, positive})});
-    const out = await r.json();
     await refreshMask();
     say(`${positive ? "+" : "-"} click at ${voxel.join(",")}: ${out.changed_voxels} voxels changed in ${out.seconds} s (${out.mode}); ${out.clicks} click(s)`);
-  } catch (err) { say("click refused: " + err.message); }
+  } catch (err) { say("click refused: " + err.message); } });
 }
 [0,1,2].forEach(p => {
   $("c" + p).addEventListener("mousedown", e => { if (e.button === 0) click(p, e, !e.shiftKey); else if (e.button === 2) click(p, e, false); });
@@ -122,17 +127,19 @@ async function click(p, e, positive){
   $("s" + p).addEventListener("input", e => { pos[PLANES[p].fixed] = +e.target.value; draw(); });
 });
 $("level").addEventListener("change", draw); $("width").addEventListener("change", draw);
-$("open").onclick = async () => { try { await show(await (await api("/api/open", {method: "POST",
-  headers: {"Content-Type": "application/json"}, body: JSON.stringify({name: $("cases").value})})).json()); }
-  catch (err) { say("open failed: " + err.message); } };
-$("upload").onclick = async () => { const f = $("file").files[0]; if (!f) return;
-  try { await show(await (await api("/api/upload?name=" + encodeURIComponent(f.name), {method: "POST", body: f})).json()); }
-  catch (err) { say("upload refused: " + err.message); } };
-$("undo").onclick = async () => { if (!caseName) return; const out = await (await api(`/api/cases/${caseName}/undo`, {method: "POST"})).json();
-  await refreshMask(); say(out.undone ? `undone; ${out.clicks} click(s)` : "nothing to undo"); };
-$("save").onclick = async () => { if (!caseName) return;
-  try { const out = await (await api(`/api/cases/${caseName}/save`, {method: "POST"})).json(); say("saved " + out.files.join(", ")); }
-  catch (err) { say("save failed: " + err.message); } };
+$("open").onclick = () => task(async () => { try { await show(await api("/api/open", {method: "POST",
+  headers: {"Content-Type": "application/json"}, body: JSON.stringify({name: $("cases").value})})); }
+  catch (err) { say("open failed: " + err.message); } });
+$("upload").onclick = () => task(async () => { const f = $("file").files[0]; if (!f) return;
+  try { await show(await api("/api/upload?name=" + encodeURIComponent(f.name), {method: "POST", body: f})); }
+  catch (err) { say("upload refused: " + err.message); } });
+$("undo").onclick = () => task(async () => { if (!caseName) return;
+  try { const out = await api(`/api/cases/${caseName}/undo`, {method: "POST"});
+    await refreshMask(); say(out.undone ? `undone; ${out.clicks} click(s)` : "nothing to undo"); }
+  catch (err) { say("undo failed: " + err.message); } });
+$("save").onclick = () => task(async () => { if (!caseName) return;
+  try { const out = await api(`/api/cases/${caseName}/save`, {method: "POST"}); say("saved " + out.files.join(", ")); }
+  catch (err) { say("save failed: " + err.message); } });
 loadInfo().catch(err => say("server: " + err.message));
 </script></body></html>
 """
