@@ -109,6 +109,23 @@ def declared_upload(url: str, size: int) -> tuple[int, bytes]:
         conn.close()
 
 
+def chromium(tmp_path: Path, browser_log: bool = False):
+    """Headless Debian Chromium through its chromedriver, a profile in ``tmp_path`` (``browser_log``: keep the
+    console's messages for ``driver.get_log("browser")``)."""
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                 f"--user-data-dir={tmp_path / 'chromium'}", "--window-size=1200,560"):
+        options.add_argument(flag)
+    if browser_log:
+        options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    return webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+
+
 @pytest.fixture
 def served(tmp_path):
     inputs = tmp_path / "inputs"
@@ -206,19 +223,11 @@ def test_non_loopback_host_without_token_is_refused():
 
 @needs_chromium
 def test_page_in_headless_chromium(served, tmp_path):
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
     from selenium.webdriver.common.action_chains import ActionChains
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                 f"--user-data-dir={tmp_path / 'chromium'}", "--window-size=1200,560"):
-        options.add_argument(flag)
-    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+    driver = chromium(tmp_path)
     wait = WebDriverWait(driver, 60)
     status = lambda: driver.find_element(By.ID, "status").text  # noqa: E731
     canvas = lambda: driver.execute_script("return document.getElementById('c0').toDataURL()")  # noqa: E731

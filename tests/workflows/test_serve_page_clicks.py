@@ -11,9 +11,9 @@ import time
 import pytest
 
 from medseg.workflows.serve import Server, create_app
-from tests.conftest import CHROMEDRIVER, CHROMIUM, needs_chromium
+from tests.conftest import needs_chromium
 from tests.engine.test_interactive import write_case
-from tests.workflows.test_serve import Running, threshold_bundle
+from tests.workflows.test_serve import Running, chromium, threshold_bundle
 
 pytestmark = [pytest.mark.slow, needs_chromium]
 
@@ -25,8 +25,6 @@ window.fetch = (u, o) => { window.__paths.push(String(u));
 
 @pytest.fixture
 def page(tmp_path):
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
@@ -35,14 +33,7 @@ def page(tmp_path):
     write_case(inputs / "ct_001.nii.gz")
     server = Server(threshold_bundle(), tmp_path / "out", inputs)
     running = Running(create_app(server))
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                 f"--user-data-dir={tmp_path / 'chromium'}", "--window-size=1200,560"):
-        options.add_argument(flag)
-    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+    driver = chromium(tmp_path, browser_log=True)
     wait = WebDriverWait(driver, 60)
     try:
         driver.get(running.url + "/")

@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 
 from medseg.workflows.serve import Server, create_app
-from tests.conftest import CHROMEDRIVER, CHROMIUM, needs_chromium
-from tests.workflows.test_serve import Running, call, multipart, threshold_bundle
+from tests.conftest import needs_chromium
+from tests.workflows.test_serve import Running, call, chromium, multipart, threshold_bundle
 
 pytestmark = pytest.mark.slow
 
@@ -113,8 +113,6 @@ def test_page_shows_and_clicks_a_2d_picture(tmp_path):
     """A 2D case (shape [x, y]) is drawn on the axial view with the picture's first row on top, and a click there
     is sent as [i, j] of the picture (the page drew nothing and refused clicks: a 3D index into a 2D shape)."""
     from PIL import Image
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
     from selenium.webdriver.common.action_chains import ActionChains
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
@@ -128,12 +126,7 @@ def test_page_shows_and_clicks_a_2d_picture(tmp_path):
     Image.fromarray(picture).save(inputs / "cells.png")
     server = Server(tiny_2d_bundle(interactive=False), tmp_path / "out", inputs)
     run = Running(create_app(server))
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
-                 f"--user-data-dir={tmp_path / 'chromium'}", "--window-size=1200,560"):
-        options.add_argument(flag)
-    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+    driver = chromium(tmp_path)
     wait = WebDriverWait(driver, 60)
     status = lambda: driver.find_element(By.ID, "status").text  # noqa: E731
     try:
