@@ -444,15 +444,11 @@ class CaseSession:
         if is_picture(self.path) and self.labels.ndim == 2:  # also as medseg.predict writes it: the picture's format
             picture = inside(out_dir, f"{self.name}_seg{output_suffix(self.path)}")
             written.append(write_picture(self.labels, picture, stored_value_map(self.bundle), source=self.path))
-        if self.path.is_dir() or is_dicom_file(self.path):  # a DICOM series or one enhanced multi-frame file
-            names = {v: k for v, k in self.bundle.labels.items() if v != 0}
-            seg = inside(out_dir, f"{self.name}_seg.dcm")
-            try:
-                written.append(write_dicom_seg(self.labels, self.affine, self.path, seg, names, self.bundle.name,
-                                               __version__))
-            except SegNotWritten as err:  # the series lacks what a SEG must reference: the NIfTI mask still counts
-                self.save_warning = f"{err.reason}; saved the NIfTI mask and the click log only"
-                seg.unlink(missing_ok=True)  # no SEG of an earlier save beside the new mask
+        seg, why = save_dicom_seg(self.bundle, self.labels, self.affine, self.path, out_dir, self.name)
+        if seg is not None:
+            written.append(seg)
+        elif why is not None:  # the NIfTI mask still counts
+            self.save_warning = f"{why}; saved the NIfTI mask and the click log only"
         log = inside(out_dir, f"{self.name}_clicks.json")
         record = {"case": self.name, "bundle": self.bundle.name, "medseg": __version__,
                   "mode": "guided rerun" if self.n_guidance else "local correction",
@@ -461,6 +457,22 @@ class CaseSession:
                   **({"dicom_seg_not_written": self.save_warning} if self.save_warning else {})}
         atomic_write_text(log, json.dumps(record, indent=2) + "\n")
         return [*written, log]
+
+
+def save_dicom_seg(bundle: LoadedBundle, labels: np.ndarray, affine: Any, source: Path, out_dir: Path,
+                   name: str) -> tuple[Path | None, str | None]:
+    """``<name>_seg.dcm`` in ``out_dir`` for a DICOM ``source`` (a series folder or one enhanced multi-frame file):
+    ``(path, None)``; ``(None, why)`` when the series lacks what a SEG must reference (no SEG of an earlier save
+    stays beside the new mask); ``(None, None)`` for other input."""
+    if not (source.is_dir() or is_dicom_file(source)):
+        return None, None
+    seg = inside(out_dir, f"{name}_seg.dcm")
+    segments = {v: k for v, k in bundle.labels.items() if v != 0}
+    try:
+        return write_dicom_seg(labels, affine, source, seg, segments, bundle.name, __version__), None
+    except SegNotWritten as err:
+        seg.unlink(missing_ok=True)
+        return None, err.reason
 
 
 def voxel_sizes(affine: Any) -> list[float]:

@@ -46,12 +46,10 @@ from fastapi.responses import FileResponse, Response
 from medseg import __version__
 from medseg.data.check import read_header
 from medseg.data.formats import IMAGE_SUFFIXES as ALL_SUFFIXES, NIFTI_SUFFIXES, has_suffix
-from medseg.data.dicom import is_dicom_file
-from medseg.data.dicom_seg import SegNotWritten, is_dicom_series, write_dicom_seg
 from medseg.data.labelmaps import write_label_nifti
 from medseg.data.uploads import check_self_contained
 from medseg.errors import MedsegError
-from medseg.workflows.interact import CaseSession, check_case_name, inside, is_number
+from medseg.workflows.interact import CaseSession, check_case_name, inside, is_number, save_dicom_seg
 from medseg.workflows.predict import check_input
 
 MODEL = "medseg"
@@ -295,13 +293,10 @@ def add_routes(app: FastAPI, server: Any, token: str | None = None) -> None:
         out = inside(server.output_dir, f"{image}_seg.nii.gz")
         write_label_nifti(array.astype(np.uint8), affine, out)
         answer = {"image": image, "label": out.name, "tag": tag}
-        if is_dicom_series(path) or (path.is_file() and is_dicom_file(path)):  # its SEG is this label, as the page saves
-            seg = inside(server.output_dir, f"{image}_seg.dcm")
-            segments = {v: k for v, k in bundle.labels.items() if v != 0}
-            try:
-                write_dicom_seg(array.astype(np.uint8), affine, path, seg, segments, bundle.name, __version__)
-                answer["dicom_seg"] = seg.name
-            except SegNotWritten as err:  # the series lacks what a SEG must reference: no SEG of an earlier save stays
-                seg.unlink(missing_ok=True)
-                answer["dicom_seg_not_written"] = err.reason
+        # a DICOM case: its SEG is this label, as the page's save writes it
+        seg, why = save_dicom_seg(bundle, array.astype(np.uint8), affine, path, server.output_dir, image)
+        if seg is not None:
+            answer["dicom_seg"] = seg.name
+        elif why is not None:
+            answer["dicom_seg_not_written"] = why
         return answer

@@ -120,13 +120,11 @@ def _picture_pages(bundle: LoadedBundle, path: Path, device: torch.device, tta: 
     import tifffile  # deferred: only multi-page TIFFs come here
 
     pages = []
+    resolution = tiff_resolution(path)
     with tifffile.TiffFile(path) as tif, tempfile.TemporaryDirectory(prefix="medseg-pages-") as tmp:
-        tags = tif.pages[0].tags
-        x_res, y_res = tags.get("XResolution"), tags.get("YResolution")
-        resolution = (x_res.value, y_res.value) if x_res is not None and y_res is not None else None
         for i, page in enumerate(tif.pages):
             one = Path(tmp) / f"page{i:04d}.tif"
-            tifffile.imwrite(one, page.asarray(), photometric="minisblack", resolution=resolution)
+            tifffile.imwrite(one, page.asarray(), photometric="minisblack", **resolution)
             pred = run_case(bundle.chain, torch_forward(bundle.network), {"image": str(one)}, device, tta)
             pages.append(_labels(pred))
     return np.stack(pages, axis=-1)
@@ -192,7 +190,7 @@ def predict_one(bundle: LoadedBundle, path: Path, out: Path, device: torch.devic
     check_input(bundle, path, series, pages=fmt == "auto")
     if fmt == "auto" and is_picture(path):
         stack, spacing = read_picture(path)
-        if _two_d(bundle) and path.name.lower().endswith((".tif", ".tiff")) and stack.ndim == 3 and stack.shape[-1] != 3:
+        if _two_d(bundle) and _pages(path) and stack.ndim == 3 and stack.shape[-1] != 3:
             labels = _picture_pages(bundle, path, device, tta)
         else:
             labels = _labels(run_case(bundle.chain, torch_forward(bundle.network), {"image": str(path)}, device, tta))
