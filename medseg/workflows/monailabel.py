@@ -42,6 +42,7 @@ import nibabel as nib
 import numpy as np
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import FileResponse, Response
+from starlette.concurrency import run_in_threadpool
 
 from medseg import __version__
 from medseg.data.check import read_header
@@ -211,9 +212,14 @@ def add_routes(app: FastAPI, server: Any, token: str | None = None) -> None:
         folder = Path(tempfile.mkdtemp(prefix="datastore_", dir=server.uploads.name))
         path = folder / f"{name}{suffix}"
         path.write_bytes(parts["file"][1])
-        try:
+
+        def check() -> None:
             check_self_contained(path, filename)  # no header that reads a file of the server's
-            check_input(bundle, path)  # checked now, not at the first infer
+            with server.lock:  # header reading (SimpleITK for NRRD/MHA) one thread at a time, as every route's
+                check_input(bundle, path)  # checked now, not at the first infer
+
+        try:
+            await run_in_threadpool(check)
         except MedsegError as err:
             shutil.rmtree(folder, ignore_errors=True)
             # the line names the server's own temporary copy: the client knows the file by its name
@@ -259,16 +265,20 @@ def add_routes(app: FastAPI, server: Any, token: str | None = None) -> None:
             params = json.loads(fields.get("params") or b"{}")
         except ValueError:
             raise HTTPException(400, "params: not JSON") from None
-        with server.lock:
-            try:
-                session = server.session(image, path)
-                apply_clicks(session, params, names)
-            except MedsegError as err:
-                raise HTTPException(400, str(err)) from None
-            with tempfile.TemporaryDirectory() as tmp:
-                out = Path(tmp) / f"{image}_seg.nii.gz"
-                write_label_nifti(session.labels, session.affine, out, source=path)
-                data = out.read_bytes()
+
+        def segment() -> tuple[CaseSession, bytes]:  # in the thread pool: the event loop keeps answering
+            with server.lock:
+                try:
+                    session = server.session(image, path)
+                    apply_clicks(session, params, names)
+                except MedsegError as err:
+                    raise HTTPException(400, str(err)) from None
+                with tempfile.TemporaryDirectory() as tmp:
+                    out = Path(tmp) / f"{image}_seg.nii.gz"
+                    write_label_nifti(session.labels, session.affine, out, source=path)
+                    return session, out.read_bytes()
+
+        session, data = await run_in_threadpool(segment)
         result = {"label_names": {k: v for k, v in names.items() if v != 0}, "clicks": len(session.steps),
                   "latencies": {"total": round(time.perf_counter() - started, 3)}}
         filename = f"{image}_seg.nii.gz"
@@ -288,15 +298,20 @@ def add_routes(app: FastAPI, server: Any, token: str | None = None) -> None:
             raise HTTPException(400, "label: send the label file as the multipart field 'label'")
         if len(fields["label"]) > server.max_upload:
             raise HTTPException(413, f"label over the limit of {server.max_upload} bytes")
-        array, affine = received_label(fields["label"], path, set(names.values()))
-        server.output_dir.mkdir(parents=True, exist_ok=True)
-        out = inside(server.output_dir, f"{image}_seg.nii.gz")
-        write_label_nifti(array.astype(np.uint8), affine, out)
-        answer = {"image": image, "label": out.name, "tag": tag}
-        # a DICOM case: its SEG is this label, as the page's save writes it
-        seg, why = save_dicom_seg(bundle, array.astype(np.uint8), affine, path, server.output_dir, image)
-        if seg is not None:
-            answer["dicom_seg"] = seg.name
-        elif why is not None:
-            answer["dicom_seg_not_written"] = why
-        return answer
+
+        def store() -> dict[str, Any]:  # in the thread pool, under the lock: header reading and writing as saves do
+            with server.lock:
+                array, affine = received_label(fields["label"], path, set(names.values()))
+                server.output_dir.mkdir(parents=True, exist_ok=True)
+                out = inside(server.output_dir, f"{image}_seg.nii.gz")
+                write_label_nifti(array.astype(np.uint8), affine, out)
+                answer = {"image": image, "label": out.name, "tag": tag}
+                # a DICOM case: its SEG is this label, as the page's save writes it
+                seg, why = save_dicom_seg(bundle, array.astype(np.uint8), affine, path, server.output_dir, image)
+            if seg is not None:
+                answer["dicom_seg"] = seg.name
+            elif why is not None:
+                answer["dicom_seg_not_written"] = why
+            return answer
+
+        return await run_in_threadpool(store)

@@ -34,9 +34,12 @@ import zlib
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+import numpy as np
 import torch
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response
+from nibabel.orientations import io_orientation
+from starlette.concurrency import run_in_threadpool
 from starlette.middleware.base import BaseHTTPMiddleware
 
 from medseg.bundle.load import LoadedBundle, load_bundle
@@ -89,7 +92,13 @@ class _Token(BaseHTTPMiddleware):
 
 
 class Server:
-    """The open cases of one bundle (one lock: requests on CPU are served one at a time)."""
+    """The open cases of one bundle.
+
+    One lock (``lock``, re-entrant) around everything that reads or writes an image or a mask: requests on CPU are
+    served one at a time, a mask is never sent half-updated by a click, and ITK (SimpleITK, MONAI's ITK reader) is
+    never used from two threads at once (its globals are not thread-safe: a full test run once hung in
+    SimpleITK's exit handler after ITK had been used from several of the server's threads). Async routes run
+    their locked part in the thread pool, so the event loop keeps answering while a case is segmented."""
 
     def __init__(self, bundle: LoadedBundle, output_dir: Path, input_dir: Path | None = None,
                  max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB, device: str = "cpu",
@@ -100,7 +109,7 @@ class Server:
         self.max_upload = int(max_upload_mb * 1024 * 1024)
         self.device = torch.device(device)
         self.cases: dict[str, CaseSession] = {}
-        self.lock = threading.Lock()
+        self.lock = threading.RLock()
         self.uploads = tempfile.TemporaryDirectory(prefix="medseg-serve-")
         self.uploaded: dict[str, Path] = {}  # images put into the datastore over MONAI Label's PUT /datastore/
 
@@ -138,7 +147,12 @@ class Server:
             raise (found or MedsegError(f"case {name}: cannot be read or segmented ({failure_line(err)})")) from None
 
     def open(self, name: str, path: Path) -> CaseSession:
+        """The open case ``name`` (with its clicks, when that case is already open from ``path``), else a new
+        session of it."""
         with self.lock:
+            session = self.cases.get(name)
+            if session is not None and session.path == path:  # opened again (another tab, a reload): keep its clicks
+                return session
             session = self.session(name, path)
             self.cases[name] = session
             return session
@@ -165,7 +179,17 @@ def _unique(name: str, taken: dict[str, Any]) -> str:
 
 def _summary(session: CaseSession) -> dict[str, Any]:
     return {"case": session.name, "shape": list(session.shape), "spacing": session.spacing,
-            "clicks": len(session.steps), "automatic_seconds": round(session.auto_seconds, 3)}
+            "clicks": len(session.steps), "automatic_seconds": round(session.auto_seconds, 3),
+            "axes": voxel_axes(session.affine, len(session.shape))}
+
+
+def voxel_axes(affine: Any, ndim: int) -> list[list[int]] | None:
+    """Per voxel axis of a 3D case, ``[world axis, sign]``: the RAS axis (0 x, 1 y, 2 z) it runs closest to and
+    +1 where its index grows towards right/anterior/superior, -1 the other way (nibabel's ``io_orientation`` of
+    the mask's RAS affine). The page lays its planes out by them in the radiological convention. None for 2D."""
+    if ndim != 3 or np.shape(affine) != (4, 4):
+        return None
+    return [[int(axis), int(sign)] for axis, sign in io_orientation(np.asarray(affine, dtype=np.float64))]
 
 
 def _fail(err: MedsegError) -> HTTPException:
@@ -251,7 +275,7 @@ def _add_upload_route(app: FastAPI, server: Server) -> None:
                 path = folder / name
                 path.write_bytes(bytes(data))
                 check_self_contained(path, name)  # no header that reads a file of the server's
-            summary = _summary(server.open(check_case_name(case), path))
+            summary = _summary(await run_in_threadpool(server.open, check_case_name(case), path))
             server.uploaded[case] = path  # in MONAI Label's datastore too, as a PUT /datastore/ upload is
             return summary
         except MedsegError as err:  # named as the client sent it, not by the server's temporary copy
@@ -334,11 +358,15 @@ def _add_volume_routes(app: FastAPI, server: Server) -> None:
 
     @app.get("/api/cases/{case}/image")
     def image(case: str) -> Response:
-        return _raw(server.case(case).image_array())
+        session = server.case(case)
+        with server.lock:  # the chain's reader (ITK for NRRD/MHA) one thread at a time
+            return _raw(session.image_array())
 
     @app.get("/api/cases/{case}/mask")
     def mask(case: str) -> Response:
-        return _raw(server.case(case).labels)
+        session = server.case(case)
+        with server.lock:  # never a mask half-way through a click's update
+            return _raw(session.labels)
 
 
 def _add_click_routes(app: FastAPI, server: Server) -> None:

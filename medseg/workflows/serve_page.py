@@ -1,6 +1,9 @@
 """The page ``medseg.serve`` serves at ``/``: three planes on plain canvases, no script libraries (works offline).
 
-Left click: positive click for the chosen class; right click (or shift + left): negative click. The token, if
+Left click: positive click for the chosen class; right click (or shift + left): negative click. A 3D case is shown
+in the radiological convention from the orientation the server sends (``axes`` of the case's summary): axial and
+coronal views with the patient's right on the left, anterior (axial) or superior (coronal, sagittal) up, the
+sagittal view with anterior on the left; a 2D picture as stored (rows top down). The token, if
 the server has one, comes from the page address's fragment (``/#token=T``) and goes out as a bearer header.
 """
 
@@ -24,9 +27,9 @@ canvas{image-rendering:pixelated;background:#000;cursor:crosshair}
  <span id="busy">&#9203; working&hellip;</span>
 </div>
 <div class="views">
- <div class="view"><canvas id="c0"></canvas><input type="range" id="s0"><span>axial</span></div>
- <div class="view"><canvas id="c1"></canvas><input type="range" id="s1"><span>coronal</span></div>
- <div class="view"><canvas id="c2"></canvas><input type="range" id="s2"><span>sagittal</span></div>
+ <div class="view"><canvas id="c0"></canvas><input type="range" id="s0"><span id="n0">axial</span></div>
+ <div class="view"><canvas id="c1"></canvas><input type="range" id="s1"><span id="n1">coronal</span></div>
+ <div class="view"><canvas id="c2"></canvas><input type="range" id="s2"><span id="n2">sagittal</span></div>
 </div>
 <div id="status">left click: add (positive), right or shift-click: remove (negative)</div>
 <script>
@@ -67,16 +70,36 @@ async function show(summary){
   flat = shape.length === 2;  // a 2D picture: one slice, rows top down, clicks [i, j]
   if (flat) shape = [...shape, 1];
   pos = shape.map(n => Math.floor(n / 2));
-  ["s0","s1","s2"].forEach((s, p) => { const ax = [2,1,0][p]; $(s).max = shape[ax] - 1; $(s).value = pos[ax]; });
+  PLANES = layout(flat ? null : summary.axes);
+  PLANES.forEach((pl, p) => { $("s" + p).max = shape[pl.fixed] - 1; $("s" + p).value = pos[pl.fixed];
+    $("n" + p).textContent = pl.name; });
   draw();
-  say(`${caseName}: ${shape.join("x")} voxels, automatic mask in ${summary.automatic_seconds} s`);
+  const opened = summary.clicks ? `, ${summary.clicks} click(s) kept` : "";
+  say(`${caseName}: ${shape.join("x")} voxels, automatic mask in ${summary.automatic_seconds} s${opened}`);
 }
 async function refreshMask(){
   mask = new Uint8Array(await api(`/api/cases/${caseName}/mask`, {}, "arrayBuffer"));
   draw();
 }
-// plane p: 0 axial (x right, y up; fixed k), 1 coronal (x, z; fixed j), 2 sagittal (y, z; fixed i)
-const PLANES = [{u:0, v:1, fixed:2}, {u:0, v:2, fixed:1}, {u:1, v:2, fixed:0}];
+// plane p (0 axial, 1 coronal, 2 sagittal): voxel axis u across the canvas, v down it, fixed by the slider; flipU:
+// the index falls left to right, flipV: it falls top down. axes[i] = [RAS axis, +1 if index i grows towards R/A/S]
+function layout(axes){
+  if (!axes){  // a 2D picture as stored; a 3D case without an orientation by its index axes
+    if (flat) return [{u:0, v:1, fixed:2, flipU:false, flipV:false, name:"picture"}, {u:0, v:2, fixed:1, flipU:false,
+      flipV:true, name:"(i, k)"}, {u:1, v:2, fixed:0, flipU:false, flipV:true, name:"(j, k)"}];
+    return [{u:0, v:1, fixed:2, flipU:false, flipV:true, name:"axial (i across, j up)"},
+            {u:0, v:2, fixed:1, flipU:false, flipV:true, name:"coronal (i across, k up)"},
+            {u:1, v:2, fixed:0, flipU:false, flipV:true, name:"sagittal (j across, k up)"}];
+  }
+  const vox = [], grows = [];
+  axes.forEach(([w, s], i) => { vox[w] = i; grows[w] = s > 0; });
+  // radiological: screen right is the patient's left (x falls), anterior up in axial, superior up, and the
+  // sagittal view has anterior on the left (y falls left to right)
+  return [{u:vox[0], v:vox[1], fixed:vox[2], flipU:grows[0], flipV:grows[1], name:"axial (R left, A up)"},
+          {u:vox[0], v:vox[2], fixed:vox[1], flipU:grows[0], flipV:grows[2], name:"coronal (R left, S up)"},
+          {u:vox[1], v:vox[2], fixed:vox[0], flipU:grows[1], flipV:grows[2], name:"sagittal (A left, S up)"}];
+}
+let PLANES = layout(null);
 function voxelIndex(i, j, k){ return (i * shape[1] + j) * shape[2] + k; }
 function draw(){
   if (!image) return;
@@ -89,7 +112,7 @@ function draw(){
     const ctx = c.getContext("2d"), img = ctx.createImageData(w, h);
     const ijk = [0, 0, 0]; ijk[pl.fixed] = pos[pl.fixed];
     for (let y = 0; y < h; y++) for (let x = 0; x < w; x++){
-      ijk[pl.u] = x; ijk[pl.v] = flat && p === 0 ? y : h - 1 - y;
+      ijk[pl.u] = pl.flipU ? w - 1 - x : x; ijk[pl.v] = pl.flipV ? h - 1 - y : y;
       const n = voxelIndex(ijk[0], ijk[1], ijk[2]);
       let g = Math.min(255, Math.max(0, (image[n] - lo) / width * 255));
       const o = 4 * (y * w + x), m = mask[n];
@@ -106,8 +129,8 @@ function voxelAt(p, e){
   // half pixel then sends the voxel beside the one under the cursor
   const pl = PLANES[p], c = $("c" + p), b = c.getBoundingClientRect();
   const x = Math.floor((e.clientX - b.left) * c.width / b.width), y = Math.floor((e.clientY - b.top) * c.height / b.height);
-  const ijk = [...pos]; ijk[pl.u] = Math.min(c.width - 1, Math.max(0, x)); ijk[pl.v] = c.height - 1 - Math.min(c.height - 1, Math.max(0, y));
-  if (flat && p === 0) ijk[pl.v] = c.height - 1 - ijk[pl.v];
+  const cx = Math.min(c.width - 1, Math.max(0, x)), cy = Math.min(c.height - 1, Math.max(0, y)), ijk = [...pos];
+  ijk[pl.u] = pl.flipU ? c.width - 1 - cx : cx; ijk[pl.v] = pl.flipV ? c.height - 1 - cy : cy;
   return flat ? ijk.slice(0, 2) : ijk;
 }
 async function click(p, e, positive){

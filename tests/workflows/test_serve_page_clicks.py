@@ -8,6 +8,7 @@ from __future__ import annotations
 import math
 import time
 
+import nibabel as nib
 import pytest
 
 from medseg.workflows.serve import Server, create_app
@@ -56,6 +57,9 @@ def test_a_click_sends_the_voxel_under_the_cursor_on_a_view_at_a_half_pixel(page
 
     driver, wait, server = page
     planes = [(0, 1), (0, 2), (1, 2)]  # (u, v) of the axial, coronal, sagittal view
+    # the radiological convention: the letter each view's index grows towards on the screen's right and top
+    codes = nib.aff2axcodes(nib.load(server.cases["ct_001"].path).affine)  # ('L', 'A', 'S'): axis 0 flipped
+    right_top = [("L", "A"), ("L", "S"), ("P", "S")]
     checked = 0
     for p, (u, v) in enumerate(planes):
         # the view's canvas at a half pixel (as a centred canvas under a wider slider often is)
@@ -79,7 +83,9 @@ def test_a_click_sends_the_voxel_under_the_cursor_on_a_view_at_a_half_pixel(page
             actions.perform()
             wait.until(lambda d: len(d.execute_script("return window.__sent")) > n and idle(d))
             sent = driver.execute_script("return window.__sent")[-1]
-            assert (sent[u], sent[v]) == (math.floor(fx), h - 1 - math.floor(fy)), (p, x, y, fx, fy, sent)
+            across = math.floor(fx) if codes[u] == right_top[p][0] else w - 1 - math.floor(fx)
+            down = h - 1 - math.floor(fy) if codes[v] == right_top[p][1] else math.floor(fy)
+            assert (sent[u], sent[v]) == (across, down), (p, x, y, fx, fy, sent)
             checked += 1
     assert checked >= 12
     assert len(server.cases["ct_001"].steps) == checked
