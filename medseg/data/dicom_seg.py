@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from medseg.data.dicom import LPS_TO_RAS, is_dicom_file, series_datasets, stack_affine
+from medseg.data.dicom import LPS_TO_RAS, SKIP_NAMES, is_dicom_file, series_datasets, stack_affine
 from medseg.data.labelmaps import LabelMap, onto_grid
 from medseg.errors import MedsegError
 from medseg.fileio import atomic_path
@@ -35,7 +35,10 @@ class SegNotWritten(MedsegError):
 
 
 def is_dicom_series(folder: Path) -> bool:
-    return folder.is_dir() and any(p.is_file() and is_dicom_file(p) for p in folder.iterdir())
+    """Whether ``folder`` holds DICOM files at its top (a DICOMDIR index or another of ``SKIP_NAMES`` alone does
+    not make it a series: a CD's top folder holds the series in folders under it)."""
+    return folder.is_dir() and any(p.is_file() and p.name not in SKIP_NAMES and not p.name.startswith(".")
+                                   and is_dicom_file(p) for p in folder.iterdir())
 
 
 def read_series(folder: Path) -> list:

@@ -13,6 +13,7 @@ Example:
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from pathlib import Path
 
@@ -24,7 +25,7 @@ from monai.transforms import LoadImaged
 from medseg import __version__
 from medseg.bundle.load import LoadedBundle, load_bundle
 from medseg.data.check import read_header
-from medseg.data.dicom import is_dicom_file, multiframe_files
+from medseg.data.dicom import SEG_SOP_CLASS, SKIP_NAMES, is_dicom_file, multiframe_files
 from medseg.data.dicom_seg import is_dicom_series, write_dicom_seg
 from medseg.data.formats import VOLUME_SUFFIXES as IMAGE_SUFFIXES
 from medseg.data.labelmaps import case_name, write_label_nifti
@@ -57,30 +58,139 @@ class Written(list):
 OWN_OUTPUTS = ("_seg", "_instances")
 
 
+#: how deep under ``--input`` DICOM series folders are looked for (a CD's DICOM/PA0/ST0/SE0 is 4 deep)
+SERIES_DEPTH = 4
+
+
+def series_folders(folder: Path, depth: int = SERIES_DEPTH) -> list[tuple[str, Path]]:
+    """The DICOM series folders under ``folder`` (not itself), down to ``depth`` levels, each named by its path
+    below ``folder`` with ``_`` between the parts (``PA0/ST0/SE1`` -> ``PA0_ST0_SE1``); a series folder's own
+    sub-folders are not searched (its reader reads them with it). A part of the path that is the series' patient
+    ID or holds a part of the patient's name (an export's ``Doe^John/CT``) is ``patient1``, ``patient2``, ... in
+    the case name: case names become output file names."""
+    found: list[tuple[list[str], Path]] = []
+
+    def walk(at: Path, parts: list[str], left: int) -> None:
+        for child in sorted(at.iterdir()):
+            if not child.is_dir() or child.name.startswith("."):
+                continue
+            if is_dicom_series(child):
+                found.append(([*parts, child.name], child))
+            elif left > 1:
+                walk(child, [*parts, child.name], left - 1)
+
+    walk(folder, [], depth)
+    stand_ins: dict[str, str] = {}
+    out = []
+    for parts, path in found:
+        identifiers = _patient_words(path)
+        named = []
+        for part in parts:
+            if _names_patient(part, identifiers):
+                part = stand_ins.setdefault(part, f"patient{len(stand_ins) + 1}")
+            named.append(part)
+        out.append(("_".join(named), path))
+    return out
+
+
+def _patient_words(series: Path) -> set[str]:
+    """The patient ID and the parts of the patient's name (lower case, 2+ characters) of a series folder's first
+    DICOM file; empty when it has none or cannot be read."""
+    import pydicom  # deferred: as medseg.data.dicom
+
+    first = next((p for p in sorted(series.iterdir()) if p.is_file() and p.name not in SKIP_NAMES
+                  and is_dicom_file(p)), None)
+    if first is None:
+        return set()
+    try:
+        ds = pydicom.dcmread(first, stop_before_pixels=True, specific_tags=["PatientID", "PatientName"])
+    except Exception:  # a damaged file: the series reader names it
+        return set()
+    words = {str(ds.get("PatientID", "") or "").strip().lower()}
+    words |= {w.lower() for w in re.split(r"[\^\s=,]+", str(ds.get("PatientName", "") or ""))}
+    return {w for w in words if len(w) >= 2}
+
+
+def _names_patient(part: str, words: set[str]) -> bool:
+    low = part.lower()
+    return any(w == low or (len(w) >= 3 and w in re.split(r"[^a-z0-9]+", low)) for w in words)
+
+
 def find_inputs(path: Path) -> list[tuple[str, Path]]:
     """Cases under ``path``: one image file, one DICOM series folder, or a folder of either (enhanced multi-frame
-    DICOM files among them, one case each)."""
+    DICOM files among them, one case each; series folders also deeper down, as on a CD under its DICOMDIR)."""
     path = Path(path)
     if path.is_file():
         return [(case_name(path), path)]
     if not path.is_dir():
         raise MedsegError(f"--input {path}: no such file or folder")
     volumes: list[Path] = []
+    series = series_folders(path)
     if is_dicom_series(path):
         volumes = multiframe_files(path)  # enhanced multi-frame files: a volume each, not slices of one series
-        beside = [c for c in path.iterdir() if c.is_dir() and is_dicom_series(c)]
-        if not volumes or len(volumes) + len(beside) < 2:
-            return [(path.name, path)]
+        if not volumes and (not series or _only_segs(series)):
+            return [(path.name, path)]  # one series (its saved SEGs in a folder under it are left out by the reader)
+        loose = [] if volumes else _loose_images(path)
+        if loose:
+            raise MedsegError(
+                f"--input {path}: {len(loose)} DICOM image file(s) at its top ({', '.join(loose[:3])}"
+                f"{', ...' if len(loose) > 3 else ''}) beside series folders ({', '.join(n for n, _ in series[:3])}"
+                f"{', ...' if len(series) > 3 else ''}): give one series folder as --input, or move the loose files"
+                " into a folder of their own")
+        if volumes and len(volumes) + len(series) < 2:
+            return [(path.name, path)]  # one enhanced multi-frame file
     cases = [(case_name(v), v) for v in volumes]
     for child in sorted(path.iterdir()):
         if child.is_file() and child.name.lower().endswith((*IMAGE_SUFFIXES, *PICTURE_SUFFIXES)):
             cases.append((case_name(child), child))
-        elif child.is_dir() and is_dicom_series(child):
-            cases.append((child.name, child))
+    cases += series
     if not cases:
         raise MedsegError(f"--input {path}: no images ({', '.join((*IMAGE_SUFFIXES, *PICTURE_SUFFIXES))}) or DICOM"
                           " series folders in it")
     return cases
+
+
+#: DICOMDIR's SOP class (Media Storage Directory Storage): an index of a CD's files, under any file name
+DICOMDIR_SOP_CLASS = "1.2.840.10008.1.3.10"
+
+
+def _loose_images(folder: Path) -> list[str]:
+    """Names of the DICOM files at the top of ``folder`` that are images or other instances, not a DICOMDIR index."""
+    import pydicom  # deferred: as medseg.data.dicom
+
+    names = []
+    for p in sorted(folder.iterdir()):
+        if not p.is_file() or p.name in SKIP_NAMES or p.name.startswith(".") or not is_dicom_file(p):
+            continue
+        try:
+            ds = pydicom.dcmread(p, stop_before_pixels=True, specific_tags=["SOPClassUID"])
+            meta = getattr(ds, "file_meta", None)
+            sop = str(ds.get("SOPClassUID") or (meta.get("MediaStorageSOPClassUID", "") if meta is not None else ""))
+        except Exception:  # a damaged file: named as a loose file
+            sop = ""
+        if sop != DICOMDIR_SOP_CLASS:  # a DICOMDIR has no SOPClassUID of its own, its file meta names its class
+            names.append(p.name)
+    return names
+
+
+def _only_segs(series: list[tuple[str, Path]]) -> bool:
+    """Whether every one of these folders holds only DICOM SEGs (saved corrections kept beside a series' slices:
+    the series reader leaves them out)."""
+    return all(_seg_folder(folder) for _, folder in series)
+
+
+def _seg_folder(folder: Path) -> bool:
+    import pydicom  # deferred: as medseg.data.dicom
+
+    for p in folder.rglob("*"):
+        if p.is_file() and p.name not in SKIP_NAMES and is_dicom_file(p):
+            try:
+                sop = str(pydicom.dcmread(p, stop_before_pixels=True, specific_tags=["SOPClassUID"]).get("SOPClassUID", ""))
+            except Exception:  # a damaged file: the series reader names it
+                return False
+            if sop != SEG_SOP_CLASS:
+                return False
+    return True
 
 
 def _device(name: str) -> torch.device:
