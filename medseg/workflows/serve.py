@@ -177,10 +177,19 @@ def _unique(name: str, taken: dict[str, Any]) -> str:
     return out
 
 
-def _summary(session: CaseSession) -> dict[str, Any]:
+def _summary(session: CaseSession, output_dir: Path | None = None) -> dict[str, Any]:
+    """What the page shows of an open case; ``saved``: this case's files already in ``output_dir`` (an earlier
+    session's correction, which Save replaces)."""
+    saved = sorted(p.name for p in output_dir.glob(f"{session.name}_*") if p.is_file() and
+                   p.name in saved_names(session.name)) if output_dir is not None and output_dir.is_dir() else []
     return {"case": session.name, "shape": list(session.shape), "spacing": session.spacing,
             "clicks": len(session.steps), "automatic_seconds": round(session.auto_seconds, 3),
-            "axes": voxel_axes(session.affine, len(session.shape))}
+            "axes": voxel_axes(session.affine, len(session.shape)), "saved": saved}
+
+
+def saved_names(case: str) -> set[str]:
+    """The names a save of ``case`` writes (:meth:`CaseSession.save`)."""
+    return {f"{case}_seg{suffix}" for suffix in (".nii.gz", ".dcm", ".png", ".tif", ".tiff")} | {f"{case}_clicks.json"}
 
 
 def voxel_axes(affine: Any, ndim: int) -> list[list[int]] | None:
@@ -242,7 +251,7 @@ def _add_open_routes(app: FastAPI, server: Server) -> None:
         if name not in listed:  # only names the server listed itself: no path from the request is joined
             raise HTTPException(404, f"case {name!r} is not in the input folder")
         try:
-            return _summary(server.open(check_case_name(name), listed[name]))
+            return _summary(server.open(check_case_name(name), listed[name]), server.output_dir)
         except MedsegError as err:
             raise _fail(err) from None
 
@@ -275,7 +284,7 @@ def _add_upload_route(app: FastAPI, server: Server) -> None:
                 path = folder / name
                 path.write_bytes(bytes(data))
                 check_self_contained(path, name)  # no header that reads a file of the server's
-            summary = _summary(await run_in_threadpool(server.open, check_case_name(case), path))
+            summary = _summary(await run_in_threadpool(server.open, check_case_name(case), path), server.output_dir)
             server.uploaded[case] = path  # in MONAI Label's datastore too, as a PUT /datastore/ upload is
             return summary
         except MedsegError as err:  # named as the client sent it, not by the server's temporary copy
@@ -354,7 +363,7 @@ def _add_volume_routes(app: FastAPI, server: Server) -> None:
 
     @app.get("/api/cases/{case}")
     def case_info(case: str) -> dict[str, Any]:
-        return _summary(server.case(case))
+        return _summary(server.case(case), server.output_dir)
 
     @app.get("/api/cases/{case}/image")
     def image(case: str) -> Response:

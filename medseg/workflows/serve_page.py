@@ -75,7 +75,8 @@ async function show(summary){
     $("n" + p).textContent = pl.name; });
   draw();
   const opened = summary.clicks ? `, ${summary.clicks} click(s) kept` : "";
-  say(`${caseName}: ${shape.join("x")} voxels, automatic mask in ${summary.automatic_seconds} s${opened}`);
+  const before = (summary.saved || []).length ? `; saved earlier: ${summary.saved.join(", ")} (Save replaces them)` : "";
+  say(`${caseName}: ${shape.join("x")} voxels, automatic mask in ${summary.automatic_seconds} s${opened}${before}`);
 }
 async function refreshMask(){
   mask = new Uint8Array(await api(`/api/cases/${caseName}/mask`, {}, "arrayBuffer"));

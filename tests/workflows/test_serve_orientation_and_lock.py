@@ -121,10 +121,15 @@ def test_opening_an_open_case_again_keeps_its_clicks(served):
     assert status == 200, body
     clicked = server.cases["ct_001"].labels.copy()
     again = json.loads(call(f"{url}/api/open", "POST", {"name": "ct_001"})[1])  # a reload of the page, a second tab
-    assert again["clicks"] == 1 and len(server.cases["ct_001"].steps) == 1
+    assert again["clicks"] == 1 and len(server.cases["ct_001"].steps) == 1 and again["saved"] == []
     _, mask, headers = call(f"{url}/api/cases/ct_001/mask")
     assert np.array_equal(np.frombuffer(mask, np.uint8).reshape(clicked.shape), clicked)
     assert clicked[tuple(centre)] == 0
+    assert call(f"{url}/api/cases/ct_001/save", "POST", {})[0] == 200
+    (server.output_dir / "ct_001_seg_notes.txt").write_text("the user's own file")
+    server.cases.clear()  # a restart of the server: the next open is a new session
+    reopened = json.loads(call(f"{url}/api/open", "POST", {"name": "ct_001"})[1])
+    assert reopened["clicks"] == 0 and reopened["saved"] == ["ct_001_clicks.json", "ct_001_seg.nii.gz"]
 
 
 def _later(fn):
