@@ -97,11 +97,13 @@ def object_table(instances: np.ndarray, spacing: tuple[float, ...] | list[float]
     return rows
 
 
-def write_object_csv(rows: list[dict[str, Any]], path: Path, ndim: int = 2, unit: str = "um") -> Path:
-    """The object table as CSV (a header line even without objects), written atomically."""
+def write_object_csv(rows: list[dict[str, Any]], path: Path, ndim: int = 2, unit: str = "um",
+                     pages: bool = False) -> Path:
+    """The object table as CSV (a header line even without objects), written atomically; ``pages``: a ``page``
+    column after ``label`` (objects of a page stack found page by page)."""
     axes = "xyz"[:ndim]
-    fields = ["label", "area_px", f"area_{unit}{'2' if ndim == 2 else '3'}", *(f"centroid_{a}" for a in axes),
-              *(f"bbox_{a}_{m}" for a in axes for m in ("min", "max"))]
+    fields = ["label", *(["page"] if pages else []), "area_px", f"area_{unit}{'2' if ndim == 2 else '3'}",
+              *(f"centroid_{a}" for a in axes), *(f"bbox_{a}_{m}" for a in axes for m in ("min", "max"))]
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=fields, lineterminator="\n")
     writer.writeheader()

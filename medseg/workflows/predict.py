@@ -241,11 +241,14 @@ def _picture_pages(bundle: LoadedBundle, path: Path, device: torch.device, tta: 
 
 
 def write_instances(bundle: LoadedBundle, labels: np.ndarray, spacing: list[float], out: Path,
-                    source: Path | None = None) -> list[Path]:
+                    source: Path | None = None, pages: bool = False) -> list[Path]:
     """``<case>_instances.tif`` (2D; uint16/32 object numbers; the pixel size of a TIFF ``source``) and
     ``<case>_objects.csv`` beside the mask ``out``:
     the task's ``inference.instance_method`` on its ``inference.instance_class`` (:mod:`medseg.inference.instances`);
-    areas in um^2 for pictures (TIFF resolution, else 1 per pixel), mm^2/mm^3 for volumes."""
+    areas in um^2 for pictures (TIFF resolution, else 1 per pixel), mm^2/mm^3 for volumes. ``pages``: ``labels``
+    ``(x, y, pages)`` are the pages of a multi-page TIFF that a 2D network segmented one by one: objects are
+    found on each page (numbered on through the stack; the table has a ``page`` column and areas in um^2), as
+    the network saw no page beside another."""
     cfg = bundle.cfg
     inf = cfg.inference if cfg is not None else None
     interior = int(inf.instance_class) if inf is not None else 1
@@ -253,12 +256,23 @@ def write_instances(bundle: LoadedBundle, labels: np.ndarray, spacing: list[floa
     named = {int(v): k for k, v in cfg.data.labels.items()} if cfg is not None else {0: "background"}
     # the watershed grows over every class but a background one (EM: membranes 0 belong to the cells around them)
     foreground = [v for v in named if named[v] != "background"] if named.get(0) == "background" else None
-    found = label_instances(labels, interior, method, foreground, int(inf.instance_seed_erosion) if inf else 0)
+    erosion = int(inf.instance_seed_erosion) if inf else 0
     # the mask is <case>_seg<suffix>: its last "_seg" is predict's own (a case may have "_seg" in its name)
     stem = out.name.rsplit("_seg", 1)[0] if "_seg" in out.name else out.name.split(".")[0]
     unit = "um" if is_picture(out) else "mm"
-    written = [write_object_csv(object_table(found, spacing, unit), out.with_name(f"{stem}_objects.csv"),
-                                labels.ndim, unit)]
+    if pages and labels.ndim == 3:
+        found = np.zeros(labels.shape, np.int32)
+        rows: list[dict] = []
+        for k in range(labels.shape[-1]):
+            page = label_instances(labels[..., k], interior, method, foreground, erosion)
+            page[page > 0] += len(rows)  # numbered on through the stack
+            found[..., k] = page
+            rows += [{**row, "page": k} for row in object_table(page, spacing[:2], unit)]
+        written = [write_object_csv(rows, out.with_name(f"{stem}_objects.csv"), 2, unit, pages=True)]
+    else:
+        found = label_instances(labels, interior, method, foreground, erosion)
+        written = [write_object_csv(object_table(found, spacing, unit), out.with_name(f"{stem}_objects.csv"),
+                                    labels.ndim, unit)]
     if labels.ndim == 2 or is_picture(out):
         image = out.with_name(f"{stem}_instances.tif")
         import tifffile  # deferred: only instance output writes 32-bit TIFFs
@@ -301,12 +315,13 @@ def predict_one(bundle: LoadedBundle, path: Path, out: Path, device: torch.devic
     if fmt == "auto" and is_picture(path):
         stack, spacing = read_picture(path)
         if _two_d(bundle) and _pages(path) and stack.ndim == 3 and stack.shape[-1] != 3:
-            labels = _picture_pages(bundle, path, device, tta)
+            labels, by_page = _picture_pages(bundle, path, device, tta), True
         else:
             labels = _labels(run_case(bundle.chain, torch_forward(bundle.network), {"image": str(path)}, device, tta))
+            by_page = False
         written = write_picture(labels, out, stored_value_map(bundle), source=path)
         if instances:
-            write_instances(bundle, labels, spacing + [1.0] * (labels.ndim - 2), out, source=path)
+            write_instances(bundle, labels, spacing + [1.0] * (labels.ndim - 2), out, source=path, pages=by_page)
         return written
     pred = run_case(bundle.chain, torch_forward(bundle.network), {"image": str(path)}, device, tta)
     labels, affine = _labels(pred), pred.affine.numpy()

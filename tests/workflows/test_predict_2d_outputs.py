@@ -156,3 +156,31 @@ def test_a_picture_bundle_describes_its_data_as_pictures(bundle):
     assert meta["data_type"] == "png/tiff"
     assert "resampled to [1.0, 1.0] um (pixel size" in meta["image_classes"] and " mm" not in meta["image_classes"]
     assert "resampled to [1.0, 1.0] um (pixel size" in (Path(bundle) / "docs" / "README.md").read_text()
+
+
+def test_objects_of_a_page_stack_are_found_page_by_page(bundle, tmp_path):
+    """A 2D network segments a multi-page TIFF page by page, so its objects are each page's own: the same
+    objects under the same place on two pages were one 3D object (6-connected through the stack)."""
+    import csv
+
+    from medseg.workflows import predict
+
+    page = _picture(2)
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    tifffile.imwrite(inputs / "single.tif", page)
+    tifffile.imwrite(inputs / "stack.tif", np.stack([page, page]), photometric="minisblack")
+    predict.run(bundle, inputs, tmp_path / "out", instances=True)
+    single = list(csv.DictReader((tmp_path / "out" / "single_objects.csv").open()))
+    stack = list(csv.DictReader((tmp_path / "out" / "stack_objects.csv").open()))
+    n = len(single)
+    assert n > 1 and len(stack) == 2 * n
+    assert [r["page"] for r in stack] == ["0"] * n + ["1"] * n
+    assert [int(r["label"]) for r in stack] == list(range(1, 2 * n + 1))
+    keys = [k for k in single[0] if k != "label"]
+    for k in (0, 1):
+        assert [[r[key] for key in keys] for r in stack[k * n:(k + 1) * n]] == [[r[key] for key in keys] for r in single]
+    pages = tifffile.imread(tmp_path / "out" / "stack_instances.tif")
+    one = tifffile.imread(tmp_path / "out" / "single_instances.tif")
+    assert pages.shape == (2, *one.shape)
+    assert np.array_equal(pages[0], one) and np.array_equal(pages[1], np.where(one > 0, one + n, 0))
