@@ -3,6 +3,7 @@ page in headless Chromium (Debian's chromium + chromium-driver)."""
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
 import os
@@ -124,6 +125,29 @@ def chromium(tmp_path: Path, browser_log: bool = False):
     if browser_log:
         options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
     return webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+
+
+@contextlib.contextmanager
+def opened_page(tmp_path: Path, write_input, browser_log: bool = False):
+    """The page in headless Chromium on a real server whose input folder holds the one case ``write_input(folder)``
+    writes, opened (its automatic mask shown): yields ``(driver, wait, server)``."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    inputs = tmp_path / "inputs"
+    inputs.mkdir()
+    write_input(inputs)
+    server = Server(threshold_bundle(), tmp_path / "out", inputs)
+    running = Running(create_app(server))
+    driver = chromium(tmp_path, browser_log=browser_log)
+    wait = WebDriverWait(driver, 60)
+    try:
+        driver.get(running.url + "/")
+        wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#cases option"))
+        yield driver, wait, server
+    finally:
+        driver.quit()
+        running.stop()
 
 
 @pytest.fixture

@@ -16,7 +16,7 @@ import pytest
 from medseg.workflows.serve import Server, create_app, voxel_axes
 from tests.conftest import needs_chromium
 from tests.engine.test_interactive import write_case
-from tests.workflows.test_serve import Running, call, chromium, multipart, threshold_bundle
+from tests.workflows.test_serve import Running, call, multipart, opened_page, threshold_bundle
 
 pytestmark = pytest.mark.slow
 
@@ -52,18 +52,8 @@ def test_voxel_axes_give_each_axis_its_ras_direction():
 def test_page_shows_a_permuted_flipped_case_in_the_radiological_convention(tmp_path):
     from selenium.webdriver.common.action_chains import ActionChains
     from selenium.webdriver.common.by import By
-    from selenium.webdriver.support.ui import WebDriverWait
 
-    inputs = tmp_path / "inputs"
-    inputs.mkdir()
-    permuted_case(inputs / "ct_s_l_p.nii.gz")
-    server = Server(threshold_bundle(), tmp_path / "out", inputs)
-    running = Running(create_app(server))
-    driver = chromium(tmp_path)
-    wait = WebDriverWait(driver, 60)
-    try:
-        driver.get(running.url + "/")
-        wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#cases option"))
+    with opened_page(tmp_path, lambda inputs: permuted_case(inputs / "ct_s_l_p.nii.gz")) as (driver, wait, server):
         driver.find_element(By.ID, "open").click()
         wait.until(lambda d: "automatic mask" in d.find_element(By.ID, "status").text)
         names = [driver.find_element(By.ID, f"n{p}").text for p in range(3)]
@@ -95,9 +85,6 @@ def test_page_shows_a_permuted_flipped_case_in_the_radiological_convention(tmp_p
         wait.until(lambda d: d.execute_script("return window.__sent.length") == 1
                    and d.execute_script("return document.body.dataset.busy") == "0")
         assert driver.execute_script("return window.__sent[0]") == [SHAPE[0] // 2, 1, 2]
-    finally:
-        driver.quit()
-        running.stop()
 
 
 @pytest.fixture

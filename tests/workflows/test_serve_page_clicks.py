@@ -11,10 +11,9 @@ import time
 import nibabel as nib
 import pytest
 
-from medseg.workflows.serve import Server, create_app
 from tests.conftest import needs_chromium
 from tests.engine.test_interactive import write_case
-from tests.workflows.test_serve import Running, chromium, threshold_bundle
+from tests.workflows.test_serve import opened_page
 
 pytestmark = [pytest.mark.slow, needs_chromium]
 
@@ -27,25 +26,13 @@ window.fetch = (u, o) => { window.__paths.push(String(u));
 @pytest.fixture
 def page(tmp_path):
     from selenium.webdriver.common.by import By
-    from selenium.webdriver.support.ui import WebDriverWait
 
-    inputs = tmp_path / "inputs"
-    inputs.mkdir()
-    write_case(inputs / "ct_001.nii.gz")
-    server = Server(threshold_bundle(), tmp_path / "out", inputs)
-    running = Running(create_app(server))
-    driver = chromium(tmp_path, browser_log=True)
-    wait = WebDriverWait(driver, 60)
-    try:
-        driver.get(running.url + "/")
-        wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#cases option"))
+    with opened_page(tmp_path, lambda inputs: write_case(inputs / "ct_001.nii.gz"), browser_log=True) as (driver, wait,
+                                                                                                          server):
         driver.execute_script(LOG_FETCH)
         driver.find_element(By.ID, "open").click()
         wait.until(lambda d: "automatic mask" in d.find_element(By.ID, "status").text)
         yield driver, wait, server
-    finally:
-        driver.quit()
-        running.stop()
 
 
 def idle(driver) -> bool:
