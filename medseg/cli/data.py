@@ -19,6 +19,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from tqdm import tqdm
+
 from medseg.errors import run_cli
 
 
@@ -45,13 +47,24 @@ def check(argv: Sequence[str] | None = None) -> int:
     from medseg.workflows import check as workflow
 
     dataset = workflow.open_dataset(args.target, data_dir=args.data_dir, layout=args.layout, overrides=args.overrides)
-    print(f"checking {len(dataset.cases)} case(s) in {dataset.root} (layout {dataset.layout})", flush=True)
+    total = len(dataset.cases)
+    print(f"checking {total} case(s) in {dataset.root} (layout {dataset.layout})", flush=True)
+    # progress: a bar on a terminal (stderr), else a line per case, as medseg.evaluate does; every label is read
+    # in full, which takes minutes on a full-size CT dataset
+    with tqdm(total=total, desc="checking", unit="case", file=sys.stderr, disable=None, leave=False) as bar:
+        done = 0
 
-    def show(result) -> None:
-        for problem in result.problems:
-            print(f"BAD {result.case}: {problem}", flush=True)
+        def show(result) -> None:
+            nonlocal done
+            done += 1
+            if bar.disable:
+                state = f"{len(result.problems)} problem(s)" if result.problems else "ok"
+                print(f"[{done}/{total}] {result.case}: {state}", flush=True)
+            for problem in result.problems:
+                bar.write(f"BAD {result.case}: {problem}", file=sys.stdout)
+            bar.update()
 
-    report = workflow.run(dataset, on_case=show)
+        report = workflow.run(dataset, on_case=show)
     print("\n".join(report.summary))
     bad = report.bad
     print(f"{'FAILED' if bad else 'OK'}: {len(bad)} of {len(report.results)} case(s) with problems"

@@ -117,7 +117,8 @@ def header_problems(case: dict[str, Any]) -> list[str]:
                             f" ({headers[0].describe()})")
     if label.seg:
         problems.append(f"{label_path.name} is a DICOM SEG; training reads NIfTI/NRRD/MHA/PNG labels: convert it with"
-                        f" python -m medseg.convert {label_path} {label_path.stem}.nii.gz")
+                        f" python -m medseg.convert {label_path} {label_path.with_name(label_path.stem + '.nii.gz')}"
+                        " and give that file as the case's label")
     elif not grids_match(headers[0], label):
         problems.append(f"label {label_path.name} ({label.describe()}) does not match image {_images(case)[0].name}"
                         f" ({headers[0].describe()})")
@@ -172,7 +173,7 @@ def check_case(case: dict[str, Any], expected: set[int] | None, label_map: dict[
     result.shape = tuple(int(v) for v in header.shape)
     result.spacing = tuple(float(v) for v in np.linalg.norm(header.affine[:-1, :-1], axis=0))
     result.axcodes = axcodes(header.affine)
-    result.problems += [p for p in header_problems(case) if "DICOM SEG" not in p]
+    result.problems += header_problems(case)  # a DICOM SEG label too: training refuses it, with the fix
     values, problems = label_values(case, expected, label_map)
     result.label_values = values
     result.problems += problems

@@ -121,6 +121,7 @@ def write_image(array: np.ndarray, affine_lps: np.ndarray, path: Path) -> Path:
     image.SetSpacing([float(v) for v in spacing])
     image.SetOrigin([float(v) for v in affine[:ndim, ndim]])
     image.SetDirection([float(v) for v in direction.reshape(-1)])
+    check_output_path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     if suffix == ".mhd":  # header + .raw pair: write both under their final names (the raw file name is in the header)
         sitk.WriteImage(image, str(path), True)
@@ -128,6 +129,20 @@ def write_image(array: np.ndarray, affine_lps: np.ndarray, path: Path) -> Path:
     with atomic_path(path, suffix=suffix) as tmp:
         sitk.WriteImage(image, str(tmp), suffix in (".nii.gz", ".nrrd", ".mha"))
     return path
+
+
+def check_output_path(path: Path, flag: str = "") -> None:
+    """One line when the file ``path`` cannot be written: it is a folder, or a folder above it is a file (a
+    traceback from ``mkdir`` otherwise, after all the work). ``flag``: the option that named it, for the message."""
+    path = Path(path)
+    name = f"{flag} {path}" if flag else str(path)
+    if path.is_dir():
+        raise MedsegError(f"{name}: is a folder; give a file name")
+    for folder in path.parents:
+        if folder.exists():
+            if not folder.is_dir():
+                raise MedsegError(f"{name}: {folder} is a file, not a folder; give an output path in a folder")
+            return
 
 
 def memory_limit() -> int:

@@ -45,6 +45,8 @@ def save_png(fig: Any, path: Path) -> Path:
     """Write ``fig`` as a 100 dpi PNG at ``path`` (atomically); returns ``path``."""
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=100)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)  # --out new/folder/preview.png
     atomic_write_bytes(path, buf.getvalue())
     return path
 
@@ -89,9 +91,11 @@ def overlay_montage(cases: list[dict[str, Any]], members: list[int], window: tup
     """
     fig, axes = figure(len(cases), n_slices, (3.2 * n_slices, 3.2 * len(cases)))
     for row, case in enumerate(cases):
-        image = np.asarray(read_image(Case.from_item(case).image).array, dtype=np.float32)  # any format, DICOM too
+        read = read_image(Case.from_item(case).image)  # any format, DICOM too
+        image = np.asarray(read.array, dtype=np.float32)
         ref = np.isin(mapped_labels(read_image(case["label"]).array, label_map), members)
         pred = np.isin(np.asarray(nib.load(case["pred"]).dataobj), members)
+        (image, ref, pred), aspect = _axial(read.affine, image, ref, pred)
         image, ref, pred = (a.reshape(a.shape[:2] + (-1,)) for a in (image, ref, pred))  # 2D: one slice
         area = ref.reshape(-1, ref.shape[-1]).sum(0)
         present = np.flatnonzero(area) if area.any() else np.arange(ref.shape[-1])
@@ -102,14 +106,31 @@ def overlay_montage(cases: list[dict[str, Any]], members: list[int], window: tup
             if col >= len(picks):
                 continue
             z = picks[col]
-            ax.imshow(_window(image[..., z], window).T, cmap="gray", origin="lower")
+            ax.imshow(_window(image[..., z], window).T, cmap="gray", origin="upper", aspect=aspect)
             for mask, colour in ((ref, "lime"), (pred, "red")):
                 if mask[..., z].any() and not mask[..., z].all():
                     ax.contour(mask[..., z].T.astype(float), levels=[0.5], colors=colour, linewidths=1)
             ax.set_title(f"{case['case']}  slice {z}  Dice {case['dice']:.3f}", fontsize=8)
-    fig.suptitle("reference: green, prediction: red", fontsize=9)
+    fig.suptitle("reference: green, prediction: red; axial slices, patient's right on the left, anterior up",
+                 fontsize=9)
     fig.tight_layout()
     return save_png(fig, path)
+
+
+def _axial(affine_lps: np.ndarray, *arrays: np.ndarray) -> tuple[list[np.ndarray], float]:
+    """``arrays`` (on the grid of ``affine_lps``) with their axes turned to (towards the patient's left, towards
+    posterior, towards superior), whatever order the file stores them in: slices along the last axis are axial,
+    and ``array[..., z].T`` drawn with the origin at the top is the radiological view (patient's right on the
+    left, anterior at the top). Also the height/width ratio of a displayed pixel. 2D arrays are left as they are."""
+    affine = np.asarray(affine_lps, dtype=np.float64)
+    if arrays[0].ndim != 3 or affine.shape != (4, 4):
+        return list(arrays), 1.0
+    ornt = nib.orientations.io_orientation(affine)  # per array axis: the LPS world axis it runs along, and sign
+    turned = [nib.orientations.apply_orientation(a, ornt) for a in arrays]  # to +L, +P, +S
+    spacing = np.linalg.norm(affine[:3, :3], axis=0)
+    new = np.empty(3)
+    new[ornt[:, 0].astype(int)] = spacing
+    return [np.ascontiguousarray(a) for a in turned], float(new[1] / new[0])
 
 
 def _slice(volume: np.ndarray, index: int | None) -> np.ndarray:

@@ -9,24 +9,50 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from medseg.errors import MedsegError
 from medseg.evaluation.figures import overlay_montage, training_curves
 from medseg.fileio import atomic_write_text
 from medseg.transforms.settings import display_window
+
+logger = logging.getLogger(__name__)
+
+DAMAGED = "the run's file is damaged or from another program: restore it from a copy, or train again"
+
+
+def read_json(path: Path) -> Any:
+    """A run file's JSON, or one line naming the file when it cannot be read."""
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise MedsegError(f"{path}: not readable as JSON ({type(err).__name__}: {err}); {DAMAGED}") from err
+
+
+def _number(entry: dict[str, Any], key: str, fmt: str) -> str:
+    """``entry[key]`` formatted, or ``n/a`` where the metrics file has no such value (an older or partial run)."""
+    value = entry.get(key)
+    try:
+        return format(float(value), fmt)
+    except (TypeError, ValueError):
+        return "n/a"
 
 
 def report_markdown(run_dir: Path) -> Path:
     """``report.md``: what was trained, for how long, and the validation metrics table."""
     cfg = yaml.safe_load((run_dir / "config.yaml").read_text())
-    summary = json.loads((run_dir / "metrics.json").read_text())
-    run = json.loads((run_dir / "run.json").read_text()) if (run_dir / "run.json").is_file() else {}
+    summary = read_json(run_dir / "metrics.json")
+    run = read_json(run_dir / "run.json") if (run_dir / "run.json").is_file() else {}
+    if not isinstance(summary, dict) or not all(isinstance(e, dict) for e in summary.values()):
+        raise MedsegError(f"{run_dir / 'metrics.json'}: expected class -> metrics (as training writes it); {DAMAGED}")
     rows = "\n".join(
-        f"| {c} | {e['dice']:.3f} ± {e['dice_std']:.3f} | {e['iou']:.3f} | {e['hd95_mm']:.2f} | {e['assd_mm']:.2f} "
-        f"| {e['nsd']:.3f} | {int(e['cases'])} |"
+        f"| {c} | {_number(e, 'dice', '.3f')} ± {_number(e, 'dice_std', '.3f')} | {_number(e, 'iou', '.3f')} "
+        f"| {_number(e, 'hd95_mm', '.2f')} | {_number(e, 'assd_mm', '.2f')} | {_number(e, 'nsd', '.3f')} "
+        f"| {_number(e, 'cases', '.0f')} |"
         for c, e in summary.items()
     )
     figures = "\n".join(f"![{p.stem}]({p.name})" for p in sorted(run_dir.glob("*.png")))
@@ -54,20 +80,53 @@ def redraw(run_dir: Path, cfg: dict[str, Any]) -> list[Path]:
     written = []
     history = run_dir / "history.json"
     if history.is_file():
-        written.append(training_curves(json.loads(history.read_text()), run_dir / "training_curves.png"))
+        values = read_json(history)
+        try:
+            written.append(training_curves(values, run_dir / "training_curves.png"))
+        except (KeyError, TypeError, ValueError, AttributeError) as err:
+            raise MedsegError(f"{history}: not a training history (epoch, loss, lr, val_epoch, val) ({type(err).__name__}:"
+                              f" {err}); {DAMAGED}") from err
     cases_file = run_dir / "cases.json"
     if cases_file.is_file() and (run_dir / "metrics_per_case.csv").is_file():
-        classes = cfg.evaluation.classes or {k: [v] for k, v in cfg.data.labels.items() if v}
-        first = next(iter(classes))
-        dice = {r["case"]: float(r["dice"]) for r in csv.DictReader((run_dir / "metrics_per_case.csv").open())
-                if r["class"] == first}
-        cases = [dict(c, dice=dice[c["case"]], pred=str(run_dir / "predictions" / f"{c['case']}.nii.gz"))
-                 for c in json.loads(cases_file.read_text())["val"] if c["case"] in dice]
-        cases.sort(key=lambda c: c["dice"])
-        chosen = cases if len(cases) <= 4 else cases[:2] + cases[-2:]
-        window = display_window(cfg)
-        written.append(overlay_montage(chosen, classes[first], window, run_dir / "validation_overlays.png",
-                                       label_map=cfg.effective_label_map()))
+        chosen, classes, first = _overlay_cases(run_dir, cfg, cases_file)
+        if chosen:
+            window = display_window(cfg)
+            written.append(overlay_montage(chosen, classes[first], window, run_dir / "validation_overlays.png",
+                                           label_map=cfg.effective_label_map()))
     if (run_dir / "metrics.json").is_file():
         written.append(report_markdown(run_dir))
     return written
+
+
+def _overlay_cases(run_dir: Path, cfg: Any, cases_file: Path) -> tuple[list[dict[str, Any]], dict[str, list[int]], str]:
+    """The validation cases to draw (the two worst and two best by Dice of the first class) whose image, label
+    and prediction files are there; the others are named in a warning (a run folder copied without its
+    predictions, a dataset moved since training: ``cases.json`` holds the paths training used)."""
+    classes = cfg.evaluation.classes or {k: [v] for k, v in cfg.data.labels.items() if v}
+    first = next(iter(classes))
+    table = run_dir / "metrics_per_case.csv"
+    try:
+        with table.open(newline="") as fh:
+            dice = {r["case"]: float(r["dice"]) for r in csv.DictReader(fh) if r["class"] == first}
+        cases = [dict(c, dice=dice[c["case"]], pred=str(run_dir / "predictions" / f"{c['case']}.nii.gz"))
+                 for c in read_json(cases_file)["val"] if c["case"] in dice]
+    except (OSError, UnicodeDecodeError, csv.Error, KeyError, TypeError, ValueError) as err:
+        raise MedsegError(f"{table} or {cases_file}: not as training writes them ({type(err).__name__}: {err});"
+                          f" {DAMAGED}") from err
+    present, absent = [], []
+    for case in cases:
+        paths = [Path(p) for p in (*(case["image"] if isinstance(case["image"], list) else [case["image"]]),
+                                   case["label"], case["pred"])]
+        gone = [p for p in paths if not p.exists()]
+        (absent if gone else present).append((case, gone))
+    for case, gone in absent:
+        logger.warning("validation_overlays.png: case %s left out, %s missing", case["case"],
+                       ", ".join(str(p) for p in gone))
+    if not cases:
+        logger.warning("validation_overlays.png not drawn: no validation case of %s has a '%s' row in %s",
+                       cases_file.name, first, table.name)
+    elif not present:
+        logger.warning("validation_overlays.png not drawn: no validation case has its image, label and prediction"
+                       " files (predictions/<case>.nii.gz; the image and label paths in %s)", cases_file.name)
+    chosen = sorted((c for c, _ in present), key=lambda c: c["dice"])
+    return (chosen if len(chosen) <= 4 else chosen[:2] + chosen[-2:]), classes, first

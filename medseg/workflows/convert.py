@@ -21,7 +21,7 @@ import pydicom
 from medseg.data.check import SEG_SOP_CLASS
 from medseg.data.dicom import find_series, hashed_uid, is_dicom_file
 from medseg.data.formats import WRITE_SUFFIXES, suffix_of
-from medseg.data.images import describe_geometry, read_image, write_image
+from medseg.data.images import check_output_path, describe_geometry, read_image, write_image
 from medseg.data.labelmaps import _as_labels, read_labelmap
 from medseg.errors import MedsegError
 
@@ -62,13 +62,15 @@ def run(src: str | Path, dst: str | Path, series: str | None = None, *, label: b
         raise MedsegError(f"{dst}: unknown output format; use one of {', '.join(WRITE_SUFFIXES)}")
     if dst.exists() and not force:
         raise MedsegError(f"{dst}: exists; pass --force to replace it")
+    check_output_path(dst)  # a folder above it that is a file: one line before the input is read
     if src.resolve() == dst.resolve():
         raise MedsegError(f"{dst}: is the input; inputs are never overwritten")
     if not src.exists():
         raise MedsegError(f"{src}: no such file or folder")
     if _is_seg(src):
         lm = read_labelmap(src)
-        array, affine, label = lm.array, lm.affine, True
+        array, affine = image_axis_order(lm.array, lm.affine)
+        label = True
     else:
         image = read_image(src, series)
         array, affine = image.array, image.affine
@@ -77,6 +79,22 @@ def run(src: str | Path, dst: str | Path, series: str | None = None, *, label: b
         array = array.astype(np.uint8 if array.min() >= 0 and array.max() <= 255 else np.int32)
     write_image(array, affine, dst)
     return [Converted(dst, tuple(array.shape), affine, str(array.dtype))]
+
+
+def image_axis_order(array: np.ndarray, affine: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """A DICOM SEG's label volume (highdicom: ``[slice, row, column]``) in the axis order of the images it labels
+    as medseg reads a series (``[column, row, slice]``, slices ascending along the row x column normal), so the
+    converted label map lies on the grid of the converted series voxel for voxel, not only after reordering."""
+    array, affine = np.asarray(array), np.asarray(affine, dtype=np.float64).copy()
+    if array.ndim != 3 or affine.shape != (4, 4):
+        return array, affine
+    array = array.transpose(2, 1, 0)
+    affine[:3, :3] = affine[:3, [2, 1, 0]]
+    if np.dot(np.cross(affine[:3, 0], affine[:3, 1]), affine[:3, 2]) < 0:  # slices stored descending
+        affine[:3, 3] += affine[:3, 2] * (array.shape[2] - 1)
+        affine[:3, 2] = -affine[:3, 2]
+        array = array[:, :, ::-1]
+    return np.ascontiguousarray(array), affine + 0.0  # + 0.0: no -0 in the printed direction
 
 
 def _is_seg(path: Path) -> bool:
@@ -92,13 +110,19 @@ def _all_series(folder: Path, out_dir: Path, force: bool) -> list[Converted]:
     """Every series of a DICOM folder to ``out_dir/series-<hash of its UID>.nii.gz`` (no patient data in names)."""
     if not folder.is_dir():
         raise MedsegError(f"{folder}: a folder output needs a DICOM folder as input")
+    for above in (out_dir, *out_dir.parents):
+        if above.exists():
+            if not above.is_dir():
+                raise MedsegError(f"{out_dir}: {above} is a file, not a folder; give a folder for the series' files")
+            break
     series = find_series(folder)
+    targets = {uid: out_dir / f"{hashed_uid(uid)}.nii.gz" for uid in sorted(series)}
+    taken = [t.name for t in targets.values() if t.exists()]
+    if taken and not force:  # before any series is written: no half-converted folder
+        raise MedsegError(f"{out_dir}: already holds {', '.join(taken)}; pass --force to replace them")
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
-    for uid in sorted(series):
-        target = out_dir / f"{hashed_uid(uid)}.nii.gz"
-        if target.exists() and not force:
-            raise MedsegError(f"{target}: exists; pass --force to replace it")
+    for uid, target in targets.items():
         image = read_image(folder, uid)
         write_image(image.array, image.affine, target)
         written.append(Converted(target, tuple(image.array.shape), image.affine, str(image.array.dtype),

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from medseg.config import load_config
 from medseg.data.case import items
+from medseg.data.images import check_output_path
 from medseg.data.layouts import load_dataset
 from medseg.data.locate import locate_dataset
 from medseg.errors import MedsegError
@@ -39,6 +40,8 @@ def run(task_or_yaml: str | Path, *, n: int = 8, out: str | Path | None = None, 
         raise MedsegError(f"--n {n}: give between 1 and 64 patches")
     if out is not None and Path(out).suffix.lower() != ".png":
         raise MedsegError(f"--out {out}: the preview is a PNG; give a file name ending in .png")
+    if out is not None:  # before the cases are read and preprocessed: a folder above it that is a file
+        check_output_path(Path(out), "--out")
     cfg = load_config(str(task_or_yaml), list(overrides))
     setup_logging()
     root = locate_dataset(cfg, Path(data_dir or "data"), explicit=data_dir is not None)

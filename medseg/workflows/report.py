@@ -29,4 +29,10 @@ def run(run_dir: str | Path) -> list[Path]:
     for needed in ("history.json", "metrics.json"):
         if not (run_dir / needed).is_file():
             raise MedsegError(f"{run_dir / needed}: missing; the run did not finish, so there is nothing to report")
-    return redraw(run_dir, TaskConfig.from_dict(yaml.safe_load(config.read_text()), source=str(config)))
+    try:
+        stored = yaml.safe_load(config.read_text())
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise MedsegError(f"{config}: not readable as YAML ({reason}); the run's file is damaged: restore it from a"
+                          " copy, or train again") from err
+    return redraw(run_dir, TaskConfig.from_dict(stored, source=str(config)))
