@@ -137,18 +137,35 @@ def _slice(volume: np.ndarray, index: int | None) -> np.ndarray:
     return volume if volume.ndim == 2 else volume[..., index]
 
 
+def codes_affine(axcodes: str) -> np.ndarray:
+    """The LPS affine of a unit grid whose array axes run towards ``axcodes`` (``"RAS"``: +R, +A, +S)."""
+    ras = {"R": (0, 1.0), "L": (0, -1.0), "A": (1, 1.0), "P": (1, -1.0), "S": (2, 1.0), "I": (2, -1.0)}
+    affine = np.eye(4)
+    affine[:3, :3] = 0.0
+    for i, code in enumerate(axcodes.upper()):
+        axis, sign = ras[code]
+        affine[axis, i] = -sign if axis < 2 else sign  # RAS -> LPS: x and y turn round
+    return affine
+
+
 def preview_figure(pairs: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]], path: Path,
-                   title: str = "") -> Path:
+                   title: str = "", axcodes: str | None = None) -> Path:
     """Draw the 2 x n grid (top: sampled patch, bottom: augmented) with label contours; 3D patches show the
-    slice (last axis) where each patch's label is largest."""
+    axial slice where each patch's label is largest, in the radiological view (patient's right on the left,
+    anterior up) when ``axcodes`` says which way the patches' axes run (``preprocessing.orientation``), else the
+    slice along the last axis as stored."""
     weights = all(len(p) == 5 for p in pairs) and bool(pairs)  # a weighted loss: the U-Net weight map as a third row
     fig, axes = figure(3 if weights else 2, len(pairs), (2.6 * len(pairs), 8.4 if weights else 5.6))
+    origin = "lower"
+    if axcodes and len(axcodes) == 3 and pairs and pairs[0][0].ndim == 3:
+        pairs = [tuple(_axial(codes_affine(axcodes), *p)[0]) for p in pairs]
+        origin = "upper"  # (+L, +P, +S) arrays: .T drawn from the top is the radiological view
     for col, (img, lab, aug_img, aug_lab, *weight) in enumerate(pairs):
         if weights:
             w = weight[0]
             z = None if w.ndim == 2 else int(np.argmax(w.reshape(-1, w.shape[-1]).max(0)))
             ax = axes[2, col]
-            ax.imshow(_slice(w, z).T, cmap="magma", origin="lower")
+            ax.imshow(_slice(w, z).T, cmap="magma", origin=origin)
             ax.set_title(f"weight map {col + 1} (max {float(w.max()):.1f})", fontsize=8)
             ax.axis("off")
         lo, hi = np.percentile(img, [0.5, 99.5]) if img.size else (0.0, 1.0)
@@ -158,7 +175,7 @@ def preview_figure(pairs: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndar
                 area = (lb > 0).reshape(-1, lb.shape[-1]).sum(0)
                 z = int(np.argmax(area)) if area.any() else lb.shape[-1] // 2
             ax = axes[row, col]
-            ax.imshow(_slice(im, z).T, cmap="gray", origin="lower", vmin=lo, vmax=hi if hi > lo else lo + 1)
+            ax.imshow(_slice(im, z).T, cmap="gray", origin=origin, vmin=lo, vmax=hi if hi > lo else lo + 1)
             sl = _slice(lb, z)
             for value, colour in zip(sorted(v for v in np.unique(lb) if v > 0), PREVIEW_COLOURS):
                 mask = sl == value
@@ -176,4 +193,8 @@ def write_preview(cfg: dict[str, Any], cases: list[dict[str, Any]], path: Path, 
     """The preview grid of ``n`` patches of ``cases`` (training cases) as a PNG at ``path`` (written atomically)."""
     pairs = preview_pairs(cfg, cases, n=n, seed=seed)
     title = f"{cfg.task}: sampled patches (top) and after augmentation (bottom), seed {seed}; labels as contours"
-    return preview_figure(pairs, path, title)
+    axcodes = str(cfg.preprocessing.orientation)
+    three_d = bool(pairs) and pairs[0][0].ndim == 3
+    if three_d:
+        title += "; axial slices, patient's right on the left, anterior up"
+    return preview_figure(pairs, path, title, axcodes if three_d else None)
