@@ -525,6 +525,14 @@ class TaskConfig(Section):
         if not self.task:
             raise _fail("task", "is missing: name the task, e.g. 'task: liver'")
         values = set(self.data.labels.values())
+        n = len(self.data.labels)
+        if len(values) < n or min(values) < 0 or max(values) >= n:  # one network output per value, 0..n-1
+            order = sorted(self.data.labels.items(), key=lambda kv: kv[1])
+            renumbered = ", ".join(f"{name}: {i}" for i, (name, _) in enumerate(order))
+            moved = {v: i for i, (_, v) in enumerate(order) if v != i}
+            raise _fail("data.labels", f"has values {sorted(self.data.labels.values())}; the network has one output"
+                        f" per label, so they must be 0..{n - 1}, each once: number them {{{renumbered}}} and map"
+                        f" the files' values with data.label_map: {moved} (python -m medseg.plan writes both)")
         for name, members in self.evaluation.classes.items():
             if not members or not set(members) <= values:
                 raise _fail(f"evaluation.classes.{name}", f"must list label values from data.labels {sorted(values)}")

@@ -61,7 +61,8 @@ def integer_labels(array: np.ndarray, path: Path) -> np.ndarray:
     bad = ~finite | (np.abs(array - rounded) > 1e-3)
     if bad.any():
         example = float(array[bad].flat[0])
-        raise MedsegError(f"{path}: non-integer label value {example:g}; expected a label map of whole numbers")
+        raise MedsegError(f"{path}: non-integer label value {example:g}; expected a label map of whole numbers"
+                          " (resample label maps with nearest neighbour, not linear interpolation)")
     return rounded.astype(np.int64)
 
 

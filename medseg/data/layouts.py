@@ -141,7 +141,7 @@ def all_cases(cfg: dict[str, Any], root: Path) -> list[Case]:
     layout = cfg.data.layout
     root = _root_for(cfg, Path(root))
     if layout == "msd":
-        train, val = msd_cases(root, cfg.data.labels)  # checks the manifest and labels
+        train, val = msd_cases(root, cfg.data.labels, cfg.data.label_map)  # checks the manifest and labels
         return sorted(train + (val or []), key=lambda c: str(c.image))
     if layout == "nnunet":
         return _nnunet_cases(root)
@@ -164,7 +164,7 @@ def load_dataset(cfg: dict[str, Any], root: Path, seed: int) -> tuple[list[Case]
     data = cfg.data
     fixed_val = None
     if data.layout == "msd":
-        cases, fixed_val = msd_cases(root, data.labels)
+        cases, fixed_val = msd_cases(root, data.labels, data.label_map)
         if fixed_val is None:
             cases = sorted(cases, key=lambda c: str(c.image))  # as all_cases orders them
     else:

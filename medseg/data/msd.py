@@ -41,10 +41,12 @@ def read_manifest(path: Path, needs: str = "this layout needs a dataset.json", h
     return meta
 
 
-def msd_cases(root: Path, expected_labels: dict[str, int]) -> tuple[list[Case], list[Case] | None]:
+def msd_cases(root: Path, expected_labels: dict[str, int],
+              label_map: dict[int, int] | None = None) -> tuple[list[Case], list[Case] | None]:
     """The ``training`` cases of an MSD-style folder and its fixed ``validation`` list (medseg's extension, used
     by the built-in sample), or None without one; checks the manifest and that every expected label value is
-    declared."""
+    declared, as itself or as the file value ``label_map`` (``data.label_map``: file value -> label value) maps to
+    it (a manifest declaring BraTS's 0, 1, 2, 4 for labels trained as 0..3)."""
     manifest = root / "dataset.json"
     if not root.is_dir():
         raise MedsegError(f"dataset folder {root} does not exist: set --data-dir or data.dataset to where it is")
@@ -57,7 +59,8 @@ def msd_cases(root: Path, expected_labels: dict[str, int]) -> tuple[list[Case], 
         declared = {int(k) for k in labels}
     except ValueError as err:
         raise MedsegError(f"{manifest}: 'labels' keys must be integer label values ({err})") from err
-    missing = sorted(set(expected_labels.values()) - declared)
+    stored = {int(v): int(k) for k, v in (label_map or {}).items()}
+    missing = sorted(v for v in set(expected_labels.values()) if v not in declared and stored.get(v) not in declared)
     if missing:
         raise MedsegError(f"{manifest}: 'labels' lacks values {missing} that the task config expects")
     train = _case_list(meta.get("training"), root, manifest, "training")

@@ -72,7 +72,8 @@ class AutoFill:
         labels = merged["data"]["labels"] if "data.labels" in by_hand else None
         self.plan = plan_dataset(root, modality=hand.get("data.modality"), labels=labels,
                                  budget_minutes=self.budget_minutes, device=self.device,
-                                 network=merged["network"]["name"], hand=hand)
+                                 network=merged["network"]["name"], hand=hand,
+                                 skip_bad=bool(data.get("skip_bad")), label_map=data.get("label_map") or None)
         fill = set(autos)
         if fill & set(COUPLED):
             fill |= {k for k in COUPLED if k not in by_hand}

@@ -23,7 +23,9 @@ import numpy as np
 from scipy import ndimage
 
 from medseg.data.case import Case
-from medseg.data.images import read_image
+from medseg.data.check import nonfinite_problems
+from medseg.data.images import describe_geometry, read_image
+from medseg.data.labelmaps import integer_labels
 from medseg.errors import MedsegError
 from medseg.fileio import atomic_write_text
 
@@ -67,7 +69,9 @@ def _case_entry(case: Case, rng: np.random.Generator, label_map: dict[int, int])
     """One case's entry, its sampled foreground intensities per channel, and per label value its sampled
     intensities (first channel)."""
     label = read_image(case.label)
-    lab = np.asarray(label.array)
+    # whole numbers only (as training checks them): a label resampled with linear interpolation holds thousands
+    # of fractional values, each of which the per-class statistics below would treat as a class
+    lab = integer_labels(np.asarray(label.array), case.label)
     if label_map:
         lab = _mapped(lab, label_map)
     shape, spacing, orientation = ras_geometry(lab.shape, label.affine)
@@ -91,8 +95,10 @@ def _case_entry(case: Case, rng: np.random.Generator, label_map: dict[int, int])
     for k, path in enumerate(case.images):
         img = read_image(path)
         arr = np.asarray(img.array, dtype=np.float32)
-        if arr.shape != lab.shape:
-            raise MedsegError(f"{case.name}: image {path.name} has shape {arr.shape} but its label {lab.shape}")
+        if arr.shape != lab.shape or not np.allclose(img.affine, label.affine, atol=1e-3):
+            raise MedsegError(f"{case.name}: label {case.label.name} ({describe_geometry(lab.shape, label.affine)})"
+                              f" is not on the grid of image {path.name} ({describe_geometry(arr.shape, img.affine)});"
+                              " resample the label onto its image (nearest neighbour) or leave the case out")
         where = np.flatnonzero(fg)
         if pick is None:
             pick = rng.choice(where, size=min(SAMPLE_PER_CASE, where.size), replace=False) if where.size else where
@@ -101,6 +107,9 @@ def _case_entry(case: Case, rng: np.random.Generator, label_map: dict[int, int])
             image_min = float(arr.min())
             flat_lab = lab.ravel()[pick]
             per_class = {int(v): sampled[0][flat_lab == v] for v in np.unique(flat_lab)}
+    nonfinite = nonfinite_problems(case)  # SimpleITK reads a NaN voxel of a NIfTI file as 0: read as stored
+    if nonfinite:
+        raise MedsegError(nonfinite[0])
     entry = {"case": case.name, "shape": shape, "spacing": spacing, "orientation": orientation,
              "dims": len(shape), "channels": len(case.images), "label_values": [int(v) for v in values],
              "classes": classes, "image_min": image_min}

@@ -16,6 +16,7 @@ import logging
 import os
 import re
 import tempfile
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,7 @@ import yaml
 
 from medseg.config import TaskConfig, load_config
 from medseg.data.case import Case
+from medseg.data.check import header_problems
 from medseg.data.labelmaps import detect_255_label_map
 from medseg.data.layouts import all_cases, detect_layout
 from medseg.data.msd import read_manifest
@@ -40,7 +42,11 @@ from medseg.plan.timing import WARMUP_STEPS, measure_data, measure_step, validat
 logger = logging.getLogger("medseg.plan")
 
 MODALITY_NAMES = {"ct": "CT", "mr": "MR", "mri": "MR", "xr": "XR", "x-ray": "XR", "microscopy": "microscopy",
-                  "em": "microscopy"}
+                  "em": "microscopy",
+                  # MR sequences as MSD and nnU-Net dataset.json files name their channels (Task01 "FLAIR",
+                  # "T1w", "t1gd", "T2w"; Task05 "T2", "ADC")
+                  **{seq: "MR" for seq in ("t1", "t1w", "t1gd", "t1c", "t1ce", "t2", "t2w", "flair", "adc", "dwi",
+                                           "pd", "pdw", "swi", "dce", "bold")}}
 #: the keys a plan decides (what ``auto`` may stand for in a YAML)
 PLANNED_KEYS = (
     "preprocessing.spacing", "preprocessing.intensity", "preprocessing.window", "preprocessing.zscore.region",
@@ -112,7 +118,12 @@ def parse_labels(text: str | None) -> dict[str, int] | None:
         name, sep, value = part.partition("=")
         if not sep or not name.strip() or not value.strip().lstrip("-").isdigit():
             raise MedsegError(f"--labels {text}: give name=value pairs, e.g. background=0,liver=1,tumour=2")
-        out[name.strip()] = int(value)
+        name, number = name.strip(), int(value)
+        if name in out or number in out.values():
+            twice = f"name '{name}'" if name in out else f"value {number}"
+            raise MedsegError(f"--labels {text}: {twice} given twice; give each label one name and one value,"
+                              " e.g. background=0,liver=1,tumour=2")
+        out[name] = number
     if 0 not in out.values():
         out = {"background": 0, **out}
     return out
@@ -140,14 +151,45 @@ def manifest_modality(root: Path) -> str | None:
     return None
 
 
-def dataset_cases(dataset: Path, labels: dict[str, int] | None) -> tuple[str, list[Case], dict[str, int] | None]:
-    """(layout, every labelled case, the declared labels or None) of a dataset folder or CSV."""
+def dataset_cases(dataset: Path, labels: dict[str, int] | None,
+                  label_map: dict[int, int] | None = None) -> tuple[str, list[Case], dict[str, int] | None]:
+    """(layout, every labelled case, the declared labels or None) of a dataset folder or CSV; ``label_map``: the
+    files' values -> ``labels``' (``data.label_map``)."""
     layout = detect_layout(dataset)
     labels = labels or manifest_labels(dataset)
-    data = {"layout": layout, "labels": labels or {"background": 0}, "label_map": {}}
+    relabel = {} if label_map else consecutive_values(labels or {"background": 0})  # a gap: numbered as trained
+    data = {"layout": layout, "labels": {n: relabel.get(v, v) for n, v in (labels or {"background": 0}).items()},
+            "label_map": label_map or relabel}
     if layout == "msd" and labels is None:
         raise MedsegError(f"{dataset}/dataset.json: no 'labels'; give them with --labels name=value,...")
     return layout, all_cases(TaskConfig.from_dict({"task": "plan", "data": data}, source=str(dataset)), dataset), labels
+
+
+def checked_cases(dataset: Path, cases: list[Case], skip_bad: bool = False) -> list[Case]:
+    """``cases`` whose headers pass the checks training runs before it starts (readable files, every label and
+    channel on its image's grid), read from the headers before any voxel; a bad case stops the plan with one line
+    naming them, as ``medseg.train`` would after the plan, or with ``skip_bad`` is left out and listed."""
+    with ThreadPoolExecutor(max_workers=4) as pool:  # header reads: file I/O
+        found = list(pool.map(header_problems, cases))
+    bad = [(c, p) for c, p in zip(cases, found) if p]
+    if not bad:
+        return cases
+    listing = "; ".join(f"{c.name}: {p[0]}" for c, p in bad[:10]) + (f"; and {len(bad) - 10} more" if len(bad) > 10
+                                                                    else "")
+    if not skip_bad:
+        raise MedsegError(f"{len(bad)} bad case(s) in {dataset}: {listing}; fix them or move them out of the dataset"
+                          " (python -m medseg.train DATASET --skip-bad leaves them out)")
+    logger.warning("skipping %d bad case(s): %s", len(bad), listing)
+    return [c for c, p in zip(cases, found) if not p]
+
+
+def consecutive_values(labels: dict[str, int]) -> dict[int, int]:
+    """``{value: index}`` taking the label values to 0, 1, ..., K-1 in their order (background 0 kept), for the
+    values that move; ``{}`` when they already are (one network output channel per value)."""
+    values = sorted(set(labels.values()) | {0})
+    if values[0] < 0:  # not a label map's values: refused by the checks, not renumbered
+        return {}
+    return {v: i for i, v in enumerate(values) if v != i}
 
 
 def task_name(dataset: Path) -> str:
@@ -210,15 +252,18 @@ def _draft_config(pipeline: dict[str, Any]) -> TaskConfig:
 
 def plan_dataset(dataset: Path | str, modality: str | None = None, labels: dict[str, int] | None = None,
                  budget_minutes: float = 15.0, device: str = "cpu", network: str = "resunet",
-                 hand: dict[str, Any] | None = None, measure_steps: int = 5) -> Plan:
-    """Plan ``dataset`` (a folder with its layout detected from its contents, or a CSV)."""
+                 hand: dict[str, Any] | None = None, measure_steps: int = 5, skip_bad: bool = False,
+                 label_map: dict[int, int] | None = None) -> Plan:
+    """Plan ``dataset`` (a folder with its layout detected from its contents, or a CSV); ``skip_bad``: leave out
+    the cases whose headers training would refuse (``data.skip_bad``) instead of stopping; ``label_map``: the
+    files' values -> ``labels``' as a YAML's ``data.label_map`` gives it (default: planned)."""
     dataset = Path(dataset)
     if not dataset.exists():
         raise MedsegError(f"{dataset}: no such dataset folder or CSV file")
     if network not in REGISTRY:
         raise MedsegError(f"--network {network}: choose one of {', '.join(REGISTRY)}")
     hand = dict(hand or {})
-    layout, cases, fp, mod = _fingerprint_dataset(dataset, modality, labels, hand)
+    layout, cases, fp, mod = _fingerprint_dataset(dataset, modality, labels, hand, skip_bad, label_map)
     ctx = _PlanInputs(dataset, layout, cases, fp, machine(device), network, hand, budget_minutes, measure_steps)
     d, spacing, mode = _first_decisions(fp, mod, network, hand)
     measured, budget_note = _fit_budget(ctx, d, spacing, mode)
@@ -252,22 +297,51 @@ class _Measured:
 
 
 def _fingerprint_dataset(dataset: Path, modality: str | None, labels: dict[str, int] | None,
-                         hand: dict[str, Any]) -> tuple[str, list[Case], dict[str, Any], Decision]:
-    """(layout, cases, fingerprint, the modality decision) of ``dataset``."""
-    layout, cases, declared = dataset_cases(dataset, labels)
-    label_map = detect_255_label_map(declared or {"background": 0, "foreground": 1}, cases)
+                         hand: dict[str, Any], skip_bad: bool = False,
+                         label_map: dict[int, int] | None = None) -> tuple[str, list[Case], dict[str, Any], Decision]:
+    """(layout, cases, fingerprint, the modality decision) of ``dataset``. Label values that are not 0..K-1
+    (0/255 volumes, BraTS's 0, 1, 2, 4) are numbered so, with a ``data.label_map`` from the files' values: the
+    network has one output per value. Declared values are numbered before the one pass over the cases; values
+    found there (nothing declared) take a second pass."""
+    given = {int(k): int(v) for k, v in (label_map or {}).items()}
+    layout, cases, declared = dataset_cases(dataset, labels, given)
+    cases = checked_cases(dataset, cases, skip_bad)
+    label_map = given or detect_255_label_map(declared or {"background": 0, "foreground": 1}, cases)
     modality = modality or hand.get("data.modality") or manifest_modality(dataset)
     logger.info("planning %s: %d cases (%s layout)", dataset, len(cases), layout)
+    moved: dict[int, int] = {}
+    if declared is not None and consecutive_values(declared):
+        declared, label_map, moved = _numbered(declared, label_map)
     fp = fingerprint(cases, declared, modality or "", label_map)
+    if consecutive_values(fp["labels"]):
+        labels, label_map, moved = _numbered(fp["labels"], label_map)
+        fp = fingerprint(cases, labels, modality or "", label_map)
+    if moved:
+        fp["relabelled"] = (f"label values {sorted(moved)} -> {[moved[v] for v in sorted(moved)]}: the network has"
+                            f" one output per value, 0..{len(fp['labels']) - 1}; predicted volumes hold the new"
+                            " values (this map is kept in the config and the bundle)")
     mod = Decision(modality, "given" if modality else "") if modality else guess_modality(fp)
     fp["modality"] = mod.value
     return layout, cases, fp, mod
+
+
+def _numbered(labels: dict[str, int], label_map: dict[int, int]) -> tuple[dict[str, int], dict[int, int],
+                                                                           dict[int, int]]:
+    """(``labels`` numbered 0..K-1, the file value -> label value map after ``label_map``, the values moved)."""
+    moved = consecutive_values(labels)
+    composed = {f: moved.get(label_map.get(f, f), label_map.get(f, f)) for f in set(label_map) | set(moved)}
+    label_map = {f: v for f, v in sorted(composed.items()) if f != v}
+    logger.info("label values %s are not 0..%d (one network output each): mapped by data.label_map %s",
+                sorted(labels.values()), len(labels) - 1, label_map)
+    return {name: moved.get(v, v) for name, v in labels.items()}, label_map, moved
 
 
 def _first_decisions(fp: dict[str, Any], mod: Decision, network: str,
                      hand: dict[str, Any]) -> tuple[dict[str, Decision], Decision, Decision]:
     """The decisions no step time depends on, the target spacing and the dimensionality."""
     d: dict[str, Decision] = {"data.modality": mod}
+    if fp.get("relabelled"):
+        d["data.label_map"] = Decision({int(k): v for k, v in fp["label_map"].items()}, fp["relabelled"])
     spacing = rules.target_spacing(fp)
     if "preprocessing.spacing" in hand:
         spacing = Decision(list(hand["preprocessing.spacing"]), "set by hand")

@@ -180,7 +180,9 @@ def patch_size(fp: dict[str, Any], spacing: list[float], voxels: int, dims: int,
     for levels in range(len(full), 0, -1):  # a level fewer rather than an axis rounded down by over a quarter
         multiple = max(total_stride(full[:levels], dims))
         rounded = [_round(p, multiple) for p in patch]
-        if all(r >= 0.75 * p for r, p in zip(rounded, patch)):
+        # nor rounded up: an axis shorter than the multiple (26 slices of 5 mm against 32) would grow past the
+        # image it was capped at, and every patch would be part padding
+        if all(0.75 * p <= r <= p for r, p in zip(rounded, patch)):
             break
     patch = rounded
     multiple = max(total_stride(pooling(patch, sp), dims))

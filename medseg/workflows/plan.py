@@ -14,7 +14,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from medseg.config import PIPELINES_DIR
+from medseg.errors import MedsegError
 from medseg.plan import Plan, parse_labels, plan_dataset, write_plan
+from medseg.plan.planner import task_name
 from medseg.workflows.logs import setup_logging
 
 logger = logging.getLogger("medseg.plan")
@@ -43,6 +45,7 @@ def run(dataset: str | Path, *, modality: str | None = None, labels: str | dict[
     YAML (default ``pipelines/<task>.yaml``) with ``<task>.plan.json`` and ``<task>.fingerprint.json`` beside it."""
     setup_logging()
     parsed = parse_labels(labels) if isinstance(labels, str) else labels
+    check_out(out, Path(dataset))  # before minutes of reading and timing, not at the write after them
     plan = plan_dataset(Path(dataset), modality=modality, labels=parsed, budget_minutes=budget_minutes,
                         device=device, network=network)
     yaml_path = write_plan(plan, Path(out) if out else PIPELINES_DIR / f"{plan.task}.yaml")
@@ -50,9 +53,28 @@ def run(dataset: str | Path, *, modality: str | None = None, labels: str | dict[
                        yaml_path.with_suffix(".fingerprint.json"))
 
 
-def planned_yaml(dataset: str | Path, budget_minutes: float = 15.0, device: str = "cpu") -> PlanOutcome:
-    """Plan a dataset for training: the YAML goes to ``runs/plans/<task>/<task>.yaml`` (pipelines/ is left alone)."""
-    plan = plan_dataset(Path(dataset), budget_minutes=budget_minutes, device=device)
+def check_out(out: str | Path | None, dataset: Path) -> None:
+    """One line, before any work, for an ``--out`` that cannot take the planned YAML: a folder, a name without
+    ``.yaml`` (``plan.json`` and ``fingerprint.json`` are named after it), or a parent that is a file."""
+    if out is None:
+        return
+    out = Path(out)
+    example = f"e.g. --out {out / (task_name(dataset) + '.yaml') if out.is_dir() else out.with_suffix('.yaml')}"
+    if out.is_dir():
+        raise MedsegError(f"--out {out}: a folder; give the pipeline YAML file to write ({example})")
+    if out.suffix.lower() not in (".yaml", ".yml"):
+        raise MedsegError(f"--out {out}: not a .yaml file name; the pipeline YAML is written there and"
+                          f" <name>.plan.json, <name>.fingerprint.json beside it ({example})")
+    parent = next((p for p in out.parents if p.exists()), None)
+    if parent is not None and not parent.is_dir():
+        raise MedsegError(f"--out {out}: {parent} is a file, not a folder; give a YAML path in a folder")
+
+
+def planned_yaml(dataset: str | Path, budget_minutes: float = 15.0, device: str = "cpu",
+                 skip_bad: bool = False) -> PlanOutcome:
+    """Plan a dataset for training: the YAML goes to ``runs/plans/<task>/<task>.yaml`` (pipelines/ is left alone);
+    ``skip_bad`` (``--skip-bad``): cases training would refuse are left out of the plan too."""
+    plan = plan_dataset(Path(dataset), budget_minutes=budget_minutes, device=device, skip_bad=skip_bad)
     out = write_plan(plan, Path("runs") / "plans" / plan.task / f"{plan.task}.yaml")
     logger.info("planned %s (plan %s): %s", dataset, plan.hash, out)
     return PlanOutcome(plan, out, out.with_suffix(".plan.json"), out.with_suffix(".fingerprint.json"))

@@ -113,7 +113,7 @@ def run(
     plan = None
     if opts.resume is None and is_dataset(task_or_yaml):  # a dataset folder or CSV: plan it, then train the plan
         planned = planned_yaml(task_or_yaml, budget_minutes=opts.max_minutes or 15.0,
-                               device=builders_device())
+                               device=builders_device(), skip_bad=skip_bad)
         task_or_yaml, plan = planned.yaml, planned.plan
     fill = AutoFill(opts.data_root, budget_minutes=opts.max_minutes or 15.0, device=builders_device())
     cfg, requested = resolve_config(task_or_yaml, overrides, opts.resume, fill)
@@ -288,8 +288,8 @@ def prepare_run_dir(opts: Options, cfg: Any, requested: Any, train_cases: list[C
         logger.info("resuming run %s", run_dir)
         return cfg
     cfg = fit_preprocessing(cfg, items(train_cases))  # spacing: auto, histogram landmarks: learned on the training set
-    (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False)
-                                         + (opts.plan.comment_block() if opts.plan is not None else ""))
+    atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False)
+                      + (opts.plan.comment_block() if opts.plan is not None else ""))
     if opts.plan is not None:  # the plan's reasons: config.yaml comments, plan.json, train.log
         atomic_write_text(run_dir / "plan.json", json.dumps(opts.plan.to_json(), indent=1, default=str))
         for key, reason in opts.plan.reasons().items():
@@ -358,7 +358,7 @@ def evaluate_export_report(opts: Options, cfg: Any, result: TrainResult, val_cas
               "fold": fold, "bundle": str(bundle_dir) if bundle_dir else None,
               # the version folder this run wrote: the stable name moves on to the next training's bundle
               "bundle_version": str(bundle_dir.parent / resolve_bundle(bundle_dir).name) if bundle_dir else None}
-    (run_dir / "run.json").write_text(json.dumps(report, indent=2))
+    atomic_write_text(run_dir / "run.json", json.dumps(report, indent=2))
     figures = redraw(run_dir, cfg)
     if tracker is not None:
         artifacts = [run_dir / "config.yaml", *reports, result.best_checkpoint, run_dir / "train.log",
