@@ -149,13 +149,15 @@ def onto_grid(src: LabelMap, ref: LabelMap, resample: bool, what: str) -> np.nda
 
 
 def write_label_nifti(labels: np.ndarray, affine: np.ndarray, path: Path, source: Path | None = None) -> None:
-    """Write a label map as uint8 NIfTI, atomically; when ``source`` is the NIfTI it was predicted from and
-    the grids agree, its header affine is copied bit for bit."""
+    """Write a label map as uint8 NIfTI (uint16 when a value is over 255), atomically; when ``source`` is the NIfTI
+    it was predicted from and the grids agree, its header affine is copied bit for bit."""
     if source is not None and source.is_file() and has_suffix(source, NIFTI_SUFFIXES):
         original = nib.load(str(source))
         if original.shape[:3] == labels.shape and np.allclose(original.affine, affine, atol=1e-4):
             affine = original.affine
-    image = nib.Nifti1Image(np.asarray(labels).astype(np.uint8, copy=False), affine)
+    labels = np.asarray(labels)
+    wide = labels.size and labels.dtype != np.uint8 and int(labels.max()) > 255
+    image = nib.Nifti1Image(labels.astype(np.uint16 if wide else np.uint8, copy=False), affine)
     image.header.set_xyzt_units("mm")
     if path.name.lower().endswith(".nii.gz"):  # what nib.save writes, compressed by ISA-L (see medseg.fileio)
         atomic_write_gzip(path, image.to_bytes())

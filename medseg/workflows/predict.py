@@ -29,8 +29,8 @@ from medseg.data.dicom import SEG_SOP_CLASS, SKIP_NAMES, is_dicom_file, multifra
 from medseg.data.dicom_seg import is_dicom_series, write_dicom_seg
 from medseg.data.formats import VOLUME_SUFFIXES as IMAGE_SUFFIXES
 from medseg.data.labelmaps import case_name, write_label_nifti
-from medseg.data.pictures import (PICTURE_SUFFIXES, is_picture, output_suffix, read_picture, tiff_resolution,
-                                  write_picture)
+from medseg.data.pictures import (PICTURE_SUFFIXES, is_picture, output_suffix, read_picture, stored_values,
+                                  tiff_resolution, write_picture)
 from medseg.data.dicom_reader import DicomSeriesReader
 from medseg.errors import MedsegError, check_folder_option, failure_line, user_error
 from medseg.fileio import atomic_path
@@ -330,7 +330,9 @@ def predict_one(bundle: LoadedBundle, path: Path, out: Path, device: torch.devic
     if fmt == "dicom-seg":
         names = {v: k for v, k in bundle.labels.items() if v != 0}
         return write_dicom_seg(labels, affine, path, out, names, bundle.name, __version__)
-    write_label_nifti(labels, affine, out, source=path)
+    # the values the dataset's label files store (a plan renumbers 0/255 or BraTS's 0/1/2/4 to 0..K-1 for the
+    # network): masks comparable with the references as they are, as the picture outputs are
+    write_label_nifti(stored_values(labels, stored_value_map(bundle)), affine, out, source=path)
     return out
 
 
