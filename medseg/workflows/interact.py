@@ -45,7 +45,7 @@ from medseg.data.dicom import is_dicom_file
 from medseg.data.dicom_seg import SegNotWritten, write_dicom_seg
 from medseg.data.labelmaps import write_label_nifti
 from medseg.data.nifti import REVERSED_AXES
-from medseg.data.pictures import is_picture, output_suffix, write_picture
+from medseg.data.pictures import is_picture, output_suffix, stored_values, write_picture
 from medseg.errors import MedsegError
 from medseg.fileio import atomic_write_text
 from medseg.inference import torch_forward
@@ -438,7 +438,10 @@ class CaseSession:
         dataset's stored values for a picture, as ``medseg.predict`` writes) and ``<case>_clicks.json``, atomically."""
         out_dir.mkdir(parents=True, exist_ok=True)
         nifti = inside(out_dir, f"{self.name}_seg.nii.gz")
-        write_label_nifti(self.labels, self.affine, nifti, source=self.path)
+        # in the values the task's label files store, as medseg.predict writes: a saved correction is a label of
+        # the next training set
+        write_label_nifti(stored_values(self.labels, stored_value_map(self.bundle)), self.affine, nifti,
+                          source=self.path)
         written = [nifti]
         self.save_warning = None
         if is_picture(self.path) and self.labels.ndim == 2:  # also as medseg.predict writes it: the picture's format

@@ -48,10 +48,11 @@ from medseg import __version__
 from medseg.data.check import read_header
 from medseg.data.formats import IMAGE_SUFFIXES as ALL_SUFFIXES, NIFTI_SUFFIXES, has_suffix
 from medseg.data.labelmaps import write_label_nifti
+from medseg.data.pictures import stored_values
 from medseg.data.uploads import check_self_contained
 from medseg.errors import MedsegError
 from medseg.workflows.interact import CaseSession, check_case_name, inside, is_number, save_dicom_seg
-from medseg.workflows.predict import check_input
+from medseg.workflows.predict import check_input, stored_value_map
 
 MODEL = "medseg"
 #: the image files ``PUT /datastore/`` takes (a DICOM series goes through the page's zip upload)
@@ -304,7 +305,8 @@ def add_routes(app: FastAPI, server: Any, token: str | None = None) -> None:
                 array, affine = received_label(fields["label"], path, set(names.values()))
                 server.output_dir.mkdir(parents=True, exist_ok=True)
                 out = inside(server.output_dir, f"{image}_seg.nii.gz")
-                write_label_nifti(array.astype(np.uint8), affine, out)
+                # the task's stored values, as the page's save and medseg.predict write them
+                write_label_nifti(stored_values(array.astype(np.uint8), stored_value_map(bundle)), affine, out)
                 answer = {"image": image, "label": out.name, "tag": tag}
                 # a DICOM case: its SEG is this label, as the page's save writes it
                 seg, why = save_dicom_seg(bundle, array.astype(np.uint8), affine, path, server.output_dir, image)

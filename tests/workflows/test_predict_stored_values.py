@@ -50,3 +50,17 @@ def test_a_renumbered_tasks_masks_come_back_in_the_files_values(tmp_path):
     assert set(np.unique(a).tolist()) == {0, 1, 2}  # the network's values, all three present
     assert np.array_equal(b, np.where(a == 2, 4, a))  # the same mask, tumour as the files store it
     assert nib.load(tmp_path / "mapped_seg.nii.gz").get_data_dtype() == np.uint8
+
+
+def test_a_saved_correction_is_in_the_files_values_too(tmp_path):
+    """medseg.serve's Save writes the correction that becomes a training label: in the stored values as well."""
+    from medseg.workflows.interact import CaseSession
+
+    image, _, affine = synthetic_case()
+    src = tmp_path / "ct.nii.gz"
+    nib.save(nib.Nifti1Image(image, affine), src)
+    session = CaseSession(_bundle("{0: 0, 1: 1, 4: 2}"), "ct", src)
+    assert 2 in session.labels
+    session.save(tmp_path / "out")
+    saved = np.asarray(nib.load(tmp_path / "out" / "ct_seg.nii.gz").dataobj)
+    assert np.array_equal(saved, np.where(session.labels == 2, 4, session.labels))
