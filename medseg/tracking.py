@@ -226,8 +226,13 @@ def dataset_root(files: list) -> Path:
     return root if root.is_dir() else root.parent
 
 
-def dataset_name(cfg: Any) -> str:
-    return str(cfg.data.dataset or cfg.data.sample or cfg.task)
+def dataset_name(cfg: Any, root: Path | None = None) -> str:
+    """The task's dataset (``data.dataset``), unless the cases came from another folder (``root``): the built-in
+    sample used because that dataset is absent (``lits_sample``), or a dataset folder given as ``--data-dir``."""
+    configured = str(cfg.data.dataset or cfg.data.sample or cfg.task)
+    if root is not None and cfg.data.dataset and root.name and root.name != Path(str(cfg.data.dataset)).name:
+        return root.name
+    return configured
 
 
 def markdown_summary(cfg: Any, fingerprint: dict[str, str], summary: dict[str, dict[str, float]] | None = None,
@@ -236,7 +241,7 @@ def markdown_summary(cfg: Any, fingerprint: dict[str, str], summary: dict[str, d
 
     tr = cfg.training
     lines = [f"## {cfg.task}: {cfg.description or cfg.task}", "",
-             f"**Data**: `{dataset_name(cfg)}`, {fingerprint.get('data.n_train', '?')} training / "
+             f"**Data**: `{fingerprint.get('data.name') or dataset_name(cfg)}`, {fingerprint.get('data.n_train', '?')} training / "
              f"{fingerprint.get('data.n_val', '?')} validation cases (split `{fingerprint.get('data.split_sha1', '?')}`),"
              f" median spacing {fingerprint.get('data.median_spacing_mm', 'n/a')} mm, "
              f"{cfg.data.modality}; labels {', '.join(f'{v} = {k}' for k, v in cfg.data.labels.items())}.",
@@ -326,7 +331,10 @@ class Tracker:
         except MedsegError:
             raise
         except Exception as err:  # MLflow raises many types for a broken or unreachable store
-            raise MedsegError(f"MLflow tracking store {self.uri} is not usable ({type(err).__name__}: {err})") from err
+            first = (str(err).strip().splitlines() or [""])[0][:300]  # SQLAlchemy appends the SQL and a link
+            raise MedsegError(f"MLflow tracking store {self.uri} is not usable ({type(err).__name__}: {first}); point "
+                              "MLFLOW_TRACKING_URI at an MLflow store (sqlite:///PATH/mlflow.db, a new file is "
+                              "created) or a tracking server") from err
         self.run_id = self.run.info.run_id
         self.log_params(flatten(cfg))
         logger.info("MLflow run '%s' (%s) in experiment '%s' at %s", run_name, self.run_id, self.experiment_name, self.uri)
@@ -403,6 +411,8 @@ class Tracker:
         task's dataset, digest = the part's split hash, source = the dataset folder, profile = case count, spacing,
         intensity percentiles (no case names, no header fields)."""
         self.fingerprint = dataset_fingerprint(train_files, val_files)
+        if train_files or val_files:  # the folder the cases came from: the sample when the dataset is absent
+            self.fingerprint["data.name"] = dataset_name(self.cfg, dataset_root(list(train_files) + list(val_files)))
         self.log_params(self.fingerprint)
         common = {"modality": self.cfg.data.modality, "labels": dict(self.cfg.data.labels)}
         inputs = []
@@ -410,7 +420,8 @@ class Tracker:
             if not files:
                 continue
             profile = {**dataset_profile(files, max_intensity_cases=2 if context == "training" else 1), **common}
-            ds = CaseSet(dataset_root(files), dataset_name(self.cfg), split_digest(files), profile)
+            root = dataset_root(files)
+            ds = CaseSet(root, dataset_name(self.cfg, root), split_digest(files), profile)
             self.datasets[context] = ds
             inputs.append(DatasetInput(ds._to_mlflow_entity(), [InputTag("mlflow.data.context", context)]))
         self.guard("datasets", lambda: self.client.log_inputs(self.run_id, datasets=inputs),

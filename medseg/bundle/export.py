@@ -20,10 +20,13 @@ The bundle is assembled in a temporary folder beside the target, verified with M
 
 from __future__ import annotations
 
+import ast
 import hashlib
 import json
 import logging
+import os
 import shutil
+import sys
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -38,7 +41,7 @@ from medseg import __version__
 from medseg.bundle import versions as bundle_versions
 from medseg.bundle.int8 import Int8Refused, refusal, write_int8
 from medseg.bundle.onnx import write_onnx
-from medseg.bundle.scripts import write_scripts
+from medseg.bundle.scripts import DATALIST_PACKAGE, write_scripts
 from medseg.data.formats import BUNDLE_SUFFIXES
 from medseg.engine.losses import monai_loss_def
 from medseg.engine.optim import bundle_scheduler_def, optimizer_def
@@ -51,7 +54,7 @@ from medseg.networks.bundle import spatial_shape as network_spatial_shape
 from medseg.transforms import augment_spec, input_channels, preprocess_spec
 from medseg.transforms.pipeline import OWN_TRANSFORMS, script_target
 from medseg.transforms.settings import describe_intensity, value_range
-from importlib.metadata import PackageNotFoundError, version
+from importlib.metadata import PackageNotFoundError, distribution, packages_distributions, version
 from monai.bundle import verify_metadata, verify_net_in_out
 
 SCHEMA_PATH = Path(__file__).with_name("metadata_schema.json")
@@ -89,14 +92,15 @@ def inference_config(cfg: dict[str, Any]) -> dict[str, Any]:
         post.append({"_target_": "SaveImaged", "keys": "pred", "output_dir": "@output_dir", "output_postfix": "seg",
                      "output_dtype": "$numpy.uint8", "resample": False, "separate_folder": False, "print_log": False})
     patterns = IMAGE_GLOBS + (tuple(f"*{s}" for s in PICTURE_SUFFIXES) if pictures else ())
-    globs = " + ".join(f"glob.glob(os.path.join(@dataset_dir, '{g}'))" for g in patterns)
     return {
         "imports": ["$import glob", "$import os", "$import numpy"],
         "bundle_root": ".",
         "checkpoint": "$os.path.join(@bundle_root, 'models', 'model.pt')",
         "output_dir": "$os.path.join(@bundle_root, 'eval')",
         "dataset_dir": "data",
-        "datalist": f"$sorted(set({globs}))",
+        # the images in dataset_dir; a missing or empty one stops the run with one line (no silent empty run)
+        "find_images": {"_target_": f"scripts.{DATALIST_PACKAGE}.image_list", "_mode_": "callable"},
+        "datalist": f"$@find_images(@dataset_dir, {list(patterns)!r}, @output_dir)",
         "device": "$torch.device('cuda:0' if torch.cuda.is_available() else 'cpu')",
         "network_def": monai_network_def(cfg.network, input_channels(cfg), n_classes),
         "network": "$@network_def.to(@device)",
@@ -247,7 +251,8 @@ def metadata(cfg: dict[str, Any], summary: dict[str, dict[str, float]]) -> dict[
         "monai_version": monai.__version__,
         "pytorch_version": torch.__version__.split("+")[0],
         "numpy_version": np.__version__,
-        "required_packages_version": {"nibabel": _version("nibabel"), "scikit-image": _version("scikit-image"),
+        # what the chain reads with (nibabel) and N4; export_bundle adds what the shipped scripts/ import
+        "required_packages_version": {"nibabel": _version("nibabel"),
                                       **({"SimpleITK": _version("SimpleITK")}  # N4 bias correction
                                          if cfg.preprocessing.bias_correction.enabled else {})},
         "name": cfg.bundle_name(),
@@ -290,6 +295,60 @@ def _unit(cfg: Any) -> str:
     return "um (pixel size; 1 per pixel without TIFF resolution tags)" if _pictures(cfg) else "mm"
 
 
+#: what stock MONAI needs beside the bundle's own imports to run inference.json (SupervisedEvaluator, its handlers)
+RUN_PACKAGES = ("pytorch-ignite",)
+#: MONAI's own requirements: not listed (installing MONAI installs them)
+BASE_MODULES = {"monai", "torch", "numpy"}
+
+
+def _imports(tree: ast.AST) -> Iterator[tuple[str, bool]]:
+    """``(top-level module, required)`` for each absolute import in a module: required when it runs at import time
+    outside a ``try`` (an import in a function or a ``try: ... except ImportError`` is optional)."""
+
+    def walk(node: ast.AST, optional: bool) -> Iterator[tuple[str, bool]]:
+        for child in ast.iter_child_nodes(node):
+            if isinstance(child, ast.Import):
+                for alias in child.names:
+                    yield alias.name.split(".")[0], not optional
+            elif isinstance(child, ast.ImportFrom):
+                if not child.level and child.module:
+                    yield child.module.split(".")[0], not optional
+            else:
+                nested = optional or isinstance(child, (ast.Try, ast.FunctionDef, ast.AsyncFunctionDef, ast.If))
+                yield from walk(child, nested)
+
+    yield from walk(tree, False)
+
+
+def script_packages(scripts_dir: Path) -> tuple[dict[str, str], dict[str, str]]:
+    """The packages (distribution name -> installed version) that the bundle's ``scripts/`` import, beyond the
+    standard library and MONAI's own requirements: ``(required, optional)``, required being what the modules import
+    when loaded (``scripts.medseg_inference`` needs Pillow and SciPy even for a CT bundle), optional what they import
+    only for some inputs or where installed (pydicom for DICOM, cc3d and ISA-L for speed, ...). ``required`` also
+    holds :data:`RUN_PACKAGES`, which ``monai.bundle run`` of ``inference.json`` needs."""
+    found: dict[str, bool] = {}
+    for path in sorted(Path(scripts_dir).rglob("*.py")):
+        for module, required in _imports(ast.parse(path.read_text(), filename=str(path))):
+            if module in sys.stdlib_module_names or module in BASE_MODULES or module == "__future__":
+                continue
+            found[module] = found.get(module, False) or required
+    dists = packages_distributions()
+    required, optional = {p: _version(p) for p in RUN_PACKAGES}, {}
+    for module, needed in sorted(found.items()):
+        for dist in dists.get(module, [module]):
+            name = _dist_name(dist)
+            (required if needed else optional)[name] = _version(name)
+    return required, {k: v for k, v in optional.items() if k.lower() not in {r.lower() for r in required}}
+
+
+def _dist_name(dist: str) -> str:
+    """A distribution's own spelling of its name (``SimpleITK``, ``pillow``)."""
+    try:
+        return distribution(dist).metadata["Name"] or dist
+    except PackageNotFoundError:
+        return dist
+
+
 def _version(package: str) -> str:
     try:
         return version(package)
@@ -297,7 +356,26 @@ def _version(package: str) -> str:
         return "unknown"
 
 
-def _readme(cfg: dict[str, Any], summary: dict[str, dict[str, float]], run_seconds: float | None) -> str:
+def data_source(cfg: Any, run_dir: Path) -> str:
+    """What the weights were trained on: the task's dataset (``data.dataset``), unless the run's cases
+    (``cases.json``) came from another folder, e.g. the built-in sample used because the dataset was absent."""
+    configured = str(cfg.data.dataset or cfg.data.sample)
+    try:
+        split = json.loads((Path(run_dir) / "cases.json").read_text())
+        paths = [str(c[k]) for part in ("train", "val") for c in split.get(part, []) for k in ("image", "label")
+                 if isinstance(c.get(k), str)]
+        root = Path(os.path.commonpath([str(Path(p).parent) for p in paths])) if paths else None
+    except (OSError, ValueError, AttributeError, TypeError):
+        return configured
+    if root is not None and root.name in ("imagesTr", "labelsTr", "images", "labels"):
+        root = root.parent
+    if root is not None and cfg.data.dataset and root.name and root.name != Path(str(cfg.data.dataset)).name:
+        return root.name
+    return configured
+
+
+def _readme(cfg: dict[str, Any], summary: dict[str, dict[str, float]], run_seconds: float | None,
+            source: str | None = None) -> str:
     tr, pre, net = cfg.training, cfg.preprocessing, cfg.network
     rows = "\n".join(
         f"| {c} | {e['dice']:.3f} | {e['hd95_mm']:.2f} | {e['assd_mm']:.2f} | {int(e['cases'])} |" for c, e in summary.items()
@@ -308,7 +386,7 @@ def _readme(cfg: dict[str, Any], summary: dict[str, dict[str, float]], run_secon
 {cfg.description}. Exported by medseg {__version__}.
 
 ## Data
-Source: {cfg.data.dataset or cfg.data.sample}. Labels: {', '.join(f'{v} = {k}' for k, v in cfg.data.labels.items())}.
+Source: {source or cfg.data.dataset or cfg.data.sample}. Labels: {', '.join(f'{v} = {k}' for k, v in cfg.data.labels.items())}.
 
 ## Preprocessing
 Orientation {pre.orientation}; resampled to {pre.spacing} {_unit(cfg)}; {describe_intensity(cfg)}
@@ -394,10 +472,13 @@ def export_bundle(
     (:mod:`medseg.bundle.int8`); a refused INT8 model raises :class:`~medseg.bundle.int8.Int8Refused` once the
     bundle (without it) is published."""
     parent, name = Path(cfg.bundle.dir), cfg.bundle_name()
+    bundle_versions.check_target(parent, name)  # a file or a foreign folder there is never replaced or moved
     parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=parent))  # unique: two exports never share a folder
     publish_dir(tmp)
     meta = {**metadata(cfg, summary), **(extra_metadata or {})}  # extra: e.g. medseg_distill
+    source = data_source(cfg, run_dir)
+    meta["data_source"] = source
     dice = ", ".join(f"{c} {e['dice']:.3f}" for c, e in summary.items())
     exported = bundle_versions.now_utc()
 
@@ -413,6 +494,12 @@ def export_bundle(
         for sub in ("configs", "models", "docs"):
             (tmp / sub).mkdir()
         _write_scripts(tmp)
+        required, optional = script_packages(tmp / "scripts")  # what stock MONAI needs installed to run it
+        meta["required_packages_version"] = {**meta["required_packages_version"], **required}
+        named = {k.lower() for k in meta["required_packages_version"]}
+        optional = {k: v for k, v in optional.items() if k.lower() not in named}
+        if optional:  # not "optional_packages_version": MONAI reads that (deprecated) name as required_packages_version
+            meta["medseg_optional_packages_version"] = optional
         torch.save({k: v.cpu() for k, v in network.state_dict().items()}, tmp / "models" / "model.pt")
         meta["medseg_onnx"] = write_onnx(tmp, cfg, network)  # models/model.onnx, checked against torch
         if int8_cases is not None:
@@ -423,7 +510,7 @@ def export_bundle(
         (tmp / "configs" / "medseg_task.json").write_text(
             json.dumps(cfg.to_dict() if hasattr(cfg, "to_dict") else cfg, indent=2) + "\n")
         (tmp / "configs" / "metadata.json").write_text(json.dumps(meta, indent=2) + "\n")
-        (tmp / "docs" / "README.md").write_text(_readme(cfg, summary, run_seconds))
+        (tmp / "docs" / "README.md").write_text(_readme(cfg, summary, run_seconds, source))
         (tmp / "LICENSE").write_text(LICENSE_TEXT)
         verify_bundle(tmp)
         bundle_versions.publish(tmp, parent, name, finalise)

@@ -19,6 +19,11 @@ from medseg.data import dicom_reader
 from medseg.inference import chain
 from medseg.transforms import pipeline
 
+from medseg.bundle import datalist
+
+#: the package of :mod:`medseg.bundle.datalist` (inference.json's ``datalist``) in a bundle's ``scripts/``
+DATALIST_PACKAGE = "medseg_bundle"
+
 README = '"""Code this bundle needs that MONAI does not provide (written by medseg)."""\n'
 
 
@@ -53,4 +58,5 @@ def write_scripts(bundle_dir: Path) -> Path:
     write_package(scripts, dicom_reader.SCRIPT_PACKAGE, dicom_reader.SCRIPT_MODULES, dicom_reader.SCRIPT_CLASSES)
     shutil.copyfile(errors.__file__, scripts / "errors.py")  # the shipped DICOM modules import it as ..errors
     write_package(scripts, chain.SCRIPT_PACKAGE, chain.SCRIPT_MODULES, chain.SCRIPT_CLASSES)  # NIfTI reader, post
+    write_package(scripts, DATALIST_PACKAGE, [datalist], [datalist.image_list])  # inference.json's datalist
     return scripts

@@ -67,11 +67,37 @@ def _read_meta(bundle: Path) -> dict[str, Any]:
         return {}
 
 
+def check_target(parent: Path, name: str, flag: str = "bundle.dir/bundle.name") -> None:
+    """One line (:class:`MedsegError`) when ``parent/name`` cannot take a new bundle version without destroying
+    something that is not a bundle: a file there (the stable name's link would replace it), a folder there that
+    is not a MONAI bundle (it would be renamed to ``<name>-v<n>``), a link there to anything but a version folder
+    beside it, or a ``parent`` that is (or lies under) a file."""
+    stable = parent / name
+    for above in (parent, *parent.parents):
+        if above.exists() and not above.is_dir():
+            raise MedsegError(f"{flag} {stable}: {above} is a file, not a folder; give a bundle path in a folder")
+        if above.is_dir():
+            break
+    if stable.is_symlink():
+        target = stable.resolve()
+        m = VERSION_DIR.match(target.name)
+        if not (m and m.group("name") == name and target.parent == parent.resolve()):
+            raise MedsegError(f"{flag} {stable}: a link to {target}, not to a version folder {name}-v<n> beside it; "
+                              "give a new bundle path (or the bundle's own stable name)")
+    elif stable.exists() and not stable.is_dir():
+        raise MedsegError(f"{flag} {stable}: an existing file, not a bundle; give a new bundle path "
+                          "(it would be replaced by the link to the bundle)")
+    elif stable.is_dir() and not (stable / "configs" / "metadata.json").is_file():
+        raise MedsegError(f"{flag} {stable}: an existing folder that is not a MONAI bundle (no configs/metadata.json); "
+                          "give a new bundle path (its contents would be moved aside)")
+
+
 def _adopt_unversioned(parent: Path, name: str) -> None:
     """A bundle folder written before versioning (a real folder at the stable name) becomes a version."""
     stable = parent / name
     if stable.is_symlink() or not stable.is_dir():
         return
+    check_target(parent, name)  # a folder that is not a bundle is never moved
     taken = versions(parent, name)
     n = _version_number(_read_meta(stable).get("version", ""))
     if n is None or n in taken:
@@ -105,6 +131,7 @@ def publish(tmp: Path, parent: Path, name: str, finalise: Callable[[Path, str, d
     metadata.json with that version and the changelog of every earlier version, and whatever embeds it), rename
     ``tmp`` to ``<name>-v<n>``, swap the link. Returns the version folder."""
     with lock(parent, name):
+        check_target(parent, name)  # again under the lock: what sits at the stable name may have changed
         _adopt_unversioned(parent, name)
         earlier = versions(parent, name)
         n = max(earlier, default=0) + 1

@@ -4,6 +4,7 @@ its name; :func:`list_bundles` lists every version kept in a bundles folder (:mo
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +35,11 @@ def export_run(run_dir: Path, out: Path | None = None, int8: bool | None = None,
     for path in needed:
         if not path.is_file():
             raise MedsegError(f"{path}: missing; is {run_dir} a finished medseg training run?")
-    data = yaml.safe_load(needed[0].read_text())
+    data = _read(needed[0], yaml.safe_load, "YAML")
+    if not isinstance(data, dict) or not isinstance(data.get("bundle", {}), dict):
+        raise MedsegError(f"{needed[0]}: not a medseg run config (a mapping with task, data, ... keys); "
+                          f"is {run_dir} a finished medseg training run?")
+    data.setdefault("bundle", {})
     for key, nested in (parse_override(item) for item in overrides or []):
         if not key.startswith("bundle."):
             raise MedsegError(f"--set {key}: export takes bundle.* keys only (the network, preprocessing and labels "
@@ -43,25 +48,65 @@ def export_run(run_dir: Path, out: Path | None = None, int8: bool | None = None,
     if out is not None:
         data["bundle"]["dir"], data["bundle"]["name"] = str(out.parent), out.name
     cfg = TaskConfig.from_dict(data, source=str(needed[0]))
-    net = build_network(cfg.network, input_channels(cfg), len(cfg.data.labels))
-    try:
-        net.load_state_dict(torch.load(needed[1], map_location="cpu", weights_only=True))
-    except RuntimeError as err:
-        raise MedsegError(f"{needed[1]}: weights do not fit the network in config.yaml ({str(err).splitlines()[0]})") from err
-    summary = json.loads(needed[2].read_text())
+    # before any work: a file or a folder that is not a bundle at the target is never replaced or moved
+    bundle_versions.check_target(Path(cfg.bundle.dir), cfg.bundle_name(),
+                                 "--out" if out is not None else f"{needed[0]} bundle.dir/bundle.name")
+    summary = _summary(needed[2], _read(needed[2], json.loads, "JSON"))
     seconds = None
     if (run_dir / "run.json").is_file():
-        seconds = json.loads((run_dir / "run.json").read_text()).get("seconds")
+        report = _read(run_dir / "run.json", json.loads, "JSON")
+        seconds = report.get("seconds") if isinstance(report, dict) else None
+        seconds = float(seconds) if isinstance(seconds, (int, float)) and math.isfinite(seconds) else None
+    net = build_network(cfg.network, input_channels(cfg), len(cfg.data.labels))
+    try:
+        state = torch.load(needed[1], map_location="cpu", weights_only=True)
+    except Exception as err:  # a truncated or foreign file: pickle, zip and weights_only errors alike
+        raise MedsegError(f"{needed[1]}: not a readable PyTorch state dict ({type(err).__name__}); export needs the "
+                          "run's checkpoints/best.pt as medseg.train wrote it") from err
+    if not isinstance(state, dict):
+        raise MedsegError(f"{needed[1]}: holds a {type(state).__name__}, not a state dict; export needs the run's best.pt")
+    try:
+        net.load_state_dict(state)
+    except RuntimeError as err:
+        raise MedsegError(f"{needed[1]}: weights do not fit the network in config.yaml ({str(err).splitlines()[0]})") from err
     int8_cases = None
     if cfg.bundle.int8 if int8 is None else int8:
         if not (run_dir / "cases.json").is_file():
             raise MedsegError(f"{run_dir / 'cases.json'}: missing; INT8 needs the run's training and validation cases")
+        _read(run_dir / "cases.json", json.loads, "JSON")  # a broken split is one line, not a traceback
         cwd = read_state(run_dir).get("cwd") if (run_dir / STATE).is_file() else None  # relative case paths' base
         int8_cases = read_cases(run_dir, cwd)
     extra = None
     if (run_dir / "distill.json").is_file():  # a medseg.distill run: its teacher/student record stays in the bundle
-        extra = {"medseg_distill": json.loads((run_dir / "distill.json").read_text())}
+        extra = {"medseg_distill": _read(run_dir / "distill.json", json.loads, "JSON")}
     return export_bundle(cfg, run_dir, net, summary, seconds, int8_cases=int8_cases, extra_metadata=extra)
+
+
+def _read(path: Path, parse: Any, kind: str) -> Any:
+    """``parse(text of path)``; a file that is not valid ``kind`` (or not text) is one line naming it."""
+    try:
+        return parse(path.read_text())
+    except (ValueError, UnicodeDecodeError, yaml.YAMLError) as err:  # JSONDecodeError is a ValueError
+        first = (str(err).strip().splitlines() or [""])[0][:200]
+        raise MedsegError(f"{path}: not valid {kind} ({first}); restore it from the run or re-run the training") from err
+
+
+#: what the bundle's metadata.json and README take from each class of metrics.json
+SUMMARY_KEYS = ("dice", "hd95_mm", "assd_mm", "cases")
+
+
+def _summary(path: Path, summary: Any) -> dict[str, dict[str, float]]:
+    """metrics.json checked: each class a mapping with finite ``dice``, ``hd95_mm``, ``assd_mm`` and ``cases``
+    (metadata.json must stay valid JSON: no NaN)."""
+    if not isinstance(summary, dict) or not summary:
+        raise MedsegError(f"{path}: not a medseg metrics file (class -> metrics); restore it from the run")
+    for name, entry in summary.items():
+        for key in SUMMARY_KEYS:
+            value = entry.get(key) if isinstance(entry, dict) else None
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
+                raise MedsegError(f"{path}: class '{name}' has no finite '{key}' ({value!r}); restore the file from "
+                                  "the run or re-evaluate it (python -m medseg.evaluate)")
+    return summary
 
 
 def list_bundles(bundles_dir: Path) -> list[dict[str, Any]]:

@@ -1,0 +1,218 @@
+"""What the receiver of a bundle and the researcher tracking runs meet after training: ``medseg.export`` never
+destroys what sits at ``--out``, broken run files are one line, the bundle's metadata names what stock MONAI needs,
+its ``inference.json`` refuses a missing or empty ``dataset_dir``, and the tracking side stays one line too."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import yaml
+
+from medseg.config import load_config
+from medseg.errors import MedsegError
+from medseg.export import main as export_main
+
+
+@pytest.fixture
+def run_dir(tmp_path: Path) -> Path:
+    """A run folder with a real config and metrics; the checkpoint is never read by the refusals tested here."""
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    cfg = load_config("liver")
+    (run / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    (run / "checkpoints" / "best.pt").write_bytes(b"not a checkpoint")
+    metrics = {c: {"dice": 0.9, "hd95_mm": 3.0, "assd_mm": 1.0, "cases": 1} for c in ("liver", "tumour")}
+    (run / "metrics.json").write_text(json.dumps(metrics))
+    (run / "cases.json").write_text(json.dumps({
+        "train": [{"case": "a", "image": "/d/lits_sample/imagesTr/a.nii.gz", "label": "/d/lits_sample/labelsTr/a.nii.gz"}],
+        "val": [{"case": "b", "image": "/d/lits_sample/imagesTr/b.nii.gz", "label": "/d/lits_sample/labelsTr/b.nii.gz"}],
+    }))
+    return run
+
+
+def _one_line(capsys) -> str:
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "Traceback" not in err, err
+    return err
+
+
+# ---------------------------------------------------------------- medseg.export --out never destroys anything
+def test_export_out_onto_an_existing_file_is_refused_and_the_file_kept(run_dir, tmp_path, capsys):
+    image = tmp_path / "scan.nii.gz"
+    image.write_bytes(b"precious image bytes")
+    assert export_main([str(run_dir), "--out", str(image)]) == 2
+    assert "--out" in _one_line(capsys)
+    assert image.is_file() and not image.is_symlink() and image.read_bytes() == b"precious image bytes"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run", "scan.nii.gz"]  # no version folder, no lock
+
+
+def test_export_out_onto_a_folder_that_is_not_a_bundle_leaves_it_in_place(run_dir, tmp_path, capsys):
+    folder = tmp_path / "results"
+    folder.mkdir()
+    (folder / "notes.txt").write_text("mine")
+    assert export_main([str(run_dir), "--out", str(folder)]) == 2
+    assert "not a MONAI bundle" in _one_line(capsys)
+    assert (folder / "notes.txt").read_text() == "mine" and not (tmp_path / "results-v1").exists()
+
+
+def test_export_out_under_a_file_is_one_line(run_dir, tmp_path, capsys):
+    (tmp_path / "afile").write_text("x")
+    assert export_main([str(run_dir), "--out", str(tmp_path / "afile" / "sub" / "b")]) == 2
+    assert "is a file" in _one_line(capsys)
+
+
+def test_a_link_at_out_to_something_else_is_not_swapped(run_dir, tmp_path, capsys):
+    other = tmp_path / "elsewhere"
+    other.mkdir()
+    (tmp_path / "b").symlink_to(other)
+    assert export_main([str(run_dir), "--out", str(tmp_path / "b")]) == 2
+    assert "a link to" in _one_line(capsys)
+    assert (tmp_path / "b").resolve() == other.resolve()
+
+
+@pytest.mark.parametrize("name,content,words", [
+    ("metrics.json", "{broken", "not valid JSON"),
+    ("config.yaml", "task: [liver\n", "not valid YAML"),
+    ("run.json", '{"seconds": ', "not valid JSON"),
+    ("metrics.json", json.dumps({"liver": {"dice": float("nan"), "hd95_mm": 1, "assd_mm": 1, "cases": 1}}),
+     "no finite 'dice'"),
+    ("metrics.json", json.dumps({"liver": {"dice": 0.9}}), "no finite 'hd95_mm'"),
+])
+def test_broken_run_files_are_one_line_naming_the_file(run_dir, tmp_path, capsys, name, content, words):
+    (run_dir / name).write_text(content)
+    assert export_main([str(run_dir), "--out", str(tmp_path / "b")]) == 2
+    line = _one_line(capsys)
+    assert str(run_dir / name) in line and words in line
+    assert not (tmp_path / "b").exists()
+
+
+def test_an_unreadable_checkpoint_is_one_line(run_dir, tmp_path, capsys):
+    assert export_main([str(run_dir), "--out", str(tmp_path / "b")]) == 2
+    line = _one_line(capsys)
+    assert "best.pt" in line and "state dict" in line and "weights_only set to False" not in line
+
+
+# ---------------------------------------------------------------- what the bundle tells stock MONAI
+def test_metadata_names_the_packages_the_shipped_scripts_and_monai_bundle_run_need(tmp_path):
+    from medseg.bundle.export import script_packages
+    from medseg.bundle.scripts import write_scripts
+
+    scripts = write_scripts(tmp_path)
+    required, optional = script_packages(scripts)
+    # scripts.medseg_inference imports PIL and scipy at load time, even for a CT bundle; SupervisedEvaluator: ignite
+    assert {"pillow", "scipy", "nibabel", "pytorch-ignite"} <= {k.lower() for k in required}
+    assert "scikit-image" not in required  # nothing in the bundle imports it
+    assert {"pydicom", "connected-components-3d"} <= set(optional) and not set(optional) & set(required)
+    assert all(v != "unknown" for v in required.values())
+
+
+def test_optional_packages_are_not_under_monais_deprecated_key():
+    """MONAI's parser renames ``optional_packages_version`` to ``required_packages_version``, over the real one."""
+    source = (Path(__file__).parents[2] / "medseg" / "bundle" / "export.py").read_text()
+    assert 'meta["optional_packages_version"]' not in source and "medseg_optional_packages_version" in source
+
+
+def test_data_source_is_the_folder_the_run_trained_on(run_dir):
+    from medseg.bundle.export import data_source
+
+    cfg = load_config("liver")
+    assert cfg.data.dataset == "Task03_Liver"
+    assert data_source(cfg, run_dir) == "lits_sample"  # the sample stood in for the absent dataset
+    (run_dir / "cases.json").write_text(json.dumps({"train": [{"image": "/d/Task03_Liver/imagesTr/a.nii.gz",
+                                                                "label": "/d/Task03_Liver/labelsTr/a.nii.gz"}]}))
+    assert data_source(cfg, run_dir) == "Task03_Liver"
+
+
+def _datalist(tmp_path: Path, dataset_dir: Path, output_dir: Path):
+    """inference.json's ``datalist`` resolved by MONAI's own parser against a scripts/ folder, as ``monai.bundle
+    run`` resolves it."""
+    from monai.bundle import ConfigParser
+
+    from medseg.bundle.export import inference_config
+    from medseg.bundle.scripts import write_scripts
+
+    bundle = tmp_path / "bundle"
+    bundle.mkdir(exist_ok=True)
+    if not (bundle / "scripts").exists():
+        write_scripts(bundle)
+    config = inference_config(load_config("liver"))
+    parser = ConfigParser(config)
+    parser["dataset_dir"], parser["output_dir"] = str(dataset_dir), str(output_dir)
+    sys.path.insert(0, str(bundle))
+    try:
+        for name in [m for m in sys.modules if m == "scripts" or m.startswith("scripts.")]:
+            del sys.modules[name]
+        return parser.get_parsed_content("datalist")
+    finally:
+        sys.path.remove(str(bundle))
+        for name in [m for m in sys.modules if m == "scripts" or m.startswith("scripts.")]:
+            del sys.modules[name]
+
+
+@pytest.mark.parametrize("case", ["missing", "empty", "file"])
+def test_stock_inference_refuses_a_dataset_dir_with_nothing_to_segment(tmp_path, case):
+    target = {"missing": tmp_path / "nope", "empty": tmp_path / "empty", "file": tmp_path / "scan.nii.gz"}[case]
+    if case == "empty":
+        target.mkdir()
+    if case == "file":
+        target.write_bytes(b"x")
+    with pytest.raises(Exception) as info:  # MONAI wraps the expression's error in a RuntimeError
+        _datalist(tmp_path, target, tmp_path / "out")
+    chain, err = [], info.value
+    while err is not None:
+        chain.append(err)
+        err = err.__cause__ or err.__context__
+    cause = next(e for e in chain if isinstance(e, FileNotFoundError))
+    assert f"dataset_dir '{target}'" in str(cause) and "--dataset_dir FOLDER" in str(cause)
+
+
+def test_stock_inference_into_its_input_folder_leaves_earlier_masks_out(tmp_path):
+    images = tmp_path / "images"
+    images.mkdir()
+    for name in ("a.nii.gz", "a_seg.nii.gz", "b.nrrd", "notes.txt"):
+        (images / name).write_bytes(b"x")
+    assert _datalist(tmp_path, images, images) == [str(images / "a.nii.gz"), str(images / "b.nrrd")]
+    out = tmp_path / "out"  # another output folder: a file called *_seg is an input like any other
+    out.mkdir()
+    assert _datalist(tmp_path, images, out) == [str(images / n) for n in ("a.nii.gz", "a_seg.nii.gz", "b.nrrd")]
+
+
+# ---------------------------------------------------------------- tracking
+def test_an_unusable_tracking_store_is_one_line(tmp_path, monkeypatch):
+    from medseg.tracking import Tracker
+
+    not_a_db = tmp_path / "scan.nii.gz"
+    not_a_db.write_bytes(b"\x1f\x8b" + b"\x00" * 200)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{not_a_db}")
+    cfg = load_config("liver", ["tracking.system_metrics=false"])
+    with pytest.raises(MedsegError) as info:
+        Tracker(cfg, "liver-x", tmp_path)
+    text = str(info.value)
+    assert len(text.splitlines()) == 1 and "SELECT" not in text and "MLFLOW_TRACKING_URI" in text
+    assert not_a_db.read_bytes() == b"\x1f\x8b" + b"\x00" * 200
+
+
+def test_tracked_dataset_is_named_after_the_folder_it_came_from():
+    from medseg.tracking import dataset_name
+
+    cfg = load_config("liver")
+    assert dataset_name(cfg, Path("/data/lits_sample")) == "lits_sample"
+    assert dataset_name(cfg, Path("/data/Task03_Liver")) == "Task03_Liver"
+    assert dataset_name(cfg) == "Task03_Liver"
+
+
+def test_pyfunc_model_refuses_two_inputs_of_one_case_name(tmp_path):
+    import pandas as pd
+
+    from medseg.workflows.mlflow_model import BundleModel
+
+    model = BundleModel()
+    model.bundle, model.device = None, None  # never reached: the refusal comes before any prediction
+    frame = pd.DataFrame({"image": [str(tmp_path / "x" / "a.nii.gz"), str(tmp_path / "a.nrrd")]})
+    with pytest.raises(MedsegError, match="both case 'a'"):
+        model.predict(SimpleNamespace(), frame, params={"output_dir": str(tmp_path / "out")})
+    assert not (tmp_path / "out").exists()
