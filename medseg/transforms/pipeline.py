@@ -126,9 +126,13 @@ def preprocess_spec(cfg: dict[str, Any], keys: tuple[str, ...] = KEYS, *,
     spacing = cfg.effective_spacing()  # the fitted median for spacing: auto (one line when not fitted yet)
     k = list(keys)
     modes = ["bilinear" if key == "image" else "nearest" for key in keys]
+    # medseg's checked DICOM series reader; ISA-L NIfTI; PNG/TIFF/JPEG pictures. LoadImage tries the last reader
+    # first and logs "unable to load" (INFO, shown by a stock bundle run) for each one before the reader that
+    # reads the file: a volume task tries NIfTI first, a picture task the pictures
+    pictures = cfg.network.spatial_dims == 2 and not cfg.network.slice_mode
+    readers = [DICOM_READER, NIFTI_READER, PICTURE_READER] if pictures else [PICTURE_READER, DICOM_READER, NIFTI_READER]
     spec: list[dict[str, Any]] = [
-        # medseg's checked DICOM series reader; ISA-L NIfTI; PNG/TIFF/JPEG pictures (the last reader is tried first)
-        {"_target_": "LoadImaged", "keys": k, "image_only": True, "reader": [DICOM_READER, NIFTI_READER, PICTURE_READER]},
+        {"_target_": "LoadImaged", "keys": k, "image_only": True, "reader": readers},
         {"_target_": "EnsureChannelFirstd", "keys": k},
         *([{"_target_": "RGBToGreyd", "keys": "image"}] if cfg.data.rgb == "grey" else []),
         {"_target_": "Orientationd", "keys": k, "axcodes": orientation_codes(cfg), "labels": None},

@@ -547,7 +547,7 @@ def test_picture_geometry_is_simpleitks_so_nifti_predictions_overlay_the_png_lab
     as_label = read_labelmap(Path(png))  # SimpleITK reading of the PNG mask
     from_nifti = read_labelmap(Path(nii))
     assert same_grid(as_label, from_nifti)
-    assert np.array_equal(from_nifti.array.astype(np.uint8) * 255, as_label.array)
+    assert np.array_equal(from_nifti.array, as_label.array)  # both in the labels' stored values, 0/255
     _, meta = PictureReader().get_data(PictureReader().read(tmp_path / "s.png"))
     assert np.allclose(meta["affine"], np.diag([-1.0, -1.0, 1.0, 1.0]))  # LPS identity in MONAI's RAS
 
