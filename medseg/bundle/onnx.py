@@ -88,7 +88,12 @@ def write_onnx(bundle_dir: Path, cfg: Any, network: torch.nn.Module) -> dict[str
     if not diff <= MAX_ABS_DIFF:
         raise MedsegError(f"{path}: ONNX Runtime differs from PyTorch by {diff:.3g} on a random patch "
                           f"(limit {MAX_ABS_DIFF}); report the network '{cfg.network.name}'")
-    return {"file": "models/model.onnx", "opset": OPSET, "dynamic_spatial": dynamic, "checked_patch": patch,
+    # what a caller of the bare graph must pad to (medseg's engines and model.ts pad themselves): a multiple per
+    # axis, at least a minimum, or the fixed size of a static graph
+    padding = network if isinstance(network, PadToMultiple) else None
+    sizes = {"spatial_multiple": padding.multiple if padding else 1, "spatial_minimum": padding.minimum if padding else 0,
+             "spatial_size": list(padding.size) if padding and padding.size else (None if dynamic else patch)}
+    return {"file": "models/model.onnx", "opset": OPSET, "dynamic_spatial": dynamic, **sizes, "checked_patch": patch,
             "max_abs_diff": diff}
 
 

@@ -183,6 +183,14 @@ def test_bundle_holds_a_checked_onnx_model(trained) -> None:
     meta = json.loads((bundle / "configs" / "metadata.json").read_text())["medseg_onnx"]
     assert (bundle / meta["file"]).is_file() and meta["dynamic_spatial"] is True
     assert 0 <= meta["max_abs_diff"] < 1e-3 and meta["checked_patch"] == [16, 16, 16]
+    # the sizes the bare graph takes (model.ts and medseg's engines pad to them): a multiple of the strides' product
+    assert meta["spatial_multiple"] == 4 and meta["spatial_minimum"] == 0 and meta["spatial_size"] is None
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(bundle / meta["file"]), providers=["CPUExecutionProvider"])
+    size = [meta["spatial_multiple"] * k for k in (3, 5, 7)]
+    out = session.run(None, {session.get_inputs()[0].name: np.zeros((1, 1, *size), np.float32)})[0]
+    assert list(out.shape) == [1, 3, *size]
 
 
 @pytest.mark.parametrize("engine", ["onnxruntime"] + [pytest.param(e, marks=pytest.mark.skipif(
