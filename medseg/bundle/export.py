@@ -409,7 +409,13 @@ Distances in millimetres from the image spacing.
 {rows}
 
 ## Run it
+From this folder:
+
     python -m monai.bundle run --config_file configs/inference.json --dataset_dir IMAGES --output_dir OUT
+
+From anywhere else, name the bundle's folder too:
+
+    python -m monai.bundle run --config_file BUNDLE/configs/inference.json --bundle_root BUNDLE --dataset_dir IMAGES --output_dir OUT
 
 ## Limitations
 Research use only. Trained on the data above; performance on other scanners, contrast phases or
