@@ -54,10 +54,25 @@ def run(argv: Sequence[str] | None = None) -> int:
         export=not args.no_export, register=args.register, tracking_optional=args.tracking_optional,
         skip_bad=args.skip_bad,
     )
-    for one in outcome.folds or [outcome]:
+    cv = cross_validation_table(outcome.summary)
+    for one in outcome.folds or ([] if cv else [outcome]):
         if one.summary:
             print(format_table(one.summary))
+    if cv:  # --folds all, or --resume of its folder (which may have had no fold left to train)
+        k = len(next(iter(next(iter(outcome.summary.values())).values())).get("folds", []))
+        print(f"cross-validation, mean ± std over {k} folds:")
+        print(format_table(cv))
     return 0
+
+
+def cross_validation_table(summary: dict) -> dict:
+    """A ``cv_summary.json``-shaped summary (``{class: {metric: {"mean", "std", "folds"}}}``) as the per-class
+    means and stds :func:`medseg.evaluation.metrics.format_table` prints; ``{}`` for a single run's summary."""
+    entries = [e for per_class in summary.values() for e in per_class.values()]
+    if not entries or not all(isinstance(e, dict) and "mean" in e for e in entries):
+        return {}
+    return {cls: {**{m: e["mean"] for m, e in per_class.items()}, **{f"{m}_std": e["std"] for m, e in per_class.items()}}
+            for cls, per_class in summary.items()}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -46,7 +46,19 @@ def load_checkpoint(path: Path, map_location: Any = "cpu") -> dict[str, Any]:
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as err:  # truncated or foreign file: pickle, zip and torch errors
-        raise MedsegError(f"{path}: not a readable checkpoint ({type(err).__name__}: {err})") from err
+        first = (str(err).strip().splitlines() or [""])[0]
+        first = first if len(first) <= 160 else first[:157] + "..."
+        raise MedsegError(f"{path}: not a readable checkpoint ({type(err).__name__}: {first}); restore the file"
+                          " from a copy, or start a new run") from err
+
+
+def remove_stale_temporaries(folder: Path) -> list[Path]:
+    """Remove the temporary files (``.<name>.pt.<random>.tmp``) a run killed inside :func:`save_checkpoint` left
+    beside its checkpoints (each as large as a checkpoint, never renamed into place); returns them."""
+    stale = sorted(folder.glob(".*.pt.*.tmp")) if folder.is_dir() else []
+    for tmp in stale:
+        tmp.unlink(missing_ok=True)
+    return stale
 
 
 def random_transforms(transform: Any) -> list[Randomizable]:

@@ -86,6 +86,15 @@ def broadcast(value: Any, ctx: Context) -> Any:
     return box[0]
 
 
+def gather(value: Any, ctx: Context) -> list[Any]:
+    """Every rank's ``value`` (picklable), in rank order, on every rank; ``[value]`` in a single process."""
+    if not ctx.distributed:
+        return [value]
+    out: list[Any] = [None] * ctx.world
+    dist.all_gather_object(out, value)
+    return out
+
+
 def any_rank(flags: list[bool], ctx: Context, device: torch.device) -> list[bool]:
     """Element-wise OR of ``flags`` over all ranks (so every rank stops at the same step)."""
     if not ctx.distributed:

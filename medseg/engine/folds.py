@@ -31,11 +31,27 @@ def make_folds(cases: list[Case], k: int, seed: int, run_dir: Path) -> list[list
     ids = [c.name for c in cases]
     path = run_dir / FOLDS_FILE
     if path.is_file():
-        stored = json.loads(path.read_text())
-        if sorted(ids) != sorted(i for part in stored["val_cases"] for i in part):
+        try:
+            stored = json.loads(path.read_text())
+            parts = stored["val_cases"]
+            stored_k, stored_seed = int(stored["k"]), int(stored["seed"])
+            named = sorted(str(i) for part in parts for i in part)
+        except (OSError, ValueError, KeyError, TypeError) as err:
+            raise MedsegError(f"{path}: not a folds file medseg wrote ({type(err).__name__}: {err}); use a new run"
+                              " folder, or remove the file to split anew") from err
+        if (stored_k, stored_seed) != (k, seed):  # e.g. left by an earlier attempt in the same --output-dir
+            raise MedsegError(f"{path}: holds a split into {stored_k} folds with seed {stored_seed}, but"
+                              f" training.folds is {k} and training.seed {seed}; use a new run folder, or set the"
+                              " same values")
+        if sorted(ids) != named:
             raise MedsegError(f"{path}: its cases differ from the dataset's; use a new run folder")
         index = {cid: n for n, cid in enumerate(ids)}
         return [sorted(index[c] for c in part) for part in stored["val_cases"]]
+    if k > len(cases):  # before kfold_parts, whose line names the range, not the remedy
+        raise MedsegError(f"training.folds: {k} folds need at least {k} labelled cases, the dataset has {len(cases)};"
+                          f" set training.folds to 2..{len(cases)}" if len(cases) >= 2 else
+                          f"training.folds: cross-validation needs at least 2 labelled cases, the dataset has"
+                          f" {len(cases)}")
     parts = kfold_parts(len(cases), k, seed)
     atomic_write_text(path, json.dumps({"k": k, "seed": seed, "val_cases": [[ids[i] for i in p] for p in parts]},
                                        indent=1))
@@ -50,7 +66,11 @@ def summarise_folds(parent: Path, k: int) -> dict[str, dict[str, dict[str, float
         path = parent / f"fold_{fold}" / "metrics.json"
         if not path.is_file():
             raise MedsegError(f"{path}: missing; fold {fold} did not finish (resume it with --resume {parent})")
-        per_fold.append(json.loads(path.read_text()))
+        try:
+            per_fold.append(json.loads(path.read_text()))
+        except ValueError as err:
+            raise MedsegError(f"{path}: not readable JSON ({err}); to train fold {fold} again remove"
+                              f" {path.parent} and run --resume {parent}") from err
     summary: dict[str, dict[str, dict[str, float]]] = {}
     for cls, metrics in per_fold[0].items():
         for metric in metrics:

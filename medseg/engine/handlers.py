@@ -278,7 +278,12 @@ class TrainingState:
         self.scaler = getattr(parts["trainer"], "scaler", None)
 
     def snapshot(self) -> dict[str, Any]:
+        """The state to save; under torchrun a collective call (every rank's random streams are gathered)."""
         p = self.p
+        ctx = p.get("ctx") or distributed.Context()
+        own = self._random_streams()
+        ranks = distributed.gather(own, ctx) if ctx.distributed else [own]
+        own = ranks[0]
         return {
             "format": FORMAT,
             "network": p["net"].state_dict(),
@@ -291,8 +296,17 @@ class TrainingState:
             "early_stopping": p["early"].state_dict() if p["early"] is not None else {},
             "stop_reason": p["stop"].reason,
             "history": p["progress"].history,
-            "rng": rng_state(p["transforms"]),
-            "data_generator": p["loader"].generator.get_state(),
+            **own,
+            # under torchrun: every rank's own random streams (each rank's loader is seeded with seed + rank), so
+            # that a resumed run draws what each rank would have drawn; the keys above are rank 0's
+            "ranks": ranks if ctx.distributed else [],
+        }
+
+    def _random_streams(self) -> dict[str, Any]:
+        """This process's random states: global and transform generators, the loader's, the click simulation's."""
+        return {
+            "rng": rng_state(self.p["transforms"]),
+            "data_generator": self.p["loader"].generator.get_state(),
             # click-guided training: the click simulation's own generator (medseg.engine.interactive.ClickIteration)
             "clicks": json.dumps(self._clicks().bit_generator.state) if self._clicks() is not None else "",
         }
@@ -311,20 +325,31 @@ class TrainingState:
         if self.scaler is not None and state["scaler"]:
             self.scaler.load_state_dict(state["scaler"])
         p["trainer"].load_state_dict(state["trainer"])
+        t = p["trainer"].state
+        if t.epoch_length and t.iteration % t.epoch_length:
+            # an epoch cut short by the time budget was validated and checkpointed as a whole one: go on with the
+            # next epoch (ignite would repeat the rest of it, shifting epochs, history and schedule by one)
+            t.epoch = t.iteration // t.epoch_length + 1
+            t.iteration = t.epoch * t.epoch_length
         p["evaluator"].state.best_metric = state["evaluator"]["best_metric"]
         p["evaluator"].state.best_metric_epoch = state["evaluator"]["best_metric_epoch"]
         if p["early"] is not None and state["early_stopping"]:
             p["early"].load_state_dict(state["early_stopping"])
         p["stop"].reason = state["stop_reason"] if state["stop_reason"] == "early stopping" else ""
-        set_rng_state(state["rng"], p["transforms"])
-        p["loader"].generator.set_state(state["data_generator"])
-        if self._clicks() is not None and state.get("clicks"):  # checkpoints written before it lack the key
-            self._clicks().bit_generator.state = json.loads(state["clicks"])
+        ctx = p.get("ctx") or distributed.Context()
+        ranks = state.get("ranks") or []
+        # this rank's own streams when the checkpoint holds one per rank of the same world size, else rank 0's
+        own = ranks[ctx.rank] if ctx.distributed and len(ranks) == ctx.world else state
+        set_rng_state(own["rng"], p["transforms"])
+        p["loader"].generator.set_state(own["data_generator"])
+        if self._clicks() is not None and own.get("clicks"):  # checkpoints written before it lack the key
+            self._clicks().bit_generator.state = json.loads(own["clicks"])
 
 
 class ResumableCheckpoint:
     """``state.snapshot()`` to ``path`` every ``every`` epochs, at the last epoch and when ``stop`` is set (then
-    the run ends); written atomically, only by the writing rank."""
+    the run ends); the snapshot is taken on every rank (it gathers their random streams), written atomically by
+    the writing rank only."""
 
     def __init__(self, path: Path, state: Any, every: int, stop: Stop, writer: bool = True) -> None:
         self.path, self.state, self.every, self.stop, self.writer = path, state, every, stop, writer
@@ -334,7 +359,10 @@ class ResumableCheckpoint:
 
     def __call__(self, trainer: Engine) -> None:
         epoch = trainer.state.epoch
-        if self.writer and (epoch % self.every == 0 or epoch == trainer.state.max_epochs or self.stop.reason):
-            save_checkpoint(self.path, self.state.snapshot())
+        if epoch % self.every == 0 or epoch == trainer.state.max_epochs or self.stop.reason:
+            if self.writer or distributed.current().distributed:  # under torchrun a collective: every rank takes part
+                payload = self.state.snapshot()  # (it gathers each rank's random streams)
+                if self.writer:
+                    save_checkpoint(self.path, payload)
         if self.stop.reason:
             trainer.terminate()

@@ -23,7 +23,7 @@ from monai.utils import set_determinism
 
 from medseg.engine import builders, distributed, interactive
 from medseg.engine.builders import collate_plain, pick_device, training_dataset  # noqa: F401  (tests import them here)
-from medseg.engine.checkpoint import load_checkpoint, random_transforms
+from medseg.engine.checkpoint import load_checkpoint, random_transforms, remove_stale_temporaries
 from medseg.engine.handlers import (
     BestCheckpoint, EarlyStop, EpochProgress, FiniteLoss, GlobalLoss, LastEpochValidation, ResumableCheckpoint, Stop,
     TimeBudget, TrainingState,
@@ -102,7 +102,7 @@ def attach_handlers(cfg: Any, parts: Parts, run_dir: Path, stop: Stop, started: 
     progress.attach(trainer)
     state = TrainingState(net=parts.net, optimizer=parts.optimizer, scheduler=parts.scheduler, trainer=trainer,
                           evaluator=evaluator, loader=parts.train_loader, early=early, stop=stop, progress=progress,
-                          transforms=random_transforms(parts.train_ds.transform))
+                          transforms=random_transforms(parts.train_ds.transform), ctx=ctx)
     ResumableCheckpoint(last_path, state, tr.checkpoint_every, stop, writer=ctx.main).attach(trainer)
     return state
 
@@ -136,6 +136,9 @@ def train(
     device = distributed.device_for(ctx, pick_device(tr.device))
     started = time.monotonic()
     last_path = run_dir / "checkpoints" / "last.pt"
+    if ctx.main:  # a kill during a checkpoint write leaves its complete-or-not temporary file behind
+        for tmp in remove_stale_temporaries(last_path.parent):
+            logger.info("removed %s, a checkpoint write the earlier process did not finish", tmp.name)
     saved = load_checkpoint(last_path, device) if resume else None
     parts = build_parts(cfg, train_files, val_files, device, ctx)
     stop = Stop()
