@@ -80,6 +80,13 @@ def _finished(report: dict[str, Any], epochs: int) -> bool:
     return not (report.get("stop_reason") == "time budget" and int(report.get("epochs_run") or 0) < epochs)
 
 
+def run_finished(run_dir: Path, epochs: int) -> bool:
+    """Whether the run (or fold) in ``run_dir`` is done: its ``run.json`` is there and the time budget did not
+    stop it before its last epoch."""
+    path = run_dir / "run.json"
+    return path.is_file() and _finished(read_json(path), epochs)
+
+
 def check_not_finished(run_dir: Path, state: dict[str, Any], epochs: int) -> None:
     """Refuse ``--resume`` of a run that finished (``run.json``; for a cross-validation every fold's and
     ``cv_summary.json``): it would only evaluate and export the same model again, as a new bundle version."""
@@ -88,7 +95,7 @@ def check_not_finished(run_dir: Path, state: dict[str, Any], epochs: int) -> Non
     if state.get("folds") == "all":
         k = read_json(run_dir / "folds.json").get("k")
         reports = [run_dir / f"fold_{i}" / "run.json" for i in range(k if isinstance(k, int) else 0)]
-        if reports and (run_dir / "cv_summary.json").is_file() and all(r.is_file() for r in reports):
+        if reports and (run_dir / "cv_summary.json").is_file() and all(run_finished(r.parent, epochs) for r in reports):
             raise MedsegError(f"--resume {run_dir}: this cross-validation has finished (every fold's run.json and"
                               f" cv_summary.json are there); nothing to continue: to train it again start a new run"
                               " (--output-dir NEW_DIR)")

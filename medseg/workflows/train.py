@@ -40,7 +40,7 @@ from medseg.inference import build_chain, run_case, torch_forward
 from medseg.plan.auto import AutoFill
 from medseg.plan.post import decide_largest_component
 from medseg.plan.rules import OVERHEAD
-from medseg.engine.resume import read_state, resume_config, stored_config, write_state
+from medseg.engine.resume import read_state, resume_config, run_finished, stored_config, write_state
 from medseg.engine.trainer import TrainResult, train
 from medseg.errors import MedsegError, check_folder_option, check_new_run_folder
 from medseg.evaluation import evaluate_case, summarise, write_reports
@@ -198,7 +198,7 @@ def _resume_folds(opts: Options, cfg: Any, requested: Any, ctx: distributed.Cont
     outcomes = []
     for i in range(k):
         fold_dir = opts.resume / f"fold_{i}"
-        if (fold_dir / "run.json").is_file():
+        if run_finished(fold_dir, int(cfg.training.epochs)):  # a fold the time budget stopped short goes on
             continue
         train_cases, val_cases = fold_split(cases, parts, i)
         started = (fold_dir / "checkpoints" / "last.pt").is_file()

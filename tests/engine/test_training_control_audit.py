@@ -110,6 +110,34 @@ def test_only_a_run_the_time_budget_stopped_short_may_be_resumed_after_run_json(
     (cv / "cv_summary.json").write_text("{}")
     assert main(["--resume", str(cv)]) == 2
     assert "this cross-validation has finished" in one_error_line(capsys)
+    # one fold the time budget stopped short: the cross-validation may go on
+    (cv / "fold_1" / "run.json").write_text(json.dumps({"epochs_run": 12, "stop_reason": "time budget"}))
+    check_not_finished(cv, {"folds": "all"}, 40)
+
+
+def test_a_cross_validation_resume_trains_on_the_fold_the_time_budget_stopped_short(tmp_path, monkeypatch):
+    """Every fold with a run.json was skipped, so a fold the budget stopped before its last epoch never went on."""
+    from medseg.workflows import train
+
+    for k, report in enumerate(({"epochs_run": 40, "stop_reason": ""}, {"epochs_run": 12, "stop_reason": "time budget"},
+                                {"epochs_run": 9, "stop_reason": "early stopping"})):
+        (tmp_path / f"fold_{k}" / "checkpoints").mkdir(parents=True)
+        (tmp_path / f"fold_{k}" / "run.json").write_text(json.dumps(report))
+        (tmp_path / f"fold_{k}" / "checkpoints" / "last.pt").write_bytes(b"")
+    (tmp_path / "fold_3").mkdir()  # never started
+    trained = []
+    monkeypatch.setattr(train, "all_cases", lambda cfg, root: [])
+    monkeypatch.setattr(train, "locate_dataset", lambda cfg, root, explicit: root)
+    monkeypatch.setattr(train, "make_folds", lambda cases, k, seed, folder: [[]] * k)
+    monkeypatch.setattr(train, "fold_split", lambda cases, parts, i: ([], []))
+    monkeypatch.setattr(train, "stored_config", lambda path: "stored")
+    monkeypatch.setattr(train, "train_one", lambda opts, cfg, req, tr, va, fold_dir, ctx, resume, fold:
+                        trained.append((fold, resume, cfg)))
+    monkeypatch.setattr(train, "_fold_summary", lambda parent, k, ctx, outcomes: outcomes)
+    cfg = SimpleNamespace(training=SimpleNamespace(folds=4, seed=0, epochs=40))
+    opts = SimpleNamespace(resume=tmp_path, data_root=tmp_path, data_dir=None)
+    train._resume_folds(opts, cfg, cfg, None)
+    assert trained == [(1, True, "stored"), (3, False, cfg)]
 
 
 def test_damaged_run_files_are_one_line_naming_the_file(tmp_path, capsys):
