@@ -20,20 +20,10 @@ from medseg.engine.folds import make_folds
 from medseg.engine.resume import check_not_finished
 from medseg.errors import MedsegError
 
-from tests.conftest import FAST, REPO, write_msd
+from tests.conftest import REPO
+from tests.engine.test_engine_runs import BASE, cli, data  # noqa: F401 (data: a fixture)
 
-SETS = FAST + ["data.dataset=Synthetic", "bundle.enabled=false", "tracking.enabled=false", "training.threads=1"]
-
-
-def cli(data: Path, out: Path, *extra: str, sets: list[str] = SETS) -> list[str]:
-    return ["liver", "--data-dir", str(data), "--output-dir", str(out), *[a for s in sets for a in ("--set", s)], *extra]
-
-
-@pytest.fixture(scope="module")
-def data(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("control_data")
-    write_msd(root / "Synthetic", n_cases=4)
-    return root
+SETS = BASE  # the engine tests' tiny synthetic runs, their command line and their 4-case dataset (fixture)
 
 
 def one_error_line(capsys) -> str:

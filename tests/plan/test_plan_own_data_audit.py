@@ -217,11 +217,10 @@ def test_a_yaml_with_label_values_past_the_network_outputs_is_one_line():
     assert load_config("liver").data.labels == {"background": 0, "liver": 1, "tumour": 2}
 
 
-def test_an_msd_manifest_declaring_values_with_a_gap_plans_and_passes_trainings_checks(tmp_path):
+def gap_dataset(tmp_path):
+    """An MSD folder of 3 cases whose label files store the tumour as 4 and whose manifest declares 0, 1, 4."""
     import json
 
-    from medseg.config import TaskConfig
-    from medseg.data.layouts import load_dataset
     from tests.conftest import write_msd
 
     root = write_msd(tmp_path / "gap", n_cases=3)
@@ -233,6 +232,14 @@ def test_an_msd_manifest_declaring_values_with_a_gap_plans_and_passes_trainings_
     manifest = json.loads((root / "dataset.json").read_text())
     manifest["labels"] = {"0": "background", "1": "liver", "4": "tumour"}
     (root / "dataset.json").write_text(json.dumps(manifest))
+    return root
+
+
+def test_an_msd_manifest_declaring_values_with_a_gap_plans_and_passes_trainings_checks(tmp_path):
+    from medseg.config import TaskConfig
+    from medseg.data.layouts import load_dataset
+
+    root = gap_dataset(tmp_path)
     _, cases, fp, _ = _fingerprint_dataset(root, "CT", None, {})
     assert fp["labels"] == {"background": 0, "liver": 1, "tumour": 2} and fp["label_map"] == {"4": 2}
     cfg = TaskConfig.from_dict({"task": "gap", "data": {"layout": "msd", "labels": fp["labels"],
@@ -242,21 +249,10 @@ def test_an_msd_manifest_declaring_values_with_a_gap_plans_and_passes_trainings_
 
 
 def test_auto_keys_plan_with_the_yamls_own_label_map(tmp_path, monkeypatch):
-    import json
-
     from medseg.config import load_config
     from medseg.plan.auto import AutoFill
-    from tests.conftest import write_msd
 
-    root = write_msd(tmp_path / "gap", n_cases=3)
-    for path in (root / "labelsTr").iterdir():
-        img = nib.load(path)
-        data = np.asarray(img.dataobj).copy()
-        data[data == 2] = 4
-        nib.save(nib.Nifti1Image(data, img.affine), path)
-    manifest = json.loads((root / "dataset.json").read_text())
-    manifest["labels"] = {"0": "background", "1": "liver", "4": "tumour"}
-    (root / "dataset.json").write_text(json.dumps(manifest))
+    root = gap_dataset(tmp_path)
     labels = {"background": 0, "liver": 1, "tumour": 2}
     # the fingerprint of the YAML's labels and map: the files' 4 is the trained 2, nothing renumbered again
     _, _, fp, _ = _fingerprint_dataset(root, "CT", labels, {}, label_map={4: 2})
