@@ -88,12 +88,10 @@ def test_check_reports_a_dicom_seg_label_as_training_refuses_it(tmp_path):
     assert "c1.dcm is a DICOM SEG" in problem and str(ds / "labels" / "c1.nii.gz") in problem
 
 
-def test_convert_output_below_a_file_is_one_line_before_reading(tmp_path, capsys):
+def test_convert_output_below_a_file_is_one_line_before_reading(tmp_path, capsys, lits_sample):
     from medseg.convert import main
 
-    src = ROOT / "data" / "lits_sample" / "labelsTr" / "lits_sample_val.nii.gz"
-    if not src.is_file():
-        pytest.skip("LiTS sample not present")
+    src = lits_sample / "labelsTr" / "lits_sample_val.nii.gz"  # the real LiTS crop (from its PyPI wheel)
     digest = hashlib.sha256(src.read_bytes()).hexdigest()
     (tmp_path / "taken").write_text("x")
     for target in (tmp_path / "taken" / "out.nrrd", tmp_path / "taken" / "sub" / "out.mha"):
