@@ -154,23 +154,25 @@ def find_inputs(path: Path) -> list[tuple[str, Path]]:
 DICOMDIR_SOP_CLASS = "1.2.840.10008.1.3.10"
 
 
-def _loose_images(folder: Path) -> list[str]:
-    """Names of the DICOM files at the top of ``folder`` that are images or other instances, not a DICOMDIR index."""
+def _sop_class(path: Path) -> str | None:
+    """The SOP class of a DICOM file (a DICOMDIR's from its file meta: it has none of its own); None when the file
+    cannot be read."""
     import pydicom  # deferred: as medseg.data.dicom
 
-    names = []
-    for p in sorted(folder.iterdir()):
-        if not p.is_file() or p.name in SKIP_NAMES or p.name.startswith(".") or not is_dicom_file(p):
-            continue
-        try:
-            ds = pydicom.dcmread(p, stop_before_pixels=True, specific_tags=["SOPClassUID"])
-            meta = getattr(ds, "file_meta", None)
-            sop = str(ds.get("SOPClassUID") or (meta.get("MediaStorageSOPClassUID", "") if meta is not None else ""))
-        except Exception:  # a damaged file: named as a loose file
-            sop = ""
-        if sop != DICOMDIR_SOP_CLASS:  # a DICOMDIR has no SOPClassUID of its own, its file meta names its class
-            names.append(p.name)
-    return names
+    try:
+        ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["SOPClassUID"])
+    except Exception:  # pydicom's many errors for a damaged file
+        return None
+    meta = getattr(ds, "file_meta", None)
+    return str(ds.get("SOPClassUID") or (meta.get("MediaStorageSOPClassUID", "") if meta is not None else ""))
+
+
+def _loose_images(folder: Path) -> list[str]:
+    """Names of the DICOM files at the top of ``folder`` that are images or other instances (a damaged one too),
+    not a DICOMDIR index."""
+    return [p.name for p in sorted(folder.iterdir())
+            if p.is_file() and p.name not in SKIP_NAMES and not p.name.startswith(".") and is_dicom_file(p)
+            and _sop_class(p) != DICOMDIR_SOP_CLASS]
 
 
 def _only_segs(series: list[tuple[str, Path]]) -> bool:
@@ -180,17 +182,9 @@ def _only_segs(series: list[tuple[str, Path]]) -> bool:
 
 
 def _seg_folder(folder: Path) -> bool:
-    import pydicom  # deferred: as medseg.data.dicom
-
-    for p in folder.rglob("*"):
-        if p.is_file() and p.name not in SKIP_NAMES and is_dicom_file(p):
-            try:
-                sop = str(pydicom.dcmread(p, stop_before_pixels=True, specific_tags=["SOPClassUID"]).get("SOPClassUID", ""))
-            except Exception:  # a damaged file: the series reader names it
-                return False
-            if sop != SEG_SOP_CLASS:
-                return False
-    return True
+    """Whether every DICOM file under ``folder`` is a SEG (a damaged file is not: the series reader names it)."""
+    return all(_sop_class(p) == SEG_SOP_CLASS for p in folder.rglob("*")
+               if p.is_file() and p.name not in SKIP_NAMES and is_dicom_file(p))
 
 
 def _device(name: str) -> torch.device:

@@ -22,8 +22,7 @@ CD = Path(pydicom.data.__file__).parent / "test_files" / "dicomdirtests"
 
 @pytest.fixture
 def cd():
-    if not (CD / "DICOMDIR").is_file():
-        pytest.skip("pydicom's test files have no dicomdirtests folder")
+    assert (CD / "DICOMDIR").is_file(), f"{CD}: pydicom's wheel ships its test files; reinstall pydicom"
     return CD
 
 
