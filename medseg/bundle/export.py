@@ -72,11 +72,22 @@ def _write_scripts(bundle_dir: Path) -> None:
     write_scripts(bundle_dir)  # medseg's own transforms and networks (with the size-padding wrapper)
 
 
+def stored_label_values(cfg: Any) -> dict[int, int]:
+    """Label value -> the value the task's label files store (the inverse of ``data.label_map``: ``{1: 255}``), as
+    ``medseg.predict`` writes them (:func:`medseg.workflows.predict.stored_value_map`); ``{}`` without a map."""
+    if not hasattr(cfg, "effective_label_map"):
+        return {}
+    return {int(v): int(k) for k, v in cfg.effective_label_map().items()}
+
+
 def inference_config(cfg: dict[str, Any]) -> dict[str, Any]:
     """The bundle's ``inference.json``: dataset folder in, one mask per input out, in the input's geometry.
 
     Its ``preprocessing``, ``inferer`` and ``postprocessing`` are :func:`medseg.inference.inference_spec`, the chain
-    ``medseg.predict`` runs, with ``SaveImaged`` appended (medseg.predict writes the label map itself).
+    ``medseg.predict`` runs, with ``SaveImaged`` appended (medseg.predict writes the label map itself); before it,
+    where the task renumbered its label files' values (``data.label_map``), ``MapLabelValued`` turns 0..K-1 back
+    into the stored values (:func:`stored_label_values`), so the masks are those ``medseg.predict`` writes. Without
+    ``--output_dir`` the masks go to ``eval/`` in the working folder, never into the bundle.
     """
     n_classes = len(cfg.data.labels)
     chain = inference_spec(cfg)
@@ -84,19 +95,25 @@ def inference_config(cfg: dict[str, Any]) -> dict[str, Any]:
     chain = bundle_targets(chain)
     post = chain["postprocessing"]["transforms"]
     pictures = int(cfg.network.spatial_dims) == 2 and not cfg.network.slice_mode
+    stored = stored_label_values(cfg)
     if pictures:  # a 2D task: PNG/TIFF/JPEG in, masks out in the picture's format with the stored label values
-        stored = {str(v): int(k) for k, v in cfg.effective_label_map().items()} if hasattr(cfg, "effective_label_map") else {}
         post.append({"_target_": f"scripts.{SCRIPT_PACKAGE}.SavePictured", "keys": "pred", "output_dir": "@output_dir",
-                     "value_map": stored, "output_postfix": "_seg"})
+                     "value_map": {str(k): v for k, v in stored.items()}, "output_postfix": "_seg"})
     else:
+        moved = {k: v for k, v in stored.items() if k != v}
+        dtype = "$numpy.uint16" if max(moved.values(), default=0) > 255 else "$numpy.uint8"  # as medseg.predict writes
+        if moved:  # 0..K-1 back to the values the label files store (0/128/255, BraTS's 4), as medseg.predict does
+            post.append({"_target_": "MapLabelValued", "keys": "pred", "orig_labels": list(moved),
+                         "target_labels": list(moved.values()), "dtype": dtype})
         post.append({"_target_": "SaveImaged", "keys": "pred", "output_dir": "@output_dir", "output_postfix": "seg",
-                     "output_dtype": "$numpy.uint8", "resample": False, "separate_folder": False, "print_log": False})
+                     "output_dtype": dtype, "resample": False, "separate_folder": False, "print_log": False})
     patterns = IMAGE_GLOBS + (tuple(f"*{s}" for s in PICTURE_SUFFIXES) if pictures else ())
     return {
         "imports": ["$import glob", "$import os", "$import numpy"],
         "bundle_root": ".",
         "checkpoint": "$os.path.join(@bundle_root, 'models', 'model.pt')",
-        "output_dir": "$os.path.join(@bundle_root, 'eval')",
+        # the folder the command runs in, not the bundle's (a deployed bundle stays as shipped); --output_dir OUT
+        "output_dir": "$os.path.join(os.getcwd(), 'eval')",
         "dataset_dir": "data",
         # the images in dataset_dir; a missing or empty one stops the run with one line (no silent empty run)
         "find_images": {"_target_": f"scripts.{DATALIST_PACKAGE}.image_list", "_mode_": "callable"},
@@ -374,6 +391,24 @@ def data_source(cfg: Any, run_dir: Path) -> str:
     return configured
 
 
+def run_name(run_dir: Path) -> str:
+    """How a bundle names the run it was exported from (``metadata.json`` ``medseg_export.run``, its change log,
+    ``medseg.export --list``): the path from the ``runs`` folder ``medseg.train`` writes into
+    (``runs/liver/20261203-204516``, what ``python -m medseg.export`` takes from the project folder), else the run
+    folder's own name. Never an absolute path: it would carry user and site names into a bundle that is shared.
+
+    Example:
+        >>> run_name(Path("/home/alice/medseg/runs/liver/20261203-204516"))
+        'runs/liver/20261203-204516'
+    """
+    parts = Path(os.path.abspath(run_dir)).parts
+    parents = parts[:-1]
+    if "runs" in parents:
+        start = len(parents) - 1 - parents[::-1].index("runs")  # the innermost runs/ folder
+        return "/".join(parts[start:])
+    return parts[-1] if len(parts) > 1 else "run"
+
+
 def _readme(cfg: dict[str, Any], summary: dict[str, dict[str, float]], run_seconds: float | None,
             source: str | None = None) -> str:
     tr, pre, net = cfg.training, cfg.preprocessing, cfg.network
@@ -381,6 +416,8 @@ def _readme(cfg: dict[str, Any], summary: dict[str, dict[str, float]], run_secon
         f"| {c} | {e['dice']:.3f} | {e['hd95_mm']:.2f} | {e['assd_mm']:.2f} | {int(e['cases'])} |" for c, e in summary.items()
     )
     budget = f"{run_seconds / 60:.1f} minutes" if run_seconds else "see the training run"
+    stored = stored_label_values(cfg)
+    values = ", ".join(f"{stored.get(int(v), int(v))} = {k}" for k, v in cfg.data.labels.items())
     return f"""# {cfg.bundle.name}
 
 {cfg.description}. Exported by medseg {__version__}.
@@ -416,6 +453,10 @@ From this folder:
 From anywhere else, name the bundle's folder too:
 
     python -m monai.bundle run --config_file BUNDLE/configs/inference.json --bundle_root BUNDLE --dataset_dir IMAGES --output_dir OUT
+
+It writes one `<image>_seg` mask per input into OUT, in the input's own geometry, with the values the task's
+label files store ({values}). Without `--output_dir` the masks go to `eval/` in the folder the command runs
+from (name OUT when that is this folder: a bundle is not the place for its outputs).
 
 ## Limitations
 Research use only. Trained on the data above; performance on other scanners, contrast phases or
@@ -487,12 +528,13 @@ def export_bundle(
     meta["data_source"] = source
     dice = ", ".join(f"{c} {e['dice']:.3f}" for c, e in summary.items())
     exported = bundle_versions.now_utc()
+    run = run_name(run_dir)
 
     def finalise(folder: Path, version: str, changelog: dict[str, str]) -> None:
-        entry = f"{exported} UTC: exported by medseg {__version__} from run {run_dir} (task '{cfg.task}'); validation Dice {dice}"
+        entry = f"{exported} UTC: exported by medseg {__version__} from run {run} (task '{cfg.task}'); validation Dice {dice}"
         final = {**meta, "version": version, "changelog": {version: entry, **changelog},
-                 # absolute: the remedy lines that name the run (medseg.export RUN --int8) work from any folder
-                 "medseg_export": {"exported": exported, "task": cfg.task, "run": str(Path(run_dir).resolve())}}
+                 # the run's name, not its absolute path (user and site names stay out of a bundle that is shared)
+                 "medseg_export": {"exported": exported, "task": cfg.task, "run": run}}
         (folder / "configs" / "metadata.json").write_text(json.dumps(final, indent=2) + "\n")
         _torchscript(folder, cfg)  # embeds the configs, metadata.json with its final version included
 

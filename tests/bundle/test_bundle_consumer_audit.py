@@ -216,3 +216,150 @@ def test_pyfunc_model_refuses_two_inputs_of_one_case_name(tmp_path):
     with pytest.raises(MedsegError, match="both case 'a'"):
         model.predict(SimpleNamespace(), frame, params={"output_dir": str(tmp_path / "out")})
     assert not (tmp_path / "out").exists()
+
+
+# ---------------------------------------------------------------- what stock MONAI writes, and where
+def _post(config: dict) -> list[dict]:
+    return config["postprocessing"]["transforms"]
+
+
+@pytest.mark.parametrize("label_map,orig,target,dtype", [
+    ("{}", None, None, "$numpy.uint8"),
+    ("{0: 0, 1: 1, 2: 2}", None, None, "$numpy.uint8"),  # the identity: nothing to map
+    ("{128: 1, 255: 2}", [1, 2], [128, 255], "$numpy.uint8"),  # 0/128/255 label files
+    ("{0: 0, 1: 1, 4: 2}", [2], [4], "$numpy.uint8"),  # BraTS-like gap: only the moved value
+    ("{1000: 1, 2000: 2}", [1, 2], [1000, 2000], "$numpy.uint16"),  # past 255: uint16, as medseg.predict writes
+])
+def test_inference_json_maps_renumbered_labels_back_to_the_stored_values(label_map, orig, target, dtype):
+    """A task that renumbered its label files' values (``data.label_map``) trains on 0..K-1; the bundle's stock-MONAI
+    run writes the stored values back, as ``medseg.predict`` does (:func:`medseg.workflows.predict.stored_value_map`)."""
+    import numpy as np
+    import torch
+    from monai.bundle import ConfigParser
+    from monai.data import MetaTensor
+
+    from medseg.bundle.export import inference_config
+    from medseg.workflows.predict import stored_value_map
+
+    cfg = load_config("liver", [f"data.label_map={label_map}"])
+    config = json.loads(json.dumps(inference_config(cfg)))  # as written to inference.json
+    post = _post(config)
+    assert post[-1]["_target_"] == "SaveImaged" and post[-1]["output_dtype"] == dtype
+    mapping = [i for i, t in enumerate(post) if t["_target_"] == "MapLabelValued"]
+    if orig is None:
+        assert mapping == []
+        return
+    assert mapping == [len(post) - 2]  # after the inversion and the largest components, just before writing
+    entry = post[-2]
+    assert (entry["keys"], entry["orig_labels"], entry["target_labels"], entry["dtype"]) == ("pred", orig, target, dtype)
+    # resolved by MONAI's parser, on labels 0..K-1: the values medseg.predict writes
+    step = ConfigParser(config).get_parsed_content(f"postprocessing#transforms#{len(post) - 2}")
+    labels = np.array([[[0, 1, 2, 2, 1, 0]]], dtype=np.uint8)
+    out = step({"pred": MetaTensor(torch.from_numpy(labels), affine=torch.eye(4))})["pred"]
+    stored = stored_value_map(SimpleNamespace(cfg=cfg))
+    expected = np.vectorize(lambda v: stored.get(int(v), int(v)))(labels)
+    assert isinstance(out, MetaTensor) and np.array_equal(out.numpy(), expected)
+    assert out.numpy().dtype == (np.uint16 if dtype.endswith("uint16") else np.uint8)
+
+
+def test_inference_json_writes_into_the_working_folder_not_the_bundle(tmp_path, monkeypatch):
+    """Without ``--output_dir`` the masks go to ``eval/`` where the command runs (a deploy never writes into the
+    bundle it runs); ``--output_dir`` (an override of ``output_dir``) still wins."""
+    from monai.bundle import ConfigParser
+
+    from medseg.bundle.export import _readme, inference_config
+
+    bundle, work = tmp_path / "bundles" / "liver", tmp_path / "work"
+    bundle.mkdir(parents=True)
+    work.mkdir()
+    monkeypatch.chdir(work)
+    config = inference_config(load_config("liver"))
+    parser = ConfigParser(config)
+    parser["bundle_root"] = str(bundle)
+    default = Path(parser.get_parsed_content("output_dir"))
+    assert default == work / "eval" and bundle not in default.parents
+    parser = ConfigParser(config)
+    parser["bundle_root"], parser["output_dir"] = str(bundle), str(tmp_path / "out")  # what --output_dir does
+    assert parser.get_parsed_content("output_dir") == str(tmp_path / "out")
+    summary = {c: {"dice": 0.9, "hd95_mm": 3.0, "assd_mm": 1.0, "cases": 1} for c in ("liver", "tumour")}
+    text = _readme(load_config("liver", ["data.label_map={128: 1, 255: 2}"]), summary, None)
+    assert "Without `--output_dir` the masks go to `eval/` in the folder the command runs" in text
+    assert "(0 = background, 128 = liver, 255 = tumour)" in text
+    assert "(0 = background, 1 = liver, 2 = tumour)" in _readme(load_config("liver"), summary, None)
+
+
+def test_a_run_is_named_from_its_runs_folder_never_by_its_absolute_path(tmp_path, monkeypatch):
+    from medseg.bundle.export import run_name
+
+    assert run_name(Path("/home/alice/site/runs/liver/20261203-204516")) == "runs/liver/20261203-204516"
+    assert run_name(Path("/srv/runs/alice/medseg/runs/liver/x")) == "runs/liver/x"  # the innermost runs/
+    assert run_name(Path("/scratch/alice/my_run")) == "my_run"  # --output-dir elsewhere: the folder's name
+    assert run_name(Path("/home/alice/runs")) == "runs"
+    run = tmp_path / "proj" / "runs" / "liver" / "20261203-204516"
+    run.mkdir(parents=True)
+    monkeypatch.chdir(tmp_path / "proj")
+    assert run_name(Path("runs/liver/20261203-204516")) == run_name(run) == "runs/liver/20261203-204516"
+    monkeypatch.chdir(run)
+    assert run_name(Path(".")) == "runs/liver/20261203-204516"
+    assert run_name(Path("../20261203-204516")) == "runs/liver/20261203-204516"
+
+
+@pytest.fixture
+def renumbered_run(tmp_path: Path) -> Path:
+    """A finished run of a task whose label files store 0/128/255 (``data.label_map``), in a ``runs/`` folder under
+    a user's home; seeded random weights (varied classes to compare, no training)."""
+    import torch
+
+    from medseg.networks import build_network
+    from tests.conftest import FAST
+
+    run = tmp_path / "home" / "alice" / "site" / "runs" / "liver" / "20261203-204516"
+    (run / "checkpoints").mkdir(parents=True)
+    cfg = load_config("liver", FAST + ["data.label_map={128: 1, 255: 2}", "tracking.enabled=false"])
+    (run / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    torch.manual_seed(3)
+    torch.save(build_network(cfg.network, 1, 3).state_dict(), run / "checkpoints" / "best.pt")
+    metrics = {c: {"dice": 0.5, "hd95_mm": 3.0, "assd_mm": 1.0, "cases": 1} for c in ("liver", "tumour")}
+    (run / "metrics.json").write_text(json.dumps(metrics))
+    return run
+
+
+@pytest.mark.slow
+def test_stock_monai_writes_the_stored_values_outside_the_bundle_and_the_run_is_named_relatively(
+        renumbered_run, tmp_path, capsys):
+    import nibabel as nib
+    import numpy as np
+
+    from medseg.bundle import versions
+    from medseg.predict import main as predict_main
+    from tests.conftest import synthetic_case
+    from tests.workflows.test_train import stock_monai
+
+    out = tmp_path / "bundles" / "renumbered"
+    assert export_main([str(renumbered_run), "--out", str(out)]) == 0
+    bundle = versions.resolve(out)
+    text = (bundle / "configs" / "metadata.json").read_text()
+    meta = json.loads(text)
+    assert meta["medseg_export"]["run"] == "runs/liver/20261203-204516"
+    assert "from run runs/liver/20261203-204516 (task 'liver')" in meta["changelog"]["0.1.0"]
+    assert str(tmp_path) not in text and "alice" not in text  # neither the absolute path nor the user's name
+    assert [r["run"] for r in versions.list_bundles(out.parent)] == ["runs/liver/20261203-204516"]
+    assert [t for t in _post(json.loads((bundle / "configs" / "inference.json").read_text()))
+            if t["_target_"] == "MapLabelValued"][0]["target_labels"] == [128, 255]
+
+    images, work = tmp_path / "images", tmp_path / "work"
+    images.mkdir()
+    work.mkdir()
+    image, _, affine = synthetic_case(shape=(34, 30, 22), seed=11)
+    nib.save(nib.Nifti1Image(image, affine), images / "scan.nii.gz")
+    shipped = sorted(p.relative_to(bundle) for p in bundle.rglob("*") if "__pycache__" not in p.parts)
+    # no --output_dir: the masks go to eval/ in the folder it runs in (medseg blocked: stock MONAI only)
+    proc = stock_monai(work, "run", "--config_file", str(out / "configs" / "inference.json"),
+                       "--bundle_root", str(out), "--dataset_dir", str(images))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert sorted(p.relative_to(bundle) for p in bundle.rglob("*") if "__pycache__" not in p.parts) == shipped
+    theirs = np.asarray(nib.load(work / "eval" / "scan_seg.nii.gz").dataobj)
+    assert theirs.dtype == np.uint8 and set(np.unique(theirs)) == {0, 128, 255}  # the stored values, all three
+    assert predict_main(["--bundle", str(out), "--input", str(images), "--output", str(tmp_path / "medseg")]) == 0
+    ours = np.asarray(nib.load(tmp_path / "medseg" / "scan_seg.nii.gz").dataobj)
+    np.testing.assert_array_equal(ours, theirs.reshape(ours.shape))  # the masks medseg.predict writes

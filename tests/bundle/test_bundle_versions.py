@@ -28,8 +28,8 @@ def test_each_export_is_a_new_version_and_the_name_points_at_the_latest(trained,
     assert first == (v1 / "models" / "model.pt").resolve() and first.is_file()  # the first is still there
     assert _meta(v1)["version"] == "0.1.0" and _meta(v2)["version"] == "0.2.0"
     assert list(_meta(v2)["changelog"]) == ["0.2.0", "0.1.0"] and list(_meta(v1)["changelog"]) == ["0.1.0"]
-    assert f"from run {trained['run']}" in _meta(v2)["changelog"]["0.2.0"]
-    assert _meta(v2)["medseg_export"]["run"] == str(trained["run"])
+    assert "from run run (task 'liver')" in _meta(v2)["changelog"]["0.2.0"]  # the run folder's name, not its path
+    assert _meta(v2)["medseg_export"]["run"] == "run"
     a, b = torch.load(v2 / "models" / "model.pt", weights_only=True), torch.load(v1 / "models" / "model.pt", weights_only=True)
     assert all(torch.equal(a[k], b[k]) for k in a)
     capsys.readouterr()
@@ -38,7 +38,8 @@ def test_each_export_is_a_new_version_and_the_name_points_at_the_latest(trained,
     dice = json.loads((trained["run"] / "metrics.json").read_text())["liver"]["dice"]
     assert len(lines) == 3 and lines[0].split()[:2] == ["name", "version"]
     assert "liver_bundle-v1" in lines[1] and "0.1.0 " in lines[1] and "(latest)" not in lines[1]
-    assert "liver_bundle-v2" in lines[2] and "0.2.0 (latest)" in lines[2] and str(trained["run"]) in lines[2]
+    assert "liver_bundle-v2" in lines[2] and "0.2.0 (latest)" in lines[2] and "  run  " in lines[2]
+    assert str(trained["work"]) not in "\n".join(lines)
     assert f"liver {dice:.3f}" in lines[2] and " liver " in lines[2]
     assert export_main(["--list", "--dir", str(tmp_path / "nothing")]) == 2
 
@@ -100,11 +101,12 @@ def test_two_exports_finishing_at_once_never_mix(trained, tmp_path: Path):
     assert out.resolve().name == "liver_bundle-v2"
 
 
-def test_a_run_given_as_a_relative_path_is_recorded_absolute(trained, tmp_path: Path, monkeypatch):
-    """metadata.json names the run in the remedy lines (medseg.export RUN --int8): a relative path only worked
-    from the folder the export ran in."""
+def test_a_run_is_recorded_by_name_whatever_path_names_it(trained, tmp_path: Path, monkeypatch):
+    """metadata.json and the change log name the run without its absolute path (user and site names stay out of a
+    shared bundle), the same whether the export was given a relative or an absolute path."""
     monkeypatch.chdir(trained["run"].parent)
     out = tmp_path / "bundles" / "relative"
     assert export_main([trained["run"].name, "--out", str(out)]) == 0
-    assert _meta(out)["medseg_export"]["run"] == str(trained["run"].resolve())
+    text = (out / "configs" / "metadata.json").read_text()
+    assert _meta(out)["medseg_export"]["run"] == "run" and str(trained["work"]) not in text
 
