@@ -438,11 +438,18 @@ class InferenceConfig(Section):
     instance_seed_erosion: NonNegativeInt = 0
 
 
+#: the widest click map (voxels): 3 sigma already spans 60 voxels, most of a patch, so a click no longer says where
+MAX_CLICK_SIGMA = 20.0
+ClickSigma = Annotated[Float, _check(lambda v: 0 < v <= MAX_CLICK_SIGMA,
+                                     "is {v!r}; the click map's Gaussian width is in voxels of the preprocessed"
+                                     f" grid and must be above 0 and at most {MAX_CLICK_SIGMA:g} (typically 1-5)")]
+
+
 class InteractiveConfig(Section):
     """Click-guided training (medseg.engine.interactive): one guidance channel per label after the image."""
     enabled: bool = False
     max_clicks: AtLeast1 = 5  # simulated clicks per training sample: 1 initial per class + corrections
-    sigma: Positive = 2.0  # Gaussian click map width, voxels of the preprocessed grid
+    sigma: ClickSigma = 2.0  # Gaussian click map width, voxels of the preprocessed grid
     auto_prob: Prob = 0.25  # share of training samples with no clicks (the automatic segmentation)
     # medseg.serve: voxels recomputed around a click, one per axis of training.patch_size; [] = the patch
     window: Annotated[list[int], _check(lambda v: all(w >= 1 for w in v), "is {v}; sizes must be >= 1")] = \

@@ -51,17 +51,59 @@ SKIP_NAMES = {"DICOMDIR", "Thumbs.db", "LOCKFILE", "VERSION"}
 
 @dataclass
 class SeriesInfo:
-    """One series found in a folder: its files and the header fields that identify it (no patient data)."""
+    """One series found in a folder: its files and the header fields that tell series apart without patient data.
+
+    No free text: a SeriesDescription is typed by staff and may hold a name or an ID, so it is never read; a series
+    is shown by its UID, modality, slice count and grid (what ``--series`` is chosen by)."""
 
     uid: str
-    description: str = ""
     modality: str = ""
     files: list[Path] = field(default_factory=list)
     frames: int = 0  # total frames (one per single-frame file)
+    size: tuple[int, ...] = ()  # (Columns, Rows) of its first file
+    pixel_mm: tuple[float, ...] = ()  # pixel size across (between columns), down (between rows); () unknown
+    slice_mm: float = 0.0  # SpacingBetweenSlices, else SliceThickness; 0 unknown
 
     def summary(self) -> str:
-        desc = f" '{self.description}'" if self.description else ""
-        return f"{self.uid}{desc} ({self.modality or '?'}, {self.frames} slice{'s' if self.frames != 1 else ''})"
+        parts = [self.modality or "?", f"{self.frames} slice{'s' if self.frames != 1 else ''}"]
+        if self.size:
+            parts.append("x".join(str(n) for n in self.size) + " px"
+                         + (" of " + "x".join(f"{v:.3g}" for v in self.pixel_mm) + " mm" if self.pixel_mm else ""))
+        if self.slice_mm:
+            parts.append(f"slice {self.slice_mm:.3g} mm")
+        return f"{self.uid} ({', '.join(parts)})"
+
+    @classmethod
+    def of(cls, ds, files: list[Path] | None = None) -> SeriesInfo:
+        """A series' entry from one of its datasets (headers): UID, modality and grid; ``files``: its files so far."""
+        return cls(str(ds.SeriesInstanceUID), str(ds.get("Modality", "") or ""), list(files or []), 0,
+                   *_header_grid(ds))
+
+
+def _header_grid(ds) -> tuple[tuple[int, ...], tuple[float, ...], float]:
+    """(Columns x Rows, pixel size across x down in mm, slice spacing in mm) from a dataset's headers, the
+    functional groups of a multi-frame file included; what cannot be read is left empty (shown as unknown)."""
+    try:
+        size = (int(ds.Columns), int(ds.Rows))
+    except (AttributeError, TypeError, ValueError):
+        size = ()
+    shared = ds.get("SharedFunctionalGroupsSequence")
+    per_frame = ds.get("PerFrameFunctionalGroupsSequence")
+    measures = None
+    for groups in (shared[0] if shared else None, per_frame[0] if per_frame else None):
+        if groups is not None and "PixelMeasuresSequence" in groups and groups.PixelMeasuresSequence:
+            measures = groups.PixelMeasuresSequence[0]
+            break
+    try:
+        spacing = _frame_value(ds, measures, "PixelSpacing") or ds.get("ImagerPixelSpacing")
+        pixel = (float(spacing[1]), float(spacing[0])) if spacing is not None and len(spacing) == 2 else ()
+    except (TypeError, ValueError):
+        pixel = ()
+    try:
+        thickness = _thickness(measures) or _thickness(ds)
+    except (TypeError, ValueError):
+        thickness = 0.0
+    return size, pixel, thickness
 
 
 @dataclass
@@ -71,7 +113,6 @@ class DicomVolume:
     array: np.ndarray
     affine: np.ndarray  # LPS
     series_uid: str
-    description: str = ""
     modality: str = ""
     notes: list[str] = field(default_factory=list)
     order: list[int] = field(default_factory=list)  # stored file/frame index of each slice k
@@ -185,7 +226,7 @@ def _scan(folder: Path, headers_only: bool) -> tuple[dict[str, SeriesInfo], dict
         _require_pixels(path, ds)
         uid = str(ds.SeriesInstanceUID)
         patients.setdefault(_patient_key(ds), set()).add(uid)
-        info = series.setdefault(uid, SeriesInfo(uid, str(ds.get("SeriesDescription", "") or ""), str(ds.get("Modality", ""))))
+        info = series.setdefault(uid, SeriesInfo.of(ds))
         info.files.append(path)
         info.frames += int(ds.get("NumberOfFrames", 1) or 1)
         datasets[path] = ds
@@ -237,8 +278,8 @@ def _select(path: Path, series_uid: str | None, headers_only: bool) -> tuple[Ser
             raise MedsegError(f"{path}: a DICOM SEG (a segmentation, not an image); give the image series it"
                               " segments (python -m medseg.convert turns a SEG into a label map)")
         _require_pixels(path, ds)
-        info = SeriesInfo(str(ds.SeriesInstanceUID), str(ds.get("SeriesDescription", "") or ""),
-                          str(ds.get("Modality", "")), [path], int(ds.get("NumberOfFrames", 1) or 1))
+        info = SeriesInfo.of(ds, [path])
+        info.frames = int(ds.get("NumberOfFrames", 1) or 1)
         return info, [ds]
     series, datasets = _scan(path, headers_only)
     info = _pick(series, path, series_uid)
@@ -292,7 +333,7 @@ def series_datasets(path: Path, series_uid: str | None = None) -> tuple[list, Di
     first = members[0]
     shape = (int(first.Columns), int(first.Rows), len(order))
     placeholder = np.broadcast_to(np.zeros((), np.uint8), shape)
-    return ordered, DicomVolume(placeholder, affine, info.uid, info.description, info.modality, notes, order)
+    return ordered, DicomVolume(placeholder, affine, info.uid, info.modality, notes, order)
 
 
 def _geometry(path: Path, ds) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -588,7 +629,7 @@ def _read_single_frames(where: Path, info: SeriesInfo, members: list) -> DicomVo
     volume = _rescaled(stored, slopes, intercepts)
     if str(first.get("PhotometricInterpretation", "")) == "MONOCHROME1":
         notes.append("MONOCHROME1: values kept as stored (bright = low)")
-    return DicomVolume(volume.transpose(2, 1, 0), affine, info.uid, info.description, info.modality, notes, order)
+    return DicomVolume(volume.transpose(2, 1, 0), affine, info.uid, info.modality, notes, order)
 
 
 def _read_multiframe(path: Path, ds, info: SeriesInfo) -> DicomVolume:
@@ -602,7 +643,7 @@ def _read_multiframe(path: Path, ds, info: SeriesInfo) -> DicomVolume:
         raise MedsegError(f"{path}: pixel data is {frames.shape}, header says {len(planes.names)} frames of"
                           f" {planes.matrix[0][0]}x{planes.matrix[0][1]}")
     volume = _rescaled(frames[order], slopes[order], intercepts[order])
-    return DicomVolume(volume.transpose(2, 1, 0), affine, info.uid, info.description, info.modality, notes, order)
+    return DicomVolume(volume.transpose(2, 1, 0), affine, info.uid, info.modality, notes, order)
 
 
 def write_series(

@@ -123,11 +123,34 @@ def write_image(array: np.ndarray, affine_lps: np.ndarray, path: Path) -> Path:
     image.SetDirection([float(v) for v in direction.reshape(-1)])
     check_output_path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    if suffix == ".mhd":  # header + .raw pair: write both under their final names (the raw file name is in the header)
-        sitk.WriteImage(image, str(path), True)
-        return path
+    if suffix == ".mhd":  # a header + data file pair: both under temporary names first
+        return _write_metaimage_pair(image, path)
     with atomic_path(path, suffix=suffix) as tmp:
         sitk.WriteImage(image, str(tmp), suffix in (".nii.gz", ".nrrd", ".mha"))
+    return path
+
+
+def _write_metaimage_pair(image, path: Path) -> Path:
+    """``path`` (``.mhd`` header) and its compressed data file ``<stem>.zraw`` beside it, written under temporary
+    names in the same folder and renamed into place, the data file first and the header last: a killed run leaves
+    no half-written pair (at most a data file without its header, never a header naming a partial file)."""
+    import SimpleITK as sitk  # deferred, as in write_image
+
+    data = path.with_suffix(".zraw")
+    with atomic_path(path, suffix=".mhd") as header_tmp, atomic_path(data, suffix=".zraw") as data_tmp:
+        beside = [header_tmp.with_suffix(s) for s in (".zraw", ".raw")]  # the data file sitk writes with that header
+        try:
+            sitk.WriteImage(image, str(header_tmp), True)
+            lines = header_tmp.read_text().splitlines()
+            named = [i for i, line in enumerate(lines) if line.split("=")[0].strip() == "ElementDataFile"]
+            os.replace(header_tmp.parent / lines[named[-1]].split("=", 1)[1].strip(), data_tmp)
+            lines[named[-1]] = f"ElementDataFile = {data.name}"  # the name it will have, beside the header
+            header_tmp.write_text("\n".join(lines) + "\n")
+        finally:
+            for left in beside:
+                if left.exists():
+                    left.unlink()
+        # leaving the inner block renames the data file into place, then the outer one the header
     return path
 
 

@@ -32,6 +32,8 @@ from medseg.errors import MedsegError
 logger = logging.getLogger("medseg.data")
 
 LAYOUTS = ("msd", "nnunet", "csv", "folders")
+#: missing files of a CSV listed by path in the message (the count names them all)
+MISSING_SHOWN = 10
 
 
 def detect_layout(root: Path) -> str:
@@ -88,16 +90,21 @@ def _csv_cases(path: Path) -> list[Case]:
     if not rows or not {"image", "label"} <= set(rows[0]):
         raise MedsegError(f"{path}: needs a header row with 'image' and 'label' columns and at least one case")
     cases = []
+    missing: list[str] = []  # every listed file that is not there, not only the first: one line each
     for n, row in enumerate(rows, start=2):
         parts = [p.strip() for p in (row["image"] or "").split(";") if p.strip()]
         label = (row["label"] or "").strip()
         if not parts or not label:
             raise MedsegError(f"{path}: line {n}: empty image or label path")
         resolved = [(path.parent / p).resolve() for p in parts] + [(path.parent / label).resolve()]
-        for p in resolved:
-            if not p.exists():
-                raise MedsegError(f"{path}: line {n}: {p} does not exist")
+        missing += [f"line {n}: {p} does not exist" for p in resolved if not p.exists()]
         cases.append(Case.of(resolved[:-1], resolved[-1]))
+    if missing:
+        shown = missing[:MISSING_SHOWN]
+        more = [f"  ... and {len(missing) - len(shown)} more"] if len(missing) > len(shown) else []
+        raise MedsegError("\n".join([f"{path}: {len(missing)} listed file(s) do not exist (paths are relative to the"
+                                      f" CSV's folder, {path.parent}); fix or remove their rows:",
+                                      *(f"  {line}" for line in shown), *more]))
     return cases
 
 

@@ -53,6 +53,11 @@ def save_png(fig: Any, path: Path) -> Path:
 
 def training_curves(history: dict[str, Any], path: Path) -> Path:
     """Loss/lr, Dice and IoU per epoch, as a paper's training-curve figure (1500 x 400 px)."""
+    return save_png(curves_figure(history), path)
+
+
+def curves_figure(history: dict[str, Any]) -> Any:
+    """The figure of :func:`training_curves`: loss and learning rate (one legend for both axes), Dice, IoU."""
     fig, axes = figure(1, 3, (15, 4))
     ax = axes[0, 0]
     ax.plot(history["epoch"], history["loss"], color="black", label="training loss")
@@ -60,7 +65,10 @@ def training_curves(history: dict[str, Any], path: Path) -> Path:
     twin = ax.twinx()
     twin.plot(history["epoch"], history["lr"], color="tab:gray", linestyle="--", label="learning rate")
     twin.set_ylabel("learning rate")
-    ax.legend(loc="upper right", fontsize=8)
+    # the learning rate is on its own (right) axis: its line joins the loss's legend, drawn on the twin axis,
+    # which lies above the loss axis (a legend of the loss axis alone had no learning-rate entry)
+    lines = ax.get_lines() + twin.get_lines()
+    twin.legend(lines, [line.get_label() for line in lines], loc="upper right", fontsize=8)
     for ax, prefix, title in ((axes[0, 1], "val_dice_", "Validation Dice"), (axes[0, 2], "val_iou_", "Validation IoU")):
         for i, (key, values) in enumerate(k for k in history["val"].items() if k[0].startswith(prefix)):
             ax.plot(history["val_epoch"], values, marker="o", markersize=3, color=COLOURS[i % len(COLOURS)],
@@ -68,7 +76,7 @@ def training_curves(history: dict[str, Any], path: Path) -> Path:
         ax.set_xlabel("epoch"), ax.set_ylim(0, 1), ax.set_title(title), ax.grid(alpha=0.3)
         ax.legend(loc="lower right", fontsize=8)
     fig.tight_layout()
-    return save_png(fig, path)
+    return fig
 
 
 def _window(image: np.ndarray, window: tuple[float, float] | None) -> np.ndarray:

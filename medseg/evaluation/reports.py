@@ -22,6 +22,8 @@ from medseg.transforms.settings import display_window
 
 logger = logging.getLogger(__name__)
 
+#: the montage :func:`redraw` owns in a run folder (drawn again, or removed when it cannot be drawn)
+OVERLAYS = "validation_overlays.png"
 DAMAGED = "the run's file is damaged or from another program: restore it from a copy, or train again"
 
 
@@ -87,12 +89,17 @@ def redraw(run_dir: Path, cfg: dict[str, Any]) -> list[Path]:
             raise MedsegError(f"{history}: not a training history (epoch, loss, lr, val_epoch, val) ({type(err).__name__}:"
                               f" {err}); {DAMAGED}") from err
     cases_file = run_dir / "cases.json"
+    overlays = run_dir / OVERLAYS
     if cases_file.is_file() and (run_dir / "metrics_per_case.csv").is_file():
         chosen, classes, first = _overlay_cases(run_dir, cfg, cases_file)
         if chosen:
             window = display_window(cfg)
-            written.append(overlay_montage(chosen, classes[first], window, run_dir / "validation_overlays.png",
+            written.append(overlay_montage(chosen, classes[first], window, overlays,
                                            label_map=cfg.effective_label_map()))
+    if overlays not in written and overlays.is_file():
+        # an earlier redraw's montage of cases this one could not draw: report.md would show that old picture
+        overlays.unlink()
+        logger.warning("%s: removed the earlier %s (not drawn this time)", run_dir, OVERLAYS)
     if (run_dir / "metrics.json").is_file():
         written.append(report_markdown(run_dir))
     return written

@@ -26,6 +26,7 @@ from medseg.data.case import Case
 from medseg.data.check import nonfinite_problems
 from medseg.data.images import describe_geometry, read_image
 from medseg.data.labelmaps import integer_labels
+from medseg.data.pictures import is_picture
 from medseg.errors import MedsegError
 from medseg.fileio import atomic_write_text
 
@@ -186,6 +187,14 @@ def check_entries(cases: list[Case], entries: list[dict[str, Any]], labels: dict
                           + ", ".join(f"{cases[i].name} {entries[i]['shape']}" for i in small[:6]))
 
 
+def spacing_unit(cases: list[Case], entries: list[dict[str, Any]]) -> str:
+    """``"px"`` when every image is a picture (PNG, JPEG, TIFF) storing no pixel size (every spacing 1, what the
+    readers give then): its spacings and extents are pixels, not millimetres; ``"mm"`` otherwise (a TIFF with
+    resolution tags has a physical pixel size)."""
+    pictures = all(is_picture(p) for c in cases for p in c.images)
+    return "px" if pictures and all(s == 1.0 for e in entries for s in e["spacing"]) else "mm"
+
+
 def fingerprint(cases: list[Case], labels: dict[str, int] | None = None, modality: str = "CT",
                 label_map: dict[int, int] | None = None, seed: int = 0) -> dict[str, Any]:
     """The fingerprint of ``cases`` (see the module docstring); ``labels``: the declared ``name -> value``
@@ -229,6 +238,7 @@ def fingerprint(cases: list[Case], labels: dict[str, int] | None = None, modalit
     return {
         "modality": modality, "n_cases": len(cases), "dims": entries[0]["dims"], "channels": n_channels,
         "labels": labels, "label_map": {str(k): v for k, v in (label_map or {}).items()},
+        "spacing_unit": spacing_unit(cases, entries),  # of the spacings here and of the plan's reasons
         "median_spacing": [round(float(s), 4) for s in median_spacing],
         "spacing_p10": [round(float(s), 4) for s in np.percentile(spacings, 10, axis=0)],
         "median_shape": [int(round(float(s))) for s in np.median(shapes, axis=0)],

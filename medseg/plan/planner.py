@@ -415,7 +415,7 @@ def _fit_budget(ctx: _PlanInputs, d: dict[str, Decision], spacing: Decision,
                                    [a for a in range(3) if a != rules.slice_axis(spacing.value)]).value
         if mode.value == "3d" and not coarsened and "preprocessing.spacing" not in hand:
             spacing, coarsened = rules.coarser_spacing(base_spacing, sched.value["total_iterations"],
-                                                       budget_minutes), True
+                                                       budget_minutes, rules.unit(fp)), True
             d["preprocessing.spacing"] = spacing
         elif attempt < 3 and shrinks != list(d["training.patch_size"].value):
             voxels = current // 2
@@ -574,8 +574,8 @@ def render_yaml(plan: Plan) -> str:
     lines = [f"# Planned by `python -m medseg.plan` (plan {plan.hash}) for a {plan.budget_minutes:g}-minute budget"
              f" on {plan.machine['device']}.",
              f"# Fingerprint: {fp['n_cases']} cases, {fp['dims']}D, {fp['channels']} channel(s), median spacing"
-             f" {rules._fmt(fp['median_spacing'])} mm, median shape {rules._fmt(fp['median_shape'])}, anisotropy"
-             f" {fp['anisotropy']:g}.",
+             f" {rules._fmt(fp['median_spacing'])} {rules.unit(fp)}, median shape {rules._fmt(fp['median_shape'])},"
+             f" anisotropy {fp['anisotropy']:g}.",
              "# Every value can be edited; a key set to `auto` is planned again by medseg.train, a hand-set one is kept."]
 
     def emit(tree: dict[str, Any], prefix: str, indent: str) -> None:

@@ -42,6 +42,12 @@ def _fmt(values: Any) -> str:
     return "x".join(f"{v:g}" if isinstance(v, float) else str(v) for v in values)
 
 
+def unit(fp: dict[str, Any]) -> str:
+    """The unit of the fingerprint's spacings and extents: ``"mm"``, or ``"px"`` for pictures that store no
+    pixel size (PNG, JPEG, TIFF without resolution: :func:`medseg.plan.fingerprint.spacing_unit`)."""
+    return fp.get("spacing_unit", "mm")
+
+
 # ---- spacing and dimensionality
 
 
@@ -56,20 +62,21 @@ def target_spacing(fp: dict[str, Any]) -> Decision:
     cases are, as the median would do for a mixed thick/thin set)."""
     median, p10 = list(fp["median_spacing"]), list(fp["spacing_p10"])
     coarse = coarse_axes(median)
+    u = unit(fp)
     if not coarse:
-        return Decision(median, f"median spacing of {fp['n_cases']} cases ({_fmt(median)} mm); no axis is more"
+        return Decision(median, f"median spacing of {fp['n_cases']} cases ({_fmt(median)} {u}); no axis is more"
                                 f" than {ANISOTROPY:g}x coarser than the finest")
     out = [p10[a] if a in coarse else median[a] for a in range(len(median))]
     axes = ", ".join(str(a) for a in coarse)
-    return Decision(out, f"median {_fmt(median)} mm; axis {axes} is more than {ANISOTROPY:g}x coarser than the"
+    return Decision(out, f"median {_fmt(median)} {u}; axis {axes} is more than {ANISOTROPY:g}x coarser than the"
                          f" finest (anisotropy {fp['anisotropy']:g}), so it takes the 10th percentile"
-                         f" ({_fmt([p10[a] for a in coarse])} mm) as nnU-Net does")
+                         f" ({_fmt([p10[a] for a in coarse])} {u}) as nnU-Net does")
 
 
 COARSEN = 1.5  # the factor a CPU budget may coarsen the target spacing by before the patch shrinks
 
 
-def coarser_spacing(spacing: Decision, iterations: int, budget_minutes: float) -> Decision:
+def coarser_spacing(spacing: Decision, iterations: int, budget_minutes: float, unit: str = "mm") -> Decision:
     """Budget rule (not nnU-Net's): when the budget fits fewer than ``MIN_ITERATIONS`` steps at the median
     spacing, the fine axes are coarsened 1.5x (never past the coarsest axis), so a patch of the same mm
     context needs 3.4x fewer voxels before the patch itself shrinks (``pipelines/liver.yaml``'s 1.5 mm)."""
@@ -78,7 +85,7 @@ def coarser_spacing(spacing: Decision, iterations: int, budget_minutes: float) -
     fine = [s * COARSEN for s in values] if not coarse_axes(values) else \
         [s if s == coarsest else min(coarsest, s * COARSEN) for s in values]
     fine = [round(s, 4) for s in fine]
-    return Decision(fine, f"{_fmt(fine)} mm: {spacing.reason}; coarsened {COARSEN:g}x as the budget fits only"
+    return Decision(fine, f"{_fmt(fine)} {unit}: {spacing.reason}; coarsened {COARSEN:g}x as the budget fits only"
                           f" {iterations} (< {MIN_ITERATIONS}) iterations in {budget_minutes:g} min there")
 
 
@@ -96,13 +103,14 @@ def dimensionality(fp: dict[str, Any], spacing: list[float]) -> Decision:
         return Decision("2d", "the images are 2D")
     coarse = coarse_axes(spacing)
     shape = resampled_shape(fp, spacing)
+    u = unit(fp)
     if coarse and min(shape[a] for a in coarse) < MIN_COARSE_SLICES:
         a = coarse[0]
-        return Decision("2d_slices", f"axis {a} is {spacing[a]:g} mm against {min(spacing):g} mm in-plane with a"
+        return Decision("2d_slices", f"axis {a} is {spacing[a]:g} {u} against {min(spacing):g} {u} in-plane with a"
                                      f" median {shape[a]} slices (< {MIN_COARSE_SLICES}): too few for 3D"
                                      " context, so a 2D network on slices")
     if coarse:
-        return Decision("3d", f"3D with anisotropic strides: axis {coarse[0]} is coarse ({spacing[coarse[0]]:g} mm)"
+        return Decision("3d", f"3D with anisotropic strides: axis {coarse[0]} is coarse ({spacing[coarse[0]]:g} {u})"
                               f" but holds a median {shape[coarse[0]]} slices (>= {MIN_COARSE_SLICES})")
     return Decision("3d", f"3D volumes, anisotropy {fp['anisotropy']:g} <= {ANISOTROPY:g}")
 
@@ -187,7 +195,8 @@ def patch_size(fp: dict[str, Any], spacing: list[float], voxels: int, dims: int,
     patch = rounded
     multiple = max(total_stride(pooling(patch, sp), dims))
     cover = float(np.prod([min(1.0, p / n) for p, n in zip(patch, shape)]))
-    return Decision(patch, f"{_fmt(patch)} voxels ({_fmt([round(p * s) for p, s in zip(patch, sp)])} mm): equal mm"
+    u = unit(fp)
+    return Decision(patch, f"{_fmt(patch)} voxels ({_fmt([round(p * s) for p, s in zip(patch, sp)])} {u}): equal {u}"
                            f" per axis within {voxels:,} voxels, capped at the median resampled image"
                            f" {_fmt(shape)}, multiples of {multiple}; {cover:.0%} of the median image")
 

@@ -130,8 +130,9 @@ def test_several_series_listed_then_picked(tmp_path):
     with pytest.raises(MedsegError) as err:
         read_dicom(tmp_path / "f")
     text = str(err.value)
-    assert "1.2.3.4 'arterial' (CT, 7 slices)" in text and "1.2.3.5 'venous' (CT, 3 slices)" in text
-    assert "--series" in text and "ANON" not in text
+    assert "1.2.3.4 (CT, 7 slices, 12x10 px of 0.7x0.8 mm, slice 2.5 mm)" in text
+    assert "1.2.3.5 (CT, 3 slices, 12x10 px of 1x1 mm, slice 3 mm)" in text
+    assert "--series" in text and "ANON" not in text and "arterial" not in text  # no free-text description
     got = read_dicom(tmp_path / "f", series_uid="1.2.3.5")
     np.testing.assert_array_equal(got.array, volume(1, (12, 10, 3)))
     assert {s.uid: s.frames for s in find_series(tmp_path / "f").values()} == {"1.2.3.4": 7, "1.2.3.5": 3}

@@ -109,7 +109,8 @@ def test_csv_layout(tmp_path):
     assert cases[2].images == (msd / "imagesTr" / "case_002.nii.gz",) * 2 and cases[2].name == "case_002"
     assert cases[2].item()["image"] == [str(msd / "imagesTr" / "case_002.nii.gz")] * 2
     (tmp_path / "bad.csv").write_text("image,label\nds/imagesTr/nope.nii.gz,ds/labelsTr/case_000.nii.gz\n")
-    with pytest.raises(MedsegError, match=r"bad.csv: line 2: .*nope.nii.gz does not exist"):
+    with pytest.raises(MedsegError, match=r"bad.csv: 1 listed file\(s\) do not exist .*\n"
+                                          r"  line 2: .*nope.nii.gz does not exist"):
         all_cases(config("csv"), tmp_path / "bad.csv")
 
 

@@ -272,3 +272,38 @@ def test_auto_keys_plan_with_the_yamls_own_label_map(tmp_path, monkeypatch):
     with pytest.raises(MedsegError, match="planned"):
         load_config(str(yaml_path), fill=AutoFill(tmp_path))
     assert seen["label_map"] == {4: 2} and seen["labels"] == labels
+
+
+def _planned_text(root: Path) -> tuple[dict, str]:
+    """(fingerprint, every reason and the YAML's header) of a plan of ``root``, up to the timed steps."""
+    from medseg.plan.planner import Plan, _first_decisions, _layout_decisions, _pipeline, render_yaml
+
+    layout, _, fp, mod = _fingerprint_dataset(root, None, None, {})
+    d, spacing, mode = _first_decisions(fp, mod, "resunet", {})
+    dims = 3 if mode.value == "3d" else 2
+    _layout_decisions(d, fp, spacing.value, mode, rules.START_VOXELS[("cpu", dims)], {"device": "cpu"}, "resunet", {})
+    plan = Plan(root.name, d, _pipeline(root.name, layout, root, fp, d), fp, {"device": "cpu"}, 15.0)
+    return fp, render_yaml(plan)
+
+
+def test_a_png_dataset_is_planned_in_pixels_not_millimetres(tmp_path):
+    """PNG pictures store no pixel size (every reader gives 1): the plan said "median spacing 1x1 mm" and a patch
+    of "... mm"; it says px there. A NIfTI dataset keeps mm."""
+    import re
+
+    from tests.conftest import write_png_folder
+
+    fp, text = _planned_text(write_png_folder(tmp_path / "pictures", n=4, shape=(40, 48)))
+    assert fp["spacing_unit"] == "px" and fp["dims"] == 2
+    assert re.findall(r"\bmm\b", text) == [], text
+    assert "# Fingerprint: 4 cases, 2D, 1 channel(s), median spacing 1x1 px, median shape 48x40," in text
+    assert "spacing: [1.0, 1.0]  # median spacing of 4 cases (1x1 px); no axis is more than 3x coarser" in text
+    assert "patch_size: [48, 40]  # 48x40 voxels (48x40 px): equal px per axis within 65,536 voxels" in text
+    from medseg.data.case import Case
+    from medseg.plan.fingerprint import spacing_unit
+
+    tiff = Case.of([tmp_path / "a.tif"], tmp_path / "a_mask.tif")  # resolution tags: a physical pixel size
+    assert spacing_unit([tiff], [{"spacing": [0.5, 0.5]}]) == "mm"
+    assert spacing_unit([tiff], [{"spacing": [1.0, 1.0]}]) == "px"
+    fp, text = _planned_text(_folders(tmp_path / "volumes"))
+    assert fp["spacing_unit"] == "mm" and "median spacing 1.5x1.5x2 mm" in text and not re.findall(r"\bpx\b", text)

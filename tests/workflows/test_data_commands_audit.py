@@ -230,3 +230,132 @@ def test_check_command_prints_a_line_per_case_when_not_on_a_terminal(tmp_path, c
     assert main(["check", str(root)]) == 0
     out = capsys.readouterr().out.splitlines()
     assert out[1:3] == ["[1/2] case_000: ok", "[2/2] case_001: ok"] and out[-1].startswith("OK: 0 of 2")
+
+
+def test_check_of_a_csv_lists_every_missing_file_then_exits_2(tmp_path, capsys):
+    """A CSV naming files that are not there stopped at the first one: fixing a list of 500 cases took 500 runs."""
+    from medseg.cli.data import main
+
+    from tests.conftest import write_msd
+
+    write_msd(tmp_path / "ds", n_cases=1, shape=(12, 10, 8))
+    rows = ["image,label", "ds/imagesTr/case_000.nii.gz,ds/labelsTr/case_000.nii.gz"]
+    rows += [f"ds/imagesTr/gone_{i:02d}.nii.gz,ds/labelsTr/case_000.nii.gz" for i in range(11)]  # lines 3-13
+    rows.append("ds/imagesTr/case_000.nii.gz;ds/imagesTr/gone_ch2.nii.gz,ds/labelsTr/gone_lab.nii.gz")  # line 14
+    (tmp_path / "cases.csv").write_text("\n".join(rows) + "\n")
+    assert main(["check", str(tmp_path / "cases.csv")]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and "Traceback" not in captured.err
+    lines = captured.err.rstrip("\n").split("\n")
+    images = tmp_path / "ds" / "imagesTr"
+    assert lines[0] == (f"medseg: error: {tmp_path / 'cases.csv'}: 13 listed file(s) do not exist (paths are relative"
+                        f" to the CSV's folder, {tmp_path}); fix or remove their rows:")
+    assert lines[1:11] == [f"  line {3 + i}: {images / f'gone_{i:02d}.nii.gz'} does not exist" for i in range(10)]
+    assert lines[11:] == ["  ... and 3 more"]
+    with pytest.raises(MedsegError) as err:  # the same list from Python, and training's load_dataset
+        check.open_dataset(tmp_path / "cases.csv")
+    assert str(err.value).count(" does not exist") == 10 and "gone_lab" not in str(err.value)
+
+
+def test_mhd_output_is_a_header_and_data_pair_renamed_into_place(tmp_path, monkeypatch):
+    """convert to .mhd wrote the header and its data file under their final names: a killed run left a pair whose
+    data file was cut short (or a header naming a file not yet written)."""
+    import SimpleITK as sitk
+
+    vol = np.random.default_rng(5).integers(-1000, 2000, (9, 7, 5)).astype(np.int16)
+    affine = np.diag([0.7, 0.8, 2.5, 1.0])
+    affine[:3, 3] = (10.0, -20.0, 30.0)
+    src = tmp_path / "ct.nii.gz"
+    nib.save(nib.Nifti1Image(vol, np.diag([-1.0, -1.0, 1.0, 1.0]) @ affine), src)  # RAS in the file
+    out = tmp_path / "out"
+    out.mkdir()
+    (written,) = convert.run(src, out / "ct.mhd")
+    assert sorted(p.name for p in out.iterdir()) == ["ct.mhd", "ct.zraw"]  # no temporary file left
+    assert "ElementDataFile = ct.zraw" in (out / "ct.mhd").read_text().splitlines()
+    back = read_image(out / "ct.mhd")
+    np.testing.assert_array_equal(back.array, vol)
+    np.testing.assert_allclose(back.affine, affine, atol=1e-5)
+    assert written.shape == vol.shape and written.dtype == "int16"
+    before = _digest(out)
+
+    real = sitk.WriteImage
+
+    def killed(image, name, *args):  # the writer stops after writing its files under the temporary names
+        real(image, name, *args)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(sitk, "WriteImage", killed)
+    with pytest.raises(KeyboardInterrupt):
+        convert.run(src, out / "ct.mhd", force=True)
+    assert _digest(out) == before  # the earlier pair untouched, nothing half-written beside it
+    monkeypatch.setattr(sitk, "WriteImage", real)
+    convert.run(tmp_path / "ct.nii.gz", out / "ct.mhd", force=True)
+    assert sorted(p.name for p in out.iterdir()) == ["ct.mhd", "ct.zraw"]
+    np.testing.assert_array_equal(read_image(out / "ct.mhd").array, vol)
+
+
+def test_series_listing_shows_the_grid_and_never_the_series_description(tmp_path):
+    """The listing of a folder's series (the several-series refusal, and a folder output's lines) showed each
+    SeriesDescription, free text staff type that can hold a patient's name; it shows the grid instead."""
+    vol = np.arange(6 * 5 * 3, dtype=np.int16).reshape(6, 5, 3)
+    write_series(tmp_path / "study", vol, np.diag([0.7, 0.8, 2.0, 1.0]), series_uid="1.2.3.10", prefix="a",
+                 description="Smith^John venous 1234567")
+    write_series(tmp_path / "study", vol[:, :, :2], np.diag([1.0, 1.0, 5.0, 1.0]), series_uid="1.2.3.11",
+                 prefix="b", description="arterial for Dr Jones")
+    with pytest.raises(MedsegError) as err:
+        convert.run(tmp_path / "study", tmp_path / "one.nii.gz")
+    text = str(err.value)
+    assert ("holds 2 series: 1.2.3.10 (CT, 3 slices, 6x5 px of 0.7x0.8 mm, slice 2 mm); 1.2.3.11 (CT, 2 slices,"
+            " 6x5 px of 1x1 mm, slice 5 mm); choose one with --series UID") in text
+    written = convert.run(tmp_path / "study", str(tmp_path / "all") + "/")
+    shown = " ".join([text, *(c.series for c in written)])
+    assert sorted(c.series for c in written) == ["1.2.3.10 (CT, 3 slices, 6x5 px of 0.7x0.8 mm, slice 2 mm)",
+                                                 "1.2.3.11 (CT, 2 slices, 6x5 px of 1x1 mm, slice 5 mm)"]
+    for word in ("Smith", "John", "1234567", "venous", "arterial", "Jones", "ANON"):
+        assert word not in shown
+
+
+def test_training_curves_legend_names_the_learning_rate():
+    from medseg.evaluation.figures import curves_figure
+
+    history = {"epoch": [1, 2, 3], "loss": [1.0, 0.6, 0.4], "lr": [1e-3, 5e-4, 1e-4], "val_epoch": [2, 3],
+               "val": {"val_dice_liver": [0.7, 0.8], "val_iou_liver": [0.6, 0.7]}}
+    fig = curves_figure(history)
+    loss_ax = fig.axes[0]
+    twin = next(ax for ax in fig.axes if ax is not loss_ax and ax.bbox.bounds == loss_ax.bbox.bounds)
+    legends = [ax.get_legend() for ax in (loss_ax, twin) if ax.get_legend() is not None]
+    assert [[t.get_text() for t in legend.get_texts()] for legend in legends] == [["training loss", "learning rate"]]
+    assert twin.get_ylabel() == "learning rate"
+    assert [t.get_text() for t in fig.axes[1].get_legend().get_texts()] == ["liver"]
+
+
+def test_report_removes_its_stale_overlays_and_leaves_other_files(tmp_path, caplog):
+    """A redraw that can no longer draw the overlays (the predictions gone) left the earlier montage in place, and
+    report.md showed that old picture as this run's."""
+    run = _run_folder(tmp_path)
+    report.run(run)
+    assert (run / "validation_overlays.png").is_file()
+    (run / "augmentation_preview.png").write_bytes(b"\x89PNG training's")  # written by training, not by the report
+    (run / "notes.png").write_bytes(b"\x89PNG a user's")
+    (run / "predictions" / "c1.nii.gz").unlink()
+    written = report.run(run)
+    assert [p.name for p in written] == ["training_curves.png", "report.md"]
+    assert not (run / "validation_overlays.png").exists()
+    assert "removed the earlier validation_overlays.png (not drawn this time)" in caplog.text
+    text = (run / "report.md").read_text()
+    assert "validation_overlays" not in text and "![training_curves](training_curves.png)" in text
+    assert (run / "augmentation_preview.png").read_bytes() == b"\x89PNG training's"
+    assert (run / "notes.png").read_bytes() == b"\x89PNG a user's"
+    assert sorted(p.name for p in (run / "predictions").iterdir()) == []
+
+
+@pytest.mark.parametrize("value, ok", [("0.5", True), ("20", True), ("20.5", False), ("100", False), ("0", False)])
+def test_interactive_sigma_is_bounded(value, ok):
+    if ok:
+        assert load_config("liver_interactive", [f"interactive.sigma={value}"]).interactive.sigma == float(value)
+        return
+    with pytest.raises(MedsegError) as err:
+        load_config("liver_interactive", [f"interactive.sigma={value}"])
+    assert str(err.value) == (f"--set interactive.sigma: key 'interactive.sigma' is {float(value)!r}; the click map's"
+                              " Gaussian width is in voxels of the preprocessed grid and must be above 0 and at most"
+                              " 20 (typically 1-5)")
