@@ -49,6 +49,34 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _cases(names: list[str]) -> str:
+    return ", ".join(names[:5]) + (", ..." if len(names) > 5 else "")
+
+
+def empty_mask_notes(per_case: dict[str, dict[str, dict]], worst_mm: float | None) -> list[str]:
+    """A line per class under the table where a case's mask is empty: its distances are not measured but set by
+    rule (one mask empty: the worst distance; both empty, in some cases only: 0), and they are in the means."""
+    worst = "--worst-mm" if worst_mm is not None else "the image diagonal; --worst-mm sets it"
+    notes = []
+    names = list(dict.fromkeys(c for case in per_case.values() for c in case))
+    for name in names:
+        flags = {case: classes[name]["flag"] for case, classes in per_case.items() if name in classes}
+        one = {f: [c for c, g in flags.items() if g == f] for f in ("prediction empty", "reference empty")}
+        both = [c for c, g in flags.items() if g == "both empty"]
+        for flag, cases in one.items():
+            if cases:
+                values = sorted({round(float(per_case[c][name]["hd95_mm"]), 2) for c in cases})
+                mm = f"{values[0]:.2f}" if len(values) == 1 else f"{values[0]:.2f}-{values[-1]:.2f}"
+                notes.append(f"note: class '{name}': {flag} in {len(cases)} of {len(flags)} case(s) ({_cases(cases)}):"
+                             f" Dice 0, and HD, HD95, ASSD and MASD there are set to the worst distance, {mm} mm"
+                             f" ({worst}), not measured; the means above include them (flag column of"
+                             " metrics_per_case.csv)")
+        if both and len(both) < len(flags):  # every case both empty: the warning below
+            notes.append(f"note: class '{name}': empty in both masks in {len(both)} of {len(flags)} case(s)"
+                         f" ({_cases(both)}): Dice 1 and distances 0 there by rule; the means above include them")
+    return notes
+
+
 def run(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.instances or args.membranes:
@@ -77,6 +105,8 @@ def run(argv: Sequence[str] | None = None) -> int:
             bar.close()  # before run_cli prints the line (exit code 2: the folders do not pair up)
             raise
     print(format_table(result.summary))
+    for line in empty_mask_notes(result.per_case, args.worst_mm):
+        print(line)
     if result.missing:
         print(f"{len(result.missing)} missing prediction(s) scored as empty: {', '.join(result.missing)}")
     if result.not_predicted:

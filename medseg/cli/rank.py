@@ -35,17 +35,27 @@ def build_parser() -> argparse.ArgumentParser:
 
 def run(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    skipped = []
+    skipped, masks, total, done = [], [], [0], [0]
 
     def skip(name: str, reason: str) -> None:
+        if not total[0]:  # before scoring: a mask medseg wrote beside its case, left out (not a failure)
+            masks.append(name)
+            print(f"medseg: {name} left out: {reason}", file=sys.stderr)
+            return
         skipped.append(name)
-        print(f"medseg: case '{name}' skipped: {reason}", file=sys.stderr)
+        done[0] += 1
+        print(f"medseg: case '{name}' skipped ({done[0]}/{total[0]}): {reason}", file=sys.stderr, flush=True)
+
+    def begin(n: int) -> None:
+        total[0] = n
+        print(f"scoring {n} case(s) with {args.bundle}", file=sys.stderr, flush=True)
 
     def scored(name: str, score: float) -> None:  # a line per case: a folder of CTs takes minutes
-        print(f"scored {name}: {score:.4f}", file=sys.stderr, flush=True)
+        done[0] += 1
+        print(f"scored {done[0]}/{total[0]} {name}: {score:.4f}", file=sys.stderr, flush=True)
 
     rows = rank.run(args.bundle, args.input, args.output, device=args.device, trust=args.trust, on_case=scored,
-                    on_skip=skip, series=args.series)
+                    on_skip=skip, series=args.series, on_begin=begin)
     for row in rows:
         print(f"{row['rank']:>3}  {row['case']}  {row['uncertainty']:.4f}")
     print(f"wrote {args.output}" + (f"; {len(skipped)} skipped: {', '.join(skipped)}" if skipped else ""))

@@ -1,15 +1,24 @@
 """Prediction and reference label files paired by case: ``case_001.nii.gz`` <-> ``case_001.nrrd``.
 
-A prediction named ``<case>_seg.*`` (as MONAI bundles write them) matches ``<case>`` too.
+A prediction named ``<case>_seg.*`` (as MONAI bundles write them) matches ``<case>`` too. Names are compared in
+Unicode NFC: a file named on macOS (``ü`` stored as ``u`` + a combining diaeresis) pairs with the same name typed
+elsewhere.
 """
 
 from __future__ import annotations
 
+import unicodedata
 from pathlib import Path
 
 from medseg.data.formats import IMAGE_SUFFIXES as SUFFIXES
 from medseg.data.labelmaps import case_name
 from medseg.errors import MedsegError
+
+
+def case_key(path: Path) -> str:
+    """The case name of a label file (:func:`medseg.data.labelmaps.case_name`) in Unicode NFC, the form it is
+    paired in."""
+    return unicodedata.normalize("NFC", case_name(path))
 
 
 def find_cases(folder: Path, what: str) -> dict[str, Path]:
@@ -23,7 +32,7 @@ def find_cases(folder: Path, what: str) -> dict[str, Path]:
     own = {"metrics_boxplot.png"} if (folder / "metrics_per_case.csv").is_file() else set()
     for path in sorted(folder.iterdir()):
         if path.is_file() and path.name.lower().endswith(SUFFIXES) and path.name not in own:
-            name = case_name(path)
+            name = case_key(path)
             if name in found:
                 raise MedsegError(f"{what} folder {folder}: two files for case '{name}' ({found[name].name}, {path.name})")
             found[name] = path

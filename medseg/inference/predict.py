@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 from monai.data import MetaTensor
-from monai.transforms import Activationsd, Compose
+from monai.transforms import Activationsd, Compose, LoadImaged
 
 from medseg.errors import MedsegError
 from medseg.inference.chain import InferenceChain, build_chain
@@ -22,6 +22,34 @@ def check_preprocessed(chain: InferenceChain, image: MetaTensor, source: Any) ->
     if image.is_floating_point() and not bool(torch.isfinite(image).all()):
         raise MedsegError(f"{source}: NaN/inf voxels in the image; replace them (e.g. by the background value)")
     return image
+
+
+def check_finite(image: torch.Tensor, source: Any) -> None:
+    """One line for NaN/inf voxels in an image as it was read: a CT window clips them to finite values, and
+    ``CropForegroundd`` crops an image of nothing but NaN to no voxels at all, so after preprocessing they no
+    longer show (the case came out as a plausible, or an empty, mask)."""
+    if not image.is_floating_point():
+        return
+    if bool(torch.isfinite(image.sum())):  # a finite sum: every voxel finite (no mask allocated for a big CT)
+        return
+    bad = int(image.numel() - torch.isfinite(image).sum())
+    if bad:
+        raise MedsegError(f"{source}: {bad} NaN/inf voxel(s) in the image; replace them (e.g. by the background"
+                          " value)")
+
+
+def _preprocess(chain: InferenceChain, item: dict[str, Any]) -> dict[str, Any]:
+    """``chain.preprocessing(item)``, with the image checked for NaN/inf (:func:`check_finite`) right after it is
+    loaded, before any step can hide them."""
+    pre = chain.preprocessing
+    steps = list(getattr(pre, "transforms", ()))
+    load = next((i for i, step in enumerate(steps) if isinstance(step, LoadImaged)), None)
+    if load is None or not isinstance(pre, Compose):
+        return pre(item)
+    data = pre(item, end=load + 1)
+    if isinstance(data, dict) and isinstance(data.get("image"), torch.Tensor):
+        check_finite(data["image"], item["image"])
+    return pre(data, start=load + 1)
 
 
 def run_case(chain: InferenceChain, forward: Forward, item: dict[str, Any], device: torch.device | str = "cpu",
@@ -39,7 +67,7 @@ def run_case(chain: InferenceChain, forward: Forward, item: dict[str, Any], devi
     Example:
         >>> labels = run_case(build_chain(cfg), torch_forward(net), {"image": "ct.nii.gz"})
     """
-    data = chain.preprocessing(dict(item))
+    data = _preprocess(chain, dict(item))
     image = check_preprocessed(chain, data["image"], item["image"])
     batch = image.unsqueeze(0).to(device)
     post = chain.postprocessing

@@ -32,9 +32,11 @@ from medseg.bundle.load import load_bundle
 from medseg.bundle.versions import resolve
 from medseg.config import TaskConfig
 from medseg.config.load import merged, parse_override
-from medseg.data.layouts import load_dataset
+from medseg.data.check import read_header
+from medseg.data.layouts import detect_layout, load_dataset
 from medseg.data.locate import locate_dataset
 from medseg.engine import builders
+from medseg.engine.checkpoint import save_checkpoint
 from medseg.engine.checks import check_task
 from medseg.engine.distill import DistillationLoss, TeacherStudent
 from medseg.engine.optim import build_optimizer
@@ -71,6 +73,56 @@ def student_config(teacher: TaskConfig, student: str, bundle_dir: Path, override
     return check_task(TaskConfig.from_dict(data, source=f"{teacher.source or 'teacher bundle'} + student {student}"))
 
 
+#: the folders the built-in samples are prepared in under a data folder (``data.sample`` -> folder name)
+SAMPLE_FOLDERS = {"lits117": "lits_sample", "dsb2018_nuclei": "nuclei_sample"}
+
+
+def check_student_name(student: str) -> None:
+    """One line for a ``--student`` that is not a network of the registry, naming those that are."""
+    from medseg.config.registries import NETWORKS
+
+    if student not in NETWORKS.names():
+        raise MedsegError(f"--student {student}: not a known network; choose one of {', '.join(NETWORKS.names())}")
+
+
+def check_data_dir(cfg: TaskConfig, data_dir: Path) -> None:
+    """One line when an explicit ``--data-dir`` holds neither the task's dataset (``data.dataset`` under it), nor a
+    dataset of its own, nor the task's built-in sample already prepared: the sample would otherwise be fetched
+    and written into that folder (someone's data folder) and the student trained on it without a word."""
+    if not data_dir.is_dir():
+        return  # locate_dataset says "no such folder"
+    dataset = Path(cfg.data.dataset) if cfg.data.dataset else None
+    if dataset is not None and (dataset if dataset.is_absolute() else data_dir / dataset).exists():
+        return
+    try:
+        detect_layout(data_dir)
+        return
+    except MedsegError:
+        pass
+    sample = SAMPLE_FOLDERS.get(cfg.data.sample or "")
+    if sample is not None and (data_dir / sample / "dataset.json").is_file():
+        return
+    wanted = f"the task's dataset {cfg.data.dataset} (data.dataset)" if cfg.data.dataset else "the task's dataset"
+    hint = (f"; leave out --data-dir to use the built-in sample (prepared in ./data/{sample})" if sample else "")
+    raise MedsegError(f"--data-dir {data_dir}: holds neither {wanted} nor a dataset of its own (dataset.json, or "
+                      f"images/ + labels/); give the folder holding the teacher's training data{hint}")
+
+
+def check_dimensions(cfg: TaskConfig, cases: Sequence[Any], teacher: str | Path) -> None:
+    """One line, before any training, when the cases' images are 2D and the teacher's network 3D (or the reverse;
+    a 2D network in ``network.slice_mode`` takes 3D volumes): MONAI stopped with a padding traceback."""
+    want = 3 if int(cfg.network.spatial_dims) == 3 or cfg.network.slice_mode else 2
+    for case in cases:
+        shape = tuple(read_header(case.image).shape)
+        have = 2 if len(shape) == 2 or (len(shape) == 3 and shape[2] == 1) else 3
+        if have != want:
+            kind = "3D" if int(cfg.network.spatial_dims) == 3 else "2D"
+            raise MedsegError(
+                f"{case.image}: a {have}D image {shape}, and the teacher {teacher} has a {kind} network"
+                f"{' on 3D volumes (slice mode)' if want == 3 and kind == '2D' else ''}; give --data-dir with the "
+                f"{want}D data of the teacher's task, or a teacher trained on {have}D images")
+
+
 def _budget(trainer: Any, optimizer: torch.optim.Optimizer, minutes: float, min_lr_ratio: float) -> None:
     """Stop after the iteration that passes ``minutes`` and anneal the learning rate by a cosine over that time
     (own code: torch's and MONAI's schedules count steps, and how many steps fit the budget is unknown ahead)."""
@@ -87,13 +139,16 @@ def _budget(trainer: Any, optimizer: torch.optim.Optimizer, minutes: float, min_
     @trainer.on(Events.ITERATION_COMPLETED)
     def _stop(engine: Any) -> None:
         if time.monotonic() - started > minutes * 60:
+            if engine.state.epoch_length and engine.state.iteration % engine.state.epoch_length:  # no epoch line
+                _log(engine)
+            logger.info("time budget of %g min reached after %d iterations: stopping", minutes, engine.state.iteration)
             engine.terminate()
 
     @trainer.on(Events.EPOCH_COMPLETED)
     def _log(engine: Any) -> None:
         out = engine.state.output  # MONAI's trainer: a dict per sample (decollated), each holding the batch loss
         item = out[0] if isinstance(out, list) and out else out
-        loss = float(item["loss"]) if isinstance(item, dict) and "loss" in item else float("nan")
+        loss = float(torch.as_tensor(item["loss"]).detach()) if isinstance(item, dict) and "loss" in item else math.nan
         logger.info("epoch %d | loss %.4f | lr %.2e | %d iterations | %.0fs of %.0fs", engine.state.epoch, loss,
                     optimizer.param_groups[0]["lr"], engine.state.iteration, time.monotonic() - started, minutes * 60)
 
@@ -114,6 +169,7 @@ def run(teacher: str | Path, *, student: str = "light_unet", data_dir: Path | No
     setup_logging()
     if not math.isfinite(budget_minutes) or budget_minutes <= 0:
         raise MedsegError(f"--budget-minutes {budget_minutes}: give a positive finite number of minutes")
+    check_student_name(student)
     check_folder_option(output_dir, "--output-dir", "the student's run writes to")
     check_new_run_folder(output_dir, "--output-dir")
     if not Path(teacher).exists():
@@ -124,11 +180,15 @@ def run(teacher: str | Path, *, student: str = "light_unet", data_dir: Path | No
         raise MedsegError(f"{teacher}: the teacher must be a bundle medseg wrote (configs/medseg_task.json)")
     tcfg = loaded.cfg
     cfg = student_config(tcfg, student, teacher_path.parent, overrides)
+    if data_dir is not None:
+        check_data_dir(cfg, Path(data_dir))
     root = locate_dataset(cfg, Path(data_dir or "data"), explicit=data_dir is not None)
     train_cases, val_cases = load_dataset(cfg, root, cfg.training.seed)
+    check_dimensions(tcfg, [*train_cases, *val_cases], teacher)
     run_dir = output_dir or new_dir(Path("runs") / f"{cfg.task}_distill", time.strftime("%Y%m%d-%H%M%S"))
     run_dir = Path(run_dir).resolve()  # absolute: the bundle's metadata.json names the run from anywhere
-    (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
+    # checkpoints/ only once there are weights: an empty one would mark a failed start as an earlier run
+    run_dir.mkdir(parents=True, exist_ok=True)
     setup_logging(run_dir)
     atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
     write_cases(run_dir, train_cases, val_cases)
@@ -144,11 +204,11 @@ def run(teacher: str | Path, *, student: str = "light_unet", data_dir: Path | No
     optimizer = build_optimizer(net.parameters(), cfg.training)
     trainer = builders.build_trainer(cfg, pair, loader, optimizer, loss, device)
     _budget(trainer, optimizer, budget_minutes, cfg.training.min_lr_ratio)
-    logger.info("distilling %s (%s) into %s on %s: T %.2g, weight %.2g, budget %.1f min", teacher_path.name,
+    logger.info("distilling %s (%s) into %s on %s: T %.2g, weight %.2g, budget %g min", teacher_path.name,
                 tcfg.network.name, student, device, cfg.distill.temperature, cfg.distill.weight, budget_minutes)
     trainer.run()
     seconds = time.monotonic() - started
-    torch.save({k: v.cpu() for k, v in net.state_dict().items()}, run_dir / "checkpoints" / "best.pt")
+    save_checkpoint(run_dir / "checkpoints" / "best.pt", {k: v.cpu() for k, v in net.state_dict().items()})
 
     # the epochs it ran, not the cap the budget stopped: config.yaml and the bundle's train.json are its recipe
     cfg = TaskConfig.from_dict(merged(cfg.to_dict(), {"training": {"epochs": int(trainer.state.epoch)}}),
@@ -184,4 +244,4 @@ def run(teacher: str | Path, *, student: str = "light_unet", data_dir: Path | No
     return DistillOutcome(run_dir, bundle, teacher_summary, student_summary, int(trainer.state.epoch))
 
 
-__all__ = ["DistillOutcome", "run", "student_config"]
+__all__ = ["DistillOutcome", "check_data_dir", "check_dimensions", "check_student_name", "run", "student_config"]

@@ -22,13 +22,12 @@ from pathlib import Path
 import numpy as np
 
 from medseg.data.images import read_image
-from medseg.data.labelmaps import case_name
 from medseg.data.pictures import is_picture, read_picture
 from medseg.errors import MedsegError
 from medseg.evaluation import binary_metrics, summarise, write_reports
 from medseg.evaluation.classes import parse_classes
 from medseg.evaluation.instances import instance_metrics, membrane_metrics
-from medseg.evaluation.pairing import find_cases, match
+from medseg.evaluation.pairing import case_key, find_cases, match
 from medseg.evaluation.plots import boxplot
 from medseg.evaluation.scoring import CaseJob, score_case
 from medseg.fileio import atomic_write_text
@@ -176,10 +175,10 @@ def run_instances(pred_dir: str | Path, ref_dir: str | Path, output: str | Path 
             state = "is a file" if folder.exists() else "does not exist"
             raise MedsegError(f"{what} folder {folder} {state}; give the folder that holds the {what} images")
     suffix = "_seg" if membranes else "_instances"
-    refs = {case_name(p): p for p in sorted(Path(ref_dir).iterdir()) if p.is_file()}
+    refs = {case_key(p): p for p in sorted(Path(ref_dir).iterdir()) if p.is_file()}
     preds = {}
     for p in sorted(Path(pred_dir).iterdir()):
-        name = case_name(p)
+        name = case_key(p)
         if name.endswith(suffix):
             preds[name[: -len(suffix)]] = p
         elif name not in preds and name in refs:

@@ -95,11 +95,14 @@ def series_folders(folder: Path, depth: int = SERIES_DEPTH) -> list[tuple[str, P
 
 def _patient_words(series: Path) -> set[str]:
     """The patient ID and the parts of the patient's name (lower case, 2+ characters) of a series folder's first
-    DICOM file; empty when it has none or cannot be read."""
+    DICOM file (or of the DICOM file ``series``); empty when it has none or cannot be read."""
     import pydicom  # deferred: as medseg.data.dicom
 
-    first = next((p for p in sorted(series.iterdir()) if p.is_file() and p.name not in SKIP_NAMES
-                  and is_dicom_file(p)), None)
+    if series.is_file():
+        first = series if is_dicom_file(series) else None
+    else:
+        first = next((p for p in sorted(series.iterdir()) if p.is_file() and p.name not in SKIP_NAMES
+                      and is_dicom_file(p)), None)
     if first is None:
         return set()
     try:
@@ -116,12 +119,23 @@ def _names_patient(part: str, words: set[str]) -> bool:
     return any(w == low or (len(w) >= 3 and w in re.split(r"[^a-z0-9]+", low)) for w in words)
 
 
+def _dicom_cases(cases: list[tuple[str, Path]]) -> list[tuple[str, Path]]:
+    """``cases`` (DICOM series folders or files, each named by its own folder or file name) with a name that is the
+    patient's ID or holds a part of the patient's name (``PID12345/``, ``Doe^John.dcm``) as ``patient1``,
+    ``patient2``, ... as :func:`series_folders` names the folders below ``--input``: case names become file names
+    and log lines."""
+    stand_ins: dict[str, str] = {}
+    return [(stand_ins.setdefault(name, f"patient{len(stand_ins) + 1}")
+             if _names_patient(name, _patient_words(path)) else name, path) for name, path in cases]
+
+
 def find_inputs(path: Path) -> list[tuple[str, Path]]:
     """Cases under ``path``: one image file, one DICOM series folder, or a folder of either (enhanced multi-frame
-    DICOM files among them, one case each; series folders also deeper down, as on a CD under its DICOMDIR)."""
+    DICOM files among them, one case each; series folders also deeper down, as on a CD under its DICOMDIR).
+    A DICOM case named by the patient (its ID or a part of the name) is ``patient1``, ... (:func:`_dicom_cases`)."""
     path = Path(path)
     if path.is_file():
-        return [(case_name(path), path)]
+        return _dicom_cases([(case_name(path), path)]) if is_dicom_file(path) else [(case_name(path), path)]
     if not path.is_dir():
         raise MedsegError(f"--input {path}: no such file or folder")
     volumes: list[Path] = []
@@ -129,7 +143,8 @@ def find_inputs(path: Path) -> list[tuple[str, Path]]:
     if is_dicom_series(path):
         volumes = multiframe_files(path)  # enhanced multi-frame files: a volume each, not slices of one series
         if not volumes and (not series or _only_segs(series)):
-            return [(path.name, path)]  # one series (its saved SEGs in a folder under it are left out by the reader)
+            # one series (its saved SEGs in a folder under it are left out by the reader)
+            return _dicom_cases([(path.name, path)])
         loose = [] if volumes else _loose_images(path)
         if loose:
             raise MedsegError(
@@ -138,8 +153,8 @@ def find_inputs(path: Path) -> list[tuple[str, Path]]:
                 f"{', ...' if len(series) > 3 else ''}): give one series folder as --input, or move the loose files"
                 " into a folder of their own")
         if volumes and len(volumes) + len(series) < 2:
-            return [(path.name, path)]  # one enhanced multi-frame file
-    cases = [(case_name(v), v) for v in volumes]
+            return _dicom_cases([(path.name, path)])  # one enhanced multi-frame file
+    cases = _dicom_cases([(case_name(v), v) for v in volumes])
     for child in sorted(path.iterdir()):
         if child.is_file() and child.name.lower().endswith((*IMAGE_SUFFIXES, *PICTURE_SUFFIXES)):
             cases.append((case_name(child), child))
@@ -338,6 +353,21 @@ def use_series(bundle: LoadedBundle, series: str | None) -> None:
                 step.register(DicomSeriesReader(series_uid=series))
 
 
+def check_writable(output: Path) -> None:
+    """One line, before the bundle is loaded or any case is run, when ``output`` cannot be written: a file above it,
+    or the folder itself (or the nearest existing one above it) not writable; every case would fail at its end."""
+    import os
+
+    for folder in (output, *output.parents):
+        if not folder.exists():
+            continue
+        if not folder.is_dir():
+            raise MedsegError(f"--output {output}: {folder} is a file, not a folder; give the folder the masks go to")
+        if not os.access(folder, os.W_OK | os.X_OK):
+            raise MedsegError(f"--output {output}: folder {folder} is not writable; give a folder you can write to")
+        return
+
+
 def check_unique_cases(cases: list[tuple[str, Path]], inputs: str | Path, why: str) -> None:
     """One line when two inputs are one case (a.png + a.tif, a.nii + a.nii.gz); ``why``: what would go wrong, with
     ``{name}`` for the case."""
@@ -380,6 +410,7 @@ def run(bundle: str | Path, inputs: str | Path, output: str | Path, *, format: s
         raise MedsegError(f"format {format!r}: choose one of {', '.join(FORMATS)}")
     output = Path(output)
     check_folder_option(output, "--output", "the masks go to")
+    check_writable(output)
     dev = _device(device)
     cases = find_inputs(Path(inputs))
     if Path(inputs).is_dir() and Path(inputs).resolve() == output.resolve():
@@ -430,4 +461,4 @@ def run(bundle: str | Path, inputs: str | Path, output: str | Path, *, format: s
     return written
 
 
-__all__ = ["ENGINES", "FORMATS", "Written", "check_input", "check_unique_cases", "find_inputs", "predict_one", "run", "use_series"]
+__all__ = ["ENGINES", "FORMATS", "Written", "check_input", "check_unique_cases", "check_writable", "find_inputs", "predict_one", "run", "use_series"]

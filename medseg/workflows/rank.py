@@ -16,6 +16,7 @@ from __future__ import annotations
 import csv
 import io
 import math
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -27,7 +28,7 @@ from medseg.errors import MedsegError, failure_line
 from medseg.fileio import atomic_write_text
 from medseg.inference import torch_forward
 from medseg.inference.predict import check_preprocessed
-from medseg.workflows.predict import check_input, check_unique_cases, find_inputs, use_series
+from medseg.workflows.predict import OWN_OUTPUTS, check_input, check_unique_cases, find_inputs, use_series
 
 
 def probabilities(bundle: LoadedBundle, path: Path, device: torch.device | str = "cpu",
@@ -52,26 +53,59 @@ def uncertainty(prob: torch.Tensor) -> tuple[float, int]:
     return float(inside.mean()), int(foreground.sum())
 
 
+def _without_masks(cases: list[tuple[str, Path]],
+                   on_skip: Callable[[str, str], None] | None) -> list[tuple[str, Path]]:
+    """``cases`` without the masks medseg wrote beside them (``<case>_seg``, ``<case>_instances`` of a case that is
+    also there: medseg.predict into the input folder, a saved correction): a label map is not a case to label."""
+    names = {name for name, _ in cases}
+    kept = []
+    for name, path in cases:
+        of = next((name[: -len(s)] for s in OWN_OUTPUTS if name.endswith(s) and name[: -len(s)] in names), None)
+        if of is None:
+            kept.append((name, path))
+        elif on_skip is not None:
+            on_skip(name, f"{path.name} is a mask of case '{of}' (medseg's <case>_seg name), not a case to rank")
+    return kept
+
+
+def _check_writable(out: Path) -> None:
+    """Create the CSV's folder and try a file in it, before any case is scored: a folder that cannot be made or
+    written ended in an OSError traceback after every case had been scored."""
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=out.parent):
+            pass
+    except OSError as err:
+        raise MedsegError(f"--output {out}: cannot write there ({err.strerror or type(err).__name__}); give a CSV "
+                          "path in a folder you can write") from None
+
+
 def run(bundle: str | Path, inputs: str | Path, output: str | Path, *, device: str = "cpu", trust: bool = False,
         on_case: Callable[[str, float], None] | None = None,
-        on_skip: Callable[[str, str], None] | None = None, series: str | None = None) -> list[dict[str, Any]]:
+        on_skip: Callable[[str, str], None] | None = None, series: str | None = None,
+        on_begin: Callable[[int], None] | None = None) -> list[dict[str, Any]]:
     """Score every case under ``inputs``; write ``output`` (CSV), most uncertain first; returns the rows.
     ``series``: which series (SeriesInstanceUID) where a DICOM folder holds several, as ``medseg.predict --series``.
 
     A case that cannot be read or segmented is reported through ``on_skip(case, reason)`` (when given) and left out
-    of the ranking; with a single case, or none left, it stops with one :class:`MedsegError` line."""
+    of the ranking; with a single case, or none left, it stops with one :class:`MedsegError` line. A mask medseg
+    wrote beside its case (``<case>_seg``) is not ranked (reported through ``on_skip``). ``on_begin(n)``: called
+    with the number of cases before the first is scored (progress)."""
     out = Path(output)
     above = next((p for p in out.absolute().parents if p.exists()), None)  # a file anywhere on the way is refused now
     if out.is_dir() or (above is not None and not above.is_dir()):
         raise MedsegError(f"--output {out}: give a CSV file name (a folder or a path under a file was given)")
-    cases = find_inputs(Path(inputs))
+    cases = _without_masks(find_inputs(Path(inputs)), on_skip)
     check_unique_cases(cases, inputs, "the CSV would list two rows of one name")
+    _check_writable(out)
     loaded = load_bundle(Path(bundle), torch.device(device), trust=trust)
     use_series(loaded, series)
     if len(loaded.chain.postprocessing.transforms) == 0:
         raise MedsegError(f"{bundle}: no postprocessing in its chain")
     rows = []
-    for name, path in cases:
+    if on_begin is not None:
+        on_begin(len(cases))
+    for name, path in cases:  # find_inputs names a DICOM case called after its patient patientN
         try:
             score, voxels = uncertainty(probabilities(loaded, path, device, series))
         except Exception as err:  # one unreadable case must not lose the others' scores
@@ -93,6 +127,5 @@ def run(bundle: str | Path, inputs: str | Path, output: str | Path, *, device: s
         writer.writerow({k: row[k] for k in writer.fieldnames})
     if not rows:
         raise MedsegError(f"--input {inputs}: no case could be ranked")
-    out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out, buffer.getvalue())
     return rows
