@@ -70,6 +70,10 @@ def run(argv: Sequence[str] | None = None) -> int:
                               series=args.series, trust=args.trust, on_case=report,
                               engine=args.engine, int8=args.int8, instances=args.instances, debug=args.debug)
     failed = [name for name, _ in written.failed]
+    if failed and not written and not written.unexpected:  # every case refused for its input: a bad --input
+        print(f"medseg: error: {args.input}: none of its {len(failed)} case(s) could be predicted (each one's reason "
+              "is above); fix or remove them and run again", file=sys.stderr)
+        return 2
     print(f"wrote {len(written)} segmentation(s) to {args.output}"
           + (f"; {len(failed)} failed: {', '.join(failed)}" if failed else ""))
     if written.unexpected:  # not a refusal of the input: a fault worth a report, with its traceback

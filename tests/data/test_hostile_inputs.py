@@ -258,6 +258,37 @@ def test_predict_skips_bad_cases_among_good_ones(bundle, tmp_path, capsys):
     assert snapshot(inputs) == before
 
 
+def test_predict_a_folder_of_only_bad_cases_is_a_bad_input(bundle, tmp_path, capsys, monkeypatch):
+    """Every case refused for its input: each reason, then one error line naming --input, exit 2, nothing written;
+    a fault (not a refusal) in every case stays exit 1 (a report, not the user's input)."""
+    from medseg.predict import main as predict
+
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    for name in ("truncated NIfTI", "NaN/inf voxels"):
+        CASES[name][0](inputs)
+    out = tmp_path / "out"
+    assert predict(["--bundle", str(bundle), "--input", str(inputs), "--output", str(out)]) == 2
+    captured = capsys.readouterr()
+    lines = captured.err.strip().splitlines()
+    assert len([ln for ln in lines if "failed:" in ln]) == 2 and "Traceback" not in captured.err, captured.err
+    assert lines[-1] == (f"medseg: error: {inputs}: none of its 2 case(s) could be predicted (each one's reason is "
+                         "above); fix or remove them and run again")
+    assert "wrote 0" not in captured.out
+    assert not out.exists() or not any(out.iterdir())
+    from medseg.workflows import predict as workflow
+
+    def faulty(*args, **kwargs):
+        raise RuntimeError("kernel fault")
+
+    monkeypatch.setattr(workflow, "predict_one", faulty)
+    _nifti(inputs / "good.nii.gz", synthetic_case(shape=(20, 18, 12))[0])
+    (inputs / "truncated.nii").unlink()
+    (inputs / "nan.nii.gz").unlink()
+    assert predict(["--bundle", str(bundle), "--input", str(inputs), "--output", str(out)]) == 1
+    assert "--debug stops at the first of these errors" in capsys.readouterr().err
+
+
 def test_dicom_seg_from_a_series_with_an_empty_sop_class(bundle, tmp_path, capsys):
     """Anonymisers leave SOPClassUID present but empty: the class comes from the file meta; the input is not touched."""
     import highdicom as hd
