@@ -73,34 +73,14 @@ def _with_sop_class(datasets: list) -> list:
     return datasets
 
 
-def write_dicom_seg(
-    labels: np.ndarray, affine_ras: np.ndarray, series_dir: Path, out_path: Path, names: dict[int, str],
-    model_name: str, version: str,
-) -> Path:
-    """Write ``labels`` (any axis order, RAS ``affine_ras``) as a DICOM SEG that references ``series_dir``.
-
-    Args:
-        labels: predicted label map on the series' voxels.
-        affine_ras: its index -> RAS mm affine (as MONAI and nibabel give it).
-        series_dir: the source DICOM series folder (or enhanced multi-frame file).
-        out_path: the ``.dcm`` file to write (atomically).
-        names: label value -> segment name (background excluded).
-        model_name: the algorithm's name in the segment descriptions.
-        version: the software version recorded in the SEG.
-    """
+def _segmentation(datasets: list, pixels: np.ndarray, names: dict[int, str], model_name: str, version: str,
+                  series_dir: Path):
+    """highdicom's SEG of ``pixels`` (slice, row, column label values) over ``datasets``; what highdicom refuses
+    about the series comes out as :class:`SegNotWritten`."""
     # deferred: start-up of highdicom (~0.9 s) and pydicom's SR code dictionary only when a DICOM SEG is written
     import highdicom as hd
     from pydicom.sr.codedict import codes
 
-    datasets, vol = series_datasets(series_dir)
-    datasets = _with_sop_class(datasets)
-    grid = _seg_grid(vol.array.shape, vol.affine)
-    lps = LPS_TO_RAS @ np.asarray(affine_ras, dtype=np.float64)  # its own inverse
-    pixels = onto_grid(LabelMap(np.asarray(labels, np.int64), lps), grid, resample=False, what=str(series_dir))
-    if len(datasets) == 1 and int(datasets[0].get("NumberOfFrames", 1) or 1) > 1:
-        stored = np.empty_like(pixels)  # one multi-frame source: SEG frames follow its stored frame order
-        stored[vol.order] = pixels
-        pixels = stored
     descriptions = []
     try:
         algorithm = hd.AlgorithmIdentificationSequence(name=model_name, version=version,
@@ -116,19 +96,65 @@ def write_dicom_seg(
             ))
         with warnings.catch_warnings():  # highdicom warns of a one-component PatientName by printing the name
             warnings.filterwarnings("ignore", message=r"The string .* is unlikely to represent the intended person")
-            seg = hd.seg.Segmentation(
+            return hd.seg.Segmentation(
                 source_images=datasets, pixel_array=pixels.astype(np.uint8),
                 segmentation_type=hd.seg.SegmentationTypeValues.BINARY, segment_descriptions=descriptions,
                 series_instance_uid=hd.UID(), series_number=900, sop_instance_uid=hd.UID(), instance_number=1,
                 manufacturer="medseg", manufacturer_model_name=model_name, software_versions=version,
                 device_serial_number="none", series_description=f"{model_name} segmentation",
             )
-        with atomic_path(out_path) as tmp:
-            seg.save_as(str(tmp))
     except MedsegError:
         raise
     except Exception as err:  # highdicom/pydicom raise KeyError, ValueError, TypeError, AttributeError, ...
-        reason = str(err).strip().splitlines()[0][:200] if str(err).strip() else ""
-        raise SegNotWritten(f"{series_dir}: DICOM SEG cannot be written from this series ({type(err).__name__}"
-                            f"{': ' + reason if reason else ''})", "; write NIfTI instead (--format nifti)") from err
+        raise _not_written(series_dir, err) from err
+
+
+def _not_written(series_dir: Path, err: Exception) -> SegNotWritten:
+    reason = str(err).strip().splitlines()[0][:200] if str(err).strip() else ""
+    return SegNotWritten(f"{series_dir}: DICOM SEG cannot be written from this series ({type(err).__name__}"
+                         f"{': ' + reason if reason else ''})", "; write NIfTI instead (--format nifti)")
+
+
+def check_dicom_seg(series_dir: Path, names: dict[int, str], model_name: str, version: str) -> None:
+    """Whether a SEG of ``names`` can reference ``series_dir``, from its headers and before any inference: the
+    SEG of a label map with one voxel per segment is built (not written); :class:`MedsegError` if not."""
+    datasets, vol = series_datasets(series_dir)
+    datasets = _with_sop_class(datasets)
+    shape = tuple(vol.array.shape)[::-1]  # (slice, row, column)
+    pixels = np.zeros(shape, np.uint8)
+    for k, value in enumerate(sorted(names)):
+        pixels.flat[min(k, pixels.size - 1)] = value
+    _segmentation(datasets, pixels, names, model_name, version, series_dir)
+
+
+def write_dicom_seg(
+    labels: np.ndarray, affine_ras: np.ndarray, series_dir: Path, out_path: Path, names: dict[int, str],
+    model_name: str, version: str,
+) -> Path:
+    """Write ``labels`` (any axis order, RAS ``affine_ras``) as a DICOM SEG that references ``series_dir``.
+
+    Args:
+        labels: predicted label map on the series' voxels.
+        affine_ras: its index -> RAS mm affine (as MONAI and nibabel give it).
+        series_dir: the source DICOM series folder (or enhanced multi-frame file).
+        out_path: the ``.dcm`` file to write (atomically).
+        names: label value -> segment name (background excluded).
+        model_name: the algorithm's name in the segment descriptions.
+        version: the software version recorded in the SEG.
+    """
+    datasets, vol = series_datasets(series_dir)
+    datasets = _with_sop_class(datasets)
+    grid = _seg_grid(vol.array.shape, vol.affine)
+    lps = LPS_TO_RAS @ np.asarray(affine_ras, dtype=np.float64)  # its own inverse
+    pixels = onto_grid(LabelMap(np.asarray(labels, np.int64), lps), grid, resample=False, what=str(series_dir))
+    if len(datasets) == 1 and int(datasets[0].get("NumberOfFrames", 1) or 1) > 1:
+        stored = np.empty_like(pixels)  # one multi-frame source: SEG frames follow its stored frame order
+        stored[vol.order] = pixels
+        pixels = stored
+    seg = _segmentation(datasets, pixels, names, model_name, version, series_dir)
+    try:
+        with atomic_path(out_path) as tmp:
+            seg.save_as(str(tmp))
+    except Exception as err:  # pydicom's encoder
+        raise _not_written(series_dir, err) from err
     return out_path

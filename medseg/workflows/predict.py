@@ -26,7 +26,7 @@ from medseg import __version__
 from medseg.bundle.load import LoadedBundle, load_bundle
 from medseg.data.check import read_header
 from medseg.data.dicom import SEG_SOP_CLASS, SKIP_NAMES, is_dicom_file, multiframe_files
-from medseg.data.dicom_seg import is_dicom_series, write_dicom_seg
+from medseg.data.dicom_seg import check_dicom_seg, is_dicom_series, write_dicom_seg
 from medseg.data.formats import VOLUME_SUFFIXES as IMAGE_SUFFIXES
 from medseg.data.labelmaps import case_name, write_label_nifti
 from medseg.data.pictures import (PICTURE_SUFFIXES, is_picture, output_suffix, read_picture, stored_values,
@@ -321,6 +321,9 @@ def predict_one(bundle: LoadedBundle, path: Path, out: Path, device: torch.devic
     """Predict the case at ``path`` and write it to ``out``; returns ``out``. ``instances``: also the instance
     label image and the per-object CSV (:func:`write_instances`)."""
     check_input(bundle, path, series, pages=fmt == "auto")
+    names = {v: k for v, k in bundle.labels.items() if v != 0}
+    if fmt == "dicom-seg":  # what highdicom refuses about the series, before the inference rather than after it
+        check_dicom_seg(path, names, bundle.name, __version__)
     if fmt == "auto" and is_picture(path):
         stack, spacing = read_picture(path)
         if _two_d(bundle) and _pages(path) and stack.ndim == 3 and stack.shape[-1] != 3:
@@ -337,7 +340,6 @@ def predict_one(bundle: LoadedBundle, path: Path, out: Path, device: torch.devic
     if instances:
         write_instances(bundle, labels, list(np.linalg.norm(affine[: labels.ndim, : labels.ndim], axis=0)), out)
     if fmt == "dicom-seg":
-        names = {v: k for v, k in bundle.labels.items() if v != 0}
         return write_dicom_seg(labels, affine, path, out, names, bundle.name, __version__)
     # the values the dataset's label files store (a plan renumbers 0/255 or BraTS's 0/1/2/4 to 0..K-1 for the
     # network): masks comparable with the references as they are, as the picture outputs are

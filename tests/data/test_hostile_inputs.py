@@ -289,7 +289,7 @@ def test_predict_a_folder_of_only_bad_cases_is_a_bad_input(bundle, tmp_path, cap
     assert "--debug stops at the first of these errors" in capsys.readouterr().err
 
 
-def test_dicom_seg_from_a_series_with_an_empty_sop_class(bundle, tmp_path, capsys):
+def test_dicom_seg_from_a_series_with_an_empty_sop_class(bundle, tmp_path, capsys, monkeypatch):
     """Anonymisers leave SOPClassUID present but empty: the class comes from the file meta; the input is not touched."""
     import highdicom as hd
     import pydicom
@@ -309,14 +309,19 @@ def test_dicom_seg_from_a_series_with_an_empty_sop_class(bundle, tmp_path, capsy
     refs = seg.ReferencedSeriesSequence[0].ReferencedInstanceSequence
     assert {r.ReferencedSOPClassUID for r in refs} == {"1.2.840.10008.5.1.4.1.1.2"} and len(refs) == 6
     assert snapshot(tmp_path / "ct") == before
-    # any other reason highdicom refuses the series: one line, exit 2
+    # any other reason highdicom refuses the series: one line, exit 2, found from the headers before any inference
     for path in (tmp_path / "ct").iterdir():
         ds = pydicom.dcmread(path)
         del ds.FrameOfReferenceUID
         ds.save_as(path)
+    from medseg.workflows import predict as workflow
+
+    inferred = []
+    monkeypatch.setattr(workflow, "run_case", lambda *a, **k: inferred.append(a) or pytest.fail("inference ran"))
     assert predict(args[:-1] + [str(tmp_path / "seg2"), "--format", "dicom-seg"]) == 2
     one_line(capsys, r"ct: DICOM SEG cannot be written from this series \(ValueError: Source images have no Frame Of"
                      r" Reference UID.*\); write NIfTI instead")
+    assert inferred == [] and not (tmp_path / "seg2" / "ct_seg.dcm").exists()
 
 
 def test_library_calls_raise_medseg_error(tmp_path):
