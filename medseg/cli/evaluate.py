@@ -107,6 +107,12 @@ def run(argv: Sequence[str] | None = None) -> int:
     print(format_table(result.summary))
     for line in empty_mask_notes(result.per_case, args.worst_mm):
         print(line)
+    if result.outside_fov:  # not the model's misses: the prediction does not cover that part of the reference
+        shown = ", ".join(f"{case} ({n} of {total} voxels)" for case, (n, total) in list(result.outside_fov.items())[:5])
+        more = ", ..." if len(result.outside_fov) > 5 else ""
+        print(f"medseg: warning: {len(result.outside_fov)} case(s) have labelled reference voxels outside the "
+              f"prediction's field of view, scored as missed: {shown}{more}; predict on the reference's whole image",
+              file=sys.stderr)
     if result.missing:
         print(f"{len(result.missing)} missing prediction(s) scored as empty: {', '.join(result.missing)}")
     if result.not_predicted:

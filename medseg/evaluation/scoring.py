@@ -50,8 +50,10 @@ def outside_voxels(src: LabelMap, grid: LabelMap) -> int:
     return int(np.count_nonzero(~inside(points)))
 
 
-def score_case(job: CaseJob) -> tuple[str, dict]:
-    """``(case, {class: {metric: value, ..., "flag": ...}})`` for one case (see :func:`evaluate_case`).
+def score_case(job: CaseJob) -> tuple[str, dict, tuple[int, int]]:
+    """``(case, {class: {metric: value, ..., "flag": ...}}, outside)`` for one case (see :func:`evaluate_case`);
+    ``outside``: (labelled reference voxels outside the prediction's field of view, which are scored as missed;
+    the reference's labelled voxels).
 
     The prediction is scored on the reference grid. When labelled prediction voxels lie outside it and the
     reference's voxels coincide with part of the prediction's grid (a DICOM SEG that stores only its
@@ -60,6 +62,7 @@ def score_case(job: CaseJob) -> tuple[str, dict]:
     ref = read_labels(job.ref)
     what = f"case '{job.case}'"
     ref_array, spacing = ref.array, ref.spacing
+    outside = 0
     if job.pred is None:
         pred = np.zeros(ref.array.shape, dtype=ref.array.dtype)
     else:
@@ -77,8 +80,12 @@ def score_case(job: CaseJob) -> tuple[str, dict]:
                     f" ({ref.describe()}; prediction {source.describe()}) and would be left out of every score;"
                     " give a reference that covers the prediction's field of view")
             pred, spacing = source.array, source.spacing
+        elif not same_grid(source, ref):
+            outside = outside_voxels(ref, source)  # a smaller field of view: those reference voxels count as missed
     classes = job.classes
     if classes is None:
         values = sorted(set(label_values(ref_array)) | set(label_values(pred)))
         classes = {f"label_{v}": [v] for v in values if v != 0}
-    return job.case, evaluate_case(pred, ref_array, spacing, classes, job.tolerance_mm, job.worst_mm)
+    labelled = int(np.count_nonzero(ref.array)) if outside else 0
+    scores = evaluate_case(pred, ref_array, spacing, classes, job.tolerance_mm, job.worst_mm)
+    return job.case, scores, (outside, labelled)

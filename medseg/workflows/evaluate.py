@@ -54,6 +54,8 @@ class EvaluationResult:
     not_predicted: list[str] = field(default_factory=list)  # reference cases left out (predicted_only)
     unmatched: list[str] = field(default_factory=list)  # prediction files of no reference case (not scored)
     files: dict[str, Path] = field(default_factory=dict)  # "csv", "json", "boxplot" -> written path
+    #: case -> (labelled reference voxels outside the prediction's field of view, the reference's labelled voxels)
+    outside_fov: dict[str, tuple[int, int]] = field(default_factory=dict)
 
 
 def run(
@@ -107,16 +109,19 @@ def run(
     work = [CaseJob(c, p, refs[c], classes, tolerance_mm, resample, worst_mm) for c, p in matched.items()]
     workers = min(jobs or os.cpu_count() or 1, len(work))
     per_case: dict[str, dict] = {}
+    outside_fov: dict[str, tuple[int, int]] = {}
 
-    def collect(case: str, result: dict) -> None:
+    def collect(case: str, result: dict, outside: tuple[int, int]) -> None:
         per_case[case] = result
+        if outside[0]:
+            outside_fov[case] = outside
         if on_case is not None:
             on_case(case, len(per_case), len(work))
 
     if workers > 1:
         with ProcessPoolExecutor(max_workers=workers) as pool:
-            for case, result in pool.map(score_case, work):
-                collect(case, result)
+            for scored in pool.map(score_case, work):
+                collect(*scored)
     else:
         for job in work:
             collect(*score_case(job))
@@ -129,7 +134,7 @@ def run(
     json_path, csv_path = write_reports(per_case, summary, output)
     png = boxplot(per_case, output / "metrics_boxplot.png")
     return EvaluationResult(summary, per_case, missing, not_predicted, unmatched,
-                            {"csv": csv_path, "json": json_path, "boxplot": png})
+                            {"csv": csv_path, "json": json_path, "boxplot": png}, outside_fov)
 
 
 def _check_options(tolerance_mm: float, worst_mm: float | None, jobs: int | None) -> None:

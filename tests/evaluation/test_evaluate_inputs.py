@@ -246,3 +246,24 @@ def test_predicted_only_scores_the_predicted_cases_and_lists_the_rest(tmp_path, 
     (empty / "other.nii.gz").write_bytes((pred / "val_c_seg.nii.gz").read_bytes())
     assert evaluate_main(["--pred", str(empty), "--ref", str(ref), "--output", str(out), "--predicted-only"]) == 2
     assert "match no reference case (other.nii.gz)" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("jobs", ["1", "2"])
+def test_a_prediction_on_a_smaller_field_of_view_is_scored_with_a_warning(tmp_path, capsys, jobs):
+    """The reference's labelled voxels outside the prediction's grid are scored as missed (as an empty
+    prediction there), and the command says how many, per case; a case on the reference's grid gets no word."""
+    pred, ref, out = _folders(tmp_path)
+    mask = np.zeros((10, 10, 10), np.uint8)
+    mask[1:9, 1:9, 1:9] = 1  # 512 voxels
+    _nifti(mask, ref / "a.nii.gz")
+    _nifti(mask, ref / "b.nii.gz")
+    _nifti(mask[:, :, 3:], pred / "a.nii.gz", origin=(0.0, 0.0, 3.0))  # slices 0-2 not predicted: 128 voxels lost
+    _nifti(mask, pred / "b.nii.gz")
+    assert evaluate_main(["--pred", str(pred), "--ref", str(ref), "--output", str(out), "--jobs", jobs]) == 0
+    err = capsys.readouterr().err
+    assert ("medseg: warning: 1 case(s) have labelled reference voxels outside the prediction's field of view, "
+            "scored as missed: a (128 of 512 voxels); predict on the reference's whole image") in err
+    assert "b (" not in err
+    rows = _rows(out)
+    assert float(rows[("a", "label_1")]["dice"]) == pytest.approx(2 * 384 / (384 + 512))
+    assert float(rows[("b", "label_1")]["dice"]) == 1.0
