@@ -200,9 +200,11 @@ def _dcmread(path: Path, headers_only: bool):
     except MedsegError:
         raise
     except Exception as err:  # pydicom raises EOFError, struct.error, ValueError, ... for a damaged file
-        raise MedsegError(f"{path}: damaged or truncated DICOM file ({type(err).__name__}: {err})") from err
+        raise MedsegError(f"{path}: damaged or truncated DICOM file ({type(err).__name__}: {err}); remove it from the"
+                          " folder or re-export the series") from err
     if "SeriesInstanceUID" not in ds:
-        raise MedsegError(f"{path}: DICOM file without SeriesInstanceUID; not an image of a series")
+        raise MedsegError(f"{path}: DICOM file without SeriesInstanceUID; not an image of a series: remove it from the"
+                          " series folder")
     return ds
 
 
@@ -232,7 +234,8 @@ def _scan(folder: Path, headers_only: bool) -> tuple[dict[str, SeriesInfo], dict
         datasets[path] = ds
     if not series:
         skipped = f" (only {segs} DICOM SEG file(s): segmentations, not images)" if segs else ""
-        raise MedsegError(f"{folder}: no DICOM image files in it{skipped}")
+        raise MedsegError(f"{folder}: no DICOM image files in it{skipped}; give the folder that holds the image"
+                          " series' files")
     if len(patients) > 1:
         listing = "; ".join(f"patient {n}: {', '.join(hashed_uid(u) for u in sorted(uids))}"
                             for n, uids in enumerate(sorted(patients.values(), key=sorted), 1))
@@ -339,7 +342,8 @@ def series_datasets(path: Path, series_uid: str | None = None) -> tuple[list, Di
 def _geometry(path: Path, ds) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     for key in ("ImageOrientationPatient", "ImagePositionPatient", "PixelSpacing"):
         if key not in ds or ds[key].value in (None, ""):
-            raise MedsegError(f"{path}: no {key}; a volume needs the position, orientation and pixel spacing of every slice")
+            raise MedsegError(f"{path}: no {key}; a volume needs the position, orientation and pixel spacing of every"
+                              " slice: remove the file (a localiser or a screenshot, say) or re-export the series")
     return _vectors(path, ds.ImageOrientationPatient, ds.ImagePositionPatient, ds.PixelSpacing)
 
 
@@ -349,9 +353,11 @@ def _vectors(where, iop, ipp, spacing) -> tuple[np.ndarray, np.ndarray, np.ndarr
         ipp = np.asarray([float(v) for v in ipp], dtype=np.float64)
         spacing = np.asarray([float(v) for v in spacing], dtype=np.float64)  # (between rows, between columns)
     except (TypeError, ValueError):
-        raise MedsegError(f"{where}: non-numeric ImageOrientationPatient, ImagePositionPatient or PixelSpacing") from None
+        raise MedsegError(f"{where}: non-numeric ImageOrientationPatient, ImagePositionPatient or PixelSpacing; the"
+                          " header is damaged: re-export the series") from None
     if iop.shape != (6,) or ipp.shape != (3,) or spacing.shape != (2,) or (spacing <= 0).any():
-        raise MedsegError(f"{where}: malformed ImageOrientationPatient, ImagePositionPatient or PixelSpacing")
+        raise MedsegError(f"{where}: malformed ImageOrientationPatient, ImagePositionPatient or PixelSpacing; the header"
+                          " is damaged: re-export the series")
     return iop, ipp, spacing
 
 
@@ -379,10 +385,12 @@ def slice_order(where: Path, uid: str, planes: Planes) -> tuple[list[int], np.nd
             raise MedsegError(f"{where}: mixed orientations in series {uid} ({names[0]} and {n} differ in"
                               " ImageOrientationPatient); split the series or pick one orientation")
         if not np.allclose(spacing, spacing0, rtol=1e-4) or matrix != planes.matrix[0]:
-            raise MedsegError(f"{where}: slices of series {uid} differ in matrix size or pixel spacing ({names[0]} and {n})")
+            raise MedsegError(f"{where}: slices of series {uid} differ in matrix size or pixel spacing ({names[0]} and {n});"
+                              " remove the odd slices (a localiser, say) or export each part as its own series")
     row, col = iop0[:3], iop0[3:]
     if abs(np.dot(row, col)) > 1e-3 or not np.allclose([np.linalg.norm(row), np.linalg.norm(col)], 1.0, atol=1e-3):
-        raise MedsegError(f"{where}: ImageOrientationPatient cosines of {names[0]} are not orthonormal")
+        raise MedsegError(f"{where}: ImageOrientationPatient cosines of {names[0]} are not orthonormal; the header is"
+                          " damaged: re-export the series")
     normal = np.cross(row, col)
     normal /= np.linalg.norm(normal)
     positions = planes.position
@@ -486,7 +494,8 @@ def _frame_planes(path: Path, ds) -> tuple[Planes, np.ndarray, np.ndarray]:
     shared = shared_seq[0] if shared_seq else None
     per_frame = ds.get("PerFrameFunctionalGroupsSequence") or []
     if per_frame and len(per_frame) != n:
-        raise MedsegError(f"{path}: PerFrameFunctionalGroupsSequence has {len(per_frame)} items for {n} frames")
+        raise MedsegError(f"{path}: PerFrameFunctionalGroupsSequence has {len(per_frame)} items for {n} frames; the file"
+                          " is damaged or incomplete: re-export it")
     group = lambda i, name: _functional_group(ds, shared, per_frame, i, name)  # noqa: E731
     iops, ipps, spacings, slopes, intercepts, dims = [], [], [], [], [], []
     for i in range(n):
@@ -502,7 +511,8 @@ def _frame_planes(path: Path, ds) -> tuple[Planes, np.ndarray, np.ndarray]:
         if orientation is None or spacing is None:
             missing = "ImageOrientationPatient (PlaneOrientationSequence)" if orientation is None else \
                 "PixelSpacing (PixelMeasuresSequence)"
-            raise MedsegError(f"{path}: frame {i + 1} has no {missing}; a volume needs it for every frame")
+            raise MedsegError(f"{path}: frame {i + 1} has no {missing}; a volume needs it for every frame: re-export the"
+                              " series (as single-frame files, if the scanner offers it)")
         iop, ipp, sp = _vectors(f"{path} frame {i + 1}", orientation, position, spacing)
         iops.append(iop), ipps.append(ipp), spacings.append(sp)
         rescale = group(i, "PixelValueTransformationSequence")
@@ -550,15 +560,18 @@ def _refuse_non_volumes(path: Path, planes: Planes, dims: list[dict]) -> None:
 def _pixels(path: Path, ds) -> np.ndarray:
     """The stored pixel values of one frame/file, decoded by pydicom's pixel handlers."""
     if "PixelData" not in ds and "FloatPixelData" not in ds and "DoubleFloatPixelData" not in ds:
-        raise MedsegError(f"{path}: no pixel data (a DICOM image file without its image)")
+        raise MedsegError(f"{path}: no pixel data (a DICOM image file without its image); remove it or re-export the"
+                          " series")
     if int(ds.get("SamplesPerPixel", 1) or 1) != 1:
-        raise MedsegError(f"{path}: colour image ({ds.get('PhotometricInterpretation', '?')}); medseg reads greyscale only")
+        raise MedsegError(f"{path}: colour image ({ds.get('PhotometricInterpretation', '?')}); medseg reads greyscale only:"
+                          " give the original greyscale series, not a rendered or annotated copy")
     try:
         return ds.pixel_array
     except Exception as err:  # truncated data, missing decoder, corrupt stream: pydicom raises several types
         name = ds.file_meta.get("TransferSyntaxUID", None) if hasattr(ds, "file_meta") else None
         syntax = f" ({name.name})" if name is not None else ""
-        raise MedsegError(f"{path}: pixel data cannot be decoded{syntax}: {str(err).splitlines()[0]}") from err
+        raise MedsegError(f"{path}: pixel data cannot be decoded{syntax}: {str(err).splitlines()[0]}; re-export the"
+                          " series uncompressed (or convert it, e.g. gdcmconv --raw)") from err
 
 
 _NATIVE_LE = {"1.2.840.10008.1.2", "1.2.840.10008.1.2.1"}  # implicit / explicit VR little endian
@@ -620,7 +633,8 @@ def _read_single_frames(where: Path, info: SeriesInfo, members: list) -> DicomVo
         if raw is None:
             raw = _pixels(info.files[i], members[i])
         if raw.shape != (rows, cols):
-            raise MedsegError(f"{info.files[i]}: pixel data is {raw.shape}, header says {rows}x{cols}")
+            raise MedsegError(f"{info.files[i]}: pixel data is {raw.shape}, header says {rows}x{cols}; the file is damaged:"
+                              " re-export the series")
         if stored is None:
             stored = np.empty((len(order), rows, cols), dtype=raw.dtype)  # (slice, row, column)
         elif raw.dtype != stored.dtype:
@@ -641,7 +655,7 @@ def _read_multiframe(path: Path, ds, info: SeriesInfo) -> DicomVolume:
         frames = frames[None]
     if frames.shape != (len(planes.names), *planes.matrix[0]):
         raise MedsegError(f"{path}: pixel data is {frames.shape}, header says {len(planes.names)} frames of"
-                          f" {planes.matrix[0][0]}x{planes.matrix[0][1]}")
+                          f" {planes.matrix[0][0]}x{planes.matrix[0][1]}; the file is damaged: re-export the series")
     volume = _rescaled(frames[order], slopes[order], intercepts[order])
     return DicomVolume(volume.transpose(2, 1, 0), affine, info.uid, info.modality, notes, order)
 

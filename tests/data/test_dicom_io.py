@@ -760,3 +760,44 @@ def test_a_dicom_seg_beside_its_series_is_not_read_as_an_image(tmp_path):
         read_dicom(tmp_path / "seg")
     with pytest.raises(MedsegError, match=r"mask\.dcm: a DICOM SEG \(a segmentation, not an image\)"):
         read_dicom(seg)
+
+
+def test_damaged_series_refusals_say_what_to_do(tmp_path):
+    """Each header fault of a series is refused with what to do about it, not only what is wrong."""
+    import pydicom
+
+    from medseg.data.dicom import write_series
+    from medseg.data.images import read_image
+
+    def series(name, change):
+        folder = tmp_path / name
+        write_series(folder, np.zeros((12, 10, 4), np.float32), np.diag([1.0, 1.0, 2.0, 1.0]))
+        files = sorted(folder.iterdir())
+        for path in files if change is skewed else files[1:2]:  # every slice's orientation, or one slice
+            ds = pydicom.dcmread(path)
+            change(ds)
+            ds.save_as(path)
+        return folder
+
+    def no_position(ds):
+        del ds.ImagePositionPatient
+
+    def skewed(ds):
+        ds.ImageOrientationPatient = [1, 0, 0, 0.5, 0.5, 0]
+
+    def other_spacing(ds):
+        ds.PixelSpacing = [0.5, 0.5]
+
+    def colour(ds):
+        ds.SamplesPerPixel = 3
+
+    for change, expected in [
+        (no_position, r"no ImagePositionPatient; .* every slice: remove the file \(a localiser or a screenshot, say\) or"
+                      r" re-export the series$"),
+        (skewed, r"are not orthonormal; the header is damaged: re-export the series$"),
+        (other_spacing, r"differ in matrix size or pixel spacing \(.*\); remove the odd slices \(a localiser, say\) or"
+                        r" export each part as its own series$"),
+        (colour, r"colour image \(.*\); medseg reads greyscale only: give the original greyscale series"),
+    ]:
+        with pytest.raises(MedsegError, match=expected):
+            read_image(series(change.__name__, change))
