@@ -30,6 +30,7 @@ from medseg.evaluation.instances import instance_metrics, membrane_metrics
 from medseg.evaluation.pairing import case_key, find_cases, match
 from medseg.evaluation.plots import boxplot
 from medseg.evaluation.scoring import CaseJob, score_case
+from medseg.workflows.outputs import check_output_folder
 from medseg.fileio import atomic_write_text
 
 
@@ -89,7 +90,7 @@ def run(
     """
     classes = parse_classes(labels) if isinstance(labels, str) else labels
     _check_options(tolerance_mm, worst_mm, jobs)
-    check_output_folder(Path(output))
+    check_output_folder(Path(output), "the metrics files")
     refs = find_cases(Path(ref_dir), "reference")
     preds = find_cases(Path(pred_dir), "prediction")
     if predicted_only and missing_as_empty:
@@ -148,19 +149,6 @@ def _check_options(tolerance_mm: float, worst_mm: float | None, jobs: int | None
         raise MedsegError(f"--jobs {jobs}: expected 1 or more processes")
 
 
-def check_output_folder(output: Path) -> None:
-    """One line, before any work, when ``output`` cannot become a folder (it or a folder above it is a file, or the
-    nearest existing folder above it is not writable)."""
-    for folder in (output, *output.parents):
-        if not folder.exists():
-            continue
-        if not folder.is_dir():
-            raise MedsegError(f"--output {output}: {folder} is a file, not a folder; give a folder for the metrics files")
-        if not os.access(folder, os.W_OK | os.X_OK):
-            raise MedsegError(f"--output {output}: folder {folder} is not writable; give a folder you can write to")
-        return
-
-
 def run_instances(pred_dir: str | Path, ref_dir: str | Path, output: str | Path = "evaluation",
                   threshold: float = 0.5, membranes: bool = False) -> dict[str, dict[str, float]]:
     """Instance metrics (:func:`medseg.evaluation.instances.instance_metrics`) of predicted instance images
@@ -174,7 +162,7 @@ def run_instances(pred_dir: str | Path, ref_dir: str | Path, output: str | Path 
     def read(path: Path) -> np.ndarray:
         return read_picture(path)[0] if is_picture(path) else np.asarray(read_image(path).array)
 
-    check_output_folder(Path(output))
+    check_output_folder(Path(output), "the metrics files")
     for folder, what in ((Path(ref_dir), "reference"), (Path(pred_dir), "prediction")):
         if not folder.is_dir():
             state = "is a file" if folder.exists() else "does not exist"

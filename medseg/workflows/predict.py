@@ -37,6 +37,7 @@ from medseg.fileio import atomic_path
 from medseg.inference import run_case, torch_forward
 from medseg.inference.instances import label_instances, object_table, write_object_csv
 from medseg.inference.runtimes import ENGINES, build_engine, window_input
+from medseg.workflows.outputs import check_output_folder
 import tempfile
 
 #: auto: pictures (PNG/TIFF/JPEG) in their own format, everything else NIfTI
@@ -355,21 +356,6 @@ def use_series(bundle: LoadedBundle, series: str | None) -> None:
                 step.register(DicomSeriesReader(series_uid=series))
 
 
-def check_writable(output: Path) -> None:
-    """One line, before the bundle is loaded or any case is run, when ``output`` cannot be written: a file above it,
-    or the folder itself (or the nearest existing one above it) not writable; every case would fail at its end."""
-    import os
-
-    for folder in (output, *output.parents):
-        if not folder.exists():
-            continue
-        if not folder.is_dir():
-            raise MedsegError(f"--output {output}: {folder} is a file, not a folder; give the folder the masks go to")
-        if not os.access(folder, os.W_OK | os.X_OK):
-            raise MedsegError(f"--output {output}: folder {folder} is not writable; give a folder you can write to")
-        return
-
-
 def check_unique_cases(cases: list[tuple[str, Path]], inputs: str | Path, why: str) -> None:
     """One line when two inputs are one case (a.png + a.tif, a.nii + a.nii.gz); ``why``: what would go wrong, with
     ``{name}`` for the case."""
@@ -412,7 +398,7 @@ def run(bundle: str | Path, inputs: str | Path, output: str | Path, *, format: s
         raise MedsegError(f"format {format!r}: choose one of {', '.join(FORMATS)}")
     output = Path(output)
     check_folder_option(output, "--output", "the masks go to")
-    check_writable(output)
+    check_output_folder(output, "the masks")  # before the bundle loads: every case would fail at its end
     dev = _device(device)
     cases = find_inputs(Path(inputs))
     if Path(inputs).is_dir() and Path(inputs).resolve() == output.resolve():
@@ -463,4 +449,4 @@ def run(bundle: str | Path, inputs: str | Path, output: str | Path, *, format: s
     return written
 
 
-__all__ = ["ENGINES", "FORMATS", "Written", "check_input", "check_unique_cases", "check_writable", "find_inputs", "predict_one", "run", "use_series"]
+__all__ = ["ENGINES", "FORMATS", "Written", "check_input", "check_unique_cases", "find_inputs", "predict_one", "run", "use_series"]
