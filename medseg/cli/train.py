@@ -69,9 +69,11 @@ def cross_validation_table(summary: dict) -> dict:
     """A ``cv_summary.json``-shaped summary (``{class: {metric: {"mean", "std", "folds"}}}``) as the per-class
     means and stds :func:`medseg.evaluation.metrics.format_table` prints; ``{}`` for a single run's summary."""
     entries = [e for per_class in summary.values() for e in per_class.values()]
-    if not entries or not all(isinstance(e, dict) and "mean" in e for e in entries):
+    if not entries or not all(isinstance(e, dict) and ("mean" in e or "total" in e) for e in entries):
         return {}
-    return {cls: {**{m: e["mean"] for m, e in per_class.items()}, **{f"{m}_std": e["std"] for m, e in per_class.items()}}
+    return {cls: {**{m: e["mean"] for m, e in per_class.items() if "mean" in e},
+                  **{f"{m}_std": e["std"] for m, e in per_class.items() if "mean" in e},
+                  **{m: e["total"] for m, e in per_class.items() if "total" in e}}
             for cls, per_class in summary.items()}
 
 

@@ -58,8 +58,13 @@ def make_folds(cases: list[Case], k: int, seed: int, run_dir: Path) -> list[list
     return parts
 
 
+#: per-fold case counts of ``metrics.json``: summed over the folds, not averaged
+COUNTS = ("cases", "flagged")
+
+
 def summarise_folds(parent: Path, k: int) -> dict[str, dict[str, dict[str, float]]]:
-    """``{class: {metric: {"mean", "std", "folds"}}}`` over the folds' ``metrics.json``; written as
+    """``{class: {metric: {"mean", "std", "folds"}}}`` over the folds' ``metrics.json`` (the case counts
+    ``cases`` and ``flagged``: ``{"total", "folds"}``); written as
     ``cv_summary.json`` and a Markdown table ``cv_summary.md`` in ``parent``."""
     per_fold = []
     for fold in range(k):
@@ -74,18 +79,23 @@ def summarise_folds(parent: Path, k: int) -> dict[str, dict[str, dict[str, float
     summary: dict[str, dict[str, dict[str, float]]] = {}
     for cls, metrics in per_fold[0].items():
         for metric in metrics:
-            if metric.endswith(("_std", "_median")) or metric == "cases":
+            if metric.endswith(("_std", "_median")):
                 continue
             values = [float(f[cls][metric]) for f in per_fold if metric in f.get(cls, {})]
+            if metric in COUNTS:  # case counts add up over the folds (a mean of 1.5 flagged cases means nothing)
+                summary.setdefault(cls, {})[metric] = {"total": float(sum(values)), "folds": values}
+                continue
             finite = [v for v in values if math.isfinite(v)]
             mean = float(np.mean(finite)) if finite else float("nan")
             std = float(np.std(finite, ddof=1)) if len(finite) > 1 else 0.0
             summary.setdefault(cls, {})[metric] = {"mean": mean, "std": std, "folds": values}
     atomic_write_text(parent / "cv_summary.json", json.dumps(summary, indent=1))
-    metrics = list(next(iter(summary.values())))
-    lines = [f"# Cross-validation: {k} folds", "", "| class | " + " | ".join(metrics) + " |",
-             "|---|" + "---|" * len(metrics)]
+    metrics = [m for m in next(iter(summary.values())) if m not in COUNTS]
+    lines = [f"# Cross-validation: {k} folds", "", "| class | " + " | ".join(metrics) + " | flagged cases |",
+             "|---|" + "---|" * (len(metrics) + 1)]
     for cls, entry in summary.items():
-        lines.append(f"| {cls} | " + " | ".join(f"{entry[m]['mean']:.3f} ± {entry[m]['std']:.3f}" for m in metrics) + " |")
+        counts = {c: int(entry[c]["total"]) if c in entry else "?" for c in COUNTS}
+        lines.append(f"| {cls} | " + " | ".join(f"{entry[m]['mean']:.3f} ± {entry[m]['std']:.3f}" for m in metrics)
+                     + f" | {counts['flagged']} of {counts['cases']} |")
     atomic_write_text(parent / "cv_summary.md", "\n".join(lines) + "\n")
     return summary

@@ -236,7 +236,11 @@ def test_all_folds_and_their_summary(data, tmp_path):
     assert summary["liver"]["dice"]["folds"] == dice
     assert summary["liver"]["dice"]["mean"] == pytest.approx(sum(dice) / 2)
     assert summary["liver"]["dice"]["std"] == pytest.approx(abs(dice[0] - dice[1]) / 2 ** 0.5)
-    assert "± " in (run / "cv_summary.md").read_text()
+    counts = [json.loads((run / f"fold_{k}" / "metrics.json").read_text())["liver"] for k in range(2)]
+    assert summary["liver"]["cases"] == {"total": 4.0, "folds": [2.0, 2.0]}
+    assert summary["liver"]["flagged"]["total"] == counts[0]["flagged"] + counts[1]["flagged"]
+    table = (run / "cv_summary.md").read_text()
+    assert "± " in table and f"| {int(summary['liver']['flagged']['total'])} of 4 |" in table and "| cases |" not in table
     # an interrupted cross-validation: --resume on its folder trains the missing fold, the same way again
     import shutil
 
