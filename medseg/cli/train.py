@@ -25,7 +25,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--fold", type=int, metavar="K", help="train fold K (0-based) of training.folds-fold CV")
     parser.add_argument("--folds", choices=["all"], help="train every fold of the cross-validation, then summarise")
     parser.add_argument("--max-minutes", type=minutes(allow_zero=True), default=0.0, metavar="M",
-                        help="stop training after M minutes (after that epoch's validation), then evaluate and export")
+                        help="stop training after M minutes (after that epoch's validation), then evaluate and export; with"
+                             " --folds all each fold has M minutes")
     parser.add_argument("--epochs", type=int, help="override training.epochs")
     parser.add_argument("--data-dir", type=Path, help="folder holding the datasets (default: ./data)")
     parser.add_argument("--output-dir", type=Path, help="run directory (default: runs/<task>/<timestamp>)")
