@@ -301,6 +301,7 @@ class Tracker:
         self.fingerprint: dict[str, str] = {}
         self.datasets: dict[str, CaseSet] = {}
         self.model_info: Any = None
+        self.logged: dict[str, int] = {}  # see below (--resume)
         self.monitor: SystemMetricsMonitor | None = None
         reason = _reachable(self.uri)
         if reason is not None:
@@ -336,6 +337,9 @@ class Tracker:
                               "MLFLOW_TRACKING_URI at an MLflow store (sqlite:///PATH/mlflow.db, a new file is "
                               "created) or a tracking server") from err
         self.run_id = self.run.info.run_id
+        #: --resume: each metric's last logged step; the steps a killed run logged after its last checkpoint are
+        #: trained again and not logged twice (MLflow keeps every point: its charts would show both)
+        self.logged = (self.guard("metric steps", self._logged_steps) or {}) if run_id else {}
         self.log_params(flatten(cfg))
         logger.info("MLflow run '%s' (%s) in experiment '%s' at %s", run_name, self.run_id, self.experiment_name, self.uri)
         if self.uri.startswith(("http://", "https://")):  # the UI's model-training view (MLflow 3: workflowType)
@@ -395,7 +399,20 @@ class Tracker:
             batch = [mlflow.entities.Param(k, str(v)[:6000]) for k, v in items[start:start + 90]]
             self.guard("params", lambda b=batch: self.client.log_batch(self.run_id, params=b), dict(items[start:start + 90]))
 
+    def _logged_steps(self) -> dict[str, int]:
+        keys = [k for k in self.client.get_run(self.run_id).data.metrics if not k.startswith("system/")]
+        return {k: max((m.step for m in self.client.get_metric_history(self.run_id, k)), default=-1) for k in keys}
+
+    def not_logged(self, metrics: dict[str, Any], step: int | None) -> dict[str, Any]:
+        """``metrics`` without those already logged at ``step`` or later (by the killed run a resume continues)."""
+        if not self.logged or step is None:
+            return metrics
+        return {k: v for k, v in metrics.items() if step > self.logged.get(k, -1)}
+
     def log_metrics(self, metrics: dict[str, float], step: int = 0) -> None:
+        metrics = self.not_logged(metrics, step)
+        if not metrics:
+            return
         batch = [mlflow.entities.Metric(k, float(v), int(time.time() * 1000), step) for k, v in metrics.items()]
         self.guard("metrics", lambda: self.client.log_batch(self.run_id, metrics=batch), metrics)
 
@@ -534,6 +551,9 @@ class _GuardedMLFlowHandler(MLFlowHandler):
         self.tracker.guard("handler start", lambda: super(_GuardedMLFlowHandler, self).start(engine))
 
     def _log_metrics(self, metrics: dict[str, Any], step: int | None = None) -> None:
+        metrics = self.tracker.not_logged(metrics, step)
+        if not metrics:
+            return
         self.tracker.guard("metrics", lambda: super(_GuardedMLFlowHandler, self)._log_metrics(metrics, step),
                            {"step": step, **{k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))}})
 

@@ -45,7 +45,8 @@ import medseg.engine.builders as b
 class Killed(b.SupervisedTrainer):  # SIGKILL at a fixed iteration, mid-epoch
     def __init__(self, *a, **k):
         super().__init__(*a, **k)
-        self.add_event_handler(Events.ITERATION_COMPLETED(once=int(os.environ["KILL_AT"])),
+        event = Events.ITERATION_STARTED if os.environ.get("KILL_BEFORE") else Events.ITERATION_COMPLETED
+        self.add_event_handler(event(once=int(os.environ["KILL_AT"])),
                                lambda _: os.kill(os.getpid(), signal.SIGKILL))
 b.SupervisedTrainer = Killed
 from medseg.train import main
@@ -58,7 +59,8 @@ def test_killed_and_resumed_run_ends_with_the_same_weights(data, tmp_path):
 
     assert main(cli(data, tmp_path / "straight", "--epochs", "3")) == 0
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    env = subprocess_env(KILL_AT="5", MLFLOW_TRACKING_URI=uri)  # epoch 3 of 3, its first of 2 steps done
+    # epoch 3 of 3, as its second step starts: its first step is done and logged to MLflow
+    env = subprocess_env(KILL_AT="6", KILL_BEFORE="1", MLFLOW_TRACKING_URI=uri)
     tracked = [s for s in BASE if not s.startswith("tracking.")]
     run = tmp_path / "killed"
     proc = subprocess.run([sys.executable, "-c", KILLER, *cli(data, run, "--epochs", "3", sets=tracked)],
@@ -85,8 +87,8 @@ def test_killed_and_resumed_run_ends_with_the_same_weights(data, tmp_path):
     runs = client.search_runs([client.get_experiment_by_name("medseg").experiment_id])
     assert len(runs) == 1 and runs[0].info.status == "FINISHED"  # the same MLflow run, finished by the resume
     assert json.loads((run / "resume.json").read_text())["mlflow_run_id"] == runs[0].info.run_id
-    steps = {m.step for m in client.get_metric_history(runs[0].info.run_id, "train_loss")}
-    assert steps == {1, 2, 3, 4, 5, 6}
+    history = client.get_metric_history(runs[0].info.run_id, "train_loss")
+    assert sorted(m.step for m in history) == [1, 2, 3, 4, 5, 6]  # step 5, trained again after the kill, once
     # the share of each epoch's step time spent waiting for the data loader, per epoch, resumed run included
     waits = client.get_metric_history(runs[0].info.run_id, "data_wait_share")
     assert sorted(m.step for m in waits) == [1, 2, 3] and all(0.0 < m.value < 1.0 for m in waits)
