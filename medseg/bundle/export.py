@@ -150,7 +150,8 @@ def train_config(cfg: dict[str, Any]) -> dict[str, Any]:
         "imports": ["$import glob", "$import json", "$import os", "$import torch"],
         "bundle_root": ".",
         "dataset_dir": "data/Task03_Liver",
-        "output_dir": "$os.path.join(@bundle_root, 'train_output')",
+        # like inference.json's: the folder the command runs in, so a retraining never writes into the bundle
+        "output_dir": "$os.path.join(os.getcwd(), 'train_output')",
         "manifest": "$json.load(open(os.path.join(@dataset_dir, 'dataset.json')))",
         "val_fraction": cfg.data.val_fraction,
         "train_datalist": "$" + datalist.format(
@@ -457,6 +458,12 @@ From anywhere else, name the bundle's folder too:
 It writes one `<image>_seg` mask per input into OUT, in the input's own geometry, with the values the task's
 label files store ({values}). Without `--output_dir` the masks go to `eval/` in the folder the command runs
 from (name OUT when that is this folder: a bundle is not the place for its outputs).
+
+To retrain it on a dataset in the MSD layout (`dataset.json`, `imagesTr/`, `labelsTr/`), stock MONAI only:
+
+    python -m monai.bundle run --config_file BUNDLE/configs/train.json --bundle_root BUNDLE --dataset_dir DATASET --output_dir OUT
+
+Its checkpoints go to `OUT/models/`; without `--output_dir`, to `train_output/` in the folder the command runs from.
 
 ## Limitations
 Research use only. Trained on the data above; performance on other scanners, contrast phases or

@@ -116,7 +116,8 @@ def test_train_json_retrains_on_stock_monai(trained, tmp_path: Path):
                        "--bundle_root", str(tmp_path / "retrain"), "--dataset_dir", str(trained["dataset"]),
                        "--epochs", "1", "--iterations_per_epoch", "2", "--val_every", "1")
     assert proc.returncode == 0, proc.stderr[-3000:]
-    weights = tmp_path / "retrain" / "train_output" / "models" / "model.pt"
+    weights = tmp_path / "train_output" / "models" / "model.pt"  # where the command ran, never in the bundle
+    assert not (tmp_path / "retrain" / "train_output").exists()
     state = torch.load(weights, weights_only=True)
     reference = torch.load(bundle / "models" / "model.pt", weights_only=True)
     assert state.keys() == reference.keys()
