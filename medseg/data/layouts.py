@@ -25,15 +25,13 @@ from typing import Any
 from medseg.data.case import Case
 from medseg.data.check import data_problems, header_problems
 from medseg.data.labelmaps import case_name, detect_255_label_map
-from medseg.data.msd import msd_cases, read_manifest
+from medseg.data.msd import msd_cases, read_manifest, refuse_missing
 from medseg.data.split import train_val_split
 from medseg.errors import MedsegError
 
 logger = logging.getLogger("medseg.data")
 
 LAYOUTS = ("msd", "nnunet", "csv", "folders")
-#: missing files of a CSV listed by path in the message (the count names them all)
-MISSING_SHOWN = 10
 
 
 def detect_layout(root: Path) -> str:
@@ -99,12 +97,7 @@ def _csv_cases(path: Path) -> list[Case]:
         resolved = [(path.parent / p).resolve() for p in parts] + [(path.parent / label).resolve()]
         missing += [f"line {n}: {p} does not exist" for p in resolved if not p.exists()]
         cases.append(Case.of(resolved[:-1], resolved[-1]))
-    if missing:
-        shown = missing[:MISSING_SHOWN]
-        more = [f"  ... and {len(missing) - len(shown)} more"] if len(missing) > len(shown) else []
-        raise MedsegError("\n".join([f"{path}: {len(missing)} listed file(s) do not exist (paths are relative to the"
-                                      f" CSV's folder, {path.parent}); fix or remove their rows:",
-                                      *(f"  {line}" for line in shown), *more]))
+    refuse_missing(path, missing, "the CSV's folder", "rows")
     return cases
 
 

@@ -11,7 +11,12 @@ from medseg.data.split import train_val_split
 from medseg.errors import MedsegError
 
 
-def _case_list(entries: Any, root: Path, manifest: Path, key: str) -> list[Case]:
+#: missing files of a manifest or CSV listed by path in the message (the count names them all)
+MISSING_SHOWN = 10
+
+
+def _case_list(entries: Any, root: Path, manifest: Path, key: str, missing: list[str]) -> list[Case]:
+    """The cases of one list of the manifest; its missing files are added to ``missing``, every one of them."""
     if not isinstance(entries, list) or not entries:
         raise MedsegError(f"{manifest}: '{key}' must be a non-empty list of {{image, label}} entries")
     cases = []
@@ -22,10 +27,23 @@ def _case_list(entries: Any, root: Path, manifest: Path, key: str) -> list[Case]
         for field in ("image", "label"):
             path = (root / str(entry[field])).resolve()
             if not path.exists():
-                raise MedsegError(f"{manifest}: {key}[{i}].{field} points to a missing file {path}")
+                missing.append(f"{key}[{i}].{field}: {path} does not exist")
             case[field] = str(path)
         cases.append(Case.of(case["image"], case["label"]))
     return cases
+
+
+def refuse_missing(listing: Path, missing: list[str], relative_to: str, entries: str) -> None:
+    """One :class:`MedsegError` naming every file a dataset listing (``dataset.json``, a CSV) points to and that is
+    not there: the count, then the first :data:`MISSING_SHOWN` one per line; nothing when ``missing`` is empty.
+    ``relative_to``: where its paths start ("its folder"); ``entries``: what to fix ("entries", "rows")."""
+    if not missing:
+        return
+    shown = missing[:MISSING_SHOWN]
+    more = [f"  ... and {len(missing) - len(shown)} more"] if len(missing) > len(shown) else []
+    raise MedsegError("\n".join([f"{listing}: {len(missing)} listed file(s) do not exist (paths are relative to"
+                                  f" {relative_to}, {listing.parent}); fix or remove their {entries}:",
+                                  *(f"  {line}" for line in shown), *more]))
 
 
 def read_manifest(path: Path, needs: str = "this layout needs a dataset.json", holding: str = "") -> dict:
@@ -63,10 +81,11 @@ def msd_cases(root: Path, expected_labels: dict[str, int],
     missing = sorted(v for v in set(expected_labels.values()) if v not in declared and stored.get(v) not in declared)
     if missing:
         raise MedsegError(f"{manifest}: 'labels' lacks values {missing} that the task config expects")
-    train = _case_list(meta.get("training"), root, manifest, "training")
-    if "validation" in meta:
-        return train, _case_list(meta["validation"], root, manifest, "validation")
-    return train, None
+    missing: list[str] = []
+    train = _case_list(meta.get("training"), root, manifest, "training", missing)
+    val = _case_list(meta["validation"], root, manifest, "validation", missing) if "validation" in meta else None
+    refuse_missing(manifest, missing, "its folder", "entries")
+    return train, val
 
 
 def load_msd_dataset(

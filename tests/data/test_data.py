@@ -13,6 +13,8 @@ from medseg.data import load_msd_dataset
 from medseg.data.sample import MEMBERS, read_verified_members
 from medseg.errors import MedsegError
 
+from tests.conftest import write_msd
+
 LABELS = {"background": 0, "liver": 1, "tumour": 2}
 
 
@@ -77,7 +79,8 @@ def test_msd_split_is_deterministic_and_disjoint(msd_dataset: Path):
         ('{"labels": {"0": "bg", "1": "liver"}, "training": [{"image": "a", "label": "b"}]}', r"lacks values \[2\]"),
         ('{"labels": {"0": "bg", "1": "l", "2": "t"}, "training": [{"image": "x.nii.gz"}]}', r"training\[0\] must have"),
         ('{"labels": {"0": "bg", "1": "l", "2": "t"}, "training": [{"image": "x.nii.gz", "label": "y.nii.gz"}]}',
-         r"training\[0\]\.image points to a missing file"),
+         r"2 listed file\(s\) do not exist .*\n  training\[0\]\.image: .*x\.nii\.gz does not exist\n"
+         r"  training\[0\]\.label: .*y\.nii\.gz does not exist$"),
     ],
 )
 def test_malformed_dataset_json_is_named(tmp_path: Path, content: str, message: str):
@@ -96,3 +99,21 @@ def test_input_data_is_not_modified(msd_dataset: Path):
     load_msd_dataset(msd_dataset, LABELS, 0.34, 0)
     assert {p: p.read_bytes() for p in msd_dataset.rglob("*") if p.is_file()} == before
     assert json.loads((msd_dataset / "dataset.json").read_text())["training"][0]["image"].startswith("./imagesTr")
+
+
+def test_every_missing_file_of_a_dataset_json_is_counted(tmp_path: Path):
+    """Not only the first: the count of every missing file, the first ten by entry, then how many more."""
+    write_msd(tmp_path, n_cases=1, shape=(8, 8, 6))
+    meta = json.loads((tmp_path / "dataset.json").read_text())
+    present = meta["training"][0]
+    meta["training"] += [{"image": f"imagesTr/gone_{i:02d}.nii.gz", "label": present["label"]} for i in range(12)]
+    meta["validation"] = [{"image": present["image"], "label": "labelsTr/gone_val.nii.gz"}]
+    (tmp_path / "dataset.json").write_text(json.dumps(meta))
+    with pytest.raises(MedsegError) as err:
+        load_msd_dataset(tmp_path, LABELS, 0.2, 0)
+    lines = str(err.value).split("\n")
+    assert lines[0] == (f"{tmp_path / 'dataset.json'}: 13 listed file(s) do not exist (paths are relative to its"
+                        f" folder, {tmp_path}); fix or remove their entries:")
+    images = (tmp_path / "imagesTr").resolve()
+    assert lines[1:11] == [f"  training[{i + 1}].image: {images / f'gone_{i:02d}.nii.gz'} does not exist" for i in range(10)]
+    assert lines[11:] == ["  ... and 3 more"]
