@@ -29,6 +29,7 @@ from typing import Any
 
 from filelock import FileLock
 
+from medseg.data.images import check_can_write
 from medseg.errors import MedsegError
 
 VERSION_DIR = re.compile(r"^(?P<name>.+)-v(?P<n>\d+)$")
@@ -77,6 +78,7 @@ def check_target(parent: Path, name: str, flag: str = "bundle.dir/bundle.name") 
         if above.exists() and not above.is_dir():
             raise MedsegError(f"{flag} {stable}: {above} is a file, not a folder; give a bundle path in a folder")
         if above.is_dir():
+            check_can_write(above, f"{flag} {stable}")
             break
     if stable.is_symlink():
         target = stable.resolve()

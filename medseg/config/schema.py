@@ -12,6 +12,8 @@ values in use through :meth:`TaskConfig.effective_spacing` and its siblings.
 
 from __future__ import annotations
 
+import re
+
 from typing import Annotated, Any, Callable
 
 from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, PrivateAttr, Strict,
@@ -466,7 +468,10 @@ class TrackingConfig(Section):
 
 class BundleConfig(Section):
     enabled: bool = True
-    name: str = ""  # "" = <task>_segmentation (TaskConfig.bundle_name())
+    name: Annotated[str, _check(lambda v: v == "" or (re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", v) is not None
+                                                     and ".." not in v),
+                                "must be a plain folder name (letters, digits, '.', '_', '-'; no '/' or '..')")] = ""
+    # "" = <task>_segmentation (TaskConfig.bundle_name())
     dir: str = "bundles"
     authors: str = "medseg"
     license: str = "CC-BY-SA-4.0"

@@ -165,7 +165,21 @@ def check_output_path(path: Path, flag: str = "") -> None:
         if folder.exists():
             if not folder.is_dir():
                 raise MedsegError(f"{name}: {folder} is a file, not a folder; give an output path in a folder")
+            check_can_write(folder, name)
             return
+
+
+def check_can_write(folder: Path, name: str) -> None:
+    """One line when no file can be created in the existing ``folder`` (tried, not read from the permission bits:
+    root ignores those, a read-only or special file system does not)."""
+    import tempfile
+
+    try:
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as err:
+        raise MedsegError(f"{name}: cannot write in {folder} ({err.strerror or type(err).__name__}); give a path in a"
+                          " folder you can write to") from None
 
 
 def memory_limit() -> int:

@@ -49,6 +49,8 @@ def report_markdown(run_dir: Path) -> Path:
     cfg = yaml.safe_load((run_dir / "config.yaml").read_text())
     summary = read_json(run_dir / "metrics.json")
     run = read_json(run_dir / "run.json") if (run_dir / "run.json").is_file() else {}
+    if not isinstance(run, dict):
+        raise MedsegError(f"{run_dir / 'run.json'}: expected a JSON object (as training writes it); {DAMAGED}")
     if not isinstance(summary, dict) or not all(isinstance(e, dict) for e in summary.values()):
         raise MedsegError(f"{run_dir / 'metrics.json'}: expected class -> metrics (as training writes it); {DAMAGED}")
     rows = "\n".join(
@@ -63,7 +65,7 @@ def report_markdown(run_dir: Path) -> Path:
 {cfg.get('description', '')}
 
 - Training: {cfg['training']['epochs']} epochs x {cfg['training']['iterations_per_epoch']} iterations, batch {cfg['training']['batch_size']}, patch {cfg['training']['patch_size']}
-- Wall time: {run.get('seconds', 'n/a')} s; best validation mean Dice {run.get('best_val_mean_dice', float('nan')):.3f} at epoch {run.get('best_epoch', 'n/a')}
+- Wall time: {_number(run, 'seconds', '.0f')} s; best validation mean Dice {_number(run, 'best_val_mean_dice', '.3f')} at epoch {run.get('best_epoch') or 'n/a'}
 - Spacing {cfg['preprocessing']['spacing']} mm; distances below are in mm; NSD at {cfg['evaluation']['tolerance_mm']} mm
 
 | class | Dice | IoU | HD95 (mm) | ASSD (mm) | NSD | cases |

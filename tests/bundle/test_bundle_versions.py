@@ -110,3 +110,16 @@ def test_a_run_is_recorded_by_name_whatever_path_names_it(trained, tmp_path: Pat
     text = (out / "configs" / "metadata.json").read_text()
     assert _meta(out)["medseg_export"]["run"] == "run" and str(trained["work"]) not in text
 
+
+
+def test_export_refuses_an_unwritable_target_and_a_bundle_name_that_is_a_path(trained, tmp_path: Path, capsys,
+                                                                              monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert export_main([str(trained["run"]), "--out", "/proc/liver"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--out /proc/liver: cannot write in /proc" in err and "Traceback" not in err
+    for name in ("../../escaped", "a/b", ".."):
+        assert export_main([str(trained["run"]), "--set", f"bundle.name={name}"]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "'bundle.name' must be a plain folder name" in err, err
+    assert not (tmp_path / "bundles").exists() and not (tmp_path.parent / "escaped").exists()

@@ -163,6 +163,13 @@ def test_report_of_damaged_or_older_run_files(tmp_path):
     (run / "metrics.json").write_text(json.dumps(metrics))
     report.run(run)
     assert "| liver | 0.800 ± n/a | 0.700 | 3.00 | 1.00 | n/a | 1 |" in (run / "report.md").read_text()
+    (run / "run.json").write_text('{"seconds": null, "best_val_mean_dice": null}')  # values missing: n/a
+    report.run(run)
+    assert "- Wall time: n/a s; best validation mean Dice n/a at epoch n/a" in (run / "report.md").read_text()
+    (run / "run.json").write_text("[1, 2]")  # not what training writes
+    with pytest.raises(MedsegError, match=r"run\.json: expected a JSON object .*restore it from a copy"):
+        report.run(run)
+    (run / "run.json").unlink()
     (run / "history.json").write_text('{"epoch": [1, 2')  # cut short
     with pytest.raises(MedsegError, match=r"history\.json: not readable as JSON .*restore it from a copy"):
         report.run(run)
@@ -359,3 +366,10 @@ def test_interactive_sigma_is_bounded(value, ok):
     assert str(err.value) == (f"--set interactive.sigma: key 'interactive.sigma' is {float(value)!r}; the click map's"
                               " Gaussian width is in voxels of the preprocessed grid and must be above 0 and at most"
                               " 20 (typically 1-5)")
+
+
+def test_preview_output_in_a_folder_nothing_can_be_written_to_stops_before_any_work(tmp_path):
+    """/proc takes no new file, even from root (who ignores permission bits): one line, before the data are read."""
+    with pytest.raises(MedsegError, match=r"--out /proc/p\.png: cannot write in /proc \(.*\); give a path in a folder"
+                                          r" you can write to"):
+        preview.run("liver", out=Path("/proc/p.png"), data_dir=tmp_path / "nowhere")  # no data needed
