@@ -18,7 +18,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from medseg.cli.startup import PREDICT_DEFERRED, defer
-from medseg.errors import run_cli
+from medseg.errors import MedsegError, run_cli
 
 # plain tuples, so that --help answers without importing torch and MONAI (tests/inference/test_deploy.py checks they are
 # medseg.workflows.predict.FORMATS and medseg.inference.runtimes.ENGINES)
@@ -71,9 +71,8 @@ def run(argv: Sequence[str] | None = None) -> int:
                               engine=args.engine, int8=args.int8, instances=args.instances, debug=args.debug)
     failed = [name for name, _ in written.failed]
     if failed and not written and not written.unexpected:  # every case refused for its input: a bad --input
-        print(f"medseg: error: {args.input}: none of its {len(failed)} case(s) could be predicted (each one's reason "
-              "is above); fix or remove them and run again", file=sys.stderr)
-        return 2
+        raise MedsegError(f"{args.input}: none of its {len(failed)} case(s) could be predicted (each one's reason is"
+                          " above); fix or remove them and run again")
     print(f"wrote {len(written)} segmentation(s) to {args.output}"
           + (f"; {len(failed)} failed: {', '.join(failed)}" if failed else ""))
     if written.unexpected:  # not a refusal of the input: a fault worth a report, with its traceback

@@ -13,7 +13,6 @@ values in use through :meth:`TaskConfig.effective_spacing` and its siblings.
 from __future__ import annotations
 
 import re
-
 from typing import Annotated, Any, Callable
 
 from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, PrivateAttr, Strict,

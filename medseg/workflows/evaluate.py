@@ -30,8 +30,8 @@ from medseg.evaluation.instances import instance_metrics, membrane_metrics
 from medseg.evaluation.pairing import case_key, find_cases, match
 from medseg.evaluation.plots import boxplot
 from medseg.evaluation.scoring import CaseJob, score_case
-from medseg.workflows.outputs import check_output_folder
 from medseg.fileio import atomic_write_text
+from medseg.workflows.outputs import check_output_folder
 
 
 class MissingPredictions(MedsegError):

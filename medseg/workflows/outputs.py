@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from medseg.data.images import check_can_write
 from medseg.errors import MedsegError
 
 
@@ -20,4 +21,5 @@ def check_output_folder(output: Path, what: str) -> None:
             raise MedsegError(f"--output {output}: {folder} is a file, not a folder; give a folder for {what}")
         if not os.access(folder, os.W_OK | os.X_OK):
             raise MedsegError(f"--output {output}: folder {folder} is not writable; give a folder you can write to")
+        check_can_write(folder, f"--output {output}")  # what the permission bits do not tell (root, read-only mounts)
         return
