@@ -42,6 +42,13 @@ def check_folder_option(path: str | Path | None, flag: str, what: str) -> None:
         raise MedsegError(f"{flag} {path}: a file, not a folder; give the folder {what}")
 
 
+def no_folder(path: str | Path, label: str, what: str) -> MedsegError:
+    """The one line for ``label`` (an argument naming ``path``) that must be an existing folder and is not:
+    "a file, not a folder" when it is one, else "no such folder"; ``what``: the folder to give instead."""
+    found = "a file, not a folder" if Path(path).exists() else "no such folder"
+    return MedsegError(f"{label}: {found}; give {what}")
+
+
 #: what a training or distillation run writes once it trains (what marks a folder as holding one; a run that
 #: stopped before its first step, e.g. at an unreachable tracking server, leaves only its config and may be redone)
 RUN_MARKERS = ("checkpoints", "history.json", "metrics.json", "run.json", "distill.json")

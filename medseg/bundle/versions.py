@@ -30,7 +30,7 @@ from typing import Any
 from filelock import FileLock
 
 from medseg.data.images import check_can_write
-from medseg.errors import MedsegError
+from medseg.errors import MedsegError, no_folder
 
 VERSION_DIR = re.compile(r"^(?P<name>.+)-v(?P<n>\d+)$")
 
@@ -159,9 +159,14 @@ def resolve(bundle: Path) -> Path:
 
 
 def list_bundles(parent: Path) -> list[dict[str, Any]]:
-    """One row per bundle version under ``parent`` (and per unversioned bundle folder), oldest first."""
+    """One row per bundle version under ``parent`` (and per unversioned bundle folder), oldest first; ``parent``
+    a bundle itself (``--dir bundles/liver_ct_segmentation``): that bundle's versions."""
     if not parent.is_dir():
-        raise MedsegError(f"--dir {parent}: no such folder")
+        raise no_folder(parent, f"--dir {parent}", "the folder holding the bundles (default: bundles)")
+    if (parent / "configs" / "metadata.json").is_file():
+        m = VERSION_DIR.match(resolve(parent).name)
+        name = m.group("name") if m else parent.name
+        return [r for r in list_bundles(parent.absolute().parent) if r["name"] == name]
     latest = {resolve(c).name for c in parent.iterdir() if c.is_symlink()}
     rows = []
     for child in sorted(parent.iterdir(), key=lambda c: c.name):

@@ -14,7 +14,7 @@ import argparse
 from collections.abc import Sequence
 from pathlib import Path
 
-from medseg.errors import MedsegError, run_cli
+from medseg.errors import MedsegError, no_folder, run_cli
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -44,7 +44,7 @@ def run(argv: Sequence[str] | None = None) -> int:
     if args.run_dir is None:
         raise MedsegError("give a run directory (python -m medseg.export RUN_DIR) or --list")
     if not args.run_dir.is_dir():
-        raise MedsegError(f"{args.run_dir}: no such run directory")
+        raise no_folder(args.run_dir, str(args.run_dir), "a training run directory (runs/<task>/<timestamp>)")
     # deferred: --help and --list answer without torch and MONAI
     from medseg.workflows.export import export_run
 

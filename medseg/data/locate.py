@@ -9,7 +9,7 @@ from typing import Any
 from medseg.data.layouts import detect_layout
 from medseg.data.nuclei import prepare_nuclei_sample
 from medseg.data.sample import prepare_lits_sample
-from medseg.errors import MedsegError
+from medseg.errors import MedsegError, no_folder
 
 logger = logging.getLogger("medseg")
 
@@ -23,7 +23,7 @@ def locate_dataset(cfg: Any, data_dir: Path, explicit: bool) -> Path:
         explicit: ``data_dir`` was given by the user (``--data-dir``): it must exist.
     """
     if explicit and not data_dir.is_dir():
-        raise MedsegError(f"--data-dir {data_dir}: no such folder")
+        raise no_folder(data_dir, f"--data-dir {data_dir}", "the folder holding the datasets, or a dataset folder")
     root = Path(cfg.data.dataset)
     root = root if root.is_absolute() else data_dir / root
     if cfg.data.dataset and root.exists():

@@ -13,7 +13,6 @@ import logging
 from pathlib import Path
 from typing import Any
 
-import yaml
 
 from medseg.errors import MedsegError
 from medseg.evaluation.figures import overlay_montage, training_curves
@@ -24,6 +23,8 @@ logger = logging.getLogger(__name__)
 
 #: the montage :func:`redraw` owns in a run folder (drawn again, or removed when it cannot be drawn)
 OVERLAYS = "validation_overlays.png"
+#: the files :func:`redraw` writes in a run folder
+OUTPUTS = ("training_curves.png", OVERLAYS, "report.md")
 DAMAGED = "the run's file is damaged or from another program: restore it from a copy, or train again"
 
 
@@ -44,15 +45,24 @@ def _number(entry: dict[str, Any], key: str, fmt: str) -> str:
         return "n/a"
 
 
-def report_markdown(run_dir: Path) -> Path:
-    """``report.md``: what was trained, for how long, and the validation metrics table."""
-    cfg = yaml.safe_load((run_dir / "config.yaml").read_text())
+def _run_summary(run_dir: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``metrics.json`` (class -> metrics, at least one class) and ``run.json`` (or ``{}``), checked before any
+    figure is redrawn, so a damaged file is refused with nothing rewritten."""
     summary = read_json(run_dir / "metrics.json")
     run = read_json(run_dir / "run.json") if (run_dir / "run.json").is_file() else {}
     if not isinstance(run, dict):
         raise MedsegError(f"{run_dir / 'run.json'}: expected a JSON object (as training writes it); {DAMAGED}")
     if not isinstance(summary, dict) or not all(isinstance(e, dict) for e in summary.values()):
         raise MedsegError(f"{run_dir / 'metrics.json'}: expected class -> metrics (as training writes it); {DAMAGED}")
+    if not summary:
+        raise MedsegError(f"{run_dir / 'metrics.json'}: holds no class (training writes one entry per class);"
+                          f" {DAMAGED}")
+    return summary, run
+
+
+def report_markdown(run_dir: Path, cfg: Any, summary: dict[str, Any], run: dict[str, Any]) -> Path:
+    """``report.md``: what was trained (``cfg``, the run's task config), for how long, and the validation metrics
+    table (``summary``, ``run``: from :func:`_run_summary`)."""
     rows = "\n".join(
         f"| {c} | {_number(e, 'dice', '.3f')} ± {_number(e, 'dice_std', '.3f')} | {_number(e, 'iou', '.3f')} "
         f"| {_number(e, 'hd95_mm', '.2f')} | {_number(e, 'assd_mm', '.2f')} | {_number(e, 'nsd', '.3f')} "
@@ -60,13 +70,14 @@ def report_markdown(run_dir: Path) -> Path:
         for c, e in summary.items()
     )
     figures = "\n".join(f"![{p.stem}]({p.name})" for p in sorted(run_dir.glob("*.png")))
-    text = f"""# {cfg['task']}: {cfg['network']['name']} ({cfg['network']['spatial_dims']}D)
+    train = cfg.training
+    text = f"""# {cfg.task}: {cfg.network.name} ({cfg.network.spatial_dims}D)
 
-{cfg.get('description', '')}
+{cfg.description}
 
-- Training: {cfg['training']['epochs']} epochs x {cfg['training']['iterations_per_epoch']} iterations, batch {cfg['training']['batch_size']}, patch {cfg['training']['patch_size']}
+- Training: {train.epochs} epochs x {train.iterations_per_epoch} iterations, batch {train.batch_size}, patch {train.patch_size}
 - Wall time: {_number(run, 'seconds', '.0f')} s; best validation mean Dice {_number(run, 'best_val_mean_dice', '.3f')} at epoch {run.get('best_epoch') or 'n/a'}
-- Spacing {cfg['preprocessing']['spacing']} mm; distances below are in mm; NSD at {cfg['evaluation']['tolerance_mm']} mm
+- Spacing {cfg.preprocessing.spacing} mm; distances below are in mm; NSD at {cfg.evaluation.tolerance_mm} mm
 
 | class | Dice | IoU | HD95 (mm) | ASSD (mm) | NSD | cases |
 |---|---|---|---|---|---|---|
@@ -79,9 +90,11 @@ def report_markdown(run_dir: Path) -> Path:
     return path
 
 
-def redraw(run_dir: Path, cfg: dict[str, Any]) -> list[Path]:
-    """Training curves, validation overlays and report.md from the files of a finished run."""
+def redraw(run_dir: Path, cfg: Any) -> list[Path]:
+    """Training curves, validation overlays and report.md from the files of a finished run (``cfg``: its
+    :class:`medseg.config.TaskConfig`)."""
     written = []
+    summary = _run_summary(run_dir) if (run_dir / "metrics.json").is_file() else None
     history = run_dir / "history.json"
     if history.is_file():
         values = read_json(history)
@@ -102,8 +115,8 @@ def redraw(run_dir: Path, cfg: dict[str, Any]) -> list[Path]:
         # an earlier redraw's montage of cases this one could not draw: report.md would show that old picture
         overlays.unlink()
         logger.warning("%s: removed the earlier %s (not drawn this time)", run_dir, OVERLAYS)
-    if (run_dir / "metrics.json").is_file():
-        written.append(report_markdown(run_dir))
+    if summary is not None:
+        written.append(report_markdown(run_dir, cfg, *summary))
     return written
 
 
@@ -112,6 +125,9 @@ def _overlay_cases(run_dir: Path, cfg: Any, cases_file: Path) -> tuple[list[dict
     and prediction files are there; the others are named in a warning (a run folder copied without its
     predictions, a dataset moved since training: ``cases.json`` holds the paths training used)."""
     classes = cfg.evaluation.classes or {k: [v] for k, v in cfg.data.labels.items() if v}
+    if not classes:
+        logger.warning("%s not drawn: the run's config.yaml names no foreground class (data.labels)", OVERLAYS)
+        return [], classes, ""
     first = next(iter(classes))
     table = run_dir / "metrics_per_case.csv"
     try:

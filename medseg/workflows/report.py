@@ -15,7 +15,8 @@ import yaml
 
 from medseg.config import TaskConfig
 from medseg.errors import MedsegError
-from medseg.evaluation.reports import redraw
+from medseg.data.images import check_can_write
+from medseg.evaluation.reports import OUTPUTS, redraw
 
 
 def run(run_dir: str | Path) -> list[Path]:
@@ -35,4 +36,10 @@ def run(run_dir: str | Path) -> list[Path]:
         reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise MedsegError(f"{config}: not readable as YAML ({reason}); the run's file is damaged: restore it from a"
                           " copy, or train again") from err
-    return redraw(run_dir, TaskConfig.from_dict(stored, source=str(config)))
+    cfg = TaskConfig.from_dict(stored, source=str(config))
+    for name in OUTPUTS:  # before any figure is redrawn: a folder in a file's place would stop it half-way
+        if (run_dir / name).exists() and not (run_dir / name).is_file():
+            raise MedsegError(f"{run_dir / name}: not a file, where the report writes its {name}; move it out of the"
+                              " run folder and run again")
+    check_can_write(run_dir, str(run_dir))
+    return redraw(run_dir, cfg)

@@ -44,6 +44,27 @@ def test_each_export_is_a_new_version_and_the_name_points_at_the_latest(trained,
     assert export_main(["--list", "--dir", str(tmp_path / "nothing")]) == 2
 
 
+def test_list_of_one_bundle_shows_its_versions_and_a_file_is_named_as_one(tmp_path: Path, capsys):
+    parent = tmp_path / "bundles"
+    for name in ("liver-v1", "liver-v2", "other-v1"):
+        (parent / name / "configs").mkdir(parents=True)
+        (parent / name / "configs" / "metadata.json").write_text(json.dumps({"version": f"0.{name[-1]}.0"}))
+    (parent / "liver").symlink_to("liver-v2", target_is_directory=True)
+    assert [r["folder"].name for r in versions.list_bundles(parent)] == ["liver-v1", "liver-v2", "other-v1"]
+    for given in ("liver", "liver-v1"):  # the stable name or one version: that bundle's versions
+        assert [r["folder"].name for r in versions.list_bundles(parent / given)] == ["liver-v1", "liver-v2"]
+    assert [r["folder"].name for r in versions.list_bundles(parent / "other-v1")] == ["other-v1"]
+    file = tmp_path / "notes.txt"
+    file.write_text("x")
+    capsys.readouterr()
+    assert export_main(["--list", "--dir", str(file)]) == 2
+    assert f"--dir {file}: a file, not a folder; give the folder holding the bundles" in capsys.readouterr().err
+    assert export_main([str(file)]) == 2
+    assert f"{file}: a file, not a folder; give a training run directory" in capsys.readouterr().err
+    assert export_main([str(tmp_path / "nowhere")]) == 2
+    assert "nowhere: no such folder; give a training run directory" in capsys.readouterr().err
+
+
 def test_run_json_names_the_version_the_run_wrote(trained):
     report = json.loads((trained["run"] / "run.json").read_text())
     assert report["bundle"] == str(trained["bundle"])  # the stable name, which a later training moves on

@@ -265,5 +265,6 @@ def test_cli_invalid_key_and_debug_traceback():
 def test_cli_missing_data_dir(tmp_path: Path):
     proc = _cli("liver", "--data-dir", str(tmp_path / "nowhere"), "--output-dir", str(tmp_path / "run"))
     assert proc.returncode == 2
-    assert proc.stderr.strip() == f"medseg: error: --data-dir {tmp_path / 'nowhere'}: no such folder"
+    assert proc.stderr.strip() == (f"medseg: error: --data-dir {tmp_path / 'nowhere'}: no such folder; give the"
+                                   " folder holding the datasets, or a dataset folder")
     assert not (tmp_path / "run").exists()

@@ -181,6 +181,33 @@ def test_report_of_damaged_or_older_run_files(tmp_path):
         report.run(run)
 
 
+def test_report_refuses_a_damaged_run_before_redrawing_anything(tmp_path):
+    """An empty metrics.json or a folder where report.md goes is refused before the figures are rewritten."""
+    run = _run_folder(tmp_path)
+    (run / "metrics.json").write_text("{}")
+    with pytest.raises(MedsegError, match=r"metrics\.json: holds no class .*restore it from a copy"):
+        report.run(run)
+    (run / "metrics.json").write_text('{"liver": {"dice": 0.8}}')
+    (run / "report.md").mkdir()
+    with pytest.raises(MedsegError, match=r"report\.md: not a file, where the report writes its report\.md; move it"):
+        report.run(run)
+    assert sorted(p.name for p in run.glob("*.png")) == []  # nothing drawn before either refusal
+    (run / "report.md").rmdir()
+    assert [p.name for p in report.run(run)] == ["training_curves.png", "validation_overlays.png", "report.md"]
+    assert "| liver | 0.800 ± n/a | n/a | n/a | n/a | n/a | n/a |" in (run / "report.md").read_text()
+
+
+def test_report_of_a_run_with_no_foreground_class_draws_no_overlays(tmp_path, caplog):
+    run = _run_folder(tmp_path)
+    cfg = yaml.safe_load((run / "config.yaml").read_text())
+    cfg["data"]["labels"] = {"background": 0}
+    cfg["evaluation"].update(classes={}, keep_largest_component=[])
+    (run / "config.yaml").write_text(yaml.safe_dump(cfg))
+    assert [p.name for p in report.run(run)] == ["training_curves.png", "report.md"]
+    assert "validation_overlays.png not drawn: the run's config.yaml names no foreground class" in caplog.text
+    assert (run / "report.md").read_text().startswith("# liver: ")
+
+
 @pytest.mark.slow
 def test_report_command_on_a_damaged_run_is_one_line_exit_2(tmp_path):
     run = _run_folder(tmp_path)
