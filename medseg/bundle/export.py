@@ -392,6 +392,15 @@ def data_source(cfg: Any, run_dir: Path) -> str:
     return configured
 
 
+def task_record(cfg: Any) -> dict[str, Any]:
+    """``configs/medseg_task.json``: the task config, with ``bundle.dir`` as its folder's name (``--out /home/alice/x``
+    must not put a user or site name in a shared bundle; where the bundle was written is no part of its recipe)."""
+    record = cfg.to_dict() if hasattr(cfg, "to_dict") else dict(cfg)
+    if isinstance(record.get("bundle"), dict) and record["bundle"].get("dir"):
+        record["bundle"] = {**record["bundle"], "dir": Path(record["bundle"]["dir"]).name or "bundles"}
+    return record
+
+
 def run_name(run_dir: Path) -> str:
     """How a bundle names the run it was exported from (``metadata.json`` ``medseg_export.run``, its change log,
     ``medseg.export --list``): the path from the ``runs`` folder ``medseg.train`` writes into
@@ -562,8 +571,7 @@ def export_bundle(
         (tmp / "configs" / "inference.json").write_text(json.dumps(inference_config(cfg), indent=2) + "\n")
         (tmp / "configs" / "train.json").write_text(json.dumps(train_config(cfg), indent=2) + "\n")
         (tmp / "configs" / "logging.conf").write_text(LOGGING_CONF)
-        (tmp / "configs" / "medseg_task.json").write_text(
-            json.dumps(cfg.to_dict() if hasattr(cfg, "to_dict") else cfg, indent=2) + "\n")
+        (tmp / "configs" / "medseg_task.json").write_text(json.dumps(task_record(cfg), indent=2) + "\n")
         (tmp / "configs" / "metadata.json").write_text(json.dumps(meta, indent=2) + "\n")
         (tmp / "docs" / "README.md").write_text(_readme(cfg, summary, run_seconds, source))
         (tmp / "LICENSE").write_text(LICENSE_TEXT)

@@ -224,7 +224,8 @@ def run(teacher: str | Path, *, student: str = "light_unet", data_dir: Path | No
                                                run_dir / "teacher_predictions"))
     side = {c: {"teacher_dice": round(float(teacher_summary[c]["dice"]), 4),
                 "student_dice": round(float(student_summary[c]["dice"]), 4)} for c in student_summary}
-    record = {"teacher": str(teacher_path.resolve()), "teacher_network": tcfg.network.name, "student": student,
+    # the teacher's version folder by name: the record goes into the student's shared bundle (no user or site path)
+    record = {"teacher": teacher_path.resolve().name, "teacher_network": tcfg.network.name, "student": student,
               "temperature": cfg.distill.temperature, "weight": cfg.distill.weight, "budget_minutes": budget_minutes,
               "epochs_run": int(trainer.state.epoch), "iterations": int(trainer.state.iteration),
               "seconds": round(seconds, 1), "dice": side}

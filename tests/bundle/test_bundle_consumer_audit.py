@@ -343,6 +343,9 @@ def test_stock_monai_writes_the_stored_values_outside_the_bundle_and_the_run_is_
     assert meta["medseg_export"]["run"] == "runs/liver/20261203-204516"
     assert "from run runs/liver/20261203-204516 (task 'liver')" in meta["changelog"]["0.1.0"]
     assert str(tmp_path) not in text and "alice" not in text  # neither the absolute path nor the user's name
+    for path in [*(bundle / "configs").iterdir(), bundle / "docs" / "README.md"]:  # nor any other text file
+        assert str(tmp_path) not in path.read_text() and "alice" not in path.read_text(), path.name
+    assert json.loads((bundle / "configs" / "medseg_task.json").read_text())["bundle"]["dir"] == "bundles"
     assert [r["run"] for r in versions.list_bundles(out.parent)] == ["runs/liver/20261203-204516"]
     assert [t for t in _post(json.loads((bundle / "configs" / "inference.json").read_text()))
             if t["_target_"] == "MapLabelValued"][0]["target_labels"] == [128, 255]

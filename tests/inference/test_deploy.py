@@ -362,6 +362,7 @@ def test_distill_end_to_end_on_a_tiny_budget(trained, tmp_path: Path, capsys) ->
     meta = json.loads((student_bundle / "configs" / "metadata.json").read_text())
     assert meta["medseg_distill"]["dice"] == record["dice"]
     assert meta["medseg_export"]["run"] == "run"  # the run folder's name, never an absolute path
+    assert record["teacher"] == meta["medseg_distill"]["teacher"] == "liver_ct_segmentation-v1"  # nor the teacher's
     assert (student_bundle / "models" / INT8_FILE).is_file() and meta["medseg_int8"]["calibration_patches"] == 4
     # the recipe the bundle and the run keep is the epochs it ran, not the cap the time budget stopped
     train_json = json.loads((student_bundle / "configs" / "train.json").read_text())
