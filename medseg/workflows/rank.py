@@ -16,7 +16,6 @@ from __future__ import annotations
 import csv
 import io
 import math
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -24,6 +23,7 @@ from typing import Any
 import torch
 
 from medseg.bundle.load import LoadedBundle, load_bundle
+from medseg.data.images import check_can_write
 from medseg.errors import MedsegError, failure_line
 from medseg.fileio import atomic_write_text
 from medseg.inference import torch_forward
@@ -73,11 +73,10 @@ def _check_writable(out: Path) -> None:
     written ended in an OSError traceback after every case had been scored."""
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=out.parent):
-            pass
     except OSError as err:
-        raise MedsegError(f"--output {out}: cannot write there ({err.strerror or type(err).__name__}); give a CSV "
-                          "path in a folder you can write") from None
+        raise MedsegError(f"--output {out}: cannot make its folder ({err.strerror or type(err).__name__}); give a"
+                          " CSV path in a folder you can write to") from None
+    check_can_write(out.parent, f"--output {out}")
 
 
 def run(bundle: str | Path, inputs: str | Path, output: str | Path, *, device: str = "cpu", trust: bool = False,

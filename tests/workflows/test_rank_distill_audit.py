@@ -7,6 +7,7 @@ from __future__ import annotations
 import csv
 import logging
 import shutil
+import tempfile
 from pathlib import Path
 
 import nibabel as nib
@@ -132,8 +133,8 @@ def test_rank_output_in_a_missing_folder_or_one_that_cannot_be_made(tmp_path, fa
     def refuse(*args, **kwargs):
         raise PermissionError(13, "Permission denied")
 
-    monkeypatch.setattr(rank.tempfile, "TemporaryFile", refuse)
-    with pytest.raises(MedsegError, match=r"--output .*r\.csv: cannot write there \(Permission denied\)"):
+    monkeypatch.setattr(tempfile, "TemporaryFile", refuse)
+    with pytest.raises(MedsegError, match=r"--output .*r\.csv: cannot write in .*locked \(Permission denied\); give a"):
         rank.run("b", folder, tmp_path / "locked" / "r.csv")
 
 
@@ -148,7 +149,7 @@ def test_rank_cli_one_line_for_an_output_that_cannot_be_written(tmp_path, fake_b
         pytest.skip("needs /proc (a folder nothing can be created in)")
     assert run_cli(rank_cli, ["--bundle", "b", "--input", str(folder), "--output", "/proc/medseg_nope/r.csv"]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("medseg: error: --output /proc/medseg_nope/r.csv: cannot write there")
+    assert err.startswith("medseg: error: --output /proc/medseg_nope/r.csv: cannot make its folder (")
     assert "Traceback" not in err and len(err.strip().splitlines()) == 1
 
 
