@@ -74,6 +74,14 @@ def is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
+def without_path(text: str, path: Path, name: str) -> str:
+    """``text`` (an error line) with the server's path of a case replaced by the case's name: a folder or file name
+    under ``--input-dir`` may name the patient, and the server's folders are no business of a client."""
+    for form in sorted({str(path), str(Path(path).absolute()), str(Path(path).resolve())}, key=len, reverse=True):
+        text = text.replace(form, name)
+    return text
+
+
 def inside(folder: Path, name: str) -> Path:
     """``folder / name``, refused unless it stays directly inside ``folder``."""
     path = (folder / check_case_name(name)).resolve()
@@ -338,7 +346,9 @@ class CaseSession:
         point = self._to_grid(voxel, target)
         box = self._box(point)
         before = self.labels if self.inversion is None or self.inversion.rest else None
-        step = Step({"voxel": [int(v) for v in voxel], "label": int(label), "positive": bool(positive)},
+        # the voxel as sent (11.8 stays 11.8: an undo redraws the other clicks' guidance from where they were)
+        step = Step({"voxel": [int(v) if float(v).is_integer() else float(v) for v in voxel], "label": int(label),
+                     "positive": bool(positive)},
                     box, self.logits[(slice(None), *box)].clone())
         if self.n_guidance:
             self._rerun(point, target, box)
@@ -437,6 +447,7 @@ class CaseSession:
         """``<case>_seg.nii.gz`` (+ ``<case>_seg.dcm`` for DICOM input, ``<case>_seg.png``/``.tif`` with the
         dataset's stored values for a picture, as ``medseg.predict`` writes) and ``<case>_clicks.json``, atomically."""
         out_dir.mkdir(parents=True, exist_ok=True)
+        check_targets(out_dir, self.name)  # before the first file: a save is whole or not begun
         nifti = inside(out_dir, f"{self.name}_seg.nii.gz")
         # in the values the task's label files store, as medseg.predict writes: a saved correction is a label of
         # the next training set
@@ -475,7 +486,21 @@ def save_dicom_seg(bundle: LoadedBundle, labels: np.ndarray, affine: Any, source
         return write_dicom_seg(labels, affine, source, seg, segments, bundle.name, __version__), None
     except SegNotWritten as err:
         seg.unlink(missing_ok=True)
-        return None, err.reason
+        return None, without_path(err.reason, source, name)  # the series by its case name, not its folder
+
+
+#: what a save of a case writes in the output folder (``{case}``: its name)
+SAVED = ("{case}_seg.nii.gz", "{case}_seg.dcm", "{case}_seg.png", "{case}_seg.tif", "{case}_seg.tiff",
+         "{case}_clicks.json")
+
+
+def check_targets(out_dir: Path, name: str) -> None:
+    """One line when something that is not a file stands where a save of case ``name`` writes one."""
+    for pattern in SAVED:
+        target = out_dir / pattern.format(case=name)
+        if target.exists() and not target.is_file():
+            raise MedsegError(f"{target.name}: a folder (or not a file) stands in the output folder where the save"
+                              " writes it; move it away and save again")
 
 
 def voxel_sizes(affine: Any) -> list[float]:

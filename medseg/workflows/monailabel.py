@@ -51,7 +51,9 @@ from medseg.data.labelmaps import write_label_nifti
 from medseg.data.pictures import stored_values
 from medseg.data.uploads import check_self_contained
 from medseg.errors import MedsegError
-from medseg.workflows.interact import CaseSession, check_case_name, inside, is_number, save_dicom_seg
+from medseg.fileio import atomic_write_text
+from medseg.workflows.interact import (CaseSession, check_case_name, check_targets, inside, is_number,
+                                      save_dicom_seg)
 from medseg.workflows.predict import check_input, stored_value_map
 
 MODEL = "medseg"
@@ -108,9 +110,16 @@ def info_payload(bundle_name: str, names: dict[str, int], guided: bool, total: i
 def apply_clicks(session: CaseSession, params: Any, names: dict[str, int]) -> None:
     """Apply MONAI Label's clicks (``params``: label name -> voxel indices) in order; a background click takes
     away the class under it; other params (device, result_extension, ...) are ignored."""
-    for key, points in (params.items() if isinstance(params, dict) else []):
-        if key not in names or not isinstance(points, list):
-            continue
+    if not isinstance(params, dict):
+        raise MedsegError(f"params: a JSON object (label name -> clicks), not {type(params).__name__}")
+    for key, points in params.items():
+        if key not in names:
+            if isinstance(points, list) and points:  # clicks under a name the bundle does not have: not dropped
+                raise MedsegError(f"params {key!r}: not a label of this bundle ({', '.join(names)}); its clicks"
+                                  " were not applied")
+            continue  # device, result_extension, ...: MONAI Label's other params
+        if not isinstance(points, list):
+            raise MedsegError(f"params {key!r}: a list of [i, j, k] voxel indices, not {type(points).__name__}")
         dims = len(session.shape)  # a 2D picture's clicks are [i, j] (a third index, as Slicer sends, must be 0)
         axes = "[i, j, k]" if dims == 3 else "[i, j]"
         for point in points:
@@ -124,7 +133,8 @@ def apply_clicks(session: CaseSession, params: Any, names: dict[str, int]) -> No
             if names[key] != 0:
                 session.click(voxel, names[key], positive=True)
             else:
-                under = int(session.labels[tuple(int(round(v)) for v in voxel)])
+                # the voxel the point lies in (19.6 of 20 slices is the last one, 19, not a 20th)
+                under = int(session.labels[tuple(min(int(round(v)), n - 1) for v, n in zip(voxel, session.shape))])
                 if under:
                     session.click(voxel, under, positive=False)
 
@@ -157,10 +167,24 @@ def received_label(data: bytes, image_path: Path, values: set[int]) -> tuple[np.
         if not np.allclose(affine, image_affine, atol=1e-3):
             raise HTTPException(400, "label: its affine is not the image's (another grid or orientation)")
         affine = image_affine
+    if np.issubdtype(array.dtype, np.floating):
+        if not np.isfinite(array).all():
+            raise HTTPException(400, "label: holds NaN or infinite values; send whole label values"
+                                     f" {sorted(values)}")
+        fractional = array[array != np.round(array)]
+        if fractional.size:
+            raise HTTPException(400, f"label: holds values that are not whole numbers (e.g. {float(fractional[0]):g});"
+                                     f" send whole label values {sorted(values)}")
     found = {int(v) for v in np.unique(array)}
-    if not np.array_equal(array, np.round(array)) or not found <= values:
+    if not found <= values:
         raise HTTPException(400, f"label: values {sorted(found)[:10]} are not the bundle's labels {sorted(values)}")
     return array, affine
+
+
+def _suffix(path: Path) -> str:
+    """The image format's suffix of ``path`` (``.nii.gz``; ``""`` for a DICOM series folder): never the rest of a
+    file name (``Smith.Jane.nii.gz``'s ``.Jane``)."""
+    return "" if path.is_dir() else next((x for x in ALL_SUFFIXES if path.name.lower().endswith(x)), "")
 
 
 def add_routes(app: FastAPI, server: Any, token: str | None = None) -> None:
@@ -187,7 +211,7 @@ def add_routes(app: FastAPI, server: Any, token: str | None = None) -> None:
     @app.get("/datastore/")
     def datastore(output: str = "stats") -> dict[str, Any]:
         cases = server.listed()
-        objects = {name: {"image": {"ext": "".join(path.suffixes) or "", "info": {}},
+        objects = {name: {"image": {"ext": _suffix(path), "info": {}},
                           "labels": {"final": {"ext": ".nii.gz", "info": {}}} if saved(name) else {}}
                    for name, path in cases.items()}
         if output == "all":
@@ -210,6 +234,8 @@ def add_routes(app: FastAPI, server: Any, token: str | None = None) -> None:
             raise HTTPException(400, str(err)) from None
         if name in server.listed() and name not in server.uploaded:
             raise HTTPException(409, f"image {name!r} is a case of --input-dir; upload it under another id")
+        if name in server.cases:  # open in the page, perhaps with clicks: its session would read another image
+            raise HTTPException(409, f"image {name!r} is open in the medseg.serve page; upload it under another id")
         folder = Path(tempfile.mkdtemp(prefix="datastore_", dir=server.uploads.name))
         path = folder / f"{name}{suffix}"
         path.write_bytes(parts["file"][1])
@@ -234,7 +260,7 @@ def add_routes(app: FastAPI, server: Any, token: str | None = None) -> None:
 
     @app.post("/auth/token")
     async def auth_token(request: Request) -> dict[str, Any]:
-        form = urllib.parse.parse_qs((await request.body()).decode("utf-8", "replace"))
+        form = urllib.parse.parse_qs((await server.read_body(request)).decode("utf-8", "replace"))
         password = (form.get("password") or [""])[0]
         if not token or not hmac.compare_digest(password.encode(), token.encode()):
             raise HTTPException(401, "wrong password: give the server's --token as the password")
@@ -245,14 +271,13 @@ def add_routes(app: FastAPI, server: Any, token: str | None = None) -> None:
         path = listed(image)
         if path.is_dir():
             raise HTTPException(400, f"image {image!r} is a DICOM series; open it in the medseg.serve page")
-        return FileResponse(path, filename=path.name)
+        return FileResponse(path, filename=f"{image}{_suffix(path)}")  # the listed name: the file's may name the patient
 
     @app.post("/activelearning/{strategy}")
     def next_sample(strategy: str) -> dict[str, Any]:
         for name, path in server.listed().items():
             if not saved(name):  # the listed (safe) name, never the file's own name (it may name the patient)
-                suffix = "" if path.is_dir() else next((x for x in ALL_SUFFIXES if path.name.lower().endswith(x)), "")
-                return {"id": name, "name": name, "path": f"{name}{suffix}"}
+                return {"id": name, "name": name, "path": f"{name}{_suffix(path)}"}
         return {}
 
     @app.post("/infer/{model}")
@@ -261,11 +286,13 @@ def add_routes(app: FastAPI, server: Any, token: str | None = None) -> None:
         if model != MODEL:
             raise HTTPException(404, f"model {model!r}: this server has {MODEL!r}")
         path = listed(image)
-        fields = form_fields(request.headers.get("content-type", ""), await request.body())
+        fields = form_fields(request.headers.get("content-type", ""), await server.read_body(request))
         try:
             params = json.loads(fields.get("params") or b"{}")
         except ValueError:
             raise HTTPException(400, "params: not JSON") from None
+        if not isinstance(params, dict):
+            raise HTTPException(400, f"params: a JSON object (label name -> clicks), not {type(params).__name__}")
 
         def segment() -> tuple[CaseSession, bytes]:  # in the thread pool: the event loop keeps answering
             with server.lock:
@@ -294,7 +321,7 @@ def add_routes(app: FastAPI, server: Any, token: str | None = None) -> None:
     @app.put("/datastore/label")
     async def put_label(image: str, request: Request, tag: str = "final") -> dict[str, Any]:
         path = listed(image)
-        fields = form_fields(request.headers.get("content-type", ""), await request.body())
+        fields = form_fields(request.headers.get("content-type", ""), await server.read_body(request))
         if "label" not in fields:
             raise HTTPException(400, "label: send the label file as the multipart field 'label'")
         if len(fields["label"]) > server.max_upload:
@@ -304,16 +331,24 @@ def add_routes(app: FastAPI, server: Any, token: str | None = None) -> None:
             with server.lock:
                 array, affine = received_label(fields["label"], path, set(names.values()))
                 server.output_dir.mkdir(parents=True, exist_ok=True)
+                try:
+                    check_targets(server.output_dir, image)
+                except MedsegError as err:
+                    raise HTTPException(400, str(err)) from None
                 out = inside(server.output_dir, f"{image}_seg.nii.gz")
                 # the task's stored values, as the page's save and medseg.predict write them
                 write_label_nifti(stored_values(array.astype(np.uint8), stored_value_map(bundle)), affine, out)
                 answer = {"image": image, "label": out.name, "tag": tag}
                 # a DICOM case: its SEG is this label, as the page's save writes it
                 seg, why = save_dicom_seg(bundle, array.astype(np.uint8), affine, path, server.output_dir, image)
-            if seg is not None:
-                answer["dicom_seg"] = seg.name
-            elif why is not None:
-                answer["dicom_seg_not_written"] = why
+                if seg is not None:
+                    answer["dicom_seg"] = seg.name
+                elif why is not None:
+                    answer["dicom_seg_not_written"] = why
+                # the click log beside the mask describes it: an earlier page save's clicks no longer do
+                atomic_write_text(inside(server.output_dir, f"{image}_clicks.json"), json.dumps(
+                    {"case": image, "bundle": bundle.name, "medseg": __version__, "mode": "label upload",
+                     "tag": tag, "events": [], **({"dicom_seg_not_written": why} if why else {})}, indent=2) + "\n")
             return answer
 
         return await run_in_threadpool(store)

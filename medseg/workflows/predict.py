@@ -356,6 +356,21 @@ def use_series(bundle: LoadedBundle, series: str | None) -> None:
                 step.register(DicomSeriesReader(series_uid=series))
 
 
+def without_masks(cases: list[tuple[str, Path]],
+                  on_skip: Callable[[str, str], None] | None = None) -> list[tuple[str, Path]]:
+    """``cases`` without the masks medseg wrote beside them (``<case>_seg``, ``<case>_instances`` of a case that is
+    also there: medseg.predict into the input folder, a saved correction): a label map is not a case to label."""
+    names = {name for name, _ in cases}
+    kept = []
+    for name, path in cases:
+        of = next((name[: -len(s)] for s in OWN_OUTPUTS if name.endswith(s) and name[: -len(s)] in names), None)
+        if of is None:
+            kept.append((name, path))
+        elif on_skip is not None:
+            on_skip(name, f"{path.name} is a mask of case '{of}' (medseg's <case>_seg name), not a case")
+    return kept
+
+
 def check_unique_cases(cases: list[tuple[str, Path]], inputs: str | Path, why: str) -> None:
     """One line when two inputs are one case (a.png + a.tif, a.nii + a.nii.gz); ``why``: what would go wrong, with
     ``{name}`` for the case."""
@@ -449,4 +464,5 @@ def run(bundle: str | Path, inputs: str | Path, output: str | Path, *, format: s
     return written
 
 
-__all__ = ["ENGINES", "FORMATS", "Written", "check_input", "check_unique_cases", "find_inputs", "predict_one", "run", "use_series"]
+__all__ = ["ENGINES", "FORMATS", "Written", "check_input", "check_unique_cases", "find_inputs", "predict_one", "run",
+           "use_series", "without_masks"]

@@ -28,7 +28,7 @@ from medseg.errors import MedsegError, failure_line
 from medseg.fileio import atomic_write_text
 from medseg.inference import torch_forward
 from medseg.inference.predict import check_preprocessed
-from medseg.workflows.predict import OWN_OUTPUTS, check_input, check_unique_cases, find_inputs, use_series
+from medseg.workflows.predict import check_input, check_unique_cases, find_inputs, use_series, without_masks
 
 
 def probabilities(bundle: LoadedBundle, path: Path, device: torch.device | str = "cpu",
@@ -51,21 +51,6 @@ def uncertainty(prob: torch.Tensor) -> tuple[float, int]:
     foreground = prob.argmax(0) > 0
     inside = entropy[foreground] if bool(foreground.any()) else entropy.reshape(-1)
     return float(inside.mean()), int(foreground.sum())
-
-
-def _without_masks(cases: list[tuple[str, Path]],
-                   on_skip: Callable[[str, str], None] | None) -> list[tuple[str, Path]]:
-    """``cases`` without the masks medseg wrote beside them (``<case>_seg``, ``<case>_instances`` of a case that is
-    also there: medseg.predict into the input folder, a saved correction): a label map is not a case to label."""
-    names = {name for name, _ in cases}
-    kept = []
-    for name, path in cases:
-        of = next((name[: -len(s)] for s in OWN_OUTPUTS if name.endswith(s) and name[: -len(s)] in names), None)
-        if of is None:
-            kept.append((name, path))
-        elif on_skip is not None:
-            on_skip(name, f"{path.name} is a mask of case '{of}' (medseg's <case>_seg name), not a case to rank")
-    return kept
 
 
 def _check_writable(out: Path) -> None:
@@ -94,7 +79,7 @@ def run(bundle: str | Path, inputs: str | Path, output: str | Path, *, device: s
     above = next((p for p in out.absolute().parents if p.exists()), None)  # a file anywhere on the way is refused now
     if out.is_dir() or (above is not None and not above.is_dir()):
         raise MedsegError(f"--output {out}: give a CSV file name (a folder or a path under a file was given)")
-    cases = _without_masks(find_inputs(Path(inputs)), on_skip)
+    cases = without_masks(find_inputs(Path(inputs)), on_skip)
     check_unique_cases(cases, inputs, "the CSV would list two rows of one name")
     _check_writable(out)
     loaded = load_bundle(Path(bundle), torch.device(device), trust=trust)

@@ -18,10 +18,13 @@ Routes (JSON unless said; with a token, every route but the page and MONAI Label
 
 from __future__ import annotations
 
+import errno
 import hmac
 import io
+import logging
 import ipaddress
 import lzma
+import math
 import re
 import shutil
 import signal
@@ -46,11 +49,14 @@ from medseg.bundle.load import LoadedBundle, load_bundle
 from medseg.data.formats import VOLUME_SUFFIXES
 from medseg.data.dicom import SKIP_NAMES
 from medseg.data.uploads import check_self_contained
-from medseg.errors import MedsegError, check_folder_option, failure_line, user_error
+from medseg.errors import MedsegError, check_folder_option, failure_line, no_folder, user_error
 from medseg.workflows import monailabel
-from medseg.workflows.interact import CaseSession, check_case_name, is_number, session_forward
-from medseg.workflows.predict import check_input, find_inputs
+from medseg.workflows.interact import (SAVED, CaseSession, check_case_name, is_number, session_forward,
+                                      without_path)
+from medseg.workflows.predict import check_input, find_inputs, without_masks
 from medseg.workflows.serve_page import PAGE
+
+logger = logging.getLogger(__name__)
 
 #: uploads larger than this are refused (413)
 DEFAULT_MAX_UPLOAD_MB = 1024
@@ -112,15 +118,33 @@ class Server:
         self.lock = threading.RLock()
         self.uploads = tempfile.TemporaryDirectory(prefix="medseg-serve-")
         self.uploaded: dict[str, Path] = {}  # images put into the datastore over MONAI Label's PUT /datastore/
+        self.pending: set[str] = set()  # upload names being received: a second upload of one name is refused
+        self.warned: set[str] = set()  # clashing case names already logged
 
     def listed(self) -> dict[str, Path]:
         """The datastore: the cases under ``--input-dir`` (``medseg.rank``'s order, then by name), then the
-        uploaded images."""
-        found = find_inputs(self.input_dir) if self.input_dir else []
-        listed: dict[str, Path] = {}
+        uploaded images. Left out: the masks medseg wrote beside their cases (``<case>_seg``: an ``--output-dir``
+        that is the input folder), and inputs whose case names clash (``a.mha`` and ``a.nrrd``, ``Patient 1`` and
+        ``Patient_1``: which file a saved mask belongs to would be a guess; :meth:`clashes` names them)."""
+        listed, clashing = self._scan()
+        return {**listed, **{k: v for k, v in self.uploaded.items() if k not in listed and k not in clashing}}
+
+    def _scan(self) -> tuple[dict[str, Path], dict[str, list[Path]]]:
+        found = without_masks(find_inputs(self.input_dir)) if self.input_dir else []
+        by_name: dict[str, list[Path]] = {}
         for name, path in sorted(found, key=lambda c: (self.order.get(c[0], len(self.order)), c[0])):
-            listed[_unique(safe_case_name(name), listed)] = path  # "Patient 1 (CT)" is listed as Patient_1_CT
-        return {**listed, **{k: v for k, v in self.uploaded.items() if k not in listed}}
+            by_name.setdefault(safe_case_name(name), []).append(path)  # "Patient 1 (CT)" is listed as Patient_1_CT
+        clashing = {name: paths for name, paths in by_name.items() if len(paths) > 1}
+        for name, paths in clashing.items():
+            if name not in self.warned:
+                self.warned.add(name)
+                logger.warning("--input-dir: %s are all case '%s'; left out of the list: rename all but one",
+                               ", ".join(p.name for p in paths), name)
+        return {name: paths[0] for name, paths in by_name.items() if len(paths) == 1}, clashing
+
+    def clashes(self) -> dict[str, list[Path]]:
+        """Case names that two or more inputs under ``--input-dir`` share (left out of :meth:`listed`)."""
+        return self._scan()[1]
 
     async def read_body(self, request: Request) -> bytes:
         """The request's body, refused (HTTP 413) once it is over the upload limit (the declared length first)."""
@@ -134,26 +158,28 @@ class Server:
                 raise HTTPException(413, f"upload over the limit of {self.max_upload} bytes")
         return bytes(data)
 
-    def session(self, name: str, path: Path) -> CaseSession:
+    def session(self, name: str, path: Path, shown: str | None = None) -> CaseSession:
         """A new session of the case at ``path``; whatever stops it is one :class:`MedsegError` line (the input
-        checks of ``medseg.predict`` first: damaged, 4D, colour, 2D for a 3D network)."""
-        check_input(self.bundle, path, pages=False)  # a multi-page TIFF on a 2D network: one line, not the chain's
+        checks of ``medseg.predict`` first: damaged, 4D, colour, 2D for a 3D network), naming the case ``shown``
+        (default: ``name``) where it would name ``path``."""
+        shown = shown or name
         try:
+            check_input(self.bundle, path, pages=False)  # a multi-page TIFF on a 2D network: one line, not the chain's
             return CaseSession(self.bundle, name, path, self.device, forward=self.forward)
-        except MedsegError:
-            raise
+        except MedsegError as err:  # named by the case: the server's path may name the patient (a folder, a file)
+            raise type(err)(without_path(str(err), path, shown)) from None
         except Exception as err:  # MONAI wraps a reader's or a transform's error in RuntimeError
-            found = user_error(err)
-            raise (found or MedsegError(f"case {name}: cannot be read or segmented ({failure_line(err)})")) from None
+            found = user_error(err) or MedsegError(f"case {name}: cannot be read or segmented ({failure_line(err)})")
+            raise MedsegError(without_path(str(found), path, shown)) from None
 
-    def open(self, name: str, path: Path) -> CaseSession:
+    def open(self, name: str, path: Path, shown: str | None = None) -> CaseSession:
         """The open case ``name`` (with its clicks, when that case is already open from ``path``), else a new
         session of it."""
         with self.lock:
             session = self.cases.get(name)
             if session is not None and session.path == path:  # opened again (another tab, a reload): keep its clicks
                 return session
-            session = self.session(name, path)
+            session = self.session(name, path, shown)
             self.cases[name] = session
             return session
 
@@ -169,14 +195,6 @@ def safe_case_name(name: str) -> str:
     return safe[:120] or "case"
 
 
-def _unique(name: str, taken: dict[str, Any]) -> str:
-    n, out = 1, name
-    while out in taken:
-        n += 1
-        out = f"{name}_{n}"
-    return out
-
-
 def _summary(session: CaseSession, output_dir: Path | None = None) -> dict[str, Any]:
     """What the page shows of an open case; ``saved``: this case's files already in ``output_dir`` (an earlier
     session's correction, which Save replaces)."""
@@ -189,7 +207,7 @@ def _summary(session: CaseSession, output_dir: Path | None = None) -> dict[str, 
 
 def saved_names(case: str) -> set[str]:
     """The names a save of ``case`` writes (:meth:`CaseSession.save`)."""
-    return {f"{case}_seg{suffix}" for suffix in (".nii.gz", ".dcm", ".png", ".tif", ".tiff")} | {f"{case}_clicks.json"}
+    return {pattern.format(case=case) for pattern in SAVED}
 
 
 def voxel_axes(affine: Any, ndim: int) -> list[list[int]] | None:
@@ -269,13 +287,17 @@ def _add_upload_route(app: FastAPI, server: Server) -> None:
         if suffix is None:
             raise HTTPException(400, f"upload {name!r}: send a {', '.join(UPLOAD_SUFFIXES)} file, or a DICOM series"
                                      " as one .zip of its files")
+        if request.headers.get("content-type", "").startswith("multipart/"):
+            raise HTTPException(400, f"upload {name!r}: send the file itself as the body (curl --data-binary @FILE),"
+                                     " not a form")
         case = name[: -len(suffix)]
-        if case in server.cases or case in server.listed():
-            raise HTTPException(409, f"upload {name!r}: a case named {case!r} is already open or in the input folder;"
-                                     " upload it under another name")
-        data = await server.read_body(request)
+        if case in server.cases or case in server.pending or case in server.listed() or case in server.clashes():
+            raise HTTPException(409, f"upload {name!r}: a case named {case!r} is already open, being uploaded or in the"
+                                     " input folder; upload it under another name")
+        server.pending.add(case)  # until this upload is open or refused: two at once never both open one name
         folder = None
         try:
+            data = await server.read_body(request)
             if suffix == ".zip":
                 folder = unzip_series(bytes(data), Path(server.uploads.name), server.max_upload)
                 path = folder
@@ -284,13 +306,14 @@ def _add_upload_route(app: FastAPI, server: Server) -> None:
                 path = folder / name
                 path.write_bytes(bytes(data))
                 check_self_contained(path, name)  # no header that reads a file of the server's
-            summary = _summary(await run_in_threadpool(server.open, check_case_name(case), path), server.output_dir)
+            summary = _summary(await run_in_threadpool(server.open, check_case_name(case), path, name), server.output_dir)
             server.uploaded[case] = path  # in MONAI Label's datastore too, as a PUT /datastore/ upload is
             return summary
         except MedsegError as err:  # named as the client sent it, not by the server's temporary copy
             line = str(err) if folder is None else str(err).replace(str(path), name).replace(str(folder), name)
             raise HTTPException(_fail(err).status_code, line) from None
         finally:
+            server.pending.discard(case)
             if folder is not None and case not in server.cases:  # nothing of a refused upload stays on disk
                 shutil.rmtree(folder, ignore_errors=True)
 
@@ -414,8 +437,37 @@ def _add_save_route(app: FastAPI, server: Server) -> None:
                 files = session.save(server.output_dir)
             except MedsegError as err:
                 raise _fail(err) from None
-        return {"files": [p.name for p in files], "output_dir": str(server.output_dir),
+            except OSError as err:  # the output folder itself (full disk, permissions): one line, not a 500 page
+                raise HTTPException(507 if err.errno == errno.ENOSPC else 500, f"save of {case!r}: cannot write in"
+                                    f" --output-dir ({err.strerror or type(err).__name__})") from None
+        return {"files": [p.name for p in files], "output_dir": server.output_dir.name,
                 **({"warning": session.save_warning} if session.save_warning else {})}
+
+
+def check_options(port: int, max_upload_mb: float) -> None:
+    """One line for a port outside 0..65535 or an upload limit that is not a positive number of MB."""
+    if not 0 <= port <= 65535:
+        raise MedsegError(f"--port {port}: give a port number from 1 to 65535 (0: any free port)")
+    if not (math.isfinite(max_upload_mb) and max_upload_mb > 0):
+        raise MedsegError(f"--max-upload-mb {max_upload_mb}: give a positive number of megabytes")
+
+
+def check_port(host: str, port: int) -> None:
+    """One line now, not uvicorn's error after the bundle loaded: a host that does not resolve, a port in use."""
+    try:  # the address family of the host (::1 is IPv6), as uvicorn resolves it
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+    except (socket.gaierror, UnicodeError) as err:
+        raise MedsegError(f"--host {host}: not an address of this machine ({getattr(err, 'strerror', None) or err});"
+                          " give an IP address or a name that resolves here") from None
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
+        try:
+            probe.bind(address)
+        except OSError as err:
+            if err.errno == errno.EADDRNOTAVAIL:
+                raise MedsegError(f"--host {host}: not an address of this machine ({err.strerror}); give one of its"
+                                  " addresses, or 0.0.0.0 for all") from None
+            raise MedsegError(f"--port {port}: cannot listen on {host} ({err.strerror}); choose another port") from None
 
 
 def run(bundle: str | Path, *, host: str = "127.0.0.1", port: int = 8000, token: str | None = None,
@@ -426,18 +478,17 @@ def run(bundle: str | Path, *, host: str = "127.0.0.1", port: int = 8000, token:
     import uvicorn  # deferred: only the server itself needs it
 
     check_host(host, token)
+    check_options(port, max_upload_mb)
     if input_dir is not None and not Path(input_dir).is_dir():
-        raise MedsegError(f"--input-dir {input_dir}: no such folder")
+        raise no_folder(input_dir, f"--input-dir {input_dir}", "the folder of images and DICOM series to open")
     check_folder_option(output_dir, "--output-dir", "corrected masks go to")
-    with socket.socket() as probe:  # a port in use is one line now, not uvicorn's error after the bundle loaded
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
-        try:
-            probe.bind((host, port))
-        except OSError as err:
-            raise MedsegError(f"--port {port}: cannot listen on {host} ({err.strerror}); choose another port") from None
+    check_port(host, port)
     loaded = load_bundle(Path(bundle), torch.device(device), trust=trust)
     server = Server(loaded, Path(output_dir), Path(input_dir) if input_dir else None, max_upload_mb, device, order,
                     engine)
+    for name, paths in server.clashes().items():  # at start: one line, before anything is served
+        raise MedsegError(f"--input-dir {input_dir}: {', '.join(p.name for p in paths)} are all case '{name}' (a"
+                          " saved mask could not tell which it belongs to); rename all but one")
     print(f"serving {bundle} on http://{host}:{port}/" + ("#token=..." if token else ""), flush=True)
     # uvicorn re-raises SIGTERM after its shutdown, with the handler it found: this one exits through Python, so
     # the uploads folder (patient data) is removed as on Ctrl-C

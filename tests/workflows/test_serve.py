@@ -592,6 +592,7 @@ def test_dicom_series_without_what_a_seg_needs_still_saves_the_nifti_mask(tmp_pa
     files = session.save(tmp_path / "out")
     assert [f.name for f in files] == ["dcm_002_seg.nii.gz", "dcm_002_clicks.json"]
     assert "StudyTime" in session.save_warning and "--format" not in session.save_warning
+    assert str(tmp_path) not in session.save_warning and "dcm_002" in session.save_warning  # the case, not its folder
     assert not (tmp_path / "out" / "dcm_002_seg.dcm").exists()
     assert json.loads(files[1].read_text())["dicom_seg_not_written"] == session.save_warning
 
