@@ -9,8 +9,9 @@ them (``reverse_indexing``); the affine is ITK's (the identity in LPS), TIFF res
 
 :func:`write_picture` writes a label map in a picture's format and size (JPEG input: PNG, lossless), with the
 label values mapped back to the stored ones (``{1: 255}`` for 0/255 masks); :class:`SavePictured` is the same
-as a transform for the bundle's ``inference.json``. Imports only numpy, torch, PIL, MONAI and (optionally)
-``tifffile``: exported bundles ship it in ``scripts/medseg_inference/``.
+as a transform for the bundle's ``inference.json``. Imports only numpy, torch, PIL, MONAI, (optionally)
+``tifffile`` and ``..errors`` (relative): exported bundles ship it in ``scripts/medseg_inference/`` beside
+``scripts/errors.py``.
 """
 
 from __future__ import annotations
@@ -28,6 +29,8 @@ from monai.transforms import MapTransform
 from monai.utils import MetaKeys, ensure_tuple
 from PIL import Image as PILImage
 from PIL import ImageSequence
+
+from ..errors import MedsegError
 
 try:
     import tifffile
@@ -48,24 +51,45 @@ def _is_tiff(path: str) -> bool:
     return path.lower().endswith((".tif", ".tiff"))
 
 
+# medseg checks an image's claimed size against this machine's memory before reading it (medseg.data.images):
+# PIL's own guard (178 Mpx) refused a valid 14000x14000 slide scan as a "decompression bomb"
+PILImage.MAX_IMAGE_PIXELS = None
+
+#: the first bytes of each picture format, to name a file whose suffix is not its format
+_MAGIC = {b"\x89PNG\r\n\x1a\n": "PNG", b"II*\x00": "TIFF", b"MM\x00*": "TIFF", b"II+\x00": "TIFF", b"MM\x00+": "TIFF",
+          b"\xff\xd8\xff": "JPEG"}
+_SUFFIX_FORMAT = {".png": "PNG", ".tif": "TIFF", ".tiff": "TIFF", ".jpg": "JPEG", ".jpeg": "JPEG"}
+
+
+def _check_format(path: str) -> None:
+    """One line when a picture's bytes are another format than its suffix says (a PNG named ``.tif``)."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(8)
+    except OSError:
+        return  # the reader's own error names it
+    found = next((fmt for magic, fmt in _MAGIC.items() if head.startswith(magic)), None)
+    expected = _SUFFIX_FORMAT.get(Path(path).suffix.lower())
+    if found is not None and expected is not None and found != expected:
+        raise MedsegError(f"{path}: a {found} file with a {Path(path).suffix} name; rename it to its format's"
+                          f" suffix ({ {'PNG': '.png', 'TIFF': '.tif', 'JPEG': '.jpg'}[found] })")
+
+
 def read_picture(path: str | os.PathLike) -> tuple[np.ndarray, list[float]]:
     """``(array, spacing)``: rows x columns (``(pages, rows, cols)`` for a multi-page TIFF, ``[..., 3]`` for
-    colour), as stored; spacing per pixel axis (x, y) from TIFF resolution tags, else 1."""
+    colour, planar TIFFs too), as stored; spacing per pixel axis (x, y) in um from TIFF resolution tags (see
+    :func:`_tiff_spacing`), else 1. A damaged, truncated or misnamed file: one :class:`MedsegError` line."""
     path = str(path)
-    spacing = [1.0, 1.0]
-    if _is_tiff(path) and tifffile is not None:
-        with tifffile.TiffFile(path) as tif:
-            pages = [p.asarray() for p in tif.pages]
-            spacing = _tiff_spacing(tif.pages[0])
-        array = pages[0] if len(pages) == 1 else np.stack(pages)
-    else:
-        with PILImage.open(path) as img:
-            frames = []
-            for frame in ImageSequence.Iterator(img):
-                if frame.mode in ("RGBA", "CMYK", "YCbCr", "LA"):  # palette ("P") masks keep their indices
-                    frame = frame.convert("L" if frame.mode == "LA" else "RGB")
-                frames.append(np.asarray(frame))
-        array = frames[0] if len(frames) == 1 else np.stack(frames)
+    _check_format(path)
+    try:
+        array, spacing = _read(path)
+    except MedsegError:
+        raise
+    except (OSError, ValueError, SyntaxError, EOFError, KeyError, IndexError, MemoryError) as err:
+        # PIL's and tifffile's errors for a truncated, damaged or unsupported file (tifffile's derive ValueError)
+        reason = (str(err).strip().splitlines() or [type(err).__name__])[0][:160]
+        raise MedsegError(f"{path}: cannot be read as a {_SUFFIX_FORMAT.get(Path(path).suffix.lower(), 'picture')}"
+                          f" ({reason}); the file is damaged or cut short: export it again") from None
     if array.ndim >= 3 and array.shape[-1] == 4:  # alpha
         array = array[..., :3]
     if array.ndim >= 3 and array.shape[-1] == 2:  # grey + alpha
@@ -73,15 +97,74 @@ def read_picture(path: str | os.PathLike) -> tuple[np.ndarray, list[float]]:
     return np.ascontiguousarray(array), spacing
 
 
-def _tiff_spacing(page: Any) -> list[float]:
-    """Pixel size from XResolution/YResolution (pixels per unit) in the file's unit; 1 where absent."""
+def _read(path: str) -> tuple[np.ndarray, list[float]]:
+    spacing = [1.0, 1.0]
+    if _is_tiff(path) and tifffile is not None:
+        with tifffile.TiffFile(path) as tif:
+            first = tif.pages[0]
+            # the pages of the first page's size (a reduced-resolution copy or thumbnail page is not a slice)
+            kept = [page for page in tif.pages if page.shape == first.shape and page.dtype == first.dtype]
+            pages = [_channels_last(page.asarray(), page) for page in kept]
+            spacing = _tiff_spacing(tif)
+        return (pages[0] if len(pages) == 1 else np.stack(pages)), spacing
+    with PILImage.open(path) as img:
+        frames = []
+        for frame in ImageSequence.Iterator(img):
+            if frame.mode in ("RGBA", "CMYK", "YCbCr", "LA"):  # palette ("P") masks keep their indices
+                frame = frame.convert("L" if frame.mode == "LA" else "RGB")
+            frames.append(np.asarray(frame))
+    return (frames[0] if len(frames) == 1 else np.stack(frames)), spacing
+
+
+def _channels_last(array: np.ndarray, page: Any) -> np.ndarray:
+    """A TIFF page's pixels with its samples (RGB) last: a planar ("separate") colour page is stored (3, rows, cols)."""
+    if int(getattr(page, "samplesperpixel", 1)) > 1 and int(getattr(page, "planarconfig", 1)) == 2 and array.ndim == 3:
+        return np.moveaxis(array, 0, -1)
+    return array
+
+
+#: micrometres per TIFF ResolutionUnit (3 cm; tifffile's 4 mm and 5 um) and per ImageJ unit (ResolutionUnit 1)
+_UM_PER_UNIT = {3: 1e4, 4: 1e3, 5: 1.0}
+_UM_PER_IMAGEJ_UNIT = {"micron": 1.0, "microns": 1.0, "um": 1.0, "\u00b5m": 1.0, "\u03bcm": 1.0, "nm": 1e-3, "mm": 1e3,
+                       "cm": 1e4}
+
+
+def _tiff_spacing(tif: Any) -> list[float]:
+    """Pixel size (um) from the first page's XResolution/YResolution (pixels per unit) and ResolutionUnit: cm, mm
+    and um converted; no unit (1): ImageJ's unit where the file names one, else as stored; inch (2, also what a
+    file without ResolutionUnit means): a display density (72 or 300 dpi, as PIL, Photoshop and scanners write for
+    any picture), no pixel size. 1 where there is none."""
     try:
-        tags = page.tags
+        tags = tif.pages[0].tags
         xr, yr = tags["XResolution"].value, tags["YResolution"].value
         sx, sy = xr[1] / xr[0], yr[1] / yr[0]
-        return [float(sx), float(sy)] if sx > 0 and sy > 0 else [1.0, 1.0]
     except (KeyError, ZeroDivisionError, TypeError, IndexError):
         return [1.0, 1.0]
+    unit = int(tags["ResolutionUnit"].value) if "ResolutionUnit" in tags else 2
+    if unit == 1:
+        named = str((getattr(tif, "imagej_metadata", None) or {}).get("unit", "")).strip().lower()
+        factor = _UM_PER_IMAGEJ_UNIT.get(named, 1.0)
+    elif unit in _UM_PER_UNIT:
+        factor = _UM_PER_UNIT[unit]
+    else:  # inch: dpi
+        return [1.0, 1.0]
+    return [float(sx * factor), float(sy * factor)] if sx > 0 and sy > 0 else [1.0, 1.0]
+
+
+def has_pixel_size(path: str | os.PathLike) -> bool:
+    """Whether the picture at ``path`` states its pixel size (a TIFF with resolution tags in a length unit, not
+    dpi): the object table's areas are then in um^2, else in pixels only."""
+    if not _is_tiff(str(path)) or tifffile is None:
+        return False
+    try:
+        with tifffile.TiffFile(path) as tif:
+            tags = tif.pages[0].tags
+            if "XResolution" not in tags:
+                return False
+            unit = int(tags["ResolutionUnit"].value) if "ResolutionUnit" in tags else 2
+            return unit != 2 and (unit != 1 or bool((getattr(tif, "imagej_metadata", None) or {}).get("unit")))
+    except (OSError, ValueError, KeyError, IndexError, TypeError):
+        return False
 
 
 def tiff_resolution(source: str | os.PathLike | None) -> dict[str, Any]:
@@ -101,8 +184,17 @@ def tiff_resolution(source: str | os.PathLike | None) -> dict[str, Any]:
 
 
 def is_colour(array: np.ndarray, path: str | os.PathLike) -> bool:
-    """A colour picture: a trailing axis of 3 on a 2D picture (a 3-page TIFF stack has it first)."""
-    return array.ndim == 3 and array.shape[-1] == 3 and not (_is_tiff(str(path)) and array.shape[0] > 3)
+    """A colour picture: a trailing axis of 3 on a 2D picture; a TIFF by its pages' samples per pixel (a stack of
+    pages 3 pixels wide is not colour, an RGB page of any height is)."""
+    if array.ndim != 3 or array.shape[-1] != 3:
+        return False
+    if not _is_tiff(str(path)) or tifffile is None:
+        return True
+    try:
+        with tifffile.TiffFile(path) as tif:
+            return int(tif.pages[0].samplesperpixel) >= 3
+    except (OSError, ValueError, KeyError, IndexError, TypeError):
+        return array.shape[0] <= 3
 
 
 class PictureReader(ImageReader):

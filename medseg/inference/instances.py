@@ -78,16 +78,18 @@ def _renumbered(labels: np.ndarray) -> np.ndarray:
 
 
 def object_table(instances: np.ndarray, spacing: tuple[float, ...] | list[float] | None = None,
-                 unit: str = "um") -> list[dict[str, Any]]:
-    """One row per object: ``label``, ``area_px``, ``area_<unit>2`` (pixel area x spacing product), centroid and
-    bounding box in pixel indices (MONAI's (x, y[, z]) axes); ``spacing`` in ``unit`` per pixel (default 1)."""
+                 unit: str | None = "um") -> list[dict[str, Any]]:
+    """One row per object: ``label``, ``area_px``, ``area_<unit>2`` (pixel area x spacing product; left out with
+    ``unit`` None: a picture that states no pixel size), centroid and bounding box in pixel indices (MONAI's
+    (x, y[, z]) axes); ``spacing`` in ``unit`` per pixel (default 1)."""
     spacing = tuple(float(s) for s in (spacing or (1.0,) * instances.ndim))
     pixel = float(np.prod(spacing))
     axes = "xyz"[: instances.ndim]
     rows = []
     for region in regionprops(np.asarray(instances, dtype=np.int32)):
-        row: dict[str, Any] = {"label": int(region.label), "area_px": int(region.area),
-                               f"area_{unit}{'2' if instances.ndim == 2 else '3'}": round(region.area * pixel, 6)}
+        row: dict[str, Any] = {"label": int(region.label), "area_px": int(region.area)}
+        if unit is not None:
+            row[f"area_{unit}{'2' if instances.ndim == 2 else '3'}"] = round(region.area * pixel, 6)
         for axis, value in zip(axes, region.centroid):
             row[f"centroid_{axis}"] = round(float(value), 3)
         box = region.bbox
@@ -97,12 +99,13 @@ def object_table(instances: np.ndarray, spacing: tuple[float, ...] | list[float]
     return rows
 
 
-def write_object_csv(rows: list[dict[str, Any]], path: Path, ndim: int = 2, unit: str = "um",
+def write_object_csv(rows: list[dict[str, Any]], path: Path, ndim: int = 2, unit: str | None = "um",
                      pages: bool = False) -> Path:
     """The object table as CSV (a header line even without objects), written atomically; ``pages``: a ``page``
     column after ``label`` (objects of a page stack found page by page)."""
     axes = "xyz"[:ndim]
-    fields = ["label", *(["page"] if pages else []), "area_px", f"area_{unit}{'2' if ndim == 2 else '3'}",
+    physical = [f"area_{unit}{'2' if ndim == 2 else '3'}"] if unit is not None else []
+    fields = ["label", *(["page"] if pages else []), "area_px", *physical,
               *(f"centroid_{a}" for a in axes), *(f"bbox_{a}_{m}" for a in axes for m in ("min", "max"))]
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=fields, lineterminator="\n")

@@ -29,7 +29,7 @@ from medseg.data.dicom import SEG_SOP_CLASS, SKIP_NAMES, is_dicom_file, multifra
 from medseg.data.dicom_seg import check_dicom_seg, is_dicom_series, write_dicom_seg
 from medseg.data.formats import VOLUME_SUFFIXES as IMAGE_SUFFIXES
 from medseg.data.labelmaps import case_name, write_label_nifti
-from medseg.data.pictures import (PICTURE_SUFFIXES, is_picture, output_suffix, read_picture, stored_values,
+from medseg.data.pictures import (PICTURE_SUFFIXES, has_pixel_size, is_picture, output_suffix, read_picture, stored_values,
                                   tiff_resolution, write_picture)
 from medseg.data.dicom_reader import DicomSeriesReader
 from medseg.errors import MedsegError, check_folder_option, failure_line, user_error
@@ -269,7 +269,8 @@ def write_instances(bundle: LoadedBundle, labels: np.ndarray, spacing: list[floa
     erosion = int(inf.instance_seed_erosion) if inf else 0
     # the mask is <case>_seg<suffix>: its last "_seg" is predict's own (a case may have "_seg" in its name)
     stem = out.name.rsplit("_seg", 1)[0] if "_seg" in out.name else out.name.split(".")[0]
-    unit = "um" if is_picture(out) else "mm"
+    # a picture's areas in um^2 only where it states its pixel size (TIFF resolution in a length unit), else pixels
+    unit = ("um" if source is not None and has_pixel_size(source) else None) if is_picture(out) else "mm"
     if pages and labels.ndim == 3:
         found = np.zeros(labels.shape, np.int32)
         rows: list[dict] = []
@@ -338,14 +339,15 @@ def predict_one(bundle: LoadedBundle, path: Path, out: Path, device: torch.devic
         return written
     pred = run_case(bundle.chain, torch_forward(bundle.network), {"image": str(path)}, device, tta)
     labels, affine = _labels(pred), pred.affine.numpy()
-    if instances:
-        write_instances(bundle, labels, list(np.linalg.norm(affine[: labels.ndim, : labels.ndim], axis=0)), out)
     if fmt == "dicom-seg":
-        return write_dicom_seg(labels, affine, path, out, names, bundle.name, __version__)
-    # the values the dataset's label files store (a plan renumbers 0/255 or BraTS's 0/1/2/4 to 0..K-1 for the
-    # network): masks comparable with the references as they are, as the picture outputs are
-    write_label_nifti(stored_values(labels, stored_value_map(bundle)), affine, out, source=path)
-    return out
+        written = write_dicom_seg(labels, affine, path, out, names, bundle.name, __version__)
+    else:
+        # the values the dataset's label files store (a plan renumbers 0/255 or BraTS's 0/1/2/4 to 0..K-1 for the
+        # network): masks comparable with the references as they are, as the picture outputs are
+        written = write_label_nifti(stored_values(labels, stored_value_map(bundle)), affine, out, source=path)
+    if instances:  # after the mask: a mask that cannot be written leaves no instance files without it
+        write_instances(bundle, labels, list(np.linalg.norm(affine[: labels.ndim, : labels.ndim], axis=0)), out)
+    return Path(written) if written is not None else out
 
 
 def use_series(bundle: LoadedBundle, series: str | None) -> None:

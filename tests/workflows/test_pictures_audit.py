@@ -1,0 +1,118 @@
+"""Pictures as microscopists have them (from an audit): TIFF pixel sizes by their unit (dpi is no pixel size),
+colour TIFFs contiguous or planar, damaged or misnamed files in one line with nothing written, a thumbnail page
+left out of a stack, very large PNGs read, and object areas in um^2 only where the picture states its pixel size."""
+
+from __future__ import annotations
+
+import csv
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+from PIL import Image
+
+from medseg.data.pictures import has_pixel_size, is_colour, read_picture
+from medseg.errors import MedsegError
+from tests.workflows.test_predict_2d_outputs import _picture, bundle  # noqa: F401 (the module's 2D grey bundle)
+
+ASYMMETRIC = (np.arange(300 * 200).reshape(300, 200) % 251).astype(np.uint8)  # 300 rows x 200 columns
+
+
+@pytest.mark.parametrize("write, spacing, stated", [
+    (lambda p: tifffile.imwrite(p, ASYMMETRIC, resolution=(72, 72), resolutionunit="INCH"), [1.0, 1.0], False),
+    (lambda p: Image.fromarray(ASYMMETRIC).save(p, dpi=(300, 300)), [1.0, 1.0], False),  # PIL, Photoshop, scanners
+    (lambda p: tifffile.imwrite(p, ASYMMETRIC, resolution=(2, 4), resolutionunit="CENTIMETER"), [5000.0, 2500.0], True),
+    (lambda p: tifffile.imwrite(p, ASYMMETRIC, resolution=(2, 2), resolutionunit="MILLIMETER"), [500.0, 500.0], True),
+    (lambda p: tifffile.imwrite(p, ASYMMETRIC, resolution=(2, 2), resolutionunit="MICROMETER"), [0.5, 0.5], True),
+    (lambda p: tifffile.imwrite(p, ASYMMETRIC, imagej=True, resolution=(1 / 0.65, 1 / 0.65), metadata={"unit": "um"}),
+     [0.65, 0.65], True),
+    (lambda p: tifffile.imwrite(p, ASYMMETRIC, imagej=True, resolution=(0.02, 0.02), metadata={"unit": "nm"}),
+     [0.05, 0.05], True),
+    (lambda p: tifffile.imwrite(p, ASYMMETRIC), [1.0, 1.0], False),
+])
+def test_tiff_pixel_size_is_read_in_its_unit_and_dpi_is_no_pixel_size(tmp_path, write, spacing, stated):
+    path = tmp_path / "cells.tif"
+    write(path)
+    array, found = read_picture(path)
+    assert array.shape == (300, 200) and found == pytest.approx(spacing)
+    assert has_pixel_size(path) is stated
+
+
+def test_colour_tiffs_contiguous_or_planar_are_colour_and_a_grey_stack_is_not(tmp_path):
+    rgb = np.stack([ASYMMETRIC, ASYMMETRIC // 2, ASYMMETRIC // 3], -1)
+    tifffile.imwrite(tmp_path / "contig.tif", rgb, photometric="rgb")
+    tifffile.imwrite(tmp_path / "planar.tif", np.moveaxis(rgb, -1, 0), photometric="rgb", planarconfig="separate")
+    narrow = np.zeros((4, 30, 3), np.uint8)  # four pages three pixels wide
+    tifffile.imwrite(tmp_path / "narrow.tif", narrow, photometric="minisblack")
+    for name in ("contig.tif", "planar.tif"):
+        array, _ = read_picture(tmp_path / name)
+        assert array.shape == (300, 200, 3) and np.array_equal(array, rgb) and is_colour(array, tmp_path / name)
+    array, _ = read_picture(tmp_path / "narrow.tif")
+    assert array.shape == (4, 30, 3) and not is_colour(array, tmp_path / "narrow.tif")
+
+
+def test_a_thumbnail_page_is_left_out_and_a_very_large_png_is_read(tmp_path):
+    with tifffile.TiffWriter(tmp_path / "with_thumb.tif") as tif:
+        tif.write(ASYMMETRIC)
+        tif.write(ASYMMETRIC[:100, :100])
+    array, _ = read_picture(tmp_path / "with_thumb.tif")
+    assert np.array_equal(array, ASYMMETRIC)
+    Image.new("L", (14000, 13000)).save(tmp_path / "slide.png")  # 182 Mpx: over PIL's default "bomb" limit
+    array, _ = read_picture(tmp_path / "slide.png")
+    assert array.shape == (13000, 14000)
+
+
+def test_damaged_and_misnamed_pictures_are_one_line_with_nothing_written(bundle, tmp_path):  # noqa: F811
+    from medseg.workflows import predict
+
+    Image.fromarray(ASYMMETRIC).save(tmp_path / "good.png")
+    data = (tmp_path / "good.png").read_bytes()
+    cases = {"png_named.tif": (data, "a PNG file with a .tif name; rename it to its format's suffix (.png)"),
+             "cut.png": (data[:400], "cannot be read as a PNG (")}
+    for name, (content, message) in cases.items():
+        inputs = tmp_path / name.replace(".", "_")
+        inputs.mkdir()
+        (inputs / name).write_bytes(content)
+        with pytest.raises(MedsegError, match=re.escape(message)):
+            predict.run(bundle, inputs, tmp_path / "out", instances=True)
+        assert not (tmp_path / "out").exists() or list((tmp_path / "out").iterdir()) == []
+
+
+def test_a_colour_tiff_is_read_as_the_same_colour_png_is(bundle, tmp_path):  # noqa: F811
+    """The bundle turns colour into grey (data.rgb: grey): an RGB TIFF, contiguous or planar, gets the mask of the
+    same picture as PNG (it was taken for a 300-page stack and failed inside MONAI)."""
+    from medseg.workflows import predict
+
+    rgb = np.stack([ASYMMETRIC, ASYMMETRIC // 2, ASYMMETRIC // 3], -1)
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    tifffile.imwrite(inputs / "contig.tif", rgb, photometric="rgb")
+    tifffile.imwrite(inputs / "planar.tif", np.moveaxis(rgb, -1, 0), photometric="rgb", planarconfig="separate")
+    Image.fromarray(rgb).save(inputs / "same.png")
+    predict.run(bundle, inputs, tmp_path / "out")
+    png = np.asarray(Image.open(tmp_path / "out" / "same_seg.png"))
+    assert png.shape == (300, 200) and len(np.unique(png)) == 2
+    for name in ("contig", "planar"):
+        assert np.array_equal(tifffile.imread(tmp_path / "out" / f"{name}_seg.tif"), png), name
+
+
+def test_object_areas_are_in_um2_only_for_a_picture_that_states_its_pixel_size(bundle, tmp_path):  # noqa: F811
+    from medseg.workflows import predict
+
+    page = (_picture(3) * 255).astype(np.uint8)
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    Image.fromarray(page).save(inputs / "plain.png")
+    tifffile.imwrite(inputs / "dpi.tif", page, resolution=(300, 300), resolutionunit="INCH")
+    tifffile.imwrite(inputs / "sized.tif", page, resolution=(1.0, 1.0), resolutionunit="MICROMETER")
+    predict.run(bundle, inputs, tmp_path / "out", instances=True)
+    for name, physical in (("plain", False), ("dpi", False), ("sized", True)):
+        with (tmp_path / "out" / f"{name}_objects.csv").open(newline="") as fh:
+            reader = csv.DictReader(fh)
+            rows = list(reader)
+        assert ("area_um2" in reader.fieldnames) is physical and "area_px" in reader.fieldnames, name
+        assert rows and all(int(r["area_px"]) > 0 for r in rows)
+        if physical:  # 1 um pixels: the areas equal the pixel counts
+            assert all(float(r["area_um2"]) == pytest.approx(int(r["area_px"])) for r in rows)
