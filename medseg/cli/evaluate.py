@@ -80,7 +80,8 @@ def empty_mask_notes(per_case: dict[str, dict[str, dict]], worst_mm: float | Non
 def run(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.instances or args.membranes:
-        result = evaluate.run_instances(args.pred, args.ref, args.output, membranes=args.membranes)
+        result = evaluate.run_instances(args.pred, args.ref, args.output, membranes=args.membranes,
+                                        missing_as_empty=args.missing_as_empty, predicted_only=args.predicted_only)
         mean = result["mean"]
         print("  ".join(f"{k} {mean[k]:.4f}" for k in ("pixel_error", "object_f1", "mean_matched_iou", "aji",
                                                        "adapted_rand_error", "vi") if k in mean))

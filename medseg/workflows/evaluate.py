@@ -12,6 +12,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import logging
 import math
 import os
 from collections.abc import Callable
@@ -21,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from medseg.data.formats import IMAGE_SUFFIXES
 from medseg.data.images import read_image
 from medseg.data.pictures import is_picture, read_picture
 from medseg.errors import MedsegError
@@ -32,6 +34,9 @@ from medseg.evaluation.plots import boxplot
 from medseg.evaluation.scoring import CaseJob, score_case
 from medseg.fileio import atomic_write_text
 from medseg.workflows.outputs import check_output_folder
+
+
+logger = logging.getLogger(__name__)
 
 
 class MissingPredictions(MedsegError):
@@ -149,8 +154,20 @@ def _check_options(tolerance_mm: float, worst_mm: float | None, jobs: int | None
         raise MedsegError(f"--jobs {jobs}: expected 1 or more processes")
 
 
+def _semantic(reference: np.ndarray) -> bool:
+    """A reference with a single foreground value whose pixels form more than one object (4/6-connected)."""
+    values = np.unique(reference)
+    if len(values[values != 0]) != 1:
+        return False
+    import cc3d  # deferred: only instance evaluation needs it
+
+    mask = np.ascontiguousarray(reference != 0).astype(np.uint8)
+    return int(cc3d.connected_components(mask, connectivity=4 if mask.ndim == 2 else 6).max()) > 1
+
+
 def run_instances(pred_dir: str | Path, ref_dir: str | Path, output: str | Path = "evaluation",
-                  threshold: float = 0.5, membranes: bool = False) -> dict[str, dict[str, float]]:
+                  threshold: float = 0.5, membranes: bool = False, missing_as_empty: bool = False,
+                  predicted_only: bool = False) -> dict[str, dict[str, float]]:
     """Instance metrics (:func:`medseg.evaluation.instances.instance_metrics`) of predicted instance images
     (``<case>_instances.tif`` from ``medseg.predict --instances``, or ``<case>.<ext>``) against reference instance
     label images (``<case>.<ext>``); writes ``instance_metrics.csv`` (per case) and ``instance_metrics.json``
@@ -158,7 +175,12 @@ def run_instances(pred_dir: str | Path, ref_dir: str | Path, output: str | Path 
 
     ``membranes``: membrane/cell masks instead (EM, ISBI 2012; 0 = membrane, any other value = cell), predicted
     ``<case>_seg.<ext>`` (or ``<case>.<ext>``) against reference masks, scored by
-    :func:`medseg.evaluation.instances.membrane_metrics` (pixel error, adapted Rand error on the cell regions)."""
+    :func:`medseg.evaluation.instances.membrane_metrics` (pixel error, adapted Rand error on the cell regions).
+
+    Only image files are cases (not notes or hidden files). A reference case without a prediction: scored as an
+    empty prediction with ``missing_as_empty``, left out with ``predicted_only``, else :class:`MissingPredictions`.
+    A reference that holds one foreground value in several separate objects is a semantic mask, not instance
+    labels: a warning says so (its objects all count as one)."""
     def read(path: Path) -> np.ndarray:
         return read_picture(path)[0] if is_picture(path) else np.asarray(read_image(path).array)
 
@@ -168,20 +190,34 @@ def run_instances(pred_dir: str | Path, ref_dir: str | Path, output: str | Path 
             state = "is a file" if folder.exists() else "does not exist"
             raise MedsegError(f"{what} folder {folder} {state}; give the folder that holds the {what} images")
     suffix = "_seg" if membranes else "_instances"
-    refs = {case_key(p): p for p in sorted(Path(ref_dir).iterdir()) if p.is_file()}
+    def images(folder: str | Path) -> list[Path]:  # label images only: not notes.txt, .DS_Store, a CSV
+        return [p for p in sorted(Path(folder).iterdir()) if p.is_file() and not p.name.startswith(".")
+                and p.name.lower().endswith(IMAGE_SUFFIXES)]
+
+    refs = {case_key(p): p for p in images(ref_dir)}
     preds = {}
-    for p in sorted(Path(pred_dir).iterdir()):
+    for p in images(pred_dir):
         name = case_key(p)
         if name.endswith(suffix):
             preds[name[: -len(suffix)]] = p
         elif name not in preds and name in refs:
             preds[name] = p
     missing = sorted(set(refs) - set(preds))
-    if missing:
+    if missing and predicted_only:
+        logger.warning("%d reference case(s) without a prediction left out (--predicted-only): %s", len(missing),
+                       ", ".join(missing[:10]))
+        refs = {case: ref for case, ref in refs.items() if case in preds}
+    elif missing and not missing_as_empty:
         raise MissingPredictions(missing)
+    if not refs:
+        raise MedsegError(f"reference folder {ref_dir}: no reference image with a prediction to score")
     per_case = {}
     for case, ref in refs.items():
-        reference, predicted = read(ref), read(preds[case])
+        reference = read(ref)
+        predicted = read(preds[case]) if case in preds else np.zeros_like(reference)  # missing: empty
+        if not membranes and _semantic(reference):
+            logger.warning("%s: one foreground value in several separate objects: a semantic mask, not instance"
+                           " labels (each object its own value); its objects are scored as one", ref.name)
         if reference.shape != predicted.shape:
             raise MedsegError(f"{preds[case]}: shape {predicted.shape} differs from the reference {ref} {reference.shape}")
         per_case[case] = (membrane_metrics(reference, predicted) if membranes

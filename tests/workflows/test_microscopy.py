@@ -527,6 +527,39 @@ def test_evaluate_instances_command(tmp_path):
     assert result["mean"]["vi_merge"] > 0.2 and result["mean"]["vi_split"] == pytest.approx(0.0, abs=1e-9)
 
 
+def test_evaluate_instances_takes_image_files_only_honours_the_missing_options_and_names_a_semantic_mask(
+        tmp_path, caplog):
+    from medseg.evaluate import main
+    from medseg.workflows.evaluate import MissingPredictions, run_instances
+
+    labels, a, b = touching_discs()
+    ref = np.zeros((40, 40), dtype=np.uint16)
+    ref[a], ref[b] = 1, 2
+    (tmp_path / "ref").mkdir()
+    (tmp_path / "pred").mkdir()
+    tifffile.imwrite(tmp_path / "ref" / "c1.tif", ref)
+    tifffile.imwrite(tmp_path / "ref" / "extra.tif", ref)  # no prediction
+    (tmp_path / "ref" / "notes.txt").write_text("not a case")
+    (tmp_path / "ref" / ".DS_Store").write_bytes(b"\0")
+    tifffile.imwrite(tmp_path / "pred" / "c1_instances.tif", ref)
+    with pytest.raises(MissingPredictions) as err:
+        run_instances(tmp_path / "pred", tmp_path / "ref", tmp_path / "e0")
+    assert err.value.cases == ["extra"]  # notes and .DS_Store are no cases
+    assert main(["--pred", str(tmp_path / "pred"), "--ref", str(tmp_path / "ref"), "--instances", "--predicted-only",
+                 "--output", str(tmp_path / "e1")]) == 0
+    assert list(json.loads((tmp_path / "e1" / "instance_metrics.json").read_text())) == ["c1", "mean"]
+    assert main(["--pred", str(tmp_path / "pred"), "--ref", str(tmp_path / "ref"), "--instances",
+                 "--missing-as-empty", "--output", str(tmp_path / "e2")]) == 0
+    scored = json.loads((tmp_path / "e2" / "instance_metrics.json").read_text())
+    assert scored["c1"]["object_f1"] == 1.0 and scored["extra"]["object_f1"] == 0.0
+    semantic = (ref > 0).astype(np.uint16) * 255  # both discs one value: 0/255, as a semantic mask stores them
+    semantic[:, 20] = 0  # two separate objects
+    tifffile.imwrite(tmp_path / "ref" / "c1.tif", semantic)
+    (tmp_path / "ref" / "extra.tif").unlink()
+    run_instances(tmp_path / "pred", tmp_path / "ref", tmp_path / "e3")
+    assert "c1.tif: one foreground value in several separate objects: a semantic mask" in caplog.text
+
+
 def test_overlap_tile_in_the_bundle_inference_json():
     from medseg.bundle.export import inference_config
 
