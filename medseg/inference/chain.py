@@ -21,7 +21,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from monai.bundle import ConfigParser
-from monai.inferers import Inferer
+import numpy as np
+import torch
+from monai.inferers import Inferer, SliceInferer, SlidingWindowInferer
+from monai.utils import convert_to_dst_type, ensure_tuple_rep
 from monai.transforms import Compose, SaveImage, SaveImaged
 
 from medseg.data import dicom_reader, nifti, pictures
@@ -143,12 +146,49 @@ class InferenceChain:
     in_channels: int | None = None
 
 
+class SmallImageReflect(Inferer):
+    """``inner`` (a sliding window with reflect padding) on an image first mirrored out to the window where a pad
+    would be as wide as the image, then cropped back. Own wrapper: MONAI's sliding window pads with torch's
+    reflect mode, which needs every pad narrower than the image (a 16x16 picture under a 128-pixel window failed
+    with a padding error); numpy's reflect mirrors as often as it needs to."""
+
+    def __init__(self, inner: SlidingWindowInferer) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def __getattr__(self, name: str) -> Any:  # roi_size, overlap, ... as the wrapped inferer has them
+        if name == "inner":
+            raise AttributeError(name)
+        return getattr(self.inner, name)
+
+    def __call__(self, inputs: torch.Tensor, network: Any, *args: Any, **kwargs: Any) -> Any:
+        spatial = inputs.shape[2:]
+        roi = ensure_tuple_rep(self.inner.roi_size, len(spatial))
+        before = [max(int(r) - int(n), 0) // 2 for n, r in zip(spatial, roi)]
+        after = [max(int(r) - int(n), 0) - b for b, n, r in zip(before, spatial, roi)]
+        if all(max(b, a) < n for b, a, n in zip(before, after, spatial)):  # torch's reflect copes
+            return self.inner(inputs, network, *args, **kwargs)
+        widths = [(0, 0), (0, 0), *zip(before, after)]
+        padded = torch.as_tensor(np.pad(inputs.detach().cpu().numpy(), widths, mode="reflect"), device=inputs.device)
+        out = self.inner(padded, network, *args, **kwargs)
+        box = (slice(None), slice(None), *(slice(b, b + n) for b, n in zip(before, spatial)))
+        return convert_to_dst_type(out[box], inputs)[0]  # the input's meta (affine, applied operations)
+
+
+def _reflect_safe(inferer: Any) -> Any:
+    mode = getattr(inferer, "padding_mode", None)
+    if isinstance(inferer, SlidingWindowInferer) and not isinstance(inferer, SliceInferer) and \
+            getattr(mode, "value", mode) == "reflect":
+        return SmallImageReflect(inferer)
+    return inferer
+
+
 def chain_from_config(config: dict[str, Any] | ConfigParser, in_channels: int | None = None) -> InferenceChain:
     """The chain of a bundle-style config (``preprocessing``, ``inferer``, ``postprocessing``), instantiated by
     MONAI's ``ConfigParser``; writing steps (``SaveImage[d]``) are left out of the post-processing."""
     parser = config if isinstance(config, ConfigParser) else ConfigParser(copy.deepcopy(config))
     preprocessing = parser.get_parsed_content("preprocessing")
-    inferer = parser.get_parsed_content("inferer")
+    inferer = _reflect_safe(parser.get_parsed_content("inferer"))  # overlap-tile on pictures of any size
     post = parser.get_parsed_content("postprocessing")
     steps = post.transforms if isinstance(post, Compose) else [post]
     post = Compose([t for t in steps if not isinstance(t, (SaveImage, SaveImaged))])

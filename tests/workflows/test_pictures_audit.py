@@ -116,3 +116,32 @@ def test_object_areas_are_in_um2_only_for_a_picture_that_states_its_pixel_size(b
         assert rows and all(int(r["area_px"]) > 0 for r in rows)
         if physical:  # 1 um pixels: the areas equal the pixel counts
             assert all(float(r["area_um2"]) == pytest.approx(int(r["area_px"])) for r in rows)
+
+
+def test_a_picture_much_smaller_than_the_window_is_predicted_with_mirrored_borders(tmp_path):
+    """Overlap-tile (reflect padding) on a 12x10 picture under a 64-pixel window: torch's reflect padding needs
+    pads narrower than the image; the picture is mirrored out first, and its mask has the picture's size."""
+    import torch
+
+    from medseg.bundle.export import export_bundle
+    from medseg.config import load_config
+    from medseg.networks import build_network
+    from medseg.transforms import input_channels
+    from medseg.workflows import predict
+    from tests.workflows.test_microscopy import SMALL_2D
+
+    cfg = load_config("em_2d_folder", SMALL_2D + [f"bundle.dir={tmp_path / 'bundles'}", "data.rgb=grey",
+                                                  "inference.padding_mode=reflect", "training.patch_size=[64,64]"])
+    cfg = cfg.with_fitted(label_map={255: 1}, image_channels=1, colour_channels=1)
+    torch.manual_seed(0)
+    net = build_network(cfg.network, input_channels(cfg), len(cfg.data.labels))
+    bundle = export_bundle(cfg, tmp_path, net, {"membrane": {"dice": 0.5, "hd95_mm": 1.0, "assd_mm": 1.0, "cases": 1}})
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    small = (_picture(5, shape=(12, 10)) * 255).astype(np.uint8)
+    Image.fromarray(small).save(inputs / "tiny.png")
+    Image.fromarray(np.tile(small, (8, 8))).save(inputs / "tiled.png")  # 96x80: no pre-padding needed
+    predict.run(bundle, inputs, tmp_path / "out")
+    mask = np.asarray(Image.open(tmp_path / "out" / "tiny_seg.png"))
+    assert mask.shape == (12, 10) and set(np.unique(mask)) <= {0, 255}
+    assert np.asarray(Image.open(tmp_path / "out" / "tiled_seg.png")).shape == (96, 80)
