@@ -55,6 +55,22 @@ def _sitk_error(path: Path, err: Exception) -> MedsegError:
     return MedsegError(f"{path}: cannot be read as an image ({reason[:200]})")
 
 
+def palette_indices(path: Path) -> np.ndarray | None:
+    """The ``(x, y)`` palette indices of a palette ("P" mode) PNG or TIFF, e.g. a CVAT or Pascal VOC mask; None for
+    any other file. SimpleITK reads such a file as its palette's RGB colours, not the label values it stores."""
+    if suffix_of(path) not in PLAIN_2D_SUFFIXES:
+        return None
+    from PIL import Image as PILImage, UnidentifiedImageError  # deferred: pictures only
+
+    try:
+        with PILImage.open(path) as img:
+            if img.mode != "P" or getattr(img, "n_frames", 1) != 1:
+                return None
+            return np.ascontiguousarray(np.asarray(img).T)  # rows x columns -> (x, y), as SimpleITK's array.T
+    except (OSError, UnidentifiedImageError, ValueError):
+        return None  # not a picture PIL reads: SimpleITK's reader names the problem
+
+
 def read_image(path: Path, series_uid: str | None = None) -> Image:
     """Read an image file or DICOM series folder with its geometry.
 
@@ -75,6 +91,9 @@ def read_image(path: Path, series_uid: str | None = None) -> Image:
     except RuntimeError as err:
         raise _sitk_error(path, err) from err
     if image.GetNumberOfComponentsPerPixel() != 1:
+        indices = palette_indices(path)
+        if indices is not None:  # a palette mask: its indices are the labels
+            return Image(indices, sitk_affine(image))
         if suffix_of(path) in PLAIN_2D_SUFFIXES and image.GetNumberOfComponentsPerPixel() in (3, 4):
             # an RGB(A) PNG/TIFF of a greyscale picture: accept when the colour channels agree
             rgb = sitk.GetArrayFromImage(image)[..., :3]

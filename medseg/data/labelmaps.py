@@ -14,7 +14,7 @@ import nibabel as nib
 import numpy as np
 
 from medseg.data.formats import NIFTI_SUFFIXES, PLAIN_2D_SUFFIXES, has_suffix, sitk_affine, strip_suffix, suffix_of
-from medseg.data.images import read_image
+from medseg.data.images import palette_indices, read_image
 from medseg.errors import MedsegError
 from medseg.fileio import atomic_path, atomic_write_gzip
 
@@ -79,6 +79,9 @@ def _read_sitk(path: Path) -> LabelMap:
     except RuntimeError as err:
         raise MedsegError(f"{path}: cannot be read as an image ({str(err).strip().splitlines()[-1]})") from err
     if image.GetNumberOfComponentsPerPixel() != 1:
+        indices = palette_indices(path)
+        if indices is not None:  # a palette mask (CVAT, Pascal VOC): SimpleITK would give its colours
+            return LabelMap(_as_labels(indices, path), sitk_affine(image))
         raise MedsegError(f"{path}: has {image.GetNumberOfComponentsPerPixel()} channels; a label map has one")
     array = sitk.GetArrayFromImage(image).transpose()  # ITK's (k, j, i) -> (i, j, k)
     return LabelMap(_as_labels(array, path), sitk_affine(image))

@@ -20,6 +20,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from medseg.data.formats import NIFTI_SUFFIXES, sitk_affine
+from medseg.data.images import palette_indices
 from medseg.data.labelmaps import LabelMap, integer_labels, read_labelmap
 from medseg.errors import MedsegError
 from medseg.fileio import read_gzip
@@ -45,6 +46,9 @@ def read_labels(path: Path) -> LabelMap:
     except RuntimeError as err:
         raise MedsegError(f"{path}: cannot be read as an image ({str(err).strip().splitlines()[-1]})") from err
     if header.GetNumberOfComponents() != 1:
+        indices = palette_indices(path)
+        if indices is not None:  # a palette mask (CVAT, Pascal VOC): SimpleITK would give its colours
+            return LabelMap(integer_labels(indices, path), sitk_affine(header))
         raise MedsegError(f"{path}: has {header.GetNumberOfComponents()} channels; a label map has one")
     size = tuple(int(n) for n in header.GetSize())
     if len(size) > 3:

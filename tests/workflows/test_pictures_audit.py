@@ -145,3 +145,24 @@ def test_a_picture_much_smaller_than_the_window_is_predicted_with_mirrored_borde
     mask = np.asarray(Image.open(tmp_path / "out" / "tiny_seg.png"))
     assert mask.shape == (12, 10) and set(np.unique(mask)) <= {0, 255}
     assert np.asarray(Image.open(tmp_path / "out" / "tiled_seg.png")).shape == (96, 80)
+
+
+def test_a_palette_mask_is_read_as_its_indices_by_every_label_reader(tmp_path):
+    """CVAT and Pascal VOC export masks as palette PNGs: SimpleITK reads their palette's colours (3 channels, a
+    red 255), which the planner refused as a colour image; the stored indices are the labels."""
+    from medseg.data.images import read_image
+    from medseg.data.labelmaps import read_labelmap
+    from medseg.data.labels_io import read_labels
+    from medseg.data.pictures import PictureReader
+
+    indices = np.zeros((20, 30), np.uint8)
+    indices[5:10, 5:15], indices[12:18, 20:28] = 1, 2
+    mask = Image.fromarray(indices, mode="P")
+    mask.putpalette([0, 0, 0, 255, 0, 0, 0, 255, 0] + [0] * 759)
+    mask.save(tmp_path / "cell.png")
+    for read in (read_image, read_labels, read_labelmap):
+        array = np.asarray(read(tmp_path / "cell.png").array)
+        assert array.shape == (30, 20) and np.array_equal(array, indices.T), read.__name__  # (x, y), as for grey
+    reader = PictureReader()
+    data, _ = reader.get_data(reader.read(tmp_path / "cell.png"))  # what training's chain reads: the same
+    assert np.array_equal(data, indices.T)
