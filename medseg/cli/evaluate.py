@@ -105,7 +105,10 @@ def run(argv: Sequence[str] | None = None) -> int:
         except evaluate.MissingPredictions:
             bar.close()  # before run_cli prints the line (exit code 2: the folders do not pair up)
             raise
-    print(format_table(result.summary))
+    print(format_table(result.summary, "px" if result.in_pixels else "mm"))
+    if result.in_pixels:
+        print("note: the reference pictures state no pixel size: distances are in pixels (the *_mm columns of"
+              " the files, and --tolerance-mm), areas in thousands of pixels (the *_ml columns)")
     for line in empty_mask_notes(result.per_case, args.worst_mm):
         print(line)
     if result.outside_fov:  # not the model's misses: the prediction does not cover that part of the reference

@@ -168,9 +168,10 @@ def write_reports(per_case: dict, summary: dict, out_dir: Path) -> tuple[Path, P
     return json_path, csv_path
 
 
-def format_table(summary: dict[str, dict[str, float]]) -> str:
-    """A plain-text table of mean ± std per class (Dice, HD95, ASSD), for the end of a run."""
-    header = f"{'class':<10} {'Dice':>15} {'HD95 (mm)':>17} {'ASSD (mm)':>17}"
+def format_table(summary: dict[str, dict[str, float]], unit: str = "mm") -> str:
+    """A plain-text table of mean ± std per class (Dice, HD95, ASSD), for the end of a run; ``unit``: the
+    distances' (``px`` for pictures that state no pixel size)."""
+    header = f"{'class':<10} {'Dice':>15} {f'HD95 ({unit})':>17} {f'ASSD ({unit})':>17}"
     lines = [header, "-" * len(header)]
     for name, e in summary.items():
         cells = [f"{e[m]:.3f} ± {e[m + '_std']:.3f}" if m == "dice" else f"{e[m]:.2f} ± {e[m + '_std']:.2f}"

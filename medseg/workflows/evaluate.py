@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from medseg.data.formats import IMAGE_SUFFIXES
+from medseg.data.check import read_header
 from medseg.data.images import read_image
 from medseg.data.pictures import is_picture, read_picture
 from medseg.errors import MedsegError
@@ -62,6 +63,9 @@ class EvaluationResult:
     files: dict[str, Path] = field(default_factory=dict)  # "csv", "json", "boxplot" -> written path
     #: case -> (labelled reference voxels outside the prediction's field of view, the reference's labelled voxels)
     outside_fov: dict[str, tuple[int, int]] = field(default_factory=dict)
+    #: every reference is a picture read with 1 per pixel (no pixel size stated, or none its reader takes): the
+    #: "mm" metrics are pixels there, the "ml" ones thousands of pixels
+    in_pixels: bool = False
 
 
 def run(
@@ -139,8 +143,9 @@ def run(
     output = Path(output)
     json_path, csv_path = write_reports(per_case, summary, output)
     png = boxplot(per_case, output / "metrics_boxplot.png")
+    in_pixels = all(is_picture(path) and _unit_pixels(path) for path in refs.values())
     return EvaluationResult(summary, per_case, missing, not_predicted, unmatched,
-                            {"csv": csv_path, "json": json_path, "boxplot": png}, outside_fov)
+                            {"csv": csv_path, "json": json_path, "boxplot": png}, outside_fov, in_pixels)
 
 
 def _check_options(tolerance_mm: float, worst_mm: float | None, jobs: int | None) -> None:
@@ -152,6 +157,13 @@ def _check_options(tolerance_mm: float, worst_mm: float | None, jobs: int | None
                           " (leave it out for the image diagonal)")
     if jobs is not None and jobs < 1:
         raise MedsegError(f"--jobs {jobs}: expected 1 or more processes")
+
+
+def _unit_pixels(path: Path) -> bool:
+    """Whether the picture at ``path`` is scored with a spacing of 1 per pixel (the header SimpleITK reads it
+    with: PNG and JPEG, a TIFF without resolution tags or in a unit SimpleITK does not convert to mm)."""
+    affine = np.asarray(read_header(path).affine, dtype=np.float64)
+    return bool(np.allclose(np.linalg.norm(affine[:-1, :-1], axis=0), 1.0))
 
 
 def _semantic(reference: np.ndarray) -> bool:

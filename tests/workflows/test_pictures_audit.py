@@ -166,3 +166,30 @@ def test_a_palette_mask_is_read_as_its_indices_by_every_label_reader(tmp_path):
     reader = PictureReader()
     data, _ = reader.get_data(reader.read(tmp_path / "cell.png"))  # what training's chain reads: the same
     assert np.array_equal(data, indices.T)
+
+
+def test_evaluate_on_pictures_without_a_pixel_size_says_pixels(tmp_path, capsys):
+    from medseg.evaluate import main
+
+    mask = np.zeros((40, 50), np.uint8)
+    mask[10:30, 10:35] = 255
+    moved = np.roll(mask, 3, axis=1)
+    for folder, array in (("ref", mask), ("pred", moved)):
+        (tmp_path / folder).mkdir()
+        Image.fromarray(array).save(tmp_path / folder / "c1.png")
+    assert main(["--pred", str(tmp_path / "pred"), "--ref", str(tmp_path / "ref"), "--labels", "cell=255",
+                 "--output", str(tmp_path / "ev")]) == 0
+    out = capsys.readouterr().out
+    assert "HD95 (px)" in out and "ASSD (px)" in out and "HD95 (mm)" not in out
+    assert "note: the reference pictures state no pixel size: distances are in pixels" in out
+    with (tmp_path / "ev" / "metrics_per_case.csv").open(newline="") as fh:
+        row = next(csv.DictReader(fh))
+    assert float(row["hd95_mm"]) == pytest.approx(3.0)  # 3 pixels, whatever the column says
+    sized = tmp_path / "sized"
+    for folder, array in (("ref", mask), ("pred", moved)):
+        (sized / folder).mkdir(parents=True)
+        tifffile.imwrite(sized / folder / "c1.tif", array, resolution=(2000.0, 2000.0), resolutionunit="CENTIMETER")
+    assert main(["--pred", str(sized / "pred"), "--ref", str(sized / "ref"), "--labels", "cell=255",
+                 "--output", str(sized / "ev")]) == 0
+    out = capsys.readouterr().out
+    assert "HD95 (mm)" in out and "note: the reference pictures" not in out  # 5 um pixels: read in mm
