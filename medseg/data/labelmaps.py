@@ -82,7 +82,8 @@ def _read_sitk(path: Path) -> LabelMap:
         indices = palette_indices(path)
         if indices is not None:  # a palette mask (CVAT, Pascal VOC): SimpleITK would give its colours
             return LabelMap(_as_labels(indices, path), sitk_affine(image))
-        raise MedsegError(f"{path}: has {image.GetNumberOfComponentsPerPixel()} channels; a label map has one")
+        raise MedsegError(f"{path}: has {image.GetNumberOfComponentsPerPixel()} channels; a label map has one: save it as a"
+                          " greyscale (one-channel) image")
     array = sitk.GetArrayFromImage(image).transpose()  # ITK's (k, j, i) -> (i, j, k)
     return LabelMap(_as_labels(array, path), sitk_affine(image))
 

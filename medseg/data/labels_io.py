@@ -49,7 +49,8 @@ def read_labels(path: Path) -> LabelMap:
         indices = palette_indices(path)
         if indices is not None:  # a palette mask (CVAT, Pascal VOC): SimpleITK would give its colours
             return LabelMap(integer_labels(indices, path), sitk_affine(header))
-        raise MedsegError(f"{path}: has {header.GetNumberOfComponents()} channels; a label map has one")
+        raise MedsegError(f"{path}: has {header.GetNumberOfComponents()} channels; a label map has one: save it as a"
+                          " greyscale (one-channel) image")
     size = tuple(int(n) for n in header.GetSize())
     if len(size) > 3:
         raise MedsegError(f"{path}: {len(size)}D image of shape {size}; a label map is 2D or 3D")

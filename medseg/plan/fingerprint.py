@@ -25,7 +25,7 @@ from scipy import ndimage
 from medseg.data.case import Case
 from medseg.data.check import nonfinite_problems
 from medseg.data.images import describe_geometry, read_image
-from medseg.data.labelmaps import integer_labels
+from medseg.data.labelmaps import integer_labels, read_labelmap
 from medseg.data.pictures import is_picture
 from medseg.errors import MedsegError
 from medseg.fileio import atomic_write_text
@@ -69,7 +69,7 @@ def _case_entry(case: Case, rng: np.random.Generator, label_map: dict[int, int])
                                                                                           dict[int, np.ndarray]]:
     """One case's entry, its sampled foreground intensities per channel, and per label value its sampled
     intensities (first channel)."""
-    label = read_image(case.label)
+    label = read_labelmap(case.label)  # as training reads it: a 3-channel (RGB) mask is refused here too
     # whole numbers only (as training checks them): a label resampled with linear interpolation holds thousands
     # of fractional values, each of which the per-class statistics below would treat as a class
     lab = integer_labels(np.asarray(label.array), case.label)

@@ -193,3 +193,33 @@ def test_evaluate_on_pictures_without_a_pixel_size_says_pixels(tmp_path, capsys)
                  "--output", str(sized / "ev")]) == 0
     out = capsys.readouterr().out
     assert "HD95 (mm)" in out and "note: the reference pictures" not in out  # 5 um pixels: read in mm
+
+
+def test_the_planner_refuses_an_rgb_mask_as_training_does_and_takes_a_palette_mask(tmp_path):
+    """A white-on-black mask saved as RGB passed medseg.plan and was then refused by training for every case;
+    the planner reads masks as training does (a palette mask is its indices)."""
+    from medseg.plan.fingerprint import fingerprint
+    from medseg.plan.planner import dataset_cases
+
+    rng = np.random.default_rng(0)
+    for kind in ("rgb", "palette"):
+        root = tmp_path / kind
+        (root / "images").mkdir(parents=True)
+        (root / "labels").mkdir()
+        for i in range(3):
+            image = rng.integers(0, 255, (40, 50), dtype=np.uint8)
+            mask = np.zeros((40, 50), np.uint8)
+            mask[5 + i:20, 10:30] = 1
+            Image.fromarray(image).save(root / "images" / f"c{i}.png")
+            if kind == "rgb":
+                Image.fromarray(np.stack([mask * 255] * 3, -1)).save(root / "labels" / f"c{i}.png")
+            else:
+                pal = Image.fromarray(mask, mode="P")
+                pal.putpalette([0, 0, 0, 255, 0, 0] + [0] * 762)
+                pal.save(root / "labels" / f"c{i}.png")
+    _, cases, labels = dataset_cases(tmp_path / "rgb", None)
+    with pytest.raises(MedsegError, match=r"c0\.png: has 3 channels; a label map has one: save it as a greyscale"):
+        fingerprint(cases, labels, "microscopy")
+    _, cases, labels = dataset_cases(tmp_path / "palette", None)
+    fp = fingerprint(cases, labels, "microscopy")
+    assert all(e["label_values"] == [0, 1] for e in fp["cases"])
