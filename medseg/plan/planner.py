@@ -320,9 +320,27 @@ def _fingerprint_dataset(dataset: Path, modality: str | None, labels: dict[str, 
         fp["relabelled"] = (f"label values {sorted(moved)} -> {[moved[v] for v in sorted(moved)]}: the network has"
                             f" one output per value, 0..{len(fp['labels']) - 1}; predicted volumes hold the new"
                             " values (this map is kept in the config and the bundle)")
+    if declared is None:
+        _warn_instance_masks(fp)
     mod = Decision(modality, "given" if modality else "") if modality else guess_modality(fp)
     fp["modality"] = mod.value
     return layout, cases, fp, mod
+
+
+#: found label values from which masks whose every value is one object in every case are taken for instance masks
+INSTANCE_VALUES = 10
+
+
+def _warn_instance_masks(fp: dict[str, Any]) -> None:
+    """A warning when the masks look like instance labels (many values, each one object wherever it occurs: DSB,
+    CellPose exports): planned as they are, each object number would be a class of its own."""
+    foreground = [int(v) for v in fp["labels"].values() if int(v) != 0]
+    single = all(info.get("components") == 1 for e in fp["cases"] for v, info in e["classes"].items() if int(v) != 0)
+    if len(foreground) >= INSTANCE_VALUES and single:
+        logger.warning("the masks hold %d label values, each a single object wherever it occurs: they look like"
+                       " instance masks (one number per object), planned here as %d classes; for a cell/nucleus task"
+                       " binarise them (foreground = value > 0) and plan again, and keep the instance masks for"
+                       " medseg.evaluate --instances", len(foreground), len(foreground) + 1)
 
 
 def _numbered(labels: dict[str, int], label_map: dict[int, int]) -> tuple[dict[str, int], dict[int, int],

@@ -223,3 +223,23 @@ def test_the_planner_refuses_an_rgb_mask_as_training_does_and_takes_a_palette_ma
     _, cases, labels = dataset_cases(tmp_path / "palette", None)
     fp = fingerprint(cases, labels, "microscopy")
     assert all(e["label_values"] == [0, 1] for e in fp["cases"])
+
+
+def test_the_planner_warns_that_instance_masks_would_become_one_class_per_object(tmp_path, caplog):
+    from medseg.plan.planner import _fingerprint_dataset
+
+    rng = np.random.default_rng(1)
+    root = tmp_path / "instances"
+    (root / "images").mkdir(parents=True)
+    (root / "labels").mkdir()
+    for i in range(2):
+        image = rng.integers(0, 255, (60, 80), dtype=np.uint8)
+        mask = np.zeros((60, 80), np.uint16)
+        for n in range(12):  # twelve separate nuclei, numbered 1..12 (DSB style)
+            r, c = 5 + 18 * (n // 4), 5 + 19 * (n % 4)
+            mask[r:r + 8, c:c + 8] = n + 1
+        Image.fromarray(image).save(root / "images" / f"c{i}.png")
+        tifffile.imwrite(root / "labels" / f"c{i}.tif", mask)
+    _, _, fp, _ = _fingerprint_dataset(root, "microscopy", None, {})
+    assert len(fp["labels"]) == 13
+    assert "they look like instance masks (one number per object), planned here as 13 classes" in caplog.text
