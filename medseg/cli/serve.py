@@ -14,9 +14,12 @@ import argparse
 from collections.abc import Sequence
 from pathlib import Path
 
+from medseg.cli.predict import ENGINES
 from medseg.errors import run_cli
-from medseg.inference.runtimes import ENGINES
-from medseg.workflows import serve
+
+#: medseg.workflows.serve.DEFAULT_MAX_UPLOAD_MB, as a plain copy: --help, and a Ctrl-C while torch, MONAI and
+#: FastAPI load, answer without a traceback (tests/workflows/test_serve_audit.py checks they agree)
+DEFAULT_MAX_UPLOAD_MB = 1024
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -27,7 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--token", help="bearer token required on every request (needed off loopback)")
     p.add_argument("--input-dir", type=Path, help="folder of images / DICOM series the page can open")
     p.add_argument("--output-dir", type=Path, default=Path("corrected"), help="where saved masks go (default corrected/)")
-    p.add_argument("--max-upload-mb", type=float, default=serve.DEFAULT_MAX_UPLOAD_MB, help="upload size limit")
+    p.add_argument("--max-upload-mb", type=float, default=DEFAULT_MAX_UPLOAD_MB, help="upload size limit")
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     p.add_argument("--engine", choices=ENGINES, default="torch",
                    help="runtime of the forward passes: openvino / onnxruntime run the bundle's models/model.onnx "
@@ -39,6 +42,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def run(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    # deferred: torch, MONAI and FastAPI load inside run_cli, which answers a Ctrl-C meanwhile in one line
+    from medseg.workflows import serve
+
     serve.check_host(args.host, args.token)  # before the bundle loads: a refused host costs nothing
     serve.run(args.bundle, host=args.host, port=args.port, token=args.token, input_dir=args.input_dir,
               output_dir=args.output_dir, device=args.device, max_upload_mb=args.max_upload_mb, trust=args.trust,

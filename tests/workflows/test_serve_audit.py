@@ -163,3 +163,17 @@ def test_start_up_options_are_one_line_before_the_bundle_loads(tmp_path):
     (tmp_path / "a_file").write_text("x")
     with pytest.raises(MedsegError, match="--input-dir .*a_file: a file, not a folder"):
         serve.run(tmp_path / "no_bundle", input_dir=tmp_path / "a_file", output_dir=tmp_path / "out")
+
+
+def test_serve_help_imports_neither_torch_nor_fastapi_and_keeps_the_workflow_defaults():
+    import subprocess
+    import sys
+
+    from medseg.cli import serve as cli
+    from medseg.inference.runtimes import ENGINES
+
+    assert cli.DEFAULT_MAX_UPLOAD_MB == serve.DEFAULT_MAX_UPLOAD_MB and cli.ENGINES == ENGINES
+    code = ("import sys, medseg.cli.serve as c; c.build_parser();"
+            " print(sorted({'torch', 'monai', 'fastapi'} & set(sys.modules)))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
