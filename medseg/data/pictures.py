@@ -104,7 +104,7 @@ def _read(path: str) -> tuple[np.ndarray, list[float]]:
             first = tif.pages[0]
             # the pages of the first page's size (a reduced-resolution copy or thumbnail page is not a slice)
             kept = [page for page in tif.pages if page.shape == first.shape and page.dtype == first.dtype]
-            pages = [_channels_last(page.asarray(), page) for page in kept]
+            pages = [_channels_last(page.asarray(), page, tif) for page in kept]
             spacing = _tiff_spacing(tif)
         return (pages[0] if len(pages) == 1 else np.stack(pages)), spacing
     with PILImage.open(path) as img:
@@ -116,9 +116,18 @@ def _read(path: str) -> tuple[np.ndarray, list[float]]:
     return (frames[0] if len(frames) == 1 else np.stack(frames)), spacing
 
 
-def _channels_last(array: np.ndarray, page: Any) -> np.ndarray:
-    """A TIFF page's pixels with its samples (RGB) last: a planar ("separate") colour page is stored (3, rows, cols)."""
-    if int(getattr(page, "samplesperpixel", 1)) > 1 and int(getattr(page, "planarconfig", 1)) == 2 and array.ndim == 3:
+def _stack_as_planar(page: Any, tif: Any) -> bool:
+    """A (3 or 4, rows, cols) array that ``tifffile.imwrite`` stored, without ``photometric``, as one planar RGB(A)
+    page (its shaped metadata): slices, not colour (medseg's own 3- and 4-page masks were written so)."""
+    return (int(getattr(page, "planarconfig", 1)) == 2 and bool(getattr(tif, "is_shaped", False))
+            and page.index == 0 and len(tif.pages) == 1)
+
+
+def _channels_last(array: np.ndarray, page: Any, tif: Any) -> np.ndarray:
+    """A TIFF page's pixels with its samples (RGB) last: a planar ("separate") colour page is stored (3, rows,
+    cols); a tifffile stack stored as one planar page stays (slices, rows, cols)."""
+    if (int(getattr(page, "samplesperpixel", 1)) > 1 and int(getattr(page, "planarconfig", 1)) == 2
+            and array.ndim == 3 and not _stack_as_planar(page, tif)):
         return np.moveaxis(array, 0, -1)
     return array
 
@@ -192,7 +201,7 @@ def is_colour(array: np.ndarray, path: str | os.PathLike) -> bool:
         return True
     try:
         with tifffile.TiffFile(path) as tif:
-            return int(tif.pages[0].samplesperpixel) >= 3
+            return int(tif.pages[0].samplesperpixel) >= 3 and not _stack_as_planar(tif.pages[0], tif)
     except (OSError, ValueError, KeyError, IndexError, TypeError):
         return array.shape[0] <= 3
 
@@ -279,7 +288,8 @@ def write_picture(labels: np.ndarray, path: str | os.PathLike, value_map: Mappin
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp{path.suffix}")
     try:
         if _is_tiff(str(path)) and tifffile is not None:
-            tifffile.imwrite(tmp, np.ascontiguousarray(stored), **tiff_resolution(source))
+            tifffile.imwrite(tmp, np.ascontiguousarray(stored), photometric="minisblack",  # pages, never colour
+                             **tiff_resolution(source))
         elif stored.ndim == 3:
             frames = [PILImage.fromarray(np.ascontiguousarray(p)) for p in stored]
             frames[0].save(tmp, save_all=True, append_images=frames[1:])

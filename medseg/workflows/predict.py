@@ -291,6 +291,7 @@ def write_instances(bundle: LoadedBundle, labels: np.ndarray, spacing: list[floa
         stored = found.T if found.ndim == 2 else np.transpose(found, (2, 1, 0))
         with atomic_path(image, ".tif") as tmp:  # a kill leaves no partial file under the final name
             tifffile.imwrite(tmp, np.ascontiguousarray(stored.astype(np.uint16 if found.max() < 65536 else np.uint32)),
+                             photometric="minisblack",  # a 3- or 4-page stack is pages, not an RGB(A) page
                              **tiff_resolution(source))  # the input TIFF's pixel size (none for PNG input)
         written.append(image)
     return written

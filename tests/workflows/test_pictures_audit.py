@@ -43,7 +43,8 @@ def test_tiff_pixel_size_is_read_in_its_unit_and_dpi_is_no_pixel_size(tmp_path, 
 def test_colour_tiffs_contiguous_or_planar_are_colour_and_a_grey_stack_is_not(tmp_path):
     rgb = np.stack([ASYMMETRIC, ASYMMETRIC // 2, ASYMMETRIC // 3], -1)
     tifffile.imwrite(tmp_path / "contig.tif", rgb, photometric="rgb")
-    tifffile.imwrite(tmp_path / "planar.tif", np.moveaxis(rgb, -1, 0), photometric="rgb", planarconfig="separate")
+    tifffile.imwrite(tmp_path / "planar.tif", np.moveaxis(rgb, -1, 0), photometric="rgb", planarconfig="separate",
+                     metadata=None)
     narrow = np.zeros((4, 30, 3), np.uint8)  # four pages three pixels wide
     tifffile.imwrite(tmp_path / "narrow.tif", narrow, photometric="minisblack")
     for name in ("contig.tif", "planar.tif"):
@@ -51,6 +52,11 @@ def test_colour_tiffs_contiguous_or_planar_are_colour_and_a_grey_stack_is_not(tm
         assert array.shape == (300, 200, 3) and np.array_equal(array, rgb) and is_colour(array, tmp_path / name)
     array, _ = read_picture(tmp_path / "narrow.tif")
     assert array.shape == (4, 30, 3) and not is_colour(array, tmp_path / "narrow.tif")
+    for pages in (3, 4):  # what tifffile stores for a (3 or 4, rows, cols) array: one planar RGB(A) page
+        stack = np.stack([ASYMMETRIC // (k + 1) for k in range(pages)])
+        tifffile.imwrite(tmp_path / f"stack{pages}.tif", stack)
+        array, _ = read_picture(tmp_path / f"stack{pages}.tif")
+        assert np.array_equal(array, stack) and not is_colour(array, tmp_path / f"stack{pages}.tif")  # no page lost
 
 
 def test_a_thumbnail_page_is_left_out_and_a_very_large_png_is_read(tmp_path):
@@ -89,7 +95,8 @@ def test_a_colour_tiff_is_read_as_the_same_colour_png_is(bundle, tmp_path):  # n
     inputs = tmp_path / "in"
     inputs.mkdir()
     tifffile.imwrite(inputs / "contig.tif", rgb, photometric="rgb")
-    tifffile.imwrite(inputs / "planar.tif", np.moveaxis(rgb, -1, 0), photometric="rgb", planarconfig="separate")
+    tifffile.imwrite(inputs / "planar.tif", np.moveaxis(rgb, -1, 0), photometric="rgb", planarconfig="separate",
+                     metadata=None)
     Image.fromarray(rgb).save(inputs / "same.png")
     predict.run(bundle, inputs, tmp_path / "out")
     png = np.asarray(Image.open(tmp_path / "out" / "same_seg.png"))
