@@ -17,6 +17,7 @@ as a transform for the bundle's ``inference.json``. Imports only numpy, torch, P
 from __future__ import annotations
 
 import os
+import zlib
 from collections.abc import Hashable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -85,7 +86,9 @@ def read_picture(path: str | os.PathLike) -> tuple[np.ndarray, list[float]]:
         array, spacing = _read(path)
     except MedsegError:
         raise
-    except (OSError, ValueError, SyntaxError, EOFError, KeyError, IndexError, MemoryError) as err:
+    except MemoryError:
+        raise MedsegError(f"{path}: too large to read into this machine's memory; crop or downsample it") from None
+    except (OSError, ValueError, SyntaxError, EOFError, KeyError, IndexError, zlib.error) as err:
         # PIL's and tifffile's errors for a truncated, damaged or unsupported file (tifffile's derive ValueError)
         reason = (str(err).strip().splitlines() or [type(err).__name__])[0][:160]
         raise MedsegError(f"{path}: cannot be read as a {_SUFFIX_FORMAT.get(Path(path).suffix.lower(), 'picture')}"
@@ -102,17 +105,24 @@ def _read(path: str) -> tuple[np.ndarray, list[float]]:
     if _is_tiff(path) and tifffile is not None:
         with tifffile.TiffFile(path) as tif:
             first = tif.pages[0]
+            spacing = _tiff_spacing(tif)
             # the pages of the first page's size (a reduced-resolution copy or thumbnail page is not a slice)
             kept = [page for page in tif.pages if page.shape == first.shape and page.dtype == first.dtype]
-            pages = [_channels_last(page.asarray(), page, tif) for page in kept]
-            spacing = _tiff_spacing(tif)
-        return (pages[0] if len(pages) == 1 else np.stack(pages)), spacing
+            try:
+                pages = [_channels_last(page.asarray(), page, tif) for page in kept]
+            except (KeyError, ValueError) as err:
+                if "imagecodecs" not in str(err):
+                    raise
+                pages = None  # LZW, JPEG, ... without the imagecodecs package: PIL decodes the common ones
+        if pages is not None:
+            return (pages[0] if len(pages) == 1 else np.stack(pages)), spacing
     with PILImage.open(path) as img:
         frames = []
         for frame in ImageSequence.Iterator(img):
             if frame.mode in ("RGBA", "CMYK", "YCbCr", "LA"):  # palette ("P") masks keep their indices
                 frame = frame.convert("L" if frame.mode == "LA" else "RGB")
             frames.append(np.asarray(frame))
+    frames = [f for f in frames if f.shape == frames[0].shape]  # as for tifffile: no thumbnail page in a stack
     return (frames[0] if len(frames) == 1 else np.stack(frames)), spacing
 
 
@@ -139,39 +149,41 @@ _UM_PER_IMAGEJ_UNIT = {"micron": 1.0, "microns": 1.0, "um": 1.0, "\u00b5m": 1.0,
 
 
 def _tiff_spacing(tif: Any) -> list[float]:
-    """Pixel size (um) from the first page's XResolution/YResolution (pixels per unit) and ResolutionUnit: cm, mm
-    and um converted; no unit (1): ImageJ's unit where the file names one, else as stored; inch (2, also what a
-    file without ResolutionUnit means): a display density (72 or 300 dpi, as PIL, Photoshop and scanners write for
-    any picture), no pixel size. 1 where there is none."""
+    """Pixel size (um) of a TIFF: :func:`_tiff_pixel_size`'s, 1 where it states none."""
+    return _tiff_pixel_size(tif)[0]
+
+
+def _tiff_pixel_size(tif: Any) -> tuple[list[float], bool]:
+    """``(pixel size in um, stated)`` from the first page's XResolution/YResolution (pixels per unit) and
+    ResolutionUnit: cm, mm and um converted; no unit (1): ImageJ's unit where the file names a length unit; inch
+    (2, also what a file without ResolutionUnit means): a display density (72 or 300 dpi, as PIL, Photoshop and
+    scanners write for any picture), no pixel size; an unknown unit, none either. ``([1, 1], False)`` without."""
+    none = ([1.0, 1.0], False)
     try:
         tags = tif.pages[0].tags
         xr, yr = tags["XResolution"].value, tags["YResolution"].value
         sx, sy = xr[1] / xr[0], yr[1] / yr[0]
     except (KeyError, ZeroDivisionError, TypeError, IndexError):
-        return [1.0, 1.0]
+        return none
     unit = int(tags["ResolutionUnit"].value) if "ResolutionUnit" in tags else 2
     if unit == 1:
         named = str((getattr(tif, "imagej_metadata", None) or {}).get("unit", "")).strip().lower()
-        factor = _UM_PER_IMAGEJ_UNIT.get(named, 1.0)
-    elif unit in _UM_PER_UNIT:
-        factor = _UM_PER_UNIT[unit]
-    else:  # inch: dpi
-        return [1.0, 1.0]
-    return [float(sx * factor), float(sy * factor)] if sx > 0 and sy > 0 else [1.0, 1.0]
+        factor = _UM_PER_IMAGEJ_UNIT.get(named)
+    else:
+        factor = _UM_PER_UNIT.get(unit)  # inch and unknown units: None
+    if factor is None or not (sx > 0 and sy > 0):
+        return none
+    return [float(sx * factor), float(sy * factor)], True
 
 
 def has_pixel_size(path: str | os.PathLike) -> bool:
-    """Whether the picture at ``path`` states its pixel size (a TIFF with resolution tags in a length unit, not
-    dpi): the object table's areas are then in um^2, else in pixels only."""
+    """Whether the picture at ``path`` states its pixel size (:func:`_tiff_pixel_size`): the object table's areas
+    are then in um^2, else in pixels only."""
     if not _is_tiff(str(path)) or tifffile is None:
         return False
     try:
         with tifffile.TiffFile(path) as tif:
-            tags = tif.pages[0].tags
-            if "XResolution" not in tags:
-                return False
-            unit = int(tags["ResolutionUnit"].value) if "ResolutionUnit" in tags else 2
-            return unit != 2 and (unit != 1 or bool((getattr(tif, "imagej_metadata", None) or {}).get("unit")))
+            return _tiff_pixel_size(tif)[1]
     except (OSError, ValueError, KeyError, IndexError, TypeError):
         return False
 

@@ -69,7 +69,9 @@ def _case_entry(case: Case, rng: np.random.Generator, label_map: dict[int, int])
                                                                                           dict[int, np.ndarray]]:
     """One case's entry, its sampled foreground intensities per channel, and per label value its sampled
     intensities (first channel)."""
-    label = read_labelmap(case.label)  # as training reads it: a 3-channel (RGB) mask is refused here too
+    # a picture's mask as training reads it (an RGB mask refused, a palette mask its indices); a volume's as before
+    # (read_labelmap's int64 copy would be 8x a uint8 volume's memory)
+    label = read_labelmap(case.label) if is_picture(case.label) else read_image(case.label)
     # whole numbers only (as training checks them): a label resampled with linear interpolation holds thousands
     # of fractional values, each of which the per-class statistics below would treat as a class
     lab = integer_labels(np.asarray(label.array), case.label)

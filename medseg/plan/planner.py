@@ -332,11 +332,13 @@ INSTANCE_VALUES = 10
 
 
 def _warn_instance_masks(fp: dict[str, Any]) -> None:
-    """A warning when the masks look like instance labels (many values, each one object wherever it occurs: DSB,
+    """A warning when 2D masks look like instance labels (many values, each one object wherever it occurs: DSB,
     CellPose exports): planned as they are, each object number would be a class of its own."""
     foreground = [int(v) for v in fp["labels"].values() if int(v) != 0]
     single = all(info.get("components") == 1 for e in fp["cases"] for v, info in e["classes"].items() if int(v) != 0)
-    if len(foreground) >= INSTANCE_VALUES and single:
+    # pictures only: 3D atlases (vertebrae 1..25, TotalSegmentator's organs) also have one object per value
+    pictures = all(e.get("dims") == 2 for e in fp["cases"])
+    if len(foreground) >= INSTANCE_VALUES and single and pictures:
         logger.warning("the masks hold %d label values, each a single object wherever it occurs: they look like"
                        " instance masks (one number per object), planned here as %d classes; for a cell/nucleus task"
                        " binarise them (foreground = value > 0) and plan again, and keep the instance masks for"

@@ -306,6 +306,8 @@ class CaseSession:
 
     def _to_grid(self, voxel: list[float], label: int) -> list[int]:
         image = self.data["image"]
+        # a click past the last voxel's centre (19.6 of 20) is on that voxel, not a 21st the crop has no room for
+        voxel = [min(max(float(v), 0.0), n - 1.0) for v, n in zip(voxel, self.shape)]
         mapped = map_clicks([[*voxel, label]], image.meta["original_affine"], image.affine)[0]
         point = [int(round(v)) for v in mapped[:-1]]
         if any(p < 0 or p >= n for p, n in zip(point, image.shape[1:])):

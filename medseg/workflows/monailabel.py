@@ -236,6 +236,10 @@ def add_routes(app: FastAPI, server: Any, token: str | None = None) -> None:
             raise HTTPException(409, f"image {name!r} is a case of --input-dir; upload it under another id")
         if name in server.cases:  # open in the page, perhaps with clicks: its session would read another image
             raise HTTPException(409, f"image {name!r} is open in the medseg.serve page; upload it under another id")
+        if name in server.pending or name in server.clashes():  # a page upload of it running; two inputs' name
+            raise HTTPException(409, f"image {name!r} is being uploaded, or names two --input-dir files; upload it"
+                                     " under another id")
+        server.pending.add(name)  # until it is checked: a page upload of the same name meanwhile gets a 409
         folder = Path(tempfile.mkdtemp(prefix="datastore_", dir=server.uploads.name))
         path = folder / f"{name}{suffix}"
         path.write_bytes(parts["file"][1])
@@ -251,6 +255,8 @@ def add_routes(app: FastAPI, server: Any, token: str | None = None) -> None:
             shutil.rmtree(folder, ignore_errors=True)
             # the line names the server's own temporary copy: the client knows the file by its name
             raise HTTPException(400, f"file {filename!r}: {str(err).replace(str(path), filename)}") from None
+        finally:
+            server.pending.discard(name)
         server.uploaded[name] = path
         return {"image": name}
 

@@ -270,7 +270,8 @@ def write_instances(bundle: LoadedBundle, labels: np.ndarray, spacing: list[floa
     # the mask is <case>_seg<suffix>: its last "_seg" is predict's own (a case may have "_seg" in its name)
     stem = out.name.rsplit("_seg", 1)[0] if "_seg" in out.name else out.name.split(".")[0]
     # a picture's areas in um^2 only where it states its pixel size (TIFF resolution in a length unit), else pixels
-    unit = ("um" if source is not None and has_pixel_size(source) else None) if is_picture(out) else "mm"
+    picture = is_picture(out) or (source is not None and is_picture(source))  # --format nifti of a picture too
+    unit = ("um" if source is not None and has_pixel_size(source) else None) if picture else "mm"
     if pages and labels.ndim == 3:
         found = np.zeros(labels.shape, np.int32)
         rows: list[dict] = []
@@ -347,7 +348,8 @@ def predict_one(bundle: LoadedBundle, path: Path, out: Path, device: torch.devic
         # network): masks comparable with the references as they are, as the picture outputs are
         written = write_label_nifti(stored_values(labels, stored_value_map(bundle)), affine, out, source=path)
     if instances:  # after the mask: a mask that cannot be written leaves no instance files without it
-        write_instances(bundle, labels, list(np.linalg.norm(affine[: labels.ndim, : labels.ndim], axis=0)), out)
+        write_instances(bundle, labels, list(np.linalg.norm(affine[: labels.ndim, : labels.ndim], axis=0)), out,
+                        source=path)
     return Path(written) if written is not None else out
 
 

@@ -167,10 +167,16 @@ class Server:
             check_input(self.bundle, path, pages=False)  # a multi-page TIFF on a 2D network: one line, not the chain's
             return CaseSession(self.bundle, name, path, self.device, forward=self.forward)
         except MedsegError as err:  # named by the case: the server's path may name the patient (a folder, a file)
-            raise type(err)(without_path(str(err), path, shown)) from None
+            raise MedsegError(self.scrub(str(err), path, shown)) from None
         except Exception as err:  # MONAI wraps a reader's or a transform's error in RuntimeError
             found = user_error(err) or MedsegError(f"case {name}: cannot be read or segmented ({failure_line(err)})")
-            raise MedsegError(without_path(str(found), path, shown)) from None
+            raise MedsegError(self.scrub(str(found), path, shown)) from None
+
+    def scrub(self, text: str, path: Path, shown: str) -> str:
+        """``text`` with the case's path named ``shown``, and any other path under ``--input-dir`` by its place
+        there only (``<input>/...``)."""
+        text = without_path(text, path, shown)
+        return without_path(text, self.input_dir, "<input>") if self.input_dir is not None else text
 
     def open(self, name: str, path: Path, shown: str | None = None) -> CaseSession:
         """The open case ``name`` (with its clicks, when that case is already open from ``path``), else a new
@@ -291,7 +297,9 @@ def _add_upload_route(app: FastAPI, server: Server) -> None:
             raise HTTPException(400, f"upload {name!r}: send the file itself as the body (curl --data-binary @FILE),"
                                      " not a form")
         case = name[: -len(suffix)]
-        if case in server.cases or case in server.pending or case in server.listed() or case in server.clashes():
+        listed, clashing = server._scan()  # one listing of the input folder
+        if case in server.cases or case in server.pending or case in listed or case in clashing \
+                or case in server.uploaded:
             raise HTTPException(409, f"upload {name!r}: a case named {case!r} is already open, being uploaded or in the"
                                      " input folder; upload it under another name")
         server.pending.add(case)  # until this upload is open or refused: two at once never both open one name

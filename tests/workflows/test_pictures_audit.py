@@ -31,6 +31,9 @@ ASYMMETRIC = (np.arange(300 * 200).reshape(300, 200) % 251).astype(np.uint8)  # 
     (lambda p: tifffile.imwrite(p, ASYMMETRIC, imagej=True, resolution=(0.02, 0.02), metadata={"unit": "nm"}),
      [0.05, 0.05], True),
     (lambda p: tifffile.imwrite(p, ASYMMETRIC), [1.0, 1.0], False),
+    (lambda p: tifffile.imwrite(p, ASYMMETRIC, imagej=True, resolution=(2, 2), metadata={"unit": "pixel"}),
+     [1.0, 1.0], False),  # a unit that is no length: no pixel size, not um
+    (lambda p: Image.fromarray(ASYMMETRIC).save(p, compression="tiff_lzw"), [1.0, 1.0], False),  # LZW: PIL decodes
 ])
 def test_tiff_pixel_size_is_read_in_its_unit_and_dpi_is_no_pixel_size(tmp_path, write, spacing, stated):
     path = tmp_path / "cells.tif"

@@ -64,6 +64,10 @@ def test_clicks_and_labels_that_crashed_the_server_are_400_lines(running, tmp_pa
     status, detail = _send(f"{url}/infer/medseg?image=ct_001&output=json", "POST",
                            {"params": json.dumps({"background": [[shape[0] - 0.4, 1, 1]]}).encode()})
     assert status == 200, detail
+    assert call(f"{url}/api/open", "POST", {"name": "ct_001"})[0] == 200
+    status, body, _ = call(f"{url}/api/cases/ct_001/click", "POST",  # a positive one there: on the last voxel
+                           {"voxel": [shape[0] - 0.4, shape[1] // 2, shape[2] // 2], "label": 1})
+    assert status == 200, body
     for params, message in (([1, 2], "a JSON object"), ({"Liver": [[1, 1, 1]]}, "'Liver': not a label of this bundle"),
                             ({"liver": 5}, "'liver': a list of")):
         status, detail = _send(f"{url}/infer/medseg?image=ct_001", "POST", {"params": json.dumps(params).encode()})
@@ -112,6 +116,15 @@ def test_saved_masks_in_the_input_folder_are_not_cases_and_clashing_names_are_le
         server.pending.add("busy")  # an upload of that name still being received
         status, body, _ = call(f"{run.url}/api/upload?name=busy.nii.gz", "POST", (inputs / "ct_001.nii.gz").read_bytes())
         assert status == 409 and "being uploaded" in json.loads(body)["detail"]
+        boundary = "b0undary"  # MONAI Label's upload of the same name: refused as well
+        form = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"busy.nii.gz\"\r\n"
+                "Content-Type: application/octet-stream\r\n\r\n").encode() + (inputs / "ct_001.nii.gz").read_bytes() \
+            + f"\r\n--{boundary}--\r\n".encode()
+        request = urllib.request.Request(f"{run.url}/datastore/?image=busy", data=form, method="PUT",
+                                         headers={"Content-Type": f"multipart/form-data; boundary={boundary}"})
+        with pytest.raises(urllib.error.HTTPError) as err:
+            urllib.request.urlopen(request, timeout=60)
+        assert err.value.code == 409 and "being uploaded" in json.loads(err.value.read())["detail"]
     finally:
         run.stop()
 
