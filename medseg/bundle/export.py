@@ -378,6 +378,8 @@ def data_source(cfg: Any, run_dir: Path) -> str:
     """What the weights were trained on: the task's dataset (``data.dataset``), unless the run's cases
     (``cases.json``) came from another folder, e.g. the built-in sample used because the dataset was absent."""
     configured = str(cfg.data.dataset or cfg.data.sample)
+    if Path(configured).is_absolute():  # /home/alice/data/LiTS: by its name (no user or site name in a bundle)
+        configured = Path(configured).name
     try:
         split = json.loads((Path(run_dir) / "cases.json").read_text())
         paths = [str(c[k]) for part in ("train", "val") for c in split.get(part, []) for k in ("image", "label")
@@ -394,10 +396,21 @@ def data_source(cfg: Any, run_dir: Path) -> str:
 
 def task_record(cfg: Any) -> dict[str, Any]:
     """``configs/medseg_task.json``: the task config, with ``bundle.dir`` as its folder's name (``--out /home/alice/x``
-    must not put a user or site name in a shared bundle; where the bundle was written is no part of its recipe)."""
+    must not put a user or site name in a shared bundle; where the bundle was written is no part of its recipe),
+    and an absolute ``data.dataset``, ``training.cache_dir`` or N4 cache folder by its name (the N4 one: the
+    default)."""
     record = cfg.to_dict() if hasattr(cfg, "to_dict") else dict(cfg)
     if isinstance(record.get("bundle"), dict) and record["bundle"].get("dir"):
         record["bundle"] = {**record["bundle"], "dir": Path(record["bundle"]["dir"]).name or "bundles"}
+    # the other folders a task names, where absolute (/home/alice/...): by their own name, as a relative one is kept
+    for section, key in (("data", "dataset"), ("training", "cache_dir")):
+        value = record.get(section, {}).get(key) if isinstance(record.get(section), dict) else None
+        if isinstance(value, str) and Path(value).is_absolute():
+            record[section] = {**record[section], key: Path(value).name}
+    pre = record.get("preprocessing")
+    bias = pre.get("bias_correction") if isinstance(pre, dict) else None
+    if isinstance(bias, dict) and isinstance(bias.get("cache_dir"), str) and Path(bias["cache_dir"]).is_absolute():
+        record["preprocessing"] = {**pre, "bias_correction": {**bias, "cache_dir": ".cache/n4"}}  # the default
     return record
 
 

@@ -62,11 +62,12 @@ _MAGIC = {b"\x89PNG\r\n\x1a\n": "PNG", b"II*\x00": "TIFF", b"MM\x00*": "TIFF", b
 _SUFFIX_FORMAT = {".png": "PNG", ".tif": "TIFF", ".tiff": "TIFF", ".jpg": "JPEG", ".jpeg": "JPEG"}
 
 
-def _check_format(path: str) -> None:
+def check_format(path: str | os.PathLike) -> None:
     """One line when a picture's bytes are another format than its suffix says (a PNG named ``.tif``)."""
     try:
         with open(path, "rb") as fh:
             head = fh.read(8)
+        path = str(path)
     except OSError:
         return  # the reader's own error names it
     found = next((fmt for magic, fmt in _MAGIC.items() if head.startswith(magic)), None)
@@ -81,7 +82,7 @@ def read_picture(path: str | os.PathLike) -> tuple[np.ndarray, list[float]]:
     colour, planar TIFFs too), as stored; spacing per pixel axis (x, y) in um from TIFF resolution tags (see
     :func:`_tiff_spacing`), else 1. A damaged, truncated or misnamed file: one :class:`MedsegError` line."""
     path = str(path)
-    _check_format(path)
+    check_format(path)
     try:
         array, spacing = _read(path)
     except MedsegError:

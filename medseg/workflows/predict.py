@@ -29,8 +29,8 @@ from medseg.data.dicom import SEG_SOP_CLASS, SKIP_NAMES, is_dicom_file, multifra
 from medseg.data.dicom_seg import check_dicom_seg, is_dicom_series, write_dicom_seg
 from medseg.data.formats import VOLUME_SUFFIXES as IMAGE_SUFFIXES
 from medseg.data.labelmaps import case_name, write_label_nifti
-from medseg.data.pictures import (PICTURE_SUFFIXES, has_pixel_size, is_picture, output_suffix, read_picture, stored_values,
-                                  tiff_resolution, write_picture)
+from medseg.data.pictures import (PICTURE_SUFFIXES, check_format, has_pixel_size, is_picture, output_suffix,
+                                  read_picture, stored_values, tiff_resolution, write_picture)
 from medseg.data.dicom_reader import DicomSeriesReader
 from medseg.errors import MedsegError, check_folder_option, failure_line, user_error
 from medseg.fileio import atomic_path
@@ -308,6 +308,8 @@ def check_input(bundle: LoadedBundle, path: Path, series: str | None = None, pag
     tilt, gaps, choice; claimed size, truncated or cut files, 4D, a single voxel, colour), a 2D image for a 3D
     network and a 3D one for a 2D network (but a multi-page TIFF where ``pages``: segmented page by page);
     one :class:`MedsegError` line."""
+    if is_picture(path):  # a PNG named .tif: SimpleITK reads it by its content, PictureReader would not
+        check_format(path)
     header = read_header(path, series)
     cfg = bundle.cfg
     if cfg is not None and int(cfg.network.spatial_dims) == 3 and len(header.shape) == 2:

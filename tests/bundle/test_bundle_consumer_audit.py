@@ -315,7 +315,9 @@ def renumbered_run(tmp_path: Path) -> Path:
 
     run = tmp_path / "home" / "alice" / "site" / "runs" / "liver" / "20261203-204516"
     (run / "checkpoints").mkdir(parents=True)
-    cfg = load_config("liver", FAST + ["data.label_map={128: 1, 255: 2}", "tracking.enabled=false"])
+    cfg = load_config("liver", FAST + ["data.label_map={128: 1, 255: 2}", "tracking.enabled=false",
+                                       f"data.dataset={tmp_path / 'home' / 'alice' / 'data' / 'LiTS'}",
+                                       f"training.cache_dir={tmp_path / 'home' / 'alice' / 'cache'}"])
     (run / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
     torch.manual_seed(3)
     torch.save(build_network(cfg.network, 1, 3).state_dict(), run / "checkpoints" / "best.pt")
@@ -345,7 +347,9 @@ def test_stock_monai_writes_the_stored_values_outside_the_bundle_and_the_run_is_
     assert str(tmp_path) not in text and "alice" not in text  # neither the absolute path nor the user's name
     for path in [*(bundle / "configs").iterdir(), bundle / "docs" / "README.md"]:  # nor any other text file
         assert str(tmp_path) not in path.read_text() and "alice" not in path.read_text(), path.name
-    assert json.loads((bundle / "configs" / "medseg_task.json").read_text())["bundle"]["dir"] == "bundles"
+    task = json.loads((bundle / "configs" / "medseg_task.json").read_text())
+    assert task["bundle"]["dir"] == "bundles" and task["data"]["dataset"] == "LiTS"
+    assert task["training"]["cache_dir"] == "cache"
     assert [r["run"] for r in versions.list_bundles(out.parent)] == ["runs/liver/20261203-204516"]
     assert [t for t in _post(json.loads((bundle / "configs" / "inference.json").read_text()))
             if t["_target_"] == "MapLabelValued"][0]["target_labels"] == [128, 255]

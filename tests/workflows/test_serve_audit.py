@@ -190,3 +190,17 @@ def test_serve_help_imports_neither_torch_nor_fastapi_and_keeps_the_workflow_def
             " print(sorted({'torch', 'monai', 'fastapi'} & set(sys.modules)))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_a_misnamed_picture_is_one_line_before_any_reader(running):
+    """check_input (the check of predict, serve and rank) names a PNG with a .tif name; through MONAI's LoadImage
+    alone (serve, rank) it was a 'cannot find a suitable reader' line."""
+    from PIL import Image
+
+    from medseg.workflows.predict import check_input
+
+    Image.fromarray(np.zeros((20, 30), np.uint8)).save(running["tmp"] / "scan.png")
+    misnamed = running["tmp"] / "scan.tif"
+    misnamed.write_bytes((running["tmp"] / "scan.png").read_bytes())
+    with pytest.raises(MedsegError, match=r"scan\.tif: a PNG file with a \.tif name; rename it"):
+        check_input(running["server"].bundle, misnamed)
