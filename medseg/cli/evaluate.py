@@ -105,10 +105,17 @@ def run(argv: Sequence[str] | None = None) -> int:
         except evaluate.MissingPredictions:
             bar.close()  # before run_cli prints the line (exit code 2: the folders do not pair up)
             raise
-    print(format_table(result.summary, "px" if result.in_pixels else "mm"))
-    if result.in_pixels:
+    unit = {"px": "px", "um": "µm"}.get(result.unit, "mm")
+    print(format_table(result.summary, unit))
+    if result.unit == "px":
         print("note: the reference pictures state no pixel size: distances are in pixels (the *_mm columns of"
               " the files, and --tolerance-mm), areas in thousands of pixels (the *_ml columns)")
+    elif result.unit == "um":
+        print("note: the reference pictures are TIFFs with their pixel size: distances are in µm (the *_mm columns"
+              " of the files, and --tolerance-mm), areas in thousands of µm² (the *_ml columns)")
+    elif result.unit == "mixed":
+        print("medseg: warning: some reference pictures state a pixel size (µm) and some do not (pixels): their"
+              " distances are not in one unit; evaluate them apart", file=sys.stderr)
     for line in empty_mask_notes(result.per_case, args.worst_mm):
         print(line)
     if result.outside_fov:  # not the model's misses: the prediction does not cover that part of the reference

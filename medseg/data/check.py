@@ -21,6 +21,7 @@ from medseg.data.formats import NIFTI_SUFFIXES, PLAIN_2D_SUFFIXES, has_suffix, s
 from medseg.data.images import check_file, describe_geometry, read_image, sitk_information
 from medseg.data.labelmaps import case_name, read_labelmap
 from medseg.data.pictures import is_picture
+from medseg.data.tiff_units import picture_affine
 from medseg.errors import MedsegError
 
 @dataclass
@@ -73,7 +74,7 @@ def read_header(path: Path, series_uid: str | None = None) -> Header:
         ndim, size = 2, size[:2]
     if ndim > 3:  # trailing dimensions of 1 (check_file refuses the rest)
         ndim, size = 3, size[:3]
-    affine = sitk_affine(reader, ndim)
+    affine = picture_affine(path, sitk_affine(reader, ndim))  # a TIFF's pixel size as training's reader has it
     floating = "float" in sitk.GetPixelIDValueAsString(reader.GetPixelID()) or "double" in sitk.GetPixelIDValueAsString(reader.GetPixelID())
     return Header(size, affine, floating)
 

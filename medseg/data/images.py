@@ -22,6 +22,7 @@ import numpy as np
 
 from medseg.data.dicom import is_dicom_file, read_dicom
 from medseg.data.formats import PLAIN_2D_SUFFIXES, WRITE_SUFFIXES, sitk_affine, suffix_of
+from medseg.data.tiff_units import picture_affine
 from medseg.errors import MedsegError
 from medseg.fileio import atomic_path
 
@@ -93,15 +94,16 @@ def read_image(path: Path, series_uid: str | None = None) -> Image:
     if image.GetNumberOfComponentsPerPixel() != 1:
         indices = palette_indices(path)
         if indices is not None:  # a palette mask: its indices are the labels
-            return Image(indices, sitk_affine(image))
+            return Image(indices, picture_affine(path, sitk_affine(image)))
         if suffix_of(path) in PLAIN_2D_SUFFIXES and image.GetNumberOfComponentsPerPixel() in (3, 4):
             # an RGB(A) PNG/TIFF of a greyscale picture: accept when the colour channels agree
             rgb = sitk.GetArrayFromImage(image)[..., :3]
             if not (np.array_equal(rgb[..., 0], rgb[..., 1]) and np.array_equal(rgb[..., 0], rgb[..., 2])):
                 raise MedsegError(f"{path}: colour image; medseg reads greyscale images and label maps")
-            return Image(np.ascontiguousarray(rgb[..., 0].T), sitk_affine(image))
+            return Image(np.ascontiguousarray(rgb[..., 0].T), picture_affine(path, sitk_affine(image)))
         raise MedsegError(f"{path}: has {image.GetNumberOfComponentsPerPixel()} components per voxel; expected one")
-    return Image(sitk.GetArrayFromImage(image).transpose(), sitk_affine(image))
+    # a TIFF's pixel size as medseg's picture reader (training's chain) has it, not SimpleITK's (medseg.data.tiff_units)
+    return Image(sitk.GetArrayFromImage(image).transpose(), picture_affine(path, sitk_affine(image)))
 
 
 def write_image(array: np.ndarray, affine_lps: np.ndarray, path: Path) -> Path:
@@ -145,7 +147,14 @@ def write_image(array: np.ndarray, affine_lps: np.ndarray, path: Path) -> Path:
     if suffix == ".mhd":  # a header + data file pair: both under temporary names first
         return _write_metaimage_pair(image, path)
     with atomic_path(path, suffix=suffix) as tmp:
-        sitk.WriteImage(image, str(tmp), suffix in (".nii.gz", ".nrrd", ".mha"))
+        if suffix in (".tif", ".tiff"):  # the pixel size in cm, as medseg reads it back (medseg.data.tiff_units);
+            import tifffile  # SimpleITK writes it as dots per inch, which medseg (and PIL, Photoshop) take for a
+            # display density
+            tags = ({} if np.allclose(spacing, 1.0) else
+                    {"resolution": tuple(1e4 / float(v) for v in spacing[:2]), "resolutionunit": "CENTIMETER"})
+            tifffile.imwrite(tmp, np.ascontiguousarray(array.T), photometric="minisblack", **tags)
+        else:
+            sitk.WriteImage(image, str(tmp), suffix in (".nii.gz", ".nrrd", ".mha"))
     return path
 
 

@@ -15,6 +15,7 @@ import numpy as np
 
 from medseg.data.formats import NIFTI_SUFFIXES, PLAIN_2D_SUFFIXES, has_suffix, sitk_affine, strip_suffix, suffix_of
 from medseg.data.images import palette_indices, read_image
+from medseg.data.tiff_units import picture_affine
 from medseg.errors import MedsegError
 from medseg.fileio import atomic_path, atomic_write_gzip
 
@@ -81,11 +82,11 @@ def _read_sitk(path: Path) -> LabelMap:
     if image.GetNumberOfComponentsPerPixel() != 1:
         indices = palette_indices(path)
         if indices is not None:  # a palette mask (CVAT, Pascal VOC): SimpleITK would give its colours
-            return LabelMap(_as_labels(indices, path), sitk_affine(image))
+            return LabelMap(_as_labels(indices, path), picture_affine(path, sitk_affine(image)))
         raise MedsegError(f"{path}: has {image.GetNumberOfComponentsPerPixel()} channels; a label map has one: save it as a"
                           " greyscale (one-channel) image")
     array = sitk.GetArrayFromImage(image).transpose()  # ITK's (k, j, i) -> (i, j, k)
-    return LabelMap(_as_labels(array, path), sitk_affine(image))
+    return LabelMap(_as_labels(array, path), picture_affine(path, sitk_affine(image)))  # a TIFF: medseg's pixel size
 
 
 def _read_dicom_seg(path: Path) -> LabelMap:

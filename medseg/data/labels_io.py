@@ -21,6 +21,7 @@ import SimpleITK as sitk
 
 from medseg.data.formats import NIFTI_SUFFIXES, sitk_affine
 from medseg.data.images import palette_indices
+from medseg.data.tiff_units import picture_affine
 from medseg.data.labelmaps import LabelMap, integer_labels, read_labelmap
 from medseg.errors import MedsegError
 from medseg.fileio import read_gzip
@@ -48,7 +49,7 @@ def read_labels(path: Path) -> LabelMap:
     if header.GetNumberOfComponents() != 1:
         indices = palette_indices(path)
         if indices is not None:  # a palette mask (CVAT, Pascal VOC): SimpleITK would give its colours
-            return LabelMap(integer_labels(indices, path), sitk_affine(header))
+            return LabelMap(integer_labels(indices, path), picture_affine(path, sitk_affine(header)))
         raise MedsegError(f"{path}: has {header.GetNumberOfComponents()} channels; a label map has one: save it as a"
                           " greyscale (one-channel) image")
     size = tuple(int(n) for n in header.GetSize())
@@ -58,7 +59,7 @@ def read_labels(path: Path) -> LabelMap:
         array = _nifti_voxels(path, size)
     else:
         array = _sitk_voxels(path)
-    return LabelMap(integer_labels(array, path), sitk_affine(header))
+    return LabelMap(integer_labels(array, path), picture_affine(path, sitk_affine(header)))  # a TIFF: medseg's pixel size
 
 
 def _nifti_voxels(path: Path, size: tuple[int, ...]) -> np.ndarray:

@@ -10,8 +10,8 @@ them (``reverse_indexing``); the affine is ITK's (the identity in LPS), TIFF res
 :func:`write_picture` writes a label map in a picture's format and size (JPEG input: PNG, lossless), with the
 label values mapped back to the stored ones (``{1: 255}`` for 0/255 masks); :class:`SavePictured` is the same
 as a transform for the bundle's ``inference.json``. Imports only numpy, torch, PIL, MONAI, (optionally)
-``tifffile`` and ``..errors`` (relative): exported bundles ship it in ``scripts/medseg_inference/`` beside
-``scripts/errors.py``.
+``tifffile``, ``..errors`` and ``.tiff_units`` (relative): exported bundles ship it in
+``scripts/medseg_inference/`` (with ``tiff_units.py``) beside ``scripts/errors.py``.
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ from PIL import Image as PILImage
 from PIL import ImageSequence
 
 from ..errors import MedsegError
+from .tiff_units import pixel_size_of, tiff_pixel_size
 
 try:
     import tifffile
@@ -143,50 +144,15 @@ def _channels_last(array: np.ndarray, page: Any, tif: Any) -> np.ndarray:
     return array
 
 
-#: micrometres per TIFF ResolutionUnit (3 cm; tifffile's 4 mm and 5 um) and per ImageJ unit (ResolutionUnit 1)
-_UM_PER_UNIT = {3: 1e4, 4: 1e3, 5: 1.0}
-_UM_PER_IMAGEJ_UNIT = {"micron": 1.0, "microns": 1.0, "um": 1.0, "\u00b5m": 1.0, "\u03bcm": 1.0, "nm": 1e-3, "mm": 1e3,
-                       "cm": 1e4}
-
-
 def _tiff_spacing(tif: Any) -> list[float]:
-    """Pixel size (um) of a TIFF: :func:`_tiff_pixel_size`'s, 1 where it states none."""
-    return _tiff_pixel_size(tif)[0]
-
-
-def _tiff_pixel_size(tif: Any) -> tuple[list[float], bool]:
-    """``(pixel size in um, stated)`` from the first page's XResolution/YResolution (pixels per unit) and
-    ResolutionUnit: cm, mm and um converted; no unit (1): ImageJ's unit where the file names a length unit; inch
-    (2, also what a file without ResolutionUnit means): a display density (72 or 300 dpi, as PIL, Photoshop and
-    scanners write for any picture), no pixel size; an unknown unit, none either. ``([1, 1], False)`` without."""
-    none = ([1.0, 1.0], False)
-    try:
-        tags = tif.pages[0].tags
-        xr, yr = tags["XResolution"].value, tags["YResolution"].value
-        sx, sy = xr[1] / xr[0], yr[1] / yr[0]
-    except (KeyError, ZeroDivisionError, TypeError, IndexError):
-        return none
-    unit = int(tags["ResolutionUnit"].value) if "ResolutionUnit" in tags else 2
-    if unit == 1:
-        named = str((getattr(tif, "imagej_metadata", None) or {}).get("unit", "")).strip().lower()
-        factor = _UM_PER_IMAGEJ_UNIT.get(named)
-    else:
-        factor = _UM_PER_UNIT.get(unit)  # inch and unknown units: None
-    if factor is None or not (sx > 0 and sy > 0):
-        return none
-    return [float(sx * factor), float(sy * factor)], True
+    """Pixel size (um) of an open TIFF (:func:`medseg.data.tiff_units.pixel_size_of`), 1 where it states none."""
+    return pixel_size_of(tif)[0]
 
 
 def has_pixel_size(path: str | os.PathLike) -> bool:
-    """Whether the picture at ``path`` states its pixel size (:func:`_tiff_pixel_size`): the object table's areas
-    are then in um^2, else in pixels only."""
-    if not _is_tiff(str(path)) or tifffile is None:
-        return False
-    try:
-        with tifffile.TiffFile(path) as tif:
-            return _tiff_pixel_size(tif)[1]
-    except (OSError, ValueError, KeyError, IndexError, TypeError):
-        return False
+    """Whether the picture at ``path`` states its pixel size (:mod:`medseg.data.tiff_units`): the object table's
+    areas are then in um^2, else in pixels only."""
+    return tiff_pixel_size(path)[1]
 
 
 def tiff_resolution(source: str | os.PathLike | None) -> dict[str, Any]:

@@ -27,7 +27,7 @@ from monai.inferers import Inferer, SliceInferer, SlidingWindowInferer
 from monai.utils import convert_to_dst_type, ensure_tuple_rep
 from monai.transforms import Compose, SaveImage, SaveImaged
 
-from medseg.data import dicom_reader, nifti, pictures
+from medseg.data import dicom_reader, nifti, pictures, tiff_units
 from medseg.data.nifti import IsalNiftiReader
 from medseg.inference import postprocess
 from medseg.inference.postprocess import InvertToLabelsd, KeepLargestComponentd
@@ -38,7 +38,7 @@ from medseg.transforms.pipeline import OWN_TRANSFORMS, script_target
 #: the package of a bundle's ``scripts/`` folder holding what the chain adds to the transforms, and its modules
 #: (each imports only torch, numpy, scipy, nibabel, MONAI and optionally isal/cc3d)
 SCRIPT_PACKAGE = "medseg_inference"
-SCRIPT_MODULES = (nifti, postprocess, pictures)  # pictures: PNG/TIFF/JPEG in and out
+SCRIPT_MODULES = (nifti, postprocess, pictures, tiff_units)  # pictures: PNG/TIFF/JPEG in and out
 SCRIPT_CLASSES = (IsalNiftiReader, InvertToLabelsd, KeepLargestComponentd, pictures.PictureReader,
                   pictures.SavePictured, postprocess.foreground_mask)
 

@@ -23,9 +23,9 @@ from pathlib import Path
 import numpy as np
 
 from medseg.data.formats import IMAGE_SUFFIXES
-from medseg.data.check import read_header
 from medseg.data.images import read_image
 from medseg.data.pictures import is_picture, read_picture
+from medseg.data.tiff_units import tiff_pixel_size
 from medseg.errors import MedsegError
 from medseg.evaluation import binary_metrics, summarise, write_reports
 from medseg.evaluation.classes import parse_classes
@@ -63,9 +63,9 @@ class EvaluationResult:
     files: dict[str, Path] = field(default_factory=dict)  # "csv", "json", "boxplot" -> written path
     #: case -> (labelled reference voxels outside the prediction's field of view, the reference's labelled voxels)
     outside_fov: dict[str, tuple[int, int]] = field(default_factory=dict)
-    #: every reference is a picture read with 1 per pixel (no pixel size stated, or none its reader takes): the
-    #: "mm" metrics are pixels there, the "ml" ones thousands of pixels
-    in_pixels: bool = False
+    #: the unit of the distances (and of the "mm" columns): "mm"; "px" where every reference is a picture that
+    #: states no pixel size; "um" where every one is a TIFF that states it (medseg.data.tiff_units)
+    unit: str = "mm"
 
 
 def run(
@@ -143,9 +143,9 @@ def run(
     output = Path(output)
     json_path, csv_path = write_reports(per_case, summary, output)
     png = boxplot(per_case, output / "metrics_boxplot.png")
-    in_pixels = all(is_picture(path) and _unit_pixels(path) for path in refs.values())
+    unit = _distance_unit([refs[case] for case in matched] or list(refs.values()))
     return EvaluationResult(summary, per_case, missing, not_predicted, unmatched,
-                            {"csv": csv_path, "json": json_path, "boxplot": png}, outside_fov, in_pixels)
+                            {"csv": csv_path, "json": json_path, "boxplot": png}, outside_fov, unit)
 
 
 def _check_options(tolerance_mm: float, worst_mm: float | None, jobs: int | None) -> None:
@@ -159,11 +159,13 @@ def _check_options(tolerance_mm: float, worst_mm: float | None, jobs: int | None
         raise MedsegError(f"--jobs {jobs}: expected 1 or more processes")
 
 
-def _unit_pixels(path: Path) -> bool:
-    """Whether the picture at ``path`` is scored with a spacing of 1 per pixel (the header SimpleITK reads it
-    with: PNG and JPEG, a TIFF without resolution tags or in a unit SimpleITK does not convert to mm)."""
-    affine = np.asarray(read_header(path).affine, dtype=np.float64)
-    return bool(np.allclose(np.linalg.norm(affine[:-1, :-1], axis=0), 1.0))
+def _distance_unit(references: list[Path]) -> str:
+    """What the scored references' spacing is in: pictures (PNG, JPEG, TIFF) are read with medseg's pixel size
+    (:mod:`medseg.data.tiff_units`): micrometres where a TIFF states it, else 1 per pixel; volumes in mm."""
+    if not references or not all(is_picture(path) for path in references):
+        return "mm"
+    stated = [tiff_pixel_size(path)[1] for path in references]
+    return "um" if all(stated) else "px" if not any(stated) else "mixed"
 
 
 def _semantic(reference: np.ndarray) -> bool:

@@ -178,7 +178,7 @@ def test_a_palette_mask_is_read_as_its_indices_by_every_label_reader(tmp_path):
     assert np.array_equal(data, indices.T)
 
 
-def test_evaluate_on_pictures_without_a_pixel_size_says_pixels(tmp_path, capsys):
+def test_evaluate_on_pictures_says_pixels_or_micrometres(tmp_path, capsys):
     from medseg.evaluate import main
 
     mask = np.zeros((40, 50), np.uint8)
@@ -202,7 +202,9 @@ def test_evaluate_on_pictures_without_a_pixel_size_says_pixels(tmp_path, capsys)
     assert main(["--pred", str(sized / "pred"), "--ref", str(sized / "ref"), "--labels", "cell=255",
                  "--output", str(sized / "ev")]) == 0
     out = capsys.readouterr().out
-    assert "HD95 (mm)" in out and "note: the reference pictures" not in out  # 5 um pixels: read in mm
+    assert "HD95 (µm)" in out and "note: the reference pictures are TIFFs with their pixel size: distances are in µm" in out
+    with (sized / "ev" / "metrics_per_case.csv").open(newline="") as fh:
+        assert float(next(csv.DictReader(fh))["hd95_mm"]) == pytest.approx(15.0)  # 3 pixels of 5 um
 
 
 def test_the_planner_refuses_an_rgb_mask_as_training_does_and_takes_a_palette_mask(tmp_path):
@@ -253,3 +255,28 @@ def test_the_planner_warns_that_instance_masks_would_become_one_class_per_object
     _, _, fp, _ = _fingerprint_dataset(root, "microscopy", None, {})
     assert len(fp["labels"]) == 13
     assert "they look like instance masks (one number per object), planned here as 13 classes" in caplog.text
+
+
+def test_every_reader_gives_a_tiff_the_pixel_size_training_reads(tmp_path):
+    """Planning, label checks and evaluation read TIFFs with SimpleITK, training's chain with PictureReader: one
+    pixel size for all (SimpleITK alone took an ImageJ um TIFF as 1 mm and a unit-less one as inches)."""
+    from medseg.data.check import read_header
+    from medseg.data.images import read_image
+    from medseg.data.labelmaps import read_labelmap
+    from medseg.data.labels_io import read_labels
+    from medseg.data.pictures import PictureReader
+
+    mask = np.zeros((30, 20), np.uint8)
+    mask[5:10, 3:8] = 1
+    cases = {"imagej": ({"imagej": True, "resolution": (1 / 0.65, 1 / 0.65), "metadata": {"unit": "um"}}, 0.65),
+             "cm": ({"resolution": (2000, 2000), "resolutionunit": "CENTIMETER"}, 5.0),
+             "no_unit": ({"resolution": (2, 2)}, 1.0), "dpi": ({"resolution": (300, 300), "resolutionunit": "INCH"}, 1.0)}
+    for name, (tags, size) in cases.items():
+        path = tmp_path / f"{name}.tif"
+        tifffile.imwrite(path, mask, **tags)
+        reader = PictureReader()
+        _, meta = reader.get_data(reader.read(path))
+        for affine in (read_image(path).affine, read_header(path).affine, read_labels(path).affine,
+                       read_labelmap(path).affine, meta["affine"]):
+            spacing = np.linalg.norm(np.asarray(affine, dtype=np.float64)[:2, :2], axis=0)
+            assert spacing == pytest.approx([size, size]), name
