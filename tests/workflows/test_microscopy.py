@@ -506,15 +506,21 @@ def test_nuclei_sample_from_the_stardist_wheel(tmp_path):
     assert len(train) == 2 and len(validation) == 1
 
 
-def test_evaluate_instances_command(tmp_path):
-    from medseg.evaluate import main
-
-    labels, a, b = touching_discs()
+def _disc_folders(tmp_path: Path) -> np.ndarray:
+    """``ref/c1.tif``: two touching discs as instances 1 and 2 (returned), and an empty ``pred/``."""
+    _, a, b = touching_discs()
     ref = np.zeros((40, 40), dtype=np.uint16)
     ref[a], ref[b] = 1, 2
     (tmp_path / "ref").mkdir()
     (tmp_path / "pred").mkdir()
     tifffile.imwrite(tmp_path / "ref" / "c1.tif", ref)
+    return ref
+
+
+def test_evaluate_instances_command(tmp_path):
+    from medseg.evaluate import main
+
+    ref = _disc_folders(tmp_path)
     merged = (ref > 0).astype(np.uint16)  # both discs predicted as one object
     tifffile.imwrite(tmp_path / "pred" / "c1_instances.tif", merged)
     assert main(["--pred", str(tmp_path / "pred"), "--ref", str(tmp_path / "ref"), "--instances",
@@ -532,12 +538,7 @@ def test_evaluate_instances_takes_image_files_only_honours_the_missing_options_a
     from medseg.evaluate import main
     from medseg.workflows.evaluate import MissingPredictions, run_instances
 
-    labels, a, b = touching_discs()
-    ref = np.zeros((40, 40), dtype=np.uint16)
-    ref[a], ref[b] = 1, 2
-    (tmp_path / "ref").mkdir()
-    (tmp_path / "pred").mkdir()
-    tifffile.imwrite(tmp_path / "ref" / "c1.tif", ref)
+    ref = _disc_folders(tmp_path)
     tifffile.imwrite(tmp_path / "ref" / "extra.tif", ref)  # no prediction
     (tmp_path / "ref" / "notes.txt").write_text("not a case")
     (tmp_path / "ref" / ".DS_Store").write_bytes(b"\0")

@@ -17,20 +17,16 @@ from medseg.errors import MedsegError
 from medseg.workflows import serve
 from medseg.workflows.serve import Server, create_app
 from tests.engine.test_interactive import write_case
-from tests.workflows.test_serve import Running, call, declared_upload, multipart, threshold_bundle
+from tests.workflows.test_serve import (Running, call, declared_upload, multipart, served,  # noqa: F401
+                                       threshold_bundle)
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture
-def running(tmp_path):
-    inputs = tmp_path / "inputs"
-    inputs.mkdir()
-    src = write_case(inputs / "ct_001.nii.gz")
-    server = Server(threshold_bundle(), tmp_path / "out", inputs, max_upload_mb=0.5)
-    run = Running(create_app(server))
-    yield {"url": run.url, "src": src, "out": tmp_path / "out", "server": server, "inputs": inputs, "tmp": tmp_path}
-    run.stop()
+def running(served):
+    """test_serve's server (ct_001 in inputs/, a 0.5 MB upload limit), with its input folder named."""
+    return {**served, "inputs": served["tmp"] / "inputs"}
 
 
 def _send(url: str, method: str, fields: dict[str, bytes]) -> tuple[int, dict]:
