@@ -53,6 +53,7 @@ from medseg.bundle import versions as bundle_versions
 from medseg.config import flatten
 from medseg.data.labelmaps import case_name
 from medseg.errors import MedsegError
+from medseg.evaluation.metrics import distance_unit
 import monai
 import torch
 import nibabel as nib
@@ -249,8 +250,9 @@ def markdown_summary(cfg: Any, fingerprint: dict[str, str], summary: dict[str, d
              f"**Training**: {tr.epochs} epochs x {tr.iterations_per_epoch} iterations, batch {tr.batch_size}, "
              f"patches {tr.patch_size}, {tr.optimizer} (lr {tr.learning_rate}), loss {tr.loss}."]
     if summary:
-        lines += ["", "**Final validation metrics** (original grid, distances in mm)", "",
-                  "| class | Dice | HD95 (mm) | ASSD (mm) | cases |", "|---|---|---|---|---|"]
+        unit = distance_unit(cfg)  # px or µm for a picture task
+        lines += ["", f"**Final validation metrics** (original grid, distances in {unit})", "",
+                  f"| class | Dice | HD95 ({unit}) | ASSD ({unit}) | cases |", "|---|---|---|---|---|"]
         lines += [f"| {c} | {e['dice']:.3f} | {e['hd95_mm']:.2f} | {e['assd_mm']:.2f} | {int(e['cases'])} |"
                   for c, e in summary.items()]
     if bundle_dir is not None:

@@ -45,6 +45,7 @@ from medseg.bundle.scripts import DATALIST_PACKAGE, write_scripts
 from medseg.data.formats import BUNDLE_SUFFIXES
 from medseg.engine.losses import monai_loss_def
 from medseg.engine.optim import bundle_scheduler_def, optimizer_def
+from medseg.evaluation.metrics import distance_unit
 from medseg.fileio import publish_dir
 from medseg.data.pictures import PICTURE_SUFFIXES
 from medseg.inference.chain import SCRIPT_PACKAGE, bundle_targets, inference_spec
@@ -439,6 +440,8 @@ def _readme(cfg: dict[str, Any], summary: dict[str, dict[str, float]], run_secon
         f"| {c} | {e['dice']:.3f} | {e['hd95_mm']:.2f} | {e['assd_mm']:.2f} | {int(e['cases'])} |" for c, e in summary.items()
     )
     budget = f"{run_seconds / 60:.1f} minutes" if run_seconds else "see the training run"
+    unit = distance_unit(cfg)
+    distances = {"mm": "millimetres", "µm": "micrometres", "px": "pixels"}[unit]
     stored = stored_label_values(cfg)
     values = ", ".join(f"{stored.get(int(v), int(v))} = {k}" for k, v in cfg.data.labels.items())
     return f"""# {cfg.bundle.name}
@@ -462,9 +465,9 @@ mask is written in its input's own grid.
 {tr.schedule} schedule, loss {tr.loss}; wall time {budget}.
 
 ## Validation metrics
-Distances in millimetres from the image spacing.
+Distances in {distances} from the image spacing.
 
-| class | Dice | HD95 (mm) | ASSD (mm) | cases |
+| class | Dice | HD95 ({unit}) | ASSD ({unit}) | cases |
 |---|---|---|---|---|
 {rows}
 

@@ -58,11 +58,11 @@ def run(argv: Sequence[str] | None = None) -> int:
     cv = cross_validation_table(outcome.summary)
     for one in outcome.folds or ([] if cv else [outcome]):
         if one.summary:
-            print(format_table(one.summary))
+            print(format_table(one.summary, one.unit))
     if cv:  # --folds all, or --resume of its folder (which may have had no fold left to train)
         k = len(next(iter(next(iter(outcome.summary.values())).values())).get("folds", []))
         print(f"cross-validation, mean ± std over {k} folds:")
-        print(format_table(cv))
+        print(format_table(cv, outcome.folds[0].unit if outcome.folds else outcome.unit))
     return 0
 
 

@@ -7,10 +7,10 @@ from pathlib import Path
 
 from medseg.fileio import atomic_write_bytes
 
-PANELS = (("dice", "Dice"), ("hd95_mm", "HD95 (mm)"), ("assd_mm", "ASSD (mm)"), ("nsd", "NSD"))
+PANELS = (("dice", "Dice"), ("hd95_mm", "HD95 ({unit})"), ("assd_mm", "ASSD ({unit})"), ("nsd", "NSD"))
 
 
-def boxplot(per_case: dict[str, dict[str, dict]], path: Path) -> Path:
+def boxplot(per_case: dict[str, dict[str, dict]], path: Path, unit: str = "mm") -> Path:
     """Write ``path`` (PNG, 400 px high, 400 px per panel) atomically; returns ``path``."""
     # deferred: start-up time (matplotlib costs ~0.5 s to import); Figure + Agg canvas, no pyplot (another ~0.35 s)
     from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -21,6 +21,7 @@ def boxplot(per_case: dict[str, dict[str, dict]], path: Path) -> Path:
     FigureCanvasAgg(fig)
     axes = fig.subplots(1, len(PANELS))
     for ax, (key, title) in zip(axes, PANELS):
+        title = title.format(unit=unit)  # mm; px or µm for pictures
         data = [[float(case[c][key]) for case in per_case.values() if c in case] for c in classes]
         ax.boxplot(data, showfliers=False)
         ax.set_xticks(range(1, len(classes) + 1), classes)

@@ -16,6 +16,7 @@ from typing import Any
 
 from medseg.errors import MedsegError
 from medseg.evaluation.figures import overlay_montage, training_curves
+from medseg.evaluation.metrics import distance_unit
 from medseg.fileio import atomic_write_text
 from medseg.transforms.settings import display_window
 
@@ -71,15 +72,16 @@ def report_markdown(run_dir: Path, cfg: Any, summary: dict[str, Any], run: dict[
     )
     figures = "\n".join(f"![{p.stem}]({p.name})" for p in sorted(run_dir.glob("*.png")))
     train = cfg.training
+    unit = distance_unit(cfg)  # px or µm for a picture task
     text = f"""# {cfg.task}: {cfg.network.name} ({cfg.network.spatial_dims}D)
 
 {cfg.description}
 
 - Training: {train.epochs} epochs x {train.iterations_per_epoch} iterations, batch {train.batch_size}, patch {train.patch_size}
 - Wall time: {_number(run, 'seconds', '.0f')} s; best validation mean Dice {_number(run, 'best_val_mean_dice', '.3f')} at epoch {run.get('best_epoch') or 'n/a'}
-- Spacing {cfg.preprocessing.spacing} mm; distances below are in mm; NSD at {cfg.evaluation.tolerance_mm} mm
+- Spacing {cfg.preprocessing.spacing} {unit}; distances below are in {unit}; NSD at {cfg.evaluation.tolerance_mm} {unit}
 
-| class | Dice | IoU | HD95 (mm) | ASSD (mm) | NSD | cases |
+| class | Dice | IoU | HD95 ({unit}) | ASSD ({unit}) | NSD | cases |
 |---|---|---|---|---|---|---|
 {rows}
 

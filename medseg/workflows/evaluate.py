@@ -142,8 +142,8 @@ def run(
     summary = summarise(per_case)
     output = Path(output)
     json_path, csv_path = write_reports(per_case, summary, output)
-    png = boxplot(per_case, output / "metrics_boxplot.png")
     unit = _distance_unit([refs[case] for case in matched] or list(refs.values()))
+    png = boxplot(per_case, output / "metrics_boxplot.png", {"um": "µm"}.get(unit, unit if unit == "px" else "mm"))
     return EvaluationResult(summary, per_case, missing, not_predicted, unmatched,
                             {"csv": csv_path, "json": json_path, "boxplot": png}, outside_fov, unit)
 

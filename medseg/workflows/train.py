@@ -45,6 +45,7 @@ from medseg.engine.trainer import TrainResult, train
 from medseg.errors import MedsegError, check_folder_option, check_new_run_folder
 from medseg.evaluation import evaluate_case, summarise, write_reports
 from medseg.evaluation.figures import write_preview
+from medseg.evaluation.metrics import distance_unit
 from medseg.fileio import atomic_write_text, new_dir
 from medseg.evaluation.reports import redraw
 from medseg.tracking import Tracker
@@ -85,6 +86,7 @@ class TrainOutcome:
     summary: dict[str, Any] = field(default_factory=dict)
     report: dict[str, Any] = field(default_factory=dict)
     folds: list[TrainOutcome] = field(default_factory=list)
+    unit: str = "mm"  # the distances' (px or µm for a picture task: medseg.evaluation.metrics.distance_unit)
 
 
 def run(
@@ -367,7 +369,7 @@ def evaluate_export_report(opts: Options, cfg: Any, result: TrainResult, val_cas
             artifacts.append(run_dir / "plan.json")
         log_to_tracker(tracker, opts, cfg, summary, elapsed, artifacts, bundle_dir)
     logger.info("finished in %.0fs; results in %s", elapsed, run_dir)
-    return TrainOutcome(run_dir, summary=summary, report=report)
+    return TrainOutcome(run_dir, summary=summary, report=report, unit=distance_unit(cfg))
 
 
 def _planned_largest_component(opts: Options, cfg: Any, result: TrainResult, val_cases: list[Case], run_dir: Path,

@@ -280,3 +280,32 @@ def test_every_reader_gives_a_tiff_the_pixel_size_training_reads(tmp_path):
                        read_labelmap(path).affine, meta["affine"]):
             spacing = np.linalg.norm(np.asarray(affine, dtype=np.float64)[:2, :2], axis=0)
             assert spacing == pytest.approx([size, size]), name
+
+
+def test_a_picture_task_gives_its_distances_in_pixels_or_micrometres_everywhere(tmp_path):
+    """report.md, the bundle's README, MLflow's description and the tables said mm for pixel distances."""
+    import yaml
+
+    from medseg.bundle.export import _readme
+    from medseg.config import load_config
+    from medseg.evaluation.metrics import distance_unit, format_table
+    from medseg.tracking import markdown_summary
+    from medseg.workflows import report
+    from tests.workflows.test_data_commands_audit import _run_folder
+
+    nuclei = load_config("nuclei_2d")
+    assert distance_unit(nuclei) == "px" and distance_unit(load_config("liver")) == "mm"
+    assert distance_unit(load_config("nuclei_2d", ["preprocessing.spacing=[0.65, 0.65]"])) == "µm"
+    summary = {"nucleus": {"dice": 0.8, "dice_std": 0.0, "hd95_mm": 3.0, "hd95_mm_std": 0.0, "assd_mm": 1.0,
+                           "assd_mm_std": 0.0, "cases": 2}}
+    assert "HD95 (px)" in format_table(summary, distance_unit(nuclei))
+    readme = _readme(nuclei, summary, None)
+    assert "Distances in pixels from the image spacing." in readme and "| class | Dice | HD95 (px) |" in readme
+    described = markdown_summary(nuclei, {}, summary)
+    assert "HD95 (px)" in described and "HD95 (mm)" not in described
+    run = _run_folder(tmp_path)
+    (run / "cases.json").unlink()  # no overlays: the run's images are volumes
+    (run / "config.yaml").write_text(yaml.safe_dump(nuclei.to_dict()))
+    report.run(run)
+    text = (run / "report.md").read_text()
+    assert "distances below are in px" in text and "| HD95 (px) | ASSD (px) |" in text and "(mm)" not in text
