@@ -605,6 +605,17 @@ class TaskConfig(Section):
         """Image files per case: ``preprocessing.image_channels``, else counted on the training cases, else 1."""
         return int(self.preprocessing.image_channels or self.fitted.image_channels or 1)
 
+    def distance_unit(self) -> str:
+        """The unit of the task's distances (its spacing's): mm for volumes and their slices; for a 2D network on
+        whole pictures the pixel size medseg reads (medseg.data.tiff_units): "µm" where the training grid is not 1
+        per pixel, "px" where it is (PNG, JPEG, TIFFs that state no pixel size)."""
+        if int(self.network.spatial_dims) != 2 or self.network.slice_mode:
+            return "mm"
+        spacing = self.preprocessing.spacing
+        if not isinstance(spacing, (list, tuple)):  # auto: the median the data gave
+            spacing = self.fitted.spacing or [1.0, 1.0]
+        return "px" if all(abs(float(v) - 1.0) < 1e-9 for v in spacing) else "µm"
+
     def effective_label_map(self) -> dict[int, int]:
         """Label file value -> label value: ``data.label_map``, else the fitted one (0/255 masks), else {}."""
         return {int(k): int(v) for k, v in (self.data.label_map or self.fitted.label_map or {}).items()}

@@ -169,16 +169,8 @@ def write_reports(per_case: dict, summary: dict, out_dir: Path) -> tuple[Path, P
 
 
 def distance_unit(cfg: object) -> str:
-    """The unit of a task's distances (its spacing's): mm for volumes and their slices; for a 2D network on whole
-    pictures the pixel size medseg reads (medseg.data.tiff_units): "µm" where the training grid is not 1 per
-    pixel, "px" where it is (PNG, JPEG, TIFFs that state no pixel size)."""
-    net = getattr(cfg, "network", None)
-    if net is None or int(net.spatial_dims) != 2 or net.slice_mode:
-        return "mm"
-    spacing = cfg.preprocessing.spacing
-    if not isinstance(spacing, (list, tuple)):  # auto: the median the data gave
-        spacing = getattr(getattr(cfg, "fitted", None), "spacing", None) or [1.0, 1.0]
-    return "px" if all(abs(float(v) - 1.0) < 1e-9 for v in spacing) else "µm"
+    """:meth:`medseg.config.TaskConfig.distance_unit` of ``cfg`` ("mm" for anything else)."""
+    return cfg.distance_unit() if hasattr(cfg, "distance_unit") else "mm"
 
 
 def format_table(summary: dict[str, dict[str, float]], unit: str = "mm") -> str:

@@ -13,6 +13,7 @@ Example:
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Callable
 from pathlib import Path
@@ -32,6 +33,7 @@ from medseg.data.labelmaps import case_name, write_label_nifti
 from medseg.data.pictures import (PICTURE_SUFFIXES, check_format, has_pixel_size, is_picture, output_suffix,
                                   read_picture, stored_values, tiff_resolution, write_picture)
 from medseg.data.dicom_reader import DicomSeriesReader
+from medseg.data.tiff_units import tiff_pixel_size
 from medseg.errors import MedsegError, check_folder_option, failure_line, user_error
 from medseg.fileio import atomic_path
 from medseg.inference import run_case, torch_forward
@@ -42,6 +44,8 @@ import tempfile
 
 #: auto: pictures (PNG/TIFF/JPEG) in their own format, everything else NIfTI
 FORMATS = ("auto", "nifti", "dicom-seg")
+
+logger = logging.getLogger(__name__)
 
 
 class Written(list):
@@ -303,6 +307,23 @@ def _pages(path: Path) -> bool:
     return str(path).lower().endswith((".tif", ".tiff"))
 
 
+def _check_pixel_unit(bundle: LoadedBundle, path: Path) -> None:
+    """A warning when a picture and the bundle's training pictures are not in one unit: a TIFF that states its
+    pixel size for a bundle trained at 1 per pixel (it is resampled as if a training pixel were 1 um), or a
+    picture without one for a bundle trained in um (its pixels are taken for 1 um)."""
+    if bundle.cfg is None or is_dicom_file(path):
+        return
+    unit = bundle.cfg.distance_unit()
+    size, stated = tiff_pixel_size(path)
+    if unit == "px" and stated:
+        logger.warning("%s: states a pixel size of %s um, and this bundle was trained on pictures without one (1"
+                       " per pixel): it is resampled as if a training pixel were 1 um; remove its resolution tags to"
+                       " segment it pixel for pixel", path.name, "x".join(f"{v:.4g}" for v in size))
+    elif unit == "µm" and not stated:
+        logger.warning("%s: states no pixel size, and this bundle was trained in um: its pixels are taken for 1 um",
+                       path.name)
+
+
 def check_input(bundle: LoadedBundle, path: Path, series: str | None = None, pages: bool = True) -> None:
     """Every check that needs no voxels, before any pixel is read: the header's (DICOM series order, spacing,
     tilt, gaps, choice; claimed size, truncated or cut files, 4D, a single voxel, colour), a 2D image for a 3D
@@ -310,6 +331,7 @@ def check_input(bundle: LoadedBundle, path: Path, series: str | None = None, pag
     one :class:`MedsegError` line."""
     if is_picture(path):  # a PNG named .tif: SimpleITK reads it by its content, PictureReader would not
         check_format(path)
+        _check_pixel_unit(bundle, path)
     header = read_header(path, series)
     cfg = bundle.cfg
     if cfg is not None and int(cfg.network.spatial_dims) == 3 and len(header.shape) == 2:

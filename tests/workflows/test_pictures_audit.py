@@ -309,3 +309,17 @@ def test_a_picture_task_gives_its_distances_in_pixels_or_micrometres_everywhere(
     report.run(run)
     text = (run / "report.md").read_text()
     assert "distances below are in px" in text and "| HD95 (px) | ASSD (px) |" in text and "(mm)" not in text
+
+
+def test_a_tiff_with_a_pixel_size_for_a_bundle_trained_without_one_gets_a_warning(bundle, tmp_path, caplog):  # noqa: F811
+    from medseg.bundle.load import load_bundle
+    from medseg.workflows.predict import check_input
+
+    loaded = load_bundle(bundle, "cpu")
+    assert loaded.cfg.distance_unit() == "px"
+    tifffile.imwrite(tmp_path / "sized.tif", ASYMMETRIC, resolution=(2.0, 2.0), resolutionunit="MICROMETER")
+    tifffile.imwrite(tmp_path / "plain.tif", ASYMMETRIC)
+    check_input(loaded, tmp_path / "plain.tif")
+    assert "pixel size" not in caplog.text
+    check_input(loaded, tmp_path / "sized.tif")
+    assert "sized.tif: states a pixel size of 0.5x0.5 um, and this bundle was trained on pictures without one" in caplog.text
