@@ -348,7 +348,7 @@ def test_train_dataset_dir_plans_and_trains(tmp_path, monkeypatch):
     root = _msd(tmp_path)
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
-    assert main([str(root), "--max-minutes", "1.5", "--output-dir", str(tmp_path / "run"), "--no-export"]) == 0
+    assert main([str(root), "--max-minutes", "0.75", "--output-dir", str(tmp_path / "run"), "--no-export"]) == 0
     run = tmp_path / "run"
     plan = json.loads((run / "plan.json").read_text())
     config_text = (run / "config.yaml").read_text()
