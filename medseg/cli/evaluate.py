@@ -105,12 +105,11 @@ def run(argv: Sequence[str] | None = None) -> int:
         except evaluate.MissingPredictions:
             bar.close()  # before run_cli prints the line (exit code 2: the folders do not pair up)
             raise
-    unit = {"px": "px", "um": "µm"}.get(result.unit, "mm")
-    print(format_table(result.summary, unit))
+    print(format_table(result.summary, "mm" if result.unit == "mixed" else result.unit))
     if result.unit == "px":
         print("note: the reference pictures state no pixel size: distances are in pixels (the *_mm columns of"
               " the files, and --tolerance-mm), areas in thousands of pixels (the *_ml columns)")
-    elif result.unit == "um":
+    elif result.unit == "µm":
         print("note: the reference pictures are TIFFs with their pixel size: distances are in µm (the *_mm columns"
               " of the files, and --tolerance-mm), areas in thousands of µm² (the *_ml columns)")
     elif result.unit == "mixed":

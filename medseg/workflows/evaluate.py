@@ -64,7 +64,7 @@ class EvaluationResult:
     #: case -> (labelled reference voxels outside the prediction's field of view, the reference's labelled voxels)
     outside_fov: dict[str, tuple[int, int]] = field(default_factory=dict)
     #: the unit of the distances (and of the "mm" columns): "mm"; "px" where every reference is a picture that
-    #: states no pixel size; "um" where every one is a TIFF that states it (medseg.data.tiff_units)
+    #: states no pixel size; "µm" where every one is a TIFF that states it (medseg.data.tiff_units); "mixed" else
     unit: str = "mm"
 
 
@@ -143,7 +143,7 @@ def run(
     output = Path(output)
     json_path, csv_path = write_reports(per_case, summary, output)
     unit = _distance_unit([refs[case] for case in matched] or list(refs.values()))
-    png = boxplot(per_case, output / "metrics_boxplot.png", {"um": "µm"}.get(unit, unit if unit == "px" else "mm"))
+    png = boxplot(per_case, output / "metrics_boxplot.png", "mm" if unit == "mixed" else unit)
     return EvaluationResult(summary, per_case, missing, not_predicted, unmatched,
                             {"csv": csv_path, "json": json_path, "boxplot": png}, outside_fov, unit)
 
@@ -165,7 +165,7 @@ def _distance_unit(references: list[Path]) -> str:
     if not references or not all(is_picture(path) for path in references):
         return "mm"
     stated = [tiff_pixel_size(path)[1] for path in references]
-    return "um" if all(stated) else "px" if not any(stated) else "mixed"
+    return "µm" if all(stated) else "px" if not any(stated) else "mixed"
 
 
 def _semantic(reference: np.ndarray) -> bool:
